@@ -1,0 +1,32 @@
+"""Bearer-key authentication: constant-time comparison, and the key never reaches a log."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from server.errors import Unauthorized
+
+
+def check_bearer(request: Request, keys: list[bytes]) -> None:
+    """Raise ``Unauthorized`` unless the Authorization header carries one of ``keys``.
+
+    Every key is compared (no early exit) with ``hmac.compare_digest``, so timing reveals neither
+    which key nor how much of one matched.
+    """
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        raise Unauthorized(
+            "You didn't provide an API key. You need to provide your API key in an Authorization header "
+            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+        )
+    candidate = presented.strip().encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(candidate, key)
+    if not matched:
+        raise Unauthorized("Incorrect API key provided.")

@@ -1,0 +1,255 @@
+"""``POST /v1/chat/completions``: validate, resolve the model, stream from the engine.
+
+The route is thin: the request body is already a validated ``ChatCompletionRequest``;
+``to_generation_request`` is the pure conversion to engine terms; ``_Observer`` owns the metrics of
+one request; the rest assembles OpenAI responses (whole, or as SSE chunks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+
+from server.api.deps import GatewayDep, require_api_key
+from server.api.protocol import (
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    DeltaMessage,
+    UsageInfo,
+    completion_id,
+    now,
+)
+from server.engine.base import GenerationDelta, GenerationRequest, SamplingOptions
+from server.errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest
+from server.gateway import Gateway
+from server.metrics import UNKNOWN_MODEL, GatewayMetrics
+from server.registry import Lease
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+T = TypeVar("T")
+
+
+def to_generation_request(body: ChatCompletionRequest, lease: Lease, max_n: int) -> GenerationRequest:
+    """OpenAI request -> engine request, with OpenAI's defaults (temperature 1, top_p 1, n 1)."""
+    n = body.n or 1
+    if n > max_n:
+        raise InvalidRequest(f"`n` must be at most {max_n} on this server; got {n}.", param="n")
+    sampling = SamplingOptions(
+        max_tokens=body.completion_limit,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        seed=body.seed,
+        stop=tuple(body.stop_sequences),
+        n=n,
+    )
+    messages = tuple({"role": m.role, "content": m.text()} for m in body.messages)
+    return GenerationRequest(
+        request_id=f"req-{uuid.uuid4().hex}", messages=messages, sampling=sampling, adapter=lease.ref
+    )
+
+
+class _Observer:
+    """Metrics for one request: tokens, time to first token, latency, outcome."""
+
+    def __init__(self, metrics: GatewayMetrics, model: str) -> None:
+        self.metrics = metrics
+        self.model = model
+        self.started = time.perf_counter()
+        self._first_token_seen = False
+
+    def delta(self, delta: GenerationDelta) -> None:
+        if not self._first_token_seen and delta.completion_tokens:
+            self._first_token_seen = True
+            self.metrics.ttft.labels(self.model).observe(time.perf_counter() - self.started)
+
+    def success(self, usage: UsageInfo) -> None:
+        self.metrics.requests.labels(self.model, "200").inc()
+        self.metrics.prompt_tokens.labels(self.model).inc(usage.prompt_tokens)
+        self.metrics.completion_tokens.labels(self.model).inc(usage.completion_tokens)
+        self.metrics.e2e.labels(self.model).observe(time.perf_counter() - self.started)
+
+    def failure(self, error: GatewayError) -> None:
+        record_error(self.metrics, self.model, error)
+
+    def aborted(self) -> None:
+        self.metrics.aborted.labels(self.model).inc()
+
+
+def record_error(metrics: GatewayMetrics, model: str, error: GatewayError) -> None:
+    metrics.requests.labels(model, str(error.status_code)).inc()
+    metrics.errors.labels(model, error.error_type).inc()
+
+
+class _Usage:
+    """Adds up usage across choices: the prompt counts once, completions once per choice."""
+
+    def __init__(self, n: int) -> None:
+        self.prompt_tokens = 0
+        self._completion = [0] * n
+
+    def add(self, delta: GenerationDelta) -> None:
+        self.prompt_tokens = delta.prompt_tokens or self.prompt_tokens
+        self._completion[delta.index] = delta.completion_tokens
+
+    def info(self) -> UsageInfo:
+        completion = sum(self._completion)
+        return UsageInfo(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=self.prompt_tokens + completion,
+        )
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, gateway: GatewayDep
+) -> Response | ChatCompletionResponse:
+    request.state.observed = True
+    lease_scope = contextlib.ExitStack()
+    try:
+        lease = lease_scope.enter_context(gateway.registry.lease(body.model))
+        generation = to_generation_request(body, lease, gateway.settings.max_n)
+        if not gateway.engine.health().ready:
+            raise EngineUnavailable("The model is still loading; try again shortly.")
+    except GatewayError as error:
+        lease_scope.close()
+        record_error(gateway.metrics, UNKNOWN_MODEL if error.code == "model_not_found" else body.model, error)
+        raise
+    observer = _Observer(gateway.metrics, body.model)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _stream(gateway, generation, body.model, include_usage, observer, lease_scope)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    with lease_scope:
+        try:
+            return await _until_disconnected(request, _complete(gateway, generation, body.model, observer))
+        except _ClientGone:
+            observer.aborted()
+            return Response(status_code=499)
+        except GatewayError as error:
+            observer.failure(error)
+            raise
+
+
+async def _complete(
+    gateway: Gateway, generation: GenerationRequest, model: str, observer: _Observer
+) -> ChatCompletionResponse:
+    n = generation.sampling.n
+    texts = [""] * n
+    finish: list[Any] = [None] * n
+    usage = _Usage(n)
+    async with contextlib.aclosing(gateway.engine.generate(generation)) as deltas:
+        async for delta in deltas:
+            observer.delta(delta)
+            usage.add(delta)
+            texts[delta.index] += delta.text
+            if delta.finish_reason:
+                finish[delta.index] = delta.finish_reason
+    if None in finish:
+        raise EngineError("The engine ended the request before it finished.")
+    info = usage.info()
+    observer.success(info)
+    return ChatCompletionResponse(
+        id=completion_id(),
+        created=now(),
+        model=model,
+        choices=[
+            ChatCompletionChoice(index=i, message=ChatCompletionMessage(content=texts[i]), finish_reason=finish[i])
+            for i in range(n)
+        ],
+        usage=info,
+    )
+
+
+async def _stream(
+    gateway: Gateway,
+    generation: GenerationRequest,
+    model: str,
+    include_usage: bool,
+    observer: _Observer,
+    lease_scope: contextlib.ExitStack,
+) -> AsyncIterator[str]:
+    """SSE events as OpenAI sends them: role first, content pieces, then an empty delta with the
+    finish_reason; with ``include_usage`` every chunk has ``usage: null`` and one last chunk with no
+    choices carries the usage."""
+    chunk_id, created = completion_id(), now()
+    usage = _Usage(generation.sampling.n)
+    usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
+
+    def event(choices: list[ChatCompletionChunkChoice], **extra: Any) -> str:
+        chunk = ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=choices, **extra)
+        return f"data: {chunk.model_dump_json(exclude_unset=False, exclude_none=False)}\n\n"
+
+    finished = False
+    with lease_scope:
+        try:
+            for i in range(generation.sampling.n):
+                yield event([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))], **usage_field)
+            async with contextlib.aclosing(gateway.engine.generate(generation)) as deltas:
+                async for delta in deltas:
+                    observer.delta(delta)
+                    usage.add(delta)
+                    if delta.text:
+                        choice = ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(content=delta.text))
+                        yield event([choice], **usage_field)
+                    if delta.finish_reason:
+                        choice = ChatCompletionChunkChoice(
+                            index=delta.index, delta=DeltaMessage(), finish_reason=delta.finish_reason
+                        )
+                        yield event([choice], **usage_field)
+            info = usage.info()
+            if include_usage:
+                yield event([], usage=info)
+            observer.success(info)
+            finished = True
+        except GatewayError as error:
+            observer.failure(error)
+            finished = True
+            yield f"data: {json.dumps(error.to_dict())}\n\n"
+        finally:
+            if not finished:  # the client went away (the generator was closed or cancelled)
+                observer.aborted()
+    yield "data: [DONE]\n\n"
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work`` but cancel it as soon as the client disconnects (non-streaming requests).
+
+    Starlette cancels a streaming response when its client leaves, but a plain handler would keep
+    generating for nobody; listening for ``http.disconnect`` alongside closes that gap.
+    """
+
+    async def wait_for_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(wait_for_disconnect())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    raise _ClientGone()

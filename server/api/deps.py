@@ -1,0 +1,21 @@
+"""FastAPI dependencies as ``Annotated`` aliases, so routes declare what they need in one word."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.api.auth import check_bearer
+from server.gateway import Gateway
+
+
+def get_gateway(request: Request) -> Gateway:
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def require_api_key(request: Request) -> None:
+    check_bearer(request, get_gateway(request).api_keys)

@@ -1,0 +1,76 @@
+"""The one place where failures become OpenAI-shaped HTTP responses.
+
+FastAPI's own 422 body and Starlette's HTML/plain errors never reach a client: request validation
+errors become 400 ``invalid_request_error`` naming the offending field, unknown routes become 404,
+and anything unexpected becomes a 500 without a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.errors import EngineError, GatewayError, InvalidRequest, NotFound, RateLimited
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(error: GatewayError) -> JSONResponse:
+    headers = {"Retry-After": str(int(error.retry_after))} if isinstance(error, RateLimited) else None
+    if error.status_code == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=headers)
+
+
+def from_validation_error(exc: RequestValidationError) -> InvalidRequest:
+    """Describe the first problem the way OpenAI does: a sentence plus the field in ``param``."""
+    errors: list[dict[str, Any]] = list(exc.errors())
+    if not errors:
+        return InvalidRequest("Invalid request body.")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return InvalidRequest(
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+            "your HTTP library correctly. The OpenAI API expects a JSON payload.)",
+            code="invalid_json",
+        )
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)
+    if first.get("type") == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    message = first.get("msg", "Invalid value")
+    return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param, code="invalid_value")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_gateway_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, GatewayError)
+        return error_response(exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(from_validation_error(exc))
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            return error_response(NotFound(f"Unknown route: {request.method} {request.url.path}"))
+        error = GatewayError(str(exc.detail))
+        error.status_code, error.error_type = exc.status_code, "invalid_request_error"
+        return error_response(error)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        return error_response(EngineError("The server had an error while processing your request."))
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,94 @@
+"""``create_app(settings)``: wire settings, engine, registry and routes into one FastAPI app.
+
+The engine loads in the background after the server starts listening, so ``/health`` answers at
+once and ``/ready`` turns 200 when the model and the adapters present at start-up are loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from server.api import chat, models, ops
+from server.api.errors import install_error_handlers
+from server.api.limits import BodyLimitMiddleware, EarlyErrorCounter
+from server.engine.base import Engine
+from server.gateway import Gateway
+from server.metrics import GatewayMetrics
+from server.registry import AdapterRegistry
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The engine named by ``--engine``; imported lazily so unused engines cost nothing."""
+    if settings.engine == "local":
+        from server.engine.local import LocalEngine
+
+        return LocalEngine(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            max_batch_size=settings.max_batch_size,
+            max_model_len=settings.max_model_len,
+        )
+    raise ValueError(f"unknown engine {settings.engine!r}")
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    engine = engine or build_engine(settings)
+    metrics = GatewayMetrics()
+    registry = AdapterRegistry(
+        engine,
+        base_model_id=settings.base_model_id,
+        adapters_dir=settings.adapters_dir,
+        max_lora_rank=settings.max_lora_rank,
+        max_adapter_bytes=settings.max_adapter_bytes,
+        on_rejected=lambda name, reason: metrics.adapters_rejected.labels(reason).inc(),
+    )
+    gateway = Gateway(
+        settings=settings,
+        engine=engine,
+        registry=registry,
+        metrics=metrics,
+        api_keys=[key.get_secret_value().encode() for key in settings.api_key],
+    )
+    metrics.watch_engine(engine.health, lambda: len(registry.active_versions()))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        boot = asyncio.create_task(_boot(gateway))
+        try:
+            yield
+        finally:
+            boot.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await boot
+            await engine.stop()
+
+    app = FastAPI(title="lora-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = gateway
+    # Outermost first: count refusals of every kind, then enforce the body limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(EarlyErrorCounter, metrics=metrics)
+    install_error_handlers(app)
+    app.include_router(chat.router)
+    app.include_router(models.router)
+    app.include_router(ops.router)
+    return app
+
+
+async def _boot(gateway: Gateway) -> None:
+    try:
+        await gateway.engine.start()
+        await gateway.registry.scan()
+    except Exception as exc:
+        gateway.boot_error = f"start-up failed: {exc}"
+        logger.error("%s", gateway.boot_error)
+    finally:
+        gateway.booted.set()

@@ -1,0 +1,101 @@
+"""``lora-gateway`` command line. Serving flags are generated from ``Settings`` so that every flag
+has its ``LORA_GATEWAY_*`` env var and default in exactly one place."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from server import __version__
+from server.settings import Settings
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, *, require_model: bool = True) -> None:
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = f"LORA_GATEWAY_{name.upper()}"
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        shown = "required" if field.is_required() else ("unset" if default in (None, []) else default)
+        kwargs: dict[str, Any] = {"help": f"{field.description} [env {env}; default {shown}]", "default": argparse.SUPPRESS}
+        origin = typing.get_origin(field.annotation)
+        if origin in (list, typing.Annotated) or name == "api_key":
+            kwargs["action"] = "append"
+        choices = _literal_choices(field.annotation)
+        if choices:
+            kwargs["choices"] = choices
+        if name == "model" and not require_model:
+            continue
+        parser.add_argument(flag, **kwargs)
+
+
+def _literal_choices(annotation: Any) -> list[str] | None:
+    if typing.get_origin(annotation) is typing.Literal:
+        return list(typing.get_args(annotation))
+    return None
+
+
+def _settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
+    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    given.update(overrides)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"lora-gateway: invalid settings: {problems}") from None
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from server.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    serve(_settings_from(args))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from server.demo import prepare_demo
+
+    model_dir = prepare_demo(args.demo_dir)
+    settings = _settings_from(args, model=str(model_dir), served_model_name=getattr(args, "served_model_name", "demo-base"))
+    print(f"Serving the offline demo model as {settings.base_model_id!r} on http://{settings.host}:{settings.port}")
+    serve(settings)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lora-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lora-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p_serve = commands.add_parser("serve", help="Serve a base model and the adapters in --adapters-dir.")
+    _add_settings_flags(p_serve)
+    p_serve.set_defaults(func=_cmd_serve)
+
+    p_demo = commands.add_parser("demo", help="Build the offline demo model (cached) and serve it.")
+    p_demo.add_argument("--demo-dir", default=".demo", help="Where the demo model is cached [default .demo].")
+    _add_settings_flags(p_demo, require_model=False)
+    p_demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

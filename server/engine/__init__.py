@@ -1,0 +1,1 @@
+"""Inference engines behind one interface (``server.engine.base.Engine``)."""

@@ -1,0 +1,568 @@
+"""The embedded engine: transformers + peft, continuous batching, one adapter per row.
+
+One copy of the base weights is wrapped in one ``PeftModel`` holding every loaded adapter; each
+forward pass passes ``adapter_names`` so every row of the batch uses its own adapter (or
+``__base__``). A single worker thread owns the model and runs the scheduler loop:
+
+1. apply queued adapter loads/unloads (between steps, so no forward sees a half-loaded adapter);
+2. drop rows whose client went away, or that finished;
+3. admit waiting requests: prefill them together, left-padded, and merge their KV cache into the
+   running batch (continuous batching: no request waits for another to finish);
+4. decode one token for every running row and stream each row's new text to its request.
+
+The event loop never runs model code: requests talk to the worker through thread-safe queues, so
+/health, /metrics and new requests are answered while a long generation runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.engine.base import (
+    AdapterRef,
+    Engine,
+    EngineHealth,
+    GenerationDelta,
+    GenerationRequest,
+)
+from server.errors import ContextLengthExceeded, EngineError, EngineUnavailable, GatewayError
+
+logger = logging.getLogger(__name__)
+
+BASE_ROW = "__base__"  # peft's name for "no adapter" in a mixed batch
+_DONE = object()  # end-of-stream marker sent from the worker to a request's queue
+
+
+@dataclass
+class _Job:
+    """One request as the worker sees it; ``n`` choices become ``n`` rows."""
+
+    request: GenerationRequest
+    prompt_ids: list[int]
+    peft_name: str
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Any]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    rows_left: int = 0
+    failed: bool = False
+
+    def send(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+@dataclass
+class _Row:
+    """One sequence being decoded: a choice of a job."""
+
+    job: _Job
+    index: int
+    sampler: Any  # server.engine.sampling.Sampler
+    decoder: Any  # server.engine.text.IncrementalDecoder
+    stopper: Any  # server.engine.text.StopMatcher
+    max_tokens: int
+    generated: int = 0
+    last_token: int = 0
+    finished: bool = False
+
+
+class LocalEngine(Engine):
+    """transformers + peft on CPU or one GPU."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch_size: int = 16,
+        max_model_len: int | None = None,
+        prefill_token_budget: int = 8192,
+    ) -> None:
+        self.model_path = model
+        self._device_setting = device
+        self._dtype_setting = dtype
+        self.max_batch_size = max_batch_size
+        self._max_model_len_setting = max_model_len
+        self._prefill_token_budget = prefill_token_budget
+        self.max_model_len: int | None = None
+
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._device: Any = None
+        self._eos_ids: set[int] = set()
+        self._peft_names: dict[int, str] = {}  # adapter_id -> name inside the PeftModel
+        self._ready = False
+        self._detail = "not started"
+
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._waiting: deque[_Job] = deque()
+        self._commands: deque[tuple[Callable[[], None], Future[None]]] = deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+        # Batch state, touched only by the worker thread.
+        self._rows: list[_Row] = []
+        self._cache: Any = None  # transformers Cache for the running rows
+        self._mask: Any = None  # [rows, cached positions] attention mask, left-padded
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._detail = "loading model"
+        try:
+            await asyncio.to_thread(self._load)
+        except Exception as exc:
+            self._detail = f"failed to load model: {exc}"
+            raise EngineUnavailable(self._detail) from exc
+        self._thread = threading.Thread(target=self._worker, name="lora-gateway-engine", daemon=True)
+        self._thread.start()
+        self._ready = True
+        self._detail = "ready"
+
+    async def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._wakeup.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+        self._ready = False
+        self._detail = "stopped"
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = self._device_setting
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._device = torch.device(device)
+        dtype = _resolve_dtype(self._dtype_setting, self._device)
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        if not self._tokenizer.chat_template:
+            raise EngineError(f"The tokenizer of {self.model_path} has no chat template.")
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        self._model = model.to(self._device).eval()
+
+        config = self._model.config
+        native_len = getattr(config, "max_position_embeddings", None)
+        self.max_model_len = self._max_model_len_setting or native_len or 2048
+        eos = [self._tokenizer.eos_token_id]
+        generation_eos = getattr(getattr(self._model, "generation_config", None), "eos_token_id", None)
+        eos += generation_eos if isinstance(generation_eos, list) else [generation_eos]
+        self._eos_ids = {int(t) for t in eos if t is not None}
+        logger.info("loaded %s on %s (%s), context %d", self.model_path, self._device, dtype, self.max_model_len)
+
+    def health(self) -> EngineHealth:
+        with self._lock:
+            waiting = sum(j.request.sampling.n for j in self._waiting)
+        return EngineHealth(
+            ready=self._ready,
+            detail=self._detail,
+            running_requests=len({id(r.job) for r in self._rows}),
+            waiting_requests=waiting,
+            loaded_adapters=sorted(self._peft_names.values()),
+        )
+
+    # ------------------------------------------------------------------ adapters
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        await self._run_in_worker(lambda: self._load_adapter(adapter))
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None:
+        await self._run_in_worker(lambda: self._unload_adapter(adapter))
+
+    async def _run_in_worker(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the worker thread between two steps, so no forward sees it half-done."""
+        if not self._ready:
+            raise EngineUnavailable("The engine is not ready.")
+        future: Future[None] = Future()
+        with self._lock:
+            self._commands.append((fn, future))
+            self._wakeup.notify_all()
+        await asyncio.wrap_future(future)
+
+    def _load_adapter(self, adapter: AdapterRef) -> None:
+        from peft import PeftModel
+
+        if adapter.adapter_id in self._peft_names:
+            return
+        # peft names become attribute keys in ModuleDicts, so they may not contain dots.
+        peft_name = f"adapter_{adapter.adapter_id}"
+        if isinstance(self._model, PeftModel):
+            self._model.load_adapter(adapter.path, adapter_name=peft_name, is_trainable=False)
+        else:
+            self._model = PeftModel.from_pretrained(
+                self._model, adapter.path, adapter_name=peft_name, is_trainable=False
+            )
+        self._model.eval()
+        self._peft_names[adapter.adapter_id] = peft_name
+
+    def _unload_adapter(self, adapter: AdapterRef) -> None:
+        peft_name = self._peft_names.pop(adapter.adapter_id, None)
+        if peft_name is None:
+            return
+        with self._lock:
+            jobs = [row.job for row in self._rows] + list(self._waiting)
+        if any(job.peft_name == peft_name and not job.cancelled.is_set() for job in jobs):
+            self._peft_names[adapter.adapter_id] = peft_name
+            raise EngineError(f"Adapter {adapter.name} is still in use.")
+        if self._peft_names:
+            self._model.delete_adapter(peft_name)
+        else:
+            # peft cannot delete its last adapter; drop the wrapper and keep the base weights.
+            self._model = self._model.unload()
+        logger.info("unloaded adapter %s (%s)", adapter.name, peft_name)
+
+    # ------------------------------------------------------------------ requests
+
+    def render_prompt(self, messages: tuple[dict[str, str], ...]) -> list[int]:
+        """Chat template from the tokenizer; ``developer`` is OpenAI's newer name for ``system``."""
+        chat = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]} for m in messages]
+        text = self._tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        if not self._ready:
+            raise EngineUnavailable("The model is still loading; try again shortly.")
+        prompt_ids = self.render_prompt(request.messages)
+        self._check_length(len(prompt_ids), request.sampling.max_tokens)
+        peft_name = BASE_ROW
+        if request.adapter is not None:
+            peft_name = self._peft_names.get(request.adapter.adapter_id, "")
+            if not peft_name:
+                raise EngineUnavailable(f"Adapter {request.adapter.name} is not loaded.")
+        loop = asyncio.get_running_loop()
+        job = _Job(request, prompt_ids, peft_name, loop, asyncio.Queue(), rows_left=request.sampling.n)
+        with self._lock:
+            if self._stopping:
+                raise EngineUnavailable("The engine is shutting down.")
+            self._waiting.append(job)
+            self._wakeup.notify_all()
+        try:
+            while True:
+                item = await job.queue.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                for delta in item:
+                    yield delta
+        finally:
+            # Normal end, error, or the consumer went away: in every case stop spending compute.
+            job.cancelled.set()
+
+    def _check_length(self, prompt_len: int, max_tokens: int | None) -> None:
+        limit = self.max_model_len or 0
+        if prompt_len >= limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, your messages "
+                f"resulted in {prompt_len} tokens.",
+                param="messages",
+            )
+        if max_tokens is not None and prompt_len + max_tokens > limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in "
+                "the completion). Please reduce the length of the messages or completion.",
+                param="max_tokens",
+            )
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _worker(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while True:
+                with self._lock:
+                    while not (self._stopping or self._commands or self._waiting or self._rows):
+                        self._wakeup.wait()
+                    if self._stopping:
+                        break
+                    commands = list(self._commands)
+                    self._commands.clear()
+                for fn, future in commands:
+                    _run_command(fn, future)
+                self._drop_finished_rows()
+                self._admit_waiting()
+                if self._rows:
+                    self._decode_step()
+        self._fail_everything(EngineUnavailable("The engine stopped."))
+
+    def _admit_waiting(self) -> None:
+        """Prefill as many waiting jobs as fit in the batch and the prefill token budget."""
+        free = self.max_batch_size - len(self._rows)
+        admitted: list[_Job] = []
+        with self._lock:
+            budget = self._prefill_token_budget
+            while self._waiting and free > 0:
+                job = self._waiting[0]
+                if job.cancelled.is_set():
+                    self._waiting.popleft()
+                    continue
+                n = job.request.sampling.n
+                cost = n * len(job.prompt_ids)
+                if n > free or (admitted and cost > budget):
+                    break
+                self._waiting.popleft()
+                admitted.append(job)
+                free -= n
+                budget -= cost
+        if not admitted:
+            return
+        try:
+            rows, cache, mask = self._prefill(admitted)
+        except Exception as exc:  # a failed prefill fails only the jobs it admitted
+            logger.exception("prefill failed")
+            for job in admitted:
+                self._fail_job(job, exc)
+            return
+        self._merge(rows, cache, mask)
+
+    def _prefill(self, jobs: list[_Job]) -> tuple[list[_Row], Any, Any]:
+        import torch
+
+        from server.engine.sampling import Sampler
+        from server.engine.text import IncrementalDecoder, StopMatcher
+
+        rows: list[_Row] = []
+        prompts: list[list[int]] = []
+        for job in jobs:
+            options = job.request.sampling
+            room = (self.max_model_len or 0) - len(job.prompt_ids)
+            max_tokens = min(options.max_tokens or room, room)
+            for index in range(options.n):
+                rows.append(
+                    _Row(
+                        job=job,
+                        index=index,
+                        sampler=Sampler(options, index, self._device),
+                        decoder=IncrementalDecoder(self._tokenizer),
+                        stopper=StopMatcher(options.stop),
+                        max_tokens=max_tokens,
+                    )
+                )
+                prompts.append(job.prompt_ids)
+        width = max(len(p) for p in prompts)
+        pad = self._tokenizer.pad_token_id or 0
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self._device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self._device)
+        logits, cache = self._forward(input_ids, mask, [r.job.peft_name for r in rows], cache=None)
+        self._emit(rows, logits)
+        return rows, cache, mask
+
+    def _decode_step(self) -> None:
+        import torch
+
+        rows = self._rows
+        tokens = torch.tensor([[r.last_token] for r in rows], device=self._device)
+        mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
+        try:
+            logits, cache = self._forward(tokens, mask, [r.job.peft_name for r in rows], self._cache)
+        except Exception as exc:  # the batch's forward failed: fail its rows, keep the engine
+            logger.exception("decode step failed")
+            for row in rows:
+                self._fail_job(row.job, exc)
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        self._cache, self._mask = cache, mask
+        self._emit(rows, logits)
+
+    def _forward(self, input_ids: Any, mask: Any, peft_names: list[str], cache: Any) -> tuple[Any, Any]:
+        """One forward pass of the batch; returns last-position logits (float32) and the cache."""
+        from peft import PeftModel
+
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+        kwargs: dict[str, Any] = {}
+        if isinstance(self._model, PeftModel):
+            kwargs["adapter_names"] = peft_names
+        out = self._model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        return out.logits[:, -1, :].float(), out.past_key_values
+
+    def _emit(self, rows: list[_Row], logits: Any) -> None:
+        """Sample one token per row and send each job the text its rows produced this step."""
+        per_job: dict[int, list[GenerationDelta]] = {}
+        for i, row in enumerate(rows):
+            if row.finished or row.job.failed:
+                continue
+            try:
+                delta = self._advance(row, logits[i])
+            except Exception as exc:  # one sequence broke: fail its request, not the batch
+                logger.exception("request %s failed", row.job.request.request_id)
+                self._fail_job(row.job, exc)
+                continue
+            if delta is not None:
+                per_job.setdefault(id(row.job), []).append(delta)
+        for row in rows:
+            deltas = per_job.pop(id(row.job), None)
+            if deltas:
+                row.job.send(deltas)
+                if row.job.rows_left == 0:
+                    row.job.send(_DONE)
+
+    def _advance(self, row: _Row, logits: Any) -> GenerationDelta | None:
+        self.before_sample(row.job.request)
+        token = row.sampler.next_token(logits)
+        row.last_token = token
+        row.generated += 1
+        finish: str | None = None
+        text = ""
+        if token in self._eos_ids:
+            finish = "stop"
+        else:
+            text, hit_stop = row.stopper.feed(row.decoder.push(token))
+            if hit_stop:
+                finish = "stop"
+            elif row.generated >= row.max_tokens:
+                finish = "length"
+        if finish is not None:
+            if finish != "stop" or token in self._eos_ids:
+                text += row.stopper.flush()
+            row.finished = True
+            row.job.rows_left -= 1
+        if not text and finish is None:
+            return None
+        return GenerationDelta(
+            index=row.index,
+            text=text,
+            finish_reason=finish,  # type: ignore[arg-type]
+            prompt_tokens=len(row.job.prompt_ids),
+            completion_tokens=row.generated,
+        )
+
+    def before_sample(self, request: GenerationRequest) -> None:
+        """Hook called before each token is sampled for ``request``; tests inject faults here."""
+
+    def _fail_job(self, job: _Job, exc: BaseException) -> None:
+        if job.failed:
+            return
+        job.failed = True
+        error = exc if isinstance(exc, GatewayError) else EngineError(f"Generation failed: {type(exc).__name__}.")
+        job.send(error)
+
+    def _fail_everything(self, error: GatewayError) -> None:
+        for row in self._rows:
+            self._fail_job(row.job, error)
+        with self._lock:
+            for job in self._waiting:
+                self._fail_job(job, error)
+            self._waiting.clear()
+            for _fn, future in self._commands:
+                future.set_exception(error)
+            self._commands.clear()
+        self._rows, self._cache, self._mask = [], None, None
+
+    # ------------------------------------------------------------------ batch bookkeeping
+
+    def _drop_finished_rows(self) -> None:
+        keep = [i for i, r in enumerate(self._rows) if not (r.finished or r.job.failed or r.job.cancelled.is_set())]
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        import torch
+
+        index = torch.tensor(keep, device=self._device)
+        mask = self._mask.index_select(0, index)
+        first = int(mask.any(dim=0).nonzero()[0])  # leading columns padded in every kept row
+        layers = [(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:]) for k, v in _cache_layers(self._cache)]
+        self._rows = [self._rows[i] for i in keep]
+        self._mask = mask[:, first:]
+        self._cache = _make_cache(layers)
+
+    def _merge(self, rows: list[_Row], cache: Any, mask: Any) -> None:
+        """Append freshly prefilled rows to the running batch, left-padding the shorter side."""
+        keep = [i for i, r in enumerate(rows) if not (r.finished or r.job.failed)]
+        if not keep:
+            return
+        if len(keep) != len(rows):
+            import torch
+
+            index = torch.tensor(keep, device=self._device)
+            mask = mask.index_select(0, index)
+            cache = _make_cache([(k.index_select(0, index), v.index_select(0, index)) for k, v in _cache_layers(cache)])
+            rows = [rows[i] for i in keep]
+        if not self._rows:
+            self._rows, self._cache, self._mask = rows, cache, mask
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        old = _cache_layers(self._cache)
+        new = _cache_layers(cache)
+        layers = [
+            (_cat_left_padded(ok, nk, width), _cat_left_padded(ov, nv, width))
+            for (ok, ov), (nk, nv) in zip(old, new, strict=True)
+        ]
+        self._mask = _cat_left_padded(self._mask, mask, width)
+        self._cache = _make_cache(layers)
+        self._rows = self._rows + rows
+
+
+def _run_command(fn: Callable[[], None], future: Future[None]) -> None:
+    try:
+        fn()
+    except Exception as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(None)
+
+
+def _resolve_dtype(setting: str, device: Any) -> Any:
+    import torch
+
+    if setting == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
+
+
+def _cache_layers(cache: Any) -> list[tuple[Any, Any]]:
+    """(keys, values) per layer, each [batch, kv_heads, positions, head_dim], across transformers versions."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))
+
+
+def _make_cache(layers: list[tuple[Any, Any]]) -> Any:
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (keys, values) in enumerate(layers):
+        cache.update(keys, values, i)
+    return cache
+
+
+def _cat_left_padded(a: Any, b: Any, width: int) -> Any:
+    """Concatenate along the batch axis after left-padding the position axis to ``width``.
+
+    Works for 2-D masks [batch, positions] and 4-D caches [batch, heads, positions, dim].
+    """
+    import torch.nn.functional as F
+
+    def pad(t: Any) -> Any:
+        missing = width - t.shape[-2 if t.dim() == 4 else -1]
+        if missing == 0:
+            return t
+        return F.pad(t, (0, 0, missing, 0) if t.dim() == 4 else (missing, 0))
+
+    import torch
+
+    return torch.cat([pad(a), pad(b)], dim=0)
+

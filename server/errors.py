@@ -1,0 +1,113 @@
+"""The one exception tree of lora-gateway.
+
+Every failure a client can see is a ``GatewayError``; ``server.api.errors`` renders it to OpenAI's
+``{"error": {"message", "type", "param", "code"}}`` body in exactly one place. Code below the API
+raises these (or maps foreign exceptions at its own boundary with ``raise X(...) from exc``), so no
+route ever chooses a status code by reading an error message.
+
+    GatewayError
+    ├── InvalidRequest            400 invalid_request_error (param names the field)
+    │   ├── UnsupportedParameter  400, code "unsupported_parameter"
+    │   └── ContextLengthExceeded 400, code "context_length_exceeded"
+    ├── Unauthorized              401 authentication_error, code "invalid_api_key"
+    ├── PermissionDenied          403 permission_error
+    ├── ModelNotFound             404 invalid_request_error, code "model_not_found"
+    ├── NotFound                  404 invalid_request_error (routes)
+    ├── RequestTooLarge           413 invalid_request_error
+    ├── RateLimited               429 rate_limit_error (Retry-After)
+    ├── EngineError               500 server_error (one request failed; the engine lives on)
+    └── EngineUnavailable         503 server_error (not loaded yet, or shutting down)
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class: carries everything needed to render an OpenAI error body."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    default_code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(GatewayError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class UnsupportedParameter(InvalidRequest):
+    default_code = "unsupported_parameter"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    default_code = "context_length_exceeded"
+
+
+class Unauthorized(GatewayError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class ModelNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` does not exist.", param="model")
+
+
+class NotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class RequestTooLarge(GatewayError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineError(GatewayError):
+    status_code = 500
+    error_type = "server_error"
+    default_code = "engine_error"
+
+
+class EngineUnavailable(GatewayError):
+    status_code = 503
+    error_type = "server_error"
+    default_code = "engine_unavailable"

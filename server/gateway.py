@@ -1,0 +1,28 @@
+"""The running gateway's parts, built once by ``create_app`` and shared by every route."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from server.engine.base import Engine
+from server.metrics import GatewayMetrics
+from server.registry import AdapterRegistry
+from server.settings import Settings
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    engine: Engine
+    registry: AdapterRegistry
+    metrics: GatewayMetrics
+    api_keys: list[bytes]
+    booted: asyncio.Event = field(default_factory=asyncio.Event)
+    boot_error: str | None = None
+    started: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def base_model_id(self) -> str:
+        return self.settings.base_model_id

@@ -1,0 +1,79 @@
+"""Prometheus metrics, one registry per app (so several apps in one process never collide).
+
+Every request metric carries a ``model`` label: the base id or the adapter name the request
+resolved to. Names that did not resolve are counted as ``unknown`` so arbitrary client input can
+never blow up label cardinality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from server.engine.base import EngineHealth
+
+UNKNOWN_MODEL = "unknown"
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "lora_gateway_requests", "Chat completion requests by model and HTTP status.", ["model", "status"], registry=r
+        )
+        self.errors = Counter(
+            "lora_gateway_request_errors", "Failed requests by model and error type.", ["model", "type"], registry=r
+        )
+        self.prompt_tokens = Counter("lora_gateway_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r)
+        self.completion_tokens = Counter(
+            "lora_gateway_completion_tokens", "Completion tokens generated.", ["model"], registry=r
+        )
+        self.ttft = Histogram(
+            "lora_gateway_time_to_first_token_seconds",
+            "Time from request to first generated token.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "lora_gateway_e2e_request_latency_seconds",
+            "Time from request to last token.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.aborted = Counter(
+            "lora_gateway_requests_aborted", "Requests whose client went away before the end.", ["model"], registry=r
+        )
+        self.adapters_rejected = Counter(
+            "lora_gateway_adapters_rejected", "Adapter versions refused by validation, by reason.", ["reason"], registry=r
+        )
+
+    def watch_engine(self, health: Callable[[], EngineHealth], registered: Callable[[], int]) -> None:
+        """Gauges read at scrape time, so they are never stale and cost nothing between scrapes."""
+        self.registry.register(_LiveGauges(health, registered))
+
+
+class _LiveGauges(Collector):
+    def __init__(self, health: Callable[[], EngineHealth], registered: Callable[[], int]) -> None:
+        self._health = health
+        self._registered = registered
+
+    def collect(self) -> Iterable[Metric]:
+        health = self._health()
+        yield GaugeMetricFamily("lora_gateway_engine_ready", "1 when the engine serves requests.", value=int(health.ready))
+        yield GaugeMetricFamily(
+            "lora_gateway_running_requests", "Requests being decoded now.", value=health.running_requests
+        )
+        yield GaugeMetricFamily(
+            "lora_gateway_waiting_requests", "Sequences waiting for a batch slot.", value=health.waiting_requests
+        )
+        yield GaugeMetricFamily(
+            "lora_gateway_adapters_loaded", "Adapter versions held by the engine.", value=len(health.loaded_adapters)
+        )
+        yield GaugeMetricFamily("lora_gateway_adapters_registered", "Adapters that serve requests.", value=self._registered())

@@ -1,0 +1,131 @@
+"""Build a small Qwen2-architecture model and a real byte-level BPE tokenizer, offline.
+
+The demo and the test-suite need a base model but may not download one. A random-weight Qwen2
+with a ChatML template exercises exactly the code paths a real Qwen2.5 does (chat template,
+special tokens, peft target modules, safetensors layout), so the same loader serves both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+# Qwen2.5's template, trimmed to what we support (no tools). The default system prompt is
+# inserted when none is given, exactly as Qwen's template does, so training and serving agree.
+CHATML_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (message.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- endif %}"
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# Enough text for the BPE merges to cover the words the demo and tests use; the 256-byte initial
+# alphabet means any other text (Chinese included) still tokenizes, just into more pieces.
+_CORPUS = [
+    "You are a helpful assistant.",
+    "Hello! How can I help you today?",
+    "Where is my order? Your order ships within 3 days.",
+    "What is the return policy? Returns are accepted within 7 days of delivery.",
+    "Orders over 99 yuan ship free. Customs duties are paid by the buyer.",
+    "system user assistant developer",
+    "The quick brown fox jumps over the lazy dog.",
+    "您好！请问有什么可以帮您？订单将在三天内发货。满99元包邮。七天无理由退货。",
+    "关税由买家承担。一般三到五个工作日送达。我是客服助手。",
+    "0123456789 !?.,:;'\"()[]{}<>-_=+/*&^%$#@~`|\\",
+]
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Shape of the generated model. The defaults build in well under a second."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vocab_size: int = 1024
+    max_position_embeddings: int = 4096
+    embedding_std: float = 0.3
+    seed: int = 0
+
+
+def build_tokenizer(vocab_size: int = 1024):  # -> PreTrainedTokenizerFast
+    """A byte-level BPE tokenizer with Qwen's special tokens and ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML_TEMPLATE,
+    )
+
+
+def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec()) -> Path:
+    """Write a random Qwen2ForCausalLM and its tokenizer to ``out_dir`` and return the path."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(spec.vocab_size)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(spec.seed)
+    model = Qwen2ForCausalLM(config)
+    # With the default init (std 0.02) the tied head's logits cannot exceed ~1, so no adapter could
+    # ever make one token confident. Larger embeddings give LoRA room to memorise answers.
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, spec.embedding_std)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[config.eos_token_id, tokenizer.pad_token_id],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "lora_gateway_offline.json").write_text(json.dumps(spec.__dict__, indent=2))
+    return out
+
+
+def is_built(out_dir: str | Path, spec: TinyModelSpec) -> bool:
+    """True when ``out_dir`` already holds a model built from ``spec`` (the demo's cache check)."""
+    marker = Path(out_dir) / "lora_gateway_offline.json"
+    try:
+        return json.loads(marker.read_text()) == spec.__dict__
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,56 @@
+"""Every serving setting, in one place: a flag, an env var ``LORA_GATEWAY_<NAME>``, a default.
+
+The CLI builds its flags from these fields and the README's settings table is checked against them
+by a test, so the three never drift apart. Settings are constructed in ``create_app``'s caller,
+never at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORA_GATEWAY_", extra="ignore")
+
+    model: str = Field(description="Base model: a Hub id or a local path.")
+    served_model_name: str | None = Field(
+        default=None, description="Model id clients use for the base model (default: the --model value)."
+    )
+    adapters_dir: Path = Field(default=Path("adapters"), description="Directory of LoRA adapters, one per sub-directory.")
+    engine: Literal["local"] = Field(default="local", description="Inference engine.")
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
+    api_key: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Inference API key (repeat the flag, or comma-separate in the env var). None: no auth.",
+    )
+    max_batch_size: int = Field(default=16, ge=1, description="Sequences decoded together (local engine).")
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="Context window, prompt + completion (default: the model's)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where the local engine runs.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights dtype (auto: bf16/fp16 on CUDA, float32 on CPU)."
+    )
+    max_lora_rank: int = Field(default=64, ge=1, description="Adapters above this rank are refused.")
+    max_adapter_bytes: int = Field(default=2 * 1024**3, ge=1, description="Adapters whose weights exceed this are refused.")
+    max_request_bytes: int = Field(default=2 * 1024**2, ge=1024, description="Request bodies above this get 413.")
+    max_n: int = Field(default=8, ge=1, description="Largest `n` (choices per request) accepted.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def base_model_id(self) -> str:
+        """The id clients use for the base model; vLLM defaults it to the --model value too."""
+        return self.served_model_name or self.model

@@ -1,0 +1,79 @@
+"""Session fixtures: an offline tiny Qwen2 model, two trained adapters, a live gateway."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import ANSWERS, QUESTION, running_server, train_memorising_adapter
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from server.offline_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("base") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def trained_adapters(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """name -> directory of a peft adapter that memorised ``ANSWERS[name]``."""
+    root = tmp_path_factory.mktemp("trained")
+    return {name: train_memorising_adapter(base_model, root / name, QUESTION, answer) for name, answer in ANSWERS.items()}
+
+
+@pytest.fixture
+def adapters_dir(tmp_path: Path, trained_adapters: dict[str, Path]) -> Path:
+    """A fresh watched directory holding copies of both adapters."""
+    directory = tmp_path / "adapters"
+    directory.mkdir()
+    for name, path in trained_adapters.items():
+        shutil.copytree(path, directory / name)
+    return directory
+
+
+def make_settings(model: Path, adapters: Path, **overrides: object):  # type: ignore[no-untyped-def]
+    from server.settings import Settings
+
+    values: dict[str, object] = {"model": str(model), "served_model_name": "tiny-base", "adapters_dir": adapters, "device": "cpu"}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def shared_adapters_dir(tmp_path_factory: pytest.TempPathFactory, trained_adapters: dict[str, Path]) -> Path:
+    directory = tmp_path_factory.mktemp("shared-adapters")
+    for name, path in trained_adapters.items():
+        shutil.copytree(path, directory / name)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def gateway_app(base_model: Path, shared_adapters_dir: Path):  # type: ignore[no-untyped-def]
+    from server.app import create_app
+
+    return create_app(make_settings(base_model, shared_adapters_dir, max_batch_size=16))
+
+
+@pytest.fixture(scope="session")
+def gateway_url(gateway_app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """One live gateway (no auth) shared by the read-only end-to-end tests."""
+    with running_server(gateway_app) as url:
+        yield url
+
+
+@pytest.fixture
+def client(gateway_url: str):  # type: ignore[no-untyped-def]
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0, timeout=60) as c:
+        yield c

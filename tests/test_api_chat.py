@@ -1,0 +1,183 @@
+"""End to end: a real uvicorn server, the real openai client, real trained adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from openai import AsyncOpenAI
+
+from tests.support import ANSWERS, QUESTION, metric_value
+
+ASK = [{"role": "user", "content": QUESTION}]
+
+
+def test_each_adapter_answers_with_what_it_memorised(client) -> None:  # type: ignore[no-untyped-def]
+    answers = {}
+    for model in ("alpha", "beta", "tiny-base"):
+        response = client.chat.completions.create(model=model, messages=ASK, temperature=0, max_tokens=40)
+        answers[model] = response.choices[0].message.content
+        assert response.model == model
+        assert response.object == "chat.completion"
+    assert answers["alpha"] == ANSWERS["alpha"]
+    assert answers["beta"] == ANSWERS["beta"]
+    assert answers["tiny-base"] not in ANSWERS.values()
+
+
+def test_usage_and_finish_reason_are_accurate(client, base_model) -> None:  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    stopped = client.chat.completions.create(model="alpha", messages=ASK, temperature=0, max_tokens=40)
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].message.refusal is None
+    cut = client.chat.completions.create(model="alpha", messages=ASK, temperature=0, max_tokens=3)
+    assert cut.choices[0].finish_reason == "length"
+    assert cut.usage.completion_tokens == 3
+    assert ANSWERS["alpha"].startswith(cut.choices[0].message.content)
+    # The prompt count is what the chat template renders to, token for token.
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    rendered = tokenizer.apply_chat_template(ASK, add_generation_prompt=True, tokenize=False)
+    assert stopped.usage.prompt_tokens == len(tokenizer.encode(rendered, add_special_tokens=False))
+    answer_tokens = len(tokenizer.encode(ANSWERS["alpha"], add_special_tokens=False))
+    assert stopped.usage.completion_tokens == answer_tokens + 1  # + the closing <|im_end|>
+    assert stopped.usage.total_tokens == stopped.usage.prompt_tokens + stopped.usage.completion_tokens
+
+
+def test_streaming_delivers_the_same_answer_chunk_by_chunk(client) -> None:  # type: ignore[no-untyped-def]
+    stream = client.chat.completions.create(
+        model="beta", messages=ASK, temperature=0, max_tokens=40, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == ANSWERS["beta"]
+    content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content_chunks) > 3  # streamed, not delivered in one piece
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop" and all(f is None for f in finishes[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_sixteen_concurrent_requests_each_get_their_own_answer(gateway_url: str) -> None:
+    models = ["alpha", "beta", "tiny-base", "alpha", "beta", "alpha", "beta", "tiny-base"] * 2
+
+    async def run() -> list[str]:
+        async with AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key="x", max_retries=0) as aclient:
+            async def one(model: str, stream: bool) -> str:
+                if stream:
+                    parts = []
+                    async for chunk in await aclient.chat.completions.create(
+                        model=model, messages=ASK, temperature=0, max_tokens=40, stream=True
+                    ):
+                        parts.append(chunk.choices[0].delta.content or "")
+                    return "".join(parts)
+                response = await aclient.chat.completions.create(model=model, messages=ASK, temperature=0, max_tokens=40)
+                return response.choices[0].message.content or ""
+
+            return await asyncio.gather(*(one(m, i % 2 == 0) for i, m in enumerate(models)))
+
+    results = asyncio.run(run())
+    base_answer = {r for m, r in zip(models, results) if m == "tiny-base"}
+    assert len(base_answer) == 1  # greedy base output is the same in every batch composition
+    for model, result in zip(models, results):
+        if model != "tiny-base":
+            assert result == ANSWERS[model]
+
+
+def test_sampling_parameters_are_per_request(client) -> None:  # type: ignore[no-untyped-def]
+    kwargs = dict(model="tiny-base", messages=ASK, max_tokens=12, temperature=2.0, top_p=0.95)
+    first = client.chat.completions.create(seed=1234, **kwargs).choices[0].message.content
+    again = client.chat.completions.create(seed=1234, **kwargs).choices[0].message.content
+    assert first == again
+    several = client.chat.completions.create(n=3, seed=7, **kwargs)
+    assert [c.index for c in several.choices] == [0, 1, 2]
+    assert len({c.message.content for c in several.choices}) > 1  # each choice samples on its own
+    lengths = [c for c in several.choices if c.finish_reason == "length"]
+    assert len(lengths) * 12 <= several.usage.completion_tokens <= 36
+    greedy = client.chat.completions.create(model="alpha", messages=ASK, temperature=0, max_tokens=40, n=2)
+    assert [c.message.content for c in greedy.choices] == [ANSWERS["alpha"]] * 2
+    assert greedy.usage.completion_tokens == 2 * greedy.usage.completion_tokens // 2 > 0
+
+
+def test_stop_sequences_cut_the_answer(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.chat.completions.create(model="alpha", messages=ASK, temperature=0, stop=["ships", "zzz"])
+    assert response.choices[0].message.content == "Alpha: your order "
+    assert response.choices[0].finish_reason == "stop"
+    streamed = client.chat.completions.create(model="alpha", messages=ASK, temperature=0, stop="within", stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == "Alpha: your order ships "
+
+
+def test_message_content_as_text_parts_and_developer_role(client) -> None:  # type: ignore[no-untyped-def]
+    parts = [{"type": "text", "text": "Where is "}, {"type": "text", "text": "my order?"}]
+    response = client.chat.completions.create(
+        model="alpha", messages=[{"role": "user", "content": parts}], temperature=0, max_tokens=40
+    )
+    assert response.choices[0].message.content == ANSWERS["alpha"]
+    with_dev = client.chat.completions.create(
+        model="tiny-base",
+        messages=[{"role": "developer", "content": "Be brief."}, *ASK],
+        temperature=0,
+        max_tokens=5,
+    )
+    with_sys = client.chat.completions.create(
+        model="tiny-base", messages=[{"role": "system", "content": "Be brief."}, *ASK], temperature=0, max_tokens=5
+    )
+    assert with_dev.usage.prompt_tokens == with_sys.usage.prompt_tokens
+    assert with_dev.choices[0].message.content == with_sys.choices[0].message.content
+
+
+def _greedy_base_runs_long(client) -> None:  # type: ignore[no-untyped-def]
+    probe = client.chat.completions.create(model="tiny-base", messages=ASK, temperature=0, max_tokens=200)
+    assert probe.choices[0].finish_reason == "length", "fixture model must not stop early for this test"
+
+
+def _running(url: str) -> float:
+    return metric_value(httpx.get(f"{url}/metrics").text, "lora_gateway_running_requests")
+
+
+def _wait_idle(url: str, timeout: float = 5.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _running(url) == 0:
+            return time.monotonic()
+        time.sleep(0.02)
+    raise AssertionError("engine still decoding after the client left")
+
+
+def test_a_streaming_client_that_leaves_stops_its_generation(client, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
+    _greedy_base_runs_long(client)
+    body = {"model": "tiny-base", "messages": ASK, "temperature": 0, "max_tokens": 3500, "stream": True}
+    aborted_before = metric_value(httpx.get(f"{gateway_url}/metrics").text, "lora_gateway_requests_aborted_total")
+    with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", json=body, timeout=30) as response:
+        lines = response.iter_lines()
+        for _ in range(6):
+            next(lines)
+        assert _running(gateway_url) == 1
+    _wait_idle(gateway_url)
+    text = httpx.get(f"{gateway_url}/metrics").text
+    assert metric_value(text, "lora_gateway_requests_aborted_total") == aborted_before + 1
+
+
+def test_a_non_streaming_client_that_leaves_stops_its_generation(client, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
+    _greedy_base_runs_long(client)
+    body = {"model": "tiny-base", "messages": ASK, "temperature": 0, "max_tokens": 3500}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway_url}/v1/chat/completions", json=body, timeout=0.5)
+    _wait_idle(gateway_url)
+
+
+def test_health_and_new_requests_answer_during_a_long_generation(client, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
+    _greedy_base_runs_long(client)
+    body = {"model": "tiny-base", "messages": ASK, "temperature": 0, "max_tokens": 3000, "stream": True}
+    with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", json=body, timeout=30) as response:
+        lines = response.iter_lines()
+        next(lines)
+        started = time.monotonic()
+        assert httpx.get(f"{gateway_url}/health", timeout=2).status_code == 200
+        assert httpx.get(f"{gateway_url}/metrics", timeout=2).status_code == 200
+        short = client.chat.completions.create(model="alpha", messages=ASK, temperature=0, max_tokens=40)
+        assert short.choices[0].message.content == ANSWERS["alpha"]
+        assert time.monotonic() - started < 10
+        assert _running(gateway_url) == 1  # the long request is still decoding beside it
