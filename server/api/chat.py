@@ -188,29 +188,30 @@ async def _stream(
     choices carries the usage."""
     chunk_id, created = completion_id(), now()
     usage = _Usage(generation.sampling.n)
-    usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
+    # Without include_usage the field is absent; with it, null on every chunk but the last.
+    omit = None if include_usage else {"usage"}
 
-    def event(choices: list[ChatCompletionChunkChoice], **extra: Any) -> str:
-        chunk = ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=choices, **extra)
-        return f"data: {chunk.model_dump_json(exclude_unset=False, exclude_none=False)}\n\n"
+    def event(choices: list[ChatCompletionChunkChoice], usage: UsageInfo | None = None) -> str:
+        chunk = ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=choices, usage=usage)
+        return f"data: {chunk.model_dump_json(exclude=omit)}\n\n"
 
     finished = False
     with lease_scope:
         try:
             for i in range(generation.sampling.n):
-                yield event([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))], **usage_field)
+                yield event([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
             async with contextlib.aclosing(gateway.engine.generate(generation)) as deltas:
                 async for delta in deltas:
                     observer.delta(delta)
                     usage.add(delta)
                     if delta.text:
                         choice = ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(content=delta.text))
-                        yield event([choice], **usage_field)
+                        yield event([choice])
                     if delta.finish_reason:
                         choice = ChatCompletionChunkChoice(
                             index=delta.index, delta=DeltaMessage(), finish_reason=delta.finish_reason
                         )
-                        yield event([choice], **usage_field)
+                        yield event([choice])
             info = usage.info()
             if include_usage:
                 yield event([], usage=info)

@@ -27,6 +27,9 @@ def error_response(error: GatewayError) -> JSONResponse:
     return JSONResponse(error.to_dict(), status_code=error.status_code, headers=headers)
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
 def from_validation_error(exc: RequestValidationError) -> InvalidRequest:
     """Describe the first problem the way OpenAI does: a sentence plus the field in ``param``."""
     errors: list[dict[str, Any]] = list(exc.errors())
@@ -39,7 +42,13 @@ def from_validation_error(exc: RequestValidationError) -> InvalidRequest:
             "your HTTP library correctly. The OpenAI API expects a JSON payload.)",
             code="invalid_json",
         )
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    loc: list[str] = []
+    for part in first.get("loc", ()):
+        if part == "body":
+            continue
+        if isinstance(part, str) and (part in _UNION_TAGS or "[" in part):
+            break  # pydantic names the union member it tried; the field is what users need
+        loc.append(str(part))
     param = ".".join(loc) or None
     if first.get("type") == "extra_forbidden":
         return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)

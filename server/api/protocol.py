@@ -15,7 +15,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
+from server import __version__
 from server.errors import InvalidRequest, UnsupportedParameter
+
+# Identifies the serving stack, as OpenAI's fingerprint identifies its backend configuration.
+SYSTEM_FINGERPRINT = f"lora-gateway-{__version__}"
 
 
 class _Strict(BaseModel):
@@ -216,7 +220,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatCompletionChoice]
     usage: UsageInfo
-    system_fingerprint: str | None = None
+    system_fingerprint: str = SYSTEM_FINGERPRINT
 
 
 class DeltaMessage(BaseModel):
@@ -244,7 +248,7 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChatCompletionChunkChoice]
-    system_fingerprint: str | None = None
+    system_fingerprint: str = SYSTEM_FINGERPRINT
     usage: UsageInfo | None = None
 
 

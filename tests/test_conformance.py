@@ -1,0 +1,108 @@
+"""Real responses, streamed chunks included, validate against OpenAI's published OpenAPI schemas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import QUESTION
+
+SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "openai-openapi.yaml"
+ASK = [{"role": "user", "content": QUESTION}]
+
+
+@pytest.fixture(scope="module")
+def validate():  # type: ignore[no-untyped-def]
+    yaml = pytest.importorskip("yaml")
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    if not SPEC.exists():
+        pytest.skip(f"OpenAI spec not found at {SPEC}")
+    document = _nullable_to_json_schema(yaml.load(SPEC.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+    registry = Registry().with_resource("urn:openai", Resource.from_contents(document, default_specification=DRAFT202012))
+
+    def check(instance: object, schema_name: str) -> None:
+        validator = Draft202012Validator({"$ref": f"urn:openai#/components/schemas/{schema_name}"}, registry=registry)
+        errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.path))
+        assert not errors, f"{schema_name}: " + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
+
+    return check
+
+
+def _nullable_to_json_schema(node: object) -> object:
+    """The spec still marks some fields with OpenAPI 3.0's ``nullable: true``, which JSON Schema
+    ignores; rewrite each as ``anyOf: [schema, null]`` so null is accepted exactly where allowed."""
+    if isinstance(node, list):
+        return [_nullable_to_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {k: _nullable_to_json_schema(v) for k, v in node.items()}
+    if converted.pop("nullable", False) is True:
+        return {"anyOf": [converted, {"type": "null"}]}
+    return converted
+
+
+def _sse_events(text: str) -> list[str]:
+    assert text.endswith("\n\n"), "every SSE event must end with a blank line"
+    events = text.split("\n\n")[:-1]
+    assert all(e.startswith("data: ") for e in events)
+    return [e[len("data: "):] for e in events]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_completion_matches_schema(gateway_url: str, validate, n: int) -> None:  # type: ignore[no-untyped-def]
+    for model in ("alpha", "tiny-base"):
+        body = {"model": model, "messages": ASK, "max_tokens": 8, "n": n}
+        response = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, timeout=30)
+        assert response.status_code == 200
+        validate(response.json(), "CreateChatCompletionResponse")
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_stream_chunks_match_schema(gateway_url: str, validate, include_usage: bool) -> None:  # type: ignore[no-untyped-def]
+    body = {"model": "beta", "messages": ASK, "temperature": 0, "stream": True, "n": 2, "max_tokens": 10}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    response = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, timeout=30)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = _sse_events(response.text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    for chunk in chunks:
+        validate(chunk, "CreateChatCompletionStreamResponse")
+        assert ("usage" in chunk) == include_usage
+    choice_chunks = [c for c in chunks if c["choices"]]
+    for index in (0, 1):
+        mine = [c["choices"][0] for c in choice_chunks if c["choices"][0]["index"] == index]
+        assert mine[0]["delta"] == {"role": "assistant", "content": ""}
+        assert [c["finish_reason"] for c in mine[:-1]] == [None] * (len(mine) - 1)
+        assert mine[-1]["finish_reason"] in ("stop", "length") and mine[-1]["delta"] == {}
+    if include_usage:
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["prompt_tokens"] > 0
+
+
+def test_models_match_schema(gateway_url: str, validate) -> None:  # type: ignore[no-untyped-def]
+    listing = httpx.get(f"{gateway_url}/v1/models").json()
+    validate(listing, "ListModelsResponse")
+    validate(httpx.get(f"{gateway_url}/v1/models/alpha").json(), "Model")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/chat/completions", {"model": "missing", "messages": ASK}),
+        ("POST", "/v1/chat/completions", {"model": "alpha", "messages": []}),
+        ("POST", "/v1/chat/completions", {"model": "alpha", "messages": ASK, "tools": [{"type": "function"}]}),
+        ("GET", "/v1/models/missing", None),
+        ("GET", "/v1/unknown", None),
+    ],
+)
+def test_errors_match_schema(gateway_url: str, validate, method: str, path: str, body: object) -> None:  # type: ignore[no-untyped-def]
+    response = httpx.request(method, f"{gateway_url}{path}", json=body)
+    assert response.status_code >= 400
+    validate(response.json(), "ErrorResponse")
