@@ -1,8 +1,8 @@
 """The embedded engine: transformers + peft, continuous batching, one adapter per row.
 
-One copy of the base weights is wrapped in one ``PeftModel`` holding every loaded adapter; each
-forward pass passes ``adapter_names`` so every row of the batch uses its own adapter (or
-``__base__``). A single worker thread owns the model and runs the scheduler loop:
+One copy of the base weights is wrapped in one ``PeftModel`` holding every loaded adapter; every
+row of a batch uses its own adapter (or the base), applied in one batched computation per layer by
+``server.engine.lora_batch`` rather than peft's per-adapter loop. A single worker thread owns the model and runs the scheduler loop:
 
 1. apply queued adapter loads/unloads (between steps, so no forward sees a half-loaded adapter);
 2. drop rows whose client went away, or that finished;
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
@@ -98,6 +99,7 @@ class LocalEngine(Engine):
         self._device: Any = None
         self._eos_ids: set[int] = set()
         self._peft_names: dict[int, str] = {}  # adapter_id -> name inside the PeftModel
+        self._lora: Any = None  # server.engine.lora_batch.BatchedLora once an adapter is loaded
         self._ready = False
         self._detail = "not started"
 
@@ -204,6 +206,11 @@ class LocalEngine(Engine):
             )
         self._model.eval()
         self._peft_names[adapter.adapter_id] = peft_name
+        try:
+            self._restack_adapters()
+        except Exception:
+            self._unload_adapter(adapter)  # never keep an adapter the batch path cannot serve
+            raise
 
     def _unload_adapter(self, adapter: AdapterRef) -> None:
         peft_name = self._peft_names.pop(adapter.adapter_id, None)
@@ -215,11 +222,24 @@ class LocalEngine(Engine):
             self._peft_names[adapter.adapter_id] = peft_name
             raise EngineError(f"Adapter {adapter.name} is still in use.")
         if self._peft_names:
-            self._model.delete_adapter(peft_name)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "active adapter deleted": we never use peft's active adapter
+                self._model.delete_adapter(peft_name)
         else:
             # peft cannot delete its last adapter; drop the wrapper and keep the base weights.
             self._model = self._model.unload()
+        self._restack_adapters()
         logger.info("unloaded adapter %s (%s)", adapter.name, peft_name)
+
+    def _restack_adapters(self) -> None:
+        from server.engine.lora_batch import BatchedLora
+
+        if self._lora is not None and not self._peft_names:
+            self._lora.close()
+            self._lora = None
+        if self._peft_names:
+            self._lora = self._lora or BatchedLora(self._model)
+            self._lora.rebuild(list(self._peft_names.values()))
 
     # ------------------------------------------------------------------ requests
 
@@ -378,12 +398,9 @@ class LocalEngine(Engine):
 
     def _forward(self, input_ids: Any, mask: Any, peft_names: list[str], cache: Any) -> tuple[Any, Any]:
         """One forward pass of the batch; returns last-position logits (float32) and the cache."""
-        from peft import PeftModel
-
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
-        kwargs: dict[str, Any] = {}
-        if isinstance(self._model, PeftModel):
-            kwargs["adapter_names"] = peft_names
+        if self._lora is not None:
+            self._lora.set_rows([self._lora.slot_of.get(name, 0) for name in peft_names], self._device)
         out = self._model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -391,7 +408,6 @@ class LocalEngine(Engine):
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
-            **kwargs,
         )
         return out.logits[:, -1, :].float(), out.past_key_values
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support import QUESTION
 
-SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "openai-openapi.yaml"
+SPEC = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "openai-openapi.yaml"
 ASK = [{"role": "user", "content": QUESTION}]
 
 

@@ -1,0 +1,149 @@
+"""Multi-LoRA batching on the local engine: mixed adapters vs one adapter vs one request at a time.
+
+    .venv/bin/python benchmarks/local_throughput.py [--num-prompts 32] [--max-tokens 64]
+
+Builds (offline, cached under .demo/bench) a random Qwen2 model big enough for compute to dominate
+(hidden 512, 4 layers) and four rank-8 all-linear LoRA adapters, starts ``lora-gateway serve`` as a
+subprocess with ``--max-batch-size 8``, then runs three loads with ``benchmarks/loadgen.py``:
+
+1. 8 concurrent requests spread round-robin over the 4 adapters,
+2. 8 concurrent requests all on one adapter,
+3. the same requests sent one at a time.
+
+Targets (issue 2): (1) >= 0.8x the output throughput of (2), and >= 3x that of (3). Results go to
+``benchmarks/results/local_throughput.json`` and ``.md``; the ratios are measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.loadgen import format_summary, run  # noqa: E402
+from server.offline_model import TinyModelSpec, build_tiny_model, is_built  # noqa: E402
+
+SPEC = TinyModelSpec(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                     num_key_value_heads=2, vocab_size=2048)
+ADAPTERS = ["shop-a", "shop-b", "shop-c", "shop-d"]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def prepare(cache: Path) -> tuple[Path, Path]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = cache / "base"
+    if not is_built(base, SPEC):
+        build_tiny_model(base, SPEC)
+    adapters = cache / "adapters"
+    for i, name in enumerate(ADAPTERS):
+        if (adapters / name / "adapter_model.safetensors").exists():
+            continue
+        torch.manual_seed(i)
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(base),
+            LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+        )
+        # peft initialises B to zero; small noise makes each adapter a distinct, real computation.
+        with torch.no_grad():
+            for param_name, param in model.named_parameters():
+                if "lora_B" in param_name:
+                    param.normal_(0.0, 1e-3)
+        model.save_pretrained(adapters / name)
+    return base, adapters
+
+
+def start_server(base: Path, adapters: Path, port: int) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "server", "serve", "--model", str(base), "--served-model-name", "bench-base",
+               "--adapters-dir", str(adapters), "--max-batch-size", "8", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=ROOT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.terminate()
+    raise SystemExit("gateway did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-prompts", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--cache", type=Path, default=ROOT / ".demo" / "bench")
+    args = parser.parse_args()
+
+    base, adapters = prepare(args.cache)
+    server = start_server(base, adapters, args.port)
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        asyncio.run(run(url, ADAPTERS, 8, 8, 8))  # warm-up
+        scenarios = {
+            "mixed_4_adapters_c8": (ADAPTERS, 8),
+            "single_adapter_c8": (ADAPTERS[:1], 8),
+            "one_at_a_time_c1": (ADAPTERS, 1),
+        }
+        results = {}
+        for name, (models, concurrency) in scenarios.items():
+            results[name] = asyncio.run(run(url, models, args.num_prompts, concurrency, args.max_tokens))
+            print(format_summary(name, results[name]))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    mixed = results["mixed_4_adapters_c8"]["output_throughput"]
+    ratios = {
+        "mixed_vs_single_adapter": mixed / results["single_adapter_c8"]["output_throughput"],
+        "mixed_vs_one_at_a_time": mixed / results["one_at_a_time_c1"]["output_throughput"],
+    }
+    targets = {"mixed_vs_single_adapter": 0.8, "mixed_vs_one_at_a_time": 3.0}
+    report = {
+        "benchmark": "local_throughput",
+        "model": SPEC.__dict__,
+        "adapters": len(ADAPTERS),
+        "max_batch_size": 8,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "scenarios": results,
+        "ratios": ratios,
+        "targets": targets,
+        "targets_met": {k: ratios[k] >= v for k, v in targets.items()},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "local_throughput.json").write_text(json.dumps(report, indent=2))
+    rows = "\n".join(
+        f"| {name} | {s['concurrency']} | {s['completed']}/{s['num_prompts']} | {s['output_throughput']:.1f} | "
+        f"{s['request_throughput']:.2f} | {s['median_ttft_ms']:.0f} | {s['median_tpot_ms']:.1f} | {s['p99_e2el_ms']:.0f} |"
+        for name, s in results.items()
+    )
+    (RESULTS / "local_throughput.md").write_text(
+        "# Local engine: multi-LoRA batching throughput\n\n"
+        f"Random Qwen2 (hidden {SPEC.hidden_size}, {SPEC.num_hidden_layers} layers), 4 rank-8 all-linear adapters, "
+        f"CPU, {os.cpu_count()} cores, `--max-batch-size 8`, {args.num_prompts} prompts x {args.max_tokens} tokens.\n\n"
+        "| scenario | concurrency | completed | output tok/s | req/s | median TTFT ms | median TPOT ms | p99 E2E ms |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        f"{rows}\n\n"
+        f"- mixed / single adapter: **{ratios['mixed_vs_single_adapter']:.2f}x** (target >= 0.8x)\n"
+        f"- mixed / one at a time: **{ratios['mixed_vs_one_at_a_time']:.2f}x** (target >= 3x)\n"
+    )
+    print(json.dumps({"ratios": ratios, "targets_met": report["targets_met"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

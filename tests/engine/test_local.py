@@ -1,0 +1,130 @@
+"""The embedded engine on its own: batching, adapters per row, limits, adapter load/unload."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from server.engine.base import AdapterRef, GenerationRequest, SamplingOptions
+from server.engine.local import LocalEngine
+from server.errors import ContextLengthExceeded, EngineUnavailable
+from tests.support import ANSWERS, QUESTION
+
+ASK = ({"role": "user", "content": QUESTION},)
+GREEDY = SamplingOptions(temperature=0, max_tokens=30)
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def engine(base_model: Path, trained_adapters: dict[str, Path], loop: asyncio.AbstractEventLoop) -> Iterator[LocalEngine]:
+    engine = LocalEngine(str(base_model), device="cpu", max_batch_size=8, max_model_len=512)
+    loop.run_until_complete(engine.start())
+    for i, name in enumerate(("alpha", "beta"), start=1):
+        loop.run_until_complete(engine.add_adapter(AdapterRef(name, i, str(trained_adapters[name]))))
+    yield engine
+    loop.run_until_complete(engine.stop())
+
+
+REFS = {"alpha": AdapterRef("alpha", 1, ""), "beta": AdapterRef("beta", 2, ""), "base": None}
+
+
+async def collect(engine: LocalEngine, request: GenerationRequest) -> tuple[dict[int, str], dict[int, str]]:
+    texts: dict[int, str] = {}
+    finish: dict[int, str] = {}
+    async for delta in engine.generate(request):
+        texts[delta.index] = texts.get(delta.index, "") + delta.text
+        if delta.finish_reason:
+            finish[delta.index] = delta.finish_reason
+    return texts, finish
+
+
+def request(model: str, sampling: SamplingOptions = GREEDY, messages: tuple = ASK) -> GenerationRequest:  # type: ignore[type-arg]
+    return GenerationRequest(f"r-{model}", messages, sampling, REFS[model])
+
+
+def test_batched_output_equals_one_at_a_time(engine: LocalEngine, loop: asyncio.AbstractEventLoop) -> None:
+    models = ["alpha", "beta", "base"] * 4  # 12 requests, more than the batch of 8
+    alone = [loop.run_until_complete(collect(engine, request(m)))[0][0] for m in models[:3]]
+
+    async def staggered() -> list[str]:
+        async def one(i: int, model: str) -> str:
+            await asyncio.sleep(0.003 * i)  # join a batch that is already decoding
+            return (await collect(engine, request(model)))[0][0]
+
+        return await asyncio.gather(*(one(i, m) for i, m in enumerate(models)))
+
+    together = loop.run_until_complete(staggered())
+    assert together == alone * 4
+    assert alone[0] == ANSWERS["alpha"] and alone[1] == ANSWERS["beta"]
+
+
+def test_prompt_beyond_context_is_refused_with_numbers(engine: LocalEngine, loop: asyncio.AbstractEventLoop) -> None:
+    long = ({"role": "user", "content": "order " * 600},)
+    with pytest.raises(ContextLengthExceeded, match="512 tokens"):
+        loop.run_until_complete(collect(engine, request("base", messages=long)))
+    with pytest.raises(ContextLengthExceeded, match="500 in the completion"):
+        loop.run_until_complete(collect(engine, request("base", SamplingOptions(max_tokens=500)))
+)
+
+
+def test_without_max_tokens_generation_stops_at_the_context_window(engine: LocalEngine, loop: asyncio.AbstractEventLoop) -> None:
+    texts, finish = loop.run_until_complete(collect(engine, request("base", SamplingOptions(temperature=0))))
+    assert finish == {0: "length"}
+    prompt_len = len(engine.render_prompt(ASK))
+    assert len(engine._tokenizer.encode(texts[0], add_special_tokens=False)) <= 512 - prompt_len
+
+
+def test_closing_the_stream_frees_the_batch_slot(engine: LocalEngine, loop: asyncio.AbstractEventLoop) -> None:
+    async def leave_early() -> None:
+        stream = engine.generate(request("base", SamplingOptions(temperature=0, max_tokens=400)))
+        assert isinstance(stream, AsyncIterator)
+        await anext(stream)
+        await stream.aclose()
+        for _ in range(200):
+            if engine.health().running_requests == 0:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("row still decoding")
+
+    loop.run_until_complete(leave_early())
+
+
+def test_adapters_load_and_unload_between_steps(engine: LocalEngine, trained_adapters: dict[str, Path], loop: asyncio.AbstractEventLoop) -> None:
+    extra = AdapterRef("alpha-copy", 99, str(trained_adapters["alpha"]))
+    loop.run_until_complete(engine.add_adapter(extra))
+    copy = GenerationRequest("copy", ASK, GREEDY, extra)
+    assert loop.run_until_complete(collect(engine, copy))[0][0] == ANSWERS["alpha"]
+    loop.run_until_complete(engine.remove_adapter(extra))
+    assert "adapter_99" not in engine.health().loaded_adapters
+    with pytest.raises(EngineUnavailable):
+        loop.run_until_complete(collect(engine, copy))
+    assert loop.run_until_complete(collect(engine, request("beta")))[0][0] == ANSWERS["beta"]
+
+
+def test_removing_every_adapter_keeps_the_base_serving(base_model: Path, trained_adapters: dict[str, Path]) -> None:
+    async def scenario() -> tuple[str, str]:
+        engine = LocalEngine(str(base_model), device="cpu", max_model_len=256)
+        await engine.start()
+        try:
+            before = (await collect(engine, request("base")))[0][0]
+            ref = AdapterRef("alpha", 1, str(trained_adapters["alpha"]))
+            await engine.add_adapter(ref)
+            await engine.remove_adapter(ref)
+            after = (await collect(engine, request("base")))[0][0]
+            await engine.add_adapter(ref)  # and a new one loads again afterwards
+            assert (await collect(engine, request("alpha")))[0][0] == ANSWERS["alpha"]
+            return before, after
+        finally:
+            await engine.stop()
+
+    before, after = asyncio.run(scenario())
+    assert before == after

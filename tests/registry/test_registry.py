@@ -1,0 +1,84 @@
+"""Registry at start-up: what the directory holds is served; what is bad is reported, not served."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from server.engine.base import AdapterRef, EngineHealth, GenerationRequest
+from server.errors import ModelNotFound
+from server.registry import AdapterRegistry, AdapterState
+
+
+class RecordingEngine:
+    """Records add/remove calls; the registry needs nothing else from an engine here."""
+
+    max_model_len = 128
+
+    def __init__(self) -> None:
+        self.added: list[AdapterRef] = []
+        self.removed: list[AdapterRef] = []
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        self.added.append(adapter)
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None:
+        self.removed.append(adapter)
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(ready=True)
+
+    def generate(self, request: GenerationRequest):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+
+def make_registry(directory: Path, engine: RecordingEngine, rejected: list[tuple[str, str]] | None = None) -> AdapterRegistry:
+    return AdapterRegistry(
+        engine,  # type: ignore[arg-type]
+        base_model_id="base",
+        adapters_dir=directory,
+        max_lora_rank=64,
+        max_adapter_bytes=10**8,
+        on_rejected=lambda name, reason: (rejected if rejected is not None else []).append((name, reason)),
+    )
+
+
+def test_scan_registers_good_and_reports_bad(adapters_dir: Path, trained_adapters: dict[str, Path]) -> None:
+    shutil.copytree(trained_adapters["alpha"], adapters_dir / "dora-one")
+    config = json.loads((adapters_dir / "dora-one" / "adapter_config.json").read_text())
+    (adapters_dir / "dora-one" / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    shutil.copytree(trained_adapters["alpha"], adapters_dir / ".staging-tmp")  # ignored
+    (adapters_dir / "README.md").write_text("not an adapter")  # ignored
+    engine, rejected = RecordingEngine(), []
+    registry = make_registry(adapters_dir, engine, rejected)
+    asyncio.run(registry.scan())
+
+    assert [v.name for v in registry.active_versions()] == ["alpha", "beta"]
+    assert [a.name for a in engine.added] == ["alpha", "beta"]
+    assert len({a.adapter_id for a in engine.added}) == 2
+    bad = registry.get("dora-one")
+    assert bad is not None and bad.state is AdapterState.REJECTED and "DoRA" in (bad.last_error or "")
+    assert rejected == [("dora-one", "dora")]
+
+
+def test_lease_resolves_base_and_adapters(adapters_dir: Path) -> None:
+    registry = make_registry(adapters_dir, RecordingEngine())
+    asyncio.run(registry.scan())
+    with registry.lease("base") as lease:
+        assert lease.adapter is None and lease.ref is None
+    with registry.lease("alpha") as lease:
+        assert lease.ref is not None and lease.ref.name == "alpha"
+    for missing in ("gamma", "../alpha", "dora-one"):
+        with pytest.raises(ModelNotFound):
+            with registry.lease(missing):
+                pass
+
+
+def test_a_missing_directory_serves_the_base_only(tmp_path: Path) -> None:
+    registry = make_registry(tmp_path / "nope", RecordingEngine())
+    asyncio.run(registry.scan())
+    assert registry.active_versions() == []

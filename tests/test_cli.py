@@ -1,0 +1,93 @@
+"""The command line as a user runs it: a subprocess, flags and env vars, the demo."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from server.cli import build_parser
+from server.settings import Settings
+from tests.support import ANSWERS, QUESTION, free_port
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@contextmanager
+def cli_server(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", *args, "--port", str(port)],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited: {process.stdout.read() if process.stdout else ''}")
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise AssertionError("server did not become ready")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_serve_subprocess_with_flags_and_env(base_model: Path, adapters_dir: Path) -> None:
+    env = {"LORA_GATEWAY_SERVED_MODEL_NAME": "from-env", "LORA_GATEWAY_API_KEY": "k-env"}
+    with cli_server(["serve", "--model", str(base_model), "--adapters-dir", str(adapters_dir), "--device", "cpu"], env) as url:
+        with OpenAI(base_url=f"{url}/v1", api_key="k-env", max_retries=0) as client:
+            assert {m.id for m in client.models.list()} == {"from-env", "alpha", "beta"}
+            answer = client.chat.completions.create(model="alpha", messages=[{"role": "user", "content": QUESTION}], temperature=0)
+            assert answer.choices[0].message.content == ANSWERS["alpha"]
+
+
+def test_base_model_id_defaults_to_the_model_value(base_model: Path, tmp_path: Path) -> None:
+    with cli_server(["serve", "--model", str(base_model), "--adapters-dir", str(tmp_path)]) as url:
+        assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == [str(base_model)]
+
+
+def test_demo_builds_the_offline_model_and_serves(tmp_path: Path) -> None:
+    with cli_server(["demo", "--demo-dir", str(tmp_path / "demo"), "--adapters-dir", str(tmp_path / "adapters")]) as url:
+        ids = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+        assert ids == ["demo-base"]
+        reply = httpx.post(f"{url}/v1/chat/completions", json={"model": "demo-base", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 5}).json()
+        assert reply["usage"]["completion_tokens"] >= 1
+    assert (tmp_path / "demo" / "base" / "config.json").exists()
+
+
+def test_invalid_settings_exit_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
+    from server.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["serve", "--model", "m", "--max-batch-size", "0"])
+    assert "--max-batch-size" in str(caught.value)
+
+
+def test_every_setting_is_a_flag_and_in_the_readme_table() -> None:
+    serve = next(a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "serve")[1]  # type: ignore[union-attr]
+    flags = {opt for action in serve._actions for opt in action.option_strings}
+    readme = README.read_text()
+    for name in Settings.model_fields:
+        flag = "--" + name.replace("_", "-")
+        assert flag in flags
+        assert re.search(rf"\|\s*`{re.escape(flag)}`.*`LORA_GATEWAY_{name.upper()}`", readme), f"{flag} missing from README table"
