@@ -15,7 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.errors import EngineError, GatewayError, InvalidRequest, NotFound, RateLimited
+from server.errors import (
+    EngineError,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -26,6 +26,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 from server.engine.base import (
     AdapterRef,
     Engine,
@@ -33,11 +36,19 @@ from server.engine.base import (
     GenerationDelta,
     GenerationRequest,
 )
-from server.errors import ContextLengthExceeded, EngineError, EngineUnavailable, GatewayError
+from server.engine.lora_batch import BatchedLora
+from server.engine.sampling import Sampler
+from server.engine.text import IncrementalDecoder, StopMatcher
+from server.errors import (
+    ContextLengthExceeded,
+    EngineError,
+    EngineUnavailable,
+    GatewayError,
+)
 
 logger = logging.getLogger(__name__)
 
-BASE_ROW = "__base__"  # peft's name for "no adapter" in a mixed batch
+BASE_ROW = ""  # rows on the base model carry no adapter name
 _DONE = object()  # end-of-stream marker sent from the worker to a request's queue
 
 
@@ -64,9 +75,9 @@ class _Row:
 
     job: _Job
     index: int
-    sampler: Any  # server.engine.sampling.Sampler
-    decoder: Any  # server.engine.text.IncrementalDecoder
-    stopper: Any  # server.engine.text.StopMatcher
+    sampler: Sampler
+    decoder: IncrementalDecoder
+    stopper: StopMatcher
     max_tokens: int
     generated: int = 0
     last_token: int = 0
@@ -94,12 +105,12 @@ class LocalEngine(Engine):
         self._prefill_token_budget = prefill_token_budget
         self.max_model_len: int | None = None
 
-        self._model: Any = None
+        self._model: Any = None  # a transformers model, wrapped in a PeftModel once an adapter loads
         self._tokenizer: Any = None
-        self._device: Any = None
+        self._device = torch.device("cpu")
         self._eos_ids: set[int] = set()
         self._peft_names: dict[int, str] = {}  # adapter_id -> name inside the PeftModel
-        self._lora: Any = None  # server.engine.lora_batch.BatchedLora once an adapter is loaded
+        self._lora: BatchedLora | None = None  # once an adapter is loaded
         self._ready = False
         self._detail = "not started"
 
@@ -113,7 +124,7 @@ class LocalEngine(Engine):
         # Batch state, touched only by the worker thread.
         self._rows: list[_Row] = []
         self._cache: Any = None  # transformers Cache for the running rows
-        self._mask: Any = None  # [rows, cached positions] attention mask, left-padded
+        self._mask: torch.Tensor | None = None  # [rows, cached positions] attention mask, left-padded
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -139,7 +150,6 @@ class LocalEngine(Engine):
         self._detail = "stopped"
 
     def _load(self) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = self._device_setting
@@ -232,8 +242,6 @@ class LocalEngine(Engine):
         logger.info("unloaded adapter %s (%s)", adapter.name, peft_name)
 
     def _restack_adapters(self) -> None:
-        from server.engine.lora_batch import BatchedLora
-
         if self._lora is not None and not self._peft_names:
             self._lora.close()
             self._lora = None
@@ -298,8 +306,6 @@ class LocalEngine(Engine):
     # ------------------------------------------------------------------ worker thread
 
     def _worker(self) -> None:
-        import torch
-
         with torch.inference_mode():
             while True:
                 with self._lock:
@@ -348,11 +354,6 @@ class LocalEngine(Engine):
         self._merge(rows, cache, mask)
 
     def _prefill(self, jobs: list[_Job]) -> tuple[list[_Row], Any, Any]:
-        import torch
-
-        from server.engine.sampling import Sampler
-        from server.engine.text import IncrementalDecoder, StopMatcher
-
         rows: list[_Row] = []
         prompts: list[list[int]] = []
         for job in jobs:
@@ -380,8 +381,6 @@ class LocalEngine(Engine):
         return rows, cache, mask
 
     def _decode_step(self) -> None:
-        import torch
-
         rows = self._rows
         tokens = torch.tensor([[r.last_token] for r in rows], device=self._device)
         mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
@@ -493,8 +492,6 @@ class LocalEngine(Engine):
         if not keep:
             self._rows, self._cache, self._mask = [], None, None
             return
-        import torch
-
         index = torch.tensor(keep, device=self._device)
         mask = self._mask.index_select(0, index)
         first = int(mask.any(dim=0).nonzero()[0])  # leading columns padded in every kept row
@@ -509,8 +506,6 @@ class LocalEngine(Engine):
         if not keep:
             return
         if len(keep) != len(rows):
-            import torch
-
             index = torch.tensor(keep, device=self._device)
             mask = mask.index_select(0, index)
             cache = _make_cache([(k.index_select(0, index), v.index_select(0, index)) for k, v in _cache_layers(cache)])
@@ -539,9 +534,7 @@ def _run_command(fn: Callable[[], None], future: Future[None]) -> None:
         future.set_result(None)
 
 
-def _resolve_dtype(setting: str, device: Any) -> Any:
-    import torch
-
+def _resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -570,15 +563,12 @@ def _cat_left_padded(a: Any, b: Any, width: int) -> Any:
 
     Works for 2-D masks [batch, positions] and 4-D caches [batch, heads, positions, dim].
     """
-    import torch.nn.functional as F
 
     def pad(t: Any) -> Any:
         missing = width - t.shape[-2 if t.dim() == 4 else -1]
         if missing == 0:
             return t
         return F.pad(t, (0, 0, missing, 0) if t.dim() == 4 else (missing, 0))
-
-    import torch
 
     return torch.cat([pad(a), pad(b)], dim=0)
 
