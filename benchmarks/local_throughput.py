@@ -20,66 +20,13 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+from benchmarks.common import ADAPTERS, RESULTS, ROOT, SPEC, machine, prepare, start_gateway  # noqa: E402
 from benchmarks.loadgen import format_summary, run  # noqa: E402
-from server.offline_model import TinyModelSpec, build_tiny_model, is_built  # noqa: E402
-
-SPEC = TinyModelSpec(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
-                     num_key_value_heads=2, vocab_size=2048)
-ADAPTERS = ["shop-a", "shop-b", "shop-c", "shop-d"]
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def prepare(cache: Path) -> tuple[Path, Path]:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = cache / "base"
-    if not is_built(base, SPEC):
-        build_tiny_model(base, SPEC)
-    adapters = cache / "adapters"
-    for i, name in enumerate(ADAPTERS):
-        if (adapters / name / "adapter_model.safetensors").exists():
-            continue
-        torch.manual_seed(i)
-        model = get_peft_model(
-            AutoModelForCausalLM.from_pretrained(base),
-            LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
-        )
-        # peft initialises B to zero; small noise makes each adapter a distinct, real computation.
-        with torch.no_grad():
-            for param_name, param in model.named_parameters():
-                if "lora_B" in param_name:
-                    param.normal_(0.0, 1e-3)
-        model.save_pretrained(adapters / name)
-    return base, adapters
-
-
-def start_server(base: Path, adapters: Path, port: int) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "server", "serve", "--model", str(base), "--served-model-name", "bench-base",
-               "--adapters-dir", str(adapters), "--max-batch-size", "8", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    process.terminate()
-    raise SystemExit("gateway did not become ready")
 
 
 def main() -> None:
@@ -91,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     base, adapters = prepare(args.cache)
-    server = start_server(base, adapters, args.port)
+    server = start_gateway(base, adapters, args.port, "--max-batch-size", "8")
     url = f"http://127.0.0.1:{args.port}"
     try:
         asyncio.run(run(url, ADAPTERS, 8, 8, 8))  # warm-up
@@ -119,7 +66,7 @@ def main() -> None:
         "model": SPEC.__dict__,
         "adapters": len(ADAPTERS),
         "max_batch_size": 8,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "scenarios": results,
         "ratios": ratios,
         "targets": targets,

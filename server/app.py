@@ -13,13 +13,16 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from server.api import chat, models, ops
+from server.api import admin, chat, models, ops
 from server.api.errors import install_error_handlers
 from server.api.limits import BodyLimitMiddleware, EarlyErrorCounter
 from server.engine.base import Engine
 from server.gateway import Gateway
 from server.metrics import GatewayMetrics
 from server.registry import AdapterRegistry
+from server.registry.base_model import BaseModelSpec
+from server.registry.registry import RegistryHooks
+from server.registry.watcher import AdapterWatcher
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -49,7 +52,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         adapters_dir=settings.adapters_dir,
         max_lora_rank=settings.max_lora_rank,
         max_adapter_bytes=settings.max_adapter_bytes,
-        on_rejected=lambda name, reason: metrics.adapters_rejected.labels(reason).inc(),
+        max_loaded=settings.max_loaded_adapters,
+        hooks=RegistryHooks(
+            rejected=lambda reason: metrics.adapters_rejected.labels(reason).inc(),
+            loaded=metrics.adapter_load_seconds.observe,
+            swapped=metrics.adapter_swaps.inc,
+        ),
     )
     gateway = Gateway(
         settings=settings,
@@ -57,19 +65,24 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         registry=registry,
         metrics=metrics,
         api_keys=[key.get_secret_value().encode() for key in settings.api_key],
+        admin_keys=[settings.admin_key.get_secret_value().encode()] if settings.admin_key else [],
     )
     metrics.watch_engine(engine.health, lambda: len(registry.active_versions()))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        boot = asyncio.create_task(_boot(gateway))
+        tasks = [asyncio.create_task(_boot(gateway))]
+        gateway.background = tasks
         try:
             yield
         finally:
-            boot.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await boot
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             await engine.stop()
+            await registry.close()
 
     app = FastAPI(title="lora-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
@@ -80,15 +93,29 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(ops.router)
+    app.include_router(admin.router)
     return app
 
 
 async def _boot(gateway: Gateway) -> None:
+    """Load the base (it serves at once), then follow the adapters directory.
+
+    The watcher starts before the first scan so that nothing written during the scan is missed;
+    /ready turns 200 once the scan has validated every adapter present (headers only), and adapters
+    are then preloaded into free engine slots in the background.
+    """
+    settings, registry = gateway.settings, gateway.registry
     try:
         await gateway.engine.start()
-        await gateway.registry.scan()
+        aliases = [*settings.base_model_alias, *([settings.served_model_name] if settings.served_model_name else [])]
+        registry.base_spec = await asyncio.to_thread(BaseModelSpec.from_pretrained, settings.model, aliases)
+        watcher = AdapterWatcher(registry, poll=settings.watch_poll)
+        gateway.background.append(asyncio.create_task(watcher.run()))
+        await registry.scan()
     except Exception as exc:
         gateway.boot_error = f"start-up failed: {exc}"
         logger.error("%s", gateway.boot_error)
+        return
     finally:
         gateway.booted.set()
+    await registry.preload()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -75,6 +76,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_adapters_publish(args: argparse.Namespace) -> int:
+    from server.registry.publish import publish_adapter
+    from server.registry.validation import AdapterRejected
+
+    try:
+        target = publish_adapter(args.source, args.name, args.adapters_dir)
+    except AdapterRejected as exc:
+        raise SystemExit(f"lora-gateway: {exc}") from None
+    print(f"Published {args.name} to {target}; a running gateway watching {args.adapters_dir} serves it as model {args.name!r}.")
+    return 0
+
+
+def _cmd_adapters_remove(args: argparse.Namespace) -> int:
+    from server.registry.publish import remove_adapter
+
+    if not remove_adapter(args.name, args.adapters_dir):
+        raise SystemExit(f"lora-gateway: no adapter {args.name!r} in {args.adapters_dir}")
+    print(f"Removed {args.name} from {args.adapters_dir}.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-gateway", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lora-gateway {__version__}")
@@ -88,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--demo-dir", default=".demo", help="Where the demo model is cached [default .demo].")
     _add_settings_flags(p_demo, require_model=False)
     p_demo.set_defaults(func=_cmd_demo)
+
+    p_adapters = commands.add_parser("adapters", help="Manage the adapters directory.")
+    adapter_commands = p_adapters.add_subparsers(dest="adapters_command", required=True)
+    default_dir = os.environ.get("LORA_GATEWAY_ADAPTERS_DIR", "adapters")
+    p_publish = adapter_commands.add_parser("publish", help="Copy an adapter into the directory atomically (new version if NAME exists).")
+    p_publish.add_argument("source", help="Directory with adapter_config.json and adapter_model.safetensors.")
+    p_publish.add_argument("--name", required=True, help="Model id to publish it as.")
+    p_publish.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
+    p_publish.set_defaults(func=_cmd_adapters_publish)
+    p_remove = adapter_commands.add_parser("remove", help="Remove an adapter from the directory.")
+    p_remove.add_argument("name")
+    p_remove.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
+    p_remove.set_defaults(func=_cmd_adapters_remove)
     return parser
 
 

@@ -19,9 +19,12 @@ class Gateway:
     registry: AdapterRegistry
     metrics: GatewayMetrics
     api_keys: list[bytes]
+    admin_keys: list[bytes] = field(default_factory=list)
     booted: asyncio.Event = field(default_factory=asyncio.Event)
     boot_error: str | None = None
     started: int = field(default_factory=lambda: int(time.time()))
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    models_json: tuple[object, bytes] | None = None  # /v1/models, serialized once per registry change
 
     @property
     def base_model_id(self) -> str:

@@ -50,6 +50,15 @@ class GatewayMetrics:
         self.aborted = Counter(
             "lora_gateway_requests_aborted", "Requests whose client went away before the end.", ["model"], registry=r
         )
+        self.adapter_load_seconds = Histogram(
+            "lora_gateway_adapter_load_seconds",
+            "Time to load one adapter version into the engine.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.adapter_swaps = Counter(
+            "lora_gateway_adapter_swaps", "Active adapter versions replaced by a newer version.", registry=r
+        )
         self.adapters_rejected = Counter(
             "lora_gateway_adapters_rejected", "Adapter versions refused by validation, by reason.", ["reason"], registry=r
         )

@@ -37,13 +37,26 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Weights dtype (auto: bf16/fp16 on CUDA, float32 on CPU)."
     )
+    admin_key: SecretStr | None = Field(
+        default=None, description="Key for the admin API (/v1/adapters, load/unload). None: admin API disabled."
+    )
+    watch_poll: float | None = Field(
+        default=None, gt=0, description="Poll the adapters directory every N seconds instead of inotify (NFS, bind mounts)."
+    )
+    max_loaded_adapters: int = Field(
+        default=64, ge=1, description="Adapter versions the engine holds at once; least recently used are evicted."
+    )
+    base_model_alias: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Other names of the base model that adapters may declare (repeat, or comma-separate in the env var).",
+    )
     max_lora_rank: int = Field(default=64, ge=1, description="Adapters above this rank are refused.")
     max_adapter_bytes: int = Field(default=2 * 1024**3, ge=1, description="Adapters whose weights exceed this are refused.")
     max_request_bytes: int = Field(default=2 * 1024**2, ge=1024, description="Request bodies above this get 413.")
     max_n: int = Field(default=8, ge=1, description="Largest `n` (choices per request) accepted.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "base_model_alias", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -91,3 +91,22 @@ def test_every_setting_is_a_flag_and_in_the_readme_table() -> None:
         flag = "--" + name.replace("_", "-")
         assert flag in flags
         assert re.search(rf"\|\s*`{re.escape(flag)}`.*`LORA_GATEWAY_{name.upper()}`", readme), f"{flag} missing from README table"
+
+
+def test_adapters_publish_and_remove_commands(tmp_path: Path, trained_adapters: dict[str, Path]) -> None:
+    directory = tmp_path / "adapters"
+    run = [sys.executable, "-m", "server", "adapters"]
+    published = subprocess.run([*run, "publish", str(trained_adapters["alpha"]), "--name", "shop-1", "--adapters-dir", str(directory)],
+                               capture_output=True, text=True, check=True)
+    assert "shop-1" in published.stdout
+    assert (directory / "shop-1" / "adapter_model.safetensors").read_bytes() == (trained_adapters["alpha"] / "adapter_model.safetensors").read_bytes()
+    again = subprocess.run([*run, "publish", str(trained_adapters["beta"]), "--name", "shop-1", "--adapters-dir", str(directory)],
+                           capture_output=True, text=True, check=True)
+    assert again.returncode == 0
+    assert (directory / "shop-1" / "adapter_model.safetensors").read_bytes() == (trained_adapters["beta"] / "adapter_model.safetensors").read_bytes()
+    assert sorted(p.name for p in directory.iterdir()) == ["shop-1"]  # no staging or trash left behind
+    bad = subprocess.run([*run, "publish", str(trained_adapters["beta"]), "--name", "../x", "--adapters-dir", str(directory)],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "not a valid adapter name" in bad.stderr
+    subprocess.run([*run, "remove", "shop-1", "--adapters-dir", str(directory)], check=True, capture_output=True)
+    assert not (directory / "shop-1").exists()

@@ -119,14 +119,14 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, gateway: GatewayDep
 ) -> Response | ChatCompletionResponse:
     request.state.observed = True
-    lease_scope = contextlib.ExitStack()
+    lease_scope = contextlib.AsyncExitStack()
     try:
-        lease = lease_scope.enter_context(gateway.registry.lease(body.model))
+        lease = await lease_scope.enter_async_context(gateway.registry.lease(body.model))
         generation = to_generation_request(body, lease, gateway.settings.max_n)
         if not gateway.engine.health().ready:
             raise EngineUnavailable("The model is still loading; try again shortly.")
     except GatewayError as error:
-        lease_scope.close()
+        await lease_scope.aclose()
         record_error(gateway.metrics, UNKNOWN_MODEL if error.code == "model_not_found" else body.model, error)
         raise
     observer = _Observer(gateway.metrics, body.model)
@@ -134,7 +134,7 @@ async def create_chat_completion(
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _stream(gateway, generation, body.model, include_usage, observer, lease_scope)
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    with lease_scope:
+    async with lease_scope:
         try:
             return await _until_disconnected(request, _complete(gateway, generation, body.model, observer))
         except _ClientGone:
@@ -181,7 +181,7 @@ async def _stream(
     model: str,
     include_usage: bool,
     observer: _Observer,
-    lease_scope: contextlib.ExitStack,
+    lease_scope: contextlib.AsyncExitStack,
 ) -> AsyncIterator[str]:
     """SSE events as OpenAI sends them: role first, content pieces, then an empty delta with the
     finish_reason; with ``include_usage`` every chunk has ``usage: null`` and one last chunk with no
@@ -196,7 +196,7 @@ async def _stream(
         return f"data: {chunk.model_dump_json(exclude=omit)}\n\n"
 
     finished = False
-    with lease_scope:
+    async with lease_scope:
         try:
             for i in range(generation.sampling.n):
                 yield event([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])

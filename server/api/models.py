@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import Response
 
 from server.api.deps import GatewayDep, require_api_key
 from server.api.protocol import ModelCard, ModelList
@@ -24,9 +25,14 @@ def _cards(gateway: Gateway) -> list[ModelCard]:
     return cards
 
 
-@router.get("/v1/models")
-async def list_models(gateway: GatewayDep) -> ModelList:
-    return ModelList(data=_cards(gateway))
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(gateway: GatewayDep) -> Response:
+    """Serialized once per registry change: with a thousand adapters, building the list on every
+    call would cost more than everything else this endpoint does."""
+    key = (gateway.registry.revision, gateway.engine.max_model_len)
+    if gateway.models_json is None or gateway.models_json[0] != key:
+        gateway.models_json = (key, ModelList(data=_cards(gateway)).model_dump_json().encode())
+    return Response(gateway.models_json[1], media_type="application/json")
 
 
 @router.get("/v1/models/{model_id:path}")

@@ -19,12 +19,27 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(gateway: GatewayDep) -> JSONResponse:
+    """200 once the base model serves and the first scan of the adapters directory is done.
+
+    The base (and each adapter as soon as it validates) already answers before that; the body
+    reports the scan's progress so a slow start with many adapters is visible.
+    """
     engine = gateway.engine.health()
-    is_ready = engine.ready and gateway.booted.is_set() and gateway.boot_error is None
+    registry = gateway.registry
+    is_ready = engine.ready and registry.scan_complete and gateway.boot_error is None
+    states = [entry.state.value for entry in registry.entries()]
     body = {
         "ready": is_ready,
         "engine": engine.detail if gateway.boot_error is None else gateway.boot_error,
-        "adapters_registered": len(gateway.registry.active_versions()),
+        "adapters": {
+            "scanned": registry.scan_done,
+            "total": registry.scan_total,
+            "scan_complete": registry.scan_complete,
+            "ready": states.count("ready"),
+            "rejected": states.count("rejected"),
+            "incomplete": states.count("incomplete"),
+            "loaded": registry.loaded_count,
+        },
         "running_requests": engine.running_requests,
         "waiting_requests": engine.waiting_requests,
     }

@@ -217,7 +217,8 @@ class LocalEngine(Engine):
         self._model.eval()
         self._peft_names[adapter.adapter_id] = peft_name
         try:
-            self._restack_adapters()
+            self._lora = self._lora or BatchedLora(self._model)
+            self._lora.add(peft_name)
         except Exception:
             self._unload_adapter(adapter)  # never keep an adapter the batch path cannot serve
             raise
@@ -231,6 +232,8 @@ class LocalEngine(Engine):
         if any(job.peft_name == peft_name and not job.cancelled.is_set() for job in jobs):
             self._peft_names[adapter.adapter_id] = peft_name
             raise EngineError(f"Adapter {adapter.name} is still in use.")
+        if self._lora is not None:
+            self._lora.remove(peft_name)
         if self._peft_names:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "active adapter deleted": we never use peft's active adapter
@@ -238,16 +241,10 @@ class LocalEngine(Engine):
         else:
             # peft cannot delete its last adapter; drop the wrapper and keep the base weights.
             self._model = self._model.unload()
-        self._restack_adapters()
+            if self._lora is not None:
+                self._lora.close()
+                self._lora = None
         logger.info("unloaded adapter %s (%s)", adapter.name, peft_name)
-
-    def _restack_adapters(self) -> None:
-        if self._lora is not None and not self._peft_names:
-            self._lora.close()
-            self._lora = None
-        if self._peft_names:
-            self._lora = self._lora or BatchedLora(self._model)
-            self._lora.rebuild(list(self._peft_names.values()))
 
     # ------------------------------------------------------------------ requests
 

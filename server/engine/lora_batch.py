@@ -4,8 +4,11 @@ peft's ``adapter_names`` mixed batch loops over the distinct adapters in every L
 the rows, two matmuls, scatter back). With four adapters in a batch of eight that costs more than
 the base model's own matmuls on a CPU. This module applies the idea of punica's BGMV kernel
 (S-LoRA, vLLM) in plain torch instead: each LoRA layer keeps every loaded adapter's ``A`` and
-``B`` stacked into one tensor (slot 0 is all zeros, for rows on the base model), and a forward
-hook adds ``bmm(bmm(x, A[slot]), B[slot])`` for the whole batch at once, whatever the mix.
+``B`` in one stacked tensor of *slots* (slot 0 stays all zeros, for rows on the base model), and a
+forward hook adds ``bmm(bmm(x, A[slot]), B[slot])`` for the whole batch at once, whatever the mix.
+
+Loading or unloading an adapter writes or clears its slot only (capacity doubles when full), so the
+cost of a swap does not grow with the number of adapters held.
 
 peft stays the loader and keeper of adapter weights (key mapping, ranks, rsLoRA scaling); its own
 adapter computation is disabled so it never runs twice. Measured in ``benchmarks/``.
@@ -19,6 +22,8 @@ import torch
 
 from server.errors import EngineError
 
+_INITIAL_SLOTS = 4
+
 
 class BatchedLora:
     def __init__(self, peft_model: Any) -> None:
@@ -26,53 +31,78 @@ class BatchedLora:
         self._layers: list[Any] = []
         self._hooks: list[Any] = []
         self._slots: torch.Tensor | None = None
+        self._capacity = _INITIAL_SLOTS  # slots per layer, slot 0 included
         self.slot_of: dict[str, int] = {}
 
-    def rebuild(self, adapter_names: list[str]) -> None:
-        """Re-stack every layer's weights for ``adapter_names`` (after a load or an unload)."""
-        from peft.tuners.lora import LoraLayer
-        from peft.tuners.lora.layer import Linear as LoraLinear
-
-        for module in self._model.modules():
-            if not isinstance(module, LoraLayer) or any(module is layer for layer in self._layers):
-                continue
-            if not isinstance(module, LoraLinear):
-                if not any(name in module.r for name in adapter_names):
-                    continue  # an emptied wrapper left behind by an unloaded adapter
-                raise EngineError(f"{type(module).__name__} LoRA layers are not supported; target linear layers only.")
-            if module.fan_in_fan_out:
-                raise EngineError("fan_in_fan_out adapters are not supported.")
-            self._layers.append(module)
-            self._hooks.append(module.register_forward_hook(self._add_delta))
-        self.slot_of = {name: slot for slot, name in enumerate(adapter_names, start=1)}
+    def add(self, name: str) -> None:
+        """Stack adapter ``name`` (already loaded into the peft model) into a free slot."""
+        self._adopt_new_layers(name)
+        free = next((s for s in range(1, self._capacity) if s not in self.slot_of.values()), None)
+        if free is None:
+            free, self._capacity = self._capacity, self._capacity * 2
         for layer in self._layers:
-            names = [n for n in adapter_names if n in layer.lora_A]
-            weight = layer.get_base_layer().weight
-            rank = max((layer.r[n] for n in names), default=1)
-            a = weight.new_zeros((len(adapter_names) + 1, weight.shape[1], rank))
-            b = weight.new_zeros((len(adapter_names) + 1, rank, weight.shape[0]))
-            for name in names:
-                slot, r = self.slot_of[name], layer.r[name]
-                a[slot, :, :r] = layer.lora_A[name].weight.t()
-                b[slot, :r, :] = layer.lora_B[name].weight.t() * layer.scaling[name]
-            layer.batched_lora_a, layer.batched_lora_b = a, b
+            self._fit(layer, layer.r.get(name, 0))
+            if name in layer.lora_A:
+                r = layer.r[name]
+                layer.batched_lora_a[free, :, :r] = layer.lora_A[name].weight.t()
+                layer.batched_lora_b[free, :r, :] = layer.lora_B[name].weight.t() * layer.scaling[name]
+        self.slot_of[name] = free
         # peft's own LoRA computation would add the delta a second time.
         self._model.base_model.disable_adapter_layers()
+
+    def remove(self, name: str) -> None:
+        slot = self.slot_of.pop(name, None)
+        if slot is None:
+            return
+        for layer in self._layers:
+            layer.batched_lora_a[slot].zero_()
+            layer.batched_lora_b[slot].zero_()
 
     def set_rows(self, slots: list[int], device: torch.device) -> None:
         """Slots of the rows in the next forward (0: base model). All-base batches skip the hooks."""
         self._slots = torch.tensor(slots, device=device) if any(slots) else None
-
-    def _add_delta(self, layer: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        if self._slots is None:
-            return output
-        x = inputs[0]
-        hidden = torch.bmm(x.to(layer.batched_lora_a.dtype), layer.batched_lora_a[self._slots])
-        return output + torch.bmm(hidden, layer.batched_lora_b[self._slots]).to(output.dtype)
 
     def close(self) -> None:
         for hook in self._hooks:
             hook.remove()
         for layer in self._layers:
             layer.batched_lora_a = layer.batched_lora_b = None
-        self._layers, self._hooks = [], []
+        self._layers, self._hooks, self.slot_of = [], [], {}
+
+    def _adopt_new_layers(self, name: str) -> None:
+        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora.layer import Linear as LoraLinear
+
+        for module in self._model.modules():
+            if not isinstance(module, LoraLayer) or any(module is layer for layer in self._layers):
+                continue
+            if name not in module.r:
+                continue
+            if not isinstance(module, LoraLinear):
+                raise EngineError(f"{type(module).__name__} LoRA layers are not supported; target linear layers only.")
+            if module.fan_in_fan_out:
+                raise EngineError("fan_in_fan_out adapters are not supported.")
+            weight = module.get_base_layer().weight
+            module.batched_lora_a = weight.new_zeros((0, weight.shape[1], 0))
+            module.batched_lora_b = weight.new_zeros((0, 0, weight.shape[0]))
+            self._layers.append(module)
+            self._hooks.append(module.register_forward_hook(self._add_delta))
+
+    def _fit(self, layer: Any, rank: int) -> None:
+        """Grow a layer's stacks to the current slot capacity and at least ``rank``, keeping contents."""
+        a, b = layer.batched_lora_a, layer.batched_lora_b
+        slots, rank = self._capacity, max(rank, a.shape[2], 1)
+        if a.shape[0] == slots and a.shape[2] == rank:
+            return
+        grown_a = a.new_zeros((slots, a.shape[1], rank))
+        grown_b = b.new_zeros((slots, rank, b.shape[2]))
+        grown_a[: a.shape[0], :, : a.shape[2]] = a
+        grown_b[: b.shape[0], : b.shape[1], :] = b
+        layer.batched_lora_a, layer.batched_lora_b = grown_a, grown_b
+
+    def _add_delta(self, layer: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        if self._slots is None:
+            return output
+        a = layer.batched_lora_a
+        hidden = torch.bmm(inputs[0].to(a.dtype), a[self._slots])
+        return output + torch.bmm(hidden, layer.batched_lora_b[self._slots]).to(output.dtype)

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 
 
 class AdapterState(str, enum.Enum):
-    VALIDATING = "validating"
-    LOADING = "loading"
-    READY = "ready"
-    REJECTED = "rejected"
-    DRAINING = "draining"
+    READY = "ready"  # an active version serves requests
+    INCOMPLETE = "incomplete"  # files still arriving; nothing served yet
+    REJECTED = "rejected"  # the files are invalid; nothing served
 
 
 @dataclass(frozen=True)
@@ -22,17 +20,20 @@ class AdapterInfo:
     alpha: float
     target_modules: tuple[str, ...]
     base_model: str | None
-    sha256: str
     size_bytes: int
 
 
 @dataclass(frozen=True)
 class AdapterVersion:
-    """One loaded version of a named adapter. ``adapter_id`` is never reused, even for the same name."""
+    """One version of a named adapter. ``adapter_id`` is never reused, even for the same name,
+    so an engine can hold the old and the new version side by side during a swap."""
 
     name: str
     adapter_id: int
     version: int
-    path: str
+    path: str  # <adapters_dir>/<name>, as users know it
+    load_path: str  # this version's snapshot of the files (see server.registry.snapshots)
     info: AdapterInfo
     created: int
+    fingerprint: tuple[tuple[str, int, int], ...]  # of <path> when this version was taken
+    snapshot_fingerprint: tuple[tuple[str, int, int], ...]

@@ -1,7 +1,12 @@
 """Refuse an adapter before anything is exposed, with a one-line reason a user can act on.
 
 Only headers are read: ``adapter_config.json`` and the JSON header of the safetensors file. The
-weights themselves are never parsed here, and a pickle (``.bin``) is never opened at all.
+weights themselves are never parsed here, and a pickle (``.bin``) is never opened at all. Tensor
+shapes from the header are checked against the served base's linear layers, which catches an
+adapter trained on another base even when its config claims the right one.
+
+An adapter still being copied in (a file missing, a weights file shorter than its header says) is
+``AdapterIncomplete``: not an error, just not yet servable.
 """
 
 from __future__ import annotations
@@ -11,12 +16,17 @@ import json
 import struct
 from pathlib import Path
 
+from server.registry.base_model import BaseModelSpec
 from server.registry.records import AdapterInfo
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILES = ("adapter_model.bin", "pytorch_model.bin")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+
+class AdapterIncomplete(Exception):
+    """The adapter's files are not all there yet (a copy in progress)."""
 
 
 class AdapterRejected(Exception):
@@ -27,10 +37,20 @@ class AdapterRejected(Exception):
         self.reason = reason
 
 
-def inspect_adapter(path: Path, *, max_lora_rank: int, max_bytes: int) -> AdapterInfo:
-    """Validate the adapter in ``path`` and return what the registry records about it."""
-    config = _read_config(path)
-    _check_config(config, max_lora_rank)
+def inspect_adapter(
+    path: Path,
+    *,
+    max_lora_rank: int,
+    max_bytes: int,
+    base: BaseModelSpec | None = None,
+    root: Path | None = None,
+) -> AdapterInfo:
+    """Validate the adapter in ``path`` and return what the registry records about it.
+
+    ``root``: the adapters directory; anything that resolves outside it (a symlink) is refused.
+    """
+    if root is not None:
+        check_inside(path, root)
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         if any((path / name).exists() for name in PICKLE_FILES):
@@ -39,23 +59,95 @@ def inspect_adapter(path: Path, *, max_lora_rank: int, max_bytes: int) -> Adapte
                 f"{path.name}: only safetensors weights are accepted; convert adapter_model.bin "
                 "(a pickle, which could run code) with peft's save_pretrained(safe_serialization=True).",
             )
-        raise AdapterRejected("missing_weights", f"{path.name}: {WEIGHTS_FILE} is missing.")
+        raise AdapterIncomplete(f"{path.name}: waiting for {WEIGHTS_FILE}.")
+    if not (path / CONFIG_FILE).is_file():
+        raise AdapterIncomplete(f"{path.name}: waiting for {CONFIG_FILE}.")
+    config = _read_config(path)
+    _check_config(config, max_lora_rank)
     size = weights.stat().st_size
     if size > max_bytes:
         raise AdapterRejected(
             "too_large", f"{path.name}: {WEIGHTS_FILE} is {size} bytes, above the limit of {max_bytes}."
         )
     header = read_safetensors_header(weights)
-    if not any(key.endswith(".lora_A.weight") for key in header):
-        raise AdapterRejected("no_lora_weights", f"{path.name}: {WEIGHTS_FILE} holds no LoRA weights.")
+    if base is not None:
+        declared = config.get("base_model_name_or_path")
+        if not base.accepts_base(declared if isinstance(declared, str) else None):
+            raise AdapterRejected(
+                "base_mismatch",
+                f"{path.name}: trained on {declared!r}, but this server serves {sorted(base.names)[0]!r}; "
+                "if that is the same model, start the server with --base-model-alias "
+                f"{declared!r}.",
+            )
+    rank = _check_tensors(path.name, header, base, max_lora_rank)
     return AdapterInfo(
-        rank=int(config["r"]),
-        alpha=float(config.get("lora_alpha", config["r"])),
+        rank=rank,
+        alpha=float(config.get("lora_alpha", rank)),  # type: ignore[arg-type]
         target_modules=_target_modules(config),
-        base_model=config.get("base_model_name_or_path"),
-        sha256=_sha256(weights),
+        base_model=config.get("base_model_name_or_path"),  # type: ignore[arg-type]
         size_bytes=size,
     )
+
+
+def check_inside(path: Path, root: Path) -> None:
+    """Refuse ``path`` or any file in it that resolves outside ``root`` (symlinks)."""
+    real_root = root.resolve()
+    for candidate in (path, *path.iterdir()) if path.is_dir() else (path,):
+        if not candidate.resolve().is_relative_to(real_root):
+            raise AdapterRejected(
+                "outside_directory", f"{path.name}: {candidate.name} points outside the adapters directory."
+            )
+
+
+_PEFT_PREFIX = "base_model.model."
+
+
+def _check_tensors(
+    name: str, header: dict[str, dict[str, object]], base: BaseModelSpec | None, max_lora_rank: int
+) -> int:
+    """Every tensor is a LoRA A or B of a linear layer the base has, with the base's shapes."""
+    ranks: dict[str, int] = {}
+    lora_a = ".lora_A.weight"
+    lora_b = ".lora_B.weight"
+    if not any(key.endswith(lora_a) for key in header):
+        raise AdapterRejected("no_lora_weights", f"{name}: {WEIGHTS_FILE} holds no LoRA weights.")
+    for key, entry in header.items():
+        shape = entry.get("shape")
+        if key.endswith(lora_a):
+            module, kind = key[: -len(lora_a)], "A"
+        elif key.endswith(lora_b):
+            module, kind = key[: -len(lora_b)], "B"
+        else:
+            raise AdapterRejected(
+                "unsupported_tensor",
+                f"{name}: tensor {key} is not a LoRA A/B matrix of a linear layer "
+                "(embeddings, modules_to_save and biases cannot be served).",
+            )
+        module = module.removeprefix(_PEFT_PREFIX)
+        if not (isinstance(shape, list) and len(shape) == 2):
+            raise AdapterRejected("bad_safetensors", f"{name}: tensor {key} is not a matrix.")
+        rank = int(shape[0] if kind == "A" else shape[1])
+        if ranks.setdefault(module, rank) != rank:
+            raise AdapterRejected("shape_mismatch", f"{name}: {module} has LoRA A and B of different ranks.")
+        if rank > max_lora_rank:
+            raise AdapterRejected("rank", f"LoRA rank {rank} is greater than max_lora_rank {max_lora_rank}.")
+        if base is None:
+            continue
+        if module not in base.linear_shapes:
+            raise AdapterRejected(
+                "unknown_target",
+                f"{name}: target module {module} does not exist in the base model "
+                "(was the adapter trained on another architecture?).",
+            )
+        in_features, out_features = base.linear_shapes[module]
+        expected = [rank, in_features] if kind == "A" else [out_features, rank]
+        if shape != expected:
+            raise AdapterRejected(
+                "shape_mismatch",
+                f"{name}: {key} has shape {shape}, the base model needs {expected} "
+                "(the adapter was trained on a different base).",
+            )
+    return max(ranks.values())
 
 
 def _read_config(path: Path) -> dict[str, object]:
@@ -103,29 +195,39 @@ def read_safetensors_header(path: Path) -> dict[str, dict[str, object]]:
     with path.open("rb") as f:
         prefix = f.read(8)
         if len(prefix) != 8:
-            raise AdapterRejected("bad_safetensors", f"{path.parent.name}: {path.name} is truncated.")
+            raise AdapterIncomplete(f"{path.parent.name}: {path.name} is still being written.")
         (length,) = struct.unpack("<Q", prefix)
-        if length > min(_MAX_HEADER_BYTES, size - 8):
+        if length > _MAX_HEADER_BYTES:
             raise AdapterRejected("bad_safetensors", f"{path.parent.name}: {path.name} has a corrupt header.")
-        try:
-            header = json.loads(f.read(length))
-        except (ValueError, UnicodeDecodeError):
-            raise AdapterRejected(
-                "bad_safetensors", f"{path.parent.name}: {path.name} header is not valid JSON."
-            ) from None
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        if len(raw) < length:
+            raise AdapterIncomplete(f"{path.parent.name}: {path.name} is still being written.") from None
+        raise AdapterRejected(
+            "bad_safetensors", f"{path.parent.name}: {path.name} header is not valid JSON."
+        ) from None
     if not isinstance(header, dict):
         raise AdapterRejected("bad_safetensors", f"{path.parent.name}: {path.name} header is malformed.")
     header.pop("__metadata__", None)
+    end = 0
     for name, entry in header.items():
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and offsets[1] <= size - 8 - length):
-            raise AdapterRejected(
-                "bad_safetensors", f"{path.parent.name}: tensor {name} lies outside {path.name}."
-            )
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise AdapterRejected("bad_safetensors", f"{path.parent.name}: tensor {name} has no valid offsets.")
+        end = max(end, offsets[1])
+    data_bytes = size - 8 - length
+    if end > data_bytes:
+        # Shorter than its own header says: a copy in progress (a corrupt file stays "incomplete").
+        raise AdapterIncomplete(f"{path.parent.name}: {path.name} is still being written ({data_bytes}/{end} bytes).")
+    if end < data_bytes:
+        raise AdapterRejected("bad_safetensors", f"{path.parent.name}: {path.name} has trailing bytes after its tensors.")
     return header
 
 
-def _sha256(path: Path) -> str:
+def weights_sha256(path: Path) -> str:
+    """Reads the whole weights file: done when the engine loads it, never during a scan."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -48,7 +48,8 @@ def test_batched_delta_matches_peft_mixed_batch(base_model: Path, varied_adapter
     with torch.inference_mode():
         expected = model(input_ids=input_ids, adapter_names=rows).logits
         lora = BatchedLora(model)
-        lora.rebuild(["a", "b", "c"])
+        for name in ("a", "c", "b"):  # b grows the rank of layers a already filled
+            lora.add(name)
         lora.set_rows([lora.slot_of.get(r, 0) for r in rows], torch.device("cpu"))
         actual = model(input_ids=input_ids).logits
         lora.set_rows([0] * len(rows), torch.device("cpu"))
@@ -65,4 +66,29 @@ def test_non_linear_targets_are_refused(base_model: Path, tmp_path: Path) -> Non
     path = _adapter(base_model, tmp_path / "emb", 4, r=4, target_modules=["embed_tokens", "q_proj"])
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), path, adapter_name="emb")
     with pytest.raises(EngineError, match="linear"):
-        BatchedLora(model).rebuild(["emb"])
+        BatchedLora(model).add("emb")
+
+
+def test_slots_are_reused_and_capacity_grows(base_model: Path, varied_adapters: dict[str, Path]) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), varied_adapters["a"], adapter_name="a0")
+    lora = BatchedLora(model)
+    lora.add("a0")
+    for i in range(1, 6):
+        model.load_adapter(varied_adapters["a"], adapter_name=f"a{i}")
+        lora.add(f"a{i}")
+    assert sorted(lora.slot_of.values()) == [1, 2, 3, 4, 5, 6]  # grew past the initial 4 slots
+    lora.remove("a2")
+    model.load_adapter(varied_adapters["b"], adapter_name="b")
+    lora.add("b")
+    assert lora.slot_of["b"] == 3  # the freed slot is reused
+    input_ids = torch.randint(0, 200, (2, 5))
+    with torch.inference_mode():
+        model.base_model.enable_adapter_layers()
+        expected = model(input_ids=input_ids, adapter_names=["a5", "b"]).logits
+        model.base_model.disable_adapter_layers()
+        lora.set_rows([lora.slot_of["a5"], lora.slot_of["b"]], torch.device("cpu"))
+        actual = model(input_ids=input_ids).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)

@@ -12,6 +12,7 @@ import pytest
 from server.engine.base import AdapterRef, EngineHealth, GenerationRequest
 from server.errors import ModelNotFound
 from server.registry import AdapterRegistry, AdapterState
+from server.registry.registry import RegistryHooks
 
 
 class RecordingEngine:
@@ -36,14 +37,15 @@ class RecordingEngine:
         raise NotImplementedError
 
 
-def make_registry(directory: Path, engine: RecordingEngine, rejected: list[tuple[str, str]] | None = None) -> AdapterRegistry:
+def make_registry(directory: Path, engine: RecordingEngine, rejected: list[str] | None = None, **kwargs: object) -> AdapterRegistry:
     return AdapterRegistry(
         engine,  # type: ignore[arg-type]
         base_model_id="base",
         adapters_dir=directory,
         max_lora_rank=64,
         max_adapter_bytes=10**8,
-        on_rejected=lambda name, reason: (rejected if rejected is not None else []).append((name, reason)),
+        hooks=RegistryHooks(rejected=(rejected if rejected is not None else []).append),
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -58,24 +60,29 @@ def test_scan_registers_good_and_reports_bad(adapters_dir: Path, trained_adapter
     asyncio.run(registry.scan())
 
     assert [v.name for v in registry.active_versions()] == ["alpha", "beta"]
+    assert engine.added == []  # the scan reads headers only; loading is preload's or a request's job
+    asyncio.run(registry.preload())
     assert [a.name for a in engine.added] == ["alpha", "beta"]
     assert len({a.adapter_id for a in engine.added}) == 2
     bad = registry.get("dora-one")
     assert bad is not None and bad.state is AdapterState.REJECTED and "DoRA" in (bad.last_error or "")
-    assert rejected == [("dora-one", "dora")]
+    assert rejected == ["dora"]
 
 
 def test_lease_resolves_base_and_adapters(adapters_dir: Path) -> None:
-    registry = make_registry(adapters_dir, RecordingEngine())
-    asyncio.run(registry.scan())
-    with registry.lease("base") as lease:
-        assert lease.adapter is None and lease.ref is None
-    with registry.lease("alpha") as lease:
-        assert lease.ref is not None and lease.ref.name == "alpha"
-    for missing in ("gamma", "../alpha", "dora-one"):
-        with pytest.raises(ModelNotFound):
-            with registry.lease(missing):
-                pass
+    async def scenario() -> None:
+        registry = make_registry(adapters_dir, RecordingEngine())
+        await registry.scan()
+        async with registry.lease("base") as lease:
+            assert lease.adapter is None and lease.ref is None
+        async with registry.lease("alpha") as lease:
+            assert lease.ref is not None and lease.ref.name == "alpha"
+        for missing in ("gamma", "../alpha", "dora-one"):
+            with pytest.raises(ModelNotFound):
+                async with registry.lease(missing):
+                    pass
+
+    asyncio.run(scenario())
 
 
 def test_a_missing_directory_serves_the_base_only(tmp_path: Path) -> None:

@@ -1,0 +1,68 @@
+"""Shared by the benchmarks: the offline benchmark model, its adapters, and a gateway subprocess."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))
+
+from server.offline_model import TinyModelSpec, build_tiny_model, is_built  # noqa: E402
+
+# Big enough for compute to dominate on a CPU (the issue suggests hidden 512, 4 layers).
+SPEC = TinyModelSpec(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
+                     num_key_value_heads=2, vocab_size=2048)
+ADAPTERS = ["shop-a", "shop-b", "shop-c", "shop-d"]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def prepare(cache: Path) -> tuple[Path, Path]:
+    """Build (once) the benchmark base model and four distinct rank-8 all-linear adapters."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = cache / "base"
+    if not is_built(base, SPEC):
+        build_tiny_model(base, SPEC)
+    adapters = cache / "adapters"
+    for i, name in enumerate(ADAPTERS):
+        if (adapters / name / "adapter_model.safetensors").exists():
+            continue
+        torch.manual_seed(i)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS))
+        # peft initialises B to zero; small noise makes each adapter a distinct, real computation.
+        with torch.no_grad():
+            for param_name, param in model.named_parameters():
+                if "lora_B" in param_name:
+                    param.normal_(0.0, 1e-3)
+        model.save_pretrained(adapters / name)
+    return base, adapters
+
+
+def start_gateway(base: Path, adapters: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "server", "serve", "--model", str(base), "--served-model-name", "bench-base",
+               "--adapters-dir", str(adapters), "--port", str(port), "--log-level", "warning", *extra]
+    process = subprocess.Popen(command, cwd=ROOT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.terminate()
+    raise SystemExit("gateway did not become ready")
+
+
+def machine() -> dict[str, object]:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}

@@ -1,0 +1,164 @@
+"""Publish-to-servable latency, and failed requests while adapters are swapped under load.
+
+    .venv/bin/python benchmarks/hot_swap.py [--publishes 24] [--clients 4]
+
+Starts ``lora-gateway serve`` (local engine, the offline benchmark model) on a fresh adapters
+directory, keeps ``--clients`` streaming clients busy on ``shop-a`` and the base model, and
+publishes adapters with ``server.registry.publish.publish_adapter`` (what ``lora-gateway adapters
+publish`` does): half new names, half new versions of ``shop-a``, which the clients are using.
+For each publish it measures the time from the start of the copy until the new adapter (or the new
+version) answers a request. Target (issue 3): p99 <= 1 s; zero failed requests.
+
+Results: ``benchmarks/results/hot_swap.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks.common import ADAPTERS, RESULTS, ROOT, machine, prepare, start_gateway  # noqa: E402
+from server.registry.publish import publish_adapter  # noqa: E402
+
+ADMIN = {"Authorization": "Bearer bench-admin"}
+ASK = [{"role": "user", "content": "Where is my order?"}]
+
+
+class BackgroundLoad:
+    """Streaming clients in threads; every non-200 or broken stream is a failure."""
+
+    def __init__(self, url: str, models: list[str], clients: int) -> None:
+        self.url, self.models = url, models
+        self.ok = self.failed = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(clients)]
+
+    def __enter__(self) -> BackgroundLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _loop(self, index: int) -> None:
+        body = {"model": self.models[index % len(self.models)], "messages": ASK, "max_tokens": 32, "stream": True}
+        with httpx.Client(timeout=60) as http:
+            while not self._stop.is_set():
+                try:
+                    with http.stream("POST", f"{self.url}/v1/chat/completions", json=body) as response:
+                        text = "".join(response.iter_text())
+                    if response.status_code == 200 and text.endswith("data: [DONE]\n\n") and '"error"' not in text:
+                        self.ok += 1
+                    else:
+                        self.failed += 1
+                        self.errors.append(f"{response.status_code}: {text[-200:]}")
+                except httpx.HTTPError as exc:
+                    self.failed += 1
+                    self.errors.append(repr(exc))
+
+
+def active_version(url: str, name: str) -> int | None:
+    for adapter in httpx.get(f"{url}/v1/adapters", headers=ADMIN).json()["data"]:
+        if adapter["name"] == name:
+            return adapter["active_version"]
+    return None
+
+
+def time_until_servable(url: str, directory: Path, source: Path, name: str, deadline_s: float = 30.0) -> float:
+    before = active_version(url, name) or 0
+    started = time.perf_counter()
+    publish_adapter(source, name, directory)
+    while time.perf_counter() - started < deadline_s:
+        if (active_version(url, name) or 0) > before:
+            reply = httpx.post(f"{url}/v1/chat/completions", json={"model": name, "messages": ASK, "max_tokens": 1})
+            if reply.status_code == 200:
+                return time.perf_counter() - started
+        time.sleep(0.005)
+    raise SystemExit(f"{name} not servable after {deadline_s}s")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--publishes", type=int, default=24)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--cache", type=Path, default=ROOT / ".demo" / "bench")
+    args = parser.parse_args()
+
+    base, sources = prepare(args.cache)
+    directory = Path(tempfile.mkdtemp(prefix="lora-gateway-hotswap-"))
+    publish_adapter(sources / "shop-a", "shop-a", directory)
+    server = start_gateway(base, directory, args.port, "--admin-key", "bench-admin")
+    url = f"http://127.0.0.1:{args.port}"
+    new_names, new_versions = [], []
+    try:
+        with BackgroundLoad(url, ["shop-a", "bench-base"], args.clients) as load:
+            time.sleep(1.0)
+            for i in range(args.publishes):
+                source = sources / ADAPTERS[i % len(ADAPTERS)]
+                if i % 2 == 0:
+                    new_names.append(time_until_servable(url, directory, source, f"tenant-{i}"))
+                else:
+                    new_versions.append(time_until_servable(url, directory, source, "shop-a"))
+                time.sleep(0.1)
+            time.sleep(1.0)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(directory, ignore_errors=True)
+
+    latencies = new_names + new_versions
+    summary = {
+        "benchmark": "hot_swap",
+        "publishes": len(latencies),
+        "background_clients": args.clients,
+        "publish_to_servable_s": {
+            "p50": statistics.median(latencies),
+            "p99": percentile(latencies, 0.99),
+            "max": max(latencies),
+            "new_name_p50": statistics.median(new_names),
+            "new_version_p50": statistics.median(new_versions),
+        },
+        "background_requests": {"ok": load.ok, "failed": load.failed, "errors": load.errors[:5]},
+        "targets": {"p99_s": 1.0, "failed_requests": 0},
+        "targets_met": {"p99": percentile(latencies, 0.99) <= 1.0, "no_failures": load.failed == 0},
+        "machine": machine(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "hot_swap.json").write_text(json.dumps(summary, indent=2))
+    p = summary["publish_to_servable_s"]
+    (RESULTS / "hot_swap.md").write_text(
+        "# Hot-swap: publish to servable\n\n"
+        f"Local engine, offline benchmark model (hidden 512, 4 layers), rank-8 adapters, CPU ({machine()['cpus']} cores). "
+        f"{len(latencies)} publishes ({len(new_names)} new names, {len(new_versions)} new versions of an adapter in use) "
+        f"while {args.clients} streaming clients ran.\n\n"
+        "| publish to servable | seconds |\n|---|---|\n"
+        f"| p50 | {p['p50']:.3f} |\n| p99 | {p['p99']:.3f} |\n| max | {p['max']:.3f} |\n"
+        f"| p50, new name | {p['new_name_p50']:.3f} |\n| p50, new version | {p['new_version_p50']:.3f} |\n\n"
+        f"Background requests: {load.ok} ok, **{load.failed} failed**. Target: p99 <= 1 s, no failures.\n"
+    )
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
