@@ -89,3 +89,21 @@ def test_a_missing_directory_serves_the_base_only(tmp_path: Path) -> None:
     registry = make_registry(tmp_path / "nope", RecordingEngine())
     asyncio.run(registry.scan())
     assert registry.active_versions() == []
+
+
+def test_stray_entries_are_reported_not_served(adapters_dir: Path, trained_adapters: dict[str, Path]) -> None:
+    (adapters_dir / "notes.txt").write_text("hello")  # a stray file
+    shutil.copytree(trained_adapters["alpha"], adapters_dir / "has space")  # a name no client could use
+    (adapters_dir / "empty").mkdir()  # a copy that has not started yet
+    (adapters_dir / "README.md").write_text("documentation is fine")
+    rejected: list[str] = []
+    registry = make_registry(adapters_dir, RecordingEngine(), rejected)
+    asyncio.run(registry.scan())
+    states = {e.name: (e.state, e.last_error) for e in registry.entries()}
+    assert states["notes.txt"][0] is AdapterState.REJECTED and "not an adapter directory" in (states["notes.txt"][1] or "")
+    assert states["has space"][0] is AdapterState.REJECTED and "valid adapter name" in (states["has space"][1] or "")
+    assert states["empty"][0] is AdapterState.INCOMPLETE
+    assert "README.md" not in states
+    assert sorted(rejected) == ["bad_name", "not_a_directory"]
+    asyncio.run(registry.scan())  # looking again at unchanged files reports nothing new
+    assert len(rejected) == 2
