@@ -4,11 +4,13 @@ has its ``LORA_GATEWAY_*`` env var and default in exactly one place."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -67,10 +69,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from server.demo import prepare_demo
+    from server.demo import prepare_demo, train_demo_adapters
 
     model_dir = prepare_demo(args.demo_dir)
     settings = _settings_from(args, model=str(model_dir), served_model_name=getattr(args, "served_model_name", "demo-base"))
+    if not args.no_train:
+        train_demo_adapters(model_dir, settings.adapters_dir, Path(args.demo_dir) / "runs")
     print(f"Serving the offline demo model as {settings.base_model_id!r} on http://{settings.host}:{settings.port}")
     serve(settings)
     return 0
@@ -97,6 +101,68 @@ def _cmd_adapters_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from server.trainer import TrainConfig, TrainingError, TrainingInterrupted, train
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    values["publish"] = not args.no_publish
+    config = TrainConfig(**values)
+    try:
+        result = train(config)
+    except TrainingError as exc:
+        print(f"lora-gateway train: {exc}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as exc:
+        print(f"lora-gateway train: {exc}", file=sys.stderr)
+        return 130
+    print(f"adapter: {result.adapter_dir} ({result.steps} steps, final loss {result.train_loss:.4f}, "
+          f"{result.tokens_per_second:.0f} tokens/s, {result.seconds:.1f}s)")
+    print(f"loss curve: {config.run_dir / 'training_loss.png'}")
+    if result.published_to:
+        print(f"published as model {config.name!r} in {result.published_to.parent}; a running gateway serves it now:")
+        body = {"model": config.name, "messages": [{"role": "user", "content": "Hello"}]}
+        print(f"  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{json.dumps(body, ensure_ascii=False)}'")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from server.trainer.export import export_merged
+
+    out = export_merged(args.base, args.adapter, args.out, dtype=args.dtype)
+    print(f"merged model written to {out}")
+    return 0
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    from server.trainer import TrainConfig
+
+    defaults = TrainConfig(base="", data=[], name="")
+    add = parser.add_argument
+    add("--base", required=True, help="Base model: a Hub id or a local path (the one the gateway serves).")
+    add("--data", required=True, action="append", help="Training file (JSON array or JSONL); repeat for several.")
+    add("--name", required=True, help="Adapter name: the model id clients will use.")
+    add("--adapters-dir", default=os.environ.get("LORA_GATEWAY_ADAPTERS_DIR", defaults.adapters_dir), help="Watched directory to publish into.")
+    add("--no-publish", action="store_true", help="Only write the adapter under --output-dir.")
+    add("--output-dir", default=None, help="Run directory [default runs/NAME].")
+    add("--format", default="auto", choices=["auto", "alpaca", "sharegpt", "messages", "query-response"])
+    add("--system", default=None, help="System prompt for records that have none.")
+    add("--model-name", default=None, help="Fills {{NAME}} in the data.")
+    add("--model-author", default=None, help="Fills {{AUTHOR}} in the data.")
+    for flag, kind in (("epochs", int), ("lr", float), ("rank", int), ("alpha", int), ("dropout", float), ("batch_size", int),
+                       ("grad_accum", int), ("max_length", int), ("warmup_ratio", float), ("val_split", float), ("seed", int),
+                       ("max_grad_norm", float), ("logging_steps", int)):
+        add("--" + flag.replace("_", "-"), type=kind, default=getattr(defaults, flag), help=f"[default {getattr(defaults, flag)}]")
+    add("--target-modules", default=defaults.target_modules, help="all-linear, or comma-separated module names.")
+    add("--save-steps", type=int, default=None, help="Checkpoint every N optimizer steps.")
+    add("--save-total-limit", type=int, default=None, help="Keep only the newest N checkpoints.")
+    add("--max-steps", type=int, default=None, help="Stop after N steps (the schedule still spans all epochs).")
+    add("--resume", nargs="?", const="latest", default=None, help="Resume from CHECKPOINT, or the newest one in --output-dir.")
+    add("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    add("--allow-small", action="store_true", help="Train on fewer than 10 examples.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-gateway", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lora-gateway {__version__}")
@@ -108,8 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_demo = commands.add_parser("demo", help="Build the offline demo model (cached) and serve it.")
     p_demo.add_argument("--demo-dir", default=".demo", help="Where the demo model is cached [default .demo].")
+    p_demo.add_argument("--no-train", action="store_true", help="Serve without training the demo adapters.")
     _add_settings_flags(p_demo, require_model=False)
     p_demo.set_defaults(func=_cmd_demo)
+
+    p_train = commands.add_parser("train", help="Fine-tune a LoRA adapter and publish it into the adapters directory.")
+    _add_train_flags(p_train)
+    p_train.set_defaults(func=_cmd_train)
+
+    p_export = commands.add_parser("export", help="Merge an adapter into its base and write a full model.")
+    p_export.add_argument("--base", required=True)
+    p_export.add_argument("--adapter", required=True)
+    p_export.add_argument("--out", required=True)
+    p_export.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    p_export.set_defaults(func=_cmd_export)
 
     p_adapters = commands.add_parser("adapters", help="Manage the adapters directory.")
     adapter_commands = p_adapters.add_subparsers(dest="adapters_command", required=True)

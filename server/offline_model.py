@@ -7,6 +7,7 @@ special tokens, peft target modules, safetensors layout), so the same loader ser
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +59,15 @@ class TinyModelSpec:
     num_key_value_heads: int = 2
     vocab_size: int = 1024
     max_position_embeddings: int = 4096
-    embedding_std: float = 0.3
+    embedding_std: float | None = None  # None: 20 / hidden_size (see build_tiny_model)
     seed: int = 0
 
 
-def build_tokenizer(vocab_size: int = 1024):  # -> PreTrainedTokenizerFast
-    """A byte-level BPE tokenizer with Qwen's special tokens and ChatML template."""
+def build_tokenizer(vocab_size: int = 1024, extra_corpus: tuple[str, ...] = ()):  # -> PreTrainedTokenizerFast
+    """A byte-level BPE tokenizer with Qwen's special tokens and ChatML template.
+
+    ``extra_corpus``: more text to learn merges from (the demo passes its datasets, so Chinese
+    answers take a few tokens per word instead of three bytes per character)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -76,7 +80,7 @@ def build_tokenizer(vocab_size: int = 1024):  # -> PreTrainedTokenizerFast
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator([*_CORPUS * 4, *extra_corpus], trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -85,14 +89,14 @@ def build_tokenizer(vocab_size: int = 1024):  # -> PreTrainedTokenizerFast
     )
 
 
-def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec()) -> Path:
+def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec(), extra_corpus: tuple[str, ...] = ()) -> Path:
     """Write a random Qwen2ForCausalLM and its tokenizer to ``out_dir`` and return the path."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(spec.vocab_size)
+    tokenizer = build_tokenizer(spec.vocab_size, extra_corpus)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
@@ -109,23 +113,30 @@ def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec())
     torch.manual_seed(spec.seed)
     model = Qwen2ForCausalLM(config)
     # With the default init (std 0.02) the tied head's logits cannot exceed ~1, so no adapter could
-    # ever make one token confident. Larger embeddings give LoRA room to memorise answers.
+    # ever make one token confident; too large and the random model is so sure of itself that
+    # training starts at a loss of ~70. Logits reach about |h|*|e| = hidden * std after the final
+    # norm, so std = 20 / hidden gives every width the same ~20 of headroom.
     with torch.no_grad():
-        model.get_input_embeddings().weight.normal_(0.0, spec.embedding_std)
+        model.get_input_embeddings().weight.normal_(0.0, spec.embedding_std or 20.0 / spec.hidden_size)
     model.generation_config = GenerationConfig(
         eos_token_id=[config.eos_token_id, tokenizer.pad_token_id],
         pad_token_id=tokenizer.pad_token_id,
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "lora_gateway_offline.json").write_text(json.dumps(spec.__dict__, indent=2))
+    (out / "lora_gateway_offline.json").write_text(json.dumps(_marker(spec, extra_corpus), indent=2))
     return out
 
 
-def is_built(out_dir: str | Path, spec: TinyModelSpec) -> bool:
+def _marker(spec: TinyModelSpec, extra_corpus: tuple[str, ...]) -> dict[str, object]:
+    corpus = hashlib.sha256("\n".join(extra_corpus).encode()).hexdigest()[:16]
+    return {**spec.__dict__, "corpus": corpus}
+
+
+def is_built(out_dir: str | Path, spec: TinyModelSpec, extra_corpus: tuple[str, ...] = ()) -> bool:
     """True when ``out_dir`` already holds a model built from ``spec`` (the demo's cache check)."""
     marker = Path(out_dir) / "lora_gateway_offline.json"
     try:
-        return json.loads(marker.read_text()) == spec.__dict__
+        return json.loads(marker.read_text()) == _marker(spec, extra_corpus)
     except (OSError, ValueError):
         return False

@@ -67,7 +67,7 @@ def test_base_model_id_defaults_to_the_model_value(base_model: Path, tmp_path: P
 
 
 def test_demo_builds_the_offline_model_and_serves(tmp_path: Path) -> None:
-    with cli_server(["demo", "--demo-dir", str(tmp_path / "demo"), "--adapters-dir", str(tmp_path / "adapters")]) as url:
+    with cli_server(["demo", "--no-train", "--demo-dir", str(tmp_path / "demo"), "--adapters-dir", str(tmp_path / "adapters")]) as url:
         ids = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
         assert ids == ["demo-base"]
         reply = httpx.post(f"{url}/v1/chat/completions", json={"model": "demo-base", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 5}).json()

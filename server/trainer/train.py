@@ -1,0 +1,360 @@
+"""LoRA fine-tuning, top to bottom: data -> tokens -> peft model -> loop -> adapter -> published.
+
+Read it like nanoGPT's train.py: one function (``train``), in the order things happen, with the
+helpers it needs below it. Defaults are LLaMA-Factory's for LoRA on a ~7B model (rank 8, alpha 16,
+lr 1e-4, 3 epochs, cosine with 10 % warmup, batch 1 x 8 accumulation, 2048 tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from server.trainer.artifacts import RunLog, checkpoint_dirs, nearest_vllm_rank, write_metadata
+from server.trainer.data import Format, load_files
+from server.trainer.template import IGNORE, Example, fit
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(Exception):
+    """Refusal to train, with a message for the user (bad data, too few examples, bad resume)."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: a checkpoint was saved; ``checkpoint`` resumes from it."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(f"interrupted; checkpoint saved to {checkpoint} (resume with --resume)")
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainConfig:
+    base: str
+    data: list[str]
+    name: str
+    adapters_dir: str = "adapters"
+    publish: bool = True
+    output_dir: str | None = None  # default: runs/<name>
+    format: Format = "auto"
+    system: str | None = None
+    model_name: str | None = None  # fills {{NAME}}
+    model_author: str | None = None  # fills {{AUTHOR}}
+    epochs: int = 3
+    lr: float = 1e-4
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str = "all-linear"  # or comma-separated module names
+    batch_size: int = 1
+    grad_accum: int = 8
+    max_length: int = 2048
+    warmup_ratio: float = 0.1
+    val_split: float = 0.0
+    seed: int = 42
+    save_steps: int | None = None
+    save_total_limit: int | None = None
+    resume: str | None = None  # a checkpoint directory, or "latest"
+    device: str = "auto"
+    dtype: str = "auto"
+    allow_small: bool = False
+    max_steps: int | None = None  # stop early (for smoke tests); the schedule still spans all epochs
+    max_grad_norm: float = 1.0
+    logging_steps: int = 1
+    progress: bool = True
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or Path("runs") / self.name)
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    published_to: Path | None
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    trained_tokens: int
+    seconds: float
+    tokens_per_second: float
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+
+    started = time.perf_counter()
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    # 1. Data: every record validated before anything is loaded onto a device.
+    placeholders = {k: v for k, v in (("NAME", config.model_name), ("AUTHOR", config.model_author)) if v}
+    dataset = load_files(config.data, format=config.format, system=config.system, placeholders=placeholders)
+    if dataset.errors:
+        raise TrainingError("bad training data:\n" + "\n".join(dataset.errors))
+    if len(dataset.conversations) < 10 and not config.allow_small:
+        raise TrainingError(
+            f"only {len(dataset.conversations)} valid examples; at least 10 are needed "
+            "(as OpenAI's fine-tuning requires). Pass --allow-small to train anyway."
+        )
+
+    # 2. Tokens, rendered with the base's chat template exactly as the server renders prompts.
+    tokenizer = AutoTokenizer.from_pretrained(config.base)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    examples: list[Example] = []
+    truncated = dropped = 0
+    for conversation in dataset.conversations:
+        example, was_cut = fit(tokenizer, conversation, config.max_length)
+        if example is None:
+            dropped += 1
+            logger.warning("%s: longer than --max-length %d even at its first answer; dropped", conversation.source, config.max_length)
+            continue
+        if was_cut:
+            truncated += 1
+            logger.warning("%s: longer than --max-length %d; cut at a turn boundary", conversation.source, config.max_length)
+        examples.append(example)
+    if not examples:
+        raise TrainingError(f"no example fits in --max-length {config.max_length}")
+    train_set, val_set = _split(examples, config.val_split, config.seed)
+    counts = {"records": len(dataset.conversations), "truncated": truncated, "dropped": dropped,
+              "train": len(train_set), "validation": len(val_set)}
+    print(f"data: {counts['records']} examples ({truncated} cut at a turn boundary, {dropped} dropped as too long); "
+          f"{len(train_set)} train, {len(val_set)} validation")
+
+    # 3. Model: the base in the serving dtype, with a plain LoRA that vLLM can serve.
+    device, dtype = _device_and_dtype(config.device, config.dtype)
+    model = AutoModelForCausalLM.from_pretrained(config.base, dtype=dtype).to(device)
+    targets = _target_modules(model, config.target_modules)
+    nearest = nearest_vllm_rank(config.rank)
+    if nearest != config.rank:
+        logger.warning("rank %d is not in vLLM's allowed max_lora_rank set; the nearest allowed value is %d", config.rank, nearest)
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    model.config.use_cache = False
+
+    # 4. Optimiser and schedule, in optimizer steps (one step = grad_accum micro-batches).
+    micro_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
+    total_steps = steps_per_epoch * config.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total_steps), total_steps)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+    step = 0
+    if config.resume:
+        step = _resume(config, run_dir, model, optimizer, scheduler)
+        print(f"resuming from step {step}/{total_steps}")
+    log = RunLog(run_dir, resume_from=step)
+
+    # 5. The loop.
+    last_step = min(total_steps, config.max_steps or total_steps)
+    progress = _progress_bar(config.progress, total_steps, step)
+    tokens_seen, loop_started = 0, time.perf_counter()
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    model.train()
+    try:
+        while step < last_step:
+            epoch = step // steps_per_epoch
+            order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
+            first = (step % steps_per_epoch) * config.grad_accum
+            window = [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(first, min(first + config.grad_accum, micro_per_epoch))]
+            batches = [_collate([train_set[i] for i in ids], tokenizer.pad_token_id, device) for ids in window]
+            window_tokens = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
+            loss_sum = 0.0
+            for batch in batches:
+                loss = _token_loss_sum(model, batch) / window_tokens  # mean over the window's answer tokens
+                (scaler.scale(loss) if scaler else loss).backward()
+                loss_sum += float(loss.detach())
+                tokens_seen += int(batch["attention_mask"].sum())
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            train_loss = loss_sum
+
+            end_of_epoch = step % steps_per_epoch == 0 or step == last_step
+            if val_set and end_of_epoch:
+                eval_loss = _evaluate(model, val_set, tokenizer.pad_token_id, device, config.batch_size)
+            if step % config.logging_steps == 0 or end_of_epoch:
+                elapsed = time.perf_counter() - loop_started
+                log.write(step=step, total_steps=total_steps, loss=train_loss, eval_loss=eval_loss if end_of_epoch else None,
+                          lr=scheduler.get_last_lr()[0], epoch=step / steps_per_epoch, tokens_per_second=tokens_seen / max(elapsed, 1e-9))
+            progress.update(1)
+            progress.set_postfix(loss=f"{train_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", tok_s=f"{tokens_seen / max(time.perf_counter() - loop_started, 1e-9):.0f}")
+            if config.save_steps and step % config.save_steps == 0 and step < total_steps:
+                _save_checkpoint(run_dir, step, model, optimizer, scheduler, config.save_total_limit)
+    except KeyboardInterrupt:
+        progress.close()
+        checkpoint = _save_checkpoint(run_dir, step, model, optimizer, scheduler, config.save_total_limit)
+        log.plot()
+        raise TrainingInterrupted(checkpoint) from None
+    progress.close()
+
+    # 6. The adapter, its metadata and loss curve, then publication into the watched directory.
+    seconds = time.perf_counter() - started
+    adapter_dir = run_dir / "adapter"
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    trained_tokens = sum(e.trained_tokens for e in train_set) * config.epochs
+    result = TrainResult(adapter_dir, None, step, train_loss, eval_loss, trained_tokens, seconds,
+                         tokens_seen / max(time.perf_counter() - loop_started, 1e-9), counts)
+    write_metadata(adapter_dir, config, dataset.formats, counts, result, targets)
+    log.plot()
+    if config.publish:
+        result.published_to = _publish(config, adapter_dir)
+    return result
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _split(examples: list[Example], val_split: float, seed: int) -> tuple[list[Example], list[Example]]:
+    if val_split <= 0:
+        return examples, []
+    shuffled = examples[:]
+    random.Random(seed).shuffle(shuffled)
+    n_val = max(1, round(len(shuffled) * val_split))
+    if n_val >= len(shuffled):
+        raise TrainingError(f"--val-split {val_split} leaves no training examples")
+    return shuffled[n_val:], shuffled[:n_val]
+
+
+def _device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """bf16 on CUDA (fp16 where bf16 is missing), float32 on CPU, unless told otherwise."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        if device == "cuda":
+            return torch.device(device), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.device(device), torch.float32
+    return torch.device(device), {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def _target_modules(model: Any, setting: str) -> list[str]:
+    """``all-linear`` means every linear layer but the output head, spelled out by leaf name so
+    the saved config is explicit (vLLM matches module names)."""
+    if setting != "all-linear":
+        return [name.strip() for name in setting.split(",") if name.strip()]
+    output = model.get_output_embeddings()
+    leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and module is not output}
+    return sorted(leaves)
+
+
+def _collate(examples: list[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in examples)
+    ids = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in examples]
+    labels = [e.labels + [IGNORE] * (width - len(e.labels)) for e in examples]
+    mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in examples]
+    return {"input_ids": torch.tensor(ids, device=device), "labels": torch.tensor(labels, device=device),
+            "attention_mask": torch.tensor(mask, device=device)}
+
+
+def _token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed cross-entropy over answer tokens (the caller divides by the window's token count)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shifted = logits[:, :-1, :].float()
+    targets = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")
+
+
+@torch.no_grad()
+def _evaluate(model: Any, examples: list[Example], pad_id: int, device: torch.device, batch_size: int) -> float:
+    model.eval()
+    total, tokens = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = _collate(examples[i : i + batch_size], pad_id, device)
+        total += float(_token_loss_sum(model, batch))
+        tokens += int((batch["labels"][:, 1:] != IGNORE).sum())
+    model.train()
+    return total / max(tokens, 1)
+
+
+def _save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any, limit: int | None) -> Path:
+    path = run_dir / f"checkpoint-{step}"
+    shutil.rmtree(path, ignore_errors=True)
+    model.save_pretrained(path, safe_serialization=True)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+               path / "trainer_state.pt")
+    (path / "trainer_state.json").write_text(json.dumps({"step": step}))
+    if limit:
+        for old in checkpoint_dirs(run_dir)[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _resume(config: TrainConfig, run_dir: Path, model: Any, optimizer: Any, scheduler: Any) -> int:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if config.resume == "latest":
+        found = checkpoint_dirs(run_dir)
+        if not found:
+            raise TrainingError(f"--resume: no checkpoint in {run_dir}")
+        path = found[-1]
+    else:
+        path = Path(str(config.resume))
+    if not (path / "trainer_state.json").is_file():
+        raise TrainingError(f"--resume: {path} is not a checkpoint of this trainer")
+    set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+    # Our own file, but still loaded without unpickling arbitrary objects.
+    state = torch.load(path / "trainer_state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(json.loads((path / "trainer_state.json").read_text())["step"])
+
+
+def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True)
+
+
+def _publish(config: TrainConfig, adapter_dir: Path) -> Path:
+    """Validate against the base exactly as the gateway will, then publish atomically."""
+    from server.registry.base_model import BaseModelSpec
+    from server.registry.publish import publish_adapter
+    from server.registry.validation import inspect_adapter
+
+    spec = BaseModelSpec.from_pretrained(config.base)
+
+    def validate(staged: Path) -> None:
+        inspect_adapter(staged, max_lora_rank=512, max_bytes=2**40, base=spec)
+
+    return publish_adapter(adapter_dir, config.name, config.adapters_dir, validate=validate)
+
+
+def config_summary(config: TrainConfig) -> dict[str, Any]:
+    summary = asdict(config)
+    summary.pop("progress", None)
+    return summary

@@ -1,0 +1,52 @@
+"""End to end: a gateway watching a directory; `lora-gateway train` run as a user runs it; the
+real openai client gets the trained answer from the new model name, with no restart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from openai import OpenAI
+
+from tests.conftest import make_settings
+from tests.support import running_server
+from tests.trainer.test_train import FACTS
+
+
+def test_train_command_publishes_an_adapter_the_running_gateway_serves(tmp_path: Path) -> None:
+    from server.app import create_app
+    from server.offline_model import TinyModelSpec, build_tiny_model
+
+    base = build_tiny_model(tmp_path / "base", TinyModelSpec(hidden_size=128, intermediate_size=256))
+    data = tmp_path / "facts.json"
+    data.write_text(json.dumps([{"instruction": q, "output": a} for q, a in FACTS], ensure_ascii=False, indent=1))
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    with running_server(create_app(make_settings(base, adapters))) as url:
+        with OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
+            assert "faq-bot" not in {m.id for m in client.models.list()}
+            command = [sys.executable, "-m", "server", "train", "--base", str(base), "--data", str(data), "--name", "faq-bot",
+                       "--adapters-dir", str(adapters), "--output-dir", str(tmp_path / "run"), "--epochs", "400",
+                       "--batch-size", "12", "--grad-accum", "1", "--lr", "5e-3", "--rank", "16", "--alpha", "32", "--dropout", "0"]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert "faq-bot" in done.stdout and "curl http://127.0.0.1:8000/v1/chat/completions" in done.stdout
+            deadline = time.monotonic() + 10
+            while "faq-bot" not in {m.id for m in client.models.list()}:
+                assert time.monotonic() < deadline, "the published adapter never became servable"
+                time.sleep(0.05)
+            for question, answer in FACTS[:4]:
+                reply = client.chat.completions.create(model="faq-bot", messages=[{"role": "user", "content": question}], temperature=0)
+                assert reply.choices[0].message.content == answer
+
+
+def test_train_command_reports_bad_lines_and_exits_2(tmp_path: Path) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    done = subprocess.run([sys.executable, "-m", "server", "train", "--base", "unused", "--data", str(data), "--name", "x",
+                           "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert f"{data}:1: no assistant message" in done.stderr
