@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from server.devices import resolve_device, resolve_dtype
 from server.engine.base import (
     AdapterRef,
     Engine,
@@ -152,11 +153,8 @@ class LocalEngine(Engine):
     def _load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        device = self._device_setting
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._device = torch.device(device)
-        dtype = _resolve_dtype(self._dtype_setting, self._device)
+        self._device = resolve_device(self._device_setting)
+        dtype = resolve_dtype(self._dtype_setting, self._device)
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         if not self._tokenizer.chat_template:
             raise EngineError(f"The tokenizer of {self.model_path} has no chat template.")
@@ -529,14 +527,6 @@ def _run_command(fn: Callable[[], None], future: Future[None]) -> None:
         future.set_exception(exc)
     else:
         future.set_result(None)
-
-
-def _resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[setting]
 
 
 def _cache_layers(cache: Any) -> list[tuple[Any, Any]]:

@@ -37,8 +37,8 @@ from server.registry.validation import (
     AdapterIncomplete,
     AdapterRejected,
     check_inside,
+    file_sha256,
     inspect_adapter,
-    weights_sha256,
 )
 
 logger = logging.getLogger(__name__)
@@ -361,7 +361,7 @@ class AdapterRegistry:
         entry = self._entries.get(version.name)
         if entry is not None and version.adapter_id not in entry.sha256:
             weights = Path(version.path) / "adapter_model.safetensors"
-            entry.sha256[version.adapter_id] = await asyncio.to_thread(weights_sha256, weights)
+            entry.sha256[version.adapter_id] = await asyncio.to_thread(file_sha256, weights)
 
     async def _unload(self, version: AdapterVersion) -> None:
         """Retire ``version`` for good: out of the engine, and its snapshot deleted."""

@@ -226,8 +226,8 @@ def read_safetensors_header(path: Path) -> dict[str, dict[str, object]]:
     return header
 
 
-def weights_sha256(path: Path) -> str:
-    """Reads the whole weights file: done when the engine loads it, never during a scan."""
+def file_sha256(path: Path) -> str:
+    """Reads the whole file: for weights, done when the engine loads them, never during a scan."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

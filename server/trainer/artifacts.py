@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from server.registry.validation import file_sha256
 
 if TYPE_CHECKING:
     from server.trainer.train import TrainConfig, TrainResult
@@ -89,14 +90,6 @@ class RunLog:
         return self.plot_path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_metadata(adapter_dir: Path, config: TrainConfig, formats: dict[str, str], counts: dict[str, int],
                    result: TrainResult, targets: list[str]) -> Path:
     """Beside the adapter: enough to know what it is and to reproduce it."""
@@ -110,7 +103,7 @@ def write_metadata(adapter_dir: Path, config: TrainConfig, formats: dict[str, st
     metadata = {
         "name": config.name,
         "base_model": config.base,
-        "datasets": [{"path": str(p), "sha256": _sha256(Path(p)), "format": formats.get(str(p))} for p in config.data],
+        "datasets": [{"path": str(p), "sha256": file_sha256(Path(p)), "format": formats.get(str(p))} for p in config.data],
         "examples": counts,
         "hyperparameters": {**config_summary(config), "target_modules": targets},
         "steps": result.steps,

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from server.devices import resolve_device, resolve_dtype
 from server.trainer.artifacts import RunLog, checkpoint_dirs, nearest_vllm_rank, write_metadata
 from server.trainer.data import Format, load_files
 from server.trainer.template import IGNORE, Example, fit
@@ -137,7 +138,8 @@ def train(config: TrainConfig) -> TrainResult:
           f"{len(train_set)} train, {len(val_set)} validation")
 
     # 3. Model: the base in the serving dtype, with a plain LoRA that vLLM can serve.
-    device, dtype = _device_and_dtype(config.device, config.dtype)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
     model = AutoModelForCausalLM.from_pretrained(config.base, dtype=dtype).to(device)
     targets = _target_modules(model, config.target_modules)
     nearest = nearest_vllm_rank(config.rank)
@@ -242,17 +244,6 @@ def _split(examples: list[Example], val_split: float, seed: int) -> tuple[list[E
     if n_val >= len(shuffled):
         raise TrainingError(f"--val-split {val_split} leaves no training examples")
     return shuffled[n_val:], shuffled[:n_val]
-
-
-def _device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """bf16 on CUDA (fp16 where bf16 is missing), float32 on CPU, unless told otherwise."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        if device == "cuda":
-            return torch.device(device), torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.device(device), torch.float32
-    return torch.device(device), {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
 def _target_modules(model: Any, setting: str) -> list[str]:

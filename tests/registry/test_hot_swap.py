@@ -149,8 +149,6 @@ BAD_VERSIONS: list[tuple[str, Callable[[Path], None], str]] = [
 def test_a_rejected_version_leaves_the_previous_one_serving(live, trained_adapters, edit, reason) -> None:  # type: ignore[no-untyped-def]
     url, directory = live
     _corrupt(directory, "alpha", edit, trained_adapters["beta"])
-    admin = {"Authorization": "Bearer none"}
-    del admin
     wait_for(lambda: metric_value(httpx.get(f"{url}/metrics").text, "lora_gateway_adapters_rejected_total", reason=reason) == 1)
     assert answer(url, "alpha").json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]
     assert "alpha" in model_ids(url)
