@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.*
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-vllm vllm-contract lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -24,9 +24,34 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	@if [ -f $(VLLM_STAMP) ]; then $(MAKE) --no-print-directory vllm-contract; \
+	else echo "vLLM contract tests skipped: $(VLLM_VENV) is not built (run 'make test-vllm')"; fi
+
+# Contract tests against the real, pinned vLLM: its CUDA wheel installed with --no-deps next to the
+# CPU torch, plus the light pure-Python packages its API modules import (vLLM cannot run here).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_LIGHT_DEPS := msgspec cbor2 aiohttp openai-harmony pillow pybase64 uvloop prometheus_client xgrammar \
+	partial_json_parser llguidance pyzmq cloudpickle blake3 cachetools psutil regex py-cpuinfo urllib3 requests openai
+
+$(VLLM_STAMP): pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_PY) -m pip install -q --no-deps "vllm==0.33.0"
+	$(VLLM_PY) -m pip install -q $(VLLM_LIGHT_DEPS) "transformers>=5.16.1,<5.21" "fastapi>=0.133,<0.137"
+	$(VLLM_PY) -m pip install -q -e ".[dev]" "transformers>=5.16.1,<5.21" "fastapi>=0.133,<0.137"
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP) vllm-contract
+
+vllm-contract:
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLLM_PY) -m pytest -q -p no:cacheprovider tests/engine/test_vllm_contract.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server tests benchmarks
+	$(VENV)/bin/hadolint Dockerfile
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .demo .pytest_cache

@@ -40,6 +40,23 @@ def build_engine(settings: Settings) -> Engine:
             max_batch_size=settings.max_batch_size,
             max_model_len=settings.max_model_len,
         )
+    if settings.engine == "vllm":
+        from server.engine.vllm_engine import VllmEngine, VllmOptions
+
+        return VllmEngine(
+            VllmOptions(
+                model=settings.model,
+                served_model_name=settings.base_model_id,
+                max_model_len=settings.max_model_len,
+                dtype=settings.dtype,
+                max_loras=settings.max_loras,
+                max_lora_rank=settings.max_lora_rank,
+                # vLLM's host-memory LRU must hold every version our registry keeps loaded.
+                max_cpu_loras=settings.max_cpu_loras or settings.max_loaded_adapters,
+                tensor_parallel_size=settings.tensor_parallel_size,
+                gpu_memory_utilization=settings.gpu_memory_utilization,
+            )
+        )
     raise ValueError(f"unknown engine {settings.engine!r}")
 
 

@@ -22,7 +22,9 @@ class Settings(BaseSettings):
         default=None, description="Model id clients use for the base model (default: the --model value)."
     )
     adapters_dir: Path = Field(default=Path("adapters"), description="Directory of LoRA adapters, one per sub-directory.")
-    engine: Literal["local"] = Field(default="local", description="Inference engine.")
+    engine: Literal["local", "vllm"] = Field(
+        default="local", description="Inference engine: local (transformers + peft) or vllm (AsyncLLM in process)."
+    )
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
     api_key: Annotated[list[SecretStr], NoDecode] = Field(
@@ -50,7 +52,17 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Other names of the base model that adapters may declare (repeat, or comma-separate in the env var).",
     )
-    max_lora_rank: int = Field(default=64, ge=1, description="Adapters above this rank are refused.")
+    max_lora_rank: int = Field(
+        default=64, ge=1, description="Adapters above this rank are refused (vllm: one of 1, 8, 16, 32, 64, 128, 256, 320, 512)."
+    )
+    max_loras: int = Field(default=4, ge=1, description="vllm: adapters batched together on the GPU (vLLM's --max-loras).")
+    max_cpu_loras: int | None = Field(
+        default=None, ge=1, description="vllm: adapters cached in host memory (default: --max-loaded-adapters)."
+    )
+    tensor_parallel_size: int = Field(default=1, ge=1, description="vllm: GPUs to shard the model over.")
+    gpu_memory_utilization: float = Field(
+        default=0.92, gt=0, le=1, description="vllm: fraction of GPU memory vLLM may take."
+    )
     max_adapter_bytes: int = Field(default=2 * 1024**3, ge=1, description="Adapters whose weights exceed this are refused.")
     max_request_bytes: int = Field(default=2 * 1024**2, ge=1024, description="Request bodies above this get 413.")
     max_n: int = Field(default=8, ge=1, description="Largest `n` (choices per request) accepted.")
