@@ -57,6 +57,11 @@ def build_engine(settings: Settings) -> Engine:
                 gpu_memory_utilization=settings.gpu_memory_utilization,
             )
         )
+    if settings.engine == "remote":
+        from server.engine.remote import RemoteEngine
+
+        key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+        return RemoteEngine(settings.upstream, base_model_id=settings.base_model_id, api_key=key)
     raise ValueError(f"unknown engine {settings.engine!r}")
 
 

@@ -22,9 +22,14 @@ class Settings(BaseSettings):
         default=None, description="Model id clients use for the base model (default: the --model value)."
     )
     adapters_dir: Path = Field(default=Path("adapters"), description="Directory of LoRA adapters, one per sub-directory.")
-    engine: Literal["local", "vllm"] = Field(
-        default="local", description="Inference engine: local (transformers + peft) or vllm (AsyncLLM in process)."
+    engine: Literal["local", "vllm", "remote"] = Field(
+        default="local",
+        description="Inference engine: local (transformers + peft), vllm (AsyncLLM in process), remote (vLLM servers).",
     )
+    upstream: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="remote: URL of a `vllm serve --enable-lora` upstream (repeat for several)."
+    )
+    upstream_api_key: SecretStr | None = Field(default=None, description="remote: bearer key the upstreams expect.")
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
     api_key: Annotated[list[SecretStr], NoDecode] = Field(
@@ -68,7 +73,7 @@ class Settings(BaseSettings):
     max_n: int = Field(default=8, ge=1, description="Largest `n` (choices per request) accepted.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
-    @field_validator("api_key", "base_model_alias", mode="before")
+    @field_validator("api_key", "base_model_alias", "upstream", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

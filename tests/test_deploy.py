@@ -81,6 +81,24 @@ def test_compose_reserves_a_gpu_and_keeps_adapters_and_cache_on_volumes() -> Non
     assert {"adapters:/adapters", "hf-cache:/home/gateway/.cache/huggingface"} <= set(gateway["volumes"])
     assert gateway["ports"] == ["8000:8000"] and gateway["env_file"][0]["path"] == ".env"
     assert set(compose["volumes"]) == {"adapters", "hf-cache"}
+    assert gateway["profiles"] == ["single"]
+
+
+def test_compose_remote_profile_puts_the_gateway_in_front_of_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.cli import _settings_from, build_parser
+
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    upstream, gateway = compose["services"]["vllm"], compose["services"]["gateway-remote"]
+    assert upstream["profiles"] == gateway["profiles"] == ["remote"]
+    assert upstream["image"] == "vllm/vllm-openai:v0.33.0" and "--enable-lora" in upstream["command"]
+    assert upstream["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert "adapters:/adapters" in upstream["volumes"] and "adapters:/adapters" in gateway["volumes"]  # same path on both
+    assert "deploy" not in gateway  # the gateway itself needs no GPU
+    for key, value in _image_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LORA_GATEWAY_MODEL", "Qwen/Qwen2.5-7B-Instruct")
+    settings = _settings_from(build_parser().parse_args(gateway["entrypoint"][1:]))
+    assert settings.engine == "remote" and settings.upstream == ["http://vllm:8000"]
     compose_cli = shutil.which("docker-compose")
     if compose_cli:  # parses the file the way Docker will, where a compose CLI is installed
         subprocess.run([compose_cli, "-f", str(ROOT / "deploy" / "docker-compose.yml"), "config", "-q"], check=True)
