@@ -50,3 +50,28 @@ def test_train_command_reports_bad_lines_and_exits_2(tmp_path: Path) -> None:
                            "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert f"{data}:1: no assistant message" in done.stderr
+
+
+def test_ctrl_c_on_the_command_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
+    import signal
+
+    from server.offline_model import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "base")
+    data = tmp_path / "facts.jsonl"
+    data.write_text("".join(json.dumps({"query": q, "response": a}) + "\n" for q, a in FACTS))
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "server", "train", "--base", str(base), "--data", str(data), "--name", "x",
+                                "--no-publish", "--output-dir", str(run), "--epochs", "10000", "--grad-accum", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = run / "trainer_log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 3):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    checkpoints = sorted(run.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and "--resume" in stderr and str(checkpoints[0]) in stderr
+    assert (checkpoints[0] / "adapter_model.safetensors").is_file() and (run / "training_loss.png").is_file()
