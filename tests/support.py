@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -84,6 +88,40 @@ def running_server(app, *, ready_timeout: float = 60.0) -> Iterator[str]:  # typ
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def server_process(args: list[str], *, port: int | None = None, env: dict[str, str] | None = None,
+                   timeout: float = 120.0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``python -m server ARGS --port PORT`` as a user runs it; yields (process, url) once /ready.
+
+    Output goes to a temporary file (a pipe nobody reads could fill up and stall the server) and is
+    shown if the process dies before it is ready.
+    """
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen([sys.executable, "-m", "server", *args, "--port", str(port)],
+                                   env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"server exited: {log.read().decode(errors='replace')[-3000:]}")
+                try:
+                    if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"server on {url} not ready after {timeout}s")
+                time.sleep(0.2)
+            yield process, url
+        finally:
+            if process.poll() is None:
+                process.terminate()
+            process.wait(timeout=30)
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

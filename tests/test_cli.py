@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,39 +15,15 @@ from openai import OpenAI
 
 from server.cli import build_parser
 from server.settings import Settings
-from tests.support import ANSWERS, QUESTION, free_port
+from tests.support import ANSWERS, QUESTION, server_process
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @contextmanager
-def cli_server(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", *args, "--port", str(port)],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited: {process.stdout.read() if process.stdout else ''}")
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise AssertionError("server did not become ready")
+def cli_server(args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
+    with server_process(args, env=env) as (_process, url):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_serve_subprocess_with_flags_and_env(base_model: Path, adapters_dir: Path) -> None:

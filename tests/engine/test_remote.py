@@ -4,10 +4,7 @@ failover when one is killed mid-load, re-registration after it restarts, streami
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +17,7 @@ from openai import OpenAI
 
 from server.registry.publish import publish_adapter
 from tests.conftest import make_settings
-from tests.support import ANSWERS, QUESTION, free_port, metric_value, running_server
+from tests.support import ANSWERS, QUESTION, free_port, metric_value, running_server, server_process
 
 KEY = "upstream-key"
 ASK = [{"role": "user", "content": QUESTION}]
@@ -28,24 +25,10 @@ ASK = [{"role": "user", "content": QUESTION}]
 
 @contextmanager
 def upstream(base_model: Path, directory: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--model", str(base_model), "--served-model-name", "tiny-base",
-         "--adapters-dir", str(directory), "--port", str(port), "--api-key", KEY, "--admin-key", KEY, "--log-level", "warning"],
-        env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+    args = ["serve", "--model", str(base_model), "--served-model-name", "tiny-base", "--adapters-dir", str(directory),
+            "--api-key", KEY, "--admin-key", KEY, "--log-level", "warning"]
+    with server_process(args, port=port) as (process, _url):
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def upstream_models(port: int) -> set[str]:
