@@ -10,7 +10,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -62,6 +62,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(url: str, timeout: float, still_running: Callable[[], None] = lambda: None) -> None:
+    """Poll ``url``/ready until it answers 200; ``still_running`` raises if the server died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        still_running()
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server on {url} not ready after {timeout}s")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def running_server(app, *, ready_timeout: float = 60.0) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """Serve ``app`` with a real uvicorn on 127.0.0.1 in a thread; yield its base URL once /ready."""
@@ -72,17 +87,11 @@ def running_server(app, *, ready_timeout: float = 60.0) -> Iterator[str]:  # typ
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_timeout
-    while True:
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"server on {url} not ready after {ready_timeout}s")
-        time.sleep(0.05)
+    try:
+        wait_ready(url, ready_timeout)
+    except RuntimeError:
+        server.should_exit = True
+        raise
     try:
         yield url
     finally:
@@ -103,20 +112,14 @@ def server_process(args: list[str], *, port: int | None = None, env: dict[str, s
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen([sys.executable, "-m", "server", *args, "--port", str(port)],
                                    env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+
+        def still_running() -> None:
+            if process.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"server exited: {log.read().decode(errors='replace')[-3000:]}")
+
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if process.poll() is not None:
-                    log.seek(0)
-                    raise AssertionError(f"server exited: {log.read().decode(errors='replace')[-3000:]}")
-                try:
-                    if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"server on {url} not ready after {timeout}s")
-                time.sleep(0.2)
+            wait_ready(url, timeout, still_running)
             yield process, url
         finally:
             if process.poll() is None:
