@@ -63,6 +63,10 @@ class GatewayMetrics:
             "lora_gateway_adapters_rejected", "Adapter versions refused by validation, by reason.", ["reason"], registry=r
         )
 
+    def record_error(self, model: str, status: int, error_type: str) -> None:
+        self.requests.labels(model, str(status)).inc()
+        self.errors.labels(model, error_type).inc()
+
     def watch_engine(self, health: Callable[[], EngineHealth], registered: Callable[[], int]) -> None:
         """Gauges read at scrape time, so they are never stale and cost nothing between scrapes."""
         self.registry.register(_LiveGauges(health, registered))

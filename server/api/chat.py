@@ -90,8 +90,7 @@ class _Observer:
 
 
 def record_error(metrics: GatewayMetrics, model: str, error: GatewayError) -> None:
-    metrics.requests.labels(model, str(error.status_code)).inc()
-    metrics.errors.labels(model, error.error_type).inc()
+    metrics.record_error(model, error.status_code, error.error_type)
 
 
 class _Usage:

@@ -86,5 +86,4 @@ class EarlyErrorCounter:
         await self.app(scope, receive, watch)
         if status >= 400 and not state.get("observed"):
             error_type = "invalid_request_error" if status < 500 else "server_error"
-            self.metrics.requests.labels(UNKNOWN_MODEL, str(status)).inc()
-            self.metrics.errors.labels(UNKNOWN_MODEL, error_type).inc()
+            self.metrics.record_error(UNKNOWN_MODEL, status, error_type)

@@ -38,10 +38,10 @@ from server.engine.base import (
     GenerationRequest,
 )
 from server.engine.lora_batch import BatchedLora
+from server.engine.prompts import check_context, render_chat
 from server.engine.sampling import Sampler
 from server.engine.text import IncrementalDecoder, StopMatcher
 from server.errors import (
-    ContextLengthExceeded,
     EngineError,
     EngineUnavailable,
     GatewayError,
@@ -247,16 +247,13 @@ class LocalEngine(Engine):
     # ------------------------------------------------------------------ requests
 
     def render_prompt(self, messages: tuple[dict[str, str], ...]) -> list[int]:
-        """Chat template from the tokenizer; ``developer`` is OpenAI's newer name for ``system``."""
-        chat = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]} for m in messages]
-        text = self._tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
+        return render_chat(self._tokenizer, messages)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         if not self._ready:
             raise EngineUnavailable("The model is still loading; try again shortly.")
         prompt_ids = self.render_prompt(request.messages)
-        self._check_length(len(prompt_ids), request.sampling.max_tokens)
+        check_context(len(prompt_ids), request.sampling.max_tokens, self.max_model_len or 0)
         peft_name = BASE_ROW
         if request.adapter is not None:
             peft_name = self._peft_names.get(request.adapter.adapter_id, "")
@@ -281,22 +278,6 @@ class LocalEngine(Engine):
         finally:
             # Normal end, error, or the consumer went away: in every case stop spending compute.
             job.cancelled.set()
-
-    def _check_length(self, prompt_len: int, max_tokens: int | None) -> None:
-        limit = self.max_model_len or 0
-        if prompt_len >= limit:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens. However, your messages "
-                f"resulted in {prompt_len} tokens.",
-                param="messages",
-            )
-        if max_tokens is not None and prompt_len + max_tokens > limit:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in "
-                "the completion). Please reduce the length of the messages or completion.",
-                param="max_tokens",
-            )
 
     # ------------------------------------------------------------------ worker thread
 

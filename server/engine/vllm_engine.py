@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.engine.base import AdapterRef, Engine, EngineHealth, GenerationDelta, GenerationRequest, SamplingOptions
-from server.errors import ContextLengthExceeded, EngineError, EngineUnavailable
+from server.engine.prompts import check_context, render_chat
+from server.errors import EngineError, EngineUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -130,22 +131,12 @@ class VllmEngine(Engine):
         )
 
     def render_prompt(self, messages: tuple[dict[str, str], ...]) -> list[int]:
-        chat = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]} for m in messages]
-        text = self._tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
+        return render_chat(self._tokenizer, messages)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         engine = self._require()
         prompt_ids = self.render_prompt(request.messages)
-        limit = self.max_model_len or 0
-        room = limit - len(prompt_ids)
-        max_tokens = request.sampling.max_tokens or room
-        if room <= 0 or max_tokens > room:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{len(prompt_ids) + max_tokens} tokens ({len(prompt_ids)} in the messages, {max_tokens} in the completion).",
-                param="messages" if room <= 0 else "max_tokens",
-            )
+        max_tokens = check_context(len(prompt_ids), request.sampling.max_tokens, self.max_model_len or 0)
         lora = self._loras.get(request.adapter.adapter_id) if request.adapter else None
         if request.adapter is not None and lora is None:
             raise EngineUnavailable(f"Adapter {request.adapter.name} is not loaded.")

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.engine.vllm_engine import VLLM_LORA_RANKS
 from server.registry.validation import file_sha256
 
 if TYPE_CHECKING:
     from server.trainer.train import TrainConfig, TrainResult
 
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 METADATA_FILE = "training_metadata.json"
 
 
