@@ -18,6 +18,7 @@ from server.api.errors import install_error_handlers
 from server.api.limits import BodyLimitMiddleware, EarlyErrorCounter
 from server.engine.base import Engine
 from server.gateway import Gateway
+from server.integrations.wecom.service import WeComService
 from server.metrics import GatewayMetrics
 from server.registry import AdapterRegistry
 from server.registry.base_model import BaseModelSpec
@@ -90,6 +91,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         admin_keys=[settings.admin_key.get_secret_value().encode()] if settings.admin_key else [],
     )
     metrics.watch_engine(engine.health, lambda: len(registry.active_versions()))
+    wecom = _wecom_service(settings, gateway)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,6 +105,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if wecom is not None:
+                await wecom.close()
             await engine.stop()
             await registry.close()
 
@@ -116,7 +120,25 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(ops.router)
     app.include_router(admin.router)
+    if wecom is not None:
+        from server.integrations.wecom.routes import router as wecom_router
+
+        app.state.wecom = wecom
+        app.include_router(wecom_router)
     return app
+
+
+def _wecom_service(settings: Settings, gateway: Gateway) -> WeComService | None:
+    """The WeCom bots, when any are configured (by --wecom-config or LORA_GATEWAY_WECOM_* env vars)."""
+    from server.integrations.wecom.config import WeComConfigError, load_wecom_settings
+
+    wecom_settings = load_wecom_settings(settings.wecom_config)
+    if not wecom_settings.bots:
+        if settings.wecom_config is not None:
+            raise WeComConfigError(f"{settings.wecom_config} defines no bots")
+        return None
+    logger.info("WeCom bots: %s", ", ".join(f"/wecom/{name}" for name in wecom_settings.bots))
+    return WeComService(wecom_settings, gateway)
 
 
 async def _boot(gateway: Gateway) -> None:

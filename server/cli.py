@@ -57,9 +57,13 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.integrations.wecom.config import WeComConfigError
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except WeComConfigError as exc:
+        raise SystemExit(f"lora-gateway: {exc}") from None
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
 
 

@@ -8,9 +8,13 @@ route ever chooses a status code by reading an error message.
     GatewayError
     ├── InvalidRequest            400 invalid_request_error (param names the field)
     │   ├── UnsupportedParameter  400, code "unsupported_parameter"
-    │   └── ContextLengthExceeded 400, code "context_length_exceeded"
+    │   ├── ContextLengthExceeded 400, code "context_length_exceeded"
+    │   ├── CiphertextInvalid     400, code "invalid_ciphertext"    (integrations.wecom.crypto)
+    │   ├── ReceiveIdMismatch     400, code "invalid_receive_id"    (integrations.wecom.crypto)
+    │   └── MalformedMessage      400, code "invalid_wecom_message" (integrations.wecom.messages)
     ├── Unauthorized              401 authentication_error, code "invalid_api_key"
     ├── PermissionDenied          403 permission_error
+    │   └── SignatureMismatch     403, code "invalid_signature"     (integrations.wecom.crypto)
     ├── ModelNotFound             404 invalid_request_error, code "model_not_found"
     ├── NotFound                  404 invalid_request_error (routes)
     ├── RequestTooLarge           413 invalid_request_error

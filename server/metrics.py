@@ -62,6 +62,20 @@ class GatewayMetrics:
         self.adapters_rejected = Counter(
             "lora_gateway_adapters_rejected", "Adapter versions refused by validation, by reason.", ["reason"], registry=r
         )
+        # WeCom: ``bot`` is a configured bot name (or ``unknown``), so its cardinality is bounded too.
+        self.wecom_callbacks = Counter(
+            "lora_gateway_wecom_callbacks", "WeCom callbacks by bot and outcome.", ["bot", "outcome"], registry=r
+        )
+        self.wecom_reply_seconds = Histogram(
+            "lora_gateway_wecom_reply_seconds",
+            "Time from a WeCom message to its answer being delivered (app) or complete (aibot).",
+            ["bot"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.wecom_sends = Counter(
+            "lora_gateway_wecom_messages_sent", "WeCom message/send calls by bot and outcome.", ["bot", "outcome"], registry=r
+        )
 
     def record_error(self, model: str, status: int, error_type: str) -> None:
         self.requests.labels(model, str(status)).inc()

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     max_adapter_bytes: int = Field(default=2 * 1024**3, ge=1, description="Adapters whose weights exceed this are refused.")
     max_request_bytes: int = Field(default=2 * 1024**2, ge=1024, description="Request bodies above this get 413.")
     max_n: int = Field(default=8, ge=1, description="Largest `n` (choices per request) accepted.")
+    wecom_config: Path | None = Field(
+        default=None, description="YAML or JSON file of WeCom bots (see README, WeCom); env LORA_GATEWAY_WECOM_* adds to it."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
     @field_validator("api_key", "base_model_alias", "upstream", mode="before")

@@ -26,13 +26,22 @@ def cli_server(args: list[str], env: dict[str, str] | None = None) -> Iterator[s
         yield url
 
 
-def test_serve_subprocess_with_flags_and_env(base_model: Path, adapters_dir: Path) -> None:
-    env = {"LORA_GATEWAY_SERVED_MODEL_NAME": "from-env", "LORA_GATEWAY_API_KEY": "k-env"}
-    with cli_server(["serve", "--model", str(base_model), "--adapters-dir", str(adapters_dir), "--device", "cpu"], env) as url:
+def test_serve_subprocess_with_flags_and_env(base_model: Path, adapters_dir: Path, tmp_path: Path) -> None:
+    from tests.integrations.wecom.fake_wecom import WeComSender
+
+    key = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"
+    (tmp_path / "wecom.yaml").write_text("bots:\n  helper:\n    channel: aibot\n    model: alpha\n")  # secrets from env
+    env = {"LORA_GATEWAY_SERVED_MODEL_NAME": "from-env", "LORA_GATEWAY_API_KEY": "k-env",
+           "LORA_GATEWAY_WECOM_BOTS__HELPER__TOKEN": "tokenFromEnv", "LORA_GATEWAY_WECOM_BOTS__HELPER__ENCODING_AES_KEY": key}
+    args = ["serve", "--model", str(base_model), "--adapters-dir", str(adapters_dir), "--device", "cpu",
+            "--wecom-config", str(tmp_path / "wecom.yaml")]
+    with cli_server(args, env) as url:
         with OpenAI(base_url=f"{url}/v1", api_key="k-env", max_retries=0) as client:
             assert {m.id for m in client.models.list()} == {"from-env", "alpha", "beta"}
             answer = client.chat.completions.create(model="alpha", messages=[{"role": "user", "content": QUESTION}], temperature=0)
             assert answer.choices[0].message.content == ANSWERS["alpha"]
+        verification = WeComSender("tokenFromEnv", key, "").verification("1234")
+        assert httpx.get(f"{url}/wecom/helper?{verification}").text == "1234"
 
 
 def test_base_model_id_defaults_to_the_model_value(base_model: Path, tmp_path: Path) -> None:
@@ -55,6 +64,17 @@ def test_invalid_settings_exit_with_a_message(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as caught:
         main(["serve", "--model", "m", "--max-batch-size", "0"])
     assert "--max-batch-size" in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["bots: {}\n", "bots:\n  shop:\n    channel: app\n    model: m\n    token: t\n"])
+def test_a_bad_wecom_config_stops_the_server_with_a_message(tmp_path: Path, text: str) -> None:
+    from server.cli import main
+
+    path = tmp_path / "wecom.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as caught:
+        main(["serve", "--model", "m", "--wecom-config", str(path)])
+    assert "wecom" in str(caught.value).lower()
 
 
 def test_every_setting_is_a_flag_and_in_the_readme_table() -> None:

@@ -1,8 +1,10 @@
 """``POST /v1/chat/completions``: validate, resolve the model, stream from the engine.
 
 The route is thin: the request body is already a validated ``ChatCompletionRequest``;
-``to_generation_request`` is the pure conversion to engine terms; ``_Observer`` owns the metrics of
-one request; the rest assembles OpenAI responses (whole, or as SSE chunks).
+``to_generation_request`` is the pure conversion to engine terms; ``admit`` leases the model;
+``_Observer`` owns the metrics of one request; the rest assembles OpenAI responses (whole, or as SSE
+chunks). ``complete`` is the whole non-streaming path as a function, so integrations (WeCom) answer
+through exactly the same admission, engine call and metrics as the HTTP route.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -118,7 +121,24 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, gateway: GatewayDep
 ) -> Response | ChatCompletionResponse:
     request.state.observed = True
-    lease_scope = contextlib.AsyncExitStack()
+    if body.stream:
+        generation, observer, lease_scope = await admit(gateway, body)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _stream(gateway, generation, body.model, include_usage, observer, lease_scope)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    try:
+        return await _until_disconnected(request, complete(gateway, body))
+    except _ClientGone:
+        return Response(status_code=499)
+
+
+async def admit(gateway: Gateway, body: ChatCompletionRequest) -> tuple[GenerationRequest, _Observer, AsyncExitStack]:
+    """Lease the model, convert the request and check the engine; refusals are counted here.
+
+    The returned exit stack holds the lease: whoever runs the generation closes it when done, so a
+    streaming response can keep its adapter version alive after the route function returned.
+    """
+    lease_scope = AsyncExitStack()
     try:
         lease = await lease_scope.enter_async_context(gateway.registry.lease(body.model))
         generation = to_generation_request(body, lease, gateway.settings.max_n)
@@ -128,24 +148,36 @@ async def create_chat_completion(
         await lease_scope.aclose()
         record_error(gateway.metrics, UNKNOWN_MODEL if error.code == "model_not_found" else body.model, error)
         raise
-    observer = _Observer(gateway.metrics, body.model)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _stream(gateway, generation, body.model, include_usage, observer, lease_scope)
-        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return generation, _Observer(gateway.metrics, body.model), lease_scope
+
+
+async def complete(
+    gateway: Gateway, body: ChatCompletionRequest, on_text: Callable[[int, str], None] | None = None
+) -> ChatCompletionResponse:
+    """One whole (non-streaming) chat completion, with the route's admission, metrics and errors.
+
+    ``on_text(choice_index, piece)`` sees each piece of text as it is generated: callers that cannot
+    hold an HTTP stream open (WeCom's AI bot polls for the answer so far) follow progress with it.
+    Cancelling the call stops the generation and counts the request as aborted.
+    """
+    generation, observer, lease_scope = await admit(gateway, body)
     async with lease_scope:
         try:
-            return await _until_disconnected(request, _complete(gateway, generation, body.model, observer))
-        except _ClientGone:
-            observer.aborted()
-            return Response(status_code=499)
+            return await _complete(gateway, generation, body.model, observer, on_text)
         except GatewayError as error:
             observer.failure(error)
+            raise
+        except asyncio.CancelledError:
+            observer.aborted()
             raise
 
 
 async def _complete(
-    gateway: Gateway, generation: GenerationRequest, model: str, observer: _Observer
+    gateway: Gateway,
+    generation: GenerationRequest,
+    model: str,
+    observer: _Observer,
+    on_text: Callable[[int, str], None] | None,
 ) -> ChatCompletionResponse:
     n = generation.sampling.n
     texts = [""] * n
@@ -156,6 +188,8 @@ async def _complete(
             observer.delta(delta)
             usage.add(delta)
             texts[delta.index] += delta.text
+            if delta.text and on_text is not None:
+                on_text(delta.index, delta.text)
             if delta.finish_reason:
                 finish[delta.index] = delta.finish_reason
     if None in finish:
@@ -180,7 +214,7 @@ async def _stream(
     model: str,
     include_usage: bool,
     observer: _Observer,
-    lease_scope: contextlib.AsyncExitStack,
+    lease_scope: AsyncExitStack,
 ) -> AsyncIterator[str]:
     """SSE events as OpenAI sends them: role first, content pieces, then an empty delta with the
     finish_reason; with ``include_usage`` every chunk has ``usage: null`` and one last chunk with no

@@ -1,0 +1,1 @@
+"""Channels that bring users' messages to the gateway from elsewhere (WeCom)."""

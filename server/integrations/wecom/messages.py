@@ -1,0 +1,120 @@
+"""Parse WeCom callback bodies and build replies; nothing here knows about models or HTTP.
+
+XML is parsed with defusedxml with DTDs forbidden outright (WeCom never sends one), so entity
+expansion and external-entity tricks fail before any parsing work is done.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+from xml.etree.ElementTree import ParseError
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
+from server.errors import InvalidRequest
+
+
+class MalformedMessage(InvalidRequest):
+    default_code = "invalid_wecom_message"
+
+
+def parse_xml(body: bytes) -> dict[str, str]:
+    """The root's child elements as ``{tag: text}`` (WeCom's XML is one flat level)."""
+    try:
+        root = SafeET.fromstring(body, forbid_dtd=True)
+    except (ParseError, DefusedXmlException, ValueError):
+        raise MalformedMessage("The body is not well-formed WeCom XML.") from None
+    return {child.tag: (child.text or "") for child in root}
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise MalformedMessage("The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise MalformedMessage("The body must be a JSON object.")
+    return data
+
+
+def encrypted_field(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise MalformedMessage(f"The callback has no `{name}`.", param=name)
+    return value
+
+
+@dataclass(frozen=True)
+class AppMessage:
+    """A decrypted message to a self-built app."""
+
+    msg_id: str
+    user: str
+    msg_type: str
+    content: str
+
+    @classmethod
+    def from_xml(cls, body: bytes) -> AppMessage:
+        fields = parse_xml(body)
+        user, msg_type = fields.get("FromUserName", ""), fields.get("MsgType", "")
+        if not user or not msg_type:
+            raise MalformedMessage("The message has no FromUserName or MsgType.")
+        # Events carry no MsgId; the sender and time identify a retry of one as well.
+        msg_id = fields.get("MsgId") or f"{user}:{fields.get('CreateTime', '')}:{fields.get('Event', '')}"
+        return cls(msg_id=msg_id, user=user, msg_type=msg_type, content=fields.get("Content", ""))
+
+
+_MENTION = re.compile(r"^\s*@\S+\s*")
+
+
+@dataclass(frozen=True)
+class BotMessage:
+    """A decrypted AI-bot callback: a user's message, or a poll of an answer (``msg_type`` stream)."""
+
+    msg_id: str
+    msg_type: str
+    user: str
+    content: str
+    stream_id: str | None
+
+    @classmethod
+    def from_json(cls, body: bytes) -> BotMessage:
+        data = parse_json(body)
+        msg_type = data.get("msgtype")
+        if not isinstance(msg_type, str) or not msg_type:
+            raise MalformedMessage("The message has no msgtype.", param="msgtype")
+        sender = data.get("from")
+        user = sender.get("userid", "") if isinstance(sender, dict) else ""
+        text = data.get("text")
+        content = text.get("content", "") if isinstance(text, dict) else ""
+        if not isinstance(content, str):
+            raise MalformedMessage("text.content must be a string.", param="text.content")
+        if data.get("chattype") == "group":
+            content = _MENTION.sub("", content, count=1)  # "@bot question" in a group
+        stream = data.get("stream")
+        stream_id = stream.get("id") if isinstance(stream, dict) else None
+        if msg_type == "stream" and not isinstance(stream_id, str):
+            raise MalformedMessage("A stream callback needs stream.id.", param="stream.id")
+        msg_id = data.get("msgid") or ""
+        if not isinstance(msg_id, str) or (not msg_id and msg_type != "stream"):
+            raise MalformedMessage("The message has no msgid.", param="msgid")
+        return cls(msg_id=msg_id, msg_type=msg_type, user=str(user), content=content, stream_id=stream_id)
+
+
+def stream_reply(stream_id: str, content: str, finish: bool) -> bytes:
+    reply = {"msgtype": "stream", "stream": {"id": stream_id, "finish": finish, "content": content}}
+    return json.dumps(reply, ensure_ascii=False).encode()
+
+
+def envelope(encrypted: str, msg_signature: str, timestamp: str, nonce: str) -> dict[str, str]:
+    """The AI bot's encrypted reply body."""
+    return {"encrypt": encrypted, "msgsignature": msg_signature, "timestamp": timestamp, "nonce": nonce}
+
+
+def unix_now() -> str:
+    return str(int(time.time()))

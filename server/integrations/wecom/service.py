@@ -1,0 +1,230 @@
+"""What happens to a WeCom message: dedup, answer through the gateway's own chat path, deliver.
+
+A message is answered by ``server.api.chat.complete``, the function behind
+``/v1/chat/completions``, so a WeCom user gets exactly what an API client asking the same model
+gets, with the same admission, adapter leasing and metrics.
+
+State is bounded: message ids are remembered for ``dedup_seconds`` (WeCom retries an unanswered
+callback twice, and an AI bot may repeat one), answers being polled for ``stream_seconds``, each
+with a cap on entries. Answering never raises into the callback: whatever fails, the user gets the
+bot's apology rather than silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.api.chat import complete
+from server.api.protocol import ChatCompletionRequest, ChatMessage
+from server.errors import NotFound
+from server.gateway import Gateway
+from server.integrations.wecom.api import AppCredentials, WeComApi, WeComApiError
+from server.integrations.wecom.config import BotConfig, WeComSettings
+from server.integrations.wecom.crypto import WeComCrypto
+from server.integrations.wecom.messages import (
+    AppMessage,
+    BotMessage,
+    MalformedMessage,
+    encrypted_field,
+    parse_json,
+    parse_xml,
+    stream_reply,
+)
+from server.integrations.wecom.store import ExpiringStore
+from server.integrations.wecom.text import truncate_utf8
+
+logger = logging.getLogger(__name__)
+
+STREAM_CONTENT_BYTES = 20480
+_BOOT_WAIT = 120.0  # a message that arrives while the model loads waits for it rather than failing
+
+
+@dataclass(frozen=True)
+class Bot:
+    name: str
+    config: BotConfig
+    crypto: WeComCrypto
+
+    @classmethod
+    def build(cls, name: str, config: BotConfig) -> Bot:
+        crypto = WeComCrypto(
+            config.token.get_secret_value(), config.encoding_aes_key.get_secret_value(), config.expected_receive_id
+        )
+        return cls(name, config, crypto)
+
+    @property
+    def credentials(self) -> AppCredentials:
+        assert self.config.corp_id and self.config.corp_secret and self.config.agent_id is not None
+        return AppCredentials(self.config.corp_id, self.config.corp_secret.get_secret_value(), self.config.agent_id)
+
+
+@dataclass
+class StreamAnswer:
+    """An AI-bot answer as WeCom polls it: the text so far, and whether it is complete."""
+
+    stream_id: str
+    text: str = ""
+    finished: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def reply(self) -> bytes:
+        return stream_reply(self.stream_id, truncate_utf8(self.text, STREAM_CONTENT_BYTES), self.finished)
+
+    def finish(self, text: str) -> None:
+        self.text, self.finished = text, True
+
+
+@dataclass(frozen=True)
+class Query:
+    """A callback's signed query parameters."""
+
+    msg_signature: str
+    timestamp: str
+    nonce: str
+
+
+class WeComService:
+    def __init__(self, settings: WeComSettings, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.metrics = gateway.metrics
+        self.bots = {name: Bot.build(name, config) for name, config in settings.bots.items()}
+        self.api = WeComApi(settings.api_base)
+        self._seen: ExpiringStore[tuple[str, str], str] = ExpiringStore(settings.dedup_seconds, settings.dedup_entries)
+        self._streams: ExpiringStore[str, StreamAnswer] = ExpiringStore(
+            settings.stream_seconds, settings.max_streams, on_evict=_cancel_answer
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def bot(self, name: str) -> Bot:
+        bot = self.bots.get(name)
+        if bot is None:
+            raise NotFound(f"No WeCom bot named `{name}` is configured.")
+        return bot
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.api.aclose()
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    def verify_url(self, bot: Bot, query: Query, echostr: str) -> str:
+        """The plaintext of ``echostr``, which WeCom expects back to accept the callback URL."""
+        plain = bot.crypto.open(query.msg_signature, query.timestamp, query.nonce, echostr)
+        try:
+            return plain.decode()
+        except UnicodeDecodeError:
+            raise MalformedMessage("The echostr does not hold text.") from None
+
+    def on_app_callback(self, bot: Bot, query: Query, body: bytes) -> str:
+        """Accept a self-built app's message; the answer goes out later by message/send. Returns the outcome."""
+        encrypted = encrypted_field(parse_xml(body), "Encrypt")
+        message = AppMessage.from_xml(bot.crypto.open(query.msg_signature, query.timestamp, query.nonce, encrypted))
+        _, new = self._seen.setdefault((bot.name, message.msg_id), "")
+        if not new:
+            return "duplicate"
+        if message.msg_type == "event":
+            return "ignored"
+        if message.msg_type != "text" or not message.content.strip():
+            self._spawn(self._send(bot, message.user, bot.config.unsupported_reply))
+            return "unsupported"
+        self._spawn(self._answer_app(bot, message, time.perf_counter()))
+        return "accepted"
+
+    def on_bot_callback(self, bot: Bot, query: Query, body: bytes) -> tuple[bytes | None, str]:
+        """(plaintext reply or None for an empty 200, outcome) for an AI bot's callback."""
+        encrypted = encrypted_field(parse_json(body), "encrypt")
+        message = BotMessage.from_json(bot.crypto.open(query.msg_signature, query.timestamp, query.nonce, encrypted))
+        if message.msg_type == "stream":
+            assert message.stream_id is not None
+            answer = self._streams.get(message.stream_id)
+            if answer is None:  # expired, or from before a restart
+                return stream_reply(message.stream_id, bot.config.apology, True), "stream_expired"
+            return answer.reply(), "stream_refresh"
+        if message.msg_type == "event":
+            return None, "ignored"
+        stream_id, new = self._seen.setdefault((bot.name, message.msg_id), secrets.token_hex(16))
+        if not new:
+            answer = self._streams.get(stream_id)
+            if answer is None:
+                return stream_reply(stream_id, bot.config.apology, True), "duplicate"
+            return answer.reply(), "duplicate"
+        answer, _ = self._streams.setdefault(stream_id, StreamAnswer(stream_id))
+        if message.msg_type != "text" or not message.content.strip():
+            answer.finish(bot.config.unsupported_reply)
+            return answer.reply(), "unsupported"
+        answer.task = self._spawn(self._answer_stream(bot, answer, message.content, time.perf_counter()))
+        return answer.reply(), "accepted"
+
+    # -- answering ---------------------------------------------------------------------------
+
+    async def _answer_app(self, bot: Bot, message: AppMessage, started: float) -> None:
+        text = await self._generate(bot, message.content)
+        if await self._send(bot, message.user, text or bot.config.apology):
+            self.metrics.wecom_reply_seconds.labels(bot.name).observe(time.perf_counter() - started)
+
+    async def _answer_stream(self, bot: Bot, answer: StreamAnswer, content: str, started: float) -> None:
+        def grow(index: int, piece: str) -> None:
+            answer.text += piece
+
+        text = await self._generate(bot, content, grow)
+        if text is None:
+            answer.finish(f"{answer.text}\n\n{bot.config.apology}" if answer.text.strip() else bot.config.apology)
+        else:
+            answer.finish(text or bot.config.apology)
+        self.metrics.wecom_reply_seconds.labels(bot.name).observe(time.perf_counter() - started)
+
+    async def _generate(self, bot: Bot, content: str, on_text: Callable[[int, str], None] | None = None) -> str | None:
+        """The model's answer to ``content``, or None when it could not be had (logged, not raised)."""
+        config = bot.config
+        messages = [ChatMessage(role="system", content=config.system_prompt)] if config.system_prompt else []
+        messages.append(ChatMessage(role="user", content=content))
+        try:
+            await asyncio.wait_for(self.gateway.booted.wait(), _BOOT_WAIT)
+            request = ChatCompletionRequest(
+                model=config.model, messages=messages, max_completion_tokens=config.max_tokens, temperature=config.temperature
+            )
+            response = await complete(self.gateway, request, on_text)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure becomes the apology; the reason goes to the log
+            logger.warning("wecom bot %s: no answer from model %s: %s", bot.name, config.model, exc)
+            return None
+        return (response.choices[0].message.content or "").strip()
+
+    async def _send(self, bot: Bot, user: str, text: str) -> bool:
+        try:
+            sent = await self.api.send_text(bot.credentials, user, text)
+        except WeComApiError as exc:
+            self.metrics.wecom_sends.labels(bot.name, "error").inc()
+            logger.warning("wecom bot %s: could not deliver an answer: %s", bot.name, exc)
+            return False
+        self.metrics.wecom_sends.labels(bot.name, "ok").inc(sent)
+        return True
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` after the callback returned; held here so it is neither collected nor lost."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("wecom: an answer failed unexpectedly", exc_info=task.exception())
+
+
+def _cancel_answer(answer: StreamAnswer) -> None:
+    if answer.task is not None and not answer.task.done():
+        answer.task.cancel()
