@@ -62,6 +62,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
+
+
 def wait_ready(url: str, timeout: float, still_running: Callable[[], None] = lambda: None) -> None:
     """Poll ``url``/ready until it answers 200; ``still_running`` raises if the server died."""
     deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ from openai import OpenAI
 
 from server.registry.publish import publish_adapter
 from tests.conftest import make_settings
-from tests.support import ANSWERS, QUESTION, free_port, metric_value, running_server, server_process
+from tests.support import ANSWERS, QUESTION, free_port, metric_value, running_server, server_process, wait_for
 
 KEY = "upstream-key"
 ASK = [{"role": "user", "content": QUESTION}]
@@ -40,13 +40,6 @@ def served_by(port: int, model: str) -> float:
     return metric_value(httpx.get(f"http://127.0.0.1:{port}/metrics").text, "lora_gateway_requests_total", model=model)
 
 
-def wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_remote_engine_over_two_upstreams(base_model: Path, adapters_dir: Path, trained_adapters, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from server.app import create_app
@@ -60,7 +53,7 @@ def test_remote_engine_over_two_upstreams(base_model: Path, adapters_dir: Path, 
         with running_server(app) as url, OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
             # Adapters present at start are preloaded onto both upstreams, under versioned names.
             for port in ports:
-                wait_for(lambda port=port: {"alpha.v1", "beta.v2"} <= upstream_models(port))
+                wait_for(lambda port=port: {"alpha.v1", "beta.v2"} <= upstream_models(port), timeout=30)
             for model in ("alpha", "beta"):
                 reply = client.chat.completions.create(model=model, messages=ASK, temperature=0)
                 assert reply.choices[0].message.content == ANSWERS[model]
@@ -68,7 +61,7 @@ def test_remote_engine_over_two_upstreams(base_model: Path, adapters_dir: Path, 
 
             # Published while running: servable through the gateway, registered on both upstreams.
             publish_adapter(trained_adapters["alpha"], "gamma", adapters_dir)
-            wait_for(lambda: "gamma" in {m.id for m in client.models.list()})
+            wait_for(lambda: "gamma" in {m.id for m in client.models.list()}, timeout=30)
             assert all(any(m.startswith("gamma.v") for m in upstream_models(p)) for p in ports)
 
             # Streaming passes through chunk by chunk.
@@ -109,7 +102,7 @@ def test_remote_engine_over_two_upstreams(base_model: Path, adapters_dir: Path, 
 
             # Restarted (empty, as a fresh vLLM would be): the gateway re-registers what it lacks.
             with upstream(base_model, tmp_path / "up-b-again", ports[1]):
-                wait_for(lambda: {"alpha.v1", "beta.v2"} <= upstream_models(ports[1]) and any(m.startswith("gamma.v") for m in upstream_models(ports[1])))
+                wait_for(lambda: {"alpha.v1", "beta.v2"} <= upstream_models(ports[1]) and any(m.startswith("gamma.v") for m in upstream_models(ports[1])), timeout=30)
                 before = served_by(ports[1], "beta.v2")
                 for _ in range(6):
                     assert client.chat.completions.create(model="beta", messages=ASK, temperature=0).choices[0].message.content == ANSWERS["beta"]

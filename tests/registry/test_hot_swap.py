@@ -21,7 +21,7 @@ from openai import NotFoundError, OpenAI
 
 from server.registry.publish import publish_adapter, remove_adapter
 from tests.conftest import make_settings
-from tests.support import ANSWERS, QUESTION, metric_value, running_server
+from tests.support import ANSWERS, QUESTION, metric_value, running_server, wait_for
 
 ASK = [{"role": "user", "content": QUESTION}]
 
@@ -33,14 +33,6 @@ def live(base_model: Path, adapters_dir: Path) -> Iterator[tuple[str, Path]]:
 
     with running_server(create_app(make_settings(base_model, adapters_dir))) as url:
         yield url, adapters_dir
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def model_ids(url: str) -> set[str]:

@@ -68,15 +68,6 @@ class FakeWeComApi:
         with self._lock:
             return [send["text"]["content"] for send in self.sends]
 
-    def wait_for_sends(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if len(self.sends) >= count:
-                    return list(self.sends)
-            time.sleep(0.05)
-        raise AssertionError(f"expected {count} message/send calls, got {len(self.sends)}")
-
 
 class WeComSender:
     """Builds callback requests for one bot, signed and encrypted as WeCom sends them."""

@@ -22,7 +22,7 @@ import yaml
 from server.engine.base import GenerationRequest
 from tests.conftest import make_settings
 from tests.integrations.wecom.fake_wecom import FakeWeComApi, WeComSender
-from tests.support import ANSWERS, QUESTION, metric_value, running_server
+from tests.support import ANSWERS, QUESTION, metric_value, running_server, wait_for
 
 CORP_ID, CORP_SECRET, AGENT_ID = "ww-test-corp", "corp-secret-for-tests", 1000002
 APOLOGY = "Sorry, the assistant is unavailable right now."
@@ -104,14 +104,6 @@ def sends_to(api: FakeWeComApi, who: str) -> list[str]:
     return [s["text"]["content"] for s in api.sends if s["touser"] == who]
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
 def metrics(url: str) -> str:
     return httpx.get(f"{url}/metrics").text
 
@@ -179,7 +171,7 @@ def test_an_app_message_is_acknowledged_at_once_and_answered_by_its_adapter(url:
             assert sends_to(api, who) == []
         finally:
             release.set()
-    wait_for(lambda: bool(sends_to(api, who)))
+    wait_for(lambda: bool(sends_to(api, who)), timeout=60)
     assert sends_to(api, who) == [ANSWERS["alpha"]]
     sent = next(s for s in api.sends if s["touser"] == who)
     assert (sent["msgtype"], sent["agentid"]) == ("text", AGENT_ID)
@@ -192,8 +184,8 @@ def test_three_deliveries_of_one_msgid_cause_one_generation_and_one_send(url: st
     for _ in range(3):
         response = post_app(url, "shop", *shop.app_message(CORP_ID, who, QUESTION, msg_id="80001"))
         assert response.status_code == 200 and response.content == b""
-    wait_for(lambda: bool(sends_to(api, who)))
-    wait_for(lambda: metric_value(metrics(url), "lora_gateway_running_requests") == 0)
+    wait_for(lambda: bool(sends_to(api, who)), timeout=60)
+    wait_for(lambda: metric_value(metrics(url), "lora_gateway_running_requests") == 0, timeout=60)
     time.sleep(0.5)  # room for a second answer to show up, if one had been started
     after = metrics(url)
     assert sends_to(api, who) == [ANSWERS["alpha"]]
@@ -206,11 +198,11 @@ def test_three_deliveries_of_one_msgid_cause_one_generation_and_one_send(url: st
 def test_the_answer_is_sent_after_the_access_token_expired(url: str, api: FakeWeComApi) -> None:
     who = user()
     post_app(url, "shop", *sender("shop").app_message(CORP_ID, who, QUESTION, msg_id="80101"))
-    wait_for(lambda: bool(sends_to(api, who)))
+    wait_for(lambda: bool(sends_to(api, who)), timeout=60)
     tokens, rejected = len(api.token_calls), api.rejected_sends
     api.expire_tokens()
     post_app(url, "shop", *sender("shop").app_message(CORP_ID, who, QUESTION, msg_id="80102"))
-    wait_for(lambda: len(sends_to(api, who)) == 2)
+    wait_for(lambda: len(sends_to(api, who)) == 2, timeout=60)
     assert sends_to(api, who) == [ANSWERS["alpha"]] * 2
     assert api.rejected_sends == rejected + 1 and len(api.token_calls) == tokens + 1
 
@@ -219,7 +211,7 @@ def test_a_non_text_message_gets_the_polite_fixed_answer(url: str, api: FakeWeCo
     who = user()
     response = post_app(url, "shop", *sender("shop").app_message(CORP_ID, who, "", msg_id="80201", msg_type="image"))
     assert response.status_code == 200
-    wait_for(lambda: bool(sends_to(api, who)))
+    wait_for(lambda: bool(sends_to(api, who)), timeout=60)
     assert sends_to(api, who) == [UNSUPPORTED]
 
 
@@ -240,14 +232,14 @@ def test_an_engine_failure_sends_an_apology(url: str, api: FakeWeComApi, wecom_a
     who = user()
     with engine_hook(wecom_app, explode):
         post_app(url, "shop", *sender("shop").app_message(CORP_ID, who, "boom", msg_id="80301"))
-        wait_for(lambda: bool(sends_to(api, who)))
+        wait_for(lambda: bool(sends_to(api, who)), timeout=60)
     assert sends_to(api, who) == [APOLOGY]
 
 
 def test_a_bot_whose_model_is_missing_sends_an_apology(url: str, api: FakeWeComApi) -> None:
     who = user()
     post_app(url, "ghost", *sender("ghost").app_message(CORP_ID, who, QUESTION, msg_id="80401"))
-    wait_for(lambda: bool(sends_to(api, who)))
+    wait_for(lambda: bool(sends_to(api, who)), timeout=60)
     assert sends_to(api, who) == [APOLOGY]
 
 
