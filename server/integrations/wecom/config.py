@@ -36,6 +36,9 @@ class BotConfig(BaseModel):
     agent_id: int | None = Field(default=None, description="app: the application's AgentID, for message/send.")
     receive_id: str | None = Field(default=None, description="Override the receive id (default: corp_id, or '' for aibot).")
     system_prompt: str | None = None
+    history_turns: int = Field(
+        default=0, ge=0, le=20, description="Earlier exchanges with the same user sent along as context (0: none)."
+    )
     max_tokens: int = Field(default=1024, ge=1, le=8192)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     apology: str = "Sorry, I could not answer just now. Please try again in a moment."
@@ -78,6 +81,8 @@ class WeComSettings(BaseSettings):
     dedup_entries: int = Field(default=10_000, ge=1, description="Most MsgIds remembered at once.")
     stream_seconds: float = Field(default=600.0, gt=0, description="How long an AI-bot answer can be polled (WeCom polls up to 6 min).")
     max_streams: int = Field(default=1_000, ge=1, description="Most AI-bot answers held at once.")
+    conversation_seconds: float = Field(default=1800.0, gt=0, description="A conversation is forgotten after this long idle.")
+    max_conversations: int = Field(default=10_000, ge=1, description="Most conversations remembered at once.")
 
     @field_validator("bots")
     @classmethod

@@ -81,6 +81,7 @@ class BotMessage:
     user: str
     content: str
     stream_id: str | None
+    chat_id: str = ""  # a group chat's id; empty in 1:1 chats
 
     @classmethod
     def from_json(cls, body: bytes) -> BotMessage:
@@ -103,7 +104,9 @@ class BotMessage:
         msg_id = data.get("msgid") or ""
         if not isinstance(msg_id, str) or (not msg_id and msg_type != "stream"):
             raise MalformedMessage("The message has no msgid.", param="msgid")
-        return cls(msg_id=msg_id, msg_type=msg_type, user=str(user), content=content, stream_id=stream_id)
+        chat_id = data.get("chatid") if data.get("chattype") == "group" else ""
+        return cls(msg_id=msg_id, msg_type=msg_type, user=str(user), content=content, stream_id=stream_id,
+                   chat_id=chat_id if isinstance(chat_id, str) else "")
 
 
 def stream_reply(stream_id: str, content: str, finish: bool) -> bytes:

@@ -5,7 +5,8 @@ A message is answered by ``server.api.chat.complete``, the function behind
 gets, with the same admission, adapter leasing and metrics.
 
 State is bounded: message ids are remembered for ``dedup_seconds`` (WeCom retries an unanswered
-callback twice, and an AI bot may repeat one), answers being polled for ``stream_seconds``, each
+callback twice, and an AI bot may repeat one), answers being polled for ``stream_seconds``, and, for
+bots with ``history_turns``, each user's last exchanges until ``conversation_seconds`` idle; each
 with a cap on entries. Answering never raises into the callback: whatever fails, the user gets the
 bot's apology rather than silence.
 """
@@ -43,6 +44,7 @@ from server.integrations.wecom.text import truncate_utf8
 logger = logging.getLogger(__name__)
 
 STREAM_CONTENT_BYTES = 20480
+Conversation = tuple[tuple[str, str], ...]  # (user's message, answer), oldest first
 _BOOT_WAIT = 120.0  # a message that arrives while the model loads waits for it rather than failing
 
 
@@ -99,6 +101,10 @@ class WeComService:
         self._seen: ExpiringStore[tuple[str, str], str] = ExpiringStore(settings.dedup_seconds, settings.dedup_entries)
         self._streams: ExpiringStore[str, StreamAnswer] = ExpiringStore(
             settings.stream_seconds, settings.max_streams, on_evict=_cancel_answer
+        )
+        # (bot, group chat id or "", user) -> the last exchanges, for bots with history_turns > 0
+        self._conversations: ExpiringStore[tuple[str, str, str], Conversation] = ExpiringStore(
+            settings.conversation_seconds, settings.max_conversations
         )
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -163,31 +169,47 @@ class WeComService:
         if message.msg_type != "text" or not message.content.strip():
             answer.finish(bot.config.unsupported_reply)
             return answer.reply(), "unsupported"
-        answer.task = self._spawn(self._answer_stream(bot, answer, message.content, time.perf_counter()))
+        speaker = (bot.name, message.chat_id, message.user)
+        answer.task = self._spawn(self._answer_stream(bot, answer, speaker, message.content, time.perf_counter()))
         return answer.reply(), "accepted"
 
     # -- answering ---------------------------------------------------------------------------
 
     async def _answer_app(self, bot: Bot, message: AppMessage, started: float) -> None:
-        text = await self._generate(bot, message.content)
+        text = await self._generate(bot, (bot.name, "", message.user), message.content)
         if await self._send(bot, message.user, text or bot.config.apology):
             self.metrics.wecom_reply_seconds.labels(bot.name).observe(time.perf_counter() - started)
 
-    async def _answer_stream(self, bot: Bot, answer: StreamAnswer, content: str, started: float) -> None:
+    async def _answer_stream(
+        self, bot: Bot, answer: StreamAnswer, speaker: tuple[str, str, str], content: str, started: float
+    ) -> None:
         def grow(index: int, piece: str) -> None:
             answer.text += piece
 
-        text = await self._generate(bot, content, grow)
+        text = await self._generate(bot, speaker, content, grow)
         if text is None:
             answer.finish(f"{answer.text}\n\n{bot.config.apology}" if answer.text.strip() else bot.config.apology)
         else:
             answer.finish(text or bot.config.apology)
         self.metrics.wecom_reply_seconds.labels(bot.name).observe(time.perf_counter() - started)
 
-    async def _generate(self, bot: Bot, content: str, on_text: Callable[[int, str], None] | None = None) -> str | None:
-        """The model's answer to ``content``, or None when it could not be had (logged, not raised)."""
+    async def _generate(
+        self,
+        bot: Bot,
+        speaker: tuple[str, str, str],
+        content: str,
+        on_text: Callable[[int, str], None] | None = None,
+    ) -> str | None:
+        """The model's answer to ``content``, or None when it could not be had (logged, not raised).
+
+        With ``history_turns``, the speaker's last exchanges go first, and this one is remembered
+        once answered (an apology is not: it would teach the model to apologise).
+        """
         config = bot.config
+        history = (self._conversations.get(speaker) or ()) if config.history_turns else ()
         messages = [ChatMessage(role="system", content=config.system_prompt)] if config.system_prompt else []
+        for asked, answered in history:
+            messages += [ChatMessage(role="user", content=asked), ChatMessage(role="assistant", content=answered)]
         messages.append(ChatMessage(role="user", content=content))
         try:
             await asyncio.wait_for(self.gateway.booted.wait(), _BOOT_WAIT)
@@ -200,7 +222,10 @@ class WeComService:
         except Exception as exc:  # any failure becomes the apology; the reason goes to the log
             logger.warning("wecom bot %s: no answer from model %s: %s", bot.name, config.model, exc)
             return None
-        return (response.choices[0].message.content or "").strip()
+        text = (response.choices[0].message.content or "").strip()
+        if config.history_turns and text:
+            self._conversations.put(speaker, (*history, (content, text))[-config.history_turns :])
+        return text
 
     async def _send(self, bot: Bot, user: str, text: str) -> bool:
         try:

@@ -46,10 +46,15 @@ class ExpiringStore(Generic[K, V]):
         existing = self.get(key)
         if existing is not None:
             return existing, False
+        self.put(key, value)
+        return value, True
+
+    def put(self, key: K, value: V) -> None:
+        """Store ``value`` under ``key``, replacing what was there, with a fresh lifetime."""
+        self._items.pop(key, None)
         self._items[key] = (self._clock(), value)
         while len(self._items) > self.max_entries:
             self._on_evict(self._items.popitem(last=False)[1][1])
-        return value, True
 
     def values(self) -> list[V]:
         self._expire()

@@ -47,6 +47,8 @@ BOTS: dict[str, dict[str, Any]] = {
                "temperature": 0, "apology": APOLOGY, "unsupported_reply": UNSUPPORTED},
     "persona": {"channel": "aibot", "model": "tiny-base", "token": "tokenPersona", "encoding_aes_key": _aes_key(),
                 "system_prompt": "You are Xiaomei, the shop's assistant.", "max_tokens": 3},
+    "memo": {"channel": "aibot", "model": "alpha", "token": "tokenMemo", "encoding_aes_key": _aes_key(),
+             "temperature": 0, "max_tokens": 12, "history_turns": 2},
     "vector": {"channel": "app", "model": "alpha", "token": VECTOR["token"], "encoding_aes_key": VECTOR["key"],
                "corp_id": VECTOR["corp_id"], "corp_secret": "unused", "agent_id": 1},
 }
@@ -328,6 +330,36 @@ def test_the_system_prompt_reaches_the_model(url: str, wecom_app) -> None:  # ty
         {"role": "system", "content": BOTS["persona"]["system_prompt"]},
         {"role": "user", "content": "hello"},
     )
+
+
+def test_history_turns_send_the_users_last_exchanges_along(url: str, wecom_app) -> None:  # type: ignore[no-untyped-def]
+    prompts: list[tuple[dict[str, str], ...]] = []
+
+    def record(request: GenerationRequest) -> None:
+        if not prompts or prompts[-1] != request.messages:
+            prompts.append(request.messages)
+
+    def ask(msg_id: str, text: str, who: str = "wangwu") -> str:
+        message = bot_text(msg_id, text) | {"from": {"userid": who}}
+        answer = stream_until_finished(url, "memo", post_bot(url, "memo", message))[-1]["stream"]["content"]
+        assert answer  # an empty answer would not be remembered
+        return answer  # type: ignore[no-any-return]
+
+    with engine_hook(wecom_app, record):
+        answers = [ask(f"m-memo-{i}", f"{QUESTION} ({i})") for i in range(3)]
+        ask("m-memo-other", QUESTION, who="zhaoliu")
+
+    def turn(i: int) -> tuple[dict[str, str], dict[str, str]]:
+        return {"role": "user", "content": f"{QUESTION} ({i})"}, {"role": "assistant", "content": answers[i]}
+
+    assert prompts[0] == ({"role": "user", "content": f"{QUESTION} (0)"},)
+    assert prompts[1] == (*turn(0), {"role": "user", "content": f"{QUESTION} (1)"})
+    assert prompts[2] == (*turn(0), *turn(1), {"role": "user", "content": f"{QUESTION} (2)"})
+    assert prompts[3] == ({"role": "user", "content": QUESTION},)  # another user: a conversation of its own
+    # Bounded: the fourth question of the first user carries only the last two exchanges.
+    with engine_hook(wecom_app, record):
+        ask("m-memo-3", f"{QUESTION} (3)")
+    assert prompts[4] == (*turn(1), *turn(2), {"role": "user", "content": f"{QUESTION} (3)"})
 
 
 # -- bad input ------------------------------------------------------------------------------------

@@ -42,3 +42,16 @@ def test_expired_entries_are_evicted_with_notice() -> None:
     clock.now = 6
     assert store.values() == ["B"]
     assert evicted == ["A"]
+
+
+def test_put_replaces_and_renews_the_lifetime() -> None:
+    clock = Clock()
+    store: ExpiringStore[str, tuple[str, ...]] = ExpiringStore(ttl=10, max_entries=2, clock=clock)
+    store.put("user", ("turn 1",))
+    clock.now = 8
+    store.put("user", ("turn 1", "turn 2"))
+    clock.now = 15  # 15 s after the first put, 7 after the second
+    assert store.get("user") == ("turn 1", "turn 2")
+    store.put("a", ())
+    store.put("b", ())
+    assert store.get("user") is None  # the oldest left when the store was full
