@@ -189,8 +189,8 @@ class WeComService:
         text = await self._generate(bot, speaker, content, grow)
         if text is None:
             answer.finish(f"{answer.text}\n\n{bot.config.apology}" if answer.text.strip() else bot.config.apology)
-        else:
-            answer.finish(text or bot.config.apology)
+        else:  # what the polls have been growing, so the last content extends the ones before it
+            answer.finish(answer.text if text else bot.config.apology)
         self.metrics.wecom_reply_seconds.labels(bot.name).observe(time.perf_counter() - started)
 
     async def _generate(
