@@ -18,6 +18,8 @@ from server.api.errors import install_error_handlers
 from server.api.limits import BodyLimitMiddleware, EarlyErrorCounter
 from server.engine.base import Engine
 from server.gateway import Gateway
+from server.integrations.wecom.config import WeComConfigError, load_wecom_settings
+from server.integrations.wecom.routes import router as wecom_router
 from server.integrations.wecom.service import WeComService
 from server.metrics import GatewayMetrics
 from server.registry import AdapterRegistry
@@ -121,8 +123,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(admin.router)
     if wecom is not None:
-        from server.integrations.wecom.routes import router as wecom_router
-
         app.state.wecom = wecom
         app.include_router(wecom_router)
     return app
@@ -130,8 +130,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
 def _wecom_service(settings: Settings, gateway: Gateway) -> WeComService | None:
     """The WeCom bots, when any are configured (by --wecom-config or LORA_GATEWAY_WECOM_* env vars)."""
-    from server.integrations.wecom.config import WeComConfigError, load_wecom_settings
-
     wecom_settings = load_wecom_settings(settings.wecom_config)
     if not wecom_settings.bots:
         if settings.wecom_config is not None:

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -126,17 +127,11 @@ def _read_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise WeComConfigError(f"cannot read the WeCom configuration {path}: {exc.strerror}") from None
+    is_json = path.suffix.lower() == ".json"
     try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except (ValueError, ImportError) as exc:
-        raise WeComConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {type(exc).__name__}") from None
-    except Exception as exc:  # yaml.YAMLError does not derive from ValueError
-        raise WeComConfigError(f"{path} is not valid YAML: {type(exc).__name__}") from None
+        data = json.loads(text) if is_json else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise WeComConfigError(f"{path} is not valid {'JSON' if is_json else 'YAML'}: {type(exc).__name__}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

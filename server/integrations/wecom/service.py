@@ -153,18 +153,13 @@ class WeComService:
         message = BotMessage.from_json(bot.crypto.open(query.msg_signature, query.timestamp, query.nonce, encrypted))
         if message.msg_type == "stream":
             assert message.stream_id is not None
-            answer = self._streams.get(message.stream_id)
-            if answer is None:  # expired, or from before a restart
-                return stream_reply(message.stream_id, bot.config.apology, True), "stream_expired"
-            return answer.reply(), "stream_refresh"
+            reply, known = self._stream_now(bot, message.stream_id)
+            return reply, "stream_refresh" if known else "stream_expired"
         if message.msg_type == "event":
             return None, "ignored"
         stream_id, new = self._seen.setdefault((bot.name, message.msg_id), secrets.token_hex(16))
         if not new:
-            answer = self._streams.get(stream_id)
-            if answer is None:
-                return stream_reply(stream_id, bot.config.apology, True), "duplicate"
-            return answer.reply(), "duplicate"
+            return self._stream_now(bot, stream_id)[0], "duplicate"
         answer, _ = self._streams.setdefault(stream_id, StreamAnswer(stream_id))
         if message.msg_type != "text" or not message.content.strip():
             answer.finish(bot.config.unsupported_reply)
@@ -172,6 +167,14 @@ class WeComService:
         speaker = (bot.name, message.chat_id, message.user)
         answer.task = self._spawn(self._answer_stream(bot, answer, speaker, message.content, time.perf_counter()))
         return answer.reply(), "accepted"
+
+    def _stream_now(self, bot: Bot, stream_id: str) -> tuple[bytes, bool]:
+        """(the stream's reply now, whether it is still known); an expired one (or one from before a
+        restart) finishes with the apology rather than leaving WeCom polling."""
+        answer = self._streams.get(stream_id)
+        if answer is None:
+            return stream_reply(stream_id, bot.config.apology, True), False
+        return answer.reply(), True
 
     # -- answering ---------------------------------------------------------------------------
 

@@ -110,10 +110,14 @@ class WeComSender:
 
     def bot_message(self, message: dict[str, Any], **query: Any) -> tuple[str, bytes, str]:
         """(query string, JSON body, nonce) of an AI-bot callback."""
-        encrypted = self.crypto.encrypt(json.dumps(message, ensure_ascii=False).encode())
-        q = self.query(encrypted, **query)
+        q, body = self.sealed_json(json.dumps(message, ensure_ascii=False).encode(), **query)
         nonce = dict(pair.split("=") for pair in q.split("&"))["nonce"]
-        return q, json.dumps({"encrypt": encrypted}).encode(), nonce
+        return q, body, nonce
+
+    def sealed_json(self, inner: bytes, **query: Any) -> tuple[str, bytes]:
+        """(query string, JSON body) of an AI-bot callback carrying ``inner``, whatever it holds."""
+        encrypted = self.crypto.encrypt(inner)
+        return self.query(encrypted, **query), json.dumps({"encrypt": encrypted}).encode()
 
     def open_reply(self, reply: dict[str, str], nonce: str) -> dict[str, Any]:
         """Check an encrypted AI-bot reply as WeCom would, and return its decrypted JSON."""

@@ -387,14 +387,9 @@ def _bad_requests() -> list[Any]:
         pytest.param("helper", q_json, b'["encrypt"]', 400, "invalid_wecom_message", id="bot-json-array"),
         pytest.param("helper", q_json, b'{"encrypted": "x"}', 400, "invalid_wecom_message", id="bot-no-encrypt"),
         pytest.param("helper", helper.query(garbage, bad_signature=True), json.dumps({"encrypt": garbage}).encode(), 403, "invalid_signature", id="bot-bad-signature"),
-        pytest.param("helper", *_sealed_json(helper, b"<xml>not json</xml>"), 400, "invalid_wecom_message", id="bot-inner-not-json"),
+        pytest.param("helper", *helper.sealed_json(b"<xml>not json</xml>"), 400, "invalid_wecom_message", id="bot-inner-not-json"),
         pytest.param("nobody", shop.query(garbage), b"<xml/>", 404, "not_found", id="unknown-bot"),
     ]
-
-
-def _sealed_json(who: WeComSender, inner: bytes) -> tuple[str, bytes]:
-    encrypted = who.crypto.encrypt(inner)
-    return who.query(encrypted), json.dumps({"encrypt": encrypted}).encode()
 
 
 @pytest.mark.parametrize(("bot", "query", "body", "status", "code"), _bad_requests())
