@@ -78,6 +78,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         max_lora_rank=settings.max_lora_rank,
         max_adapter_bytes=settings.max_adapter_bytes,
         max_loaded=settings.max_loaded_adapters,
+        keep_versions=settings.keep_versions,
         hooks=RegistryHooks(
             rejected=lambda reason: metrics.adapters_rejected.labels(reason).inc(),
             loaded=metrics.adapter_load_seconds.observe,
@@ -110,7 +111,6 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             if wecom is not None:
                 await wecom.close()
             await engine.stop()
-            await registry.close()
 
     app = FastAPI(title="lora-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway

@@ -9,6 +9,8 @@ route ever chooses a status code by reading an error message.
     ├── InvalidRequest            400 invalid_request_error (param names the field)
     │   ├── UnsupportedParameter  400, code "unsupported_parameter"
     │   ├── ContextLengthExceeded 400, code "context_length_exceeded"
+    │   ├── AdapterRejected       400, code = the reason            (registry.validation)
+    │   ├── AdapterIncomplete     400, code "adapter_incomplete"    (registry.validation)
     │   ├── CiphertextInvalid     400, code "invalid_ciphertext"    (integrations.wecom.crypto)
     │   ├── ReceiveIdMismatch     400, code "invalid_receive_id"    (integrations.wecom.crypto)
     │   └── MalformedMessage      400, code "invalid_wecom_message" (integrations.wecom.messages)
@@ -79,8 +81,8 @@ class ModelNotFound(GatewayError):
     error_type = "invalid_request_error"
     default_code = "model_not_found"
 
-    def __init__(self, model: str) -> None:
-        super().__init__(f"The model `{model}` does not exist.", param="model")
+    def __init__(self, model: str, message: str | None = None) -> None:
+        super().__init__(message or f"The model `{model}` does not exist.", param="model")
 
 
 class NotFound(GatewayError):

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     max_loaded_adapters: int = Field(
         default=64, ge=1, description="Adapter versions the engine holds at once; least recently used are evicted."
     )
+    keep_versions: int = Field(
+        default=3, ge=1, description="Proven versions of each adapter kept under <adapters-dir>/.kept for restarts and rollback."
+    )
     base_model_alias: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Other names of the base model that adapters may declare (repeat, or comma-separate in the env var).",

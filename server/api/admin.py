@@ -20,9 +20,9 @@ from server.api.auth import check_bearer
 from server.api.deps import GatewayDep, get_gateway
 from server.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from server.gateway import Gateway
-from server.registry.publish import publish_adapter, remove_adapter
+from server.registry.names import is_valid_name
+from server.registry.publish import remove_adapter
 from server.registry.registry import AdapterEntry
-from server.registry.validation import AdapterRejected, inspect_adapter
 
 
 def require_admin_key(request: Request) -> None:
@@ -50,6 +50,11 @@ class UnloadLoraAdapterRequest(BaseModel):
     lora_int_id: int | None = None  # accepted for vLLM compatibility; names are what we key on
 
 
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int | None = None  # default: the newest kept version unlike the one served now
+
+
 def describe(gateway: Gateway, entry: AdapterEntry) -> dict[str, Any]:
     registry = gateway.registry
     active = entry.active
@@ -64,10 +69,17 @@ def describe(gateway: Gateway, entry: AdapterEntry) -> dict[str, Any]:
         "alpha": info.alpha if info else None,
         "target_modules": list(info.target_modules) if info else None,
         "base_model": info.base_model if info else None,
-        "sha256": entry.sha256.get(active.adapter_id) if active else None,
+        "sha256": active.sha256 if active else None,
         "size_bytes": info.size_bytes if info else None,
         "created": active.created if active else None,
         "path": active.path if active else None,
+        # What answers requests, and whether it is the directory's files or a kept version.
+        "serving": {"version": active.version, "sha256": active.sha256, "from": "kept" if entry.restored else "directory"}
+        if active else None,
+        # The directory's current files, when they are not what is served.
+        "rejected": {"reason": entry.rejected_reason or "incomplete", "message": entry.last_error} if entry.last_error else None,
+        "kept_versions": [{"version": v.number, "sha256": v.sha256, "kept_at": int(v.kept_at)}
+                          for v in registry.store.versions(entry.name)],
         "draining_versions": [v.version for v in registry.draining() if v.name == entry.name],
         "last_error": entry.last_error,
     }
@@ -86,9 +98,21 @@ async def reload_adapter(name: str, gateway: GatewayDep) -> dict[str, Any]:
     return describe(gateway, entry)
 
 
+@router.post("/v1/adapters/{name}/rollback")
+async def rollback_adapter(name: str, gateway: GatewayDep, body: RollbackRequest | None = None) -> dict[str, Any]:
+    """Serve a kept version again and write it back into the directory (all or nothing)."""
+    if not is_valid_name(name):
+        raise InvalidRequest(f"{name!r} is not a valid adapter name.", param="name")
+    entry = await gateway.registry.rollback(name, body.version if body else None)
+    return describe(gateway, entry)
+
+
 @router.post("/v1/load_lora_adapter", response_class=PlainTextResponse)
 async def load_lora_adapter(body: LoadLoraAdapterRequest, gateway: GatewayDep) -> str:
+    """Validated and loaded first; only a version that loaded replaces the directory's files."""
     registry = gateway.registry
+    if not is_valid_name(body.lora_name):
+        raise InvalidRequest(f"{body.lora_name!r} is not a valid adapter name.", param="lora_name", code="bad_name")
     existing = registry.get(body.lora_name)
     if existing is not None and existing.active is not None and not body.load_inplace:
         raise InvalidRequest(
@@ -99,30 +123,14 @@ async def load_lora_adapter(body: LoadLoraAdapterRequest, gateway: GatewayDep) -
     source = Path(body.lora_path)
     if not source.is_dir():
         raise InvalidRequest(f"No adapter directory at lora_path {body.lora_path!r}.", param="lora_path")
-
-    def validate(staged: Path) -> None:
-        inspect_adapter(
-            staged, max_lora_rank=gateway.settings.max_lora_rank, max_bytes=gateway.settings.max_adapter_bytes, base=registry.base_spec
-        )
-
-    try:
-        await asyncio.to_thread(publish_adapter, source, body.lora_name, registry.adapters_dir, validate=validate)
-    except AdapterRejected as exc:
-        raise InvalidRequest(str(exc), param="lora_path", code=exc.reason) from None
-    entry = await registry.sync(body.lora_name)
-    if entry is None or entry.active is None or entry.last_error:
-        message = entry.last_error if entry else "the adapter disappeared while loading"
-        raise InvalidRequest(f"Loading {body.lora_name} failed: {message}", param="lora_path")
+    await registry.install(body.lora_name, source)  # AdapterRejected/AdapterIncomplete: 400, nothing changed
     return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 
 
 @router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse)
 async def unload_lora_adapter(body: UnloadLoraAdapterRequest, gateway: GatewayDep) -> str:
     registry = gateway.registry
-    try:
-        removed = await asyncio.to_thread(remove_adapter, body.lora_name, registry.adapters_dir)
-    except AdapterRejected as exc:
-        raise InvalidRequest(str(exc), param="lora_name") from None
+    removed = await asyncio.to_thread(remove_adapter, body.lora_name, registry.adapters_dir)
     if not removed and registry.get(body.lora_name) is None:
         raise ModelNotFound(body.lora_name)
     await registry.sync(body.lora_name)

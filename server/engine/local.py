@@ -207,7 +207,12 @@ class LocalEngine(Engine):
         # peft names become attribute keys in ModuleDicts, so they may not contain dots.
         peft_name = f"adapter_{adapter.adapter_id}"
         if isinstance(self._model, PeftModel):
-            self._model.load_adapter(adapter.path, adapter_name=peft_name, is_trainable=False)
+            try:
+                self._model.load_adapter(adapter.path, adapter_name=peft_name, is_trainable=False)
+            except Exception:  # peft may have injected layers before failing: take them out again
+                if peft_name in self._model.peft_config:
+                    self._model.delete_adapter(peft_name)
+                raise
         else:
             self._model = PeftModel.from_pretrained(
                 self._model, adapter.path, adapter_name=peft_name, is_trainable=False

@@ -49,7 +49,7 @@ def publish_adapter(
         for file in (CONFIG_FILE, WEIGHTS_FILE, *EXTRA_FILES):
             if (source / file).is_file():
                 shutil.copyfile(source / file, staging / file)
-                _fsync(staging / file)
+                fsync_path(staging / file)
         if validate is not None:
             validate(staging)
         target = root / name
@@ -61,7 +61,7 @@ def publish_adapter(
                 staging = trash
         else:
             os.rename(staging, target)
-        _fsync(root)
+        fsync_path(root)
         return target
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -84,7 +84,7 @@ def remove_adapter(name: str, adapters_dir: str | Path) -> bool:
     return True
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -26,14 +26,14 @@ class AdapterInfo:
 @dataclass(frozen=True)
 class AdapterVersion:
     """One version of a named adapter. ``adapter_id`` is never reused, even for the same name,
-    so an engine can hold the old and the new version side by side during a swap."""
+    so an engine can hold the old and the new version side by side during a swap; ``version`` is
+    the number of its durable copy (see ``server.registry.store``), stable across restarts."""
 
     name: str
     adapter_id: int
     version: int
     path: str  # <adapters_dir>/<name>, as users know it
-    load_path: str  # this version's snapshot of the files (see server.registry.snapshots)
+    load_path: str  # this version's durable copy, which the engine loads
     info: AdapterInfo
     created: int
-    fingerprint: tuple[tuple[str, int, int], ...]  # of <path> when this version was taken
-    snapshot_fingerprint: tuple[tuple[str, int, int], ...]
+    sha256: str  # of the weights that were validated and loaded

@@ -1,18 +1,22 @@
 """Which adapters exist, which version of each is live, and which versions the engine holds.
 
 The adapters directory is the source of truth; ``sync(name)`` makes the registry agree with what
-``<dir>/<name>`` holds now, and is the only way state changes (the watcher, the admin API and
-start-up all call it). It is idempotent: each version is identified by a fingerprint of its files
-(name, size, mtime), so repeated events for unchanged files do nothing, and a bad file is reported
-once, not once per event.
+``<dir>/<name>`` holds now (the watcher, the admin API and start-up all call it). It is idempotent:
+files are fingerprinted (name, size, mtime), so repeated events for unchanged files do nothing, and
+a bad file is reported once, not once per event.
 
-Life of a version (after SGLang's LoRA registry): validated from headers, then loaded into the
-engine, and only then made active, so nothing is served half-loaded. The version it replaces is
-retired: unloaded at once if idle, else *draining* until its last request releases it (reference
-counts). A rejected or incomplete new version never displaces the active one.
+Every change is all-or-nothing. A version is copied into the durable store (``store.py``),
+validated there (headers, then a dry-run load: ``dry_run.py``), loaded into the engine, and only
+then made active and *proven*; a failure at any step leaves the directory, the active version and
+the store as they were, so "ready" means "a request will succeed". The version it replaces is
+retired: unloaded at once if idle, else *draining* until its last request releases it.
+
+``install`` (the admin API's load) and ``rollback`` go the other way round: the version is proven
+first, and only then written into the directory. At start, a name whose directory files are
+refused or half-written is served from its newest proven version, and says so.
 
 The engine holds at most ``max_loaded`` versions; the least recently used idle one is evicted to
-make room, and reloaded on demand by the next request that names it.
+make room, and reloaded from its durable copy by the next request that names it.
 """
 
 from __future__ import annotations
@@ -24,16 +28,19 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from server.engine.base import AdapterRef, Engine
 from server.errors import EngineUnavailable, ModelNotFound
 from server.registry.base_model import BaseModelSpec
+from server.registry.dry_run import check_adapter
 from server.registry.names import is_valid_name
-from server.registry.records import AdapterState, AdapterVersion
-from server.registry.snapshots import Snapshots
+from server.registry.publish import publish_adapter
+from server.registry.records import AdapterInfo, AdapterState, AdapterVersion
+from server.registry.store import StoredVersion, VersionStore
 from server.registry.validation import (
+    WEIGHTS_FILE,
     AdapterIncomplete,
     AdapterRejected,
     check_inside,
@@ -64,10 +71,11 @@ class AdapterEntry:
     name: str
     state: AdapterState
     active: AdapterVersion | None = None
-    last_error: str | None = None
+    last_error: str | None = None  # why the directory's current files are not what is served
+    rejected_reason: str | None = None
     fingerprint: Fingerprint | None = None  # of the files last looked at, good or bad
     checked: bool = False
-    sha256: dict[int, str] = field(default_factory=dict)  # adapter_id -> weights digest, once read
+    restored: bool = False  # active came from the store because the directory's files were refused
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,7 @@ class AdapterRegistry:
         max_lora_rank: int,
         max_adapter_bytes: int,
         max_loaded: int = 64,
+        keep_versions: int = 3,
         base_spec: BaseModelSpec | None = None,
         hooks: RegistryHooks | None = None,
     ) -> None:
@@ -111,20 +120,20 @@ class AdapterRegistry:
         self.base_model_id = base_model_id
         self.adapters_dir = adapters_dir
         self.base_spec = base_spec
+        self.store = VersionStore(adapters_dir, keep_versions)
         self._max_lora_rank = max_lora_rank
         self._max_adapter_bytes = max_adapter_bytes
         self._max_loaded = max_loaded
         self._hooks = hooks or RegistryHooks()
         self._entries: dict[str, AdapterEntry] = {}
         self._ids = itertools.count(1)
-        self._versions: dict[str, int] = {}
         self._in_use: dict[int, int] = {}  # adapter_id -> running requests
         self._draining: dict[int, AdapterVersion] = {}
         self._loaded: OrderedDict[int, AdapterVersion] = OrderedDict()  # least recently used first
         self._engine_lock = asyncio.Lock()  # one engine load/unload at a time
         self._went_idle = asyncio.Event()  # replaced each time it fires: "a loaded version is free now"
         self._name_locks: dict[str, asyncio.Lock] = {}
-        self._snapshots = Snapshots(adapters_dir)
+        self._scan_lock = asyncio.Lock()  # the watcher's periodic re-scan never overlaps another scan
         self.scan_total = 0
         self.scan_done = 0
         self.scan_complete = False
@@ -157,26 +166,16 @@ class AdapterRegistry:
         if model == self.base_model_id:
             yield Lease(model, None)
             return
-        version = await self._resolve(model)
+        entry = self._entries.get(model)
+        if entry is None or entry.active is None:
+            raise ModelNotFound(model)
+        version = entry.active
         self._in_use[version.adapter_id] = self._in_use.get(version.adapter_id, 0) + 1
         try:
             await self._ensure_loaded(version, evict=True)
             yield Lease(model, version)
         finally:
             self._release(version)
-
-    async def _resolve(self, model: str) -> AdapterVersion:
-        entry = self._entries.get(model)
-        if entry is None or entry.active is None:
-            raise ModelNotFound(model)
-        version = entry.active
-        if not self.is_loaded(version) and fingerprint(Path(version.path)) != version.fingerprint:
-            # Evicted, and its files changed since: look again before loading anything from disk.
-            entry = await self.sync(model)
-            if entry is None or entry.active is None:
-                raise ModelNotFound(model)
-            version = entry.active
-        return version
 
     def _release(self, version: AdapterVersion) -> None:
         left = self._in_use[version.adapter_id] - 1
@@ -195,23 +194,27 @@ class AdapterRegistry:
     # ------------------------------------------------------------------ following the directory
 
     async def scan(self) -> None:
-        """Bring every name in the directory (and every name no longer there) up to date."""
-        names = set(self._entries)
-        if self.adapters_dir.is_dir():
-            names |= {p.name for p in self.adapters_dir.iterdir() if not p.name.startswith(".")}
-        else:
-            logger.warning("adapters directory %s does not exist; serving the base model only", self.adapters_dir)
-        if not self.scan_complete:
-            await asyncio.to_thread(self._snapshots.remove_stale)
-        self.scan_total, self.scan_done = len(names), 0
-        for name in sorted(names):
-            await self.sync(name, preload=self.scan_complete)
-            self.scan_done += 1
-        self.scan_complete = True
+        """Bring every name in the directory (and every name no longer there) up to date.
 
-    async def close(self) -> None:
-        """Drop this process's snapshots (the engine is being stopped with everything it holds)."""
-        await asyncio.to_thread(self._snapshots.close)
+        The first scan (start-up) also serves the newest proven version of any name whose files
+        in the directory are refused or half-written, so a restart never takes down a model.
+        """
+        async with self._scan_lock:
+            names = set(self._entries)
+            if self.adapters_dir.is_dir():
+                names |= {p.name for p in self.adapters_dir.iterdir() if not p.name.startswith(".")}
+            else:
+                logger.warning("adapters directory %s does not exist; serving the base model only", self.adapters_dir)
+            starting = not self.scan_complete
+            if starting:
+                await asyncio.to_thread(self.store.clean)
+                self.scan_total, self.scan_done = len(names), 0
+            for name in sorted(names):
+                entry = await self.sync(name)
+                if starting and entry is not None and entry.active is None and is_valid_name(name):
+                    await self._restore(entry)
+                self.scan_done += starting
+            self.scan_complete = True
 
     async def preload(self) -> None:
         """Load registered adapters into free engine slots, without evicting anything."""
@@ -223,12 +226,11 @@ class AdapterRegistry:
             except Exception:
                 logger.exception("preloading %s failed", version.name)
 
-    async def sync(self, name: str, *, force: bool = False, preload: bool = True) -> AdapterEntry | None:
+    async def sync(self, name: str, *, force: bool = False) -> AdapterEntry | None:
         """Make the registry agree with ``<dir>/<name>`` as it is now; return the entry, if any."""
         if name.startswith(".") or "/" in name or "\\" in name:
             return None  # staging entries, and anything that is not a single path component
-        lock = self._name_locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        async with self._lock(name):
             path = self.adapters_dir / name
             if not (path.exists() or path.is_symlink()):
                 await self._unregister(name)
@@ -240,82 +242,149 @@ class AdapterRegistry:
             if entry.checked and current == entry.fingerprint and not force:
                 return entry
             entry.fingerprint, entry.checked = current, True
-            await self._register(entry, path, current, preload=preload)
+            try:
+                if not is_valid_name(name):
+                    raise AdapterRejected("bad_name", f"{name!r} is not a valid adapter name ([A-Za-z0-9][A-Za-z0-9._-]{{0,63}}).")
+                if current is None:
+                    raise AdapterRejected("not_a_directory", f"{name}: not an adapter directory.")
+                await asyncio.to_thread(check_inside, path, self.adapters_dir)
+                await self._adopt(entry, await asyncio.to_thread(self._stage, name, path, current))
+            except AdapterIncomplete as exc:
+                if entry.active is None:
+                    entry.state = AdapterState.INCOMPLETE
+                entry.last_error = str(exc)
+                logger.debug("adapter %s incomplete: %s", name, exc)
+            except AdapterRejected as exc:
+                self._reject(entry, exc)
+            except Exception as exc:  # unreadable files (permissions, I/O): refused, never a crash of the watcher
+                self._reject(entry, AdapterRejected("unreadable", f"{name}: its files could not be read ({type(exc).__name__}: {exc})."))
             return entry
 
-    async def _register(self, entry: AdapterEntry, path: Path, files: Fingerprint | None, *, preload: bool) -> None:
-        name = entry.name
-        try:
-            if not is_valid_name(name):
-                raise AdapterRejected("bad_name", f"{name!r} is not a valid adapter name ([A-Za-z0-9][A-Za-z0-9._-]{{0,63}}).")
-            if files is None:
-                raise AdapterRejected("not_a_directory", f"{name}: not an adapter directory.")
-            version = await self._take_version(name, path, files)
-            try:
-                if preload or entry.active is not None:
-                    await self._ensure_loaded(version, evict=True)
-            except Exception:
-                self._snapshots.discard(Path(version.load_path))
-                raise
-        except AdapterIncomplete as exc:
-            if entry.active is None:
-                entry.state = AdapterState.INCOMPLETE
-            entry.last_error = str(exc)
-            logger.debug("adapter %s incomplete: %s", name, exc)
-            return
-        except AdapterRejected as exc:
-            self._reject(entry, exc.reason, str(exc))
-            return
-        except Exception as exc:
-            self._reject(entry, "load_failed", f"{name}: the engine could not load it ({type(exc).__name__}: {exc}).")
-            return
-        previous, entry.active = entry.active, version
-        entry.state, entry.last_error = AdapterState.READY, None
-        self.revision += 1
-        if previous is not None:
-            self._hooks.swapped()
-            await self._retire(previous)
-        logger.info("adapter %s v%d ready (id %d)", name, version.version, version.adapter_id)
+    # ------------------------------------------------------------------ deliberate changes
 
-    async def _take_version(self, name: str, path: Path, files: Fingerprint) -> AdapterVersion:
-        """Snapshot ``path`` and validate the snapshot, so what is validated is what gets loaded."""
-        await asyncio.to_thread(check_inside, path, self.adapters_dir)
-        adapter_id = next(self._ids)
-        snapshot = await asyncio.to_thread(self._snapshots.take, path, adapter_id)
+    async def install(self, name: str, source: Path) -> AdapterEntry:
+        """Prove the adapter in ``source`` (validated, loaded), and only then write it into the
+        directory as ``name`` and serve it. Raises ``AdapterRejected``/``AdapterIncomplete``, in
+        which case neither the directory nor what is served changed."""
+        async with self._lock(name):
+            entry = self._entries.get(name) or AdapterEntry(name, AdapterState.INCOMPLETE)
+            stored = await asyncio.to_thread(self._stage, name, source, fingerprint(source))
+            await self._adopt(entry, stored, publish=True)
+            self._entries[name] = entry
+            return entry
+
+    async def rollback(self, name: str, number: int | None = None) -> AdapterEntry:
+        """Serve a kept version of ``name`` again (``number``, or the newest one unlike the version
+        served now) and write its files back into the directory."""
+        async with self._lock(name):
+            entry = self._entries.get(name) or AdapterEntry(name, AdapterState.INCOMPLETE)
+            serving = entry.active.sha256 if entry.active else None
+            kept = await asyncio.to_thread(self.store.versions, name)
+            choice = next((v for v in kept if (v.number == number if number is not None else v.sha256 != serving)), None)
+            if choice is None:
+                which = f"version {number}" if number is not None else "an earlier version"
+                raise ModelNotFound(name, f"No kept {which} of adapter `{name}`; kept: {[v.number for v in kept] or 'none'}.")
+            await self._adopt(entry, await asyncio.to_thread(self._check_stored, choice), publish=True)
+            self._entries[name] = entry
+            return entry
+
+    async def _restore(self, entry: AdapterEntry) -> None:
+        """Serve the newest proven version that still loads; the directory's files stay as they are."""
+        async with self._lock(entry.name):
+            refused, reason = entry.last_error, entry.rejected_reason
+            for kept in await asyncio.to_thread(self.store.versions, entry.name):
+                try:
+                    await self._adopt(entry, await asyncio.to_thread(self._check_stored, kept))
+                except (AdapterRejected, AdapterIncomplete) as exc:
+                    logger.warning("adapter %s: kept version %d cannot be served either: %s", entry.name, kept.number, exc)
+                    continue
+                entry.restored, entry.last_error, entry.rejected_reason = True, refused, reason
+                logger.warning("adapter %s: the files in %s are not served (%s); serving the last good version %d "
+                               "(sha256 %s) from %s", entry.name, self.adapters_dir, refused, kept.number, kept.sha256[:12],
+                               kept.path.parent)
+                return
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._name_locks.setdefault(name, asyncio.Lock())
+
+    # ------------------------------------------------------------------ taking a version
+
+    def _stage(self, name: str, source: Path, files: Fingerprint | None) -> tuple[StoredVersion, AdapterInfo]:
+        """(a durable copy of ``source``, what validation read of it). Runs in a thread.
+
+        Headers are checked on ``source`` first, so nothing is copied for a half-written or bad
+        adapter; the copy is then what is hashed, validated and loaded.
+        """
+        limits = {"max_lora_rank": self._max_lora_rank, "max_bytes": self._max_adapter_bytes}
+        inspect_adapter(source, **limits, base=self.base_spec)
+        digest = file_sha256(source / WEIGHTS_FILE)
+        kept = self.store.find(name, digest)
+        if kept is not None:
+            return kept, check_adapter(kept.path, self.base_spec, **limits)
+        stored = self.store.copy_in(name, source, digest)
         try:
-            if fingerprint(path) != files:
+            if (files is not None and fingerprint(source) != files) or file_sha256(stored.path / WEIGHTS_FILE) != digest:
                 raise AdapterIncomplete(f"{name}: files changed while being registered.")
-            info = await asyncio.to_thread(
-                inspect_adapter, snapshot, max_lora_rank=self._max_lora_rank, max_bytes=self._max_adapter_bytes, base=self.base_spec
-            )
-        except Exception:
-            self._snapshots.discard(snapshot)
+            return stored, check_adapter(stored.path, self.base_spec, **limits)
+        except BaseException:
+            self.store.discard(stored)
             raise
-        self._versions[name] = self._versions.get(name, 0) + 1
-        return AdapterVersion(
-            name=name,
-            adapter_id=adapter_id,
-            version=self._versions[name],
-            path=str(path.absolute()),
-            load_path=str(snapshot),
-            info=info,
-            created=int(time.time()),
-            fingerprint=files,
-            snapshot_fingerprint=fingerprint(snapshot) or (),
-        )
 
-    def _reject(self, entry: AdapterEntry, reason: str, message: str) -> None:
-        logger.warning("adapter rejected: %s%s", message, " (the previous version keeps serving)" if entry.active else "")
-        entry.last_error = message
+    def _check_stored(self, kept: StoredVersion) -> tuple[StoredVersion, AdapterInfo]:
+        if file_sha256(kept.path / WEIGHTS_FILE) != kept.sha256:
+            raise AdapterRejected("corrupt_copy", f"{kept.name}: the kept copy of version {kept.number} was modified.")
+        limits = {"max_lora_rank": self._max_lora_rank, "max_bytes": self._max_adapter_bytes}
+        return kept, check_adapter(kept.path, self.base_spec, **limits)
+
+    async def _adopt(self, entry: AdapterEntry, staged: tuple[StoredVersion, AdapterInfo], *, publish: bool = False) -> None:
+        """Load the staged version, prove it, optionally write it into the directory, serve it.
+        Caller holds the name's lock. On failure the unproven copy goes and nothing else changes."""
+        stored, info = staged
+        name = entry.name
+        if entry.active is not None and entry.active.sha256 == stored.sha256:
+            version = entry.active  # the same weights again (a re-publish, or a rollback's files)
+        else:
+            version = AdapterVersion(name=name, adapter_id=next(self._ids), version=stored.number,
+                                     path=str((self.adapters_dir / name).absolute()), load_path=str(stored.path), info=info,
+                                     created=int(time.time()), sha256=stored.sha256)
+            try:
+                await self._ensure_loaded(version, evict=True)
+            except Exception as exc:
+                self.store.discard(stored)
+                await self._unload(version)
+                if isinstance(exc, AdapterRejected):
+                    raise
+                raise AdapterRejected("load_failed", f"{name}: the engine could not load it ({type(exc).__name__}: {exc}).") from exc
+            await asyncio.to_thread(self.store.prove, stored, self._protected())
+        if publish:
+            await asyncio.to_thread(publish_adapter, stored.path, name, self.adapters_dir)
+            entry.fingerprint, entry.checked = fingerprint(self.adapters_dir / name), True
+        previous, entry.active = entry.active, version
+        entry.state, entry.last_error, entry.rejected_reason, entry.restored = AdapterState.READY, None, None, False
+        if previous is not version:
+            self.revision += 1
+            logger.info("adapter %s v%d ready (id %d, sha256 %s)", name, version.version, version.adapter_id, version.sha256[:12])
+            if previous is not None:
+                self._hooks.swapped()
+                await self._retire(previous)
+
+    def _protected(self) -> set[Path]:
+        """Copies the store must not delete: everything this process serves, drains or holds."""
+        versions = [*self.active_versions(), *self._draining.values(), *self._loaded.values()]
+        return {Path(v.load_path) for v in versions}
+
+    def _reject(self, entry: AdapterEntry, exc: AdapterRejected) -> None:
+        logger.warning("adapter rejected: %s%s", exc, " (the previous version keeps serving)" if entry.active else "")
+        entry.last_error, entry.rejected_reason = str(exc), exc.reason
         if entry.active is None:
             entry.state = AdapterState.REJECTED
-        self._hooks.rejected(reason)
+        self._hooks.rejected(exc.reason)
 
     async def _unregister(self, name: str) -> None:
         entry = self._entries.pop(name, None)
         self.revision += 1
         if entry is not None and entry.active is not None:
-            logger.info("adapter %s removed", name)
+            logger.info("adapter %s removed (its kept versions stay in %s)", name, self.store.root / name)
             await self._retire(entry.active)
 
     async def _retire(self, version: AdapterVersion) -> None:
@@ -348,27 +417,20 @@ class AdapterRegistry:
                     if victim is not None:
                         await self._engine_remove(victim)
                 if len(self._loaded) < self._max_loaded:
-                    if fingerprint(Path(version.load_path)) != version.snapshot_fingerprint:
-                        raise EngineUnavailable(
-                            f"The files of adapter {version.name} were overwritten in place; publish it again."
-                        )
+                    if not Path(version.load_path, WEIGHTS_FILE).is_file():
+                        raise EngineUnavailable(f"The stored copy of adapter {version.name} v{version.version} is gone; publish it again.")
                     started = time.perf_counter()
                     await self._engine.add_adapter(_ref(version))
                     self._hooks.loaded(time.perf_counter() - started)
                     self._loaded[version.adapter_id] = version
-                    break
+                    return
             await went_idle.wait()  # every loaded version is busy: wait for one to be released
-        entry = self._entries.get(version.name)
-        if entry is not None and version.adapter_id not in entry.sha256:
-            weights = Path(version.path) / "adapter_model.safetensors"
-            entry.sha256[version.adapter_id] = await asyncio.to_thread(file_sha256, weights)
 
     async def _unload(self, version: AdapterVersion) -> None:
-        """Retire ``version`` for good: out of the engine, and its snapshot deleted."""
+        """Take ``version`` out of the engine (its durable copy stays, under the retention rule)."""
         async with self._engine_lock:
             if version.adapter_id in self._loaded:
                 await self._engine_remove(version)
-        self._snapshots.discard(Path(version.load_path))
         self._signal_idle()
 
     async def _engine_remove(self, version: AdapterVersion) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from pathlib import Path
 
+from server.errors import InvalidRequest
 from server.registry.base_model import BaseModelSpec
 from server.registry.records import AdapterInfo
 
@@ -23,17 +25,23 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILES = ("adapter_model.bin", "pytorch_model.bin")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+FLOAT_DTYPES = ("F16", "BF16", "F32")
 
 
-class AdapterIncomplete(Exception):
+class AdapterIncomplete(InvalidRequest):
     """The adapter's files are not all there yet (a copy in progress)."""
 
+    default_code = "adapter_incomplete"
 
-class AdapterRejected(Exception):
-    """``reason`` is a short label for metrics; the message is the one line shown to users."""
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="lora_path")
+
+
+class AdapterRejected(InvalidRequest):
+    """``reason`` is a short label for metrics and the error code; the message is the one line shown to users."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, param="lora_path", code=reason)
         self.reason = reason
 
 
@@ -72,13 +80,15 @@ def inspect_adapter(
     header = read_safetensors_header(weights)
     if base is not None:
         declared = config.get("base_model_name_or_path")
-        if not base.accepts_base(declared if isinstance(declared, str) else None):
+        if not base.accepts_base(declared if isinstance(declared, str) else None, _recorded_fingerprint(path)):
             raise AdapterRejected(
                 "base_mismatch",
-                f"{path.name}: trained on {declared!r}, but this server serves {sorted(base.names)[0]!r}; "
+                f"{path.name}: trained on {declared!r}, but this server serves {base.display_name!r}; "
                 "if that is the same model, start the server with --base-model-alias "
                 f"{declared!r}.",
             )
+    if base is not None:
+        _check_targets(path.name, config.get("target_modules"), base)
     rank = _check_tensors(path.name, header, base, max_lora_rank)
     return AdapterInfo(
         rank=rank,
@@ -87,6 +97,21 @@ def inspect_adapter(
         base_model=config.get("base_model_name_or_path"),  # type: ignore[arg-type]
         size_bytes=size,
     )
+
+
+METADATA_FILE = "training_metadata.json"
+_MAX_METADATA_BYTES = 1 << 20
+
+
+def _recorded_fingerprint(path: Path) -> str | None:
+    """The base fingerprint our trainer records beside an adapter, if any (other tools record none)."""
+    try:
+        if (path / METADATA_FILE).stat().st_size > _MAX_METADATA_BYTES:
+            return None
+        value = json.loads((path / METADATA_FILE).read_text(encoding="utf-8")).get("base_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def check_inside(path: Path, root: Path) -> None:
@@ -124,6 +149,10 @@ def _check_tensors(
                 "(embeddings, modules_to_save and biases cannot be served).",
             )
         module = module.removeprefix(_PEFT_PREFIX)
+        if entry.get("dtype") not in FLOAT_DTYPES:
+            raise AdapterRejected(
+                "bad_dtype", f"{name}: tensor {key} has dtype {entry.get('dtype')!r}; LoRA weights must be one of {', '.join(FLOAT_DTYPES)}."
+            )
         if not (isinstance(shape, list) and len(shape) == 2):
             raise AdapterRejected("bad_safetensors", f"{name}: tensor {key} is not a matrix.")
         rank = int(shape[0] if kind == "A" else shape[1])
@@ -175,10 +204,37 @@ def _check_config(config: dict[str, object], max_lora_rank: int) -> None:
             "modules_to_save", "modules_to_save is not supported; retrain without modules_to_save."
         )
     rank = config.get("r")
-    if not isinstance(rank, int) or rank < 1:
+    if type(rank) is not int or rank < 1:  # not isinstance: JSON true is a Python int
         raise AdapterRejected("bad_config", f"r must be a positive integer, got {rank!r}.")
     if rank > max_lora_rank:
         raise AdapterRejected("rank", f"LoRA rank {rank} is greater than max_lora_rank {max_lora_rank}.")
+    if "lora_alpha" in config and not _finite_number(config["lora_alpha"]):
+        raise AdapterRejected("bad_config", f"lora_alpha must be a finite number, got {config['lora_alpha']!r}.")
+    targets = config.get("target_modules")
+    if targets is not None and not isinstance(targets, str) and not (
+        isinstance(targets, list) and all(isinstance(t, str) for t in targets)
+    ):
+        raise AdapterRejected("bad_config", f"target_modules must be a string or a list of strings, got {targets!r}.")
+    for key, valid in (("rank_pattern", lambda v: type(v) is int and v >= 1), ("alpha_pattern", _finite_number)):
+        pattern = config.get(key) or {}
+        if not isinstance(pattern, dict) or not all(isinstance(k, str) and valid(v) for k, v in pattern.items()):
+            raise AdapterRejected("bad_config", f"{key} must map module names to {'ranks' if key == 'rank_pattern' else 'numbers'}.")
+
+
+def _check_targets(name: str, targets: object, base: BaseModelSpec) -> None:
+    """Every listed target module exists in the base (a regex string is left to the dry run)."""
+    if not isinstance(targets, list):
+        return
+    for target in targets:
+        if target != "all-linear" and not any(m == target or m.endswith("." + target) for m in base.linear_shapes):
+            raise AdapterRejected(
+                "unknown_target", f"{name}: target module {target} does not exist in the base model "
+                "(was the adapter trained on another architecture?)."
+            )
+
+
+def _finite_number(value: object) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
 
 
 def _target_modules(config: dict[str, object]) -> tuple[str, ...]:

@@ -91,18 +91,20 @@ class RunLog:
 
 
 def write_metadata(adapter_dir: Path, config: TrainConfig, formats: dict[str, str], counts: dict[str, int],
-                   result: TrainResult, targets: list[str]) -> Path:
+                   result: TrainResult, targets: list[str], base_fingerprint: str) -> Path:
     """Beside the adapter: enough to know what it is and to reproduce it."""
     import peft
     import torch
     import transformers
 
     from server import __version__
+    from server.registry.base_model import canonical_base_name
     from server.trainer.train import config_summary
 
     metadata = {
         "name": config.name,
-        "base_model": config.base,
+        "base_model": canonical_base_name(config.base),
+        "base_fingerprint": base_fingerprint,
         "datasets": [{"path": str(p), "sha256": file_sha256(Path(p)), "format": formats.get(str(p))} for p in config.data],
         "examples": counts,
         "hyperparameters": {**config_summary(config), "target_modules": targets},

@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 import torch
 
 from server.devices import resolve_device, resolve_dtype
+from server.registry.base_model import BaseModelSpec, canonical_base_name
+from server.registry.dry_run import check_adapter
 from server.trainer.artifacts import RunLog, checkpoint_dirs, nearest_vllm_rank, write_metadata
 from server.trainer.data import Format, load_files
 from server.trainer.template import IGNORE, Example, fit
@@ -222,13 +225,15 @@ def train(config: TrainConfig) -> TrainResult:
     adapter_dir = run_dir / "adapter"
     shutil.rmtree(adapter_dir, ignore_errors=True)
     model.save_pretrained(adapter_dir, safe_serialization=True)
+    base = BaseModelSpec.from_pretrained(config.base)
+    _record_base(adapter_dir, config.base)
     trained_tokens = sum(e.trained_tokens for e in train_set) * config.epochs
     result = TrainResult(adapter_dir, None, step, train_loss, eval_loss, trained_tokens, seconds,
                          tokens_seen / max(time.perf_counter() - loop_started, 1e-9), counts)
-    write_metadata(adapter_dir, config, dataset.formats, counts, result, targets)
+    write_metadata(adapter_dir, config, dataset.formats, counts, result, targets, base.fingerprint)
     log.plot()
     if config.publish:
-        result.published_to = _publish(config, adapter_dir)
+        result.published_to = _publish(config, adapter_dir, base)
     return result
 
 
@@ -331,18 +336,25 @@ def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
     return tqdm(total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True)
 
 
-def _publish(config: TrainConfig, adapter_dir: Path) -> Path:
+def _record_base(adapter_dir: Path, base: str) -> None:
+    """Record the base as what it is (a local model's absolute path), not as typed, so the adapter
+    is accepted wherever the gateway runs from."""
+    path = adapter_dir / "adapter_config.json"
+    adapter_config = json.loads(path.read_text())
+    adapter_config["base_model_name_or_path"] = canonical_base_name(base)
+    path.write_text(json.dumps(adapter_config, indent=2))
+
+
+def _publish(config: TrainConfig, adapter_dir: Path, base: BaseModelSpec) -> Path:
     """Validate against the base exactly as the gateway will, then publish atomically."""
-    from server.registry.base_model import BaseModelSpec
     from server.registry.publish import publish_adapter
-    from server.registry.validation import inspect_adapter
 
-    spec = BaseModelSpec.from_pretrained(config.base)
-
-    def validate(staged: Path) -> None:
-        inspect_adapter(staged, max_lora_rank=512, max_bytes=2**40, base=spec)
-
-    return publish_adapter(adapter_dir, config.name, config.adapters_dir, validate=validate)
+    replaced = (Path(config.adapters_dir) / config.name).exists()
+    target = publish_adapter(adapter_dir, config.name, config.adapters_dir, validate=lambda staged: check_adapter(staged, base))
+    if replaced:
+        print(f"replaced the previous files of {config.name!r} in {config.adapters_dir}; a gateway that served them keeps "
+              f"them as a version: `lora-gateway adapters rollback {config.name}` brings them back", file=sys.stderr)
+    return target
 
 
 def config_summary(config: TrainConfig) -> dict[str, Any]:

@@ -108,3 +108,59 @@ def test_admin_key_does_not_work_for_inference(admin_url: str) -> None:
 def test_admin_api_is_disabled_without_a_key(gateway_url: str) -> None:
     response = httpx.get(f"{gateway_url}/v1/adapters")
     assert response.status_code == 403 and "--admin-key" in response.json()["error"]["message"]
+
+
+def _adapters(url: str) -> dict[str, dict]:  # type: ignore[type-arg]
+    return {a["name"]: a for a in httpx.get(f"{url}/v1/adapters", headers=ADMIN).json()["data"]}
+
+
+def test_a_load_peft_refuses_leaves_the_victim_serving_across_a_restart(
+    base_model: Path, adapters_dir: Path, trained_adapters, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """Passes the header checks, fails in peft (a target module the base lacks): 400, the victim's
+    files untouched, and after a restart the victim is still served (not "ready" and failing)."""
+    from server.app import create_app
+
+    bad = tmp_path / "bad"
+    shutil.copytree(trained_adapters["beta"], bad)
+    config = json.loads((bad / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "no_such_proj"]}))
+    before = (adapters_dir / "alpha" / "adapter_model.safetensors").read_bytes()
+    settings = make_settings(base_model, adapters_dir, admin_key="admin-secret", api_key=["infer-key"])
+    with running_server(create_app(settings)) as url:
+        response = httpx.post(f"{url}/v1/load_lora_adapter", headers=ADMIN,
+                              json={"lora_name": "alpha", "lora_path": str(bad), "load_inplace": True})
+        assert response.status_code == 400 and response.json()["error"]["code"] == "unknown_target", response.text
+        assert "no_such_proj" in response.json()["error"]["message"]
+        assert (adapters_dir / "alpha" / "adapter_model.safetensors").read_bytes() == before
+        assert chat(url, "alpha").json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]
+    with running_server(create_app(settings)) as url:
+        assert chat(url, "alpha").json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]
+        assert _adapters(url)["alpha"]["serving"]["from"] == "directory"
+
+
+def test_a_restart_serves_the_last_good_version_and_says_so(
+    base_model: Path, adapters_dir: Path, trained_adapters  # type: ignore[no-untyped-def]
+) -> None:
+    from server.app import create_app
+
+    settings = make_settings(base_model, adapters_dir, admin_key="admin-secret", api_key=["infer-key"], max_lora_rank=8)
+    with running_server(create_app(settings)) as url:
+        good = _adapters(url)["alpha"]
+        # A newer alpha above --max-lora-rank arrives: refused, the good one keeps serving.
+        config = json.loads((adapters_dir / "alpha" / "adapter_config.json").read_text())
+        (adapters_dir / "alpha" / "adapter_config.json").write_text(json.dumps({**config, "r": 16}))
+        httpx.post(f"{url}/v1/adapters/alpha/reload", headers=ADMIN)
+    with running_server(create_app(settings)) as url:
+        assert chat(url, "alpha").json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]
+        alpha = _adapters(url)["alpha"]
+        assert alpha["state"] == "ready"
+        assert alpha["serving"] == {"version": good["active_version"], "sha256": good["sha256"], "from": "kept"}
+        assert alpha["rejected"]["reason"] == "rank" and "max_lora_rank" in alpha["rejected"]["message"]
+        # Rolling back writes the kept version into the directory: served from there again.
+        rolled = httpx.post(f"{url}/v1/adapters/alpha/rollback", headers=ADMIN, json={"version": good["active_version"]})
+        assert rolled.status_code == 200 and rolled.json()["serving"]["from"] == "directory"
+        assert rolled.json()["rejected"] is None
+        assert json.loads((adapters_dir / "alpha" / "adapter_config.json").read_text())["r"] == 8
+        missing = httpx.post(f"{url}/v1/adapters/alpha/rollback", headers=ADMIN, json={"version": 99})
+        assert missing.status_code == 404 and "kept" in missing.json()["error"]["message"]

@@ -250,7 +250,7 @@ def test_symlinks_out_of_the_directory_are_refused(live, trained_adapters, tmp_p
 
 def test_an_evicted_version_reloads_what_was_validated(base_model: Path, adapters_dir: Path, trained_adapters) -> None:  # type: ignore[no-untyped-def]
     """alpha is evicted (one engine slot), then its live files are replaced by a bad version: the
-    next alpha request reloads alpha's own snapshot, not the bad files."""
+    next alpha request reloads alpha's own durable copy, not the bad files."""
     from server.app import create_app
 
     with running_server(create_app(make_settings(base_model, adapters_dir, max_loaded_adapters=1))) as url:
@@ -259,13 +259,14 @@ def test_an_evicted_version_reloads_what_was_validated(base_model: Path, adapter
         _corrupt(adapters_dir, "alpha", _config(use_dora=True), trained_adapters["beta"])
         wait_for(lambda: metric_value(httpx.get(f"{url}/metrics").text, "lora_gateway_adapters_rejected_total") == 1)
         assert answer(url, "alpha").json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]
-        # Overwriting a snapshot's file in place (same inode) is detected, never loaded.
+        # Overwriting the live file in place (same inode) never reaches the loaded copy; the changed
+        # files are validated and become beta's next version.
         assert answer(url, "beta").status_code == 200  # evicts alpha again
         weights = adapters_dir / "beta" / "adapter_model.safetensors"
-        with open(weights, "r+b") as f:  # in place: the snapshot shares this inode
+        with open(weights, "r+b") as f:
             f.seek(-4, os.SEEK_END)
             f.write(b"\0\0\0\0")
         os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10**9))
-        assert answer(url, "alpha").status_code == 200  # evicts beta
-        wait_for(lambda: answer(url, "beta").status_code == 200)  # the changed files become beta's next version
-        assert metric_value(httpx.get(f"{url}/metrics").text, "lora_gateway_adapter_swaps_total") == 1
+        assert answer(url, "alpha").json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]  # evicts beta
+        wait_for(lambda: metric_value(httpx.get(f"{url}/metrics").text, "lora_gateway_adapter_swaps_total") == 1)
+        assert answer(url, "beta").status_code == 200

@@ -60,9 +60,7 @@ def test_scan_registers_good_and_reports_bad(adapters_dir: Path, trained_adapter
     asyncio.run(registry.scan())
 
     assert [v.name for v in registry.active_versions()] == ["alpha", "beta"]
-    assert engine.added == []  # the scan reads headers only; loading is preload's or a request's job
-    asyncio.run(registry.preload())
-    assert [a.name for a in engine.added] == ["alpha", "beta"]
+    assert [a.name for a in engine.added] == ["alpha", "beta"]  # "ready" means loaded once: a request will succeed
     assert len({a.adapter_id for a in engine.added}) == 2
     bad = registry.get("dora-one")
     assert bad is not None and bad.state is AdapterState.REJECTED and "DoRA" in (bad.last_error or "")

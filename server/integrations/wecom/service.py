@@ -39,7 +39,7 @@ from server.integrations.wecom.messages import (
     stream_reply,
 )
 from server.integrations.wecom.store import ExpiringStore
-from server.integrations.wecom.text import truncate_utf8
+from server.integrations.wecom.text import answer_text, truncate_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -69,18 +69,27 @@ class Bot:
 
 @dataclass
 class StreamAnswer:
-    """An AI-bot answer as WeCom polls it: the text so far, and whether it is complete."""
+    """An AI-bot answer as WeCom polls it: the model's raw output so far, and once complete, the
+    final text. Polls show ``answer_text`` of the raw output, so they grow towards the final text."""
 
     stream_id: str
-    text: str = ""
-    finished: bool = False
+    raw: str = ""
+    final: str | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def text(self) -> str:
+        return answer_text(self.raw) if self.final is None else self.final
+
+    @property
+    def finished(self) -> bool:
+        return self.final is not None
 
     def reply(self) -> bytes:
         return stream_reply(self.stream_id, truncate_utf8(self.text, STREAM_CONTENT_BYTES), self.finished)
 
     def finish(self, text: str) -> None:
-        self.text, self.finished = text, True
+        self.final = text
 
 
 @dataclass(frozen=True)
@@ -187,13 +196,14 @@ class WeComService:
         self, bot: Bot, answer: StreamAnswer, speaker: tuple[str, str, str], content: str, started: float
     ) -> None:
         def grow(index: int, piece: str) -> None:
-            answer.text += piece
+            answer.raw += piece
 
         text = await self._generate(bot, speaker, content, grow)
-        if text is None:
-            answer.finish(f"{answer.text}\n\n{bot.config.apology}" if answer.text.strip() else bot.config.apology)
-        else:  # what the polls have been growing, so the last content extends the ones before it
-            answer.finish(answer.text if text else bot.config.apology)
+        if text is None:  # failed part-way: keep what the user saw, then apologise
+            shown = answer.text
+            answer.finish(f"{shown}\n\n{bot.config.apology}" if shown else bot.config.apology)
+        else:  # answer_text of the whole output: what the polls grew towards, and what was remembered
+            answer.finish(text or bot.config.apology)
         self.metrics.wecom_reply_seconds.labels(bot.name).observe(time.perf_counter() - started)
 
     async def _generate(
@@ -225,7 +235,7 @@ class WeComService:
         except Exception as exc:  # any failure becomes the apology; the reason goes to the log
             logger.warning("wecom bot %s: no answer from model %s: %s", bot.name, config.model, exc)
             return None
-        text = (response.choices[0].message.content or "").strip()
+        text = answer_text(response.choices[0].message.content or "")
         if config.history_turns and text:
             self._conversations.put(speaker, (*history, (content, text))[-config.history_turns :])
         return text

@@ -8,6 +8,16 @@ show a replacement glyph.
 from __future__ import annotations
 
 
+def answer_text(raw: str) -> str:
+    """What a WeCom user is shown of a model's raw output (and what a conversation remembers).
+
+    Surrounding whitespace is dropped. Applied to the growing raw text of a stream, each result is
+    a prefix of the next one, so polls of an AI-bot stream only ever extend what they showed, and
+    the final content is exactly what is sent, stored and shown.
+    """
+    return raw.strip()
+
+
 def truncate_utf8(text: str, max_bytes: int) -> str:
     """The longest prefix of ``text`` that is at most ``max_bytes`` bytes of UTF-8."""
     return text.encode()[:max_bytes].decode(errors="ignore")

@@ -333,6 +333,12 @@ def test_the_system_prompt_reaches_the_model(url: str, wecom_app) -> None:  # ty
 
 
 def test_history_turns_send_the_users_last_exchanges_along(url: str, wecom_app) -> None:  # type: ignore[no-untyped-def]
+    """What the user was shown is what the conversation remembers, and only the last two turns.
+
+    The first question is the one ``alpha`` memorised, so its answer is known; the later ones carry
+    history, so their answers are whatever the model says: the expected prompts are built from
+    what the user saw (an empty answer is not remembered), never from a guess of the model's output.
+    """
     prompts: list[tuple[dict[str, str], ...]] = []
 
     def record(request: GenerationRequest) -> None:
@@ -341,25 +347,30 @@ def test_history_turns_send_the_users_last_exchanges_along(url: str, wecom_app) 
 
     def ask(msg_id: str, text: str, who: str = "wangwu") -> str:
         message = bot_text(msg_id, text) | {"from": {"userid": who}}
-        answer = stream_until_finished(url, "memo", post_bot(url, "memo", message))[-1]["stream"]["content"]
-        assert answer  # an empty answer would not be remembered
-        return answer  # type: ignore[no-any-return]
+        return stream_until_finished(url, "memo", post_bot(url, "memo", message))[-1]["stream"]["content"]  # type: ignore[no-any-return]
 
+    questions = [QUESTION, f"{QUESTION} (1)", f"{QUESTION} (2)", f"{QUESTION} (3)"]
     with engine_hook(wecom_app, record):
-        answers = [ask(f"m-memo-{i}", f"{QUESTION} ({i})") for i in range(3)]
+        answers = [ask(f"m-memo-{i}", questions[i]) for i in range(3)]
         ask("m-memo-other", QUESTION, who="zhaoliu")
+    assert answers[0] and ANSWERS["alpha"].startswith(answers[0])  # what alpha was trained to say (cut at 12 tokens)
 
-    def turn(i: int) -> tuple[dict[str, str], dict[str, str]]:
-        return {"role": "user", "content": f"{QUESTION} ({i})"}, {"role": "assistant", "content": answers[i]}
+    def history(*turns: int) -> tuple[dict[str, str], ...]:
+        remembered = [i for i in turns if answers[i]][-2:]
+        return tuple(m for i in remembered for m in ({"role": "user", "content": questions[i]},
+                                                      {"role": "assistant", "content": answers[i]}))
 
-    assert prompts[0] == ({"role": "user", "content": f"{QUESTION} (0)"},)
-    assert prompts[1] == (*turn(0), {"role": "user", "content": f"{QUESTION} (1)"})
-    assert prompts[2] == (*turn(0), *turn(1), {"role": "user", "content": f"{QUESTION} (2)"})
-    assert prompts[3] == ({"role": "user", "content": QUESTION},)  # another user: a conversation of its own
-    # Bounded: the fourth question of the first user carries only the last two exchanges.
+    def asking(i: int) -> dict[str, str]:
+        return {"role": "user", "content": questions[i]}
+
+    assert prompts[0] == (asking(0),)
+    assert prompts[1] == (*history(0), asking(1))
+    assert prompts[2] == (*history(0, 1), asking(2))
+    assert prompts[3] == (asking(0),)  # another user: a conversation of its own
+    # Bounded: the fourth question of the first user carries at most the last two exchanges.
     with engine_hook(wecom_app, record):
-        ask("m-memo-3", f"{QUESTION} (3)")
-    assert prompts[4] == (*turn(1), *turn(2), {"role": "user", "content": f"{QUESTION} (3)"})
+        ask("m-memo-3", questions[3])
+    assert prompts[4] == (*history(0, 1, 2), asking(3))
 
 
 # -- bad input ------------------------------------------------------------------------------------

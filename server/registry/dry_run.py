@@ -1,0 +1,101 @@
+"""Load an adapter the way peft will, without touching a GPU: the check behind "ready".
+
+Header validation (``validation.py``) catches what the files say; this catches what only a load
+shows: a ``target_modules`` entry the base lacks, a ``rank_pattern`` that disagrees with the
+tensors, a config peft cannot read, and NaN or inf weights (which answer "" greedily and crash
+sampling). peft injects the LoRA layers into a skeleton of the base built on PyTorch's ``meta``
+device (no memory, no weights), and every tensor in the file must have exactly the shape peft
+created for it. The weights are read once, on the CPU, to check they are finite.
+
+The local engine then loads the adapter for real; the vLLM and remote engines, whose loads happen
+in another process or on a GPU we cannot see from here, rely on this check.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from server.registry.base_model import BaseModelSpec
+from server.registry.records import AdapterInfo
+from server.registry.validation import WEIGHTS_FILE, AdapterRejected, inspect_adapter
+
+_PREFIX = "base_model.model."
+NO_LIMIT = 2**62
+
+
+def check_adapter(path: Path, base: BaseModelSpec | None, *, max_lora_rank: int = 512, max_bytes: int = NO_LIMIT) -> AdapterInfo:
+    """Everything that can be known without the engine: headers, then a dry-run load.
+
+    The one check shared by the registry, ``adapters publish`` and the trainer's publish step.
+    """
+    info = inspect_adapter(path, max_lora_rank=max_lora_rank, max_bytes=max_bytes, base=base)
+    dry_run_load(path, base)
+    return info
+
+
+def dry_run_load(path: Path, base: BaseModelSpec | None) -> None:
+    """Raise ``AdapterRejected`` unless peft could load ``path`` onto ``base`` with finite weights."""
+    import torch
+    from safetensors import safe_open
+
+    name = path.name
+    shapes = {}
+    try:
+        with safe_open(str(path / WEIGHTS_FILE), framework="pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 - safe_open has no __iter__
+                tensor = weights.get_tensor(key)
+                if not bool(torch.isfinite(tensor).all()):
+                    raise AdapterRejected("non_finite_weights", f"{name}: tensor {key} holds NaN or inf values.")
+                shapes[key] = tuple(tensor.shape)
+    except (OSError, RuntimeError, ValueError) as exc:  # safetensors' own errors for a corrupt file
+        raise AdapterRejected("bad_safetensors", f"{name}: {WEIGHTS_FILE} cannot be read ({exc}).") from None
+    if base is None or base.config is None:
+        return
+    expected = _peft_shapes(path, base)
+    for key, shape in shapes.items():
+        peft_key = key.removeprefix(_PREFIX).replace(".weight", ".default.weight")
+        if peft_key not in expected:
+            raise AdapterRejected("unknown_target", f"{name}: peft would not load tensor {key} (no such LoRA layer).")
+        if expected[peft_key] != shape:
+            raise AdapterRejected(
+                "shape_mismatch",
+                f"{name}: tensor {key} has shape {list(shape)}, but its adapter_config.json makes peft expect "
+                f"{list(expected[peft_key])} (check r and rank_pattern).",
+            )
+
+
+_shapes_cache: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
+_CACHE_SIZE = 256
+
+
+def _peft_shapes(path: Path, base: BaseModelSpec) -> dict[str, tuple[int, ...]]:
+    """Cached by config text and base: tenants trained with one recipe share one skeleton build."""
+    key = ((path / "adapter_config.json").read_text(encoding="utf-8", errors="replace"), base.fingerprint)
+    shapes = _shapes_cache.get(key)
+    if shapes is None:
+        shapes = _build_peft_shapes(path, base)
+        if len(_shapes_cache) >= _CACHE_SIZE:
+            _shapes_cache.pop(next(iter(_shapes_cache)))
+        _shapes_cache[key] = shapes
+    return shapes
+
+
+def _build_peft_shapes(path: Path, base: BaseModelSpec) -> dict[str, tuple[int, ...]]:
+    import torch
+    from peft import LoraConfig, inject_adapter_in_model
+    from transformers import AutoModelForCausalLM
+
+    try:
+        config = LoraConfig.from_pretrained(str(path))
+    except Exception as exc:  # peft's own error text says which field
+        raise AdapterRejected("bad_config", f"{path.name}: peft cannot read adapter_config.json ({exc}).") from None
+    config.inference_mode = True
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        skeleton = AutoModelForCausalLM.from_config(base.config)
+        try:
+            inject_adapter_in_model(config, skeleton)
+        except Exception as exc:
+            raise AdapterRejected("bad_config", f"{path.name}: peft cannot apply it to the base model ({exc}).") from None
+    return {key: tuple(p.shape) for key, p in skeleton.named_parameters() if ".lora_" in key}

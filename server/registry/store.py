@@ -1,0 +1,138 @@
+"""Durable copies of adapter versions: what the engine loads, and what survives a restart.
+
+Each version the registry takes is *copied* (not hard-linked: an in-place overwrite of the live
+file would change a link too) into ``<adapters_dir>/.kept/<name>/<N>/<name>/``. The engine loads
+that copy, so what was validated is what gets loaded, whatever happens to ``<dir>/<name>`` later.
+
+A copy becomes *proven* (``kept.json`` written next to it) only once the engine loaded it: proven
+versions are the last-good versions a restart falls back to when the directory's current files are
+rejected, and the versions ``lora-gateway adapters rollback`` republishes. A copy that failed, or
+that a crash left unproven, is deleted.
+
+Retention: the newest ``keep`` proven versions of each name stay (default 3, ``--keep-versions``),
+plus any version this process still serves or drains; older ones are deleted when a new version is
+proven. Version numbers ``N`` are per name and never reused while a copy exists, so they mean the
+same thing across restarts; a file whose digest matches a proven copy is that version again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.registry.publish import fsync_path
+
+logger = logging.getLogger(__name__)
+
+STORE_DIR = ".kept"
+MARKER = "kept.json"
+LEGACY_SNAPSHOTS = ".versions"  # per-process hard-link snapshots of earlier releases
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    name: str
+    number: int
+    path: Path  # the directory the engine loads: <store>/<name>/<N>/<name>
+    sha256: str
+    proven: bool
+    kept_at: float = 0.0
+
+
+class VersionStore:
+    def __init__(self, adapters_dir: Path, keep: int = 3) -> None:
+        self.root = adapters_dir / STORE_DIR
+        self.keep = max(1, keep)
+
+    # ------------------------------------------------------------------ reading
+
+    def versions(self, name: str) -> list[StoredVersion]:
+        """Proven versions of ``name``, newest first."""
+        found = []
+        for number_dir in self._number_dirs(name):
+            marker = number_dir / MARKER
+            try:
+                meta = json.loads(marker.read_text())
+                found.append(StoredVersion(name, int(number_dir.name), number_dir / name, str(meta["sha256"]), True,
+                                           float(meta.get("kept_at", 0))))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return sorted(found, key=lambda v: v.number, reverse=True)
+
+    def find(self, name: str, sha256: str) -> StoredVersion | None:
+        return next((v for v in self.versions(name) if v.sha256 == sha256), None)
+
+    def get(self, name: str, number: int) -> StoredVersion | None:
+        return next((v for v in self.versions(name) if v.number == number), None)
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+
+    # ------------------------------------------------------------------ writing
+
+    def copy_in(self, name: str, source: Path, sha256: str) -> StoredVersion:
+        """Copy the regular files of ``source`` into a new, unproven version of ``name``."""
+        staging = self.root / name / f".incoming-{uuid.uuid4().hex[:8]}" / name
+        staging.mkdir(parents=True)
+        try:
+            for file in source.iterdir():
+                if file.is_file() and not file.is_symlink():
+                    shutil.copyfile(file, staging / file.name)
+                    fsync_path(staging / file.name)
+            while True:  # another gateway on the same volume may take a number at the same time
+                number = max((int(d.name) for d in self._number_dirs(name)), default=0) + 1
+                try:
+                    os.rename(staging.parent, self.root / name / str(number))
+                    break
+                except OSError:
+                    if not (self.root / name / str(number)).exists():
+                        raise
+        except BaseException:
+            shutil.rmtree(staging.parent, ignore_errors=True)
+            raise
+        return StoredVersion(name, number, self.root / name / str(number) / name, sha256, False)
+
+    def prove(self, version: StoredVersion, protect: set[Path]) -> StoredVersion:
+        """Mark ``version`` loadable (durable from now on) and apply the retention rule."""
+        marker = version.path.parent / MARKER
+        tmp = marker.with_suffix(".tmp")
+        kept_at = time.time()
+        tmp.write_text(json.dumps({"name": version.name, "version": version.number, "sha256": version.sha256, "kept_at": kept_at}))
+        fsync_path(tmp)
+        os.replace(tmp, marker)
+        fsync_path(marker.parent)
+        for old in self.versions(version.name)[self.keep :]:
+            if old.path not in protect and old.number != version.number:
+                logger.info("adapter %s: version %d is past the retention of %d versions; deleting it", old.name, old.number, self.keep)
+                shutil.rmtree(old.path.parent, ignore_errors=True)
+        return StoredVersion(version.name, version.number, version.path, version.sha256, True, kept_at)
+
+    def discard(self, version: StoredVersion) -> None:
+        """Delete an unproven copy (its load failed); proven ones go only by retention."""
+        if not version.proven:
+            shutil.rmtree(version.path.parent, ignore_errors=True)
+
+    def clean(self) -> None:
+        """At start: delete unproven copies (a crash between copy and load) and the hard-link
+        snapshots earlier releases kept under ``.versions``."""
+        legacy = self.root.parent / LEGACY_SNAPSHOTS
+        if legacy.is_dir():
+            logger.info("removing %s (per-process snapshots of an earlier release)", legacy)
+            shutil.rmtree(legacy, ignore_errors=True)
+        for name in self.names():
+            for entry in (self.root / name).iterdir():
+                if entry.name.startswith(".incoming-") or (entry.name.isdigit() and not (entry / MARKER).is_file()):
+                    shutil.rmtree(entry, ignore_errors=True)
+
+    def _number_dirs(self, name: str) -> list[Path]:
+        directory = self.root / name
+        if not directory.is_dir():
+            return []
+        return [d for d in directory.iterdir() if d.name.isdigit() and d.is_dir()]
+

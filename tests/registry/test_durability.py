@@ -1,0 +1,189 @@
+"""Nothing good is lost: failed loads leave no trace, restarts serve the last good version, and
+kept versions can be rolled back to. Real adapters, a real directory, a recording engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from server.errors import ModelNotFound
+from server.registry import AdapterState
+from server.registry.base_model import BaseModelSpec
+from server.registry.store import STORE_DIR
+from server.registry.validation import WEIGHTS_FILE, AdapterRejected, file_sha256
+from tests.registry.test_registry import RecordingEngine, make_registry
+
+
+class FailingEngine(RecordingEngine):
+    """Refuses to load adapters whose path contains ``refuse``, as peft does with a bad adapter."""
+
+    def __init__(self, refuse: str) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    async def add_adapter(self, adapter) -> None:  # type: ignore[no-untyped-def]
+        if self.refuse in adapter.path:
+            raise RuntimeError("size mismatch for lora_A")
+        await super().add_adapter(adapter)
+
+
+def _copy(source: Path, target: Path, *, config: dict[str, object] | None = None,
+          weights: Callable[[dict], dict] | None = None) -> Path:  # type: ignore[type-arg]
+    shutil.copytree(source, target)
+    if config is not None:
+        path = target / "adapter_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    if weights is not None:
+        tensors = weights(load_file(target / WEIGHTS_FILE))
+        save_file(tensors, target / WEIGHTS_FILE)
+    return target
+
+
+def _scaled(tensors: dict) -> dict:  # type: ignore[type-arg]
+    return {k: v * 1.5 for k, v in tensors.items()}
+
+
+def _nan(tensors: dict) -> dict:  # type: ignore[type-arg]
+    key = next(iter(tensors))
+    tensors[key][0, 0] = float("nan")
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def base_spec(base_model: Path) -> BaseModelSpec:
+    return BaseModelSpec.from_pretrained(str(base_model))
+
+
+def _kept_numbers(directory: Path, name: str) -> list[str]:
+    root = directory / STORE_DIR / name
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+def test_a_failed_load_is_rejected_and_leaves_nothing_behind(tmp_path: Path, trained_adapters: dict[str, Path]) -> None:
+    directory = tmp_path / "adapters"
+    _copy(trained_adapters["alpha"], directory / "shop")
+    rejected: list[str] = []
+    registry = make_registry(directory, FailingEngine(refuse="/shop/"), rejected)
+    asyncio.run(registry.scan())
+    entry = registry.get("shop")
+    assert entry is not None and entry.state is AdapterState.REJECTED and entry.active is None
+    assert "could not load" in (entry.last_error or "") and rejected == ["load_failed"]
+    assert _kept_numbers(directory, "shop") == []  # the unproven copy is gone
+
+
+def test_a_restart_serves_the_last_good_version_when_the_new_files_are_refused(
+    tmp_path: Path, trained_adapters: dict[str, Path]
+) -> None:
+    directory = tmp_path / "adapters"
+    _copy(trained_adapters["alpha"], directory / "shop")
+    first = make_registry(directory, RecordingEngine())
+    asyncio.run(first.scan())
+    good = first.get("shop").active  # type: ignore[union-attr]
+    assert good is not None and good.sha256 == file_sha256(trained_adapters["alpha"] / WEIGHTS_FILE)
+    shutil.rmtree(directory / "shop")
+    _copy(trained_adapters["beta"], directory / "shop", config={"use_dora": True})  # a bad version arrives
+    asyncio.run(first.sync("shop"))
+    assert first.get("shop").active is good  # type: ignore[union-attr]
+
+    engine = RecordingEngine()
+    restarted = make_registry(directory, engine)  # a new process on the same directory
+    asyncio.run(restarted.scan())
+    entry = restarted.get("shop")
+    assert entry is not None and entry.state is AdapterState.READY and entry.restored
+    assert entry.active is not None and (entry.active.version, entry.active.sha256) == (good.version, good.sha256)
+    assert "DoRA" in (entry.last_error or "") and entry.rejected_reason == "dora"
+    assert engine.added[0].path == good.load_path and (directory / "shop" / "adapter_config.json").read_text().count("use_dora")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "half-copied"])
+def test_a_restart_after_a_crash_mid_copy_serves_the_last_good_version(
+    tmp_path: Path, trained_adapters: dict[str, Path], damage: str
+) -> None:
+    directory = tmp_path / "adapters"
+    _copy(trained_adapters["alpha"], directory / "shop")
+    first = make_registry(directory, RecordingEngine())
+    asyncio.run(first.scan())
+    weights = directory / "shop" / WEIGHTS_FILE
+    if damage == "truncated":  # replaced in place, cut short
+        data = (trained_adapters["beta"] / WEIGHTS_FILE).read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    else:  # `rm -rf shop; cp -r new shop` died after the config
+        shutil.rmtree(directory / "shop")
+        (directory / "shop").mkdir()
+        shutil.copy(trained_adapters["beta"] / "adapter_config.json", directory / "shop")
+    restarted = make_registry(directory, RecordingEngine())
+    asyncio.run(restarted.scan())
+    entry = restarted.get("shop")
+    assert entry is not None and entry.state is AdapterState.READY and entry.restored
+    assert entry.active is not None and entry.active.sha256 == file_sha256(trained_adapters["alpha"] / WEIGHTS_FILE)
+
+
+BAD_FOR_PEFT = {
+    "unknown-target-module": {"config": {"target_modules": ["q_proj", "no_such_proj"]}},
+    "rank-pattern-mismatch": {"config": {"rank_pattern": {"q_proj": 4}}},
+    "r-true": {"config": {"r": True}},
+    "alpha-nan": {"config": {"lora_alpha": float("nan")}},
+    "alpha-string": {"config": {"lora_alpha": "abc"}},
+    "nan-weights": {"weights": _nan},
+    "int-weights": {"weights": lambda t: {k: v.to(dtype=__import__("torch").int64) for k, v in t.items()}},
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FOR_PEFT))
+def test_install_of_a_bad_adapter_changes_nothing_on_disk_or_in_memory(
+    tmp_path: Path, trained_adapters: dict[str, Path], base_spec: BaseModelSpec, case: str
+) -> None:
+    directory = tmp_path / "adapters"
+    _copy(trained_adapters["alpha"], directory / "victim")
+    before = {f.name: f.read_bytes() for f in (directory / "victim").iterdir()}
+    bad = _copy(trained_adapters["beta"], tmp_path / "incoming" / "bad", **BAD_FOR_PEFT[case])  # type: ignore[arg-type]
+    registry = make_registry(directory, RecordingEngine(), base_spec=base_spec)
+    asyncio.run(registry.scan())
+    serving = registry.get("victim").active  # type: ignore[union-attr]
+
+    with pytest.raises(AdapterRejected):
+        asyncio.run(registry.install("victim", bad))
+    assert {f.name: f.read_bytes() for f in (directory / "victim").iterdir()} == before
+    assert registry.get("victim").active is serving  # type: ignore[union-attr]
+    assert _kept_numbers(directory, "victim") == ["1"]
+    with pytest.raises(AdapterRejected):  # and as a new name: nothing registered, nothing written
+        asyncio.run(registry.install("fresh", bad))
+    assert registry.get("fresh") is None and not (directory / "fresh").exists()
+
+
+def test_the_watched_directory_refuses_what_peft_would_refuse(tmp_path: Path, trained_adapters: dict[str, Path],
+                                                             base_spec: BaseModelSpec) -> None:
+    directory = tmp_path / "adapters"
+    for case, change in BAD_FOR_PEFT.items():
+        _copy(trained_adapters["beta"], directory / case, **change)  # type: ignore[arg-type]
+    engine = RecordingEngine()
+    registry = make_registry(directory, engine, base_spec=base_spec)
+    asyncio.run(registry.scan())
+    assert {e.name: e.state for e in registry.entries()} == dict.fromkeys(BAD_FOR_PEFT, AdapterState.REJECTED)
+    assert engine.added == []
+
+
+def test_rollback_serves_a_kept_version_and_writes_it_back(tmp_path: Path, trained_adapters: dict[str, Path]) -> None:
+    directory = tmp_path / "adapters"
+    registry = make_registry(directory, RecordingEngine(), keep_versions=2)
+    digests = []
+    for i, variant in enumerate([{}, {"weights": _scaled}, {}]):
+        source = _copy(trained_adapters["alpha" if i < 2 else "beta"], tmp_path / f"v{i}", **variant)  # type: ignore[arg-type]
+        asyncio.run(registry.install("shop", source))
+        digests.append(file_sha256(source / WEIGHTS_FILE))
+    assert _kept_numbers(directory, "shop") == ["2", "3"]  # retention: the newest two
+    entry = asyncio.run(registry.rollback("shop"))  # the newest version unlike the one served
+    assert entry.active is not None and (entry.active.version, entry.active.sha256) == (2, digests[1])
+    assert file_sha256(directory / "shop" / WEIGHTS_FILE) == digests[1]
+    entry = asyncio.run(registry.rollback("shop", 3))
+    assert entry.active is not None and entry.active.sha256 == digests[2]
+    with pytest.raises(ModelNotFound, match="kept: \\[3, 2\\]"):
+        asyncio.run(registry.rollback("shop", 1))
+    asyncio.run(registry.sync("shop"))  # the watcher's view of what rollback wrote: nothing new
+    assert registry.get("shop").active is entry.active  # type: ignore[union-attr]
