@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -139,6 +140,20 @@ def _wecom_service(settings: Settings, gateway: Gateway) -> WeComService | None:
     return WeComService(wecom_settings, gateway)
 
 
+def missing_local_model(model: str) -> bool:
+    """A path that is not there (a Hub id never starts with '.', '/' or '~', nor has two slashes)."""
+    looks_local = model.startswith((".", "/", "~")) or model.strip("/").count("/") > 1
+    return looks_local and not os.path.exists(os.path.expanduser(model))
+
+
+def describe_failure(exc: BaseException, model: str) -> str:
+    """One line a user can act on; library errors often span paragraphs."""
+    if missing_local_model(model):
+        return f"--model {model}: no such directory"
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return first if len(first) <= 300 else first[:297] + "..."
+
+
 async def _boot(gateway: Gateway) -> None:
     """Load the base (it serves at once), then follow the adapters directory.
 
@@ -155,8 +170,10 @@ async def _boot(gateway: Gateway) -> None:
         gateway.background.append(asyncio.create_task(watcher.run()))
         await registry.scan()
     except Exception as exc:
-        gateway.boot_error = f"start-up failed: {exc}"
+        gateway.boot_error = f"start-up failed: {describe_failure(exc, settings.model)}"
         logger.error("%s", gateway.boot_error)
+        if gateway.on_fatal is not None:
+            gateway.on_fatal(gateway.boot_error)
         return
     finally:
         gateway.booted.set()

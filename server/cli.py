@@ -1,5 +1,8 @@
-"""``lora-gateway`` command line. Serving flags are generated from ``Settings`` so that every flag
-has its ``LORA_GATEWAY_*`` env var and default in exactly one place."""
+"""lora-gateway: an OpenAI-compatible server for one base model and many hot-swappable LoRA adapters.
+
+Serving flags are generated from Settings, so every flag has its LORA_GATEWAY_* env var and default
+in exactly one place. Heavy libraries (torch, transformers, peft) are imported only by the commands
+that use them, so --help and the adapters commands answer at once."""
 
 from __future__ import annotations
 
@@ -16,10 +19,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from server import __version__
-from server.settings import Settings
+
+if typing.TYPE_CHECKING:
+    from server.settings import Settings
+
+# Commands whose flags come from Settings (pydantic-settings costs ~0.1 s to import: others skip it).
+_SETTINGS_COMMANDS = ("serve", "demo")
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, *, require_model: bool = True) -> None:
+    from server.settings import Settings
+
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env = f"LORA_GATEWAY_{name.upper()}"
@@ -32,8 +42,11 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, require_model: bool 
         choices = _literal_choices(field.annotation)
         if choices:
             kwargs["choices"] = choices
-        if name == "model" and not require_model:
-            continue
+        if name == "model":
+            if not require_model:
+                continue
+            # Required unless the env var provides it (flags win over the environment).
+            kwargs["required"] = env not in os.environ
         parser.add_argument(flag, **kwargs)
 
 
@@ -44,6 +57,8 @@ def _literal_choices(annotation: Any) -> list[str] | None:
 
 
 def _settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
+    from server.settings import Settings
+
     given = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     given.update(overrides)
     try:
@@ -54,17 +69,32 @@ def _settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 def serve(settings: Settings) -> None:
+    """Run the gateway until Ctrl-C; a failed start-up (model, adapters dir, WeCom config) exits
+    with status 1 and one line, never leaving a half-alive process behind."""
     import uvicorn
 
-    from server.app import create_app
+    from server.app import create_app, missing_local_model
     from server.integrations.wecom.config import WeComConfigError
 
+    if settings.engine != "remote" and missing_local_model(settings.model):
+        raise SystemExit(f"lora-gateway: --model {settings.model}: no such directory")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(settings)
     except WeComConfigError as exc:
         raise SystemExit(f"lora-gateway: {exc}") from None
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level))
+    gateway = app.state.gateway
+
+    def fatal(message: str) -> None:
+        server.should_exit = True
+
+    gateway.on_fatal = fatal
+    server.run()
+    if gateway.boot_error:
+        raise SystemExit(f"lora-gateway: {gateway.boot_error}")
+    if not server.started:
+        raise SystemExit(f"lora-gateway: could not listen on {settings.host}:{settings.port}")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -86,13 +116,53 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_adapters_publish(args: argparse.Namespace) -> int:
     from server.registry.publish import publish_adapter
-    from server.registry.validation import AdapterRejected
+    from server.registry.validation import AdapterIncomplete, AdapterRejected
 
+    replaced = (Path(args.adapters_dir) / args.name).exists()
     try:
-        target = publish_adapter(args.source, args.name, args.adapters_dir)
-    except AdapterRejected as exc:
-        raise SystemExit(f"lora-gateway: {exc}") from None
+        target = publish_adapter(args.source, args.name, args.adapters_dir, validate=None if args.force else _publish_check(args))
+    except (AdapterRejected, AdapterIncomplete) as exc:
+        raise SystemExit(f"lora-gateway: not published: {exc}") from None
     print(f"Published {args.name} to {target}; a running gateway watching {args.adapters_dir} serves it as model {args.name!r}.")
+    if replaced:
+        print(f"It replaced the previous files of {args.name}; versions a gateway served are kept: "
+              f"`lora-gateway adapters rollback {args.name}` brings the last one back.")
+    return 0
+
+
+def _publish_check(args: argparse.Namespace) -> Any:
+    """What can be checked without a gateway: format, headers, rank, DoRA/bias, finite weights, and
+    the shapes against the base (``--base``, or the base the adapter names when it is a local model)."""
+    from server.registry.base_model import BaseModelSpec
+    from server.registry.validation import check_finite, declared_base, inspect_adapter
+
+    def check(staged: Path) -> None:
+        base_name = args.base or declared_base(staged)
+        local = base_name is not None and (Path(os.path.expanduser(base_name)) / "config.json").is_file()
+        base = BaseModelSpec.load(base_name) if base_name and (args.base or local) else None
+        if base is None:
+            print(f"note: the base model {base_name!r} is not readable here, so shapes were not checked (pass --base)", file=sys.stderr)
+        inspect_adapter(staged, max_lora_rank=args.max_lora_rank, max_bytes=2**62, base=base)
+        check_finite(staged)
+
+    return check
+
+
+def _cmd_adapters_rollback(args: argparse.Namespace) -> int:
+    from server.registry.publish import publish_adapter
+    from server.registry.store import VersionStore
+    from server.registry.validation import WEIGHTS_FILE, file_sha256
+
+    store = VersionStore(Path(args.adapters_dir))
+    kept = store.versions(args.name)
+    current = Path(args.adapters_dir) / args.name / WEIGHTS_FILE
+    serving = file_sha256(current) if current.is_file() else None
+    choice = next((v for v in kept if (v.number == args.version if args.version is not None else v.sha256 != serving)), None)
+    if choice is None:
+        which = f"version {args.version}" if args.version is not None else "earlier version"
+        raise SystemExit(f"lora-gateway: no kept {which} of {args.name} in {store.root}; kept: {[v.number for v in kept] or 'none'}")
+    publish_adapter(choice.path, args.name, args.adapters_dir)
+    print(f"Republished {args.name} version {choice.number} (sha256 {choice.sha256[:12]}); a running gateway serves it now.")
     return 0
 
 
@@ -106,6 +176,7 @@ def _cmd_adapters_remove(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from server.registry.validation import AdapterIncomplete, AdapterRejected
     from server.trainer import TrainConfig, TrainingError, TrainingInterrupted, train
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -120,6 +191,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(f"lora-gateway train: {exc}", file=sys.stderr)
         return 130
+    except (AdapterRejected, AdapterIncomplete) as exc:
+        print(f"lora-gateway train: trained, but not published: {exc} (the adapter is in {config.run_dir / 'adapter'})", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a base that is neither a local model nor reachable on the Hub
+        print(f"lora-gateway train: --base {config.base}: {_first_line(exc)}", file=sys.stderr)
+        return 2
     print(f"adapter: {result.adapter_dir} ({result.steps} steps, final loss {result.train_loss:.4f}, "
           f"{result.tokens_per_second:.0f} tokens/s, {result.seconds:.1f}s)")
     print(f"loss curve: {config.run_dir / 'training_loss.png'}")
@@ -133,7 +210,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from server.trainer.export import export_merged
 
-    out = export_merged(args.base, args.adapter, args.out, dtype=args.dtype)
+    for flag, path in (("--adapter", args.adapter),):
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise SystemExit(f"lora-gateway export: {flag} {path}: no adapter_config.json there")
+    try:
+        out = export_merged(args.base, args.adapter, args.out, dtype=args.dtype)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"lora-gateway export: {_first_line(exc)}") from None
     print(f"merged model written to {out}")
     return 0
 
@@ -167,19 +250,22 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     add("--allow-small", action="store_true", help="Train on fewer than 10 examples.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lora-gateway", description=__doc__)
+def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
+    """The whole CLI; ``settings_flags=False`` leaves out serve's and demo's flags (for other commands)."""
+    parser = argparse.ArgumentParser(prog="lora-gateway", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"lora-gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p_serve = commands.add_parser("serve", help="Serve a base model and the adapters in --adapters-dir.")
-    _add_settings_flags(p_serve)
+    if settings_flags:
+        _add_settings_flags(p_serve)
     p_serve.set_defaults(func=_cmd_serve)
 
     p_demo = commands.add_parser("demo", help="Build the offline demo model (cached) and serve it.")
     p_demo.add_argument("--demo-dir", default=".demo", help="Where the demo model is cached [default .demo].")
     p_demo.add_argument("--no-train", action="store_true", help="Serve without training the demo adapters.")
-    _add_settings_flags(p_demo, require_model=False)
+    if settings_flags:
+        _add_settings_flags(p_demo, require_model=False)
     p_demo.set_defaults(func=_cmd_demo)
 
     p_train = commands.add_parser("train", help="Fine-tune a LoRA adapter and publish it into the adapters directory.")
@@ -187,10 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.set_defaults(func=_cmd_train)
 
     p_export = commands.add_parser("export", help="Merge an adapter into its base and write a full model.")
-    p_export.add_argument("--base", required=True)
-    p_export.add_argument("--adapter", required=True)
-    p_export.add_argument("--out", required=True)
-    p_export.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    p_export.add_argument("--base", required=True, help="The base model the adapter was trained on (Hub id or local path).")
+    p_export.add_argument("--adapter", required=True, help="Adapter directory (adapter_config.json + adapter_model.safetensors).")
+    p_export.add_argument("--out", required=True, help="Directory to write the merged model into.")
+    p_export.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                          help="dtype of the merged weights [default auto: the base's].")
     p_export.set_defaults(func=_cmd_export)
 
     p_adapters = commands.add_parser("adapters", help="Manage the adapters directory.")
@@ -200,7 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_publish.add_argument("source", help="Directory with adapter_config.json and adapter_model.safetensors.")
     p_publish.add_argument("--name", required=True, help="Model id to publish it as.")
     p_publish.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
+    p_publish.add_argument("--base", default=None, help="Check shapes against this base [default: the base the adapter names, if local].")
+    p_publish.add_argument("--max-lora-rank", type=int, default=64, help="Refuse ranks above this, as the gateway does [default 64].")
+    p_publish.add_argument("--force", action="store_true", help="Publish without checking (the gateway still refuses a bad adapter).")
     p_publish.set_defaults(func=_cmd_adapters_publish)
+    p_rollback = adapter_commands.add_parser("rollback", help="Republish a kept version (default: the newest one unlike the current files).")
+    p_rollback.add_argument("name")
+    p_rollback.add_argument("version", nargs="?", type=int, default=None, help="Version number (see GET /v1/adapters: kept_versions).")
+    p_rollback.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
+    p_rollback.set_defaults(func=_cmd_adapters_rollback)
     p_remove = adapter_commands.add_parser("remove", help="Remove an adapter from the directory.")
     p_remove.add_argument("name")
     p_remove.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
@@ -208,8 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_line(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(settings_flags=command in _SETTINGS_COMMANDS).parse_args(argv)
     return int(args.func(args))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from server.engine.base import Engine
@@ -22,6 +23,7 @@ class Gateway:
     admin_keys: list[bytes] = field(default_factory=list)
     booted: asyncio.Event = field(default_factory=asyncio.Event)
     boot_error: str | None = None
+    on_fatal: Callable[[str], None] | None = None  # set by `lora-gateway serve`: a failed start-up ends the process
     started: int = field(default_factory=lambda: int(time.time()))
     background: list[asyncio.Task[None]] = field(default_factory=list)
     models_json: tuple[object, bytes] | None = None  # /v1/models, serialized once per registry change

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from openai import OpenAI
 
 from server.cli import build_parser
 from server.settings import Settings
-from tests.support import ANSWERS, QUESTION, server_process
+from tests.support import ANSWERS, QUESTION, server_process, wait_for
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -104,3 +105,91 @@ def test_adapters_publish_and_remove_commands(tmp_path: Path, trained_adapters: 
     assert bad.returncode != 0 and "not a valid adapter name" in bad.stderr
     subprocess.run([*run, "remove", "shop-1", "--adapters-dir", str(directory)], check=True, capture_output=True)
     assert not (directory / "shop-1").exists()
+
+
+def _run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("model", ["/does/not/exist", "./no-such-model", "nobody-org/no-such-model-offline"])
+def test_a_model_that_cannot_load_ends_the_process_with_one_line(model: str, tmp_path: Path) -> None:
+    """No half-alive server: status 1, and the last line says what failed (HF_HUB_OFFLINE: no Hub)."""
+    from tests.support import free_port
+
+    result = _run_cli(["serve", "--model", model, "--adapters-dir", str(tmp_path), "--port", str(free_port())])
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lora-gateway: ") and model in last or "start-up failed" in last, last
+    assert "Traceback" not in result.stderr
+
+
+def test_stray_wecom_env_vars_are_named_in_the_error(base_model: Path, tmp_path: Path) -> None:
+    result = _run_cli(["serve", "--model", str(base_model), "--adapters-dir", str(tmp_path)],
+                      env={"LORA_GATEWAY_WECOM_BOTS__SHOP__TOKN": "typo"})
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "LORA_GATEWAY_WECOM_BOTS__SHOP__TOKN" in last and "unset or correct" in last
+
+
+def test_publish_refuses_what_the_gateway_would_refuse_and_keeps_the_good_files(
+    tmp_path: Path, trained_adapters: dict[str, Path], base_model: Path
+) -> None:
+    import json
+
+    directory = tmp_path / "adapters"
+    assert _run_cli(["adapters", "publish", str(trained_adapters["alpha"]), "--name", "shop", "--adapters-dir", str(directory),
+                     "--base", str(base_model)]).returncode == 0
+    good = (directory / "shop" / "adapter_model.safetensors").read_bytes()
+    bad = tmp_path / "bad"
+    shutil.copytree(trained_adapters["beta"], bad)
+    config = json.loads((bad / "adapter_config.json").read_text())
+    for change, needle in (({"r": 128}, "max_lora_rank"), ({"use_dora": True}, "DoRA"),
+                           ({"base_model_name_or_path": str(tmp_path / "elsewhere")}, "trained on")):
+        (bad / "adapter_config.json").write_text(json.dumps({**config, **change}))
+        result = _run_cli(["adapters", "publish", str(bad), "--name", "shop", "--adapters-dir", str(directory), "--base", str(base_model)])
+        assert result.returncode == 1 and needle in result.stderr and "not published" in result.stderr, result.stderr
+        assert (directory / "shop" / "adapter_model.safetensors").read_bytes() == good
+    forced = _run_cli(["adapters", "publish", str(bad), "--name", "shop", "--adapters-dir", str(directory), "--force"])
+    assert forced.returncode == 0 and "replaced the previous files" in forced.stdout
+
+
+def test_publish_reads_the_base_the_adapter_names(tmp_path: Path, trained_adapters: dict[str, Path], base_model: Path) -> None:
+    """No --base: the adapter's own (local) base is checked, here a different architecture's shapes."""
+    import json
+
+    from server.offline_model import TinyModelSpec, build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other-base", TinyModelSpec(hidden_size=32, intermediate_size=64))
+    bad = tmp_path / "bad"
+    shutil.copytree(trained_adapters["alpha"], bad)
+    config = json.loads((bad / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(other)}))
+    result = _run_cli(["adapters", "publish", str(bad), "--name", "shop", "--adapters-dir", str(tmp_path / "adapters")])
+    assert result.returncode == 1 and "shape" in result.stderr, result.stderr
+
+
+def test_rollback_command_republishes_a_kept_version(base_model: Path, tmp_path: Path, trained_adapters: dict[str, Path]) -> None:
+    """The gateway keeps what it served; the command brings the last one back while it runs."""
+    from server.registry.validation import WEIGHTS_FILE, file_sha256
+
+    directory = tmp_path / "adapters"
+    publish = ["adapters", "publish", "--name", "shop", "--adapters-dir", str(directory)]
+    _run_cli([*publish[:2], str(trained_adapters["alpha"]), *publish[2:]])
+    with cli_server(["serve", "--model", str(base_model), "--adapters-dir", str(directory), "--device", "cpu"]) as url:
+        def ask() -> str:
+            reply = httpx.post(f"{url}/v1/chat/completions", timeout=30,
+                               json={"model": "shop", "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]})
+            return str(reply.json()["choices"][0]["message"]["content"])
+
+        assert ask() == ANSWERS["alpha"]
+        _run_cli([*publish[:2], str(trained_adapters["beta"]), *publish[2:]])
+        wait_for(lambda: ask() == ANSWERS["beta"], timeout=30)
+        result = _run_cli(["adapters", "rollback", "shop", "--adapters-dir", str(directory)])
+        assert result.returncode == 0 and "version 1" in result.stdout, result.stderr
+        wait_for(lambda: ask() == ANSWERS["alpha"], timeout=30)
+    assert file_sha256(directory / "shop" / WEIGHTS_FILE) == file_sha256(trained_adapters["alpha"] / WEIGHTS_FILE)
+    missing = _run_cli(["adapters", "rollback", "shop", "7", "--adapters-dir", str(directory)])
+    assert missing.returncode == 1 and "kept: [2, 1]" in missing.stderr

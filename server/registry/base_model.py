@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "lora-gateway" / "bases"
 # Config keys that say how a copy was saved, not what the model is.
 _VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "_attn_implementation_autoset"}
 
@@ -47,12 +48,45 @@ class BaseModelSpec:
             for name, module in skeleton.named_modules()
             if isinstance(module, torch.nn.Linear)
         }
-        return cls(
+        spec = cls(
             names=frozenset(name_variants(model, aliases)),
             linear_shapes=shapes,
             fingerprint=base_fingerprint(config.to_dict(), shapes),
             config=config,
         )
+        if (Path(os.path.expanduser(model)) / "config.json").is_file():
+            spec.save_cache(Path(os.path.expanduser(model)) / "config.json")
+        return spec
+
+    @classmethod
+    def load(cls, model: str) -> BaseModelSpec:
+        """``from_pretrained`` for command-line tools: a local base's names, shapes and fingerprint
+        are cached by the digest of its config.json, so ``adapters publish`` checks an adapter
+        against its base without importing torch after the first time (the trainer fills the cache).
+        The cached spec has no ``config``, so it skips the dry-run load the gateway does."""
+        config_file = Path(os.path.expanduser(model)) / "config.json"
+        if not config_file.is_file():
+            return cls.from_pretrained(model)
+        cached = _cache_file(config_file)
+        try:
+            data = json.loads(cached.read_text())
+            shapes = {k: (int(v[0]), int(v[1])) for k, v in data["linear_shapes"].items()}
+            return cls(frozenset(name_variants(model, ())), shapes, str(data["fingerprint"]))
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            pass
+        spec = cls.from_pretrained(model)
+        spec.save_cache(config_file)
+        return spec
+
+    def save_cache(self, config_file: Path) -> None:
+        cached = _cache_file(config_file)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "linear_shapes": self.linear_shapes}))
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # a read-only home: the cache is an optimisation only
 
     def accepts_base(self, declared: str | None, fingerprint: str | None = None) -> bool:
         if not declared:
@@ -68,6 +102,10 @@ class BaseModelSpec:
     @property
     def display_name(self) -> str:
         return sorted(self.names, key=len)[0]
+
+
+def _cache_file(config_file: Path) -> Path:
+    return _CACHE_DIR / f"{hashlib.sha256(config_file.read_bytes()).hexdigest()}.json"
 
 
 def base_fingerprint(config: dict[str, Any], shapes: dict[str, tuple[int, int]]) -> str:

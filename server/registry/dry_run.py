@@ -1,11 +1,10 @@
 """Load an adapter the way peft will, without touching a GPU: the check behind "ready".
 
 Header validation (``validation.py``) catches what the files say; this catches what only a load
-shows: a ``target_modules`` entry the base lacks, a ``rank_pattern`` that disagrees with the
-tensors, a config peft cannot read, and NaN or inf weights (which answer "" greedily and crash
-sampling). peft injects the LoRA layers into a skeleton of the base built on PyTorch's ``meta``
-device (no memory, no weights), and every tensor in the file must have exactly the shape peft
-created for it. The weights are read once, on the CPU, to check they are finite.
+shows: a ``rank_pattern`` that disagrees with the tensors, a config peft cannot read or apply, and
+NaN or inf weights (which answer "" greedily and crash sampling). peft injects the LoRA layers into
+a skeleton of the base built on PyTorch's ``meta`` device (no memory, no weights), and every tensor
+in the file must have exactly the shape peft created for it; skeletons are cached per config.
 
 The local engine then loads the adapter for real; the vLLM and remote engines, whose loads happen
 in another process or on a GPU we cannot see from here, rely on this check.
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from server.registry.base_model import BaseModelSpec
 from server.registry.records import AdapterInfo
-from server.registry.validation import WEIGHTS_FILE, AdapterRejected, inspect_adapter
+from server.registry.validation import WEIGHTS_FILE, AdapterRejected, check_finite, inspect_adapter, read_safetensors_header
 
 _PREFIX = "base_model.model."
 NO_LIMIT = 2**62
@@ -30,28 +29,17 @@ def check_adapter(path: Path, base: BaseModelSpec | None, *, max_lora_rank: int 
     The one check shared by the registry, ``adapters publish`` and the trainer's publish step.
     """
     info = inspect_adapter(path, max_lora_rank=max_lora_rank, max_bytes=max_bytes, base=base)
+    check_finite(path)
     dry_run_load(path, base)
     return info
 
 
 def dry_run_load(path: Path, base: BaseModelSpec | None) -> None:
-    """Raise ``AdapterRejected`` unless peft could load ``path`` onto ``base`` with finite weights."""
-    import torch
-    from safetensors import safe_open
-
+    """Raise ``AdapterRejected`` unless every tensor of ``path`` has the shape peft gives it on ``base``."""
     name = path.name
-    shapes = {}
-    try:
-        with safe_open(str(path / WEIGHTS_FILE), framework="pt") as weights:
-            for key in weights.keys():  # noqa: SIM118 - safe_open has no __iter__
-                tensor = weights.get_tensor(key)
-                if not bool(torch.isfinite(tensor).all()):
-                    raise AdapterRejected("non_finite_weights", f"{name}: tensor {key} holds NaN or inf values.")
-                shapes[key] = tuple(tensor.shape)
-    except (OSError, RuntimeError, ValueError) as exc:  # safetensors' own errors for a corrupt file
-        raise AdapterRejected("bad_safetensors", f"{name}: {WEIGHTS_FILE} cannot be read ({exc}).") from None
     if base is None or base.config is None:
         return
+    shapes = {key: tuple(entry["shape"]) for key, entry in read_safetensors_header(path / WEIGHTS_FILE).items()}  # type: ignore[arg-type]
     expected = _peft_shapes(path, base)
     for key, shape in shapes.items():
         peft_key = key.removeprefix(_PREFIX).replace(".weight", ".default.weight")

@@ -103,6 +103,15 @@ METADATA_FILE = "training_metadata.json"
 _MAX_METADATA_BYTES = 1 << 20
 
 
+def declared_base(path: Path) -> str | None:
+    """The base the adapter's config names, if any."""
+    try:
+        value = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
 def _recorded_fingerprint(path: Path) -> str | None:
     """The base fingerprint our trainer records beside an adapter, if any (other tools record none)."""
     try:
@@ -280,6 +289,28 @@ def read_safetensors_header(path: Path) -> dict[str, dict[str, object]]:
     if end < data_bytes:
         raise AdapterRejected("bad_safetensors", f"{path.parent.name}: {path.name} has trailing bytes after its tensors.")
     return header
+
+
+# Where a float's exponent bits are all ones, the value is inf or NaN: checked on the raw bits, so
+# neither torch nor a bfloat16-aware numpy is needed.
+_EXPONENT_MASKS = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F800000)}
+
+
+def check_finite(path: Path) -> None:
+    """Refuse weights holding NaN or inf (they answer "" greedily and break sampling)."""
+    import numpy as np
+
+    weights = path / WEIGHTS_FILE
+    header = read_safetensors_header(weights)
+    with weights.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        data = f.read()
+    for key, entry in header.items():
+        dtype, mask = _EXPONENT_MASKS[str(entry["dtype"])]
+        start, end = entry["data_offsets"]  # type: ignore[misc]
+        bits = np.frombuffer(data, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize, offset=start)
+        if bool(((bits & mask) == mask).any()):
+            raise AdapterRejected("non_finite_weights", f"{path.name}: tensor {key} holds NaN or inf values.")
 
 
 def file_sha256(path: Path) -> str:

@@ -1,5 +1,25 @@
-"""LoRA fine-tuning that publishes live adapters: ``train(TrainConfig(...))`` or ``lora-gateway train``."""
+"""LoRA fine-tuning that publishes live adapters: ``train(TrainConfig(...))`` or ``lora-gateway train``.
 
-from server.trainer.train import TrainConfig, TrainingError, TrainingInterrupted, TrainResult, train
+``train`` is imported on first use: the training stack (torch, transformers, peft) costs seconds,
+which ``lora-gateway --help`` and every non-training command should not pay.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from server.trainer.config import TrainConfig, TrainingError, TrainingInterrupted, TrainResult
+
+if TYPE_CHECKING:
+    from server.trainer.loop import train
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "TrainingInterrupted", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "train":
+        from server.trainer.loop import train
+
+        globals()["train"] = train
+        return train
+    raise AttributeError(name)

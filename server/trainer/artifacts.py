@@ -13,7 +13,7 @@ from server.engine.vllm_engine import VLLM_LORA_RANKS
 from server.registry.validation import file_sha256
 
 if TYPE_CHECKING:
-    from server.trainer.train import TrainConfig, TrainResult
+    from server.trainer.config import TrainConfig, TrainResult
 
 METADATA_FILE = "training_metadata.json"
 
@@ -99,7 +99,7 @@ def write_metadata(adapter_dir: Path, config: TrainConfig, formats: dict[str, st
 
     from server import __version__
     from server.registry.base_model import canonical_base_name
-    from server.trainer.train import config_summary
+    from server.trainer.loop import config_summary
 
     metadata = {
         "name": config.name,

@@ -1,4 +1,4 @@
-"""The training loop (server/trainer/train.py): memorises, resumes, survives Ctrl-C, writes what it promises."""
+"""The training loop (server/trainer/loop.py): memorises, resumes, survives Ctrl-C, writes what it promises."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ the value, so neither can end up in a log.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -119,7 +120,22 @@ def load_wecom_settings(path: Path | None) -> WeComSettings:
         return WeComSettings(**values)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise WeComConfigError(f"invalid WeCom configuration: {problems}") from None
+        culprits = _env_culprits([tuple(str(p).lower() for p in e["loc"]) for e in exc.errors()])
+        hint = f" (from env {', '.join(culprits)}: unset or correct them)" if culprits else ""
+        raise WeComConfigError(f"invalid WeCom configuration: {problems}{hint}") from None
+
+
+def _env_culprits(locations: list[tuple[str, ...]]) -> list[str]:
+    """The LORA_GATEWAY_WECOM_* variables behind the failing fields (a stray or misspelt one, say)."""
+    prefix = "LORA_GATEWAY_WECOM_"
+    found = []
+    for name in sorted(os.environ):
+        if not name.startswith(prefix):
+            continue
+        parts = tuple(name[len(prefix) :].lower().split("__"))
+        if any(loc[: len(parts)] == parts or parts[: len(loc)] == loc for loc in locations):
+            found.append(name)
+    return found
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -1,0 +1,74 @@
+"""What a training run is given and what it returns; free of torch, so the CLI can build its
+flags (and answer ``--help``) without importing the training stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.trainer.data import Format
+
+
+class TrainingError(Exception):
+    """Refusal to train, with a message for the user (bad data, too few examples, bad resume)."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: a checkpoint was saved; ``checkpoint`` resumes from it."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__(f"interrupted; checkpoint saved to {checkpoint} (resume with --resume)")
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainConfig:
+    base: str
+    data: list[str]
+    name: str
+    adapters_dir: str = "adapters"
+    publish: bool = True
+    output_dir: str | None = None  # default: runs/<name>
+    format: Format = "auto"
+    system: str | None = None
+    model_name: str | None = None  # fills {{NAME}}
+    model_author: str | None = None  # fills {{AUTHOR}}
+    epochs: int = 3
+    lr: float = 1e-4
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str = "all-linear"  # or comma-separated module names
+    batch_size: int = 1
+    grad_accum: int = 8
+    max_length: int = 2048
+    warmup_ratio: float = 0.1
+    val_split: float = 0.0
+    seed: int = 42
+    save_steps: int | None = None
+    save_total_limit: int | None = None
+    resume: str | None = None  # a checkpoint directory, or "latest"
+    device: str = "auto"
+    dtype: str = "auto"
+    allow_small: bool = False
+    max_steps: int | None = None  # stop early (for smoke tests); the schedule still spans all epochs
+    max_grad_norm: float = 1.0
+    logging_steps: int = 1
+    progress: bool = True
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or Path("runs") / self.name)
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    published_to: Path | None
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    trained_tokens: int
+    seconds: float
+    tokens_per_second: float
+    counts: dict[str, int] = field(default_factory=dict)
