@@ -43,6 +43,7 @@ def build_engine(settings: Settings) -> Engine:
             dtype=settings.dtype,
             max_batch_size=settings.max_batch_size,
             max_model_len=settings.max_model_len,
+            allow_long_context=settings.allow_long_context,
         )
     if settings.engine == "vllm":
         from server.engine.vllm_engine import VllmEngine, VllmOptions

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     )
     max_adapter_bytes: int = Field(default=2 * 1024**3, ge=1, description="Adapters whose weights exceed this are refused.")
     max_request_bytes: int = Field(default=2 * 1024**2, ge=1024, description="Request bodies above this get 413.")
+    default_max_tokens: int | None = Field(
+        default=1024, ge=1, description="Completion tokens when a request sets no max_tokens (a request's own value wins, up to the context)."
+    )
+    allow_long_context: bool = Field(
+        default=False, description="Accept a --max-model-len beyond the model's max_position_embeddings (quality is not guaranteed)."
+    )
     max_n: int = Field(default=8, ge=1, description="Largest `n` (choices per request) accepted.")
     wecom_config: Path | None = Field(
         default=None, description="YAML or JSON file of WeCom bots (see README, WeCom); env LORA_GATEWAY_WECOM_* adds to it."

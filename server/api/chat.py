@@ -44,13 +44,14 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 T = TypeVar("T")
 
 
-def to_generation_request(body: ChatCompletionRequest, lease: Lease, max_n: int) -> GenerationRequest:
+def to_generation_request(body: ChatCompletionRequest, lease: Lease, max_n: int, default_max_tokens: int | None = None) -> GenerationRequest:
     """OpenAI request -> engine request, with OpenAI's defaults (temperature 1, top_p 1, n 1)."""
     n = body.n or 1
     if n > max_n:
         raise InvalidRequest(f"`n` must be at most {max_n} on this server; got {n}.", param="n")
     sampling = SamplingOptions(
         max_tokens=body.completion_limit,
+        default_max_tokens=default_max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         presence_penalty=body.presence_penalty or 0.0,
@@ -141,7 +142,7 @@ async def admit(gateway: Gateway, body: ChatCompletionRequest) -> tuple[Generati
     lease_scope = AsyncExitStack()
     try:
         lease = await lease_scope.enter_async_context(gateway.registry.lease(body.model))
-        generation = to_generation_request(body, lease, gateway.settings.max_n)
+        generation = to_generation_request(body, lease, gateway.settings.max_n, gateway.settings.default_max_tokens)
         if not gateway.engine.health().ready:
             raise EngineUnavailable("The model is still loading; try again shortly.")
     except GatewayError as error:

@@ -78,10 +78,13 @@ class ChatCompletionRequest(_Strict):
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str = Field(min_length=1)
-    # Accepted and without effect on generation (bookkeeping for OpenAI's platform).
+    # One tier here: "auto" and "default" are honoured as what this server does; others are refused.
     service_tier: str | None = None
+    # Completions are never stored: store=true is refused, and so is metadata (which OpenAI keeps
+    # only with stored completions).
     store: bool | None = None
     metadata: dict[str, str] | None = None
+    # Accepted and without effect on generation (identifiers for OpenAI's abuse and cache systems).
     user: str | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
@@ -168,7 +171,10 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
         "tool_choice": request.tool_choice not in (None, "none"),
         "functions": bool(request.functions),
         "function_call": request.function_call not in (None, "none"),
-        "parallel_tool_calls": request.parallel_tool_calls is True and bool(request.tools),
+        "parallel_tool_calls": request.parallel_tool_calls is not None,  # only meaningful with tools
+        "store": request.store is True,
+        "metadata": bool(request.metadata),
+        "service_tier": request.service_tier not in (None, "auto", "default"),
         "logprobs": bool(request.logprobs),
         "top_logprobs": bool(request.top_logprobs),
         "logit_bias": bool(request.logit_bias),
@@ -181,9 +187,15 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
         "verbosity": request.verbosity is not None,
         "moderation": request.moderation is not None,
     }
+    reasons = {
+        "parallel_tool_calls": "`parallel_tool_calls` is only allowed when `tools` are specified (and tools are not supported yet).",
+        "store": "`store: true` is not supported: lora-gateway does not store completions.",
+        "metadata": "`metadata` is only kept with stored completions, which lora-gateway does not store.",
+        "service_tier": f"`service_tier` {request.service_tier!r} is not offered: this server has one tier ('auto' or 'default').",
+    }
     for name, is_set in unsupported.items():
         if is_set:
-            raise UnsupportedParameter(f"`{name}` is not supported by lora-gateway.", param=name)
+            raise UnsupportedParameter(reasons.get(name, f"`{name}` is not supported by lora-gateway."), param=name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ FinishReason = Literal["stop", "length"]
 class SamplingOptions:
     """Per-request sampling, already validated and defaulted by the API layer."""
 
-    max_tokens: int | None = None  # None: whatever room the context leaves
+    max_tokens: int | None = None  # the request's own limit (strict: refused if it cannot fit)
+    default_max_tokens: int | None = None  # the server's cap when the request sets none (clamped to the room left)
     temperature: float = 1.0
     top_p: float = 1.0
     presence_penalty: float = 0.0

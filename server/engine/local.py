@@ -96,6 +96,7 @@ class LocalEngine(Engine):
         dtype: str = "auto",
         max_batch_size: int = 16,
         max_model_len: int | None = None,
+        allow_long_context: bool = False,
         prefill_token_budget: int = 8192,
     ) -> None:
         self.model_path = model
@@ -103,6 +104,7 @@ class LocalEngine(Engine):
         self._dtype_setting = dtype
         self.max_batch_size = max_batch_size
         self._max_model_len_setting = max_model_len
+        self._allow_long_context = allow_long_context
         self._prefill_token_budget = prefill_token_budget
         self.max_model_len: int | None = None
 
@@ -163,7 +165,13 @@ class LocalEngine(Engine):
 
         config = self._model.config
         native_len = getattr(config, "max_position_embeddings", None)
-        self.max_model_len = self._max_model_len_setting or native_len or 2048
+        wanted = self._max_model_len_setting
+        if wanted and native_len and wanted > native_len:
+            if not self._allow_long_context:
+                raise EngineError(f"--max-model-len {wanted} exceeds the model's max_position_embeddings ({native_len}); "
+                                  "pass --allow-long-context to use it anyway")
+            logger.warning("--max-model-len %d exceeds max_position_embeddings %d: answers past that may degrade", wanted, native_len)
+        self.max_model_len = wanted or native_len or 2048
         eos = [self._tokenizer.eos_token_id]
         generation_eos = getattr(getattr(self._model, "generation_config", None), "eos_token_id", None)
         eos += generation_eos if isinstance(generation_eos, list) else [generation_eos]
@@ -339,8 +347,7 @@ class LocalEngine(Engine):
         prompts: list[list[int]] = []
         for job in jobs:
             options = job.request.sampling
-            room = (self.max_model_len or 0) - len(job.prompt_ids)
-            max_tokens = min(options.max_tokens or room, room)
+            max_tokens = check_context(len(job.prompt_ids), options.max_tokens, self.max_model_len or 0, options.default_max_tokens)
             for index in range(options.n):
                 rows.append(
                     _Row(

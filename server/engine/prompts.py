@@ -15,8 +15,9 @@ def render_chat(tokenizer: Any, messages: tuple[dict[str, str], ...]) -> list[in
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def check_context(prompt_len: int, max_tokens: int | None, limit: int) -> int:
-    """Refuse what cannot fit, stating the numbers (as vLLM does); return the completion budget."""
+def check_context(prompt_len: int, max_tokens: int | None, limit: int, default: int | None = None) -> int:
+    """Refuse what cannot fit, stating the numbers (as vLLM does); return the completion budget:
+    the request's ``max_tokens``, else the server's ``default`` cap, within the room left."""
     if prompt_len >= limit:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {limit} tokens. However, your messages "
@@ -30,4 +31,6 @@ def check_context(prompt_len: int, max_tokens: int | None, limit: int) -> int:
             "the completion). Please reduce the length of the messages or completion.",
             param="max_tokens",
         )
-    return max_tokens if max_tokens is not None else limit - prompt_len
+    if max_tokens is not None:
+        return max_tokens
+    return min(default, limit - prompt_len) if default is not None else limit - prompt_len

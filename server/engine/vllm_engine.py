@@ -136,7 +136,9 @@ class VllmEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         engine = self._require()
         prompt_ids = self.render_prompt(request.messages)
-        max_tokens = check_context(len(prompt_ids), request.sampling.max_tokens, self.max_model_len or 0)
+        max_tokens = check_context(
+            len(prompt_ids), request.sampling.max_tokens, self.max_model_len or 0, request.sampling.default_max_tokens
+        )
         lora = self._loras.get(request.adapter.adapter_id) if request.adapter else None
         if request.adapter is not None and lora is None:
             raise EngineUnavailable(f"Adapter {request.adapter.name} is not loaded.")

@@ -58,6 +58,10 @@ CASES = [
     ("response_format", {"model": "alpha", "messages": OK_MESSAGES, "response_format": {"type": "json_object"}}, 400, "response_format", "unsupported_parameter"),
     ("logit_bias", {"model": "alpha", "messages": OK_MESSAGES, "logit_bias": {"1": 5}}, 400, "logit_bias", "unsupported_parameter"),
     ("unknown field", {"model": "alpha", "messages": OK_MESSAGES, "best_of": 2}, 400, "best_of", None),
+    ("parallel_tool_calls without tools", {"model": "alpha", "messages": OK_MESSAGES, "parallel_tool_calls": False}, 400, "parallel_tool_calls", "unsupported_parameter"),
+    ("store", {"model": "alpha", "messages": OK_MESSAGES, "store": True}, 400, "store", "unsupported_parameter"),
+    ("metadata", {"model": "alpha", "messages": OK_MESSAGES, "metadata": {"ticket": "42"}}, 400, "metadata", "unsupported_parameter"),
+    ("service_tier", {"model": "alpha", "messages": OK_MESSAGES, "service_tier": "priority"}, 400, "service_tier", "unsupported_parameter"),
     ("unknown model", {"model": "no-such-adapter", "messages": OK_MESSAGES}, 404, "model", "model_not_found"),
     ("traversal model", {"model": "../alpha", "messages": OK_MESSAGES}, 404, "model", "model_not_found"),
 ]
@@ -70,7 +74,8 @@ def test_bad_request_gets_an_openai_error(gateway_url: str, body: object, status
 
 def test_defaults_that_change_nothing_are_accepted(gateway_url: str) -> None:
     body = {"model": "alpha", "messages": OK_MESSAGES, "temperature": 0, "logprobs": False, "tool_choice": "none",
-            "response_format": {"type": "text"}, "user": "u-1", "store": False, "max_completion_tokens": 40}
+            "response_format": {"type": "text"}, "user": "u-1", "store": False, "max_completion_tokens": 40,
+            "service_tier": "auto", "metadata": {}}
     response = _post(gateway_url, body)
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]

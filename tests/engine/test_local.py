@@ -128,3 +128,26 @@ def test_removing_every_adapter_keeps_the_base_serving(base_model: Path, trained
 
     before, after = asyncio.run(scenario())
     assert before == after
+
+
+def test_the_server_default_caps_a_request_without_max_tokens(engine: LocalEngine, loop: asyncio.AbstractEventLoop) -> None:
+    """alpha's trained answer is longer than 3 tokens: the default cap ends it there; a request's
+    own max_tokens wins over the default."""
+    capped = SamplingOptions(temperature=0, default_max_tokens=3)
+    texts, finish = loop.run_until_complete(collect(engine, GenerationRequest("cap", ASK, capped, REFS["alpha"])))
+    assert finish[0] == "length" and ANSWERS["alpha"].startswith(texts[0]) and texts[0] != ANSWERS["alpha"]
+    own = SamplingOptions(temperature=0, max_tokens=200, default_max_tokens=3)
+    texts, finish = loop.run_until_complete(collect(engine, GenerationRequest("own", ASK, own, REFS["alpha"])))
+    assert (texts[0], finish[0]) == (ANSWERS["alpha"], "stop")
+
+
+def test_a_context_beyond_the_model_needs_allow_long_context(base_model: Path) -> None:
+    import json
+
+    native = json.loads((base_model / "config.json").read_text())["max_position_embeddings"]
+    with pytest.raises(Exception, match="allow-long-context"):
+        asyncio.run(LocalEngine(str(base_model), device="cpu", max_model_len=native * 2).start())
+    forced = LocalEngine(str(base_model), device="cpu", max_model_len=native * 2, allow_long_context=True)
+    asyncio.run(forced.start())
+    assert forced.max_model_len == native * 2
+    asyncio.run(forced.stop())
