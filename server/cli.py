@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from server import __version__
 
 if typing.TYPE_CHECKING:
@@ -57,6 +55,8 @@ def _literal_choices(annotation: Any) -> list[str] | None:
 
 
 def _settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
     from server.settings import Settings
 
     given = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
@@ -71,10 +71,9 @@ def _settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
 def serve(settings: Settings) -> None:
     """Run the gateway until Ctrl-C; a failed start-up (model, adapters dir, WeCom config) exits
     with status 1 and one line, never leaving a half-alive process behind."""
-    import uvicorn
-
     from server.app import create_app, missing_local_model
     from server.integrations.wecom.config import WeComConfigError
+    from server.serving import run
 
     if settings.engine != "remote" and missing_local_model(settings.model):
         raise SystemExit(f"lora-gateway: --model {settings.model}: no such directory")
@@ -83,18 +82,7 @@ def serve(settings: Settings) -> None:
         app = create_app(settings)
     except WeComConfigError as exc:
         raise SystemExit(f"lora-gateway: {exc}") from None
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level))
-    gateway = app.state.gateway
-
-    def fatal(message: str) -> None:
-        server.should_exit = True
-
-    gateway.on_fatal = fatal
-    server.run()
-    if gateway.boot_error:
-        raise SystemExit(f"lora-gateway: {gateway.boot_error}")
-    if not server.started:
-        raise SystemExit(f"lora-gateway: could not listen on {settings.host}:{settings.port}")
+    run(app, host=settings.host, port=settings.port, log_level=settings.log_level, shutdown_timeout=settings.shutdown_timeout)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ class Gateway:
     admin_keys: list[bytes] = field(default_factory=list)
     booted: asyncio.Event = field(default_factory=asyncio.Event)
     boot_error: str | None = None
+    closing: bool = False  # the shutdown grace period is over: running requests end now
     on_fatal: Callable[[str], None] | None = None  # set by `lora-gateway serve`: a failed start-up ends the process
     started: int = field(default_factory=lambda: int(time.time()))
     background: list[asyncio.Task[None]] = field(default_factory=list)

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     wecom_config: Path | None = Field(
         default=None, description="YAML or JSON file of WeCom bots (see README, WeCom); env LORA_GATEWAY_WECOM_* adds to it."
     )
+    shutdown_timeout: float = Field(
+        default=5.0, ge=0, description="On Ctrl-C/SIGTERM: seconds running requests may finish before their streams are ended."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
     @field_validator("api_key", "base_model_alias", "upstream", mode="before")

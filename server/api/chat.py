@@ -186,6 +186,7 @@ async def _complete(
     usage = _Usage(n)
     async with contextlib.aclosing(gateway.engine.generate(generation)) as deltas:
         async for delta in deltas:
+            _check_open(gateway)
             observer.delta(delta)
             usage.add(delta)
             texts[delta.index] += delta.text
@@ -236,6 +237,7 @@ async def _stream(
                 yield event([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
             async with contextlib.aclosing(gateway.engine.generate(generation)) as deltas:
                 async for delta in deltas:
+                    _check_open(gateway)
                     observer.delta(delta)
                     usage.add(delta)
                     if delta.text:
@@ -259,6 +261,12 @@ async def _stream(
             if not finished:  # the client went away (the generator was closed or cancelled)
                 observer.aborted()
     yield "data: [DONE]\n\n"
+
+
+def _check_open(gateway: Gateway) -> None:
+    """After the shutdown grace period, a request still generating ends with a retryable 503."""
+    if gateway.closing:
+        raise EngineUnavailable("The server is shutting down; retry the request.")
 
 
 class _ClientGone(Exception):

@@ -9,12 +9,13 @@ import pytest
 from server.integrations.wecom.config import BotConfig
 from server.integrations.wecom.crypto import ReceiveIdMismatch
 from server.integrations.wecom.service import STREAM_CONTENT_BYTES, Bot, StreamAnswer
+from server.integrations.wecom.text import answer_text
 
 KEY = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"
 
 
 def test_a_stream_reply_never_exceeds_wecoms_byte_limit() -> None:
-    answer = StreamAnswer("s1", text="答" * 10_000)  # 30,000 bytes
+    answer = StreamAnswer("s1", raw="答" * 10_000)  # 30,000 bytes
     content = json.loads(answer.reply())["stream"]["content"]
     assert len(content.encode()) <= STREAM_CONTENT_BYTES
     assert content == "答" * (STREAM_CONTENT_BYTES // 3)
@@ -30,3 +31,20 @@ def test_bots_seal_for_their_own_receive_id() -> None:
         aibot.crypto.decrypt(app.crypto.encrypt(b"x"))
     assert (app.credentials.corp_id, app.credentials.agent_id) == ("ww1", 7)
     assert (app.config.expected_receive_id, aibot.config.expected_receive_id) == ("ww1", "")
+
+
+@pytest.mark.parametrize("pieces", [["\n\n", "Hello", " ", "world", " \n"], [" ", "\n"], ["你好", "\n", "，世界", "  "], ["a"]])
+def test_a_stream_shows_the_answer_text_growing_towards_what_is_sent_and_remembered(pieces: list[str]) -> None:
+    """Polls of an AI-bot stream only extend what they showed, and end on exactly ``answer_text``
+    of the whole output: the text a conversation remembers and a self-built app sends."""
+    stream = StreamAnswer("s")
+    shown = [stream.text]
+    for piece in pieces:
+        stream.raw += piece
+        shown.append(stream.text)
+    final = answer_text("".join(pieces))
+    stream.finish(final)
+    shown.append(stream.text)
+    assert all(later.startswith(earlier) for earlier, later in zip(shown, shown[1:]))
+    assert shown[-1] == final == "".join(pieces).strip()
+    assert stream.finished
