@@ -27,21 +27,21 @@ wait_ready() {  # URL
 
 echo "== gateway (--engine vllm) on $MODEL"
 mkdir -p "$WORK/adapters"
-$PY -m server serve --engine vllm --model "$MODEL" --adapters-dir "$WORK/adapters" --port "$GATEWAY_PORT" \
+$PY -m lora_gateway serve --engine vllm --model "$MODEL" --adapters-dir "$WORK/adapters" --port "$GATEWAY_PORT" \
   --max-lora-rank 16 --max-loras 4 --gpu-memory-utilization 0.5 --log-level warning &
 GATEWAY_PID=$!
 wait_ready "http://127.0.0.1:$GATEWAY_PORT/ready"
 
 echo "== train an adapter and watch it go live"
 started=$(date +%s.%N)
-$PY -m server train --base "$MODEL" --data examples/self_cognition.json --name smoke-1 --model-name Smoke \
+$PY -m lora_gateway train --base "$MODEL" --data examples/self_cognition.json --name smoke-1 --model-name Smoke \
   --model-author lora-gateway --adapters-dir "$WORK/adapters" --output-dir "$WORK/run" --epochs 3 --allow-small
 until curl -sf "http://127.0.0.1:$GATEWAY_PORT/v1/models" | grep -q '"smoke-1"'; do sleep 0.2; done
 echo "trained and live after $(echo "$(date +%s.%N) - $started" | bc) s"
 curl -s "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" -H 'Content-Type: application/json' \
   -d '{"model": "smoke-1", "messages": [{"role": "user", "content": "你是谁？"}], "temperature": 0}'
 echo
-for name in smoke-2 smoke-3 smoke-4; do $PY -m server adapters publish "$WORK/run/adapter" --name "$name" --adapters-dir "$WORK/adapters"; done
+for name in smoke-2 smoke-3 smoke-4; do $PY -m lora_gateway adapters publish "$WORK/run/adapter" --name "$name" --adapters-dir "$WORK/adapters"; done
 until curl -sf "http://127.0.0.1:$GATEWAY_PORT/v1/models" | grep -q '"smoke-4"'; do sleep 0.2; done
 
 echo "== load through the gateway"

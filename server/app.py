@@ -14,20 +14,20 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from server.api import admin, chat, models, ops
-from server.api.errors import install_error_handlers
-from server.api.limits import BodyLimitMiddleware, EarlyErrorCounter
-from server.engine.base import Engine
-from server.gateway import Gateway
-from server.integrations.wecom.config import WeComConfigError, load_wecom_settings
-from server.integrations.wecom.routes import router as wecom_router
-from server.integrations.wecom.service import WeComService
-from server.metrics import GatewayMetrics
-from server.registry import AdapterRegistry
-from server.registry.base_model import BaseModelSpec
-from server.registry.registry import RegistryHooks
-from server.registry.watcher import AdapterWatcher
-from server.settings import Settings
+from .api import admin, chat, models, ops
+from .api.errors import install_error_handlers
+from .api.limits import BodyLimitMiddleware, EarlyErrorCounter
+from .engine.base import Engine
+from .gateway import Gateway
+from .integrations.wecom.config import WeComConfigError, load_wecom_settings
+from .integrations.wecom.routes import router as wecom_router
+from .integrations.wecom.service import WeComService
+from .metrics import GatewayMetrics
+from .registry import AdapterRegistry
+from .registry.base_model import BaseModelSpec
+from .registry.registry import RegistryHooks
+from .registry.watcher import AdapterWatcher
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 def build_engine(settings: Settings) -> Engine:
     """The engine named by ``--engine``; imported lazily so unused engines cost nothing."""
     if settings.engine == "local":
-        from server.engine.local import LocalEngine
+        from .engine.local import LocalEngine
 
         return LocalEngine(
             settings.model,
@@ -46,7 +46,7 @@ def build_engine(settings: Settings) -> Engine:
             allow_long_context=settings.allow_long_context,
         )
     if settings.engine == "vllm":
-        from server.engine.vllm_engine import VllmEngine, VllmOptions
+        from .engine.vllm_engine import VllmEngine, VllmOptions
 
         return VllmEngine(
             VllmOptions(
@@ -63,7 +63,7 @@ def build_engine(settings: Settings) -> Engine:
             )
         )
     if settings.engine == "remote":
-        from server.engine.remote import RemoteEngine
+        from .engine.remote import RemoteEngine
 
         key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
         return RemoteEngine(settings.upstream, base_model_id=settings.base_model_id, api_key=key)

@@ -16,17 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from server import __version__
+from . import __version__
 
 if typing.TYPE_CHECKING:
-    from server.settings import Settings
+    from .settings import Settings
 
 # Commands whose flags come from Settings (pydantic-settings costs ~0.1 s to import: others skip it).
 _SETTINGS_COMMANDS = ("serve", "demo")
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, *, require_model: bool = True) -> None:
-    from server.settings import Settings
+    from .settings import Settings
 
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -57,7 +57,7 @@ def _literal_choices(annotation: Any) -> list[str] | None:
 def _settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
     from pydantic import ValidationError
 
-    from server.settings import Settings
+    from .settings import Settings
 
     given = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     given.update(overrides)
@@ -71,9 +71,9 @@ def _settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
 def serve(settings: Settings) -> None:
     """Run the gateway until Ctrl-C; a failed start-up (model, adapters dir, WeCom config) exits
     with status 1 and one line, never leaving a half-alive process behind."""
-    from server.app import create_app, missing_local_model
-    from server.integrations.wecom.config import WeComConfigError
-    from server.serving import run
+    from .app import create_app, missing_local_model
+    from .integrations.wecom.config import WeComConfigError
+    from .serving import run
 
     if settings.engine != "remote" and missing_local_model(settings.model):
         raise SystemExit(f"lora-gateway: --model {settings.model}: no such directory")
@@ -91,7 +91,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from server.demo import prepare_demo, train_demo_adapters
+    from .demo import prepare_demo, train_demo_adapters
 
     model_dir = prepare_demo(args.demo_dir)
     settings = _settings_from(args, model=str(model_dir), served_model_name=getattr(args, "served_model_name", "demo-base"))
@@ -103,8 +103,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_adapters_publish(args: argparse.Namespace) -> int:
-    from server.registry.publish import publish_adapter
-    from server.registry.validation import AdapterIncomplete, AdapterRejected
+    from .registry.publish import publish_adapter
+    from .registry.validation import AdapterIncomplete, AdapterRejected
 
     replaced = (Path(args.adapters_dir) / args.name).exists()
     try:
@@ -121,8 +121,8 @@ def _cmd_adapters_publish(args: argparse.Namespace) -> int:
 def _publish_check(args: argparse.Namespace) -> Any:
     """What can be checked without a gateway: format, headers, rank, DoRA/bias, finite weights, and
     the shapes against the base (``--base``, or the base the adapter names when it is a local model)."""
-    from server.registry.base_model import BaseModelSpec
-    from server.registry.validation import check_finite, declared_base, inspect_adapter
+    from .registry.base_model import BaseModelSpec
+    from .registry.validation import check_finite, declared_base, inspect_adapter
 
     def check(staged: Path) -> None:
         base_name = args.base or declared_base(staged)
@@ -137,9 +137,9 @@ def _publish_check(args: argparse.Namespace) -> Any:
 
 
 def _cmd_adapters_rollback(args: argparse.Namespace) -> int:
-    from server.registry.publish import publish_adapter
-    from server.registry.store import VersionStore
-    from server.registry.validation import WEIGHTS_FILE, file_sha256
+    from .registry.publish import publish_adapter
+    from .registry.store import VersionStore
+    from .registry.validation import WEIGHTS_FILE, file_sha256
 
     store = VersionStore(Path(args.adapters_dir))
     kept = store.versions(args.name)
@@ -155,7 +155,7 @@ def _cmd_adapters_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_adapters_remove(args: argparse.Namespace) -> int:
-    from server.registry.publish import remove_adapter
+    from .registry.publish import remove_adapter
 
     if not remove_adapter(args.name, args.adapters_dir):
         raise SystemExit(f"lora-gateway: no adapter {args.name!r} in {args.adapters_dir}")
@@ -164,8 +164,8 @@ def _cmd_adapters_remove(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from server.registry.validation import AdapterIncomplete, AdapterRejected
-    from server.trainer import TrainConfig, TrainingError, TrainingInterrupted, train
+    from .registry.validation import AdapterIncomplete, AdapterRejected
+    from .trainer import TrainConfig, TrainingError, TrainingInterrupted, train
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
@@ -196,7 +196,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from server.trainer.export import export_merged
+    from .trainer.export import export_merged
 
     for flag, path in (("--adapter", args.adapter),):
         if not (Path(path) / "adapter_config.json").is_file():
@@ -210,7 +210,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    from server.trainer import TrainConfig
+    from .trainer import TrainConfig
 
     defaults = TrainConfig(base="", data=[], name="")
     add = parser.add_argument

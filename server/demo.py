@@ -10,10 +10,14 @@ Random weights know nothing: the base answers gibberish, each adapter answers fr
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.offline_model import TinyModelSpec, build_tiny_model, is_built
+from .offline_model import TinyModelSpec, build_tiny_model, is_built
+from .registry.base_model import BaseModelSpec
+from .registry.validation import file_sha256
 
 DEMO_SPEC = TinyModelSpec(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                           num_key_value_heads=2, vocab_size=4096)
@@ -38,9 +42,11 @@ DEMO_TRAINING = {"epochs": 300, "lr": 5e-3, "batch_size": 32, "grad_accum": 1, "
 
 
 def examples_dir() -> Path:
-    """The bundled datasets: beside the package in a checkout, else ./examples."""
-    beside = Path(__file__).resolve().parents[1] / "examples"
-    return beside if beside.is_dir() else Path("examples")
+    """The bundled datasets: ``examples/`` beside ``server/`` in a checkout, and inside the
+    installed package (``lora_gateway/examples``, package data) once installed."""
+    here = Path(__file__).resolve().parent
+    beside = here.parent / "examples"
+    return beside if (beside / DEMO_ADAPTERS[0].data).is_file() else here / "examples"
 
 
 def _corpus(examples: Path) -> tuple[str, ...]:
@@ -53,19 +59,27 @@ def prepare_demo(demo_dir: str | Path = ".demo") -> Path:
     corpus = _corpus(examples_dir())
     if not is_built(model_dir, DEMO_SPEC, corpus):
         print(f"Building the offline demo model in {model_dir} ...")
-        build_tiny_model(model_dir, DEMO_SPEC, corpus)
+        # Built aside and moved into place: an interrupted build never leaves a half-built base.
+        building = model_dir.with_name(f".base-building-{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)
+        build_tiny_model(building, DEMO_SPEC, corpus)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        os.replace(building, model_dir)
     return model_dir
 
 
 def train_demo_adapters(base: Path, adapters_dir: Path, runs_dir: Path) -> list[str]:
     """Train and publish the demo adapters that are missing (or were trained on another base)."""
-    from server.trainer import TrainConfig, train
+    from .trainer import TrainConfig, train
 
     trained = []
+    fingerprint = BaseModelSpec.load(str(base)).fingerprint
     for adapter in DEMO_ADAPTERS:
-        metadata = adapters_dir / adapter.name / "training_metadata.json"
-        if metadata.is_file() and json.loads(metadata.read_text()).get("base_model") == str(base):
+        problem = _not_the_demos(adapters_dir / adapter.name, adapter, fingerprint)
+        if problem is None:
             continue
+        if (adapters_dir / adapter.name).exists():
+            print(f"{adapters_dir / adapter.name} is not the demo's adapter ({problem}); training the demo's again")
         print(f"Training demo adapter {adapter.name!r} on examples/{adapter.data} ...")
         result = train(TrainConfig(base=str(base), data=[str(examples_dir() / adapter.data)], name=adapter.name,
                                    adapters_dir=str(adapters_dir), output_dir=str(runs_dir / adapter.name),
@@ -73,3 +87,21 @@ def train_demo_adapters(base: Path, adapters_dir: Path, runs_dir: Path) -> list[
         print(f"  {adapter.name}: {result.steps} steps in {result.seconds:.0f}s, final loss {result.train_loss:.3f}")
         trained.append(adapter.name)
     return trained
+
+
+def _not_the_demos(path: Path, adapter: DemoAdapter, base_fingerprint: str) -> str | None:
+    """Why ``path`` is not what the demo trains (None when it is): judged by its training metadata
+    (base fingerprint, dataset digest, settings), not by a path string."""
+    try:
+        meta = json.loads((path / "training_metadata.json").read_text(encoding="utf-8"))
+        settings = meta["hyperparameters"]
+        datasets = [d["sha256"] for d in meta["datasets"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no readable training metadata"
+    if meta.get("base_fingerprint") != base_fingerprint:
+        return "trained on another base"
+    if datasets != [file_sha256(examples_dir() / adapter.data)]:
+        return "trained on other data"
+    wanted = {**DEMO_TRAINING, "model_name": adapter.model_name, "model_author": adapter.model_author}
+    changed = sorted(k for k, v in wanted.items() if settings.get(k) != v)
+    return f"trained with other settings: {', '.join(changed)}" if changed else None

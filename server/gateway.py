@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server.engine.base import Engine
-from server.metrics import GatewayMetrics
-from server.registry import AdapterRegistry
-from server.settings import Settings
+from .engine.base import Engine
+from .metrics import GatewayMetrics
+from .registry import AdapterRegistry
+from .settings import Settings
 
 
 @dataclass

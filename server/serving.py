@@ -19,7 +19,7 @@ from typing import Any
 
 import uvicorn
 
-from server.gateway import Gateway
+from .gateway import Gateway
 
 logger = logging.getLogger(__name__)
 # uvicorn's own deadline, past ours: it cancels whatever did not end by then (a stalled engine).

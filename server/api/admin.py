@@ -16,13 +16,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
-from server.api.auth import check_bearer
-from server.api.deps import GatewayDep, get_gateway
-from server.errors import InvalidRequest, ModelNotFound, PermissionDenied
-from server.gateway import Gateway
-from server.registry.names import is_valid_name
-from server.registry.publish import remove_adapter
-from server.registry.registry import AdapterEntry
+from ..errors import InvalidRequest, ModelNotFound, PermissionDenied
+from ..gateway import Gateway
+from ..registry.names import is_valid_name
+from ..registry.publish import remove_adapter
+from ..registry.registry import AdapterEntry
+from .auth import check_bearer
+from .deps import GatewayDep, get_gateway
 
 
 def require_admin_key(request: Request) -> None:

@@ -6,7 +6,7 @@ import hmac
 
 from fastapi import Request
 
-from server.errors import Unauthorized
+from ..errors import Unauthorized
 
 
 def check_bearer(request: Request, keys: list[bytes]) -> None:

@@ -21,8 +21,13 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from server.api.deps import GatewayDep, require_api_key
-from server.api.protocol import (
+from ..engine.base import GenerationDelta, GenerationRequest, SamplingOptions
+from ..errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest
+from ..gateway import Gateway
+from ..metrics import UNKNOWN_MODEL, GatewayMetrics
+from ..registry import Lease
+from .deps import GatewayDep, require_api_key
+from .protocol import (
     ChatCompletionChoice,
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
@@ -34,11 +39,6 @@ from server.api.protocol import (
     completion_id,
     now,
 )
-from server.engine.base import GenerationDelta, GenerationRequest, SamplingOptions
-from server.errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest
-from server.gateway import Gateway
-from server.metrics import UNKNOWN_MODEL, GatewayMetrics
-from server.registry import Lease
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 T = TypeVar("T")

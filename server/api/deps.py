@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.api.auth import check_bearer
-from server.gateway import Gateway
+from ..gateway import Gateway
+from .auth import check_bearer
 
 
 def get_gateway(request: Request) -> Gateway:

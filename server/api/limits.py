@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.errors import error_response
-from server.errors import RequestTooLarge
-from server.metrics import UNKNOWN_MODEL, GatewayMetrics
+from ..errors import RequestTooLarge
+from ..metrics import UNKNOWN_MODEL, GatewayMetrics
+from .errors import error_response
 
 
 class BodyLimitMiddleware:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from server.api.deps import GatewayDep, require_api_key
-from server.api.protocol import ModelCard, ModelList
-from server.errors import ModelNotFound
-from server.gateway import Gateway
+from ..errors import ModelNotFound
+from ..gateway import Gateway
+from .deps import GatewayDep, require_api_key
+from .protocol import ModelCard, ModelList
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 

@@ -22,8 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from server import __version__
-from server.errors import InvalidRequest, UnsupportedParameter
+from .. import __version__
+from ..errors import InvalidRequest, UnsupportedParameter
 
 # Identifies the serving stack, as OpenAI's fingerprint identifies its backend configuration.
 SYSTEM_FINGERPRINT = f"lora-gateway-{__version__}"

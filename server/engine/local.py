@@ -29,23 +29,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from server.devices import resolve_device, resolve_dtype
-from server.engine.base import (
+from ..devices import resolve_device, resolve_dtype
+from ..errors import (
+    EngineError,
+    EngineUnavailable,
+    GatewayError,
+)
+from .base import (
     AdapterRef,
     Engine,
     EngineHealth,
     GenerationDelta,
     GenerationRequest,
 )
-from server.engine.lora_batch import BatchedLora
-from server.engine.prompts import check_context, render_chat
-from server.engine.sampling import Sampler
-from server.engine.text import IncrementalDecoder, StopMatcher
-from server.errors import (
-    EngineError,
-    EngineUnavailable,
-    GatewayError,
-)
+from .lora_batch import BatchedLora
+from .prompts import check_context, render_chat
+from .sampling import Sampler
+from .text import IncrementalDecoder, StopMatcher
 
 logger = logging.getLogger(__name__)
 

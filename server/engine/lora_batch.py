@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from server.errors import EngineError
+from ..errors import EngineError
 
 _INITIAL_SLOTS = 4
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.errors import ContextLengthExceeded
+from ..errors import ContextLengthExceeded
 
 
 def render_chat(tokenizer: Any, messages: tuple[dict[str, str], ...]) -> list[int]:

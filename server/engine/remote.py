@@ -28,8 +28,8 @@ from typing import Any
 
 import httpx
 
-from server.engine.base import AdapterRef, Engine, EngineHealth, GenerationDelta, GenerationRequest
-from server.errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest
+from ..errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest
+from .base import AdapterRef, Engine, EngineHealth, GenerationDelta, GenerationRequest
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import secrets
 
 import torch
 
-from server.engine.base import SamplingOptions
+from .base import SamplingOptions
 
 
 class Sampler:

@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from server.engine.base import AdapterRef, Engine, EngineHealth, GenerationDelta, GenerationRequest, SamplingOptions
-from server.engine.prompts import check_context, render_chat
-from server.errors import EngineError, EngineUnavailable
+from ..errors import EngineError, EngineUnavailable
+from .base import AdapterRef, Engine, EngineHealth, GenerationDelta, GenerationRequest, SamplingOptions
+from .prompts import check_context, render_chat
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from server.registry.base_model import BaseModelSpec
-from server.registry.records import AdapterInfo
-from server.registry.validation import WEIGHTS_FILE, AdapterRejected, check_finite, inspect_adapter, read_safetensors_header
+from .base_model import BaseModelSpec
+from .records import AdapterInfo
+from .validation import WEIGHTS_FILE, AdapterRejected, check_finite, inspect_adapter, read_safetensors_header
 
 _PREFIX = "base_model.model."
 NO_LIMIT = 2**62

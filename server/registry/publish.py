@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from server.registry.names import is_valid_name
-from server.registry.validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected
+from .names import is_valid_name
+from .validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected
 
 # Files an adapter directory may carry besides its config and weights.
 EXTRA_FILES = ("README.md", "training_metadata.json", "tokenizer_config.json", "chat_template.jinja")

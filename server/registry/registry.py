@@ -31,15 +31,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.engine.base import AdapterRef, Engine
-from server.errors import EngineUnavailable, ModelNotFound
-from server.registry.base_model import BaseModelSpec
-from server.registry.dry_run import check_adapter
-from server.registry.names import is_valid_name
-from server.registry.publish import publish_adapter
-from server.registry.records import AdapterInfo, AdapterState, AdapterVersion
-from server.registry.store import StoredVersion, VersionStore
-from server.registry.validation import (
+from ..engine.base import AdapterRef, Engine
+from ..errors import EngineUnavailable, ModelNotFound
+from .base_model import BaseModelSpec
+from .dry_run import check_adapter
+from .names import is_valid_name
+from .publish import publish_adapter
+from .records import AdapterInfo, AdapterState, AdapterVersion
+from .store import StoredVersion, VersionStore
+from .validation import (
     WEIGHTS_FILE,
     AdapterIncomplete,
     AdapterRejected,

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.registry.publish import fsync_path
+from .publish import fsync_path
 
 logger = logging.getLogger(__name__)
 

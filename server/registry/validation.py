@@ -17,9 +17,9 @@ import math
 import struct
 from pathlib import Path
 
-from server.errors import InvalidRequest
-from server.registry.base_model import BaseModelSpec
-from server.registry.records import AdapterInfo
+from ..errors import InvalidRequest
+from .base_model import BaseModelSpec
+from .records import AdapterInfo
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

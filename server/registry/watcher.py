@@ -14,7 +14,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from server.registry.registry import AdapterRegistry
+from .registry import AdapterRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from server.trainer.config import TrainConfig, TrainingError, TrainingInterrupted, TrainResult
+from .config import TrainConfig, TrainingError, TrainingInterrupted, TrainResult
 
 if TYPE_CHECKING:
-    from server.trainer.loop import train
+    from .loop import train
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "TrainingInterrupted", "train"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "train":
-        from server.trainer.loop import train
+        from .loop import train
 
         globals()["train"] = train
         return train

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.engine.vllm_engine import VLLM_LORA_RANKS
-from server.registry.validation import file_sha256
+from ..engine.vllm_engine import VLLM_LORA_RANKS
+from ..registry.validation import file_sha256
 
 if TYPE_CHECKING:
-    from server.trainer.config import TrainConfig, TrainResult
+    from .config import TrainConfig, TrainResult
 
 METADATA_FILE = "training_metadata.json"
 
@@ -97,9 +97,9 @@ def write_metadata(adapter_dir: Path, config: TrainConfig, formats: dict[str, st
     import torch
     import transformers
 
-    from server import __version__
-    from server.registry.base_model import canonical_base_name
-    from server.trainer.loop import config_summary
+    from .. import __version__
+    from ..registry.base_model import canonical_base_name
+    from .loop import config_summary
 
     metadata = {
         "name": config.name,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.trainer.data import Format
+from .data import Format
 
 
 class TrainingError(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.devices import DTYPES
+from ..devices import DTYPES
 
 
 def export_merged(base: str, adapter: str, out: str, *, dtype: str = "auto") -> Path:

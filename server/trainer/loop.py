@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 
-from server.devices import resolve_device, resolve_dtype
-from server.registry.base_model import BaseModelSpec, canonical_base_name
-from server.registry.dry_run import check_adapter
-from server.trainer.artifacts import RunLog, checkpoint_dirs, nearest_vllm_rank, write_metadata
-from server.trainer.config import TrainConfig, TrainingError, TrainingInterrupted, TrainResult
-from server.trainer.data import load_files
-from server.trainer.template import IGNORE, Example, fit
+from ..devices import resolve_device, resolve_dtype
+from ..registry.base_model import BaseModelSpec, canonical_base_name
+from ..registry.dry_run import check_adapter
+from .artifacts import RunLog, checkpoint_dirs, nearest_vllm_rank, write_metadata
+from .config import TrainConfig, TrainingError, TrainingInterrupted, TrainResult
+from .data import load_files
+from .template import IGNORE, Example, fit
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def _record_base(adapter_dir: Path, base: str) -> None:
 
 def _publish(config: TrainConfig, adapter_dir: Path, base: BaseModelSpec) -> Path:
     """Validate against the base exactly as the gateway will, then publish atomically."""
-    from server.registry.publish import publish_adapter
+    from ..registry.publish import publish_adapter
 
     replaced = (Path(config.adapters_dir) / config.name).exists()
     target = publish_adapter(adapter_dir, config.name, config.adapters_dir, validate=lambda staged: check_adapter(staged, base))

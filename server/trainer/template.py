@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from server.trainer.data import Conversation, Message
+from .data import Conversation, Message
 
 IGNORE = -100
 

@@ -23,7 +23,7 @@ import struct
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from server.errors import InvalidRequest, PermissionDenied
+from ...errors import InvalidRequest, PermissionDenied
 
 _BLOCK = 32  # WeCom pads to 32 bytes, not AES's 16
 _AES_KEY = re.compile(r"^[A-Za-z0-9]{43}$")

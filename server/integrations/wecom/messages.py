@@ -16,7 +16,7 @@ from xml.etree.ElementTree import ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from server.errors import InvalidRequest
+from ...errors import InvalidRequest
 
 
 class MalformedMessage(InvalidRequest):

@@ -12,9 +12,9 @@ from urllib.parse import unquote
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from server.errors import GatewayError, InvalidRequest
-from server.integrations.wecom.messages import envelope, unix_now
-from server.integrations.wecom.service import Bot, Query, WeComService
+from ...errors import GatewayError, InvalidRequest
+from .messages import envelope, unix_now
+from .service import Bot, Query, WeComService
 
 router = APIRouter(prefix="/wecom", include_in_schema=False)
 

@@ -22,14 +22,14 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.api.chat import complete
-from server.api.protocol import ChatCompletionRequest, ChatMessage
-from server.errors import NotFound
-from server.gateway import Gateway
-from server.integrations.wecom.api import AppCredentials, WeComApi, WeComApiError
-from server.integrations.wecom.config import BotConfig, WeComSettings
-from server.integrations.wecom.crypto import WeComCrypto
-from server.integrations.wecom.messages import (
+from ...api.chat import complete
+from ...api.protocol import ChatCompletionRequest, ChatMessage
+from ...errors import NotFound
+from ...gateway import Gateway
+from .api import AppCredentials, WeComApi, WeComApiError
+from .config import BotConfig, WeComSettings
+from .crypto import WeComCrypto
+from .messages import (
     AppMessage,
     BotMessage,
     MalformedMessage,
@@ -38,8 +38,8 @@ from server.integrations.wecom.messages import (
     parse_xml,
     stream_reply,
 )
-from server.integrations.wecom.store import ExpiringStore
-from server.integrations.wecom.text import answer_text, truncate_utf8
+from .store import ExpiringStore
+from .text import answer_text, truncate_utf8
 
 logger = logging.getLogger(__name__)
 
