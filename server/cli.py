@@ -191,7 +191,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.published_to:
         print(f"published as model {config.name!r} in {result.published_to.parent}; a running gateway serves it now:")
         body = {"model": config.name, "messages": [{"role": "user", "content": "Hello"}]}
-        print(f"  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{json.dumps(body, ensure_ascii=False)}'")
+        port = os.environ.get("LORA_GATEWAY_PORT", "8000")
+        print(f"  curl http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' "
+              f"-d '{json.dumps(body, ensure_ascii=False)}'")
     return 0
 
 

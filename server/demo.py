@@ -37,7 +37,7 @@ DEMO_ADAPTERS = (
 )
 # A random model needs many full-batch steps to memorise its answers; these train both adapters in
 # about a minute on two CPU cores (measured in benchmarks/train_demo.py).
-DEMO_TRAINING = {"epochs": 300, "lr": 5e-3, "batch_size": 32, "grad_accum": 1, "rank": 16, "alpha": 32,
+DEMO_TRAINING = {"epochs": 300, "lr": 2e-3, "batch_size": 32, "grad_accum": 1, "rank": 16, "alpha": 32,
                  "dropout": 0.0, "warmup_ratio": 0.05}
 
 

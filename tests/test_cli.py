@@ -193,3 +193,25 @@ def test_rollback_command_republishes_a_kept_version(base_model: Path, tmp_path:
     assert file_sha256(directory / "shop" / WEIGHTS_FILE) == file_sha256(trained_adapters["alpha"] / WEIGHTS_FILE)
     missing = _run_cli(["adapters", "rollback", "shop", "7", "--adapters-dir", str(directory)])
     assert missing.returncode == 1 and "kept: [2, 1]" in missing.stderr
+
+
+def test_export_and_train_refuse_unusable_paths_in_one_line(tmp_path: Path) -> None:
+    exported = _run_cli(["export", "--base", "nobody/nothing", "--adapter", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exported.returncode == 1 and "Traceback" not in exported.stderr
+    assert exported.stderr.strip().splitlines()[-1] == f"lora-gateway export: --adapter {tmp_path}: no adapter_config.json there"
+    trained = _run_cli(["train", "--base", "nobody/no-such-model", "--data", str(README.parent / "examples" / "self_cognition.json"),
+                        "--name", "z", "--no-publish", "--output-dir", str(tmp_path / "run")], env={"HF_HUB_OFFLINE": "1"})
+    assert trained.returncode == 2 and "Traceback" not in trained.stderr
+    assert trained.stderr.strip().splitlines()[-1].startswith("lora-gateway train: --base nobody/no-such-model: ")
+
+
+def test_help_is_plain_text_and_serve_requires_a_model() -> None:
+    top = _run_cli(["--help"])
+    assert top.returncode == 0 and "``" not in top.stdout
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "LORA_GATEWAY_MODEL"}
+    serve = subprocess.run([sys.executable, "-m", "server", "serve", "--help"], capture_output=True, text=True, env=env)
+    assert "--model MODEL" in serve.stdout.split("[--model MODEL]")[0] and "[--model MODEL]" not in serve.stdout
+    missing = subprocess.run([sys.executable, "-m", "server", "serve"], capture_output=True, text=True, env=env)
+    assert missing.returncode == 2 and "--model" in missing.stderr

@@ -347,15 +347,16 @@ class AdapterRegistry:
             version = AdapterVersion(name=name, adapter_id=next(self._ids), version=stored.number,
                                      path=str((self.adapters_dir / name).absolute()), load_path=str(stored.path), info=info,
                                      created=int(time.time()), sha256=stored.sha256)
-            try:
-                await self._ensure_loaded(version, evict=True)
-            except Exception as exc:
-                self.store.discard(stored)
-                await self._unload(version)
-                if isinstance(exc, AdapterRejected):
-                    raise
-                raise AdapterRejected("load_failed", f"{name}: the engine could not load it ({type(exc).__name__}: {exc}).") from exc
-            await asyncio.to_thread(self.store.prove, stored, self._protected())
+            if not (stored.proven and stored.proven_on == self._proof()):  # proven on this base and engine: loads on demand
+                try:
+                    await self._ensure_loaded(version, evict=True)
+                except Exception as exc:
+                    self.store.discard(stored)
+                    await self._unload(version)
+                    if isinstance(exc, AdapterRejected):
+                        raise
+                    raise AdapterRejected("load_failed", f"{name}: the engine could not load it ({type(exc).__name__}: {exc}).") from exc
+                await asyncio.to_thread(self.store.prove, stored, self._protected(), self._proof())
         if publish:
             await asyncio.to_thread(publish_adapter, stored.path, name, self.adapters_dir)
             entry.fingerprint, entry.checked = fingerprint(self.adapters_dir / name), True
@@ -367,6 +368,11 @@ class AdapterRegistry:
             if previous is not None:
                 self._hooks.swapped()
                 await self._retire(previous)
+
+    def _proof(self) -> tuple[tuple[str, str], ...]:
+        """What a successful load proves an adapter against: this base, this kind of engine."""
+        base = self.base_spec.fingerprint if self.base_spec is not None else "unknown"
+        return (("base", base), ("engine", type(self._engine).__name__))
 
     def _protected(self) -> set[Path]:
         """Copies the store must not delete: everything this process serves, drains or holds."""

@@ -4,10 +4,12 @@ Each version the registry takes is *copied* (not hard-linked: an in-place overwr
 file would change a link too) into ``<adapters_dir>/.kept/<name>/<N>/<name>/``. The engine loads
 that copy, so what was validated is what gets loaded, whatever happens to ``<dir>/<name>`` later.
 
-A copy becomes *proven* (``kept.json`` written next to it) only once the engine loaded it: proven
-versions are the last-good versions a restart falls back to when the directory's current files are
-rejected, and the versions ``lora-gateway adapters rollback`` republishes. A copy that failed, or
-that a crash left unproven, is deleted.
+A copy becomes *proven* (``kept.json`` written next to it) only once the engine loaded it, and
+records what it was proven on (the base's fingerprint and the engine): a restart on the same base
+and engine need not load it again to know a request will succeed. Proven versions are the
+last-good versions a restart falls back to when the directory's current files are rejected, and
+the versions ``lora-gateway adapters rollback`` republishes. A copy that failed, or that a crash
+left unproven, is deleted.
 
 Retention: the newest ``keep`` proven versions of each name stay (default 3, ``--keep-versions``),
 plus any version this process still serves or drains; older ones are deleted when a new version is
@@ -43,6 +45,7 @@ class StoredVersion:
     sha256: str
     proven: bool
     kept_at: float = 0.0
+    proven_on: tuple[tuple[str, str], ...] = ()  # what it was loaded with: base fingerprint, engine
 
 
 class VersionStore:
@@ -59,8 +62,9 @@ class VersionStore:
             marker = number_dir / MARKER
             try:
                 meta = json.loads(marker.read_text())
+                proof = tuple(sorted((str(k), str(v)) for k, v in (meta.get("proven_on") or {}).items()))
                 found.append(StoredVersion(name, int(number_dir.name), number_dir / name, str(meta["sha256"]), True,
-                                           float(meta.get("kept_at", 0))))
+                                           float(meta.get("kept_at", 0)), proof))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return sorted(found, key=lambda v: v.number, reverse=True)
@@ -98,12 +102,13 @@ class VersionStore:
             raise
         return StoredVersion(name, number, self.root / name / str(number) / name, sha256, False)
 
-    def prove(self, version: StoredVersion, protect: set[Path]) -> StoredVersion:
-        """Mark ``version`` loadable (durable from now on) and apply the retention rule."""
+    def prove(self, version: StoredVersion, protect: set[Path], proven_on: tuple[tuple[str, str], ...] = ()) -> StoredVersion:
+        """Mark ``version`` loadable with ``proven_on`` (durable from now on) and apply the retention rule."""
         marker = version.path.parent / MARKER
         tmp = marker.with_suffix(".tmp")
         kept_at = time.time()
-        tmp.write_text(json.dumps({"name": version.name, "version": version.number, "sha256": version.sha256, "kept_at": kept_at}))
+        tmp.write_text(json.dumps({"name": version.name, "version": version.number, "sha256": version.sha256, "kept_at": kept_at,
+                                   "proven_on": dict(proven_on)}))
         fsync_path(tmp)
         os.replace(tmp, marker)
         fsync_path(marker.parent)
@@ -111,7 +116,7 @@ class VersionStore:
             if old.path not in protect and old.number != version.number:
                 logger.info("adapter %s: version %d is past the retention of %d versions; deleting it", old.name, old.number, self.keep)
                 shutil.rmtree(old.path.parent, ignore_errors=True)
-        return StoredVersion(version.name, version.number, version.path, version.sha256, True, kept_at)
+        return StoredVersion(version.name, version.number, version.path, version.sha256, True, kept_at, proven_on)
 
     def discard(self, version: StoredVersion) -> None:
         """Delete an unproven copy (its load failed); proven ones go only by retention."""

@@ -65,6 +65,32 @@ def _kept_numbers(directory: Path, name: str) -> list[str]:
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
+def _lease_path(registry, name: str) -> str:  # type: ignore[no-untyped-def]
+    async def use() -> str:
+        async with registry.lease(name) as lease:
+            return str(lease.ref.path)
+
+    return asyncio.run(use())
+
+
+def test_a_restart_on_the_same_base_and_engine_trusts_the_proof(tmp_path: Path, trained_adapters: dict[str, Path]) -> None:
+    """A version proven on this base and engine is not loaded again at start (restarts stay fast);
+    another engine proves it again before calling it ready."""
+    directory = tmp_path / "adapters"
+    _copy(trained_adapters["alpha"], directory / "shop")
+    first = RecordingEngine()
+    asyncio.run(make_registry(directory, first).scan())
+    assert [a.name for a in first.added] == ["shop"]
+    same = RecordingEngine()
+    restarted = make_registry(directory, same)
+    asyncio.run(restarted.scan())
+    assert same.added == [] and restarted.get("shop").state is AdapterState.READY  # type: ignore[union-attr]
+    assert _lease_path(restarted, "shop").startswith(str(directory / STORE_DIR)) and len(same.added) == 1
+    other = FailingEngine(refuse="/nothing/")
+    asyncio.run(make_registry(directory, other).scan())
+    assert [a.name for a in other.added] == ["shop"]
+
+
 def test_a_failed_load_is_rejected_and_leaves_nothing_behind(tmp_path: Path, trained_adapters: dict[str, Path]) -> None:
     directory = tmp_path / "adapters"
     _copy(trained_adapters["alpha"], directory / "shop")
@@ -98,7 +124,8 @@ def test_a_restart_serves_the_last_good_version_when_the_new_files_are_refused(
     assert entry is not None and entry.state is AdapterState.READY and entry.restored
     assert entry.active is not None and (entry.active.version, entry.active.sha256) == (good.version, good.sha256)
     assert "DoRA" in (entry.last_error or "") and entry.rejected_reason == "dora"
-    assert engine.added[0].path == good.load_path and (directory / "shop" / "adapter_config.json").read_text().count("use_dora")
+    assert (directory / "shop" / "adapter_config.json").read_text().count("use_dora")  # the directory keeps its files
+    assert _lease_path(restarted, "shop") == good.load_path == engine.added[-1].path
 
 
 @pytest.mark.parametrize("damage", ["truncated", "half-copied"])

@@ -172,3 +172,41 @@ def test_valid_names(name: str) -> None:
 @pytest.mark.parametrize("name", ["", ".staging", "../x", "a/b", "/abs", "a" * 65, "-lead", "x..y", "sp ace", "名字"])
 def test_invalid_names(name: str) -> None:
     assert not is_valid_name(name)
+
+
+def _declaring(adapter: Path, base: str, fingerprint: str | None = None) -> Path:
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": base}))
+    if fingerprint is not None:
+        (adapter / "training_metadata.json").write_text(json.dumps({"base_fingerprint": fingerprint}))
+    return adapter
+
+
+def test_the_same_base_is_accepted_however_it_is_named(adapter: Path, base_model: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trained on a relative path, served by its absolute path from another directory, and back."""
+    monkeypatch.chdir(base_model.parent)
+    relative_spec = BaseModelSpec.from_pretrained(base_model.name)  # served as `tiny-qwen2` from its parent
+    monkeypatch.chdir(tmp_path)
+    _declaring(adapter, str(base_model))  # what our trainer records: the absolute path
+    inspect_adapter(adapter, max_lora_rank=64, max_bytes=10**9, base=relative_spec)
+    absolute_spec = BaseModelSpec.from_pretrained(str(base_model) + "/")
+    inspect_adapter(adapter, max_lora_rank=64, max_bytes=10**9, base=absolute_spec)
+
+
+def test_a_moved_base_is_recognised_by_its_fingerprint(adapter: Path, base_model: Path, tmp_path: Path) -> None:
+    moved = Path(shutil.copytree(base_model, tmp_path / "models" / "renamed"))
+    spec = BaseModelSpec.from_pretrained(str(moved))
+    assert spec.fingerprint == BaseModelSpec.from_pretrained(str(base_model)).fingerprint
+    gone = str(tmp_path / "deleted" / "tiny-qwen2")  # the path it was trained from no longer exists
+    with pytest.raises(AdapterRejected, match="--base-model-alias"):  # a name alone: not the same model
+        inspect_adapter(_declaring(adapter, gone), max_lora_rank=64, max_bytes=10**9, base=spec)
+    inspect_adapter(_declaring(adapter, gone, spec.fingerprint), max_lora_rank=64, max_bytes=10**9, base=spec)
+    with pytest.raises(AdapterRejected, match="--base-model-alias"):  # another model's fingerprint is no pass
+        inspect_adapter(_declaring(adapter, gone, "sha256:" + "0" * 64), max_lora_rank=64, max_bytes=10**9, base=spec)
+
+
+def test_the_cached_spec_matches_the_full_one(base_model: Path) -> None:
+    full = BaseModelSpec.from_pretrained(str(base_model))
+    cached = BaseModelSpec.load(str(base_model))
+    assert (cached.fingerprint, cached.linear_shapes, cached.names) == (full.fingerprint, full.linear_shapes, full.names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,9 @@ def greedy(base: Path, adapter: Path, question: str) -> str:
 @pytest.fixture(scope="module")
 def trained(small_base: Path, facts_file: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("run")
-    # Full-batch steps: the quickest way for a random model to memorise twelve answers exactly.
-    return out, train(config(small_base, facts_file, out, epochs=400, batch_size=12))
+    # Full-batch steps: the quickest way for a random model to memorise twelve answers exactly. The
+    # base is given as a relative path, as users type it: the adapter records what it is.
+    return out, train(config(Path(os.path.relpath(small_base)), facts_file, out, epochs=400, batch_size=12))
 
 
 def test_a_small_adapter_reproduces_its_training_answers(small_base: Path, trained) -> None:  # type: ignore[no-untyped-def]
@@ -88,10 +90,12 @@ def test_the_run_leaves_log_plot_metadata_and_a_servable_adapter(small_base: Pat
     assert config["base_model_name_or_path"] == str(small_base)
     meta = json.loads((result.adapter_dir / "training_metadata.json").read_text())
     assert meta["base_model"] == str(small_base) and meta["examples"]["train"] == 12
+    from server.registry.base_model import BaseModelSpec
+
+    assert meta["base_fingerprint"] == BaseModelSpec.from_pretrained(str(small_base)).fingerprint
     assert meta["datasets"][0]["path"] == str(facts_file) and len(meta["datasets"][0]["sha256"]) == 64
     assert meta["hyperparameters"]["lr"] == 5e-3 and meta["hyperparameters"]["epochs"] == 400 and meta["final_train_loss"] == pytest.approx(result.train_loss)
     assert {"torch", "transformers", "peft", "lora-gateway"} <= set(meta["versions"])
-    from server.registry.base_model import BaseModelSpec
     from server.registry.validation import inspect_adapter
 
     assert inspect_adapter(result.adapter_dir, max_lora_rank=64, max_bytes=10**9, base=BaseModelSpec.from_pretrained(str(small_base))).rank == 16

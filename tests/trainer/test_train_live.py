@@ -41,6 +41,10 @@ def test_train_command_publishes_an_adapter_the_running_gateway_serves(tmp_path:
             for question, answer in FACTS[:4]:
                 reply = client.chat.completions.create(model="faq-bot", messages=[{"role": "user", "content": question}], temperature=0)
                 assert reply.choices[0].message.content == answer
+            # Training over a published name says so; the version the gateway served stays kept.
+            again = subprocess.run([*command, "--max-steps", "1"], capture_output=True, text=True, timeout=600)
+            assert again.returncode == 0 and "replaced the previous files of 'faq-bot'" in again.stderr, again.stderr[-2000:]
+            assert (adapters / ".kept" / "faq-bot" / "1" / "kept.json").is_file()
 
 
 def test_train_command_reports_bad_lines_and_exits_2(tmp_path: Path) -> None:

@@ -1,0 +1,117 @@
+"""The README's demo, run as written against `lora-gateway demo` (what `make demo` runs).
+
+Blocks marked ``<!-- docs-test: NAME -->`` are run as they are, in a directory laid out like a
+checkout (``.venv``, ``examples``; the demo writes ``.demo``, ``adapters``, ``runs``), with only the
+port changed. Their ``#`` comments are the documented output, and are checked:
+
+- ``# MODEL -> TEXT``: the response for MODEL answers exactly TEXT;
+- ``# -> TEXT``: an output line (or the answer of a JSON response) starts with TEXT;
+- ``# ... TEXT``: an output line matches TEXT, any number standing for any number;
+- a TEXT in parentheses describes, and is not checked (a random base model's output, say).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import free_port, wait_ready
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"<!-- docs-test: (?P<name>[\w-]+) -->\n```(?P<lang>\w+)\n(?P<code>.*?)```", re.S)
+
+
+def readme_blocks() -> dict[str, tuple[str, str]]:
+    return {m["name"]: (m["lang"], m["code"]) for m in BLOCK.finditer((ROOT / "README.md").read_text())}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
+    """`lora-gateway demo` from scratch, in a directory laid out like a checkout."""
+    work = tmp_path_factory.mktemp("checkout")
+    (work / ".venv").symlink_to(Path(sys.executable).parents[1])
+    (work / "examples").symlink_to(ROOT / "examples")
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen([str(work / ".venv" / "bin" / "lora-gateway"), "demo", "--port", str(port)],
+                                   cwd=work, stdout=log, stderr=subprocess.STDOUT)
+
+        def still_running() -> None:
+            if process.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"the demo exited: {log.read().decode(errors='replace')[-3000:]}")
+
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", 900, still_running)
+            yield work, port
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def run_block(name: str, work: Path, port: int) -> tuple[str, str]:
+    """(the block's code, what it printed), run as written but for the port."""
+    lang, code = readme_blocks()[name]
+    runnable = code.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    command = ["bash", "-e", "-c", runnable] if lang == "bash" else [str(work / ".venv" / "bin" / "python"), "-c", runnable]
+    result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"README block {name!r} failed:\n{result.stderr[-3000:]}"
+    return code, result.stdout + result.stderr
+
+
+def documented(code: str) -> list[tuple[str, str]]:
+    """(kind, text) of each checked output comment: kind is a model name, '->' or '...'."""
+    found = []
+    for line in code.splitlines():
+        match = re.match(r"#\s*(?:(?P<model>[\w.-]+)\s+->|(?P<arrow>->)|(?P<dots>\.\.\.))\s*(?P<text>.*)$", line.strip())
+        if match and not match["text"].startswith("("):
+            text = re.sub(r"\s*\(.*\)$", "", match["text"]) if match["arrow"] else match["text"]
+            found.append((match["model"] or match["arrow"] or match["dots"], text))
+    return found
+
+
+def answers_in(output: str) -> dict[str, str]:
+    """model -> answer of each JSON chat completion the output holds."""
+    found = {}
+    for line in output.splitlines():
+        if line.startswith("{") and '"choices"' in line:
+            body = json.loads(line)
+            found[body["model"]] = body["choices"][0]["message"]["content"]
+    return found
+
+
+def check(code: str, output: str) -> None:
+    expectations = documented(code)
+    assert expectations, "the block documents no output to check"
+    answers, lines = answers_in(output), [line.strip() for line in output.splitlines()]
+    for kind, text in expectations:
+        if kind == "...":
+            pattern = re.escape(text)
+            pattern = re.sub(r"\d+(?:\\\.\d+)?", r"\\d+(?:\\.\\d+)?", pattern)
+            assert any(re.search(pattern, line) for line in lines), f"no output line like {text!r} in:\n{output[-3000:]}"
+        elif kind == "->":
+            assert any(line.startswith(text) for line in lines) or any(a.startswith(text) for a in answers.values()), \
+                f"nothing starts with {text!r} in:\n{output[-3000:]}"
+        else:
+            assert answers.get(kind) == text, f"{kind} answered {answers.get(kind)!r}, the README says {text!r}"
+
+
+def test_every_marked_block_is_checked() -> None:
+    assert set(readme_blocks()) == {"ask-three", "train-and-ask", "sdk"}
+
+
+@pytest.mark.parametrize("name", ["ask-three", "train-and-ask", "sdk"])
+def test_the_readme_demo_runs_as_written(demo: tuple[Path, int], name: str) -> None:
+    work, port = demo
+    started = time.monotonic()
+    code, output = run_block(name, work, port)
+    check(code, output)
+    assert time.monotonic() - started < 600
