@@ -73,9 +73,11 @@ class BackgroundLoad:
 
 
 def active_version(url: str, name: str) -> int | None:
+    """The engine id of the version serving ``name``: new for every swap (version numbers are not:
+    files identical to a kept version are that version again)."""
     for adapter in httpx.get(f"{url}/v1/adapters", headers=ADMIN).json()["data"]:
         if adapter["name"] == name:
-            return adapter["active_version"]
+            return adapter["adapter_id"]
     return None
 
 
