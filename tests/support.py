@@ -12,8 +12,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from server.engine.base import GenerationRequest
 
 QUESTION = "Where is my order?"
 ANSWERS = {
@@ -146,3 +150,24 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+@contextlib.contextmanager
+def engine_hook(app, hook: Callable[[GenerationRequest], None]) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Run ``hook`` in the engine before every sampled token (the local engine's fault-injection point)."""
+    engine = app.state.gateway.engine
+    original = engine.before_sample
+    engine.before_sample = hook
+    try:
+        yield
+    finally:
+        engine.before_sample = original
+
+
+SLOW = 777  # max_tokens that marks a request for slow_requests()
+
+
+def slow_requests(app, seconds_per_token: float):  # type: ignore[no-untyped-def]
+    """Decode requests whose max_tokens is ``SLOW`` at ``seconds_per_token``: a long generation whose
+    length does not depend on what a random model happens to emit."""
+    return engine_hook(app, lambda request: time.sleep(seconds_per_token) if request.sampling.max_tokens == SLOW else None)

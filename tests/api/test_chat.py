@@ -9,7 +9,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from tests.support import ANSWERS, QUESTION, metric_value
+from tests.support import ANSWERS, QUESTION, SLOW, metric_value, slow_requests
 
 ASK = [{"role": "user", "content": QUESTION}]
 
@@ -128,11 +128,6 @@ def test_message_content_as_text_parts_and_developer_role(client) -> None:  # ty
     assert with_dev.choices[0].message.content == with_sys.choices[0].message.content
 
 
-def _greedy_base_runs_long(client) -> None:  # type: ignore[no-untyped-def]
-    probe = client.chat.completions.create(model="tiny-base", messages=ASK, temperature=0, max_tokens=200)
-    assert probe.choices[0].finish_reason == "length", "fixture model must not stop early for this test"
-
-
 def _running(url: str) -> float:
     return metric_value(httpx.get(f"{url}/metrics").text, "lora_gateway_running_requests")
 
@@ -146,38 +141,41 @@ def _wait_idle(url: str, timeout: float = 5.0) -> float:
     raise AssertionError("engine still decoding after the client left")
 
 
-def test_a_streaming_client_that_leaves_stops_its_generation(client, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
-    _greedy_base_runs_long(client)
-    body = {"model": "tiny-base", "messages": ASK, "temperature": 0, "max_tokens": 3500, "stream": True}
+# Long generations: alpha's trained answer (a dozen tokens), decoded slowly by the engine, so how long
+# they run never depends on what a random model emits.
+SLOW_ALPHA = {"model": "alpha", "messages": ASK, "temperature": 0, "max_tokens": SLOW}
+
+
+def test_a_streaming_client_that_leaves_stops_its_generation(gateway_app, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
     aborted_before = metric_value(httpx.get(f"{gateway_url}/metrics").text, "lora_gateway_requests_aborted_total")
-    with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", json=body, timeout=30) as response:
-        lines = response.iter_lines()
-        for _ in range(6):
-            next(lines)
-        assert _running(gateway_url) == 1
-    _wait_idle(gateway_url)
+    with slow_requests(gateway_app, 0.2):
+        with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", json={**SLOW_ALPHA, "stream": True}, timeout=30) as response:
+            lines = (line for line in response.iter_lines() if line)
+            for _ in range(3):  # the role, then two pieces of the answer
+                next(lines)
+            assert _running(gateway_url) == 1
+        _wait_idle(gateway_url)
     text = httpx.get(f"{gateway_url}/metrics").text
     assert metric_value(text, "lora_gateway_requests_aborted_total") == aborted_before + 1
 
 
-def test_a_non_streaming_client_that_leaves_stops_its_generation(client, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
-    _greedy_base_runs_long(client)
-    body = {"model": "tiny-base", "messages": ASK, "temperature": 0, "max_tokens": 3500}
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{gateway_url}/v1/chat/completions", json=body, timeout=0.5)
-    _wait_idle(gateway_url)
+def test_a_non_streaming_client_that_leaves_stops_its_generation(gateway_app, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
+    with slow_requests(gateway_app, 0.2):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{gateway_url}/v1/chat/completions", json=SLOW_ALPHA, timeout=0.5)
+        assert _running(gateway_url) == 1
+        _wait_idle(gateway_url)
 
 
-def test_health_and_new_requests_answer_during_a_long_generation(client, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
-    _greedy_base_runs_long(client)
-    body = {"model": "tiny-base", "messages": ASK, "temperature": 0, "max_tokens": 3000, "stream": True}
-    with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", json=body, timeout=30) as response:
+def test_health_and_new_requests_answer_during_a_long_generation(client, gateway_app, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
+    """A short request joins the running batch: it ends (3 tokens) while the long one still decodes."""
+    with slow_requests(gateway_app, 0.3), httpx.stream(
+        "POST", f"{gateway_url}/v1/chat/completions", json={**SLOW_ALPHA, "stream": True}, timeout=30
+    ) as response:
         lines = response.iter_lines()
         next(lines)
-        started = time.monotonic()
         assert httpx.get(f"{gateway_url}/health", timeout=2).status_code == 200
         assert httpx.get(f"{gateway_url}/metrics", timeout=2).status_code == 200
-        short = client.chat.completions.create(model="alpha", messages=ASK, temperature=0, max_tokens=40)
-        assert short.choices[0].message.content == ANSWERS["alpha"]
-        assert time.monotonic() - started < 10
+        short = client.chat.completions.create(model="alpha", messages=ASK, temperature=0, max_tokens=3)
+        assert short.choices[0].finish_reason == "length" and ANSWERS["alpha"].startswith(short.choices[0].message.content)
         assert _running(gateway_url) == 1  # the long request is still decoding beside it

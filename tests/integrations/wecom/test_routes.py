@@ -3,14 +3,13 @@ and encrypted the way WeCom sends them."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
 import string
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,7 +21,7 @@ import yaml
 from server.engine.base import GenerationRequest
 from tests.conftest import make_settings
 from tests.integrations.wecom.fake_wecom import FakeWeComApi, WeComSender
-from tests.support import ANSWERS, QUESTION, metric_value, running_server, wait_for
+from tests.support import ANSWERS, QUESTION, engine_hook, metric_value, running_server, wait_for
 
 CORP_ID, CORP_SECRET, AGENT_ID = "ww-test-corp", "corp-secret-for-tests", 1000002
 APOLOGY = "Sorry, the assistant is unavailable right now."
@@ -84,18 +83,6 @@ def url(wecom_app) -> Iterator[str]:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def api(fake_api) -> FakeWeComApi:  # type: ignore[no-untyped-def]
     return fake_api[0]  # type: ignore[no-any-return]
-
-
-@contextlib.contextmanager
-def engine_hook(app, hook: Callable[[GenerationRequest], None]) -> Iterator[None]:  # type: ignore[no-untyped-def]
-    """Run ``hook`` in the engine before every sampled token (the local engine's fault-injection point)."""
-    engine = app.state.gateway.engine
-    original = engine.before_sample
-    engine.before_sample = hook
-    try:
-        yield
-    finally:
-        engine.before_sample = original
 
 
 def user() -> str:
