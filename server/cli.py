@@ -139,13 +139,16 @@ def _publish_check(args: argparse.Namespace) -> Any:
 def _cmd_adapters_rollback(args: argparse.Namespace) -> int:
     from .registry.publish import publish_adapter
     from .registry.store import VersionStore
-    from .registry.validation import WEIGHTS_FILE, file_sha256
+    from .registry.validation import CONFIG_FILE, WEIGHTS_FILE, file_sha256
 
     store = VersionStore(Path(args.adapters_dir))
     kept = store.versions(args.name)
-    current = Path(args.adapters_dir) / args.name / WEIGHTS_FILE
-    serving = file_sha256(current) if current.is_file() else None
-    choice = next((v for v in kept if (v.number == args.version if args.version is not None else v.sha256 != serving)), None)
+    files = Path(args.adapters_dir) / args.name
+    try:  # the kept version the directory holds now, if it holds one
+        current = store.find(args.name, file_sha256(files / WEIGHTS_FILE), (files / CONFIG_FILE).read_bytes())
+    except OSError:
+        current = None
+    choice = next((v for v in kept if (v.number == args.version if args.version is not None else v != current)), None)
     if choice is None:
         which = f"version {args.version}" if args.version is not None else "earlier version"
         raise SystemExit(f"lora-gateway: no kept {which} of {args.name} in {store.root}; kept: {[v.number for v in kept] or 'none'}")

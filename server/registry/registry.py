@@ -40,6 +40,7 @@ from .publish import publish_adapter
 from .records import AdapterInfo, AdapterState, AdapterVersion
 from .store import StoredVersion, VersionStore
 from .validation import (
+    CONFIG_FILE,
     WEIGHTS_FILE,
     AdapterIncomplete,
     AdapterRejected,
@@ -278,9 +279,9 @@ class AdapterRegistry:
         served now) and write its files back into the directory."""
         async with self._lock(name):
             entry = self._entries.get(name) or AdapterEntry(name, AdapterState.INCOMPLETE)
-            serving = entry.active.sha256 if entry.active else None
+            serving = Path(entry.active.load_path) if entry.active else None
             kept = await asyncio.to_thread(self.store.versions, name)
-            choice = next((v for v in kept if (v.number == number if number is not None else v.sha256 != serving)), None)
+            choice = next((v for v in kept if (v.number == number if number is not None else v.path != serving)), None)
             if choice is None:
                 which = f"version {number}" if number is not None else "an earlier version"
                 raise ModelNotFound(name, f"No kept {which} of adapter `{name}`; kept: {[v.number for v in kept] or 'none'}.")
@@ -318,7 +319,7 @@ class AdapterRegistry:
         limits = {"max_lora_rank": self._max_lora_rank, "max_bytes": self._max_adapter_bytes}
         inspect_adapter(source, **limits, base=self.base_spec)
         digest = file_sha256(source / WEIGHTS_FILE)
-        kept = self.store.find(name, digest)
+        kept = self.store.find(name, digest, (source / CONFIG_FILE).read_bytes())
         if kept is not None:
             return kept, check_adapter(kept.path, self.base_spec, **limits)
         stored = self.store.copy_in(name, source, digest)
@@ -341,8 +342,8 @@ class AdapterRegistry:
         Caller holds the name's lock. On failure the unproven copy goes and nothing else changes."""
         stored, info = staged
         name = entry.name
-        if entry.active is not None and entry.active.sha256 == stored.sha256:
-            version = entry.active  # the same weights again (a re-publish, or a rollback's files)
+        if entry.active is not None and entry.active.load_path == str(stored.path):
+            version = entry.active  # the same files again (a re-publish, or a rollback's files)
         else:
             version = AdapterVersion(name=name, adapter_id=next(self._ids), version=stored.number,
                                      path=str((self.adapters_dir / name).absolute()), load_path=str(stored.path), info=info,

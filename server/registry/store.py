@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .publish import fsync_path
+from .validation import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ class VersionStore:
                 continue
         return sorted(found, key=lambda v: v.number, reverse=True)
 
-    def find(self, name: str, sha256: str) -> StoredVersion | None:
-        return next((v for v in self.versions(name) if v.sha256 == sha256), None)
+    def find(self, name: str, sha256: str, config: bytes) -> StoredVersion | None:
+        """The proven version with these weights (by digest) and this exact adapter_config.json."""
+        return next((v for v in self.versions(name) if v.sha256 == sha256 and _config_bytes(v.path) == config), None)
 
     def get(self, name: str, number: int) -> StoredVersion | None:
         return next((v for v in self.versions(name) if v.number == number), None)
@@ -141,3 +143,9 @@ class VersionStore:
             return []
         return [d for d in directory.iterdir() if d.name.isdigit() and d.is_dir()]
 
+
+def _config_bytes(path: Path) -> bytes | None:
+    try:
+        return (path / CONFIG_FILE).read_bytes()
+    except OSError:
+        return None

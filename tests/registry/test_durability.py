@@ -214,3 +214,15 @@ def test_rollback_serves_a_kept_version_and_writes_it_back(tmp_path: Path, train
         asyncio.run(registry.rollback("shop", 1))
     asyncio.run(registry.sync("shop"))  # the watcher's view of what rollback wrote: nothing new
     assert registry.get("shop").active is entry.active  # type: ignore[union-attr]
+
+
+def test_the_same_weights_with_another_config_are_another_version(tmp_path: Path, trained_adapters: dict[str, Path]) -> None:
+    """lora_alpha scales the weights: a config change is a new version, never the kept one again."""
+    directory = tmp_path / "adapters"
+    registry = make_registry(directory, RecordingEngine())
+    asyncio.run(registry.install("shop", _copy(trained_adapters["alpha"], tmp_path / "v1")))
+    entry = asyncio.run(registry.install("shop", _copy(trained_adapters["alpha"], tmp_path / "v2", config={"lora_alpha": 32})))
+    assert entry.active is not None and entry.active.version == 2 and entry.active.info.alpha == 32
+    assert json.loads((directory / "shop" / "adapter_config.json").read_text())["lora_alpha"] == 32
+    entry = asyncio.run(registry.rollback("shop"))
+    assert entry.active is not None and entry.active.version == 1 and entry.active.info.alpha == 16
