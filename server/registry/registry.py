@@ -15,8 +15,8 @@ retired: unloaded at once if idle, else *draining* until its last request releas
 first, and only then written into the directory. At start, a name whose directory files are
 refused or half-written is served from its newest proven version, and says so.
 
-The engine holds at most ``max_loaded`` versions; the least recently used idle one is evicted to
-make room, and reloaded from its durable copy by the next request that names it.
+Which versions the engine holds (at most ``max_loaded``, least recently used evicted) and which
+requests hold them is ``residency.py``'s.
 """
 
 from __future__ import annotations
@@ -25,19 +25,19 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.base import AdapterRef, Engine
-from ..errors import EngineUnavailable, ModelNotFound
+from ..errors import ModelNotFound
 from .base_model import BaseModelSpec
 from .dry_run import check_adapter
 from .names import is_valid_name
 from .publish import publish_adapter
 from .records import AdapterInfo, AdapterState, AdapterVersion
+from .residency import Residency, adapter_ref
 from .store import StoredVersion, VersionStore
 from .validation import (
     CONFIG_FILE,
@@ -88,11 +88,7 @@ class Lease:
 
     @property
     def ref(self) -> AdapterRef | None:
-        return None if self.adapter is None else _ref(self.adapter)
-
-
-def _ref(version: AdapterVersion) -> AdapterRef:
-    return AdapterRef(version.name, version.adapter_id, version.load_path)
+        return None if self.adapter is None else adapter_ref(self.adapter)
 
 
 def fingerprint(path: Path) -> Fingerprint | None:
@@ -124,15 +120,10 @@ class AdapterRegistry:
         self.store = VersionStore(adapters_dir, keep_versions)
         self._max_lora_rank = max_lora_rank
         self._max_adapter_bytes = max_adapter_bytes
-        self._max_loaded = max_loaded
         self._hooks = hooks or RegistryHooks()
+        self._residency = Residency(engine, max_loaded, self._hooks.loaded)
         self._entries: dict[str, AdapterEntry] = {}
         self._ids = itertools.count(1)
-        self._in_use: dict[int, int] = {}  # adapter_id -> running requests
-        self._draining: dict[int, AdapterVersion] = {}
-        self._loaded: OrderedDict[int, AdapterVersion] = OrderedDict()  # least recently used first
-        self._engine_lock = asyncio.Lock()  # one engine load/unload at a time
-        self._went_idle = asyncio.Event()  # replaced each time it fires: "a loaded version is free now"
         self._name_locks: dict[str, asyncio.Lock] = {}
         self._scan_lock = asyncio.Lock()  # the watcher's periodic re-scan never overlaps another scan
         self.scan_total = 0
@@ -152,14 +143,14 @@ class AdapterRegistry:
         return self._entries.get(name)
 
     def is_loaded(self, version: AdapterVersion) -> bool:
-        return version.adapter_id in self._loaded
+        return self._residency.is_loaded(version)
 
     def draining(self) -> list[AdapterVersion]:
-        return list(self._draining.values())
+        return self._residency.draining()
 
     @property
     def loaded_count(self) -> int:
-        return len(self._loaded)
+        return self._residency.loaded_count
 
     @asynccontextmanager
     async def lease(self, model: str) -> AsyncIterator[Lease]:
@@ -171,26 +162,12 @@ class AdapterRegistry:
         if entry is None or entry.active is None:
             raise ModelNotFound(model)
         version = entry.active
-        self._in_use[version.adapter_id] = self._in_use.get(version.adapter_id, 0) + 1
+        self._residency.acquire(version)
         try:
-            await self._ensure_loaded(version, evict=True)
+            await self._residency.ensure_loaded(version, evict=True)
             yield Lease(model, version)
         finally:
-            self._release(version)
-
-    def _release(self, version: AdapterVersion) -> None:
-        left = self._in_use[version.adapter_id] - 1
-        if left:
-            self._in_use[version.adapter_id] = left
-            return
-        del self._in_use[version.adapter_id]
-        if version.adapter_id in self._draining:
-            asyncio.get_running_loop().create_task(self._unload(self._draining.pop(version.adapter_id)))
-        self._signal_idle()
-
-    def _signal_idle(self) -> None:
-        self._went_idle.set()
-        self._went_idle = asyncio.Event()
+            self._residency.release(version)
 
     # ------------------------------------------------------------------ following the directory
 
@@ -220,10 +197,10 @@ class AdapterRegistry:
     async def preload(self) -> None:
         """Load registered adapters into free engine slots, without evicting anything."""
         for version in self.active_versions():
-            if len(self._loaded) >= self._max_loaded:
+            if self._residency.full:
                 return
             try:
-                await self._ensure_loaded(version, evict=False)
+                await self._residency.ensure_loaded(version, evict=False)
             except Exception:
                 logger.exception("preloading %s failed", version.name)
 
@@ -350,10 +327,10 @@ class AdapterRegistry:
                                      created=int(time.time()), sha256=stored.sha256)
             if not (stored.proven and stored.proven_on == self._proof()):  # proven on this base and engine: loads on demand
                 try:
-                    await self._ensure_loaded(version, evict=True)
+                    await self._residency.ensure_loaded(version, evict=True)
                 except Exception as exc:
                     self.store.discard(stored)
-                    await self._unload(version)
+                    await self._residency.unload(version)
                     if isinstance(exc, AdapterRejected):
                         raise
                     raise AdapterRejected("load_failed", f"{name}: the engine could not load it ({type(exc).__name__}: {exc}).") from exc
@@ -368,7 +345,7 @@ class AdapterRegistry:
             logger.info("adapter %s v%d ready (id %d, sha256 %s)", name, version.version, version.adapter_id, version.sha256[:12])
             if previous is not None:
                 self._hooks.swapped()
-                await self._retire(previous)
+                await self._residency.retire(previous)
 
     def _proof(self) -> tuple[tuple[str, str], ...]:
         """What a successful load proves an adapter against: this base, this kind of engine."""
@@ -377,7 +354,7 @@ class AdapterRegistry:
 
     def _protected(self) -> set[Path]:
         """Copies the store must not delete: everything this process serves, drains or holds."""
-        versions = [*self.active_versions(), *self._draining.values(), *self._loaded.values()]
+        versions = [*self.active_versions(), *self._residency.held()]
         return {Path(v.load_path) for v in versions}
 
     def _reject(self, entry: AdapterEntry, exc: AdapterRejected) -> None:
@@ -392,58 +369,4 @@ class AdapterRegistry:
         self.revision += 1
         if entry is not None and entry.active is not None:
             logger.info("adapter %s removed (its kept versions stay in %s)", name, self.store.root / name)
-            await self._retire(entry.active)
-
-    async def _retire(self, version: AdapterVersion) -> None:
-        if self._in_use.get(version.adapter_id):
-            self._draining[version.adapter_id] = version
-        else:
-            await self._unload(version)
-
-    # ------------------------------------------------------------------ engine residency
-
-    async def _ensure_loaded(self, version: AdapterVersion, *, evict: bool) -> None:
-        """Make sure the engine holds ``version``, evicting the least recently used idle version if
-        the engine is full. With ``evict=False`` (preloading) it only fills free slots.
-
-        Versions already loaded return at once without the lock, so requests for them never queue
-        behind a load; a load that finds every slot busy waits for one to go idle, then retries.
-        """
-        while True:
-            if version.adapter_id in self._loaded:
-                self._loaded.move_to_end(version.adapter_id)
-                return
-            went_idle = self._went_idle
-            async with self._engine_lock:
-                if version.adapter_id in self._loaded:
-                    continue
-                if len(self._loaded) >= self._max_loaded:
-                    if not evict:
-                        return
-                    victim = next((v for v in self._loaded.values() if not self._in_use.get(v.adapter_id)), None)
-                    if victim is not None:
-                        await self._engine_remove(victim)
-                if len(self._loaded) < self._max_loaded:
-                    if not Path(version.load_path, WEIGHTS_FILE).is_file():
-                        raise EngineUnavailable(f"The stored copy of adapter {version.name} v{version.version} is gone; publish it again.")
-                    started = time.perf_counter()
-                    await self._engine.add_adapter(_ref(version))
-                    self._hooks.loaded(time.perf_counter() - started)
-                    self._loaded[version.adapter_id] = version
-                    return
-            await went_idle.wait()  # every loaded version is busy: wait for one to be released
-
-    async def _unload(self, version: AdapterVersion) -> None:
-        """Take ``version`` out of the engine (its durable copy stays, under the retention rule)."""
-        async with self._engine_lock:
-            if version.adapter_id in self._loaded:
-                await self._engine_remove(version)
-        self._signal_idle()
-
-    async def _engine_remove(self, version: AdapterVersion) -> None:
-        """Caller holds ``_engine_lock``."""
-        del self._loaded[version.adapter_id]
-        try:
-            await self._engine.remove_adapter(_ref(version))
-        except Exception:
-            logger.exception("could not unload adapter %s (id %d)", version.name, version.adapter_id)
+            await self._residency.retire(entry.active)

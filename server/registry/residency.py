@@ -1,0 +1,133 @@
+"""Which adapter versions the engine holds, and which requests hold them.
+
+The engine holds at most ``max_loaded`` versions; the least recently used idle one is evicted to
+make room, and reloaded from its durable copy by the next request that names it. Requests hold a
+version by reference count; a retired version still in use *drains*, and is unloaded when its last
+request releases it. One engine load or unload runs at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+from ..engine.base import AdapterRef, Engine
+from ..errors import EngineUnavailable
+from .records import AdapterVersion
+from .validation import WEIGHTS_FILE
+
+logger = logging.getLogger(__name__)
+
+
+def adapter_ref(version: AdapterVersion) -> AdapterRef:
+    return AdapterRef(version.name, version.adapter_id, version.load_path)
+
+
+class Residency:
+    def __init__(self, engine: Engine, max_loaded: int, on_loaded: Callable[[float], None]) -> None:
+        self._engine = engine
+        self._max_loaded = max_loaded
+        self._on_loaded = on_loaded
+        self._in_use: dict[int, int] = {}  # adapter_id -> running requests
+        self._draining: dict[int, AdapterVersion] = {}
+        self._loaded: OrderedDict[int, AdapterVersion] = OrderedDict()  # least recently used first
+        self._engine_lock = asyncio.Lock()  # one engine load/unload at a time
+        self._went_idle = asyncio.Event()  # replaced each time it fires: "a loaded version is free now"
+
+    # ------------------------------------------------------------------ reading
+
+    def is_loaded(self, version: AdapterVersion) -> bool:
+        return version.adapter_id in self._loaded
+
+    def draining(self) -> list[AdapterVersion]:
+        return list(self._draining.values())
+
+    def held(self) -> list[AdapterVersion]:
+        """Versions loaded or draining (the store must keep their copies)."""
+        return [*self._loaded.values(), *self._draining.values()]
+
+    @property
+    def loaded_count(self) -> int:
+        return len(self._loaded)
+
+    @property
+    def full(self) -> bool:
+        return len(self._loaded) >= self._max_loaded
+
+    # ------------------------------------------------------------------ requests
+
+    def acquire(self, version: AdapterVersion) -> None:
+        self._in_use[version.adapter_id] = self._in_use.get(version.adapter_id, 0) + 1
+
+    def release(self, version: AdapterVersion) -> None:
+        left = self._in_use[version.adapter_id] - 1
+        if left:
+            self._in_use[version.adapter_id] = left
+            return
+        del self._in_use[version.adapter_id]
+        if version.adapter_id in self._draining:
+            asyncio.get_running_loop().create_task(self.unload(self._draining.pop(version.adapter_id)))
+        self._signal_idle()
+
+    async def retire(self, version: AdapterVersion) -> None:
+        """No new request gets ``version``: unload it now if idle, else once it drains."""
+        if self._in_use.get(version.adapter_id):
+            self._draining[version.adapter_id] = version
+        else:
+            await self.unload(version)
+
+    # ------------------------------------------------------------------ the engine
+
+    async def ensure_loaded(self, version: AdapterVersion, *, evict: bool) -> None:
+        """Make sure the engine holds ``version``, evicting the least recently used idle version if
+        the engine is full. With ``evict=False`` (preloading) it only fills free slots.
+
+        Versions already loaded return at once without the lock, so requests for them never queue
+        behind a load; a load that finds every slot busy waits for one to go idle, then retries.
+        """
+        while True:
+            if version.adapter_id in self._loaded:
+                self._loaded.move_to_end(version.adapter_id)
+                return
+            went_idle = self._went_idle
+            async with self._engine_lock:
+                if version.adapter_id in self._loaded:
+                    continue
+                if len(self._loaded) >= self._max_loaded:
+                    if not evict:
+                        return
+                    victim = next((v for v in self._loaded.values() if not self._in_use.get(v.adapter_id)), None)
+                    if victim is not None:
+                        await self._engine_remove(victim)
+                if len(self._loaded) < self._max_loaded:
+                    if not Path(version.load_path, WEIGHTS_FILE).is_file():
+                        raise EngineUnavailable(f"The stored copy of adapter {version.name} v{version.version} is gone; publish it again.")
+                    started = time.perf_counter()
+                    await self._engine.add_adapter(adapter_ref(version))
+                    self._on_loaded(time.perf_counter() - started)
+                    self._loaded[version.adapter_id] = version
+                    return
+            await went_idle.wait()  # every loaded version is busy: wait for one to be released
+
+    async def unload(self, version: AdapterVersion) -> None:
+        """Take ``version`` out of the engine (its durable copy stays, under the retention rule)."""
+        async with self._engine_lock:
+            if version.adapter_id in self._loaded:
+                await self._engine_remove(version)
+        self._signal_idle()
+
+    async def _engine_remove(self, version: AdapterVersion) -> None:
+        """Caller holds ``_engine_lock``."""
+        del self._loaded[version.adapter_id]
+        try:
+            await self._engine.remove_adapter(adapter_ref(version))
+        except Exception:
+            logger.exception("could not unload adapter %s (id %d)", version.name, version.adapter_id)
+
+    def _signal_idle(self) -> None:
+        self._went_idle.set()
+        self._went_idle = asyncio.Event()
