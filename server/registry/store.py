@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 STORE_DIR = ".kept"
 MARKER = "kept.json"
-LEGACY_SNAPSHOTS = ".versions"  # per-process hard-link snapshots of earlier releases
+LEGACY_SNAPSHOTS = ".versions"
+_UNPROVEN_GRACE_S = 3600  # per-process hard-link snapshots of earlier releases
 
 
 @dataclass(frozen=True)
@@ -127,14 +128,17 @@ class VersionStore:
 
     def clean(self) -> None:
         """At start: delete unproven copies (a crash between copy and load) and the hard-link
-        snapshots earlier releases kept under ``.versions``."""
+        snapshots earlier releases kept under ``.versions``. Unproven copies younger than an hour
+        stay: another gateway on the same volume may be loading one; they are never served."""
         legacy = self.root.parent / LEGACY_SNAPSHOTS
         if legacy.is_dir():
             logger.info("removing %s (per-process snapshots of an earlier release)", legacy)
             shutil.rmtree(legacy, ignore_errors=True)
+        cutoff = time.time() - _UNPROVEN_GRACE_S
         for name in self.names():
             for entry in (self.root / name).iterdir():
-                if entry.name.startswith(".incoming-") or (entry.name.isdigit() and not (entry / MARKER).is_file()):
+                unproven = entry.name.startswith(".incoming-") or (entry.name.isdigit() and not (entry / MARKER).is_file())
+                if unproven and entry.stat().st_mtime < cutoff:
                     shutil.rmtree(entry, ignore_errors=True)
 
     def _number_dirs(self, name: str) -> list[Path]:

@@ -226,3 +226,23 @@ def test_the_same_weights_with_another_config_are_another_version(tmp_path: Path
     assert json.loads((directory / "shop" / "adapter_config.json").read_text())["lora_alpha"] == 32
     entry = asyncio.run(registry.rollback("shop"))
     assert entry.active is not None and entry.active.version == 1 and entry.active.info.alpha == 16
+
+
+def test_start_up_removes_stale_unproven_copies_only(tmp_path: Path, trained_adapters: dict[str, Path]) -> None:
+    """A crash between copy and load leaves an unproven copy: removed once stale, never served,
+    and a fresh one (another gateway on the volume may be loading it) is left alone."""
+    import os
+    import time
+
+    from server.registry.store import VersionStore
+
+    directory = tmp_path / "adapters"
+    store = VersionStore(directory)
+    stale = store.copy_in("shop", trained_adapters["alpha"], "x")
+    fresh = store.copy_in("shop", trained_adapters["beta"], "y")
+    old = time.time() - 7200
+    os.utime(stale.path.parent, (old, old))
+    (directory / ".versions" / "123-abcdef01").mkdir(parents=True)  # an earlier release's snapshots
+    store.clean()
+    assert not stale.path.exists() and fresh.path.exists() and not (directory / ".versions").exists()
+    assert store.versions("shop") == []  # unproven copies are never what a restart serves
