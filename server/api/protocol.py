@@ -97,7 +97,7 @@ class ChatCompletionRequest(_Strict):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int | None = Field(default=None, ge=1, le=128)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # int64, as OpenAI's
     stop: str | list[str] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None

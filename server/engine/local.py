@@ -340,26 +340,29 @@ class LocalEngine(Engine):
             for job in admitted:
                 self._fail_job(job, exc)
             return
-        self._merge(rows, cache, mask)
+        if rows:
+            self._merge(rows, cache, mask)
 
     def _prefill(self, jobs: list[_Job]) -> tuple[list[_Row], Any, Any]:
         rows: list[_Row] = []
         prompts: list[list[int]] = []
         for job in jobs:
             options = job.request.sampling
-            max_tokens = check_context(len(job.prompt_ids), options.max_tokens, self.max_model_len or 0, options.default_max_tokens)
-            for index in range(options.n):
-                rows.append(
-                    _Row(
-                        job=job,
-                        index=index,
-                        sampler=Sampler(options, index, self._device),
-                        decoder=IncrementalDecoder(self._tokenizer),
-                        stopper=StopMatcher(options.stop),
-                        max_tokens=max_tokens,
-                    )
-                )
-                prompts.append(job.prompt_ids)
+            try:  # one request's bad options fail that request alone, never the others admitted with it
+                max_tokens = check_context(len(job.prompt_ids), options.max_tokens, self.max_model_len or 0, options.default_max_tokens)
+                job_rows = [
+                    _Row(job=job, index=index, sampler=Sampler(options, index, self._device),
+                         decoder=IncrementalDecoder(self._tokenizer), stopper=StopMatcher(options.stop), max_tokens=max_tokens)
+                    for index in range(options.n)
+                ]
+            except Exception as exc:
+                logger.warning("request %s refused at admission: %s", job.request.request_id, exc)
+                self._fail_job(job, exc)
+                continue
+            rows += job_rows
+            prompts += [job.prompt_ids] * options.n
+        if not rows:
+            return [], None, None
         width = max(len(p) for p in prompts)
         pad = self._tokenizer.pad_token_id or 0
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self._device)

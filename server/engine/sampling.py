@@ -12,6 +12,12 @@ import torch
 
 from .base import SamplingOptions
 
+# Below these, sampling is greedy (as vLLM's _SAMPLING_EPS): dividing by a vanishing temperature,
+# or keeping a vanishing nucleus, overflows to inf/NaN instead of converging to argmax.
+MIN_TEMPERATURE = 1e-5
+MIN_TOP_P = 1e-5
+_SEED_SPACE = 2**64  # torch.Generator.manual_seed takes [0, 2**64)
+
 
 class Sampler:
     """Sampling state for one sequence: its generator and the tokens it produced so far."""
@@ -19,8 +25,9 @@ class Sampler:
     def __init__(self, options: SamplingOptions, index: int, device: torch.device) -> None:
         self.options = options
         self.generator: torch.Generator | None = None
-        if options.temperature > 0:
-            seed = options.seed + index if options.seed is not None else secrets.randbits(63)
+        if options.temperature >= MIN_TEMPERATURE and options.top_p >= MIN_TOP_P:
+            # Reduced into the generator's range deterministically (the API refuses seeds beyond int64).
+            seed = (options.seed + index) % _SEED_SPACE if options.seed is not None else secrets.randbits(63)
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(seed)
         self._has_penalty = options.presence_penalty != 0 or options.frequency_penalty != 0

@@ -60,6 +60,7 @@ CASES = [
     ("unknown field", {"model": "alpha", "messages": OK_MESSAGES, "best_of": 2}, 400, "best_of", None),
     ("parallel_tool_calls without tools", {"model": "alpha", "messages": OK_MESSAGES, "parallel_tool_calls": False}, 400, "parallel_tool_calls", "unsupported_parameter"),
     ("store", {"model": "alpha", "messages": OK_MESSAGES, "store": True}, 400, "store", "unsupported_parameter"),
+    ("seed beyond int64", {"model": "alpha", "messages": OK_MESSAGES, "temperature": 1, "seed": 2**70}, 400, "seed", "invalid_value"),
     ("metadata", {"model": "alpha", "messages": OK_MESSAGES, "metadata": {"ticket": "42"}}, 400, "metadata", "unsupported_parameter"),
     ("service_tier", {"model": "alpha", "messages": OK_MESSAGES, "service_tier": "priority"}, 400, "service_tier", "unsupported_parameter"),
     ("unknown model", {"model": "no-such-adapter", "messages": OK_MESSAGES}, 404, "model", "model_not_found"),

@@ -151,3 +151,37 @@ def test_a_context_beyond_the_model_needs_allow_long_context(base_model: Path) -
     asyncio.run(forced.start())
     assert forced.max_model_len == native * 2
     asyncio.run(forced.stop())
+
+
+def test_a_request_that_fails_at_admission_fails_alone(engine: LocalEngine, loop: asyncio.AbstractEventLoop,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three requests admitted in one prefill; one of them cannot be set up (its sampler raises):
+    it fails with a 500-class error, the two others get their trained answers."""
+    import time
+
+    from server.engine import local
+    from server.errors import EngineError
+
+    class Fragile(local.Sampler):
+        def __init__(self, options: SamplingOptions, index: int, device: object) -> None:
+            if options.seed == 13:
+                raise OverflowError("seed out of range")
+            super().__init__(options, index, device)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local, "Sampler", Fragile)
+    slow = SamplingOptions(temperature=0, max_tokens=101)
+    monkeypatch.setattr(engine, "before_sample", lambda r: time.sleep(0.3) if r.sampling.max_tokens == 101 else None)
+
+    async def scenario() -> list[object]:
+        busy = asyncio.ensure_future(collect(engine, GenerationRequest("busy", ASK, slow, REFS["alpha"])))
+        await asyncio.sleep(0.5)  # the worker is decoding `busy`: the next three queue up and are admitted together
+        bad = SamplingOptions(temperature=1.0, seed=13, max_tokens=30)
+        results = await asyncio.gather(
+            collect(engine, request("alpha")), collect(engine, GenerationRequest("bad", ASK, bad, REFS["beta"])),
+            collect(engine, request("beta")), return_exceptions=True)
+        await busy
+        return results
+
+    good_alpha, bad, good_beta = loop.run_until_complete(scenario())
+    assert isinstance(bad, EngineError)
+    assert good_alpha[0][0] == ANSWERS["alpha"] and good_beta[0][0] == ANSWERS["beta"]  # type: ignore[index]

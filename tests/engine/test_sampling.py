@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from server.engine.base import SamplingOptions
@@ -45,3 +46,22 @@ def test_presence_penalty_applies_once_per_token() -> None:
     sampler = Sampler(SamplingOptions(temperature=0, presence_penalty=0.2), 0, CPU)
     logits = torch.tensor([1.0, 0.85])
     assert [sampler.next_token(logits) for _ in range(3)] == [0, 1, 0]
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1e-300, 1.0), (1e-45, 1.0), (1.0, 1e-300), (0.7, 1e-45)])
+def test_vanishing_temperature_or_nucleus_is_greedy(temperature: float, top_p: float) -> None:
+    """Dividing by 1e-300 overflows to inf/NaN; the limit of sampling there is argmax."""
+    logits = torch.tensor([0.1, 3.0, -2.0, 2.9])
+    sampler = Sampler(SamplingOptions(temperature=temperature, top_p=top_p, seed=1), 0, torch.device("cpu"))
+    assert [sampler.next_token(logits) for _ in range(5)] == [1] * 5
+
+
+@pytest.mark.parametrize("seed", [2**64 - 1, 2**70, -(2**70)])
+def test_seeds_beyond_the_generator_are_reduced_deterministically(seed: int) -> None:
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(0))
+
+    def draw() -> list[int]:
+        sampler = Sampler(SamplingOptions(temperature=1.0, seed=seed), 0, torch.device("cpu"))
+        return [sampler.next_token(logits) for _ in range(8)]
+
+    assert draw() == draw()
