@@ -124,8 +124,9 @@ async def create_chat_completion(
     request.state.observed = True
     if body.stream:
         generation, observer, lease_scope = await admit(gateway, body)
+        deltas, first = await _first_delta(gateway, generation, observer, lease_scope)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _stream(gateway, generation, body.model, include_usage, observer, lease_scope)
+        events = _stream(gateway, generation, body.model, include_usage, observer, lease_scope, deltas, first)
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     try:
         return await _until_disconnected(request, complete(gateway, body))
@@ -210,6 +211,24 @@ async def _complete(
     )
 
 
+async def _first_delta(
+    gateway: Gateway, generation: GenerationRequest, observer: _Observer, lease_scope: AsyncExitStack
+) -> tuple[AsyncIterator[GenerationDelta], GenerationDelta | None]:
+    """Start the generation and wait for its first delta before any byte is sent, so everything
+    the engine checks first (context length, the adapter, the engine's state) answers with its own
+    HTTP status, as OpenAI does, rather than as a 200 followed by an error event."""
+    deltas = gateway.engine.generate(generation)
+    try:
+        return deltas, await anext(deltas)
+    except StopAsyncIteration:
+        return deltas, None
+    except GatewayError as error:
+        await deltas.aclose()  # type: ignore[attr-defined]
+        observer.failure(error)
+        await lease_scope.aclose()
+        raise
+
+
 async def _stream(
     gateway: Gateway,
     generation: GenerationRequest,
@@ -217,10 +236,12 @@ async def _stream(
     include_usage: bool,
     observer: _Observer,
     lease_scope: AsyncExitStack,
+    deltas: AsyncIterator[GenerationDelta],
+    first: GenerationDelta | None,
 ) -> AsyncIterator[str]:
     """SSE events as OpenAI sends them: role first, content pieces, then an empty delta with the
     finish_reason; with ``include_usage`` every chunk has ``usage: null`` and one last chunk with no
-    choices carries the usage."""
+    choices carries the usage. ``first`` was already taken from ``deltas``."""
     chunk_id, created = completion_id(), now()
     usage = _Usage(generation.sampling.n)
     # Without include_usage the field is absent; with it, null on every chunk but the last.
@@ -235,8 +256,8 @@ async def _stream(
         try:
             for i in range(generation.sampling.n):
                 yield event([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
-            async with contextlib.aclosing(gateway.engine.generate(generation)) as deltas:
-                async for delta in deltas:
+            async with contextlib.aclosing(deltas):  # type: ignore[type-var]
+                async for delta in _prepend(first, deltas):
                     _check_open(gateway)
                     observer.delta(delta)
                     usage.add(delta)
@@ -261,6 +282,13 @@ async def _stream(
             if not finished:  # the client went away (the generator was closed or cancelled)
                 observer.aborted()
     yield "data: [DONE]\n\n"
+
+
+async def _prepend(first: GenerationDelta | None, rest: AsyncIterator[GenerationDelta]) -> AsyncIterator[GenerationDelta]:
+    if first is not None:
+        yield first
+    async for delta in rest:
+        yield delta
 
 
 def _check_open(gateway: Gateway) -> None:

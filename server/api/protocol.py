@@ -135,6 +135,10 @@ class ChatCompletionRequest(_Strict):
                 param="stream_options",
             )
         for i, message in enumerate(self.messages):
+            if not _is_unicode_text(message.text()) or not _is_unicode_text(message.name or ""):
+                raise InvalidRequest(
+                    f"messages[{i}] is not valid Unicode text (it holds a lone surrogate).", param=f"messages.[{i}].content"
+                )
             if message.role != "assistant" and message.content is None:
                 raise InvalidRequest(
                     f"messages[{i}].content is required for role '{message.role}'.",
@@ -150,6 +154,8 @@ class ChatCompletionRequest(_Strict):
                         f"messages[{i}].{field} is not supported by lora-gateway.",
                         param=f"messages.[{i}].{field}",
                     )
+        if not all(_is_unicode_text(s) for s in self.stop_sequences):
+            raise InvalidRequest("`stop` is not valid Unicode text (it holds a lone surrogate).", param="stop")
         return self
 
     @property
@@ -162,6 +168,15 @@ class ChatCompletionRequest(_Strict):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+def _is_unicode_text(text: str) -> bool:
+    """JSON's \\ud800 escapes decode to lone surrogates, which no tokenizer (nor UTF-8) can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _refuse_unsupported(request: ChatCompletionRequest) -> None:

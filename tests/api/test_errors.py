@@ -159,10 +159,37 @@ def test_a_failing_request_leaves_others_and_the_engine_running(gateway_app, gat
         assert error["type"] == "server_error"
         assert "injected fault" not in error["message"]  # no internals leak to clients
         assert results["good"].json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]
+        # Failing before the first token: an HTTP 500 before any byte; failing after it: the
+        # stream ends with an error event and [DONE].
         streamed = httpx.post(f"{gateway_url}/v1/chat/completions", json={"model": "beta", "messages": [{"role": "user", "content": "boom"}], "stream": True}, timeout=30)
+        assert_openai_error(streamed, 500)
+        samples: dict[str, int] = {}
+
+        def explode_at_the_third_token(request) -> None:  # type: ignore[no-untyped-def]
+            samples[request.request_id] = samples.get(request.request_id, 0) + 1
+            if request.messages[-1]["content"] == "later" and samples[request.request_id] == 3:
+                raise RuntimeError("injected fault")
+
+        engine.before_sample = explode_at_the_third_token
+        streamed = httpx.post(f"{gateway_url}/v1/chat/completions", json={"model": "beta", "messages": [{"role": "user", "content": "later"}], "stream": True, "temperature": 0}, timeout=30)
         events = [line for line in streamed.text.split("\n\n") if line]
-        assert '"server_error"' in events[-2] and events[-1] == "data: [DONE]"
+        assert streamed.status_code == 200 and '"server_error"' in events[-2] and events[-1] == "data: [DONE]"
     finally:
         engine.before_sample = original
     after = _post(gateway_url, {"model": "beta", "messages": OK_MESSAGES, "temperature": 0})
     assert after.json()["choices"][0]["message"]["content"] == ANSWERS["beta"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_lone_surrogate_is_a_400_before_anything_is_streamed(gateway_url: str, stream: bool) -> None:
+    raw = b'{"model": "alpha", "stream": ' + (b"true" if stream else b"false") + b', "messages": [{"role": "user", "content": "\\ud800 x"}]}'
+    response = _post(gateway_url, content=raw)
+    assert response.headers["content-type"].startswith("application/json")
+    assert_openai_error(response, 400, param="messages.[0].content")
+
+
+def test_a_streaming_request_beyond_the_context_gets_its_400_before_the_first_byte(gateway_url: str) -> None:
+    body = {"model": "alpha", "stream": True, "messages": [{"role": "user", "content": "order " * 5000}]}
+    response = _post(gateway_url, body)
+    assert response.headers["content-type"].startswith("application/json")
+    assert_openai_error(response, 400, param="messages", code="context_length_exceeded")
