@@ -37,6 +37,7 @@ class Residency:
         self._loaded: OrderedDict[int, AdapterVersion] = OrderedDict()  # least recently used first
         self._engine_lock = asyncio.Lock()  # one engine load/unload at a time
         self._went_idle = asyncio.Event()  # replaced each time it fires: "a loaded version is free now"
+        self._unloads: set[asyncio.Task[None]] = set()  # drained versions being unloaded (held, not collected)
 
     # ------------------------------------------------------------------ reading
 
@@ -70,7 +71,9 @@ class Residency:
             return
         del self._in_use[version.adapter_id]
         if version.adapter_id in self._draining:
-            asyncio.get_running_loop().create_task(self.unload(self._draining.pop(version.adapter_id)))
+            task = asyncio.get_running_loop().create_task(self.unload(self._draining.pop(version.adapter_id)))
+            self._unloads.add(task)
+            task.add_done_callback(self._unloads.discard)
         self._signal_idle()
 
     async def retire(self, version: AdapterVersion) -> None:
