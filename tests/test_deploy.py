@@ -99,9 +99,20 @@ def test_compose_remote_profile_puts_the_gateway_in_front_of_vllm(monkeypatch: p
     monkeypatch.setenv("LORA_GATEWAY_MODEL", "Qwen/Qwen2.5-7B-Instruct")
     settings = _settings_from(build_parser().parse_args(gateway["entrypoint"][1:]))
     assert settings.engine == "remote" and settings.upstream == ["http://vllm:8000"]
-    compose_cli = shutil.which("docker-compose")
-    if compose_cli:  # parses the file the way Docker will, where a compose CLI is installed
-        subprocess.run([compose_cli, "-f", str(ROOT / "deploy" / "docker-compose.yml"), "config", "-q"], check=True)
+    compose = _compose_v2()
+    if compose:  # parses the file the way Docker will, where Compose v2 is installed (v1 lacks `profiles`)
+        subprocess.run([*compose, "-f", str(ROOT / "deploy" / "docker-compose.yml"), "config", "-q"], check=True)
+
+
+def _compose_v2() -> list[str] | None:
+    """The Compose v2 command here, if any: the `docker compose` plugin, or a v2 `docker-compose`."""
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if not shutil.which(command[0]):
+            continue
+        version = subprocess.run([*command, "version", "--short"], capture_output=True, text=True)
+        if version.returncode == 0 and version.stdout.strip().lstrip("v").startswith("2"):
+            return command
+    return None
 
 
 def test_kubernetes_manifests() -> None:
@@ -116,3 +127,13 @@ def test_kubernetes_manifests() -> None:
     assert secrets == {"LORA_GATEWAY_API_KEY", "LORA_GATEWAY_ADMIN_KEY"}
     claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
     assert claims["lora-gateway-adapters"]["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+@pytest.mark.parametrize(("printed", "used"), [("1.29.2", False), ("v2.27.0", True)])
+def test_only_compose_v2_parses_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, printed: str, used: bool) -> None:
+    """Compose v1 rejects `profiles`; where only v1 is installed, the checks above stay structural."""
+    fake = tmp_path / "docker-compose"
+    fake.write_text(f"#!/bin/sh\necho {printed}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert (_compose_v2() == ["docker-compose"]) is used
