@@ -171,8 +171,8 @@ async def _boot(gateway: Gateway) -> None:
             registry.adapters_dir.mkdir(parents=True)
             logger.info("created the adapters directory %s; adapters published into it are served without a restart",
                         registry.adapters_dir)
-        watcher = AdapterWatcher(registry, poll=settings.watch_poll)
-        gateway.background.append(asyncio.create_task(watcher.run()))
+        gateway.watcher = AdapterWatcher(registry, poll=settings.watch_poll)
+        gateway.background.append(asyncio.create_task(gateway.watcher.supervise(gateway.metrics.watcher_failures.inc)))
         await registry.scan()
     except Exception as exc:
         gateway.boot_error = f"start-up failed: {describe_failure(exc, settings.model)}"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from .engine.base import Engine
 from .metrics import GatewayMetrics
 from .registry import AdapterRegistry
+from .registry.watcher import AdapterWatcher
 from .settings import Settings
 
 
@@ -27,6 +28,7 @@ class Gateway:
     on_fatal: Callable[[str], None] | None = None  # set by `lora-gateway serve`: a failed start-up ends the process
     started: int = field(default_factory=lambda: int(time.time()))
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    watcher: AdapterWatcher | None = None  # set once the base is loaded
     models_json: tuple[object, bytes] | None = None  # /v1/models, serialized once per registry change
 
     @property

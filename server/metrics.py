@@ -29,6 +29,9 @@ class GatewayMetrics:
         self.errors = Counter(
             "lora_gateway_request_errors", "Failed requests by model and error type.", ["model", "type"], registry=r
         )
+        self.watcher_failures = Counter(
+            "lora_gateway_watcher_failures", "Times the adapters-directory watcher failed and was restarted.", registry=r
+        )
         self.prompt_tokens = Counter("lora_gateway_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r)
         self.completion_tokens = Counter(
             "lora_gateway_completion_tokens", "Completion tokens generated.", ["model"], registry=r

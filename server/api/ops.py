@@ -26,7 +26,10 @@ async def ready(gateway: GatewayDep) -> JSONResponse:
     """
     engine = gateway.engine.health()
     registry = gateway.registry
-    is_ready = engine.ready and registry.scan_complete and gateway.boot_error is None
+    watcher = gateway.watcher
+    following = watcher is not None and watcher.following
+    # A gateway that no longer follows its directory would miss new and removed adapters: not ready.
+    is_ready = engine.ready and registry.scan_complete and gateway.boot_error is None and following
     states = [entry.state.value for entry in registry.entries()]
     body = {
         "ready": is_ready,
@@ -39,6 +42,8 @@ async def ready(gateway: GatewayDep) -> JSONResponse:
             "rejected": states.count("rejected"),
             "incomplete": states.count("incomplete"),
             "loaded": registry.loaded_count,
+            "watching": following,
+            "watcher_failure": watcher.last_failure if watcher is not None else None,
         },
         "running_requests": engine.running_requests,
         "waiting_requests": engine.waiting_requests,

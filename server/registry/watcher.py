@@ -5,13 +5,17 @@ Events are grouped by the top-level name they touch and handled once that name h
 once it stops changing rather than on every write; the registry's fingerprints make any extra look
 free. ``poll`` forces polling for file systems where inotify events do not arrive (NFS, some bind
 mounts), and a periodic full resync catches anything a dropped event would have missed.
+
+A watcher that dies is never silent: ``supervise`` logs it, reports it (``on_failure``, for the
+metric), marks the gateway not ready (``following`` is False) and restarts it with backoff,
+rescanning the directory first since events may have been missed meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from .registry import AdapterRegistry
@@ -34,6 +38,29 @@ class AdapterWatcher:
         self._settle = settle
         self._resync_every = resync_every
         self._pending: dict[str, asyncio.Task[None]] = {}
+        self.following = False  # the directory is being watched right now
+        self.last_failure: str | None = None
+
+    async def supervise(self, on_failure: Callable[[], None] = lambda: None, *, backoff: float = 1.0,
+                        max_backoff: float = 30.0) -> None:
+        """``run`` until cancelled, restarting it (after a rescan) whenever it fails."""
+        delay = backoff
+        while True:
+            try:
+                await self.run()
+                raise RuntimeError("the watch ended")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.following, self.last_failure = False, f"{type(exc).__name__}: {exc}"
+                on_failure()
+                logger.exception("the adapters watcher failed; restarting it in %.0f s", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff)
+            try:
+                await self._registry.scan()  # catch up on whatever changed while nobody watched
+            except Exception:
+                logger.exception("rescan after a watcher failure failed")
 
     async def run(self) -> None:
         """Initial scan, then follow changes until cancelled."""
@@ -41,6 +68,7 @@ class AdapterWatcher:
 
         self._directory.mkdir(parents=True, exist_ok=True)
         resync = asyncio.create_task(self._resync_periodically())
+        self.following, self.last_failure = True, None
         try:
             async for changes in awatch(
                 self._directory,
@@ -85,5 +113,7 @@ class AdapterWatcher:
     async def _resync_periodically(self) -> None:
         while True:
             await asyncio.sleep(self._resync_every)
-            with contextlib.suppress(Exception):
+            try:
                 await self._registry.scan()
+            except Exception:
+                logger.exception("periodic rescan of %s failed", self._directory)

@@ -14,7 +14,8 @@ def test_health_and_ready(gateway_url: str) -> None:
     assert httpx.get(f"{gateway_url}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{gateway_url}/ready").json()
     assert ready["ready"] is True
-    assert ready["adapters"] == {"scanned": 2, "total": 2, "scan_complete": True, "ready": 2, "rejected": 0, "incomplete": 0, "loaded": 2}
+    assert ready["adapters"] == {"scanned": 2, "total": 2, "scan_complete": True, "ready": 2, "rejected": 0, "incomplete": 0, "loaded": 2,
+                                 "watching": True, "watcher_failure": None}
 
 
 def test_metrics_count_requests_tokens_and_latency_by_model(client, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
