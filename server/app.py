@@ -108,8 +108,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
+                try:
                     await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # a background task that had failed: said at shutdown, never swallowed
+                    logger.exception("background task %s had failed", task.get_name())
             if wecom is not None:
                 await wecom.close()
             await engine.stop()
