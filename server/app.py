@@ -18,6 +18,7 @@ from .api import admin, chat, models, ops
 from .api.errors import install_error_handlers
 from .api.limits import BodyLimitMiddleware, EarlyErrorCounter
 from .engine.base import Engine
+from .errors import first_line
 from .gateway import Gateway
 from .integrations.wecom.config import WeComConfigError, load_wecom_settings
 from .integrations.wecom.routes import router as wecom_router
@@ -155,8 +156,7 @@ def describe_failure(exc: BaseException, model: str) -> str:
     """One line a user can act on; library errors often span paragraphs."""
     if missing_local_model(model):
         return f"--model {model}: no such directory"
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    return first if len(first) <= 300 else first[:297] + "..."
+    return first_line(exc)
 
 
 async def _boot(gateway: Gateway) -> None:

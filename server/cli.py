@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import first_line
 
 if typing.TYPE_CHECKING:
     from .settings import Settings
@@ -142,16 +143,15 @@ def _cmd_adapters_rollback(args: argparse.Namespace) -> int:
     from .registry.validation import CONFIG_FILE, WEIGHTS_FILE, file_sha256
 
     store = VersionStore(Path(args.adapters_dir))
-    kept = store.versions(args.name)
     files = Path(args.adapters_dir) / args.name
     try:  # the kept version the directory holds now, if it holds one
         current = store.find(args.name, file_sha256(files / WEIGHTS_FILE), (files / CONFIG_FILE).read_bytes())
     except OSError:
         current = None
-    choice = next((v for v in kept if (v.number == args.version if args.version is not None else v != current)), None)
-    if choice is None:
-        which = f"version {args.version}" if args.version is not None else "earlier version"
-        raise SystemExit(f"lora-gateway: no kept {which} of {args.name} in {store.root}; kept: {[v.number for v in kept] or 'none'}")
+    try:
+        choice = store.rollback_target(args.name, args.version, current.path if current else None)
+    except LookupError as exc:
+        raise SystemExit(f"lora-gateway: {exc.args[0]}") from None
     publish_adapter(choice.path, args.name, args.adapters_dir)
     print(f"Republished {args.name} version {choice.number} (sha256 {choice.sha256[:12]}); a running gateway serves it now.")
     return 0
@@ -186,7 +186,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"lora-gateway train: trained, but not published: {exc} (the adapter is in {config.run_dir / 'adapter'})", file=sys.stderr)
         return 2
     except OSError as exc:  # a base that is neither a local model nor reachable on the Hub
-        print(f"lora-gateway train: --base {config.base}: {_first_line(exc)}", file=sys.stderr)
+        print(f"lora-gateway train: --base {config.base}: {first_line(exc)}", file=sys.stderr)
         return 2
     print(f"adapter: {result.adapter_dir} ({result.steps} steps, final loss {result.train_loss:.4f}, "
           f"{result.tokens_per_second:.0f} tokens/s, {result.seconds:.1f}s)")
@@ -203,13 +203,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .trainer.export import export_merged
 
-    for flag, path in (("--adapter", args.adapter),):
-        if not (Path(path) / "adapter_config.json").is_file():
-            raise SystemExit(f"lora-gateway export: {flag} {path}: no adapter_config.json there")
+    if not (Path(args.adapter) / "adapter_config.json").is_file():
+        raise SystemExit(f"lora-gateway export: --adapter {args.adapter}: no adapter_config.json there")
     try:
         out = export_merged(args.base, args.adapter, args.out, dtype=args.dtype)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"lora-gateway export: {_first_line(exc)}") from None
+        raise SystemExit(f"lora-gateway export: {first_line(exc)}") from None
     print(f"merged model written to {out}")
     return 0
 
@@ -294,10 +293,6 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     p_remove.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
     p_remove.set_defaults(func=_cmd_adapters_remove)
     return parser
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -117,3 +117,10 @@ class EngineUnavailable(GatewayError):
     status_code = 503
     error_type = "server_error"
     default_code = "engine_unavailable"
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``exc``'s message, cut to ``limit``: library errors often span
+    paragraphs, and a start-up or command failure is reported in one line."""
+    line = next((text.strip() for text in str(exc).splitlines() if text.strip()), type(exc).__name__)
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -118,8 +118,7 @@ class AdapterRegistry:
         self.adapters_dir = adapters_dir
         self.base_spec = base_spec
         self.store = VersionStore(adapters_dir, keep_versions)
-        self._max_lora_rank = max_lora_rank
-        self._max_adapter_bytes = max_adapter_bytes
+        self._limits = {"max_lora_rank": max_lora_rank, "max_bytes": max_adapter_bytes}  # validation's
         self._hooks = hooks or RegistryHooks()
         self._residency = Residency(engine, max_loaded, self._hooks.loaded)
         self._entries: dict[str, AdapterEntry] = {}
@@ -257,11 +256,10 @@ class AdapterRegistry:
         async with self._lock(name):
             entry = self._entries.get(name) or AdapterEntry(name, AdapterState.INCOMPLETE)
             serving = Path(entry.active.load_path) if entry.active else None
-            kept = await asyncio.to_thread(self.store.versions, name)
-            choice = next((v for v in kept if (v.number == number if number is not None else v.path != serving)), None)
-            if choice is None:
-                which = f"version {number}" if number is not None else "an earlier version"
-                raise ModelNotFound(name, f"No kept {which} of adapter `{name}`; kept: {[v.number for v in kept] or 'none'}.")
+            try:
+                choice = await asyncio.to_thread(self.store.rollback_target, name, number, serving)
+            except LookupError as exc:
+                raise ModelNotFound(name, exc.args[0]) from None
             await self._adopt(entry, await asyncio.to_thread(self._check_stored, choice), publish=True)
             self._entries[name] = entry
             return entry
@@ -293,7 +291,7 @@ class AdapterRegistry:
         Headers are checked on ``source`` first, so nothing is copied for a half-written or bad
         adapter; the copy is then what is hashed, validated and loaded.
         """
-        limits = {"max_lora_rank": self._max_lora_rank, "max_bytes": self._max_adapter_bytes}
+        limits = self._limits
         inspect_adapter(source, **limits, base=self.base_spec)
         digest = file_sha256(source / WEIGHTS_FILE)
         kept = self.store.find(name, digest, (source / CONFIG_FILE).read_bytes())
@@ -311,8 +309,7 @@ class AdapterRegistry:
     def _check_stored(self, kept: StoredVersion) -> tuple[StoredVersion, AdapterInfo]:
         if file_sha256(kept.path / WEIGHTS_FILE) != kept.sha256:
             raise AdapterRejected("corrupt_copy", f"{kept.name}: the kept copy of version {kept.number} was modified.")
-        limits = {"max_lora_rank": self._max_lora_rank, "max_bytes": self._max_adapter_bytes}
-        return kept, check_adapter(kept.path, self.base_spec, **limits)
+        return kept, check_adapter(kept.path, self.base_spec, **self._limits)
 
     async def _adopt(self, entry: AdapterEntry, staged: tuple[StoredVersion, AdapterInfo], *, publish: bool = False) -> None:
         """Load the staged version, prove it, optionally write it into the directory, serve it.

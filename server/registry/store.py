@@ -78,6 +78,16 @@ class VersionStore:
     def get(self, name: str, number: int) -> StoredVersion | None:
         return next((v for v in self.versions(name) if v.number == number), None)
 
+    def rollback_target(self, name: str, number: int | None, serving: Path | None) -> StoredVersion:
+        """Version ``number``, or the newest kept version other than the one at ``serving``;
+        ``LookupError`` (with a message naming what is kept) when there is none."""
+        kept = self.versions(name)
+        choice = next((v for v in kept if (v.number == number if number is not None else v.path != serving)), None)
+        if choice is None:
+            which = f"version {number}" if number is not None else "earlier version"
+            raise LookupError(f"No kept {which} of adapter `{name}`; kept: {[v.number for v in kept] or 'none'}.")
+        return choice
+
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
 

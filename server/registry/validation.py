@@ -87,7 +87,6 @@ def inspect_adapter(
                 "if that is the same model, start the server with --base-model-alias "
                 f"{declared!r}.",
             )
-    if base is not None:
         _check_targets(path.name, config.get("target_modules"), base)
     rank = _check_tensors(path.name, header, base, max_lora_rank)
     return AdapterInfo(
@@ -105,22 +104,23 @@ _MAX_METADATA_BYTES = 1 << 20
 
 def declared_base(path: Path) -> str | None:
     """The base the adapter's config names, if any."""
-    try:
-        value = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) and value else None
+    return _string_field(path / CONFIG_FILE, "base_model_name_or_path")
 
 
 def _recorded_fingerprint(path: Path) -> str | None:
     """The base fingerprint our trainer records beside an adapter, if any (other tools record none)."""
+    return _string_field(path / METADATA_FILE, "base_fingerprint")
+
+
+def _string_field(file: Path, key: str) -> str | None:
+    """``key`` of the JSON object in ``file`` when it is a non-empty string; None for anything else."""
     try:
-        if (path / METADATA_FILE).stat().st_size > _MAX_METADATA_BYTES:
+        if file.stat().st_size > _MAX_METADATA_BYTES:
             return None
-        value = json.loads((path / METADATA_FILE).read_text(encoding="utf-8")).get("base_fingerprint")
+        value = json.loads(file.read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError):
         return None
-    return value if isinstance(value, str) else None
+    return value if isinstance(value, str) and value else None
 
 
 def check_inside(path: Path, root: Path) -> None:
