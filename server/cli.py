@@ -123,7 +123,7 @@ def _publish_check(args: argparse.Namespace) -> Any:
     """What can be checked without a gateway: format, headers, rank, DoRA/bias, finite weights, and
     the shapes against the base (``--base``, or the base the adapter names when it is a local model)."""
     from .registry.base_model import BaseModelSpec
-    from .registry.validation import check_finite, declared_base, inspect_adapter
+    from .registry.validation import WEIGHTS_FILE, check_finite, declared_base, inspect_adapter
 
     def check(staged: Path) -> None:
         base_name = args.base or declared_base(staged)
@@ -132,7 +132,7 @@ def _publish_check(args: argparse.Namespace) -> Any:
         if base is None:
             print(f"note: the base model {base_name!r} is not readable here, so shapes were not checked (pass --base)", file=sys.stderr)
         inspect_adapter(staged, max_lora_rank=args.max_lora_rank, max_bytes=2**62, base=base)
-        check_finite(staged)
+        check_finite(staged / WEIGHTS_FILE)
 
     return check
 

@@ -9,8 +9,8 @@ route ever chooses a status code by reading an error message.
     ├── InvalidRequest            400 invalid_request_error (param names the field)
     │   ├── UnsupportedParameter  400, code "unsupported_parameter"
     │   ├── ContextLengthExceeded 400, code "context_length_exceeded"
-    │   ├── AdapterRejected       400, code = the reason            (registry.validation)
-    │   ├── AdapterIncomplete     400, code "adapter_incomplete"    (registry.validation)
+    │   ├── AdapterRejected       400, code = the reason            (registry: validation, weights_file)
+    │   ├── AdapterIncomplete     400, code "adapter_incomplete"    (registry: a copy still arriving)
     │   ├── CiphertextInvalid     400, code "invalid_ciphertext"    (integrations.wecom.crypto)
     │   ├── ReceiveIdMismatch     400, code "invalid_receive_id"    (integrations.wecom.crypto)
     │   └── MalformedMessage      400, code "invalid_wecom_message" (integrations.wecom.messages)
@@ -63,6 +63,23 @@ class UnsupportedParameter(InvalidRequest):
 
 class ContextLengthExceeded(InvalidRequest):
     default_code = "context_length_exceeded"
+
+
+class AdapterIncomplete(InvalidRequest):
+    """The adapter's files are not all there yet (a copy in progress)."""
+
+    default_code = "adapter_incomplete"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="lora_path")
+
+
+class AdapterRejected(InvalidRequest):
+    """``reason`` is a short label for metrics and the error code; the message is the one line shown to users."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message, param="lora_path", code=reason)
+        self.reason = reason
 
 
 class Unauthorized(GatewayError):

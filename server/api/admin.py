@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidRequest, ModelNotFound, PermissionDenied
 from ..gateway import Gateway
@@ -39,8 +39,8 @@ class LoadLoraAdapterRequest(BaseModel):
     """vLLM's body for ``/v1/load_lora_adapter``."""
 
     model_config = ConfigDict(extra="forbid")
-    lora_name: str
-    lora_path: str
+    lora_name: str = Field(max_length=200)
+    lora_path: str = Field(max_length=4096, description="A directory the server can read; symlinks are followed.")
     load_inplace: bool = False
 
 
@@ -120,9 +120,17 @@ async def load_lora_adapter(body: LoadLoraAdapterRequest, gateway: GatewayDep) -
             param="lora_name",
             code="adapter_exists",
         )
-    source = Path(body.lora_path)
-    if not source.is_dir():
-        raise InvalidRequest(f"No adapter directory at lora_path {body.lora_path!r}.", param="lora_path")
+    try:  # resolved once: a symlink is followed here, and its target's files are what gets copied
+        source = Path(body.lora_path).resolve(strict=True)
+        is_dir = source.is_dir()
+    except (OSError, RuntimeError, ValueError) as exc:  # missing, name too long, symlink loop, NUL byte
+        is_dir, reason = False, getattr(exc, "strerror", None) or type(exc).__name__
+    else:
+        reason = "not a directory"
+    if not is_dir:
+        shown = body.lora_path if len(body.lora_path) <= 200 else body.lora_path[:200] + "..."
+        raise InvalidRequest(f"No adapter directory at lora_path {shown!r} ({reason}).", param="lora_path",
+                             code="bad_lora_path")
     await registry.install(body.lora_name, source)  # AdapterRejected/AdapterIncomplete: 400, nothing changed
     return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 

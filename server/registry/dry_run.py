@@ -17,7 +17,8 @@ from pathlib import Path
 
 from .base_model import BaseModelSpec
 from .records import AdapterInfo
-from .validation import WEIGHTS_FILE, AdapterRejected, check_finite, inspect_adapter, read_safetensors_header
+from .validation import WEIGHTS_FILE, AdapterRejected, inspect_adapter
+from .weights_file import check_finite, read_header
 
 _PREFIX = "base_model.model."
 NO_LIMIT = 2**62
@@ -29,7 +30,7 @@ def check_adapter(path: Path, base: BaseModelSpec | None, *, max_lora_rank: int 
     The one check shared by the registry, ``adapters publish`` and the trainer's publish step.
     """
     info = inspect_adapter(path, max_lora_rank=max_lora_rank, max_bytes=max_bytes, base=base)
-    check_finite(path)
+    check_finite(path / WEIGHTS_FILE)
     dry_run_load(path, base)
     return info
 
@@ -39,7 +40,7 @@ def dry_run_load(path: Path, base: BaseModelSpec | None) -> None:
     name = path.name
     if base is None or base.config is None:
         return
-    shapes = {key: tuple(entry["shape"]) for key, entry in read_safetensors_header(path / WEIGHTS_FILE).items()}  # type: ignore[arg-type]
+    shapes = {key: tuple(entry["shape"]) for key, entry in read_header(path / WEIGHTS_FILE).items()}  # type: ignore[arg-type]
     expected = _peft_shapes(path, base)
     for key, shape in shapes.items():
         peft_key = key.removeprefix(_PREFIX).replace(".weight", ".default.weight")

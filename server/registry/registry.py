@@ -25,6 +25,7 @@ import asyncio
 import itertools
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -123,7 +124,9 @@ class AdapterRegistry:
         self._residency = Residency(engine, max_loaded, self._hooks.loaded)
         self._entries: dict[str, AdapterEntry] = {}
         self._ids = itertools.count(1)
-        self._name_locks: dict[str, asyncio.Lock] = {}
+        # Held only while in use: a lock disappears with its last holder, so names that come and go
+        # (a directory churned by a sync tool) do not grow this map forever.
+        self._name_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._scan_lock = asyncio.Lock()  # the watcher's periodic re-scan never overlaps another scan
         self.scan_total = 0
         self.scan_done = 0
@@ -229,7 +232,7 @@ class AdapterRegistry:
             except AdapterIncomplete as exc:
                 if entry.active is None:
                     entry.state = AdapterState.INCOMPLETE
-                entry.last_error = str(exc)
+                entry.last_error, entry.checked = str(exc), False  # looked at again by the next rescan
                 logger.debug("adapter %s incomplete: %s", name, exc)
             except AdapterRejected as exc:
                 self._reject(entry, exc)
@@ -281,7 +284,10 @@ class AdapterRegistry:
                 return
 
     def _lock(self, name: str) -> asyncio.Lock:
-        return self._name_locks.setdefault(name, asyncio.Lock())
+        lock = self._name_locks.get(name)
+        if lock is None:
+            lock = self._name_locks[name] = asyncio.Lock()
+        return lock
 
     # ------------------------------------------------------------------ taking a version
 

@@ -6,43 +6,31 @@ shapes from the header are checked against the served base's linear layers, whic
 adapter trained on another base even when its config claims the right one.
 
 An adapter still being copied in (a file missing, a weights file shorter than its header says) is
-``AdapterIncomplete``: not an error, just not yet servable.
+``AdapterIncomplete``: not an error, just not yet servable, as long as its files keep changing; once
+they have been left alone for ``weights_file.STALL_SECONDS`` the adapter is refused as truncated.
+Anything that is not a regular file (a FIFO, a device) is refused at once and never opened.
+
+``AdapterIncomplete`` and ``AdapterRejected`` live in ``server.errors`` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import struct
 from pathlib import Path
 
-from ..errors import InvalidRequest
+from ..errors import AdapterIncomplete, AdapterRejected
+from ..jsonbounds import JSONRefused, loads_bounded
 from .base_model import BaseModelSpec
 from .records import AdapterInfo
+from .weights_file import check_finite, read_header, still_arriving
+
+__all__ = ["AdapterIncomplete", "AdapterRejected", "check_finite", "inspect_adapter", "read_header"]
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILES = ("adapter_model.bin", "pytorch_model.bin")
-_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 FLOAT_DTYPES = ("F16", "BF16", "F32")
-
-
-class AdapterIncomplete(InvalidRequest):
-    """The adapter's files are not all there yet (a copy in progress)."""
-
-    default_code = "adapter_incomplete"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, param="lora_path")
-
-
-class AdapterRejected(InvalidRequest):
-    """``reason`` is a short label for metrics and the error code; the message is the one line shown to users."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message, param="lora_path", code=reason)
-        self.reason = reason
 
 
 def inspect_adapter(
@@ -59,7 +47,10 @@ def inspect_adapter(
     """
     if root is not None:
         check_inside(path, root)
-    weights = path / WEIGHTS_FILE
+    weights, config_file = path / WEIGHTS_FILE, path / CONFIG_FILE
+    for file in (weights, config_file):
+        if (file.exists() or file.is_symlink()) and not file.is_file():  # a FIFO would block the reader forever
+            raise AdapterRejected("not_a_file", f"{path.name}: {file.name} is not a regular file.")
     if not weights.is_file():
         if any((path / name).exists() for name in PICKLE_FILES):
             raise AdapterRejected(
@@ -67,9 +58,9 @@ def inspect_adapter(
                 f"{path.name}: only safetensors weights are accepted; convert adapter_model.bin "
                 "(a pickle, which could run code) with peft's save_pretrained(safe_serialization=True).",
             )
-        raise AdapterIncomplete(f"{path.name}: waiting for {WEIGHTS_FILE}.")
-    if not (path / CONFIG_FILE).is_file():
-        raise AdapterIncomplete(f"{path.name}: waiting for {CONFIG_FILE}.")
+        _missing(path, WEIGHTS_FILE, config_file)
+    if not config_file.is_file():
+        _missing(path, CONFIG_FILE, weights)
     config = _read_config(path)
     _check_config(config, max_lora_rank)
     size = weights.stat().st_size
@@ -77,7 +68,7 @@ def inspect_adapter(
         raise AdapterRejected(
             "too_large", f"{path.name}: {WEIGHTS_FILE} is {size} bytes, above the limit of {max_bytes}."
         )
-    header = read_safetensors_header(weights)
+    header = read_header(weights, max_bytes=max_bytes)
     if base is not None:
         declared = config.get("base_model_name_or_path")
         if not base.accepts_base(declared if isinstance(declared, str) else None, _recorded_fingerprint(path)):
@@ -98,6 +89,13 @@ def inspect_adapter(
     )
 
 
+def _missing(path: Path, name: str, other: Path) -> None:
+    """One of the two files is absent: a copy in progress while the other is fresh, refused after."""
+    if other.is_file() and not still_arriving(other):
+        raise AdapterRejected("missing_files", f"{path.name}: {name} is missing.")
+    raise AdapterIncomplete(f"{path.name}: waiting for {name}.")
+
+
 METADATA_FILE = "training_metadata.json"
 _MAX_METADATA_BYTES = 1 << 20
 
@@ -115,11 +113,12 @@ def _recorded_fingerprint(path: Path) -> str | None:
 def _string_field(file: Path, key: str) -> str | None:
     """``key`` of the JSON object in ``file`` when it is a non-empty string; None for anything else."""
     try:
-        if file.stat().st_size > _MAX_METADATA_BYTES:
+        if not file.is_file() or file.stat().st_size > _MAX_METADATA_BYTES:
             return None
-        value = json.loads(file.read_text(encoding="utf-8")).get(key)
-    except (OSError, ValueError, AttributeError):
+        document = loads_bounded(file.read_bytes(), max_bytes=_MAX_METADATA_BYTES)
+    except (OSError, ValueError):
         return None
+    value = document.get(key) if isinstance(document, dict) else None
     return value if isinstance(value, str) and value else None
 
 
@@ -190,11 +189,11 @@ def _check_tensors(
 
 def _read_config(path: Path) -> dict[str, object]:
     try:
-        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = loads_bounded((path / CONFIG_FILE).read_bytes(), max_bytes=_MAX_METADATA_BYTES, what=CONFIG_FILE)
     except FileNotFoundError:
         raise AdapterRejected("missing_config", f"{path.name}: {CONFIG_FILE} is missing.") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterRejected("bad_config", f"{path.name}: {CONFIG_FILE} is not valid JSON ({exc}).") from None
+    except JSONRefused as exc:
+        raise AdapterRejected("bad_config", f"{path.name}: {exc}.") from None
     if not isinstance(config, dict):
         raise AdapterRejected("bad_config", f"{path.name}: {CONFIG_FILE} must hold a JSON object.")
     return config
@@ -252,65 +251,6 @@ def _target_modules(config: dict[str, object]) -> tuple[str, ...]:
         return (targets,)
     # peft may expand "all-linear" into full module paths; the leaf names are what users recognise.
     return tuple(sorted({str(t).rsplit(".", 1)[-1] for t in targets}))  # type: ignore[union-attr]
-
-
-def read_safetensors_header(path: Path) -> dict[str, dict[str, object]]:
-    """Tensor name -> {dtype, shape, data_offsets}, read from the header without loading weights."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        prefix = f.read(8)
-        if len(prefix) != 8:
-            raise AdapterIncomplete(f"{path.parent.name}: {path.name} is still being written.")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > _MAX_HEADER_BYTES:
-            raise AdapterRejected("bad_safetensors", f"{path.parent.name}: {path.name} has a corrupt header.")
-        raw = f.read(length)
-    try:
-        header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        if len(raw) < length:
-            raise AdapterIncomplete(f"{path.parent.name}: {path.name} is still being written.") from None
-        raise AdapterRejected(
-            "bad_safetensors", f"{path.parent.name}: {path.name} header is not valid JSON."
-        ) from None
-    if not isinstance(header, dict):
-        raise AdapterRejected("bad_safetensors", f"{path.parent.name}: {path.name} header is malformed.")
-    header.pop("__metadata__", None)
-    end = 0
-    for name, entry in header.items():
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            raise AdapterRejected("bad_safetensors", f"{path.parent.name}: tensor {name} has no valid offsets.")
-        end = max(end, offsets[1])
-    data_bytes = size - 8 - length
-    if end > data_bytes:
-        # Shorter than its own header says: a copy in progress (a corrupt file stays "incomplete").
-        raise AdapterIncomplete(f"{path.parent.name}: {path.name} is still being written ({data_bytes}/{end} bytes).")
-    if end < data_bytes:
-        raise AdapterRejected("bad_safetensors", f"{path.parent.name}: {path.name} has trailing bytes after its tensors.")
-    return header
-
-
-# Where a float's exponent bits are all ones, the value is inf or NaN: checked on the raw bits, so
-# neither torch nor a bfloat16-aware numpy is needed.
-_EXPONENT_MASKS = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F800000)}
-
-
-def check_finite(path: Path) -> None:
-    """Refuse weights holding NaN or inf (they answer "" greedily and break sampling)."""
-    import numpy as np
-
-    weights = path / WEIGHTS_FILE
-    header = read_safetensors_header(weights)
-    with weights.open("rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        data = f.read()
-    for key, entry in header.items():
-        dtype, mask = _EXPONENT_MASKS[str(entry["dtype"])]
-        start, end = entry["data_offsets"]  # type: ignore[misc]
-        bits = np.frombuffer(data, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize, offset=start)
-        if bool(((bits & mask) == mask).any()):
-            raise AdapterRejected("non_finite_weights", f"{path.name}: tensor {key} holds NaN or inf values.")
 
 
 def file_sha256(path: Path) -> str:

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings
-from tests.support import ANSWERS, QUESTION, running_server
+from tests.crafted_adapters import CRAFTED
+from tests.support import ANSWERS, QUESTION, running_server, wait_for
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 INFER = {"Authorization": "Bearer infer-key"}
@@ -164,3 +165,53 @@ def test_a_restart_serves_the_last_good_version_and_says_so(
         assert json.loads((adapters_dir / "alpha" / "adapter_config.json").read_text())["r"] == 8
         missing = httpx.post(f"{url}/v1/adapters/alpha/rollback", headers=ADMIN, json={"version": 99})
         assert missing.status_code == 404 and "kept" in missing.json()["error"]["message"]
+
+
+def test_crafted_adapters_are_precise_400s_through_the_api(admin_url: str, adapters_dir: Path, trained_adapters,  # type: ignore[no-untyped-def]
+                                                          tmp_path: Path) -> None:
+    for label, break_it, reason in CRAFTED:
+        bad = tmp_path / label.replace(" ", "-").replace("'", "")
+        shutil.copytree(trained_adapters["beta"], bad)
+        break_it(bad)
+        response = httpx.post(f"{admin_url}/v1/load_lora_adapter", headers=ADMIN, timeout=30,
+                              json={"lora_name": "alpha", "lora_path": str(bad), "load_inplace": True})
+        assert response.status_code == 400, (label, response.text)
+        assert response.json()["error"]["code"] == reason, (label, response.text)
+    long_path = httpx.post(f"{admin_url}/v1/load_lora_adapter", headers=ADMIN,
+                           json={"lora_name": "gamma", "lora_path": "/tmp/" + "x" * 4000})
+    assert long_path.status_code == 400 and long_path.json()["error"]["code"] == "bad_lora_path"
+    too_long = httpx.post(f"{admin_url}/v1/load_lora_adapter", headers=ADMIN, json={"lora_name": "gamma", "lora_path": "x" * 5000})
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "lora_path"
+    assert chat(admin_url, "alpha").json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]
+
+
+def test_crafted_adapters_in_the_directory_are_rejected_not_waited_for(admin_url: str, adapters_dir: Path,  # type: ignore[no-untyped-def]
+                                                                       trained_adapters) -> None:
+    names = {}
+    for index, (label, break_it, reason) in enumerate(CRAFTED):
+        staging = adapters_dir / f".crafting-{index}"
+        shutil.copytree(trained_adapters["beta"], staging)
+        break_it(staging)
+        (staging).rename(adapters_dir / f"crafted-{index}")
+        names[f"crafted-{index}"] = (label, reason)
+    wait_for(lambda: all(_adapters(admin_url).get(n, {}).get("state") == "rejected" for n in names), timeout=60)
+    listed = _adapters(admin_url)
+    for name, (label, reason) in names.items():
+        assert listed[name]["rejected"]["reason"] == reason, (label, listed[name])
+    assert httpx.get(f"{admin_url}/ready").status_code == 200
+    assert chat(admin_url, "alpha").json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]
+
+
+def test_a_lora_path_symlinked_elsewhere_is_followed_and_copied(admin_url: str, adapters_dir: Path,  # type: ignore[no-untyped-def]
+                                                                 trained_adapters, tmp_path: Path) -> None:
+    """The documented choice: an admin's lora_path may be a symlink (a mounted volume, a release
+    link); it is resolved once and its files copied, so changes at the target later serve nothing."""
+    target = tmp_path / "outside" / "release-7"
+    shutil.copytree(trained_adapters["alpha"], target)
+    link = tmp_path / "current"
+    link.symlink_to(target, target_is_directory=True)
+    response = httpx.post(f"{admin_url}/v1/load_lora_adapter", headers=ADMIN, json={"lora_name": "linked", "lora_path": str(link)})
+    assert response.status_code == 200, response.text
+    assert not (adapters_dir / "linked").is_symlink() and (adapters_dir / "linked" / "adapter_model.safetensors").is_file()
+    (target / "adapter_model.safetensors").write_bytes(b"changed later")
+    assert chat(admin_url, "linked").json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from server.registry.base_model import BaseModelSpec
+from server.registry.dry_run import check_adapter
 from server.registry.names import is_valid_name
 from server.registry.validation import AdapterIncomplete, AdapterRejected, inspect_adapter
+from server.registry.weights_file import STALL_SECONDS
+from tests.crafted_adapters import CRAFTED, age
 
 LIMITS = {"max_lora_rank": 64, "max_bytes": 10 * 1024 * 1024}
 
@@ -108,6 +111,26 @@ INCOMPLETE: list[tuple[str, Callable[[Path], None]]] = [
     ("half-written weights", _half_written),
     ("weights shorter than the header", lambda p: (p / "adapter_model.safetensors").write_bytes(b"\x01\x02")),
 ]
+
+
+@pytest.mark.parametrize(("break_it", "reason"), [r[1:] for r in CRAFTED], ids=[r[0] for r in CRAFTED])
+def test_crafted_adapters_are_refused_with_a_precise_reason(
+    adapter: Path, base_spec: BaseModelSpec, break_it: Callable[[Path], None], reason: str
+) -> None:
+    break_it(adapter)
+    with pytest.raises(AdapterRejected) as caught:
+        check_adapter(adapter, base_spec, **LIMITS)
+    assert caught.value.reason == reason, caught.value
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
+
+
+def test_a_copy_in_progress_is_refused_once_it_stops_changing(adapter: Path, base_spec: BaseModelSpec) -> None:
+    _half_written(adapter)
+    with pytest.raises(AdapterIncomplete):
+        inspect_adapter(adapter, **LIMITS, base=base_spec)
+    age(adapter, STALL_SECONDS + 1)
+    with pytest.raises(AdapterRejected, match="truncated"):
+        inspect_adapter(adapter, **LIMITS, base=base_spec)
 
 
 @pytest.mark.parametrize("break_it", [r[1] for r in INCOMPLETE], ids=[r[0] for r in INCOMPLETE])
