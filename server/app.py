@@ -122,7 +122,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="lora-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
     # Outermost first: count refusals of every kind, then enforce the body limit.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, timeout=settings.body_timeout)
     app.add_middleware(EarlyErrorCounter, metrics=metrics)
     install_error_handlers(app)
     app.include_router(chat.router)

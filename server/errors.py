@@ -19,6 +19,7 @@ route ever chooses a status code by reading an error message.
     │   └── SignatureMismatch     403, code "invalid_signature"     (integrations.wecom.crypto)
     ├── ModelNotFound             404 invalid_request_error, code "model_not_found"
     ├── NotFound                  404 invalid_request_error (routes)
+    ├── RequestTimeout            408 invalid_request_error (a body that never arrives)
     ├── RequestTooLarge           413 invalid_request_error
     ├── RateLimited               429 rate_limit_error (Retry-After)
     ├── EngineError               500 server_error (one request failed; the engine lives on)
@@ -106,6 +107,12 @@ class NotFound(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
     default_code = "not_found"
+
+
+class RequestTimeout(GatewayError):
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
 
 
 class RequestTooLarge(GatewayError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
 from types import FrameType
@@ -19,6 +20,7 @@ from typing import Any
 
 import uvicorn
 
+from .connections import guarded_protocol
 from .gateway import Gateway
 
 logger = logging.getLogger(__name__)
@@ -61,12 +63,34 @@ class GatewayServer(uvicorn.Server):
         self.should_exit = True
 
 
+def uvicorn_config(gateway_app: Any, *, host: str, port: int, log_level: str) -> uvicorn.Config:
+    """uvicorn with the gateway's connection bounds (also what the test suite serves with)."""
+    settings = gateway_app.state.gateway.settings
+    return uvicorn.Config(
+        gateway_app, host=host, port=port, log_level=log_level,
+        http=guarded_protocol(settings.header_timeout, settings.max_header_bytes),
+        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
+        limit_concurrency=settings.limit_concurrency,
+        timeout_graceful_shutdown=settings.shutdown_timeout + _BACKSTOP_S,  # type: ignore[arg-type]
+    )
+
+
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one: every connection and adapter file is one."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # an unlimited hard limit some kernels refuse as a soft one
+        logger.debug("could not raise the open-file limit", exc_info=True)
+
+
 def run(gateway_app: Any, *, host: str, port: int, log_level: str, shutdown_timeout: float) -> None:
     """Serve until a signal; raise SystemExit with one line if the start-up failed."""
     gateway: Gateway = gateway_app.state.gateway
-    config = uvicorn.Config(gateway_app, host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=shutdown_timeout + _BACKSTOP_S)
-    server = GatewayServer(config, gateway, shutdown_timeout)
+    raise_open_file_limit()
+    server = GatewayServer(uvicorn_config(gateway_app, host=host, port=port, log_level=log_level), gateway,
+                           shutdown_timeout)
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, once it has shut down

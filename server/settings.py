@@ -73,6 +73,17 @@ class Settings(BaseSettings):
     )
     max_adapter_bytes: int = Field(default=2 * 1024**3, ge=1, description="Adapters whose weights exceed this are refused.")
     max_request_bytes: int = Field(default=2 * 1024**2, ge=1024, description="Request bodies above this get 413.")
+    body_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a client may take to send a request body; slower ones get 408."
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a connection may take to send a request's headers (idle new ones too); slower ones get 408."
+    )
+    max_header_bytes: int = Field(default=32768, ge=1024, description="Request line and headers above this get 431.")
+    keep_alive_timeout: float = Field(default=5.0, gt=0, description="Seconds an idle keep-alive connection is kept open.")
+    limit_concurrency: int | None = Field(
+        default=1024, ge=1, description="Connections served at once; past this, new requests get 503 (uvicorn's --limit-concurrency)."
+    )
     default_max_tokens: int | None = Field(
         default=1024, ge=1, description="Completion tokens when a request sets no max_tokens (a request's own value wins, up to the context)."
     )

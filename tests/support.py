@@ -95,8 +95,10 @@ def running_server(app, *, ready_timeout: float = 60.0) -> Iterator[str]:  # typ
     """Serve ``app`` with a real uvicorn on 127.0.0.1 in a thread; yield its base URL once /ready."""
     import uvicorn
 
+    from server.serving import uvicorn_config
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

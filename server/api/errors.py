@@ -26,11 +26,17 @@ from ..errors import (
 logger = logging.getLogger(__name__)
 
 
-def error_response(error: GatewayError) -> JSONResponse:
-    headers = {"Retry-After": str(int(error.retry_after))} if isinstance(error, RateLimited) else None
+def error_response(error: GatewayError, *, close: bool = False) -> JSONResponse:
+    """``close``: tell the client this connection ends here, so a pooled client does not send its
+    next request into a socket the server is closing (ECONNRESET)."""
+    headers: dict[str, str] = {}
+    if isinstance(error, RateLimited):
+        headers["Retry-After"] = str(int(error.retry_after))
     if error.status_code == 401:
-        headers = {"WWW-Authenticate": "Bearer"}
-    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=headers)
+        headers["WWW-Authenticate"] = "Bearer"
+    if close:
+        headers["Connection"] = "close"
+    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=headers or None)
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
@@ -83,7 +89,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s", request.url.path)
-        return error_response(EngineError("The server had an error while processing your request."))
+        # The server closes the connection after an unhandled error: say so in the response.
+        return error_response(EngineError("The server had an error while processing your request."), close=True)
 
     app.add_exception_handler(GatewayError, on_gateway_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
