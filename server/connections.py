@@ -12,6 +12,7 @@ its headers pass ``max_header_bytes``. The body has its own deadline (``api.limi
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -22,8 +23,7 @@ _TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: ap
 
 
 def _error(status_line: bytes, message: str, code: str) -> bytes:
-    body = ('{"error": {"message": "%s", "type": "invalid_request_error", "param": null, "code": "%s"}}'
-            % (message, code)).encode()
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}).encode()
     return status_line % len(body) + body
 
 
