@@ -98,7 +98,11 @@ def running_server(app, *, ready_timeout: float = 60.0) -> Iterator[str]:  # typ
     from server.serving import uvicorn_config
 
     port = free_port()
-    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning"))
+    if hasattr(app.state, "gateway"):  # served as `lora-gateway serve` serves it, connection bounds included
+        config = uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning")
+    else:  # a stand-in (the fake WeCom API)
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

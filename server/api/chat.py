@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from ..engine.base import GenerationDelta, GenerationRequest, SamplingOptions
-from ..errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest
+from ..errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest, ModelNotFound
 from ..gateway import Gateway
 from ..metrics import UNKNOWN_MODEL, GatewayMetrics
 from ..registry import Lease
@@ -134,8 +134,12 @@ async def create_chat_completion(
         return Response(status_code=499)
 
 
-async def admit(gateway: Gateway, body: ChatCompletionRequest) -> tuple[GenerationRequest, _Observer, AsyncExitStack]:
+async def admit(gateway: Gateway, body: ChatCompletionRequest, default_max_tokens: int | None = None,
+                ) -> tuple[GenerationRequest, _Observer, AsyncExitStack]:
     """Lease the model, convert the request and check the engine; refusals are counted here.
+
+    ``default_max_tokens`` replaces the server's default completion cap (clamped to the room the
+    prompt leaves) for a request that sets none: an integration's own upper bound.
 
     The returned exit stack holds the lease: whoever runs the generation closes it when done, so a
     streaming response can keep its adapter version alive after the route function returned.
@@ -143,18 +147,20 @@ async def admit(gateway: Gateway, body: ChatCompletionRequest) -> tuple[Generati
     lease_scope = AsyncExitStack()
     try:
         lease = await lease_scope.enter_async_context(gateway.registry.lease(body.model))
-        generation = to_generation_request(body, lease, gateway.settings.max_n, gateway.settings.default_max_tokens)
+        generation = to_generation_request(body, lease, gateway.settings.max_n,
+                                           default_max_tokens or gateway.settings.default_max_tokens)
         if not gateway.engine.health().ready:
             raise EngineUnavailable("The model is still loading; try again shortly.")
     except GatewayError as error:
         await lease_scope.aclose()
-        record_error(gateway.metrics, UNKNOWN_MODEL if error.code == "model_not_found" else body.model, error)
+        record_error(gateway.metrics, UNKNOWN_MODEL if isinstance(error, ModelNotFound) else body.model, error)
         raise
     return generation, _Observer(gateway.metrics, body.model), lease_scope
 
 
 async def complete(
-    gateway: Gateway, body: ChatCompletionRequest, on_text: Callable[[int, str], None] | None = None
+    gateway: Gateway, body: ChatCompletionRequest, on_text: Callable[[int, str], None] | None = None,
+    *, default_max_tokens: int | None = None,
 ) -> ChatCompletionResponse:
     """One whole (non-streaming) chat completion, with the route's admission, metrics and errors.
 
@@ -162,7 +168,7 @@ async def complete(
     hold an HTTP stream open (WeCom's AI bot polls for the answer so far) follow progress with it.
     Cancelling the call stops the generation and counts the request as aborted.
     """
-    generation, observer, lease_scope = await admit(gateway, body)
+    generation, observer, lease_scope = await admit(gateway, body, default_max_tokens)
     async with lease_scope:
         try:
             return await _complete(gateway, generation, body.model, observer, on_text)

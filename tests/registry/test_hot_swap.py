@@ -32,8 +32,17 @@ def live(base_model: Path, adapters_dir: Path) -> Iterator[tuple[str, Path]]:
     """A gateway watching ``adapters_dir`` (which starts with alpha and beta)."""
     from server.app import create_app
 
-    with running_server(create_app(make_settings(base_model, adapters_dir))) as url:
+    with running_server(create_app(make_settings(base_model, adapters_dir, admin_key=ADMIN_KEY))) as url:
         yield url, adapters_dir
+
+
+ADMIN_KEY = "hot-swap-admin"
+
+
+def registry_view(url: str, name: str) -> dict:  # type: ignore[type-arg]
+    """What the registry says of ``name`` now (the admin API), or {} if it does not know it."""
+    listed = httpx.get(f"{url}/v1/adapters", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()["data"]
+    return next((a for a in listed if a["name"] == name), {})
 
 
 def model_ids(url: str) -> set[str]:
@@ -91,18 +100,18 @@ def test_a_hand_copy_file_by_file_is_served_once_complete(live, trained_adapters
     url, directory = live
     target = directory / "handmade"
     target.mkdir()
-    time.sleep(0.4)
     shutil.copyfile(trained_adapters["alpha"] / "adapter_config.json", target / "adapter_config.json")
-    time.sleep(0.4)
+    wait_for(lambda: "waiting for adapter_model.safetensors" in (registry_view(url, "handmade").get("last_error") or ""))
     data = (trained_adapters["alpha"] / "adapter_model.safetensors").read_bytes()
     with open(target / "adapter_model.safetensors", "wb") as f:
         for start in range(0, len(data), len(data) // 4 + 1):
             f.write(data[start : start + len(data) // 4 + 1])
             f.flush()
-            time.sleep(0.35)  # slower than the watcher's settle delay: it looks at half-written files
-            assert answer(url, "handmade").status_code in (404, 200)
             if f.tell() < len(data):
-                assert answer(url, "handmade").status_code == 404  # never served half-copied
+                # The watcher looked at this very half-written state (its size is in the reason) ...
+                wait_for(lambda: str(f.tell()) in (registry_view(url, "handmade").get("last_error") or ""))
+                assert registry_view(url, "handmade")["state"] == "incomplete"
+                assert answer(url, "handmade").status_code == 404  # ... and did not serve it
     wait_for(lambda: "handmade" in model_ids(url))
     assert answer(url, "handmade").json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]
     metrics = httpx.get(f"{url}/metrics").text

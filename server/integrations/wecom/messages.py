@@ -1,7 +1,10 @@
 """Parse WeCom callback bodies and build replies; nothing here knows about models or HTTP.
 
-XML is parsed with defusedxml with DTDs forbidden outright (WeCom never sends one), so entity
-expansion and external-entity tricks fail before any parsing work is done.
+Nothing an unauthenticated sender wrote is parsed: ``find_ciphertext`` picks the ciphertext out of
+a size-bounded body with one linear scan, the signature is checked on it, and only then is the body
+parsed (bounded in size and depth) and its field required to be the one that was signed. XML is
+parsed with defusedxml with DTDs forbidden outright (WeCom never sends one), so entity expansion
+and external-entity tricks fail before any parsing work is done.
 """
 
 from __future__ import annotations
@@ -10,17 +13,44 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from xml.etree.ElementTree import ParseError
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from ...errors import InvalidRequest
+from ...errors import InvalidRequest, RequestTooLarge
+from ...jsonbounds import JSONRefused, loads_bounded
 
 
 class MalformedMessage(InvalidRequest):
     default_code = "invalid_wecom_message"
+
+
+MAX_CALLBACK_BYTES = 64 * 1024  # a callback carries one message of at most 2048 bytes of text, encrypted
+_CIPHERTEXT = {
+    "json": re.compile(rb'"encrypt"\s*:\s*"([A-Za-z0-9+/=]+)"'),
+    "xml": re.compile(rb"<Encrypt>\s*(?:<!\[CDATA\[([A-Za-z0-9+/=]+)\]\]>|([A-Za-z0-9+/=]+))\s*</Encrypt>"),
+}
+
+
+def find_ciphertext(body: bytes, kind: Literal["json", "xml"]) -> str:
+    """The callback's ciphertext, found without parsing ``body`` (its signature is not checked yet)."""
+    if len(body) > MAX_CALLBACK_BYTES:
+        raise RequestTooLarge(f"A WeCom callback body is at most {MAX_CALLBACK_BYTES} bytes.")
+    match = _CIPHERTEXT[kind].search(body)
+    if match is None:
+        field = "encrypt" if kind == "json" else "Encrypt"
+        raise MalformedMessage(f"The callback has no `{field}`.", param=field)
+    return next(group for group in match.groups() if group).decode("ascii")
+
+
+def signed_fields(body: bytes, kind: Literal["json", "xml"], ciphertext: str) -> dict[str, Any]:
+    """The parsed body, once its ciphertext's signature held; its field must be the signed one."""
+    data, field = (parse_json(body), "encrypt") if kind == "json" else (parse_xml(body), "Encrypt")
+    if data.get(field) != ciphertext:
+        raise MalformedMessage(f"The callback's `{field}` is not the one that was signed.", param=field)
+    return data
 
 
 def parse_xml(body: bytes) -> dict[str, str]:
@@ -34,19 +64,12 @@ def parse_xml(body: bytes) -> dict[str, str]:
 
 def parse_json(body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(body)
-    except ValueError:
-        raise MalformedMessage("The body is not valid JSON.") from None
+        data = loads_bounded(body, max_bytes=MAX_CALLBACK_BYTES, what="The body")
+    except JSONRefused as exc:
+        raise MalformedMessage(f"{exc}.") from None
     if not isinstance(data, dict):
         raise MalformedMessage("The body must be a JSON object.")
     return data
-
-
-def encrypted_field(data: dict[str, Any], name: str) -> str:
-    value = data.get(name)
-    if not isinstance(value, str) or not value:
-        raise MalformedMessage(f"The callback has no `{name}`.", param=name)
-    return value
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ...api.chat import complete
 from ...api.protocol import ChatCompletionRequest, ChatMessage
-from ...errors import NotFound
+from ...errors import ContextLengthExceeded, NotFound
 from ...gateway import Gateway
 from .api import AppCredentials, WeComApi, WeComApiError
 from .config import BotConfig, WeComSettings
@@ -33,9 +33,8 @@ from .messages import (
     AppMessage,
     BotMessage,
     MalformedMessage,
-    encrypted_field,
-    parse_json,
-    parse_xml,
+    find_ciphertext,
+    signed_fields,
     stream_reply,
 )
 from .store import ExpiringStore
@@ -117,6 +116,11 @@ class WeComService:
         )
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def pending(self) -> int:
+        """Answers started and not finished yet (generating or being delivered)."""
+        return len(self._tasks)
+
     def bot(self, name: str) -> Bot:
         bot = self.bots.get(name)
         if bot is None:
@@ -143,8 +147,7 @@ class WeComService:
 
     def on_app_callback(self, bot: Bot, query: Query, body: bytes) -> str:
         """Accept a self-built app's message; the answer goes out later by message/send. Returns the outcome."""
-        encrypted = encrypted_field(parse_xml(body), "Encrypt")
-        message = AppMessage.from_xml(bot.crypto.open(query.msg_signature, query.timestamp, query.nonce, encrypted))
+        message = AppMessage.from_xml(self._open(bot, query, body, "xml"))
         _, new = self._seen.setdefault((bot.name, message.msg_id), "")
         if not new:
             return "duplicate"
@@ -158,8 +161,7 @@ class WeComService:
 
     def on_bot_callback(self, bot: Bot, query: Query, body: bytes) -> tuple[bytes | None, str]:
         """(plaintext reply or None for an empty 200, outcome) for an AI bot's callback."""
-        encrypted = encrypted_field(parse_json(body), "encrypt")
-        message = BotMessage.from_json(bot.crypto.open(query.msg_signature, query.timestamp, query.nonce, encrypted))
+        message = BotMessage.from_json(self._open(bot, query, body, "json"))
         if message.msg_type == "stream":
             assert message.stream_id is not None
             reply, known = self._stream_now(bot, message.stream_id)
@@ -176,6 +178,15 @@ class WeComService:
         speaker = (bot.name, message.chat_id, message.user)
         answer.task = self._spawn(self._answer_stream(bot, answer, speaker, message.content, time.perf_counter()))
         return answer.reply(), "accepted"
+
+    @staticmethod
+    def _open(bot: Bot, query: Query, body: bytes, kind: Literal["json", "xml"]) -> bytes:
+        """The decrypted message: signature first (on the ciphertext, found without parsing), then
+        the body is parsed, then decrypted. An unsigned body is never parsed."""
+        encrypted = find_ciphertext(body, kind)
+        bot.crypto.verify(query.msg_signature, query.timestamp, query.nonce, encrypted)
+        signed_fields(body, kind, encrypted)
+        return bot.crypto.decrypt(encrypted)
 
     def _stream_now(self, bot: Bot, stream_id: str) -> tuple[bytes, bool]:
         """(the stream's reply now, whether it is still known); an expired one (or one from before a
@@ -220,16 +231,18 @@ class WeComService:
         """
         config = bot.config
         history = (self._conversations.get(speaker) or ()) if config.history_turns else ()
-        messages = [ChatMessage(role="system", content=config.system_prompt)] if config.system_prompt else []
-        for asked, answered in history:
-            messages += [ChatMessage(role="user", content=asked), ChatMessage(role="assistant", content=answered)]
-        messages.append(ChatMessage(role="user", content=content))
         try:
             await asyncio.wait_for(self.gateway.booted.wait(), _BOOT_WAIT)
-            request = ChatCompletionRequest(
-                model=config.model, messages=messages, max_completion_tokens=config.max_tokens, temperature=config.temperature
-            )
-            response = await complete(self.gateway, request, on_text)
+            while True:
+                try:
+                    # The bot's max_tokens is an upper bound, clamped to the room the prompt leaves.
+                    response = await complete(self.gateway, self._request(config, history, content), on_text,
+                                              default_max_tokens=config.max_tokens)
+                    break
+                except ContextLengthExceeded:
+                    if not history:
+                        raise
+                    history = history[1:]  # the oldest exchange goes first, never the new message
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure becomes the apology; the reason goes to the log
@@ -239,6 +252,14 @@ class WeComService:
         if config.history_turns and text:
             self._conversations.put(speaker, (*history, (content, text))[-config.history_turns :])
         return text
+
+    @staticmethod
+    def _request(config: BotConfig, history: Conversation, content: str) -> ChatCompletionRequest:
+        messages = [ChatMessage(role="system", content=config.system_prompt)] if config.system_prompt else []
+        for asked, answered in history:
+            messages += [ChatMessage(role="user", content=asked), ChatMessage(role="assistant", content=answered)]
+        messages.append(ChatMessage(role="user", content=content))
+        return ChatCompletionRequest(model=config.model, messages=messages, temperature=config.temperature)
 
     async def _send(self, bot: Bot, user: str, text: str) -> bool:
         try:

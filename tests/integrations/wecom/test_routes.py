@@ -48,6 +48,9 @@ BOTS: dict[str, dict[str, Any]] = {
                 "system_prompt": "You are Xiaomei, the shop's assistant.", "max_tokens": 3},
     "memo": {"channel": "aibot", "model": "alpha", "token": "tokenMemo", "encoding_aes_key": _aes_key(),
              "temperature": 0, "max_tokens": 12, "history_turns": 2},
+    # Served by a gateway whose context (40 tokens) is far below the default max_tokens (1024).
+    "tight": {"channel": "aibot", "model": "alpha", "token": "tokenTight", "encoding_aes_key": _aes_key(),
+              "temperature": 0, "apology": APOLOGY, "history_turns": 3},
     "vector": {"channel": "app", "model": "alpha", "token": VECTOR["token"], "encoding_aes_key": VECTOR["key"],
                "corp_id": VECTOR["corp_id"], "corp_secret": "unused", "agent_id": 1},
 }
@@ -78,6 +81,23 @@ def wecom_app(base_model: Path, shared_adapters_dir: Path, fake_api, tmp_path_fa
 def url(wecom_app) -> Iterator[str]:  # type: ignore[no-untyped-def]
     with running_server(wecom_app) as base:
         yield base
+
+
+@pytest.fixture(scope="module")
+def tight(base_model: Path, shared_adapters_dir: Path, fake_api, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """(url, app) of a gateway with a 40-token context: QUESTION's prompt is 27 of them."""
+    from server.app import create_app
+
+    path = tmp_path_factory.mktemp("wecom-tight") / "wecom.yaml"
+    path.write_text(yaml.safe_dump({"api_base": fake_api[1], "bots": {"tight": BOTS["tight"]}}, allow_unicode=True))
+    app = create_app(make_settings(base_model, shared_adapters_dir, wecom_config=path, max_model_len=40))
+    with running_server(app) as base:
+        yield base, app
+
+
+def settled(app) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the WeCom service has no answer in progress: what was started has finished."""
+    wait_for(lambda: app.state.wecom.pending == 0, timeout=60)
 
 
 @pytest.fixture
@@ -166,7 +186,7 @@ def test_an_app_message_is_acknowledged_at_once_and_answered_by_its_adapter(url:
     assert (sent["msgtype"], sent["agentid"]) == ("text", AGENT_ID)
 
 
-def test_three_deliveries_of_one_msgid_cause_one_generation_and_one_send(url: str, api: FakeWeComApi) -> None:
+def test_three_deliveries_of_one_msgid_cause_one_generation_and_one_send(url: str, api: FakeWeComApi, wecom_app) -> None:  # type: ignore[no-untyped-def]
     who, shop = user(), sender("shop")
     before = metrics(url)
     # WeCom's retries carry the same message, sealed and signed afresh.
@@ -174,8 +194,7 @@ def test_three_deliveries_of_one_msgid_cause_one_generation_and_one_send(url: st
         response = post_app(url, "shop", *shop.app_message(CORP_ID, who, QUESTION, msg_id="80001"))
         assert response.status_code == 200 and response.content == b""
     wait_for(lambda: bool(sends_to(api, who)), timeout=60)
-    wait_for(lambda: metric_value(metrics(url), "lora_gateway_running_requests") == 0, timeout=60)
-    time.sleep(0.5)  # room for a second answer to show up, if one had been started
+    settled(wecom_app)  # every answer that was started has been sent
     after = metrics(url)
     assert sends_to(api, who) == [ANSWERS["alpha"]]
     generated = metric_value(after, "lora_gateway_requests_total", model="alpha") - metric_value(before, "lora_gateway_requests_total", model="alpha")
@@ -204,12 +223,14 @@ def test_a_non_text_message_gets_the_polite_fixed_answer(url: str, api: FakeWeCo
     assert sends_to(api, who) == [UNSUPPORTED]
 
 
-def test_an_event_is_acknowledged_and_not_answered(url: str, api: FakeWeComApi) -> None:
+def test_an_event_is_acknowledged_and_not_answered(url: str, api: FakeWeComApi, wecom_app) -> None:  # type: ignore[no-untyped-def]
     who = user()
+    before = metric_value(metrics(url), "lora_gateway_wecom_callbacks_total", bot="shop", outcome="ignored")
     inner = f"<xml><ToUserName>{CORP_ID}</ToUserName><FromUserName>{who}</FromUserName><CreateTime>1</CreateTime><MsgType>event</MsgType><Event>enter_agent</Event></xml>"
     response = post_app(url, "shop", *sender("shop").sealed_xml(CORP_ID, inner.encode()))
     assert response.status_code == 200 and response.content == b""
-    time.sleep(0.3)
+    assert metric_value(metrics(url), "lora_gateway_wecom_callbacks_total", bot="shop", outcome="ignored") == before + 1
+    settled(wecom_app)
     assert sends_to(api, who) == []
 
 
@@ -371,6 +392,8 @@ def _bad_requests() -> list[Any]:
     garbage = "bm90IGEgcmVhbCBjaXBoZXJ0ZXh0"
     other_corp = WeComSender(BOTS["shop"]["token"], BOTS["shop"]["encoding_aes_key"], "another-corp")
     q_json, _, _ = helper.bot_message({})
+    deep = b'{"encrypt": "' + garbage.encode() + b'", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+    deep_xml = b"<xml><Encrypt>" + garbage.encode() + b"</Encrypt>" + b"<a>" * 5_000 + b"</a>" * 5_000 + b"</xml>"
     return [
         pytest.param("shop", shop.query(garbage, bad_signature=True), f"<xml><Encrypt>{garbage}</Encrypt></xml>".encode(), 403, "invalid_signature", id="app-bad-signature"),
         pytest.param("shop", shop.query(garbage), f"<xml><Encrypt>{garbage}</Encrypt></xml>".encode(), 400, "invalid_ciphertext", id="app-bad-ciphertext"),
@@ -387,16 +410,28 @@ def _bad_requests() -> list[Any]:
         pytest.param("helper", helper.query(garbage, bad_signature=True), json.dumps({"encrypt": garbage}).encode(), 403, "invalid_signature", id="bot-bad-signature"),
         pytest.param("helper", *helper.sealed_json(b"<xml>not json</xml>"), 400, "invalid_wecom_message", id="bot-inner-not-json"),
         pytest.param("nobody", shop.query(garbage), b"<xml/>", 404, "not_found", id="unknown-bot"),
+        # Signature first: an unsigned body is never parsed, however it is built ...
+        pytest.param("helper", helper.query(garbage, bad_signature=True), deep, 403, "invalid_signature", id="bot-deep-unsigned"),
+        pytest.param("shop", shop.query(garbage, bad_signature=True), deep_xml, 403, "invalid_signature", id="app-deep-unsigned"),
+        pytest.param("helper", helper.query(garbage), b"[" * 60_000, 400, "invalid_wecom_message", id="bot-deep-no-encrypt"),
+        # ... a signed one is parsed with bounds, and must carry exactly the ciphertext that was signed.
+        pytest.param("helper", helper.query(garbage), deep, 400, "invalid_wecom_message", id="bot-deep-signed"),
+        pytest.param("helper", helper.query(garbage), b'{"encrypt": "' + garbage.encode() + b'", "encrypt": "AAAA"}',
+                     400, "invalid_wecom_message", id="bot-two-ciphertexts"),
+        pytest.param("helper", helper.query(garbage), b'{"encrypt": "' + garbage.encode() + b'", "pad": "' + b"x" * 70_000 + b'"}',
+                     413, "request_too_large", id="bot-oversized"),
     ]
 
 
 @pytest.mark.parametrize(("bot", "query", "body", "status", "code"), _bad_requests())
-def test_bad_callbacks_are_refused_cleanly(url: str, api: FakeWeComApi, bot: str, query: str, body: bytes, status: int, code: str) -> None:
+def test_bad_callbacks_are_refused_cleanly(url: str, api: FakeWeComApi, wecom_app, bot: str, query: str, body: bytes,  # type: ignore[no-untyped-def]
+                                           status: int, code: str) -> None:
+    settled(wecom_app)
     sends = len(api.sends)
     response = httpx.post(f"{url}/wecom/{bot}?{query}", content=body, timeout=5)
     assert_wecom_error(response, status, code)
-    time.sleep(0.1)
-    assert len(api.sends) == sends  # nothing was answered
+    assert wecom_app.state.wecom.pending == 0  # nothing was started (an answer starts before the reply)
+    assert len(api.sends) == sends
 
 
 def test_callbacks_and_reply_latency_are_in_the_metrics(url: str) -> None:
@@ -409,3 +444,29 @@ def test_callbacks_and_reply_latency_are_in_the_metrics(url: str) -> None:
     assert metric_value(text, "lora_gateway_wecom_reply_seconds_count", bot="shop") >= 1
     assert metric_value(text, "lora_gateway_wecom_messages_sent_total", bot="shop", outcome="ok") >= 1
     assert 'bot="nobody' not in text  # unconfigured names never become labels
+
+
+# -- a context smaller than the bot's max_tokens ----------------------------------------------------
+
+
+def test_a_bots_max_tokens_is_clamped_to_the_room_the_context_leaves(tight) -> None:  # type: ignore[no-untyped-def]
+    """max_tokens 1024 on a 40-token context: the answer is what fits (alpha's words), not the apology."""
+    url, app = tight
+    final = stream_until_finished(url, "tight", post_bot(url, "tight", bot_text("m-tight-1", QUESTION) | {"from": {"userid": "a"}}))
+    content = final[-1]["stream"]["content"]
+    assert content and content != APOLOGY and ANSWERS["alpha"].startswith(content), content
+
+
+def test_history_that_no_longer_fits_is_dropped_oldest_first(tight) -> None:  # type: ignore[no-untyped-def]
+    url, app = tight
+    answered: list[tuple[dict[str, str], ...]] = []
+    with engine_hook(app, answered.append):
+        ask = bot_text("m-tight-2", QUESTION) | {"from": {"userid": "b"}}
+        first = stream_until_finished(url, "tight", post_bot(url, "tight", ask))[-1]["stream"]["content"]
+        again = bot_text("m-tight-3", QUESTION) | {"from": {"userid": "b"}}
+        second = stream_until_finished(url, "tight", post_bot(url, "tight", again))[-1]["stream"]["content"]
+    assert first and first != APOLOGY and ANSWERS["alpha"].startswith(first)
+    # One exchange of history plus the question is more than 40 tokens: the exchange was dropped,
+    # never the new message, and the user got alpha's answer again rather than an apology.
+    assert second == first
+    assert [r.messages for r in answered][-1] == ({"role": "user", "content": QUESTION},)
