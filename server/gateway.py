@@ -29,7 +29,8 @@ class Gateway:
     started: int = field(default_factory=lambda: int(time.time()))
     background: list[asyncio.Task[None]] = field(default_factory=list)
     watcher: AdapterWatcher | None = None  # set once the base is loaded
-    models_json: tuple[object, bytes] | None = None  # /v1/models, serialized once per registry change
+    # /v1/models serialized once per registry change, with paths (admin keys) and without
+    models_json: dict[bool, tuple[object, bytes]] = field(default_factory=dict)
 
     @property
     def base_model_id(self) -> str:

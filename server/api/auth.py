@@ -24,9 +24,17 @@ def check_bearer(request: Request, keys: list[bytes]) -> None:
             "You didn't provide an API key. You need to provide your API key in an Authorization header "
             "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
         )
+    if not presented_one_of(request, keys):
+        raise Unauthorized("Incorrect API key provided.")
+
+
+def presented_one_of(request: Request, keys: list[bytes]) -> bool:
+    """Whether the request's bearer key is one of ``keys`` (every key compared, in constant time)."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return False
     candidate = presented.strip().encode()
     matched = False
     for key in keys:
         matched |= hmac.compare_digest(candidate, key)
-    if not matched:
-        raise Unauthorized("Incorrect API key provided.")
+    return matched
