@@ -43,7 +43,7 @@ from .base import (
     GenerationRequest,
 )
 from .lora_batch import BatchedLora
-from .prompts import check_context, render_chat
+from .prompts import check_context, render_chat, render_off_loop
 from .sampling import Sampler
 from .text import IncrementalDecoder, StopMatcher
 
@@ -265,7 +265,7 @@ class LocalEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         if not self._ready:
             raise EngineUnavailable("The model is still loading; try again shortly.")
-        prompt_ids = self.render_prompt(request.messages)
+        prompt_ids = await render_off_loop(self._tokenizer, request.messages, self.max_model_len or 0)
         check_context(len(prompt_ids), request.sampling.max_tokens, self.max_model_len or 0)
         peft_name = BASE_ROW
         if request.adapter is not None:

@@ -1,11 +1,45 @@
 """Chat prompts as token ids, and the context-window check: shared by every engine that renders
-its own prompts, so templates and usage accounting agree across engines."""
+its own prompts, so templates and usage accounting agree across engines.
+
+Rendering a 2 MB prompt takes the tokenizer a good part of a second: done on the event loop, it
+would stall every other request and ``/health`` with it. ``render_off_loop`` refuses a prompt whose
+bytes cannot fit the context (no token is longer than the tokenizer's longest, so the byte count
+bounds the token count from below) before any tokenizing, and tokenizes the rest in a thread.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import ContextLengthExceeded
+
+_INLINE_BYTES = 4096  # prompts this small are rendered on the loop: a thread hop would cost more
+# One thread, as vLLM does: a fast tokenizer shared by threads can fail with "Already borrowed".
+_tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+
+
+@functools.lru_cache(maxsize=8)
+def longest_token_bytes(tokenizer: Any) -> int:
+    """The most UTF-8 bytes one token stands for (byte-level BPE shows one character per byte)."""
+    return max((len(token.encode("utf-8", "surrogatepass")) for token in tokenizer.get_vocab()), default=1) or 1
+
+
+async def render_off_loop(tokenizer: Any, messages: tuple[dict[str, str], ...], limit: int) -> list[int]:
+    """``render_chat`` in a worker thread, after refusing what cannot fit ``limit`` tokens."""
+    size = sum(len(m["content"].encode("utf-8", "surrogatepass")) for m in messages)
+    if size <= _INLINE_BYTES:
+        return render_chat(tokenizer, messages)
+    per_token = longest_token_bytes(tokenizer)
+    if limit and size > limit * per_token:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {limit} tokens. However, your messages are {size} bytes, "
+            f"more than {limit} tokens of at most {per_token} bytes each can hold.",
+            param="messages",
+        )
+    return await asyncio.get_running_loop().run_in_executor(_tokenizing, render_chat, tokenizer, messages)
 
 
 def render_chat(tokenizer: Any, messages: tuple[dict[str, str], ...]) -> list[int]:

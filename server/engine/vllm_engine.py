@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import EngineError, EngineUnavailable
 from .base import AdapterRef, Engine, EngineHealth, GenerationDelta, GenerationRequest, SamplingOptions
-from .prompts import check_context, render_chat
+from .prompts import check_context, render_chat, render_off_loop
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class VllmEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         engine = self._require()
-        prompt_ids = self.render_prompt(request.messages)
+        prompt_ids = await render_off_loop(self._tokenizer, request.messages, self.max_model_len or 0)
         max_tokens = check_context(
             len(prompt_ids), request.sampling.max_tokens, self.max_model_len or 0, request.sampling.default_max_tokens
         )
