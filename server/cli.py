@@ -38,6 +38,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, require_model: bool 
         origin = typing.get_origin(field.annotation)
         if origin in (list, typing.Annotated) or name == "api_key":
             kwargs["action"] = "append"
+        elif field.annotation is bool:  # --allow-long-context, --no-allow-long-context
+            kwargs["action"] = argparse.BooleanOptionalAction
         choices = _literal_choices(field.annotation)
         if choices:
             kwargs["choices"] = choices

@@ -215,3 +215,12 @@ def test_help_is_plain_text_and_serve_requires_a_model() -> None:
     assert "--model MODEL" in serve.stdout.split("[--model MODEL]")[0] and "[--model MODEL]" not in serve.stdout
     missing = subprocess.run([sys.executable, "-m", "server", "serve"], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "--model" in missing.stderr
+
+
+def test_boolean_settings_are_switches() -> None:
+    from server.cli import _settings_from, build_parser
+
+    parser = build_parser()
+    assert _settings_from(parser.parse_args(["serve", "--model", "m", "--allow-long-context"])).allow_long_context is True
+    assert _settings_from(parser.parse_args(["serve", "--model", "m", "--no-allow-long-context"])).allow_long_context is False
+    assert _settings_from(parser.parse_args(["serve", "--model", "m"])).allow_long_context is False
