@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import string
 import sys
@@ -41,8 +42,8 @@ SMALL = {"model": "bench-base", "messages": [{"role": "user", "content": "Where 
          "temperature": 0}
 
 
-def distinct_prompt(seed: int) -> str:
-    """Words, so the tokenizer does real merging work; distinct per request, so nothing is cached."""
+def random_words(seed: int) -> str:
+    """Words, so the tokenizer does real merging work."""
     rng = random.Random(seed)
     words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(2000)]
     text: list[str] = []
@@ -52,6 +53,27 @@ def distinct_prompt(seed: int) -> str:
         text.append(word)
         size += len(word) + 1
     return " ".join(text)
+
+
+def send_big_prompts(url: str, index: int, max_tokens: int | None, stop, results) -> None:  # type: ignore[no-untyped-def]
+    """One loader, in a process of its own: its JSON encoding never competes with the probes' GIL.
+    Every prompt is distinct (a new rotation of the text), so nothing can be cached."""
+    text = random_words(index)
+    statuses: list[int] = []
+    latencies: list[float] = []
+    with httpx.Client(timeout=300) as client:
+        n = 0
+        while not stop.is_set():
+            cut = (n * 7919 + 1) % len(text)
+            body: dict[str, object] = {"model": "bench-base",
+                                       "messages": [{"role": "user", "content": f"{index}-{n} " + text[cut:] + text[:cut]}]}
+            if max_tokens is not None:
+                body["max_tokens"] = max_tokens
+            started = time.perf_counter()
+            statuses.append(client.post(f"{url}/v1/chat/completions", json=body).status_code)
+            latencies.append(time.perf_counter() - started)
+            n += 1
+    results.put((statuses, latencies))
 
 
 def sample(fn, stop: threading.Event, pause: float) -> list[float]:  # type: ignore[no-untyped-def]
@@ -76,20 +98,6 @@ def measure(url: str, seconds: float, clients: int, max_tokens: int | None) -> d
 
     stop = threading.Event()
     results: dict[str, list[float]] = {}
-    statuses: list[int] = []
-    big_latencies: list[float] = []
-
-    def big(index: int) -> None:
-        with httpx.Client(timeout=300) as client:
-            n = 0
-            while not stop.is_set():
-                body: dict[str, object] = {"model": "bench-base", "messages": [{"role": "user", "content": distinct_prompt(index * 1000 + n)}]}
-                if max_tokens is not None:
-                    body["max_tokens"] = max_tokens
-                started = time.perf_counter()
-                statuses.append(client.post(f"{url}/v1/chat/completions", json=body).status_code)
-                big_latencies.append(time.perf_counter() - started)
-                n += 1
 
     def run(name: str, fn, pause: float) -> None:  # type: ignore[no-untyped-def]
         results[name] = sample(fn, stop, pause)
@@ -103,18 +111,29 @@ def measure(url: str, seconds: float, clients: int, max_tokens: int | None) -> d
         stop.set()
         thread.join()
     stop.clear()
-    loaders = [threading.Thread(target=big, args=(i,)) for i in range(clients)]
+    context = multiprocessing.get_context("spawn")
+    loaders_stop, loaded = context.Event(), context.Queue()
+    loaders = [context.Process(target=send_big_prompts, args=(url, i, max_tokens, loaders_stop, loaded)) for i in range(clients)]
     probes = [threading.Thread(target=run, args=("health_loaded", health, 0.01)),
               threading.Thread(target=run, args=("chat_loaded", chat, 0.05))]
-    for thread in loaders:
-        thread.start()
-    time.sleep(2.0)  # the first big bodies are in flight
+    for process in loaders:
+        process.start()
+    time.sleep(4.0)  # the loaders have built their text and the first big bodies are in flight
     for thread in probes:
         thread.start()
     time.sleep(seconds)
     stop.set()
-    for thread in [*probes, *loaders]:
+    loaders_stop.set()
+    for thread in probes:
         thread.join()
+    statuses: list[int] = []
+    big_latencies: list[float] = []
+    for _ in loaders:
+        got = loaded.get(timeout=600)
+        statuses += got[0]
+        big_latencies += got[1]
+    for process in loaders:
+        process.join()
 
     def stats(values: list[float]) -> dict[str, float]:
         return {"n": len(values), "p50_ms": percentile(values, 0.5) * 1000, "p99_ms": percentile(values, 0.99) * 1000,
