@@ -67,7 +67,9 @@ def build_engine(settings: Settings) -> Engine:
         from .engine.remote import RemoteEngine
 
         key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-        return RemoteEngine(settings.upstream, base_model_id=settings.base_model_id, api_key=key)
+        return RemoteEngine(settings.upstream, base_model_id=settings.base_model_id, api_key=key,
+                            first_byte_timeout=settings.upstream_first_byte_timeout,
+                            stall_timeout=settings.upstream_stall_timeout)
     raise ValueError(f"unknown engine {settings.engine!r}")
 
 

@@ -23,6 +23,7 @@ route ever chooses a status code by reading an error message.
     ├── RequestTooLarge           413 invalid_request_error
     ├── RateLimited               429 rate_limit_error (Retry-After)
     ├── EngineError               500 server_error (one request failed; the engine lives on)
+    │   └── UpstreamLost          502, code "upstream_lost" (remote: an upstream failed mid-answer)
     └── EngineUnavailable         503 server_error (not loaded yet, or shutting down)
 """
 
@@ -135,6 +136,14 @@ class EngineError(GatewayError):
     status_code = 500
     error_type = "server_error"
     default_code = "engine_error"
+
+
+class UpstreamLost(EngineError):
+    """An upstream failed after it had started answering. Nothing of a non-streaming request has
+    reached its client yet, so the gateway retries it on another upstream (``api.chat``)."""
+
+    status_code = 502
+    default_code = "upstream_lost"
 
 
 class EngineUnavailable(GatewayError):

@@ -30,6 +30,12 @@ class Settings(BaseSettings):
         default_factory=list, description="remote: URL of a `vllm serve --enable-lora` upstream (repeat for several)."
     )
     upstream_api_key: SecretStr | None = Field(default=None, description="remote: bearer key the upstreams expect.")
+    upstream_first_byte_timeout: float = Field(
+        default=10.0, gt=0, description="remote: seconds an upstream has to answer a request before it is ejected and the request goes to the next."
+    )
+    upstream_stall_timeout: float = Field(
+        default=30.0, gt=0, description="remote: seconds an answering upstream may stay silent before it is considered lost."
+    )
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
     api_key: Annotated[list[SecretStr], NoDecode] = Field(

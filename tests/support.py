@@ -75,13 +75,13 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, interval: flo
         time.sleep(interval)
 
 
-def wait_ready(url: str, timeout: float, still_running: Callable[[], None] = lambda: None) -> None:
-    """Poll ``url``/ready until it answers 200; ``still_running`` raises if the server died."""
+def wait_ready(url: str, timeout: float, still_running: Callable[[], None] = lambda: None, probe: str = "/ready") -> None:
+    """Poll ``url``/ready (or ``probe``) until it answers 200; ``still_running`` raises if the server died."""
     deadline = time.monotonic() + timeout
     while True:
         still_running()
         try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -91,8 +91,9 @@ def wait_ready(url: str, timeout: float, still_running: Callable[[], None] = lam
 
 
 @contextlib.contextmanager
-def running_server(app, *, ready_timeout: float = 60.0) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """Serve ``app`` with a real uvicorn on 127.0.0.1 in a thread; yield its base URL once /ready."""
+def running_server(app, *, ready_timeout: float = 60.0, probe: str = "/ready") -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """Serve ``app`` with a real uvicorn on 127.0.0.1 in a thread; yield its base URL once /ready
+    (or ``probe``: ``/health`` to reach a server that will never be ready) answers 200."""
     import uvicorn
 
     from server.serving import uvicorn_config
@@ -107,7 +108,7 @@ def running_server(app, *, ready_timeout: float = 60.0) -> Iterator[str]:  # typ
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, ready_timeout)
+        wait_ready(url, ready_timeout, probe=probe)
     except RuntimeError:
         server.should_exit = True
         raise

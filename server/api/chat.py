@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from ..engine.base import GenerationDelta, GenerationRequest, SamplingOptions
-from ..errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest, ModelNotFound
+from ..errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest, ModelNotFound, UpstreamLost
 from ..gateway import Gateway
 from ..metrics import UNKNOWN_MODEL, GatewayMetrics
 from ..registry import Lease
@@ -42,6 +43,8 @@ from .protocol import (
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+_RETRIES_AFTER_UPSTREAM_LOSS = 2  # a non-streaming answer whose upstream died is started over elsewhere
 
 
 def to_generation_request(body: ChatCompletionRequest, lease: Lease, max_n: int, default_max_tokens: int | None = None) -> GenerationRequest:
@@ -149,8 +152,11 @@ async def admit(gateway: Gateway, body: ChatCompletionRequest, default_max_token
         lease = await lease_scope.enter_async_context(gateway.registry.lease(body.model))
         generation = to_generation_request(body, lease, gateway.settings.max_n,
                                            default_max_tokens or gateway.settings.default_max_tokens)
-        if not gateway.engine.health().ready:
-            raise EngineUnavailable("The model is still loading; try again shortly.")
+        if gateway.boot_error is not None:  # never half-alive: a gateway that failed to start serves nothing
+            raise EngineUnavailable(f"The gateway could not start: {gateway.boot_error}")
+        health = gateway.engine.health()
+        if not health.ready:
+            raise EngineUnavailable(health.unavailable or "The model is still loading; try again shortly.")
     except GatewayError as error:
         await lease_scope.aclose()
         record_error(gateway.metrics, UNKNOWN_MODEL if isinstance(error, ModelNotFound) else body.model, error)
@@ -171,7 +177,16 @@ async def complete(
     generation, observer, lease_scope = await admit(gateway, body, default_max_tokens)
     async with lease_scope:
         try:
-            return await _complete(gateway, generation, body.model, observer, on_text)
+            retries = 0
+            while True:
+                try:
+                    return await _complete(gateway, generation, body.model, observer, on_text)
+                except UpstreamLost:
+                    # Nothing reached the caller (no on_text): start over on another upstream.
+                    retries += 1
+                    if on_text is not None or retries > _RETRIES_AFTER_UPSTREAM_LOSS:
+                        raise
+                    logger.warning("request %s: its upstream was lost mid-answer; retrying on another", generation.request_id)
         except GatewayError as error:
             observer.failure(error)
             raise

@@ -70,6 +70,7 @@ class EngineHealth:
     running_requests: int = 0
     waiting_requests: int = 0
     loaded_adapters: list[str] = field(default_factory=list)
+    unavailable: str = ""  # when not ready although started: why, in words a client can act on
 
 
 class Engine(abc.ABC):

@@ -8,12 +8,19 @@ every request and owns the registry; upstreams only run models.
   ``/v1/load_lora_adapter`` under a versioned name (``<name>.v<id>``), so a swap is blue/green, and
   unloaded with ``/v1/unload_lora_adapter`` once drained. Upstreams must be started with
   ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` and see the adapters volume at the same path.
-- Health: a background loop checks each upstream; one that was down, or that comes back without the
-  adapters we gave it (it restarted), gets them registered again before it receives traffic again.
+- Health: a background loop checks each upstream. One that was down, or that comes back without
+  the adapters we gave it (it restarted), gets them registered again before it receives traffic;
+  one that comes back holding versions we no longer want (it missed an unload while down) has them
+  unloaded. The gateway owns every ``<name>.v<N>`` adapter on its upstreams.
 - Routing: prefer an upstream that holds the adapter, then the one with the fewest requests in
-  flight; if an upstream cannot be reached before the first token, try the next one.
+  flight. An upstream that cannot be reached, or does not answer within ``first_byte_timeout``,
+  is ejected (until its health check passes again) and the request goes to the next one; once
+  answering, an upstream silent for ``stall_timeout`` is lost. So a request waits on a dead
+  upstream at most ``first_byte_timeout`` before it is answered elsewhere, and at most
+  ``first_byte_timeout`` times the number of upstreams in all.
 - Streaming: upstream SSE chunks are turned into deltas as they arrive (nothing is buffered), and
-  closing our stream closes the upstream request, which vLLM aborts.
+  closing our stream closes the upstream request, which vLLM aborts. An upstream lost mid-answer is
+  ``UpstreamLost``, which the chat path retries elsewhere when nothing reached the client yet.
 """
 
 from __future__ import annotations
@@ -22,16 +29,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from ..errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest
+from ..errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest, UpstreamLost
 from .base import AdapterRef, Engine, EngineHealth, GenerationDelta, GenerationRequest
+from .sse import deltas
 
 logger = logging.getLogger(__name__)
+_VERSIONED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.v\d+")  # the names upstream_name() gives
 
 
 def upstream_name(adapter: AdapterRef) -> str:
@@ -46,18 +56,24 @@ class Upstream:
     in_flight: int = 0
     loaded: set[str] = field(default_factory=set)  # upstream names of adapters registered there
     max_model_len: int | None = None
+    last_failure: str | None = None
+
+
+class _NoAnswer(Exception):
+    """The upstream could not be reached or did not answer in time: nothing was streamed yet."""
 
 
 class RemoteEngine(Engine):
     def __init__(self, urls: list[str], *, base_model_id: str, api_key: str | None = None,
-                 health_interval: float = 2.0, timeout: float = 600.0) -> None:
+                 health_interval: float = 2.0, first_byte_timeout: float = 10.0, stall_timeout: float = 30.0) -> None:
         if not urls:
             raise ValueError("--engine remote needs at least one --upstream URL")
         self.upstreams = [Upstream(url.rstrip("/")) for url in urls]
         self.base_model_id = base_model_id
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._health_interval = health_interval
-        self._timeout = timeout
+        self._first_byte_timeout = first_byte_timeout
+        self._stall_timeout = stall_timeout
         self._adapters: dict[int, AdapterRef] = {}  # every version the registry wants loaded
         self._client: httpx.AsyncClient | None = None
         self._monitor: asyncio.Task[None] | None = None
@@ -66,7 +82,8 @@ class RemoteEngine(Engine):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(headers=self._headers, timeout=httpx.Timeout(self._timeout, connect=5.0))
+        # The read timeout is the stall bound: between two chunks of an answer, or of any other call.
+        self._client = httpx.AsyncClient(headers=self._headers, timeout=httpx.Timeout(self._stall_timeout, connect=5.0))
         await asyncio.gather(*(self._check(u) for u in self.upstreams))
         if not any(u.healthy for u in self.upstreams):
             raise EngineUnavailable(f"no upstream serves {self.base_model_id!r}: " + ", ".join(u.url for u in self.upstreams))
@@ -83,11 +100,16 @@ class RemoteEngine(Engine):
 
     def health(self) -> EngineHealth:
         healthy = [u for u in self.upstreams if u.healthy]
+        unavailable = ""
+        if self._client is not None and not healthy:
+            unavailable = "No upstream is reachable right now (" + "; ".join(
+                f"{u.url}: {u.last_failure or 'down'}" for u in self.upstreams) + "); try again shortly."
         return EngineHealth(
             ready=bool(healthy) and self._client is not None,
             detail=f"{len(healthy)}/{len(self.upstreams)} upstreams healthy",
             running_requests=sum(u.in_flight for u in self.upstreams),
             loaded_adapters=[upstream_name(a) for a in self._adapters.values()],
+            unavailable=unavailable,
         )
 
     async def _watch_health(self) -> None:
@@ -96,32 +118,42 @@ class RemoteEngine(Engine):
             await asyncio.gather(*(self._check(u) for u in self.upstreams))
 
     async def _check(self, upstream: Upstream) -> None:
-        """Healthy = answers /v1/models with our base; re-register what it lacks before routing to it."""
-        client = self._require_client()
+        """Healthy = answers /v1/models with our base, holding exactly the adapters we want there."""
         try:
-            response = await client.get(f"{upstream.url}/v1/models", timeout=5.0)
-            response.raise_for_status()
-            models = {m["id"]: m for m in response.json()["data"]}
-        except (httpx.HTTPError, ValueError, KeyError):
-            if upstream.healthy:
-                logger.warning("upstream %s is down", upstream.url)
-            upstream.healthy = False
+            models = await self._models(upstream)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            self._eject(upstream, f"health check failed ({type(exc).__name__})")
             return
         if self.base_model_id not in models:
             logger.error("upstream %s does not serve %s (it serves %s)", upstream.url, self.base_model_id, sorted(models))
-            upstream.healthy = False
+            self._eject(upstream, f"does not serve {self.base_model_id}")
             return
         upstream.max_model_len = models[self.base_model_id].get("max_model_len")
         self.max_model_len = min((u.max_model_len for u in self.upstreams if u.max_model_len), default=None)
-        upstream.loaded &= set(models)  # a restarted upstream forgot what we loaded
-        missing = [a for a in self._adapters.values() if upstream_name(a) not in upstream.loaded]
-        for adapter in missing:
-            if not await self._load_on(upstream, adapter):
-                upstream.healthy = False
+        wanted = {upstream_name(a): a for a in self._adapters.values()}
+        upstream.loaded = {name for name in models if name in wanted}  # a restarted upstream forgot what we loaded
+        for name in sorted(set(models) - set(wanted)):  # it missed an unload while it was down
+            if _VERSIONED.fullmatch(name):
+                logger.info("upstream %s still holds %s, which is no longer served: unloading it", upstream.url, name)
+                await self._unload_on(upstream, name)
+        for name, adapter in wanted.items():
+            if name not in upstream.loaded and not await self._load_on(upstream, adapter):
+                self._eject(upstream, f"could not load {name}")
                 return
         if not upstream.healthy:
             logger.info("upstream %s is healthy (%d adapters registered)", upstream.url, len(upstream.loaded))
-        upstream.healthy = True
+        upstream.healthy, upstream.last_failure = True, None
+
+    async def _models(self, upstream: Upstream) -> dict[str, dict[str, Any]]:
+        response = await self._require_client().get(f"{upstream.url}/v1/models", timeout=5.0)
+        response.raise_for_status()
+        return {m["id"]: m for m in response.json()["data"]}
+
+    def _eject(self, upstream: Upstream, why: str) -> None:
+        """Take ``upstream`` out of the rotation until a health check passes again."""
+        if upstream.healthy:
+            logger.warning("upstream %s ejected: %s", upstream.url, why)
+        upstream.healthy, upstream.last_failure = False, why
 
     # ------------------------------------------------------------------ adapters
 
@@ -134,28 +166,33 @@ class RemoteEngine(Engine):
             raise EngineError(f"no upstream could load adapter {adapter.name}")
 
     async def remove_adapter(self, adapter: AdapterRef) -> None:
+        """Unloaded where it is reachable now; an upstream that is down is reconciled on recovery."""
         self._adapters.pop(adapter.adapter_id, None)
         name = upstream_name(adapter)
         for upstream in self.upstreams:
             if name in upstream.loaded:
                 upstream.loaded.discard(name)
-                with contextlib.suppress(httpx.HTTPError):
-                    await self._require_client().post(f"{upstream.url}/v1/unload_lora_adapter", json={"lora_name": name})
+                await self._unload_on(upstream, name)
 
     async def _load_on(self, upstream: Upstream, adapter: AdapterRef) -> bool:
         name = upstream_name(adapter)
+        client = self._require_client()
         try:
-            response = await self._require_client().post(
-                f"{upstream.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": adapter.path}
-            )
-        except httpx.HTTPError as exc:
-            logger.warning("loading %s on %s failed: %s", name, upstream.url, exc)
+            response = await client.post(f"{upstream.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": adapter.path})
+            # vLLM refuses a name it already holds: whether it holds it now is what counts, not the wording.
+            loaded = response.status_code == 200 or name in await self._models(upstream)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("loading %s on %s failed: %s", name, upstream.url, type(exc).__name__)
             return False
-        if response.status_code != 200 and "already" not in response.text:
+        if not loaded:
             logger.warning("loading %s on %s failed: %s %s", name, upstream.url, response.status_code, response.text[:300])
             return False
         upstream.loaded.add(name)
         return True
+
+    async def _unload_on(self, upstream: Upstream, name: str) -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            await self._require_client().post(f"{upstream.url}/v1/unload_lora_adapter", json={"lora_name": name})
 
     # ------------------------------------------------------------------ requests
 
@@ -172,26 +209,48 @@ class RemoteEngine(Engine):
         body = _chat_body(request, model or self.base_model_id)
         candidates = self._candidates(model)
         if not candidates:
-            raise EngineUnavailable("No upstream is healthy right now; try again shortly.")
-        client = self._require_client()
-        for attempt, upstream in enumerate(candidates):
+            raise EngineUnavailable(self.health().unavailable or "No upstream is reachable right now; try again shortly.")
+        failures: list[str] = []
+        for upstream in candidates:
             upstream.in_flight += 1
             started = False
             try:
-                async with client.stream("POST", f"{upstream.url}/v1/chat/completions", json=body) as response:
-                    if response.status_code != 200:
-                        raise _upstream_error(response.status_code, await response.aread())
-                    async for delta in _deltas(response):
+                async with self._answer(upstream, body) as response:
+                    async for delta in deltas(response):
                         started = True
                         yield delta
                 return
-            except httpx.TransportError as exc:
-                if started or attempt == len(candidates) - 1:
-                    raise EngineError(f"The upstream failed: {type(exc).__name__}.") from exc
-                logger.warning("upstream %s unreachable (%s); failing over", upstream.url, type(exc).__name__)
-                upstream.healthy = False
+            except _NoAnswer as exc:
+                self._eject(upstream, str(exc))
+                failures.append(f"{upstream.url}: {exc}")
+                logger.warning("upstream %s: %s; failing over", upstream.url, exc)
+            except httpx.TransportError as exc:  # lost after it answered: a stall, a reset, a kill
+                self._eject(upstream, f"lost mid-answer ({type(exc).__name__})")
+                if started:  # the caller has text from it: only the caller can decide to start over
+                    raise UpstreamLost(f"The upstream failed mid-answer ({type(exc).__name__}).") from exc
+                failures.append(f"{upstream.url}: lost before its first token ({type(exc).__name__})")
+                logger.warning("upstream %s lost before its first token (%s); failing over", upstream.url, type(exc).__name__)
             finally:
                 upstream.in_flight -= 1
+        raise EngineUnavailable("No upstream is reachable right now (" + "; ".join(failures) + "); try again shortly.")
+
+    @contextlib.asynccontextmanager
+    async def _answer(self, upstream: Upstream, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+        """The upstream's streaming response, once its headers arrived within ``first_byte_timeout``."""
+        client = self._require_client()
+        request = client.build_request("POST", f"{upstream.url}/v1/chat/completions", json=body)
+        try:
+            response = await asyncio.wait_for(client.send(request, stream=True), self._first_byte_timeout)
+        except asyncio.TimeoutError:
+            raise _NoAnswer(f"no answer within {self._first_byte_timeout:g} s") from None
+        except httpx.TransportError as exc:
+            raise _NoAnswer(f"unreachable ({type(exc).__name__})") from None
+        try:
+            if response.status_code != 200:
+                raise _upstream_error(response.status_code, await response.aread())
+            yield response
+        finally:
+            await response.aclose()
 
     def _require_client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -219,49 +278,6 @@ def _chat_body(request: GenerationRequest, model: str) -> dict[str, Any]:
     if options.stop:
         body["stop"] = list(options.stop)
     return body
-
-
-async def _deltas(response: httpx.Response) -> AsyncIterator[GenerationDelta]:
-    """Upstream SSE chunks -> deltas, one event at a time as they arrive."""
-    counts: dict[int, int] = {}
-    finish: dict[int, str] = {}
-    prompt_tokens = 0
-    buffer = ""
-    async for text in response.aiter_text():
-        buffer += text
-        while "\n\n" in buffer:
-            event, buffer = buffer.split("\n\n", 1)
-            data = event.removeprefix("data: ").strip()
-            if not data or data == "[DONE]":
-                continue
-            chunk = json.loads(data)
-            if "error" in chunk:
-                error = chunk["error"]
-                raise EngineError(f"The upstream failed: {error.get('message', 'unknown error')}")
-            usage = chunk.get("usage")
-            if usage and not chunk.get("choices"):
-                # Finishes are held back for this last chunk, which carries the exact usage. It counts
-                # completion tokens for all choices together: all but the last choice keep their own
-                # streamed count, the last takes the rest, so the sum is exact.
-                prompt_tokens = usage["prompt_tokens"]
-                left = usage["completion_tokens"]
-                ordered = sorted(finish)
-                for index in ordered:
-                    own = left if index == ordered[-1] else counts.get(index, 0)
-                    left -= own
-                    yield GenerationDelta(index, "", finish[index], prompt_tokens, own)  # type: ignore[arg-type]
-                finish.clear()
-                continue
-            for choice in chunk.get("choices", []):
-                index = choice["index"]
-                content = (choice.get("delta") or {}).get("content") or ""
-                if content:
-                    counts[index] = counts.get(index, 0) + 1
-                    yield GenerationDelta(index, content, None, prompt_tokens, counts[index])
-                if choice.get("finish_reason"):
-                    finish[index] = choice["finish_reason"] if choice["finish_reason"] in ("stop", "length") else "stop"
-    for index, reason in finish.items():  # an upstream that sent no usage chunk
-        yield GenerationDelta(index, "", reason, prompt_tokens, counts.get(index, 0))  # type: ignore[arg-type]
 
 
 def _upstream_error(status: int, body: bytes) -> GatewayError:

@@ -4,7 +4,12 @@ failover when one is killed mid-load, re-registration after it restarts, streami
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +22,7 @@ from openai import OpenAI
 
 from server.registry.publish import publish_adapter
 from tests.conftest import make_settings
+from tests.engine.fake_vllm import FakeVllm
 from tests.support import ANSWERS, QUESTION, free_port, metric_value, running_server, server_process, wait_for
 
 KEY = "upstream-key"
@@ -47,7 +53,7 @@ def test_remote_engine_over_two_upstreams(base_model: Path, adapters_dir: Path, 
     ports = [free_port(), free_port()]
     with upstream(base_model, tmp_path / "up-a", ports[0]), upstream(base_model, tmp_path / "up-b", ports[1]) as second:
         settings = make_settings(base_model, adapters_dir, engine="remote", upstream=[f"http://127.0.0.1:{p}" for p in ports],
-                                 upstream_api_key=KEY)
+                                 upstream_api_key=KEY, upstream_first_byte_timeout=1.0)
         app = create_app(settings)
         app.state.gateway.engine._health_interval = 0.3
         with running_server(app) as url, OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
@@ -87,7 +93,20 @@ def test_remote_engine_over_two_upstreams(base_model: Path, adapters_dir: Path, 
             assert results == [ANSWERS["alpha"]] * 16
             assert served_by(ports[0], "alpha.v1") > 0 and served_by(ports[1], "alpha.v1") > 0
 
-            # One upstream killed mid-load: requests fail over to the other, none hangs.
+            # One upstream frozen (SIGSTOP): it misses the first-byte deadline, is ejected, and every
+            # request is answered by the other; the client's 30 s timeout catches any that would wait.
+            second.send_signal(signal.SIGSTOP)
+            try:
+                with OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30) as patient:
+                    for _ in range(4):
+                        assert patient.chat.completions.create(model="alpha", messages=ASK, temperature=0).choices[0].message.content == ANSWERS["alpha"]
+                assert httpx.get(f"{url}/ready").json()["engine"] == "1/2 upstreams healthy"
+            finally:
+                second.send_signal(signal.SIGCONT)
+            wait_for(lambda: httpx.get(f"{url}/ready").json()["engine"] == "2/2 upstreams healthy", timeout=30)
+
+            # One upstream killed mid-load: requests fail over to the other, none hangs, none fails
+            # (a non-streaming answer cut mid-way is started over on the other upstream).
             results.clear()
             threads = [threading.Thread(target=load, args=(6,)) for _ in range(3)]
             for t in threads:
@@ -97,7 +116,7 @@ def test_remote_engine_over_two_upstreams(base_model: Path, adapters_dir: Path, 
             for t in threads:
                 t.join(timeout=60)
             assert not any(t.is_alive() for t in threads)
-            assert results.count(ANSWERS["alpha"]) >= len(results) - 3  # only requests mid-stream on the killed one may fail
+            assert results == [ANSWERS["alpha"]] * 18, results
             assert client.chat.completions.create(model="beta", messages=ASK, temperature=0).choices[0].message.content == ANSWERS["beta"]
 
             # Restarted (empty, as a fresh vLLM would be): the gateway re-registers what it lacks.
@@ -135,3 +154,83 @@ def test_routing_prefers_the_upstream_holding_the_adapter_then_the_least_busy() 
     firsts = {id(engine._candidates(None)[0]) for _ in range(4)}
     assert firsts == {id(a), id(b)}  # ties rotate
     assert isinstance(a, Upstream)
+
+
+@contextmanager
+def gateway_over(fakes: list[FakeVllm], base_model: Path, adapters_dir: Path, **settings: object) -> Iterator[str]:
+    """A gateway (remote engine) in front of stand-in upstreams served on 127.0.0.1."""
+    from server.app import create_app
+
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(running_server(fake.app())) for fake in fakes]
+        app = create_app(make_settings(base_model, adapters_dir, engine="remote", upstream=urls, **settings))
+        app.state.gateway.engine._health_interval = 0.2
+        yield stack.enter_context(running_server(app))
+
+
+def test_a_non_streaming_answer_cut_mid_way_is_retried_on_another_upstream(base_model: Path, adapters_dir: Path) -> None:
+    dying, healthy = FakeVllm("tiny-base", die_after=2), FakeVllm("tiny-base")
+    with gateway_over([dying, healthy], base_model, adapters_dir) as url, OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
+        answers = [client.chat.completions.create(model="alpha", messages=ASK).choices[0].message.content for _ in range(6)]
+        assert answers == [healthy.answer] * 6  # never the dying one's half answer, never an error
+        assert dying.dropped >= 1
+
+
+def test_a_stream_cut_mid_way_ends_with_an_error_event_and_done(base_model: Path, adapters_dir: Path) -> None:
+    dying = FakeVllm("tiny-base", die_after=2)
+    with gateway_over([dying], base_model, adapters_dir) as url:
+        body = {"model": "alpha", "messages": ASK, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as response:
+            assert response.status_code == 200
+            events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert error["code"] == "upstream_lost" and error["type"] == "server_error"
+        contents = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-2]]
+        assert "".join(c for c in contents if c) == " ".join(dying.answer.split(" ")[:2])
+
+
+def test_with_no_upstream_left_the_client_is_told_so(base_model: Path, adapters_dir: Path) -> None:
+    dying = FakeVllm("tiny-base", die_after=0)
+    with gateway_over([dying], base_model, adapters_dir) as url:
+        response = httpx.post(f"{url}/v1/chat/completions", json={"model": "alpha", "messages": ASK}, timeout=30)
+        # Lost before its first token: ejected, and nothing else to fail over to.
+        assert response.status_code == 503, response.text
+        message = response.json()["error"]["message"]
+        assert "No upstream is reachable" in message and "loading" not in message
+        again = httpx.post(f"{url}/v1/chat/completions", json={"model": "alpha", "messages": ASK}, timeout=30)
+        assert again.status_code == 503 and "No upstream is reachable" in again.json()["error"]["message"]
+
+
+def test_an_upstream_that_missed_an_unload_is_reconciled(base_model: Path, adapters_dir: Path, trained_adapters) -> None:  # type: ignore[no-untyped-def]
+    """It comes back holding a version the registry no longer serves (and one that is not ours)."""
+    fake = FakeVllm("tiny-base")
+    with gateway_over([fake], base_model, adapters_dir) as url:
+        wait_for(lambda: {"alpha.v1", "beta.v2"} <= fake.loaded)
+        fake.loaded |= {"alpha.v0", "gone.v7", "customer-static"}  # what it held from before
+        wait_for(lambda: not {"alpha.v0", "gone.v7"} & fake.loaded, timeout=10)
+        assert {"alpha.v1", "beta.v2", "customer-static"} <= fake.loaded  # ours kept, others' untouched
+        assert httpx.post(f"{url}/v1/chat/completions", json={"model": "alpha", "messages": ASK}).status_code == 200
+
+
+def test_an_unreadable_base_config_stops_the_gateway_coherently(adapters_dir: Path, tmp_path: Path) -> None:
+    """--engine remote validates adapters against the base's config: without it the gateway does
+    not serve (503 with the reason, /ready 503) and `lora-gateway serve` exits with one line."""
+    from server.app import create_app
+
+    fake = FakeVllm("no/such-model")
+    with running_server(fake.app()) as upstream_url:
+        app = create_app(make_settings(Path("no/such-model"), adapters_dir, engine="remote", upstream=[upstream_url],
+                                       served_model_name="no/such-model"))
+        with running_server(app, probe="/health") as url:
+            wait_for(lambda: httpx.get(f"{url}/ready").json()["engine"].startswith("start-up failed"), timeout=30)
+            assert httpx.get(f"{url}/ready").status_code == 503
+            refused = httpx.post(f"{url}/v1/chat/completions", json={"model": "no/such-model", "messages": ASK})
+            assert refused.status_code == 503 and "could not start" in refused.json()["error"]["message"]
+        port = free_port()
+        result = subprocess.run([sys.executable, "-m", "server", "serve", "--engine", "remote", "--upstream", upstream_url,
+                                 "--model", "no/such-model", "--adapters-dir", str(tmp_path / "a"), "--port", str(port)],
+                                capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1].startswith("lora-gateway: start-up failed")
+    assert fake.chats == 0  # nothing was proxied

@@ -1,0 +1,54 @@
+"""vLLM's OpenAI-compatible SSE stream, turned into engine deltas as each event arrives."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+
+from ..errors import EngineError
+from .base import GenerationDelta
+
+
+async def deltas(response: httpx.Response) -> AsyncIterator[GenerationDelta]:
+    """Upstream SSE chunks -> deltas, one event at a time as they arrive."""
+    counts: dict[int, int] = {}
+    finish: dict[int, str] = {}
+    prompt_tokens = 0
+    buffer = ""
+    async for text in response.aiter_text():
+        buffer += text
+        while "\n\n" in buffer:
+            event, buffer = buffer.split("\n\n", 1)
+            data = event.removeprefix("data: ").strip()
+            if not data or data == "[DONE]":
+                continue
+            chunk = json.loads(data)
+            if "error" in chunk:
+                error = chunk["error"]
+                raise EngineError(f"The upstream failed: {error.get('message', 'unknown error')}")
+            usage = chunk.get("usage")
+            if usage and not chunk.get("choices"):
+                # Finishes are held back for this last chunk, which carries the exact usage. It counts
+                # completion tokens for all choices together: all but the last choice keep their own
+                # streamed count, the last takes the rest, so the sum is exact.
+                prompt_tokens = usage["prompt_tokens"]
+                left = usage["completion_tokens"]
+                ordered = sorted(finish)
+                for index in ordered:
+                    own = left if index == ordered[-1] else counts.get(index, 0)
+                    left -= own
+                    yield GenerationDelta(index, "", finish[index], prompt_tokens, own)  # type: ignore[arg-type]
+                finish.clear()
+                continue
+            for choice in chunk.get("choices", []):
+                index = choice["index"]
+                content = (choice.get("delta") or {}).get("content") or ""
+                if content:
+                    counts[index] = counts.get(index, 0) + 1
+                    yield GenerationDelta(index, content, None, prompt_tokens, counts[index])
+                if choice.get("finish_reason"):
+                    finish[index] = choice["finish_reason"] if choice["finish_reason"] in ("stop", "length") else "stop"
+    for index, reason in finish.items():  # an upstream that sent no usage chunk
+        yield GenerationDelta(index, "", reason, prompt_tokens, counts.get(index, 0))  # type: ignore[arg-type]

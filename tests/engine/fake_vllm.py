@@ -1,0 +1,83 @@
+"""A stand-in for one ``vllm serve --enable-lora`` upstream whose faults a test chooses.
+
+It speaks the parts of vLLM's API the remote engine uses (``/v1/models`` with adapters as children
+of the base, ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``, streaming chat completions),
+and answers every chat by streaming ``answer`` word by word, or fails the way a test asks: the
+connection dropped after ``die_after`` chunks (a killed or crashed upstream, mid-answer).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+
+class _Dropped(Exception):
+    """Raised inside the stream: uvicorn then closes the connection without ending the body."""
+
+
+@dataclass
+class FakeVllm:
+    base: str
+    answer: str = "Fake: hello from the stand-in upstream."
+    die_after: int | None = None  # chunks sent before the connection is dropped; None: never
+    loaded: set[str] = field(default_factory=set)
+    chats: int = 0
+    dropped: int = 0
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/ready")  # what tests.support.running_server waits for
+        async def ready() -> dict[str, bool]:
+            return {"ready": True}
+
+        @app.get("/v1/models")
+        async def models() -> dict[str, Any]:
+            cards = [{"id": self.base, "object": "model", "max_model_len": 4096, "parent": None}]
+            cards += [{"id": name, "object": "model", "parent": self.base} for name in sorted(self.loaded)]
+            return {"object": "list", "data": cards}
+
+        @app.post("/v1/load_lora_adapter")
+        async def load(request: Request) -> PlainTextResponse:
+            name = (await request.json())["lora_name"]
+            if name in self.loaded:
+                return PlainTextResponse(f"The lora adapter '{name}' has already been loaded.", status_code=400)
+            self.loaded.add(name)
+            return PlainTextResponse("Success")
+
+        @app.post("/v1/unload_lora_adapter")
+        async def unload(request: Request) -> PlainTextResponse:
+            self.loaded.discard((await request.json())["lora_name"])
+            return PlainTextResponse("Success")
+
+        @app.post("/v1/chat/completions", response_model=None)
+        async def chat(request: Request) -> StreamingResponse | JSONResponse:
+            body = await request.json()
+            if body["model"] not in {self.base, *self.loaded}:
+                return JSONResponse({"error": {"message": "no such model", "type": "NotFoundError", "code": 404}}, 404)
+            self.chats += 1
+            return StreamingResponse(self._stream(body["model"]), media_type="text/event-stream")
+
+        return app
+
+    async def _stream(self, model: str) -> AsyncIterator[str]:
+        words = self.answer.split(" ")
+        for i, word in enumerate(words):
+            if self.die_after is not None and i >= self.die_after:
+                self.dropped += 1
+                raise _Dropped()
+            piece = word if i == 0 else " " + word
+            chunk = {"id": "c", "object": "chat.completion.chunk", "model": model,
+                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            yield f"data: {json.dumps(chunk)}\n\n"
+        done = {"id": "c", "object": "chat.completion.chunk", "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        usage = {"id": "c", "object": "chat.completion.chunk", "model": model, "choices": [],
+                 "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}}
+        yield f"data: {json.dumps(done)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n"
