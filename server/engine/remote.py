@@ -13,11 +13,14 @@ every request and owns the registry; upstreams only run models.
   one that comes back holding versions we no longer want (it missed an unload while down) has them
   unloaded. The gateway owns every ``<name>.v<N>`` adapter on its upstreams.
 - Routing: prefer an upstream that holds the adapter, then the one with the fewest requests in
-  flight. An upstream that cannot be reached, or does not answer within ``first_byte_timeout``,
-  is ejected (until its health check passes again) and the request goes to the next one; once
-  answering, an upstream silent for ``stall_timeout`` is lost. So a request waits on a dead
-  upstream at most ``first_byte_timeout`` before it is answered elsewhere, and at most
-  ``first_byte_timeout`` times the number of upstreams in all.
+  flight. An upstream that cannot be reached is ejected (until a health check passes again) and the
+  request goes to the next one. One that does not answer within ``first_byte_timeout`` gets the
+  request taken to the next one too, and a health probe at once: frozen, it is ejected; merely
+  busy (its ``/v1/models`` answers), it stays. The last upstream left is given ``stall_timeout``,
+  like any silence mid-answer, rather than the deadline: under load, giving up on it would turn a
+  slow answer into a failure; and if every other one fails, the request goes back to the first that
+  was only slow, without the deadline. So a request waits on a dead upstream at most
+  ``first_byte_timeout`` while another is available, and at most ``stall_timeout`` on the last one.
 - Streaming: upstream SSE chunks are turned into deltas as they arrive (nothing is buffered), and
   closing our stream closes the upstream request, which vLLM aborts. An upstream lost mid-answer is
   ``UpstreamLost``, which the chat path retries elsewhere when nothing reached the client yet.
@@ -60,7 +63,12 @@ class Upstream:
 
 
 class _NoAnswer(Exception):
-    """The upstream could not be reached or did not answer in time: nothing was streamed yet."""
+    """The upstream could not be reached (``unreachable``) or did not answer in time: nothing was
+    streamed yet."""
+
+    def __init__(self, message: str, *, unreachable: bool) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class RemoteEngine(Engine):
@@ -77,19 +85,25 @@ class RemoteEngine(Engine):
         self._adapters: dict[int, AdapterRef] = {}  # every version the registry wants loaded
         self._client: httpx.AsyncClient | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self._probes: dict[str, asyncio.Task[None]] = {}  # at most one health probe in flight per upstream
         self._turn = 0  # rotates ties between equally loaded upstreams
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         # The read timeout is the stall bound: between two chunks of an answer, or of any other call.
-        self._client = httpx.AsyncClient(headers=self._headers, timeout=httpx.Timeout(self._stall_timeout, connect=5.0))
+        # Idle connections are dropped well before uvicorn's 5 s keep-alive would close them under
+        # us (a request sent into a connection the upstream is closing fails as if it were down).
+        self._client = httpx.AsyncClient(headers=self._headers, timeout=httpx.Timeout(self._stall_timeout, connect=5.0),
+                                         limits=httpx.Limits(keepalive_expiry=2.0))
         await asyncio.gather(*(self._check(u) for u in self.upstreams))
         if not any(u.healthy for u in self.upstreams):
             raise EngineUnavailable(f"no upstream serves {self.base_model_id!r}: " + ", ".join(u.url for u in self.upstreams))
         self._monitor = asyncio.create_task(self._watch_health())
 
     async def stop(self) -> None:
+        for probe in list(self._probes.values()):
+            probe.cancel()
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -113,14 +127,25 @@ class RemoteEngine(Engine):
         )
 
     async def _watch_health(self) -> None:
+        """Never ends but by cancellation: a check that fails unexpectedly is logged and retried."""
         while True:
             await asyncio.sleep(self._health_interval)
-            await asyncio.gather(*(self._check(u) for u in self.upstreams))
+            for upstream, result in zip(self.upstreams, await asyncio.gather(
+                    *(self._check(u) for u in self.upstreams), return_exceptions=True)):
+                if isinstance(result, Exception):
+                    logger.error("health check of %s failed unexpectedly", upstream.url, exc_info=result)
 
-    async def _check(self, upstream: Upstream) -> None:
+    def _probe(self, upstream: Upstream) -> None:
+        """Check ``upstream`` now, in the background (it just missed a first-byte deadline)."""
+        if upstream.url not in self._probes:
+            task = asyncio.create_task(self._check(upstream, timeout=self._first_byte_timeout))
+            self._probes[upstream.url] = task
+            task.add_done_callback(lambda _: self._probes.pop(upstream.url, None))
+
+    async def _check(self, upstream: Upstream, *, timeout: float = 5.0) -> None:
         """Healthy = answers /v1/models with our base, holding exactly the adapters we want there."""
         try:
-            models = await self._models(upstream)
+            models = await self._models(upstream, timeout)
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             self._eject(upstream, f"health check failed ({type(exc).__name__})")
             return
@@ -144,8 +169,8 @@ class RemoteEngine(Engine):
             logger.info("upstream %s is healthy (%d adapters registered)", upstream.url, len(upstream.loaded))
         upstream.healthy, upstream.last_failure = True, None
 
-    async def _models(self, upstream: Upstream) -> dict[str, dict[str, Any]]:
-        response = await self._require_client().get(f"{upstream.url}/v1/models", timeout=5.0)
+    async def _models(self, upstream: Upstream, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+        response = await self._require_client().get(f"{upstream.url}/v1/models", timeout=timeout)
         response.raise_for_status()
         return {m["id"]: m for m in response.json()["data"]}
 
@@ -211,19 +236,29 @@ class RemoteEngine(Engine):
         if not candidates:
             raise EngineUnavailable(self.health().unavailable or "No upstream is reachable right now; try again shortly.")
         failures: list[str] = []
-        for upstream in candidates:
+        queue, slow = list(candidates), list[Upstream]()
+        while queue:
+            upstream = queue.pop(0)
+            last = not queue and not slow  # nothing left to fail over to: no deadline, only the stall bound
             upstream.in_flight += 1
             started = False
             try:
-                async with self._answer(upstream, body) as response:
+                async with self._answer(upstream, body, None if last else self._first_byte_timeout) as response:
                     async for delta in deltas(response):
                         started = True
                         yield delta
                 return
             except _NoAnswer as exc:
-                self._eject(upstream, str(exc))
+                if exc.unreachable:
+                    self._eject(upstream, str(exc))
+                else:
+                    self._probe(upstream)  # frozen (ejected) or only busy (stays): its health check tells
+                    if not last:
+                        slow.append(upstream)
                 failures.append(f"{upstream.url}: {exc}")
-                logger.warning("upstream %s: %s; failing over", upstream.url, exc)
+                if not queue and slow:  # every other one failed: back to the first that was only slow
+                    queue, slow = [slow[0]], []
+                logger.warning("upstream %s: %s; %s", upstream.url, exc, "failing over" if queue else "giving up")
             except httpx.TransportError as exc:  # lost after it answered: a stall, a reset, a kill
                 self._eject(upstream, f"lost mid-answer ({type(exc).__name__})")
                 if started:  # the caller has text from it: only the caller can decide to start over
@@ -235,16 +270,19 @@ class RemoteEngine(Engine):
         raise EngineUnavailable("No upstream is reachable right now (" + "; ".join(failures) + "); try again shortly.")
 
     @contextlib.asynccontextmanager
-    async def _answer(self, upstream: Upstream, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
-        """The upstream's streaming response, once its headers arrived within ``first_byte_timeout``."""
+    async def _answer(self, upstream: Upstream, body: dict[str, Any], deadline: float | None) -> AsyncIterator[httpx.Response]:
+        """The upstream's streaming response, once its headers arrived (within ``deadline`` if set;
+        the client's read timeout, ``stall_timeout``, bounds the wait either way)."""
         client = self._require_client()
         request = client.build_request("POST", f"{upstream.url}/v1/chat/completions", json=body)
         try:
-            response = await asyncio.wait_for(client.send(request, stream=True), self._first_byte_timeout)
+            response = await asyncio.wait_for(client.send(request, stream=True), deadline)
         except asyncio.TimeoutError:
-            raise _NoAnswer(f"no answer within {self._first_byte_timeout:g} s") from None
+            raise _NoAnswer(f"no answer within {deadline:g} s", unreachable=False) from None
+        except httpx.TimeoutException as exc:
+            raise _NoAnswer(f"no answer ({type(exc).__name__})", unreachable=False) from None
         except httpx.TransportError as exc:
-            raise _NoAnswer(f"unreachable ({type(exc).__name__})") from None
+            raise _NoAnswer(f"unreachable ({type(exc).__name__})", unreachable=True) from None
         try:
             if response.status_code != 200:
                 raise _upstream_error(response.status_code, await response.aread())

@@ -2,12 +2,14 @@
 
 It speaks the parts of vLLM's API the remote engine uses (``/v1/models`` with adapters as children
 of the base, ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``, streaming chat completions),
-and answers every chat by streaming ``answer`` word by word, or fails the way a test asks: the
-connection dropped after ``die_after`` chunks (a killed or crashed upstream, mid-answer).
+and answers every chat by streaming ``answer`` word by word, after ``delay`` seconds (a busy
+upstream), or fails the way a test asks: the connection dropped after ``die_after`` chunks (a
+killed or crashed upstream, mid-answer).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ class FakeVllm:
     base: str
     answer: str = "Fake: hello from the stand-in upstream."
     die_after: int | None = None  # chunks sent before the connection is dropped; None: never
+    delay: float = 0.0  # seconds before the response starts (a busy upstream: queueing, prefill)
     loaded: set[str] = field(default_factory=set)
     chats: int = 0
     dropped: int = 0
@@ -62,6 +65,7 @@ class FakeVllm:
             if body["model"] not in {self.base, *self.loaded}:
                 return JSONResponse({"error": {"message": "no such model", "type": "NotFoundError", "code": 404}}, 404)
             self.chats += 1
+            await asyncio.sleep(self.delay)
             return StreamingResponse(self._stream(body["model"]), media_type="text/event-stream")
 
         return app

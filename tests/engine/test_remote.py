@@ -234,3 +234,16 @@ def test_an_unreadable_base_config_stops_the_gateway_coherently(adapters_dir: Pa
         assert result.returncode == 1
         assert result.stderr.strip().splitlines()[-1].startswith("lora-gateway: start-up failed")
     assert fake.chats == 0  # nothing was proxied
+
+
+def test_busy_upstreams_are_not_ejected_and_the_request_still_gets_its_answer(base_model: Path, adapters_dir: Path) -> None:
+    """Both take longer than the first-byte deadline to start answering: the request fails over
+    from the first, then goes back to it without the deadline, and both stay in the rotation
+    (their health probes answer: busy, not frozen)."""
+    slow = [FakeVllm("tiny-base", delay=1.0, answer="Slow but alive."), FakeVllm("tiny-base", delay=1.0, answer="Slow but alive.")]
+    with gateway_over(slow, base_model, adapters_dir, upstream_first_byte_timeout=0.3) as url:
+        response = httpx.post(f"{url}/v1/chat/completions", json={"model": "alpha", "messages": ASK}, timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"] == "Slow but alive."
+        assert sum(f.chats for f in slow) == 3  # first, second (both past the deadline), first again
+        wait_for(lambda: httpx.get(f"{url}/ready").json()["engine"] == "2/2 upstreams healthy", timeout=5)
