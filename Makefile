@@ -51,6 +51,8 @@ vllm-contract:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server tests benchmarks
+	$(VENV)/bin/ruff format --check server tests benchmarks
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
 
 clean:

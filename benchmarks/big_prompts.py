@@ -38,8 +38,12 @@ from benchmarks.common import RESULTS, ROOT, machine, prepare, start_gateway  # 
 from benchmarks.hot_swap import percentile  # noqa: E402
 
 PROMPT_BYTES = 1_900_000
-SMALL = {"model": "bench-base", "messages": [{"role": "user", "content": "Where is my order?"}], "max_tokens": 8,
-         "temperature": 0}
+SMALL = {
+    "model": "bench-base",
+    "messages": [{"role": "user", "content": "Where is my order?"}],
+    "max_tokens": 8,
+    "temperature": 0,
+}
 
 
 def random_words(seed: int) -> str:
@@ -65,8 +69,10 @@ def send_big_prompts(url: str, index: int, max_tokens: int | None, stop, results
         n = 0
         while not stop.is_set():
             cut = (n * 7919 + 1) % len(text)
-            body: dict[str, object] = {"model": "bench-base",
-                                       "messages": [{"role": "user", "content": f"{index}-{n} " + text[cut:] + text[:cut]}]}
+            body: dict[str, object] = {
+                "model": "bench-base",
+                "messages": [{"role": "user", "content": f"{index}-{n} " + text[cut:] + text[:cut]}],
+            }
             if max_tokens is not None:
                 body["max_tokens"] = max_tokens
             started = time.perf_counter()
@@ -113,9 +119,14 @@ def measure(url: str, seconds: float, clients: int, max_tokens: int | None) -> d
     stop.clear()
     context = multiprocessing.get_context("spawn")
     loaders_stop, loaded = context.Event(), context.Queue()
-    loaders = [context.Process(target=send_big_prompts, args=(url, i, max_tokens, loaders_stop, loaded)) for i in range(clients)]
-    probes = [threading.Thread(target=run, args=("health_loaded", health, 0.01)),
-              threading.Thread(target=run, args=("chat_loaded", chat, 0.05))]
+    loaders = [
+        context.Process(target=send_big_prompts, args=(url, i, max_tokens, loaders_stop, loaded))
+        for i in range(clients)
+    ]
+    probes = [
+        threading.Thread(target=run, args=("health_loaded", health, 0.01)),
+        threading.Thread(target=run, args=("chat_loaded", chat, 0.05)),
+    ]
     for process in loaders:
         process.start()
     time.sleep(4.0)  # the loaders have built their text and the first big bodies are in flight
@@ -136,8 +147,12 @@ def measure(url: str, seconds: float, clients: int, max_tokens: int | None) -> d
         process.join()
 
     def stats(values: list[float]) -> dict[str, float]:
-        return {"n": len(values), "p50_ms": percentile(values, 0.5) * 1000, "p99_ms": percentile(values, 0.99) * 1000,
-                "max_ms": max(values) * 1000}
+        return {
+            "n": len(values),
+            "p50_ms": percentile(values, 0.5) * 1000,
+            "p99_ms": percentile(values, 0.99) * 1000,
+            "max_ms": max(values) * 1000,
+        }
 
     return {
         **{name: stats(values) for name, values in results.items()},
@@ -157,8 +172,10 @@ def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="lora-gateway-bigprompts-"))
     url = f"http://127.0.0.1:{args.port}"
     runs: dict[str, object] = {}
-    for name, extra, max_tokens in (("default", [], None),
-                                    ("tokenized", ["--max-model-len", "4000000", "--allow-long-context"], 4_000_000)):
+    for name, extra, max_tokens in (
+        ("default", [], None),
+        ("tokenized", ["--max-model-len", "4000000", "--allow-long-context"], 4_000_000),
+    ):
         server = start_gateway(base, directory, args.port, *extra)
         try:
             runs[name] = measure(url, args.seconds, args.clients, max_tokens)
@@ -178,22 +195,30 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "big_prompts.json").write_text(json.dumps(summary, indent=2))
-    lines = ["# Huge prompts do not stall the gateway\n",
-             f"Local engine, offline benchmark model, CPU ({machine()['cpus']} cores). {args.clients} clients each send "
-             f"distinct {PROMPT_BYTES / 1e6:.1f} MB prompts back to back for {args.seconds:.0f} s while `/health` is "
-             "polled every 10 ms and a small chat (8 tokens) runs in a loop.\n",
-             "- `default`: the model's context; the byte bound refuses each prompt before tokenizing.",
-             "- `tokenized`: a 4M-token context, so each prompt is tokenized in full (tokenizer thread), then refused.\n",
-             "| run | /health p50 idle | /health p99 idle | /health p50 loaded | **/health p99 loaded** | chat p50 idle | chat p50 loaded | chat p99 loaded | big prompts answered (status) | big prompt p50 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Huge prompts do not stall the gateway\n",
+        f"Local engine, offline benchmark model, CPU ({machine()['cpus']} cores). {args.clients} clients each send "
+        f"distinct {PROMPT_BYTES / 1e6:.1f} MB prompts back to back for {args.seconds:.0f} s while `/health` is "
+        "polled every 10 ms and a small chat (8 tokens) runs in a loop.\n",
+        "- `default`: the model's context; the byte bound refuses each prompt before tokenizing.",
+        "- `tokenized`: a 4M-token context, so each prompt is tokenized in full (tokenizer thread), then refused.\n",
+        "| run | /health p50 idle | /health p99 idle | /health p50 loaded | **/health p99 loaded** | chat "
+        "p50 idle | chat p50 loaded | chat p99 loaded | big prompts answered (status) | big prompt p50 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, run in runs.items():
         r = run  # type: ignore[assignment]
         lines.append(
             f"| {name} | {r['health_idle']['p50_ms']:.1f} ms | {r['health_idle']['p99_ms']:.1f} ms | "  # type: ignore[index]
             f"{r['health_loaded']['p50_ms']:.1f} ms | **{r['health_loaded']['p99_ms']:.1f} ms** | "  # type: ignore[index]
-            f"{r['chat_idle']['p50_ms']:.0f} ms | {r['chat_loaded']['p50_ms']:.0f} ms | {r['chat_loaded']['p99_ms']:.0f} ms | "  # type: ignore[index]
-            f"{r['big_prompts']['sent']} ({r['big_prompts']['statuses']}) | {r['big_prompts']['p50_ms']:.0f} ms |")  # type: ignore[index]
-    lines.append(f"\nTarget: `/health` p99 <= 100 ms under load: **{'met' if worst <= 100 else 'missed'}** (worst {worst:.1f} ms).")
+            f"{r['chat_idle']['p50_ms']:.0f} ms | {r['chat_loaded']['p50_ms']:.0f} "
+            f"ms | {r['chat_loaded']['p99_ms']:.0f} ms | "  # type: ignore[index]
+            f"{r['big_prompts']['sent']} ({r['big_prompts']['statuses']}) | {r['big_prompts']['p50_ms']:.0f} ms |"
+        )  # type: ignore[index]
+    lines.append(
+        "\nTarget: `/health` p99 <= 100 ms under load: "
+        f"**{'met' if worst <= 100 else 'missed'}** (worst {worst:.1f} ms)."
+    )
     (RESULTS / "big_prompts.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -37,7 +37,9 @@ def tiny_adapter(base: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")
+    )
     model.save_pretrained(out)
     return out
 
@@ -66,24 +68,46 @@ def main() -> None:
         adapters_dir = Path(tmp) / "adapters"
         cases = {
             "--help": [CLI, "--help"],
-            "adapters publish": [CLI, "adapters", "publish", str(adapter), "--name", "bench", "--adapters-dir", str(adapters_dir)],
+            "adapters publish": [
+                CLI,
+                "adapters",
+                "publish",
+                str(adapter),
+                "--name",
+                "bench",
+                "--adapters-dir",
+                str(adapters_dir),
+            ],
         }
         timed(cases["--help"], 2)  # warm the page cache, as on a machine that ran the command before
         results = {}
         for case, command in cases.items():
             seconds = timed(command, args.runs)
-            results[case] = {"median_s": round(statistics.median(seconds), 4), "max_s": round(max(seconds), 4),
-                             "runs": args.runs, "under_target": statistics.median(seconds) < TARGET_S}
+            results[case] = {
+                "median_s": round(statistics.median(seconds), 4),
+                "max_s": round(max(seconds), 4),
+                "runs": args.runs,
+                "under_target": statistics.median(seconds) < TARGET_S,
+            }
         shutil.rmtree(adapters_dir, ignore_errors=True)
 
     report = {"target_s": TARGET_S, "adapter_bytes": size, "results": results, "machine": machine()}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cli_startup.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# CLI start-up", "", f"Fresh `lora-gateway` processes on an idle machine ({machine()['cpus']} CPUs); "
-             f"adapter weights {size} bytes; target {TARGET_S} s wall.", "",
-             "| command | median | max | runs | under target |", "|---|---|---|---|---|"]
+    lines = [
+        "# CLI start-up",
+        "",
+        f"Fresh `lora-gateway` processes on an idle machine ({machine()['cpus']} CPUs); "
+        f"adapter weights {size} bytes; target {TARGET_S} s wall.",
+        "",
+        "| command | median | max | runs | under target |",
+        "|---|---|---|---|---|",
+    ]
     for case, r in results.items():
-        lines.append(f"| `lora-gateway {case}` | {r['median_s']:.3f} s | {r['max_s']:.3f} s | {r['runs']} | {'yes' if r['under_target'] else 'no'} |")
+        lines.append(
+            f"| `lora-gateway {case}` | {r['median_s']:.3f} s | {r['max_s']:.3f} "
+            f"s | {r['runs']} | {'yes' if r['under_target'] else 'no'} |"
+        )
     (RESULTS / "cli_startup.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -18,8 +18,14 @@ sys.path.insert(0, str(ROOT))
 from server.offline_model import TinyModelSpec, build_tiny_model, is_built  # noqa: E402
 
 # Big enough for compute to dominate on a CPU (the issue suggests hidden 512, 4 layers).
-SPEC = TinyModelSpec(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8,
-                     num_key_value_heads=2, vocab_size=2048)
+SPEC = TinyModelSpec(
+    hidden_size=512,
+    intermediate_size=1536,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    vocab_size=2048,
+)
 ADAPTERS = ["shop-a", "shop-b", "shop-c", "shop-d"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -38,7 +44,9 @@ def prepare(cache: Path) -> tuple[Path, Path]:
         if (adapters / name / "adapter_model.safetensors").exists():
             continue
         torch.manual_seed(i)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS))
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS)
+        )
         # peft initialises B to zero; small noise makes each adapter a distinct, real computation.
         with torch.no_grad():
             for param_name, param in model.named_parameters():
@@ -49,8 +57,23 @@ def prepare(cache: Path) -> tuple[Path, Path]:
 
 
 def start_gateway(base: Path, adapters: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "server", "serve", "--model", str(base), "--served-model-name", "bench-base",
-               "--adapters-dir", str(adapters), "--port", str(port), "--log-level", "warning", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        "--model",
+        str(base),
+        "--served-model-name",
+        "bench-base",
+        "--adapters-dir",
+        str(adapters),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
     process = subprocess.Popen(command, cwd=ROOT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -151,8 +151,10 @@ def main() -> None:
     p = summary["publish_to_servable_s"]
     (RESULTS / "hot_swap.md").write_text(
         "# Hot-swap: publish to servable\n\n"
-        f"Local engine, offline benchmark model (hidden 512, 4 layers), rank-8 adapters, CPU ({machine()['cpus']} cores). "
-        f"{len(latencies)} publishes ({len(new_names)} new names, {len(new_versions)} new versions of an adapter in use) "
+        "Local engine, offline benchmark model (hidden 512, 4 "
+        f"layers), rank-8 adapters, CPU ({machine()['cpus']} cores). "
+        f"{len(latencies)} publishes ({len(new_names)} new names, "
+        f"{len(new_versions)} new versions of an adapter in use) "
         f"while {args.clients} streaming clients ran.\n\n"
         "| publish to servable | seconds |\n|---|---|\n"
         f"| p50 | {p['p50']:.3f} |\n| p99 | {p['p99']:.3f} |\n| max | {p['max']:.3f} |\n"

@@ -125,7 +125,9 @@ async def run(
 
         async def bounded(i: int) -> RequestResult:
             async with gate:
-                return await one_request(http, url, models[i % len(models)], prompts[i % len(prompts)], max_tokens, headers)
+                return await one_request(
+                    http, url, models[i % len(models)], prompts[i % len(prompts)], max_tokens, headers
+                )
 
         started = time.perf_counter()
         results = await asyncio.gather(*(bounded(i) for i in range(num_prompts)))
@@ -176,7 +178,9 @@ def main() -> None:
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--result-json", type=Path, default=None)
     args = parser.parse_args()
-    summary = asyncio.run(run(args.base_url, args.models, args.num_prompts, args.concurrency, args.max_tokens, args.api_key))
+    summary = asyncio.run(
+        run(args.base_url, args.models, args.num_prompts, args.concurrency, args.max_tokens, args.api_key)
+    )
     print(format_summary(", ".join(args.models), summary))
     if args.result_json:
         args.result_json.write_text(json.dumps(summary, indent=2))

@@ -76,7 +76,8 @@ def main() -> None:
     (RESULTS / "local_throughput.json").write_text(json.dumps(report, indent=2))
     rows = "\n".join(
         f"| {name} | {s['concurrency']} | {s['completed']}/{s['num_prompts']} | {s['output_throughput']:.1f} | "
-        f"{s['request_throughput']:.2f} | {s['median_ttft_ms']:.0f} | {s['median_tpot_ms']:.1f} | {s['p99_e2el_ms']:.0f} |"
+        f"{s['request_throughput']:.2f} | {s['median_ttft_ms']:.0f} "
+        f"| {s['median_tpot_ms']:.1f} | {s['p99_e2el_ms']:.0f} |"
         for name, s in results.items()
     )
     (RESULTS / "local_throughput.md").write_text(

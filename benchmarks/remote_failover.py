@@ -38,8 +38,12 @@ from benchmarks.hot_swap import percentile  # noqa: E402
 from server.registry.publish import publish_adapter  # noqa: E402
 
 KEY = "bench-upstream"
-BODY = {"model": "shop-a", "messages": [{"role": "user", "content": "Where is my order?"}], "max_tokens": 16,
-        "temperature": 0}
+BODY = {
+    "model": "shop-a",
+    "messages": [{"role": "user", "content": "Where is my order?"}],
+    "max_tokens": 16,
+    "temperature": 0,
+}
 
 
 ERRORS: list[str] = []
@@ -60,8 +64,13 @@ def timed(http: httpx.Client, url: str) -> tuple[float, int]:
 
 def stats(samples: list[tuple[float, int]]) -> dict[str, object]:
     latencies = [s for s, _ in samples]
-    return {"requests": len(samples), "failed": sum(1 for _, status in samples if status != 200),
-            "p50_s": statistics.median(latencies), "p99_s": percentile(latencies, 0.99), "max_s": max(latencies)}
+    return {
+        "requests": len(samples),
+        "failed": sum(1 for _, status in samples if status != 200),
+        "p50_s": statistics.median(latencies),
+        "p99_s": percentile(latencies, 0.99),
+        "max_s": max(latencies),
+    }
 
 
 def main() -> None:
@@ -76,11 +85,22 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lora-gateway-failover-"))
     publish_adapter(sources / "shop-a", "shop-a", work / "gateway")
     ports = [args.port + 1, args.port + 2]
-    upstreams = [start_gateway(base, work / f"up-{i}", port, "--api-key", KEY, "--admin-key", KEY)
-                 for i, port in enumerate(ports)]
-    gateway = start_gateway(base, work / "gateway", args.port, "--engine", "remote", "--upstream-api-key", KEY,
-                            *[flag for port in ports for flag in ("--upstream", f"http://127.0.0.1:{port}")],
-                            "--upstream-first-byte-timeout", str(args.first_byte_timeout))
+    upstreams = [
+        start_gateway(base, work / f"up-{i}", port, "--api-key", KEY, "--admin-key", KEY)
+        for i, port in enumerate(ports)
+    ]
+    gateway = start_gateway(
+        base,
+        work / "gateway",
+        args.port,
+        "--engine",
+        "remote",
+        "--upstream-api-key",
+        KEY,
+        *[flag for port in ports for flag in ("--upstream", f"http://127.0.0.1:{port}")],
+        "--upstream-first-byte-timeout",
+        str(args.first_byte_timeout),
+    )
     url = f"http://127.0.0.1:{args.port}"
     phases: dict[str, dict[str, object]] = {}
     try:
@@ -121,29 +141,45 @@ def main() -> None:
 
     healthy_p50 = float(phases["healthy"]["p50_s"])  # type: ignore[arg-type]
     bound = args.first_byte_timeout + 10 * healthy_p50
-    met = {"frozen_within_bound": float(phases["frozen"]["max_s"]) <= bound,  # type: ignore[arg-type]
-           "no_failures": all(p["failed"] == 0 for p in phases.values())}
-    summary = {"benchmark": "remote_failover", "first_byte_timeout_s": args.first_byte_timeout, "phases": phases,
-               "errors": sorted(set(ERRORS))[:10],
-               "bound_s": bound, "targets_met": met, "machine": machine()}
+    met = {
+        "frozen_within_bound": float(phases["frozen"]["max_s"]) <= bound,  # type: ignore[arg-type]
+        "no_failures": all(p["failed"] == 0 for p in phases.values()),
+    }
+    summary = {
+        "benchmark": "remote_failover",
+        "first_byte_timeout_s": args.first_byte_timeout,
+        "phases": phases,
+        "errors": sorted(set(ERRORS))[:10],
+        "bound_s": bound,
+        "targets_met": met,
+        "machine": machine(),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "remote_failover.json").write_text(json.dumps(summary, indent=2))
-    lines = ["# Remote engine: failover bound\n",
-             f"`--engine remote` over two `lora-gateway serve` upstreams (local engine, offline benchmark model, CPU, "
-             f"{machine()['cpus']} cores, all three processes on one machine), `--upstream-first-byte-timeout "
-             f"{args.first_byte_timeout:g}`; non-streaming requests to an adapter, 16 tokens.\n",
-             "| phase | requests | failed | p50 | p99 | max |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Remote engine: failover bound\n",
+        f"`--engine remote` over two `lora-gateway serve` upstreams (local engine, offline benchmark model, CPU, "
+        f"{machine()['cpus']} cores, all three processes on one machine), `--upstream-first-byte-timeout "
+        f"{args.first_byte_timeout:g}`; non-streaming requests to an adapter, 16 tokens.\n",
+        "| phase | requests | failed | p50 | p99 | max |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, p in phases.items():
-        lines.append(f"| {name} | {p['requests']} | **{p['failed']}** | {float(p['p50_s']):.3f} s | "  # type: ignore[arg-type]
-                     f"{float(p['p99_s']):.3f} s | {float(p['max_s']):.3f} s |")  # type: ignore[arg-type]
-    lines += ["", "- `healthy`: both upstreams up, sequential requests.",
-              "- `frozen`: one upstream SIGSTOPped: the first request routed to it waits the first-byte deadline, "
-              "the upstream is ejected, and the request is answered by the other; later requests skip it.",
-              "- `killed`: 4 clients; one upstream SIGKILLed after 3 s. Requests cut mid-answer are started over on "
-              "the other upstream.",
-              f"\nBound for a request that meets a frozen upstream: first-byte deadline + normal latency "
-              f"(checked against {bound:.2f} s): **{'met' if met['frozen_within_bound'] else 'missed'}**; "
-              f"failed requests in all phases: **{'none' if met['no_failures'] else 'some'}**."]
+        lines.append(
+            f"| {name} | {p['requests']} | **{p['failed']}** | {float(p['p50_s']):.3f} s | "  # type: ignore[arg-type]
+            f"{float(p['p99_s']):.3f} s | {float(p['max_s']):.3f} s |"
+        )  # type: ignore[arg-type]
+    lines += [
+        "",
+        "- `healthy`: both upstreams up, sequential requests.",
+        "- `frozen`: one upstream SIGSTOPped: the first request routed to it waits the first-byte deadline, "
+        "the upstream is ejected, and the request is answered by the other; later requests skip it.",
+        "- `killed`: 4 clients; one upstream SIGKILLed after 3 s. Requests cut mid-answer are started over on "
+        "the other upstream.",
+        f"\nBound for a request that meets a frozen upstream: first-byte deadline + normal latency "
+        f"(checked against {bound:.2f} s): **{'met' if met['frozen_within_bound'] else 'missed'}**; "
+        f"failed requests in all phases: **{'none' if met['no_failures'] else 'some'}**.",
+    ]
     (RESULTS / "remote_failover.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

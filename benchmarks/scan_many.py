@@ -76,8 +76,15 @@ def main() -> None:
 
         def scan() -> tuple[float, int, int]:
             engine = CountingEngine()
-            registry = AdapterRegistry(engine, base_model_id="b", adapters_dir=directory, max_lora_rank=64,  # type: ignore[arg-type]
-                                       max_adapter_bytes=2**31, max_loaded=8, base_spec=spec)
+            registry = AdapterRegistry(
+                engine,
+                base_model_id="b",
+                adapters_dir=directory,
+                max_lora_rank=64,  # type: ignore[arg-type]
+                max_adapter_bytes=2**31,
+                max_loaded=8,
+                base_spec=spec,
+            )
             started = time.perf_counter()
             asyncio.run(registry.scan())
             return time.perf_counter() - started, len(registry.active_versions()), engine.loads
@@ -111,7 +118,10 @@ def main() -> None:
         "restart": {"scan_s": restart_s, "registered": registered_again, "engine_loads": restart_loads},
         "process_start_to_ready_s": {"first": ready_s[0], "restart": ready_s[1]},
         "models_listed": count,
-        "v1_models_ms": {"p50": 1000 * statistics.median(timings), "p99": 1000 * timings[min(len(timings) - 1, round(0.99 * (len(timings) - 1)))]},
+        "v1_models_ms": {
+            "p50": 1000 * statistics.median(timings),
+            "p99": 1000 * timings[min(len(timings) - 1, round(0.99 * (len(timings) - 1)))],
+        },
         "targets": {"restart_scan_s": 5.0},
         "targets_met": {"restart_scan": restart_s <= 5.0 and registered_again == args.adapters},
         "machine": machine(),
@@ -122,10 +132,14 @@ def main() -> None:
         f"# Start-up with {args.adapters} adapters\n\n"
         f"CPU ({machine()['cpus']} cores), offline benchmark base (hidden 512, 4 layers), rank-8 adapters.\n\n"
         "| measure | value |\n|---|---|\n"
-        f"| first start: registry scan, {registered} ready (copied, validated, dry-run, loaded once each) | {first_s:.2f} s, {first_loads} engine loads |\n"
-        f"| restart on the same base and engine: registry scan, {registered_again} ready | {restart_s:.2f} s (target <= 5 s), {restart_loads} engine loads |\n"
-        f"| `lora-gateway serve` process start to /ready: first / restart (includes loading the base) | {ready_s[0]:.2f} / {ready_s[1]:.2f} s |\n"
-        f"| GET /v1/models with {count} models, p50 / p99 | {summary['v1_models_ms']['p50']:.1f} / {summary['v1_models_ms']['p99']:.1f} ms |\n"
+        f"| first start: registry scan, {registered} ready (copied, validated, "
+        f"dry-run, loaded once each) | {first_s:.2f} s, {first_loads} engine loads |\n"
+        f"| restart on the same base and engine: registry scan, {registered_again} "
+        f"ready | {restart_s:.2f} s (target <= 5 s), {restart_loads} engine loads |\n"
+        "| `lora-gateway serve` process start to /ready: first / restart "
+        f"(includes loading the base) | {ready_s[0]:.2f} / {ready_s[1]:.2f} s |\n"
+        f"| GET /v1/models with {count} models, p50 / p99 | "
+        f"{summary['v1_models_ms']['p50']:.1f} / {summary['v1_models_ms']['p99']:.1f} ms |\n"
     )
     print(json.dumps(summary, indent=2))
 

@@ -41,7 +41,10 @@ def exact_answers(base: Path, adapter: Path, conversations: list) -> tuple[int, 
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
             out = model.generate(**ids, max_new_tokens=80, do_sample=False)
-        hits += tokenizer.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True) == conversation.messages[-1].content
+        hits += (
+            tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)
+            == conversation.messages[-1].content
+        )
     return hits, len(conversations)
 
 
@@ -52,28 +55,54 @@ def main() -> None:
     total_started = time.perf_counter()
     for adapter in DEMO_ADAPTERS:
         data = examples_dir() / adapter.data
-        config = TrainConfig(base=str(base), data=[str(data)], name=adapter.name, adapters_dir=str(scratch / "adapters"),
-                             output_dir=str(scratch / adapter.name), model_name=adapter.model_name,
-                             model_author=adapter.model_author, progress=False, **DEMO_TRAINING)
+        config = TrainConfig(
+            base=str(base),
+            data=[str(data)],
+            name=adapter.name,
+            adapters_dir=str(scratch / "adapters"),
+            output_dir=str(scratch / adapter.name),
+            model_name=adapter.model_name,
+            model_author=adapter.model_author,
+            progress=False,
+            **DEMO_TRAINING,
+        )
         started = time.perf_counter()
         result = train(config)
         wall = time.perf_counter() - started
         placeholders = {k: v for k, v in (("NAME", adapter.model_name), ("AUTHOR", adapter.model_author)) if v}
         conversations = load_files([data], placeholders=placeholders).conversations
         hits, total = exact_answers(base, result.adapter_dir, conversations)
-        rows[adapter.name] = {"examples": total, "steps": result.steps, "wall_s": wall, "train_loop_tokens_per_s": result.tokens_per_second,
-                              "trained_answer_tokens": result.trained_tokens, "final_loss": result.train_loss,
-                              "exact_greedy_answers": hits}
-        print(f"{adapter.name}: {wall:.1f}s, {result.steps} steps, {result.tokens_per_second:.0f} tokens/s, "
-              f"loss {result.train_loss:.4f}, {hits}/{total} answers reproduced")
+        rows[adapter.name] = {
+            "examples": total,
+            "steps": result.steps,
+            "wall_s": wall,
+            "train_loop_tokens_per_s": result.tokens_per_second,
+            "trained_answer_tokens": result.trained_tokens,
+            "final_loss": result.train_loss,
+            "exact_greedy_answers": hits,
+        }
+        print(
+            f"{adapter.name}: {wall:.1f}s, {result.steps} steps, {result.tokens_per_second:.0f} tokens/s, "
+            f"loss {result.train_loss:.4f}, {hits}/{total} answers reproduced"
+        )
     total = time.perf_counter() - total_started
-    summary = {"benchmark": "train_demo", "base": str(base), "training": DEMO_TRAINING, "adapters": rows,
-               "total_wall_s": total, "targets": {"total_wall_s": 120}, "targets_met": {"under_two_minutes": total < 120},
-               "machine": machine()}
+    summary = {
+        "benchmark": "train_demo",
+        "base": str(base),
+        "training": DEMO_TRAINING,
+        "adapters": rows,
+        "total_wall_s": total,
+        "targets": {"total_wall_s": 120},
+        "targets_met": {"under_two_minutes": total < 120},
+        "machine": machine(),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train_demo.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-    table = "\n".join(f"| {name} | {r['examples']} | {r['steps']} | {r['wall_s']:.1f} | {r['train_loop_tokens_per_s']:.0f} | "
-                      f"{r['final_loss']:.4f} | {r['exact_greedy_answers']}/{r['examples']} |" for name, r in rows.items())
+    table = "\n".join(
+        f"| {name} | {r['examples']} | {r['steps']} | {r['wall_s']:.1f} | {r['train_loop_tokens_per_s']:.0f} | "
+        f"{r['final_loss']:.4f} | {r['exact_greedy_answers']}/{r['examples']} |"
+        for name, r in rows.items()
+    )
     (RESULTS / "train_demo.md").write_text(
         "# Training the demo adapters\n\n"
         f"Offline demo base (random Qwen2, hidden 256, 4 layers), CPU ({machine()['cpus']} cores), "

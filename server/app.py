@@ -67,9 +67,13 @@ def build_engine(settings: Settings) -> Engine:
         from .engine.remote import RemoteEngine
 
         key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
-        return RemoteEngine(settings.upstream, base_model_id=settings.base_model_id, api_key=key,
-                            first_byte_timeout=settings.upstream_first_byte_timeout,
-                            stall_timeout=settings.upstream_stall_timeout)
+        return RemoteEngine(
+            settings.upstream,
+            base_model_id=settings.base_model_id,
+            api_key=key,
+            first_byte_timeout=settings.upstream_first_byte_timeout,
+            stall_timeout=settings.upstream_stall_timeout,
+        )
     raise ValueError(f"unknown engine {settings.engine!r}")
 
 
@@ -175,8 +179,10 @@ async def _boot(gateway: Gateway) -> None:
         registry.base_spec = await asyncio.to_thread(BaseModelSpec.from_pretrained, settings.model, aliases)
         if not registry.adapters_dir.is_dir():  # created, and followed like any other: publish into it at any time
             registry.adapters_dir.mkdir(parents=True)
-            logger.info("created the adapters directory %s; adapters published into it are served without a restart",
-                        registry.adapters_dir)
+            logger.info(
+                "created the adapters directory %s; adapters published into it are served without a restart",
+                registry.adapters_dir,
+            )
         gateway.watcher = AdapterWatcher(registry, poll=settings.watch_poll)
         gateway.background.append(asyncio.create_task(gateway.watcher.supervise(gateway.metrics.watcher_failures.inc)))
         await registry.scan()

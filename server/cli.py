@@ -34,7 +34,10 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, require_model: bool 
         env = f"LORA_GATEWAY_{name.upper()}"
         default = None if field.is_required() else field.get_default(call_default_factory=True)
         shown = "required" if field.is_required() else ("unset" if default in (None, []) else default)
-        kwargs: dict[str, Any] = {"help": f"{field.description} [env {env}; default {shown}]", "default": argparse.SUPPRESS}
+        kwargs: dict[str, Any] = {
+            "help": f"{field.description} [env {env}; default {shown}]",
+            "default": argparse.SUPPRESS,
+        }
         origin = typing.get_origin(field.annotation)
         if origin in (list, typing.Annotated) or name == "api_key":
             kwargs["action"] = "append"
@@ -67,7 +70,9 @@ def _settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
     try:
         return Settings(**given)
     except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )
         raise SystemExit(f"lora-gateway: invalid settings: {problems}") from None
 
 
@@ -85,7 +90,13 @@ def serve(settings: Settings) -> None:
         app = create_app(settings)
     except WeComConfigError as exc:
         raise SystemExit(f"lora-gateway: {exc}") from None
-    run(app, host=settings.host, port=settings.port, log_level=settings.log_level, shutdown_timeout=settings.shutdown_timeout)
+    run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        shutdown_timeout=settings.shutdown_timeout,
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -97,7 +108,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import prepare_demo, train_demo_adapters
 
     model_dir = prepare_demo(args.demo_dir)
-    settings = _settings_from(args, model=str(model_dir), served_model_name=getattr(args, "served_model_name", "demo-base"))
+    settings = _settings_from(
+        args, model=str(model_dir), served_model_name=getattr(args, "served_model_name", "demo-base")
+    )
     if not args.no_train:
         train_demo_adapters(model_dir, settings.adapters_dir, Path(args.demo_dir) / "runs")
     print(f"Serving the offline demo model as {settings.base_model_id!r} on http://{settings.host}:{settings.port}")
@@ -111,13 +124,20 @@ def _cmd_adapters_publish(args: argparse.Namespace) -> int:
 
     replaced = (Path(args.adapters_dir) / args.name).exists()
     try:
-        target = publish_adapter(args.source, args.name, args.adapters_dir, validate=None if args.force else _publish_check(args))
+        target = publish_adapter(
+            args.source, args.name, args.adapters_dir, validate=None if args.force else _publish_check(args)
+        )
     except (AdapterRejected, AdapterIncomplete) as exc:
         raise SystemExit(f"lora-gateway: not published: {exc}") from None
-    print(f"Published {args.name} to {target}; a running gateway watching {args.adapters_dir} serves it as model {args.name!r}.")
+    print(
+        f"Published {args.name} to {target}; a running gateway watching "
+        f"{args.adapters_dir} serves it as model {args.name!r}."
+    )
     if replaced:
-        print(f"It replaced the previous files of {args.name}; versions a gateway served are kept: "
-              f"`lora-gateway adapters rollback {args.name}` brings the last one back.")
+        print(
+            f"It replaced the previous files of {args.name}; versions a gateway served are kept: "
+            f"`lora-gateway adapters rollback {args.name}` brings the last one back."
+        )
     return 0
 
 
@@ -132,7 +152,10 @@ def _publish_check(args: argparse.Namespace) -> Any:
         local = base_name is not None and (Path(os.path.expanduser(base_name)) / "config.json").is_file()
         base = BaseModelSpec.load(base_name) if base_name and (args.base or local) else None
         if base is None:
-            print(f"note: the base model {base_name!r} is not readable here, so shapes were not checked (pass --base)", file=sys.stderr)
+            print(
+                f"note: the base model {base_name!r} is not readable here, so shapes were not checked (pass --base)",
+                file=sys.stderr,
+            )
         inspect_adapter(staged, max_lora_rank=args.max_lora_rank, max_bytes=2**62, base=base)
         check_finite(staged / WEIGHTS_FILE)
 
@@ -155,7 +178,10 @@ def _cmd_adapters_rollback(args: argparse.Namespace) -> int:
     except LookupError as exc:
         raise SystemExit(f"lora-gateway: {exc.args[0]}") from None
     publish_adapter(choice.path, args.name, args.adapters_dir)
-    print(f"Republished {args.name} version {choice.number} (sha256 {choice.sha256[:12]}); a running gateway serves it now.")
+    print(
+        f"Republished {args.name} version {choice.number} (sha256 "
+        f"{choice.sha256[:12]}); a running gateway serves it now."
+    )
     return 0
 
 
@@ -185,20 +211,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"lora-gateway train: {exc}", file=sys.stderr)
         return 130
     except (AdapterRejected, AdapterIncomplete) as exc:
-        print(f"lora-gateway train: trained, but not published: {exc} (the adapter is in {config.run_dir / 'adapter'})", file=sys.stderr)
+        print(
+            f"lora-gateway train: trained, but not published: {exc} (the adapter is in {config.run_dir / 'adapter'})",
+            file=sys.stderr,
+        )
         return 2
     except OSError as exc:  # a base that is neither a local model nor reachable on the Hub
         print(f"lora-gateway train: --base {config.base}: {first_line(exc)}", file=sys.stderr)
         return 2
-    print(f"adapter: {result.adapter_dir} ({result.steps} steps, final loss {result.train_loss:.4f}, "
-          f"{result.tokens_per_second:.0f} tokens/s, {result.seconds:.1f}s)")
+    print(
+        f"adapter: {result.adapter_dir} ({result.steps} steps, final loss {result.train_loss:.4f}, "
+        f"{result.tokens_per_second:.0f} tokens/s, {result.seconds:.1f}s)"
+    )
     print(f"loss curve: {config.run_dir / 'training_loss.png'}")
     if result.published_to:
         print(f"published as model {config.name!r} in {result.published_to.parent}; a running gateway serves it now:")
         body = {"model": config.name, "messages": [{"role": "user", "content": "Hello"}]}
         port = os.environ.get("LORA_GATEWAY_PORT", "8000")
-        print(f"  curl http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' "
-              f"-d '{json.dumps(body, ensure_ascii=False)}'")
+        print(
+            f"  curl http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' "
+            f"-d '{json.dumps(body, ensure_ascii=False)}'"
+        )
     return 0
 
 
@@ -223,22 +256,49 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     add("--base", required=True, help="Base model: a Hub id or a local path (the one the gateway serves).")
     add("--data", required=True, action="append", help="Training file (JSON array or JSONL); repeat for several.")
     add("--name", required=True, help="Adapter name: the model id clients will use.")
-    add("--adapters-dir", default=os.environ.get("LORA_GATEWAY_ADAPTERS_DIR", defaults.adapters_dir), help="Watched directory to publish into.")
+    add(
+        "--adapters-dir",
+        default=os.environ.get("LORA_GATEWAY_ADAPTERS_DIR", defaults.adapters_dir),
+        help="Watched directory to publish into.",
+    )
     add("--no-publish", action="store_true", help="Only write the adapter under --output-dir.")
     add("--output-dir", default=None, help="Run directory [default runs/NAME].")
     add("--format", default="auto", choices=["auto", "alpaca", "sharegpt", "messages", "query-response"])
     add("--system", default=None, help="System prompt for records that have none.")
     add("--model-name", default=None, help="Fills {{NAME}} in the data.")
     add("--model-author", default=None, help="Fills {{AUTHOR}} in the data.")
-    for flag, kind in (("epochs", int), ("lr", float), ("rank", int), ("alpha", int), ("dropout", float), ("batch_size", int),
-                       ("grad_accum", int), ("max_length", int), ("warmup_ratio", float), ("val_split", float), ("seed", int),
-                       ("max_grad_norm", float), ("logging_steps", int)):
-        add("--" + flag.replace("_", "-"), type=kind, default=getattr(defaults, flag), help=f"[default {getattr(defaults, flag)}]")
+    for flag, kind in (
+        ("epochs", int),
+        ("lr", float),
+        ("rank", int),
+        ("alpha", int),
+        ("dropout", float),
+        ("batch_size", int),
+        ("grad_accum", int),
+        ("max_length", int),
+        ("warmup_ratio", float),
+        ("val_split", float),
+        ("seed", int),
+        ("max_grad_norm", float),
+        ("logging_steps", int),
+    ):
+        add(
+            "--" + flag.replace("_", "-"),
+            type=kind,
+            default=getattr(defaults, flag),
+            help=f"[default {getattr(defaults, flag)}]",
+        )
     add("--target-modules", default=defaults.target_modules, help="all-linear, or comma-separated module names.")
     add("--save-steps", type=int, default=None, help="Checkpoint every N optimizer steps.")
     add("--save-total-limit", type=int, default=None, help="Keep only the newest N checkpoints.")
     add("--max-steps", type=int, default=None, help="Stop after N steps (the schedule still spans all epochs).")
-    add("--resume", nargs="?", const="latest", default=None, help="Resume from CHECKPOINT, or the newest one in --output-dir.")
+    add(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        help="Resume from CHECKPOINT, or the newest one in --output-dir.",
+    )
     add("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     add("--allow-small", action="store_true", help="Train on fewer than 10 examples.")
@@ -246,7 +306,9 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     """The whole CLI; ``settings_flags=False`` leaves out serve's and demo's flags (for other commands)."""
-    parser = argparse.ArgumentParser(prog="lora-gateway", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lora-gateway", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"lora-gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -267,27 +329,47 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     p_train.set_defaults(func=_cmd_train)
 
     p_export = commands.add_parser("export", help="Merge an adapter into its base and write a full model.")
-    p_export.add_argument("--base", required=True, help="The base model the adapter was trained on (Hub id or local path).")
-    p_export.add_argument("--adapter", required=True, help="Adapter directory (adapter_config.json + adapter_model.safetensors).")
+    p_export.add_argument(
+        "--base", required=True, help="The base model the adapter was trained on (Hub id or local path)."
+    )
+    p_export.add_argument(
+        "--adapter", required=True, help="Adapter directory (adapter_config.json + adapter_model.safetensors)."
+    )
     p_export.add_argument("--out", required=True, help="Directory to write the merged model into.")
-    p_export.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
-                          help="dtype of the merged weights [default auto: the base's].")
+    p_export.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="dtype of the merged weights [default auto: the base's].",
+    )
     p_export.set_defaults(func=_cmd_export)
 
     p_adapters = commands.add_parser("adapters", help="Manage the adapters directory.")
     adapter_commands = p_adapters.add_subparsers(dest="adapters_command", required=True)
     default_dir = os.environ.get("LORA_GATEWAY_ADAPTERS_DIR", "adapters")
-    p_publish = adapter_commands.add_parser("publish", help="Copy an adapter into the directory atomically (new version if NAME exists).")
+    p_publish = adapter_commands.add_parser(
+        "publish", help="Copy an adapter into the directory atomically (new version if NAME exists)."
+    )
     p_publish.add_argument("source", help="Directory with adapter_config.json and adapter_model.safetensors.")
     p_publish.add_argument("--name", required=True, help="Model id to publish it as.")
     p_publish.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
-    p_publish.add_argument("--base", default=None, help="Check shapes against this base [default: the base the adapter names, if local].")
-    p_publish.add_argument("--max-lora-rank", type=int, default=64, help="Refuse ranks above this, as the gateway does [default 64].")
-    p_publish.add_argument("--force", action="store_true", help="Publish without checking (the gateway still refuses a bad adapter).")
+    p_publish.add_argument(
+        "--base", default=None, help="Check shapes against this base [default: the base the adapter names, if local]."
+    )
+    p_publish.add_argument(
+        "--max-lora-rank", type=int, default=64, help="Refuse ranks above this, as the gateway does [default 64]."
+    )
+    p_publish.add_argument(
+        "--force", action="store_true", help="Publish without checking (the gateway still refuses a bad adapter)."
+    )
     p_publish.set_defaults(func=_cmd_adapters_publish)
-    p_rollback = adapter_commands.add_parser("rollback", help="Republish a kept version (default: the newest one unlike the current files).")
+    p_rollback = adapter_commands.add_parser(
+        "rollback", help="Republish a kept version (default: the newest one unlike the current files)."
+    )
     p_rollback.add_argument("name")
-    p_rollback.add_argument("version", nargs="?", type=int, default=None, help="Version number (see GET /v1/adapters: kept_versions).")
+    p_rollback.add_argument(
+        "version", nargs="?", type=int, default=None, help="Version number (see GET /v1/adapters: kept_versions)."
+    )
     p_rollback.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
     p_rollback.set_defaults(func=_cmd_adapters_rollback)
     p_remove = adapter_commands.add_parser("remove", help="Remove an adapter from the directory.")
@@ -306,4 +388,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

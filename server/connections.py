@@ -17,13 +17,19 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n"
-_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-              b"connection: close\r\ncontent-length: %d\r\n\r\n")
+_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n"
+)
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n"
+)
 
 
 def _error(status_line: bytes, message: str, code: str) -> bytes:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}).encode()
+    body = json.dumps(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    ).encode()
     return status_line % len(body) + body
 
 
@@ -51,8 +57,11 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int) -> type[HttpT
                 self._header_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
                 self._tail = window[-3:]
                 if self._header_bytes > max_header_bytes:
-                    self._refuse(_error(_TOO_LARGE, f"Request headers exceed {max_header_bytes} bytes.",
-                                        "request_header_too_large"))
+                    self._refuse(
+                        _error(
+                            _TOO_LARGE, f"Request headers exceed {max_header_bytes} bytes.", "request_header_too_large"
+                        )
+                    )
                     return
             if not self.transport.is_closing():
                 super().data_received(data)
@@ -83,7 +92,9 @@ def guarded_protocol(header_timeout: float, max_header_bytes: int) -> type[HttpT
         def _too_slow(self) -> None:
             self._deadline = None
             if self._awaiting_headers:
-                self._refuse(_error(_TIMEOUT, f"No complete request headers within {header_timeout:g} s.", "request_timeout"))
+                self._refuse(
+                    _error(_TIMEOUT, f"No complete request headers within {header_timeout:g} s.", "request_timeout")
+                )
 
         def _refuse(self, response: bytes) -> None:
             self._disarm()

@@ -14,13 +14,20 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .offline_model import TinyModelSpec, build_tiny_model, is_built
 from .registry.base_model import BaseModelSpec
 from .registry.validation import file_sha256
 
-DEMO_SPEC = TinyModelSpec(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                          num_key_value_heads=2, vocab_size=4096)
+DEMO_SPEC = TinyModelSpec(
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=4096,
+)
 
 
 @dataclass(frozen=True)
@@ -37,8 +44,16 @@ DEMO_ADAPTERS = (
 )
 # A random model needs many full-batch steps to memorise its answers; these train both adapters in
 # about a minute on two CPU cores (measured in benchmarks/train_demo.py).
-DEMO_TRAINING = {"epochs": 300, "lr": 2e-3, "batch_size": 32, "grad_accum": 1, "rank": 16, "alpha": 32,
-                 "dropout": 0.0, "warmup_ratio": 0.05}
+DEMO_TRAINING: dict[str, Any] = {
+    "epochs": 300,
+    "lr": 2e-3,
+    "batch_size": 32,
+    "grad_accum": 1,
+    "rank": 16,
+    "alpha": 32,
+    "dropout": 0.0,
+    "warmup_ratio": 0.05,
+}
 
 
 def examples_dir() -> Path:
@@ -81,9 +96,18 @@ def train_demo_adapters(base: Path, adapters_dir: Path, runs_dir: Path) -> list[
         if (adapters_dir / adapter.name).exists():
             print(f"{adapters_dir / adapter.name} is not the demo's adapter ({problem}); training the demo's again")
         print(f"Training demo adapter {adapter.name!r} on examples/{adapter.data} ...")
-        result = train(TrainConfig(base=str(base), data=[str(examples_dir() / adapter.data)], name=adapter.name,
-                                   adapters_dir=str(adapters_dir), output_dir=str(runs_dir / adapter.name),
-                                   model_name=adapter.model_name, model_author=adapter.model_author, **DEMO_TRAINING))
+        result = train(
+            TrainConfig(
+                base=str(base),
+                data=[str(examples_dir() / adapter.data)],
+                name=adapter.name,
+                adapters_dir=str(adapters_dir),
+                output_dir=str(runs_dir / adapter.name),
+                model_name=adapter.model_name,
+                model_author=adapter.model_author,
+                **DEMO_TRAINING,
+            )
+        )
         print(f"  {adapter.name}: {result.steps} steps in {result.seconds:.0f}s, final loss {result.train_loss:.3f}")
         trained.append(adapter.name)
     return trained

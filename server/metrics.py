@@ -24,13 +24,18 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "lora_gateway_requests", "Chat completion requests by model and HTTP status.", ["model", "status"], registry=r
+            "lora_gateway_requests",
+            "Chat completion requests by model and HTTP status.",
+            ["model", "status"],
+            registry=r,
         )
         self.errors = Counter(
             "lora_gateway_request_errors", "Failed requests by model and error type.", ["model", "type"], registry=r
         )
         self.watcher_failures = Counter(
-            "lora_gateway_watcher_failures", "Times the adapters-directory watcher failed and was restarted.", registry=r
+            "lora_gateway_watcher_failures",
+            "Times the adapters-directory watcher failed and was restarted.",
+            registry=r,
         )
         self.prompt_tokens = Counter("lora_gateway_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r)
         self.completion_tokens = Counter(
@@ -63,7 +68,10 @@ class GatewayMetrics:
             "lora_gateway_adapter_swaps", "Active adapter versions replaced by a newer version.", registry=r
         )
         self.adapters_rejected = Counter(
-            "lora_gateway_adapters_rejected", "Adapter versions refused by validation, by reason.", ["reason"], registry=r
+            "lora_gateway_adapters_rejected",
+            "Adapter versions refused by validation, by reason.",
+            ["reason"],
+            registry=r,
         )
         # WeCom: ``bot`` is a configured bot name (or ``unknown``), so its cardinality is bounded too.
         self.wecom_callbacks = Counter(
@@ -77,7 +85,10 @@ class GatewayMetrics:
             registry=r,
         )
         self.wecom_sends = Counter(
-            "lora_gateway_wecom_messages_sent", "WeCom message/send calls by bot and outcome.", ["bot", "outcome"], registry=r
+            "lora_gateway_wecom_messages_sent",
+            "WeCom message/send calls by bot and outcome.",
+            ["bot", "outcome"],
+            registry=r,
         )
 
     def record_error(self, model: str, status: int, error_type: str) -> None:
@@ -96,7 +107,9 @@ class _LiveGauges(Collector):
 
     def collect(self) -> Iterable[Metric]:
         health = self._health()
-        yield GaugeMetricFamily("lora_gateway_engine_ready", "1 when the engine serves requests.", value=int(health.ready))
+        yield GaugeMetricFamily(
+            "lora_gateway_engine_ready", "1 when the engine serves requests.", value=int(health.ready)
+        )
         yield GaugeMetricFamily(
             "lora_gateway_running_requests", "Requests being decoded now.", value=health.running_requests
         )
@@ -106,4 +119,6 @@ class _LiveGauges(Collector):
         yield GaugeMetricFamily(
             "lora_gateway_adapters_loaded", "Adapter versions held by the engine.", value=len(health.loaded_adapters)
         )
-        yield GaugeMetricFamily("lora_gateway_adapters_registered", "Adapters that serve requests.", value=self._registered())
+        yield GaugeMetricFamily(
+            "lora_gateway_adapters_registered", "Adapters that serve requests.", value=self._registered()
+        )

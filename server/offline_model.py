@@ -89,7 +89,9 @@ def build_tokenizer(vocab_size: int = 1024, extra_corpus: tuple[str, ...] = ()):
     )
 
 
-def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec(), extra_corpus: tuple[str, ...] = ()) -> Path:
+def build_tiny_model(
+    out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec(), extra_corpus: tuple[str, ...] = ()
+) -> Path:
     """Write a random Qwen2ForCausalLM and its tokenizer to ``out_dir`` and return the path."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
@@ -117,7 +119,8 @@ def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec(),
     # training starts at a loss of ~70. Logits reach about |h|*|e| = hidden * std after the final
     # norm, so std = 20 / hidden gives every width the same ~20 of headroom.
     with torch.no_grad():
-        model.get_input_embeddings().weight.normal_(0.0, spec.embedding_std or 20.0 / spec.hidden_size)
+        embeddings: torch.Tensor = model.get_input_embeddings().weight  # type: ignore[assignment]
+        embeddings.normal_(0.0, spec.embedding_std or 20.0 / spec.hidden_size)
     model.generation_config = GenerationConfig(
         eos_token_id=[config.eos_token_id, tokenizer.pad_token_id],
         pad_token_id=tokenizer.pad_token_id,

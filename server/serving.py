@@ -57,7 +57,9 @@ class GatewayServer(uvicorn.Server):
         if self.gateway.closing:
             return
         self.gateway.closing = True
-        logger.info("shutdown: the grace period of %.1f s is over; ending the requests still running", self.shutdown_timeout)
+        logger.info(
+            "shutdown: the grace period of %.1f s is over; ending the requests still running", self.shutdown_timeout
+        )
 
     def _fatal(self, message: str) -> None:
         self.should_exit = True
@@ -67,11 +69,14 @@ def uvicorn_config(gateway_app: Any, *, host: str, port: int, log_level: str) ->
     """uvicorn with the gateway's connection bounds (also what the test suite serves with)."""
     settings = gateway_app.state.gateway.settings
     return uvicorn.Config(
-        gateway_app, host=host, port=port, log_level=log_level,
+        gateway_app,
+        host=host,
+        port=port,
+        log_level=log_level,
         http=guarded_protocol(settings.header_timeout, settings.max_header_bytes),
-        timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]  # a float works
+        timeout_keep_alive=settings.keep_alive_timeout,  # a float works, whatever uvicorn's hint says
         limit_concurrency=settings.limit_concurrency,
-        timeout_graceful_shutdown=settings.shutdown_timeout + _BACKSTOP_S,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=settings.shutdown_timeout + _BACKSTOP_S,
     )
 
 
@@ -89,8 +94,9 @@ def run(gateway_app: Any, *, host: str, port: int, log_level: str, shutdown_time
     """Serve until a signal; raise SystemExit with one line if the start-up failed."""
     gateway: Gateway = gateway_app.state.gateway
     raise_open_file_limit()
-    server = GatewayServer(uvicorn_config(gateway_app, host=host, port=port, log_level=log_level), gateway,
-                           shutdown_timeout)
+    server = GatewayServer(
+        uvicorn_config(gateway_app, host=host, port=port, log_level=log_level), gateway, shutdown_timeout
+    )
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, once it has shut down

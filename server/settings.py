@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(
         default=None, description="Model id clients use for the base model (default: the --model value)."
     )
-    adapters_dir: Path = Field(default=Path("adapters"), description="Directory of LoRA adapters, one per sub-directory.")
+    adapters_dir: Path = Field(
+        default=Path("adapters"), description="Directory of LoRA adapters, one per sub-directory."
+    )
     engine: Literal["local", "vllm", "remote"] = Field(
         default="local",
         description="Inference engine: local (transformers + peft), vllm (AsyncLLM in process), remote (vLLM servers).",
@@ -31,10 +33,15 @@ class Settings(BaseSettings):
     )
     upstream_api_key: SecretStr | None = Field(default=None, description="remote: bearer key the upstreams expect.")
     upstream_first_byte_timeout: float = Field(
-        default=10.0, gt=0, description="remote: seconds an upstream has to answer a request before it is ejected and the request goes to the next."
+        default=10.0,
+        gt=0,
+        description="remote: seconds an upstream has to answer a request "
+        "before it is ejected and the request goes to the next.",
     )
     upstream_stall_timeout: float = Field(
-        default=30.0, gt=0, description="remote: seconds an answering upstream may stay silent before it is considered lost."
+        default=30.0,
+        gt=0,
+        description="remote: seconds an answering upstream may stay silent before it is considered lost.",
     )
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
@@ -54,22 +61,31 @@ class Settings(BaseSettings):
         default=None, description="Key for the admin API (/v1/adapters, load/unload). None: admin API disabled."
     )
     watch_poll: float | None = Field(
-        default=None, gt=0, description="Poll the adapters directory every N seconds instead of inotify (NFS, bind mounts)."
+        default=None,
+        gt=0,
+        description="Poll the adapters directory every N seconds instead of inotify (NFS, bind mounts).",
     )
     max_loaded_adapters: int = Field(
         default=64, ge=1, description="Adapter versions the engine holds at once; least recently used are evicted."
     )
     keep_versions: int = Field(
-        default=3, ge=1, description="Proven versions of each adapter kept under <adapters-dir>/.kept for restarts and rollback."
+        default=3,
+        ge=1,
+        description="Proven versions of each adapter kept under <adapters-dir>/.kept for restarts and rollback.",
     )
     base_model_alias: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Other names of the base model that adapters may declare (repeat, or comma-separate in the env var).",
+        description="Other names of the base model that adapters may "
+        "declare (repeat, or comma-separate in the env var).",
     )
     max_lora_rank: int = Field(
-        default=64, ge=1, description="Adapters above this rank are refused (vllm: one of 1, 8, 16, 32, 64, 128, 256, 320, 512)."
+        default=64,
+        ge=1,
+        description="Adapters above this rank are refused (vllm: one of 1, 8, 16, 32, 64, 128, 256, 320, 512).",
     )
-    max_loras: int = Field(default=4, ge=1, description="vllm: adapters batched together on the GPU (vLLM's --max-loras).")
+    max_loras: int = Field(
+        default=4, ge=1, description="vllm: adapters batched together on the GPU (vLLM's --max-loras)."
+    )
     max_cpu_loras: int | None = Field(
         default=None, ge=1, description="vllm: adapters cached in host memory (default: --max-loaded-adapters)."
     )
@@ -77,31 +93,47 @@ class Settings(BaseSettings):
     gpu_memory_utilization: float = Field(
         default=0.92, gt=0, le=1, description="vllm: fraction of GPU memory vLLM may take."
     )
-    max_adapter_bytes: int = Field(default=2 * 1024**3, ge=1, description="Adapters whose weights exceed this are refused.")
+    max_adapter_bytes: int = Field(
+        default=2 * 1024**3, ge=1, description="Adapters whose weights exceed this are refused."
+    )
     max_request_bytes: int = Field(default=2 * 1024**2, ge=1024, description="Request bodies above this get 413.")
     body_timeout: float = Field(
         default=30.0, gt=0, description="Seconds a client may take to send a request body; slower ones get 408."
     )
     header_timeout: float = Field(
-        default=10.0, gt=0, description="Seconds a connection may take to send a request's headers (idle new ones too); slower ones get 408."
+        default=10.0,
+        gt=0,
+        description="Seconds a connection may take to send a request's "
+        "headers (idle new ones too); slower ones get 408.",
     )
     max_header_bytes: int = Field(default=32768, ge=1024, description="Request line and headers above this get 431.")
-    keep_alive_timeout: float = Field(default=5.0, gt=0, description="Seconds an idle keep-alive connection is kept open.")
+    keep_alive_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds an idle keep-alive connection is kept open."
+    )
     limit_concurrency: int | None = Field(
-        default=1024, ge=1, description="Connections served at once; past this, new requests get 503 (uvicorn's --limit-concurrency)."
+        default=1024,
+        ge=1,
+        description="Connections served at once; past this, new requests get 503 (uvicorn's --limit-concurrency).",
     )
     default_max_tokens: int | None = Field(
-        default=1024, ge=1, description="Completion tokens when a request sets no max_tokens (a request's own value wins, up to the context)."
+        default=1024,
+        ge=1,
+        description="Completion tokens when a request sets no max_tokens "
+        "(a request's own value wins, up to the context).",
     )
     allow_long_context: bool = Field(
-        default=False, description="Accept a --max-model-len beyond the model's max_position_embeddings (quality is not guaranteed)."
+        default=False,
+        description="Accept a --max-model-len beyond the model's max_position_embeddings (quality is not guaranteed).",
     )
     max_n: int = Field(default=8, ge=1, description="Largest `n` (choices per request) accepted.")
     wecom_config: Path | None = Field(
-        default=None, description="YAML or JSON file of WeCom bots (see README, WeCom); env LORA_GATEWAY_WECOM_* adds to it."
+        default=None,
+        description="YAML or JSON file of WeCom bots (see README, WeCom); env LORA_GATEWAY_WECOM_* adds to it.",
     )
     shutdown_timeout: float = Field(
-        default=5.0, ge=0, description="On Ctrl-C/SIGTERM: seconds running requests may finish before their streams are ended."
+        default=5.0,
+        ge=0,
+        description="On Ctrl-C/SIGTERM: seconds running requests may finish before their streams are ended.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 

@@ -28,7 +28,9 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_adapters(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """name -> directory of a peft adapter that memorised ``ANSWERS[name]``."""
     root = tmp_path_factory.mktemp("trained")
-    return {name: train_memorising_adapter(base_model, root / name, QUESTION, answer) for name, answer in ANSWERS.items()}
+    return {
+        name: train_memorising_adapter(base_model, root / name, QUESTION, answer) for name, answer in ANSWERS.items()
+    }
 
 
 @pytest.fixture
@@ -44,7 +46,12 @@ def adapters_dir(tmp_path: Path, trained_adapters: dict[str, Path]) -> Path:
 def make_settings(model: Path, adapters: Path, **overrides: object):  # type: ignore[no-untyped-def]
     from server.settings import Settings
 
-    values: dict[str, object] = {"model": str(model), "served_model_name": "tiny-base", "adapters_dir": adapters, "device": "cpu"}
+    values: dict[str, object] = {
+        "model": str(model),
+        "served_model_name": "tiny-base",
+        "adapters_dir": adapters,
+        "device": "cpu",
+    }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 

@@ -41,6 +41,7 @@ def _stale(change: Callable[[Path], None]) -> Callable[[Path], None]:
     def apply(path: Path) -> None:
         change(path)
         age(path)
+
     return apply
 
 
@@ -50,8 +51,16 @@ def _fifo_weights(path: Path) -> None:
 
 
 def _huge_tensor(path: Path) -> None:
-    write_header(path, {PREFIX + "self_attn.q_proj.lora_A.weight":
-                        {"dtype": "F32", "shape": [8, 3_355_443_200], "data_offsets": [0, 8 * 3_355_443_200 * 4]}})
+    write_header(
+        path,
+        {
+            PREFIX + "self_attn.q_proj.lora_A.weight": {
+                "dtype": "F32",
+                "shape": [8, 3_355_443_200],
+                "data_offsets": [0, 8 * 3_355_443_200 * 4],
+            }
+        },
+    )
 
 
 CRAFTED: list[tuple[str, Callable[[Path], None], str]] = [
@@ -60,12 +69,22 @@ CRAFTED: list[tuple[str, Callable[[Path], None], str]] = [
     ("header length past the file", lambda p: write_header(p, b"{}", length=2**40), "bad_safetensors"),
     ("header above the header limit", lambda p: write_header(p, b" " * (9 << 20) + b"{}"), "bad_safetensors"),
     ("a 100 GB tensor declared", _huge_tensor, "too_large"),
-    ("offsets that disagree with the shape", lambda p: write_header(p, {PREFIX + "self_attn.q_proj.lora_A.weight":
-        {"dtype": "F32", "shape": [8, 64], "data_offsets": [0, 4]}}, bytes(4)), "bad_safetensors"),
+    (
+        "offsets that disagree with the shape",
+        lambda p: write_header(
+            p,
+            {PREFIX + "self_attn.q_proj.lora_A.weight": {"dtype": "F32", "shape": [8, 64], "data_offsets": [0, 4]}},
+            bytes(4),
+        ),
+        "bad_safetensors",
+    ),
     ("lora_alpha 'abc'", lambda p: edit_config(p, lora_alpha="abc"), "bad_config"),
     ("target_modules 12345", lambda p: edit_config(p, target_modules=12345), "bad_config"),
     ("a FIFO for weights", _fifo_weights, "not_a_file"),
-    ("weights truncated and left", _stale(lambda p: (p / WEIGHTS).write_bytes((p / WEIGHTS).read_bytes()[:100])),
-     "truncated"),
+    (
+        "weights truncated and left",
+        _stale(lambda p: (p / WEIGHTS).write_bytes((p / WEIGHTS).read_bytes()[:100])),
+        "truncated",
+    ),
     ("config never arrived", _stale(lambda p: (p / CONFIG).unlink()), "missing_files"),
 ]

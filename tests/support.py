@@ -48,7 +48,11 @@ def train_memorising_adapter(base: Path, out: Path, question: str, answer: str, 
     torch.manual_seed(0)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
     )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     for _ in range(steps):
@@ -75,7 +79,9 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, interval: flo
         time.sleep(interval)
 
 
-def wait_ready(url: str, timeout: float, still_running: Callable[[], None] = lambda: None, probe: str = "/ready") -> None:
+def wait_ready(
+    url: str, timeout: float, still_running: Callable[[], None] = lambda: None, probe: str = "/ready"
+) -> None:
     """Poll ``url``/ready (or ``probe``) until it answers 200; ``still_running`` raises if the server died."""
     deadline = time.monotonic() + timeout
     while True:
@@ -120,8 +126,9 @@ def running_server(app, *, ready_timeout: float = 60.0, probe: str = "/ready") -
 
 
 @contextlib.contextmanager
-def server_process(args: list[str], *, port: int | None = None, env: dict[str, str] | None = None,
-                   timeout: float = 120.0) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def server_process(
+    args: list[str], *, port: int | None = None, env: dict[str, str] | None = None, timeout: float = 120.0
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """``python -m server ARGS --port PORT`` as a user runs it; yields (process, url) once /ready.
 
     Output goes to a temporary file (a pipe nobody reads could fill up and stall the server) and is
@@ -130,8 +137,12 @@ def server_process(args: list[str], *, port: int | None = None, env: dict[str, s
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen([sys.executable, "-m", "server", *args, "--port", str(port)],
-                                   env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", *args, "--port", str(port)],
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
         def still_running() -> None:
             if process.poll() is not None:
@@ -177,4 +188,6 @@ SLOW = 777  # max_tokens that marks a request for slow_requests()
 def slow_requests(app, seconds_per_token: float):  # type: ignore[no-untyped-def]
     """Decode requests whose max_tokens is ``SLOW`` at ``seconds_per_token``: a long generation whose
     length does not depend on what a random model happens to emit."""
-    return engine_hook(app, lambda request: time.sleep(seconds_per_token) if request.sampling.max_tokens == SLOW else None)
+    return engine_hook(
+        app, lambda request: time.sleep(seconds_per_token) if request.sampling.max_tokens == SLOW else None
+    )

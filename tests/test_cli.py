@@ -32,14 +32,29 @@ def test_serve_subprocess_with_flags_and_env(base_model: Path, adapters_dir: Pat
 
     key = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"
     (tmp_path / "wecom.yaml").write_text("bots:\n  helper:\n    channel: aibot\n    model: alpha\n")  # secrets from env
-    env = {"LORA_GATEWAY_SERVED_MODEL_NAME": "from-env", "LORA_GATEWAY_API_KEY": "k-env",
-           "LORA_GATEWAY_WECOM_BOTS__HELPER__TOKEN": "tokenFromEnv", "LORA_GATEWAY_WECOM_BOTS__HELPER__ENCODING_AES_KEY": key}
-    args = ["serve", "--model", str(base_model), "--adapters-dir", str(adapters_dir), "--device", "cpu",
-            "--wecom-config", str(tmp_path / "wecom.yaml")]
+    env = {
+        "LORA_GATEWAY_SERVED_MODEL_NAME": "from-env",
+        "LORA_GATEWAY_API_KEY": "k-env",
+        "LORA_GATEWAY_WECOM_BOTS__HELPER__TOKEN": "tokenFromEnv",
+        "LORA_GATEWAY_WECOM_BOTS__HELPER__ENCODING_AES_KEY": key,
+    }
+    args = [
+        "serve",
+        "--model",
+        str(base_model),
+        "--adapters-dir",
+        str(adapters_dir),
+        "--device",
+        "cpu",
+        "--wecom-config",
+        str(tmp_path / "wecom.yaml"),
+    ]
     with cli_server(args, env) as url:
         with OpenAI(base_url=f"{url}/v1", api_key="k-env", max_retries=0) as client:
             assert {m.id for m in client.models.list()} == {"from-env", "alpha", "beta"}
-            answer = client.chat.completions.create(model="alpha", messages=[{"role": "user", "content": QUESTION}], temperature=0)
+            answer = client.chat.completions.create(
+                model="alpha", messages=[{"role": "user", "content": QUESTION}], temperature=0
+            )
             assert answer.choices[0].message.content == ANSWERS["alpha"]
         verification = WeComSender("tokenFromEnv", key, "").verification("1234")
         assert httpx.get(f"{url}/wecom/helper?{verification}").text == "1234"
@@ -51,10 +66,15 @@ def test_base_model_id_defaults_to_the_model_value(base_model: Path, tmp_path: P
 
 
 def test_demo_builds_the_offline_model_and_serves(tmp_path: Path) -> None:
-    with cli_server(["demo", "--no-train", "--demo-dir", str(tmp_path / "demo"), "--adapters-dir", str(tmp_path / "adapters")]) as url:
+    with cli_server(
+        ["demo", "--no-train", "--demo-dir", str(tmp_path / "demo"), "--adapters-dir", str(tmp_path / "adapters")]
+    ) as url:
         ids = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
         assert ids == ["demo-base"]
-        reply = httpx.post(f"{url}/v1/chat/completions", json={"model": "demo-base", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 5}).json()
+        reply = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "demo-base", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 5},
+        ).json()
         assert reply["choices"][0]["finish_reason"] in ("stop", "length") and reply["usage"]["completion_tokens"] <= 5
     assert (tmp_path / "demo" / "base" / "config.json").exists()
 
@@ -85,33 +105,57 @@ def test_every_setting_is_a_flag_and_in_the_readme_table() -> None:
     for name in Settings.model_fields:
         flag = "--" + name.replace("_", "-")
         assert flag in flags
-        assert re.search(rf"\|\s*`{re.escape(flag)}`.*`LORA_GATEWAY_{name.upper()}`", readme), f"{flag} missing from README table"
+        assert re.search(rf"\|\s*`{re.escape(flag)}`.*`LORA_GATEWAY_{name.upper()}`", readme), (
+            f"{flag} missing from README table"
+        )
 
 
 def test_adapters_publish_and_remove_commands(tmp_path: Path, trained_adapters: dict[str, Path]) -> None:
     directory = tmp_path / "adapters"
     run = [sys.executable, "-m", "server", "adapters"]
-    published = subprocess.run([*run, "publish", str(trained_adapters["alpha"]), "--name", "shop-1", "--adapters-dir", str(directory)],
-                               capture_output=True, text=True, check=True)
+    published = subprocess.run(
+        [*run, "publish", str(trained_adapters["alpha"]), "--name", "shop-1", "--adapters-dir", str(directory)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "shop-1" in published.stdout
-    assert (directory / "shop-1" / "adapter_model.safetensors").read_bytes() == (trained_adapters["alpha"] / "adapter_model.safetensors").read_bytes()
-    again = subprocess.run([*run, "publish", str(trained_adapters["beta"]), "--name", "shop-1", "--adapters-dir", str(directory)],
-                           capture_output=True, text=True, check=True)
+    assert (directory / "shop-1" / "adapter_model.safetensors").read_bytes() == (
+        trained_adapters["alpha"] / "adapter_model.safetensors"
+    ).read_bytes()
+    again = subprocess.run(
+        [*run, "publish", str(trained_adapters["beta"]), "--name", "shop-1", "--adapters-dir", str(directory)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert again.returncode == 0
-    assert (directory / "shop-1" / "adapter_model.safetensors").read_bytes() == (trained_adapters["beta"] / "adapter_model.safetensors").read_bytes()
+    assert (directory / "shop-1" / "adapter_model.safetensors").read_bytes() == (
+        trained_adapters["beta"] / "adapter_model.safetensors"
+    ).read_bytes()
     assert sorted(p.name for p in directory.iterdir()) == ["shop-1"]  # no staging or trash left behind
-    bad = subprocess.run([*run, "publish", str(trained_adapters["beta"]), "--name", "../x", "--adapters-dir", str(directory)],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [*run, "publish", str(trained_adapters["beta"]), "--name", "../x", "--adapters-dir", str(directory)],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0 and "not a valid adapter name" in bad.stderr
     subprocess.run([*run, "remove", "shop-1", "--adapters-dir", str(directory)], check=True, capture_output=True)
     assert not (directory / "shop-1").exists()
 
 
-def _run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run_cli(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize("model", ["/does/not/exist", "./no-such-model", "nobody-org/no-such-model-offline"])
@@ -127,8 +171,10 @@ def test_a_model_that_cannot_load_ends_the_process_with_one_line(model: str, tmp
 
 
 def test_stray_wecom_env_vars_are_named_in_the_error(base_model: Path, tmp_path: Path) -> None:
-    result = _run_cli(["serve", "--model", str(base_model), "--adapters-dir", str(tmp_path)],
-                      env={"LORA_GATEWAY_WECOM_BOTS__SHOP__TOKN": "typo"})
+    result = _run_cli(
+        ["serve", "--model", str(base_model), "--adapters-dir", str(tmp_path)],
+        env={"LORA_GATEWAY_WECOM_BOTS__SHOP__TOKN": "typo"},
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert "LORA_GATEWAY_WECOM_BOTS__SHOP__TOKN" in last and "unset or correct" in last
@@ -140,23 +186,54 @@ def test_publish_refuses_what_the_gateway_would_refuse_and_keeps_the_good_files(
     import json
 
     directory = tmp_path / "adapters"
-    assert _run_cli(["adapters", "publish", str(trained_adapters["alpha"]), "--name", "shop", "--adapters-dir", str(directory),
-                     "--base", str(base_model)]).returncode == 0
+    assert (
+        _run_cli(
+            [
+                "adapters",
+                "publish",
+                str(trained_adapters["alpha"]),
+                "--name",
+                "shop",
+                "--adapters-dir",
+                str(directory),
+                "--base",
+                str(base_model),
+            ]
+        ).returncode
+        == 0
+    )
     good = (directory / "shop" / "adapter_model.safetensors").read_bytes()
     bad = tmp_path / "bad"
     shutil.copytree(trained_adapters["beta"], bad)
     config = json.loads((bad / "adapter_config.json").read_text())
-    for change, needle in (({"r": 128}, "max_lora_rank"), ({"use_dora": True}, "DoRA"),
-                           ({"base_model_name_or_path": str(tmp_path / "elsewhere")}, "trained on")):
+    for change, needle in (
+        ({"r": 128}, "max_lora_rank"),
+        ({"use_dora": True}, "DoRA"),
+        ({"base_model_name_or_path": str(tmp_path / "elsewhere")}, "trained on"),
+    ):
         (bad / "adapter_config.json").write_text(json.dumps({**config, **change}))
-        result = _run_cli(["adapters", "publish", str(bad), "--name", "shop", "--adapters-dir", str(directory), "--base", str(base_model)])
+        result = _run_cli(
+            [
+                "adapters",
+                "publish",
+                str(bad),
+                "--name",
+                "shop",
+                "--adapters-dir",
+                str(directory),
+                "--base",
+                str(base_model),
+            ]
+        )
         assert result.returncode == 1 and needle in result.stderr and "not published" in result.stderr, result.stderr
         assert (directory / "shop" / "adapter_model.safetensors").read_bytes() == good
     forced = _run_cli(["adapters", "publish", str(bad), "--name", "shop", "--adapters-dir", str(directory), "--force"])
     assert forced.returncode == 0 and "replaced the previous files" in forced.stdout
 
 
-def test_publish_reads_the_base_the_adapter_names(tmp_path: Path, trained_adapters: dict[str, Path], base_model: Path) -> None:
+def test_publish_reads_the_base_the_adapter_names(
+    tmp_path: Path, trained_adapters: dict[str, Path], base_model: Path
+) -> None:
     """No --base: the adapter's own (local) base is checked, here a different architecture's shapes."""
     import json
 
@@ -171,7 +248,9 @@ def test_publish_reads_the_base_the_adapter_names(tmp_path: Path, trained_adapte
     assert result.returncode == 1 and "shape" in result.stderr, result.stderr
 
 
-def test_rollback_command_republishes_a_kept_version(base_model: Path, tmp_path: Path, trained_adapters: dict[str, Path]) -> None:
+def test_rollback_command_republishes_a_kept_version(
+    base_model: Path, tmp_path: Path, trained_adapters: dict[str, Path]
+) -> None:
     """The gateway keeps what it served; the command brings the last one back while it runs."""
     from server.registry.validation import WEIGHTS_FILE, file_sha256
 
@@ -179,9 +258,13 @@ def test_rollback_command_republishes_a_kept_version(base_model: Path, tmp_path:
     publish = ["adapters", "publish", "--name", "shop", "--adapters-dir", str(directory)]
     _run_cli([*publish[:2], str(trained_adapters["alpha"]), *publish[2:]])
     with cli_server(["serve", "--model", str(base_model), "--adapters-dir", str(directory), "--device", "cpu"]) as url:
+
         def ask() -> str:
-            reply = httpx.post(f"{url}/v1/chat/completions", timeout=30,
-                               json={"model": "shop", "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]})
+            reply = httpx.post(
+                f"{url}/v1/chat/completions",
+                timeout=30,
+                json={"model": "shop", "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]},
+            )
             return str(reply.json()["choices"][0]["message"]["content"])
 
         assert ask() == ANSWERS["alpha"]
@@ -196,11 +279,29 @@ def test_rollback_command_republishes_a_kept_version(base_model: Path, tmp_path:
 
 
 def test_export_and_train_refuse_unusable_paths_in_one_line(tmp_path: Path) -> None:
-    exported = _run_cli(["export", "--base", "nobody/nothing", "--adapter", str(tmp_path), "--out", str(tmp_path / "out")])
+    exported = _run_cli(
+        ["export", "--base", "nobody/nothing", "--adapter", str(tmp_path), "--out", str(tmp_path / "out")]
+    )
     assert exported.returncode == 1 and "Traceback" not in exported.stderr
-    assert exported.stderr.strip().splitlines()[-1] == f"lora-gateway export: --adapter {tmp_path}: no adapter_config.json there"
-    trained = _run_cli(["train", "--base", "nobody/no-such-model", "--data", str(README.parent / "examples" / "self_cognition.json"),
-                        "--name", "z", "--no-publish", "--output-dir", str(tmp_path / "run")], env={"HF_HUB_OFFLINE": "1"})
+    assert (
+        exported.stderr.strip().splitlines()[-1]
+        == f"lora-gateway export: --adapter {tmp_path}: no adapter_config.json there"
+    )
+    trained = _run_cli(
+        [
+            "train",
+            "--base",
+            "nobody/no-such-model",
+            "--data",
+            str(README.parent / "examples" / "self_cognition.json"),
+            "--name",
+            "z",
+            "--no-publish",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert trained.returncode == 2 and "Traceback" not in trained.stderr
     assert trained.stderr.strip().splitlines()[-1].startswith("lora-gateway train: --base nobody/no-such-model: ")
 
@@ -221,6 +322,11 @@ def test_boolean_settings_are_switches() -> None:
     from server.cli import _settings_from, build_parser
 
     parser = build_parser()
-    assert _settings_from(parser.parse_args(["serve", "--model", "m", "--allow-long-context"])).allow_long_context is True
-    assert _settings_from(parser.parse_args(["serve", "--model", "m", "--no-allow-long-context"])).allow_long_context is False
+    assert (
+        _settings_from(parser.parse_args(["serve", "--model", "m", "--allow-long-context"])).allow_long_context is True
+    )
+    assert (
+        _settings_from(parser.parse_args(["serve", "--model", "m", "--no-allow-long-context"])).allow_long_context
+        is False
+    )
     assert _settings_from(parser.parse_args(["serve", "--model", "m"])).allow_long_context is False

@@ -23,8 +23,13 @@ TIMEOUT = 0.6
 def server(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from server.app import create_app
 
-    settings = make_settings(base_model, tmp_path_factory.mktemp("empty"), header_timeout=TIMEOUT, body_timeout=TIMEOUT,
-                             max_header_bytes=4096)
+    settings = make_settings(
+        base_model,
+        tmp_path_factory.mktemp("empty"),
+        header_timeout=TIMEOUT,
+        body_timeout=TIMEOUT,
+        max_header_bytes=4096,
+    )
     app = create_app(settings)
 
     async def boom() -> None:
@@ -92,8 +97,10 @@ def test_oversized_headers_get_a_431(server: str) -> None:
 
 def test_a_body_shorter_than_its_content_length_gets_a_408(server: str) -> None:
     with _connect(server) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100\r\n\r\n{\"model\":")
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"model":'
+        )
         raw = _read_all(sock)
     status, body = _status_and_body(raw)
     assert status == 408 and "not received" in body["error"]["message"]
@@ -101,7 +108,9 @@ def test_a_body_shorter_than_its_content_length_gets_a_408(server: str) -> None:
 
 def test_a_large_body_in_one_read_is_not_mistaken_for_large_headers(server: str) -> None:
     body = json.dumps({"model": "tiny-base", "messages": [{"role": "user", "content": "x" * 50_000}], "max_tokens": 1})
-    response = httpx.post(f"{server}/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}, timeout=60)
+    response = httpx.post(
+        f"{server}/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}, timeout=60
+    )
     assert response.status_code in (200, 400), response.text  # 400: more tokens than the tiny context holds
 
 

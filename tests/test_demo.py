@@ -24,14 +24,18 @@ def metadata(fingerprint: str, changes: dict[str, object]) -> dict[str, object]:
     return {**meta, **changes}
 
 
-@pytest.mark.parametrize(("changes", "problem"), [
-    ({}, None),
-    ({"base_fingerprint": "sha256:another"}, "trained on another base"),
-    ({"datasets": [{"sha256": "0" * 64}]}, "trained on other data"),
-    ({"hyperparameters": {**DEMO_TRAINING, "epochs": 3, "lr": 1e-4}}, "trained with other settings: epochs, lr"),
-])
-def test_an_adapter_is_the_demos_only_if_its_metadata_says_so(base_model: Path, tmp_path: Path,
-                                                                changes: dict[str, object], problem: str | None) -> None:
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({}, None),
+        ({"base_fingerprint": "sha256:another"}, "trained on another base"),
+        ({"datasets": [{"sha256": "0" * 64}]}, "trained on other data"),
+        ({"hyperparameters": {**DEMO_TRAINING, "epochs": 3, "lr": 1e-4}}, "trained with other settings: epochs, lr"),
+    ],
+)
+def test_an_adapter_is_the_demos_only_if_its_metadata_says_so(
+    base_model: Path, tmp_path: Path, changes: dict[str, object], problem: str | None
+) -> None:
     fingerprint = BaseModelSpec.load(str(base_model)).fingerprint
     adapter = tmp_path / SHOP.name
     adapter.mkdir()

@@ -92,7 +92,9 @@ def test_compose_remote_profile_puts_the_gateway_in_front_of_vllm(monkeypatch: p
     assert upstream["profiles"] == gateway["profiles"] == ["remote"]
     assert upstream["image"] == "vllm/vllm-openai:v0.33.0" and "--enable-lora" in upstream["command"]
     assert upstream["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
-    assert "adapters:/adapters" in upstream["volumes"] and "adapters:/adapters" in gateway["volumes"]  # same path on both
+    assert (
+        "adapters:/adapters" in upstream["volumes"] and "adapters:/adapters" in gateway["volumes"]
+    )  # same path on both
     assert "deploy" not in gateway  # the gateway itself needs no GPU
     for key, value in _image_env().items():
         monkeypatch.setenv(key, value)
@@ -116,7 +118,9 @@ def _compose_v2() -> list[str] | None:
 
 
 def test_kubernetes_manifests() -> None:
-    docs = [d for f in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())]
+    docs = [
+        d for f in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())
+    ]
     kinds = {d["kind"]: d for d in docs}
     assert {"Deployment", "Service", "PersistentVolumeClaim", "Secret"} <= set(kinds)
     container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
@@ -130,7 +134,9 @@ def test_kubernetes_manifests() -> None:
 
 
 @pytest.mark.parametrize(("printed", "used"), [("1.29.2", False), ("v2.27.0", True)])
-def test_only_compose_v2_parses_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, printed: str, used: bool) -> None:
+def test_only_compose_v2_parses_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, printed: str, used: bool
+) -> None:
     """Compose v1 rejects `profiles`; where only v1 is installed, the checks above stay structural."""
     fake = tmp_path / "docker-compose"
     fake.write_text(f"#!/bin/sh\necho {printed}\n")

@@ -18,12 +18,19 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel built from this checkout, unpacked with pip into a folder of its own (its
     dependencies come from the test environment)."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)],
-                   check=True, capture_output=True, cwd=out)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        cwd=out,
+    )
     wheel = next(out.glob("lora_gateway-*.whl"))
     target = out / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     names = zipfile.ZipFile(wheel).namelist()
     assert not any(n.startswith("server/") for n in names), "the wheel must not install a top-level `server`"
     return target
@@ -35,23 +42,34 @@ def run_installed(site: Path, code: str, cwd: Path) -> subprocess.CompletedProce
 
 
 def test_the_wheel_installs_as_lora_gateway_with_the_demo_data(installed: Path, tmp_path: Path) -> None:
-    result = run_installed(installed, (
-        "import lora_gateway, lora_gateway.app, lora_gateway.cli\n"
-        "from lora_gateway.demo import DEMO_ADAPTERS, examples_dir\n"
-        "print(lora_gateway.__file__)\n"
-        "print(all((examples_dir() / a.data).is_file() for a in DEMO_ADAPTERS))\n"
-    ), cwd=tmp_path)
+    result = run_installed(
+        installed,
+        (
+            "import lora_gateway, lora_gateway.app, lora_gateway.cli\n"
+            "from lora_gateway.demo import DEMO_ADAPTERS, examples_dir\n"
+            "print(lora_gateway.__file__)\n"
+            "print(all((examples_dir() / a.data).is_file() for a in DEMO_ADAPTERS))\n"
+        ),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     location, has_data = result.stdout.split()
     assert Path(location).is_relative_to(installed) and has_data == "True"
-    cli = subprocess.run([sys.executable, "-m", "lora_gateway", "adapters", "--help"], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(installed)})
+    cli = subprocess.run(
+        [sys.executable, "-m", "lora_gateway", "adapters", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(installed)},
+    )
     assert cli.returncode == 0 and "rollback" in cli.stdout
 
 
 def test_the_installed_demo_builds_its_base_from_the_packaged_data(installed: Path, tmp_path: Path) -> None:
     """What crashed before (no examples in the wheel): the demo's base, built away from the checkout."""
-    result = run_installed(installed, "from lora_gateway.demo import prepare_demo; print(prepare_demo('demo'))", cwd=tmp_path)
+    result = run_installed(
+        installed, "from lora_gateway.demo import prepare_demo; print(prepare_demo('demo'))", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "demo" / "base" / "config.json").is_file()
     assert not list((tmp_path / "demo").glob(".base-building-*"))

@@ -41,8 +41,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]
     (work / "examples").symlink_to(ROOT / "examples")
     port = free_port()
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen([str(work / ".venv" / "bin" / "lora-gateway"), "demo", "--port", str(port)],
-                                   cwd=work, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [str(work / ".venv" / "bin" / "lora-gateway"), "demo", "--port", str(port)],
+            cwd=work,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
         def still_running() -> None:
             if process.poll() is not None:
@@ -61,7 +65,9 @@ def run_block(name: str, work: Path, port: int) -> tuple[str, str]:
     """(the block's code, what it printed), run as written but for the port."""
     lang, code = readme_blocks()[name]
     runnable = code.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-    command = ["bash", "-e", "-c", runnable] if lang == "bash" else [str(work / ".venv" / "bin" / "python"), "-c", runnable]
+    command = (
+        ["bash", "-e", "-c", runnable] if lang == "bash" else [str(work / ".venv" / "bin" / "python"), "-c", runnable]
+    )
     result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"README block {name!r} failed:\n{result.stderr[-3000:]}"
     return code, result.stdout + result.stderr
@@ -71,7 +77,9 @@ def documented(code: str) -> list[tuple[str, str]]:
     """(kind, text) of each checked output comment: kind is a model name, '->' or '...'."""
     found = []
     for line in code.splitlines():
-        match = re.match(r"#\s*(?:(?P<model>[\w.-]+)\s+->|(?P<arrow>->)|(?P<dots>\.\.\.))\s*(?P<text>.*)$", line.strip())
+        match = re.match(
+            r"#\s*(?:(?P<model>[\w.-]+)\s+->|(?P<arrow>->)|(?P<dots>\.\.\.))\s*(?P<text>.*)$", line.strip()
+        )
         if match and not match["text"].startswith("("):
             text = re.sub(r"\s*\(.*\)$", "", match["text"]) if match["arrow"] else match["text"]
             found.append((match["model"] or match["arrow"] or match["dots"], text))
@@ -96,10 +104,13 @@ def check(code: str, output: str) -> None:
         if kind == "...":
             pattern = re.escape(text)
             pattern = re.sub(r"\d+(?:\\\.\d+)?", r"\\d+(?:\\.\\d+)?", pattern)
-            assert any(re.search(pattern, line) for line in lines), f"no output line like {text!r} in:\n{output[-3000:]}"
+            assert any(re.search(pattern, line) for line in lines), (
+                f"no output line like {text!r} in:\n{output[-3000:]}"
+            )
         elif kind == "->":
-            assert any(line.startswith(text) for line in lines) or any(a.startswith(text) for a in answers.values()), \
+            assert any(line.startswith(text) for line in lines) or any(a.startswith(text) for a in answers.values()), (
                 f"nothing starts with {text!r} in:\n{output[-3000:]}"
+            )
         else:
             assert answers.get(kind) == text, f"{kind} answered {answers.get(kind)!r}, the README says {text!r}"
 

@@ -25,13 +25,18 @@ ASK = {"model": "alpha", "stream": True, "temperature": 0, "messages": [{"role":
 
 
 @contextmanager
-def gateway_server(base_model: Path, adapters: Path, grace: float) -> Iterator[tuple[GatewayServer, str, threading.Thread]]:
+def gateway_server(
+    base_model: Path, adapters: Path, grace: float
+) -> Iterator[tuple[GatewayServer, str, threading.Thread]]:
     from server.app import create_app
 
     app = create_app(make_settings(base_model, adapters))
     port = free_port()
-    server = GatewayServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=grace + 5),
-                           app.state.gateway, shutdown_timeout=grace)
+    server = GatewayServer(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=grace + 5),
+        app.state.gateway,
+        shutdown_timeout=grace,
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -57,7 +62,9 @@ def stream_and_stop(server: GatewayServer, url: str, seconds_per_token: float) -
     return events
 
 
-def test_a_stream_past_the_grace_period_ends_with_an_error_event_and_done(base_model: Path, shared_adapters_dir: Path) -> None:
+def test_a_stream_past_the_grace_period_ends_with_an_error_event_and_done(
+    base_model: Path, shared_adapters_dir: Path
+) -> None:
     with gateway_server(base_model, shared_adapters_dir, grace=0.5) as (server, url, thread):
         started = time.monotonic()
         events = stream_and_stop(server, url, seconds_per_token=0.3)  # alpha's answer would take seconds
@@ -70,7 +77,9 @@ def test_a_stream_past_the_grace_period_ends_with_an_error_event_and_done(base_m
             httpx.get(f"{url}/health", timeout=2)
 
 
-def test_a_stream_that_ends_within_the_grace_period_is_served_whole(base_model: Path, shared_adapters_dir: Path) -> None:
+def test_a_stream_that_ends_within_the_grace_period_is_served_whole(
+    base_model: Path, shared_adapters_dir: Path
+) -> None:
     with gateway_server(base_model, shared_adapters_dir, grace=20) as (server, url, thread):
         events = stream_and_stop(server, url, seconds_per_token=0.02)
         chunks = [json.loads(e) for e in events[:-1]]
@@ -90,14 +99,33 @@ def test_a_second_ctrl_c_exits_at_once_and_quietly(base_model: Path, shared_adap
 
     port = free_port()
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen([sys.executable, "-m", "server", "serve", "--model", str(base_model), "--adapters-dir",
-                                    str(shared_adapters_dir), "--device", "cpu", "--port", str(port), "--shutdown-timeout", "60"],
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "serve",
+                "--model",
+                str(base_model),
+                "--adapters-dir",
+                str(shared_adapters_dir),
+                "--device",
+                "cpu",
+                "--port",
+                str(port),
+                "--shutdown-timeout",
+                "60",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             wait_ready(f"http://127.0.0.1:{port}", 120)
             with socket.create_connection(("127.0.0.1", port)) as client:
-                client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                               b"Content-Length: 1000\r\n\r\n{\"model\": ")
+                client.sendall(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b'Content-Length: 1000\r\n\r\n{"model": '
+                )
                 time.sleep(0.5)
                 process.send_signal(signal.SIGINT)
                 time.sleep(1.0)

@@ -74,12 +74,21 @@ def describe(gateway: Gateway, entry: AdapterEntry) -> dict[str, Any]:
         "created": active.created if active else None,
         "path": active.path if active else None,
         # What answers requests, and whether it is the directory's files or a kept version.
-        "serving": {"version": active.version, "sha256": active.sha256, "from": "kept" if entry.restored else "directory"}
-        if active else None,
+        "serving": {
+            "version": active.version,
+            "sha256": active.sha256,
+            "from": "kept" if entry.restored else "directory",
+        }
+        if active
+        else None,
         # The directory's current files, when they are not what is served.
-        "rejected": {"reason": entry.rejected_reason or "incomplete", "message": entry.last_error} if entry.last_error else None,
-        "kept_versions": [{"version": v.number, "sha256": v.sha256, "kept_at": int(v.kept_at)}
-                          for v in registry.store.versions(entry.name)],
+        "rejected": {"reason": entry.rejected_reason or "incomplete", "message": entry.last_error}
+        if entry.last_error
+        else None,
+        "kept_versions": [
+            {"version": v.number, "sha256": v.sha256, "kept_at": int(v.kept_at)}
+            for v in registry.store.versions(entry.name)
+        ],
         "draining_versions": [v.version for v in registry.draining() if v.name == entry.name],
         "last_error": entry.last_error,
     }
@@ -129,8 +138,9 @@ async def load_lora_adapter(body: LoadLoraAdapterRequest, gateway: GatewayDep) -
         reason = "not a directory"
     if not is_dir:
         shown = body.lora_path if len(body.lora_path) <= 200 else body.lora_path[:200] + "..."
-        raise InvalidRequest(f"No adapter directory at lora_path {shown!r} ({reason}).", param="lora_path",
-                             code="bad_lora_path")
+        raise InvalidRequest(
+            f"No adapter directory at lora_path {shown!r} ({reason}).", param="lora_path", code="bad_lora_path"
+        )
     await registry.install(body.lora_name, source)  # AdapterRejected/AdapterIncomplete: 400, nothing changed
     return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 

@@ -47,7 +47,9 @@ logger = logging.getLogger(__name__)
 _RETRIES_AFTER_UPSTREAM_LOSS = 2  # a non-streaming answer whose upstream died is started over elsewhere
 
 
-def to_generation_request(body: ChatCompletionRequest, lease: Lease, max_n: int, default_max_tokens: int | None = None) -> GenerationRequest:
+def to_generation_request(
+    body: ChatCompletionRequest, lease: Lease, max_n: int, default_max_tokens: int | None = None
+) -> GenerationRequest:
     """OpenAI request -> engine request, with OpenAI's defaults (temperature 1, top_p 1, n 1)."""
     n = body.n or 1
     if n > max_n:
@@ -137,8 +139,11 @@ async def create_chat_completion(
         return Response(status_code=499)
 
 
-async def admit(gateway: Gateway, body: ChatCompletionRequest, default_max_tokens: int | None = None,
-                ) -> tuple[GenerationRequest, _Observer, AsyncExitStack]:
+async def admit(
+    gateway: Gateway,
+    body: ChatCompletionRequest,
+    default_max_tokens: int | None = None,
+) -> tuple[GenerationRequest, _Observer, AsyncExitStack]:
     """Lease the model, convert the request and check the engine; refusals are counted here.
 
     ``default_max_tokens`` replaces the server's default completion cap (clamped to the room the
@@ -150,8 +155,9 @@ async def admit(gateway: Gateway, body: ChatCompletionRequest, default_max_token
     lease_scope = AsyncExitStack()
     try:
         lease = await lease_scope.enter_async_context(gateway.registry.lease(body.model))
-        generation = to_generation_request(body, lease, gateway.settings.max_n,
-                                           default_max_tokens or gateway.settings.default_max_tokens)
+        generation = to_generation_request(
+            body, lease, gateway.settings.max_n, default_max_tokens or gateway.settings.default_max_tokens
+        )
         if gateway.boot_error is not None:  # never half-alive: a gateway that failed to start serves nothing
             raise EngineUnavailable(f"The gateway could not start: {gateway.boot_error}")
         health = gateway.engine.health()
@@ -165,8 +171,11 @@ async def admit(gateway: Gateway, body: ChatCompletionRequest, default_max_token
 
 
 async def complete(
-    gateway: Gateway, body: ChatCompletionRequest, on_text: Callable[[int, str], None] | None = None,
-    *, default_max_tokens: int | None = None,
+    gateway: Gateway,
+    body: ChatCompletionRequest,
+    on_text: Callable[[int, str], None] | None = None,
+    *,
+    default_max_tokens: int | None = None,
 ) -> ChatCompletionResponse:
     """One whole (non-streaming) chat completion, with the route's admission, metrics and errors.
 
@@ -186,7 +195,9 @@ async def complete(
                     retries += 1
                     if on_text is not None or retries > _RETRIES_AFTER_UPSTREAM_LOSS:
                         raise
-                    logger.warning("request %s: its upstream was lost mid-answer; retrying on another", generation.request_id)
+                    logger.warning(
+                        "request %s: its upstream was lost mid-answer; retrying on another", generation.request_id
+                    )
         except GatewayError as error:
             observer.failure(error)
             raise
@@ -206,7 +217,7 @@ async def _complete(
     texts = [""] * n
     finish: list[Any] = [None] * n
     usage = _Usage(n)
-    async with contextlib.aclosing(gateway.engine.generate(generation)) as deltas:
+    async with contextlib.aclosing(gateway.engine.generate(generation)) as deltas:  # type: ignore[type-var]
         async for delta in deltas:
             _check_open(gateway)
             observer.delta(delta)
@@ -305,7 +316,9 @@ async def _stream(
     yield "data: [DONE]\n\n"
 
 
-async def _prepend(first: GenerationDelta | None, rest: AsyncIterator[GenerationDelta]) -> AsyncIterator[GenerationDelta]:
+async def _prepend(
+    first: GenerationDelta | None, rest: AsyncIterator[GenerationDelta]
+) -> AsyncIterator[GenerationDelta]:
     if first is not None:
         yield first
     async for delta in rest:

@@ -11,7 +11,8 @@ from .auth import check_bearer
 
 
 def get_gateway(request: Request) -> Gateway:
-    return request.app.state.gateway  # type: ignore[no-any-return]
+    gateway: Gateway = request.app.state.gateway
+    return gateway
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]

@@ -32,11 +32,22 @@ def _is_admin(request: Request, gateway: Gateway) -> bool:
 def _cards(gateway: Gateway, paths: bool) -> list[ModelCard]:
     base = gateway.base_model_id
     max_len = gateway.engine.max_model_len
-    cards = [ModelCard(id=base, created=gateway.started, root=gateway.settings.model if paths else base, max_model_len=max_len)]
+    cards = [
+        ModelCard(
+            id=base, created=gateway.started, root=gateway.settings.model if paths else base, max_model_len=max_len
+        )
+    ]
     for version in gateway.registry.active_versions():
         # As vLLM does: adapters name the base in ``parent`` and their path in ``root``.
-        cards.append(ModelCard(id=version.name, created=version.created, root=version.path if paths else version.name,
-                               parent=base, max_model_len=max_len))
+        cards.append(
+            ModelCard(
+                id=version.name,
+                created=version.created,
+                root=version.path if paths else version.name,
+                parent=base,
+                max_model_len=max_len,
+            )
+        )
     return cards
 
 

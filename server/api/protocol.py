@@ -137,7 +137,8 @@ class ChatCompletionRequest(_Strict):
         for i, message in enumerate(self.messages):
             if not _is_unicode_text(message.text()) or not _is_unicode_text(message.name or ""):
                 raise InvalidRequest(
-                    f"messages[{i}] is not valid Unicode text (it holds a lone surrogate).", param=f"messages.[{i}].content"
+                    f"messages[{i}] is not valid Unicode text (it holds a lone surrogate).",
+                    param=f"messages.[{i}].content",
                 )
             if message.role != "assistant" and message.content is None:
                 raise InvalidRequest(
@@ -145,9 +146,7 @@ class ChatCompletionRequest(_Strict):
                     param=f"messages.[{i}].content",
                 )
             if message.role == "assistant" and message.content is None and not message.refusal:
-                raise InvalidRequest(
-                    f"messages[{i}] (assistant) needs `content`.", param=f"messages.[{i}].content"
-                )
+                raise InvalidRequest(f"messages[{i}] (assistant) needs `content`.", param=f"messages.[{i}].content")
             for field in ("tool_calls", "function_call"):
                 if getattr(message, field):
                     raise UnsupportedParameter(
@@ -203,10 +202,12 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
         "moderation": request.moderation is not None,
     }
     reasons = {
-        "parallel_tool_calls": "`parallel_tool_calls` is only allowed when `tools` are specified (and tools are not supported yet).",
+        "parallel_tool_calls": "`parallel_tool_calls` is only allowed when `tools` are specified "
+        "(and tools are not supported yet).",
         "store": "`store: true` is not supported: lora-gateway does not store completions.",
         "metadata": "`metadata` is only kept with stored completions, which lora-gateway does not store.",
-        "service_tier": f"`service_tier` {request.service_tier!r} is not offered: this server has one tier ('auto' or 'default').",
+        "service_tier": f"`service_tier` {request.service_tier!r} is not offered: "
+        "this server has one tier ('auto' or 'default').",
     }
     for name, is_set in unsupported.items():
         if is_set:

@@ -2,7 +2,8 @@
 
 One copy of the base weights is wrapped in one ``PeftModel`` holding every loaded adapter; every
 row of a batch uses its own adapter (or the base), applied in one batched computation per layer by
-``server.engine.lora_batch`` rather than peft's per-adapter loop. A single worker thread owns the model and runs the scheduler loop:
+``server.engine.lora_batch`` rather than peft's per-adapter loop. A single worker thread owns the
+model and runs the scheduler loop:
 
 1. apply queued adapter loads/unloads (between steps, so no forward sees a half-loaded adapter);
 2. drop rows whose client went away, or that finished;
@@ -161,16 +162,22 @@ class LocalEngine(Engine):
         if not self._tokenizer.chat_template:
             raise EngineError(f"The tokenizer of {self.model_path} has no chat template.")
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
-        self._model = model.to(self._device).eval()
+        self._model = model.to(self._device).eval()  # type: ignore[arg-type]  # transformers' .to stub
 
         config = self._model.config
         native_len = getattr(config, "max_position_embeddings", None)
         wanted = self._max_model_len_setting
         if wanted and native_len and wanted > native_len:
             if not self._allow_long_context:
-                raise EngineError(f"--max-model-len {wanted} exceeds the model's max_position_embeddings ({native_len}); "
-                                  "pass --allow-long-context to use it anyway")
-            logger.warning("--max-model-len %d exceeds max_position_embeddings %d: answers past that may degrade", wanted, native_len)
+                raise EngineError(
+                    f"--max-model-len {wanted} exceeds the model's max_position_embeddings ({native_len}); "
+                    "pass --allow-long-context to use it anyway"
+                )
+            logger.warning(
+                "--max-model-len %d exceeds max_position_embeddings %d: answers past that may degrade",
+                wanted,
+                native_len,
+            )
         self.max_model_len = wanted or native_len or 2048
         eos = [self._tokenizer.eos_token_id]
         generation_eos = getattr(getattr(self._model, "generation_config", None), "eos_token_id", None)
@@ -349,10 +356,18 @@ class LocalEngine(Engine):
         for job in jobs:
             options = job.request.sampling
             try:  # one request's bad options fail that request alone, never the others admitted with it
-                max_tokens = check_context(len(job.prompt_ids), options.max_tokens, self.max_model_len or 0, options.default_max_tokens)
+                max_tokens = check_context(
+                    len(job.prompt_ids), options.max_tokens, self.max_model_len or 0, options.default_max_tokens
+                )
                 job_rows = [
-                    _Row(job=job, index=index, sampler=Sampler(options, index, self._device),
-                         decoder=IncrementalDecoder(self._tokenizer), stopper=StopMatcher(options.stop), max_tokens=max_tokens)
+                    _Row(
+                        job=job,
+                        index=index,
+                        sampler=Sampler(options, index, self._device),
+                        decoder=IncrementalDecoder(self._tokenizer),
+                        stopper=StopMatcher(options.stop),
+                        max_tokens=max_tokens,
+                    )
                     for index in range(options.n)
                 ]
             except Exception as exc:
@@ -374,6 +389,7 @@ class LocalEngine(Engine):
     def _decode_step(self) -> None:
         rows = self._rows
         tokens = torch.tensor([[r.last_token] for r in rows], device=self._device)
+        assert self._mask is not None  # a decode step runs only with rows, which have a mask
         mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
         try:
             logits, cache = self._forward(tokens, mask, [r.job.peft_name for r in rows], self._cache)
@@ -484,9 +500,13 @@ class LocalEngine(Engine):
             self._rows, self._cache, self._mask = [], None, None
             return
         index = torch.tensor(keep, device=self._device)
+        assert self._mask is not None
         mask = self._mask.index_select(0, index)
         first = int(mask.any(dim=0).nonzero()[0])  # leading columns padded in every kept row
-        layers = [(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:]) for k, v in _cache_layers(self._cache)]
+        layers = [
+            (k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
+            for k, v in _cache_layers(self._cache)
+        ]
         self._rows = [self._rows[i] for i in keep]
         self._mask = mask[:, first:]
         self._cache = _make_cache(layers)
@@ -501,7 +521,7 @@ class LocalEngine(Engine):
             mask = mask.index_select(0, index)
             cache = _make_cache([(k.index_select(0, index), v.index_select(0, index)) for k, v in _cache_layers(cache)])
             rows = [rows[i] for i in keep]
-        if not self._rows:
+        if not self._rows or self._mask is None:
             self._rows, self._cache, self._mask = rows, cache, mask
             return
         width = max(self._mask.shape[1], mask.shape[1])
@@ -554,4 +574,3 @@ def _cat_left_padded(a: Any, b: Any, width: int) -> Any:
         return F.pad(t, (0, 0, missing, 0) if t.dim() == 4 else (missing, 0))
 
     return torch.cat([pad(a), pad(b)], dim=0)
-

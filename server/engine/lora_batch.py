@@ -82,7 +82,7 @@ class BatchedLora:
                 raise EngineError(f"{type(module).__name__} LoRA layers are not supported; target linear layers only.")
             if module.fan_in_fan_out:
                 raise EngineError("fan_in_fan_out adapters are not supported.")
-            weight = module.get_base_layer().weight
+            weight: torch.Tensor = module.get_base_layer().weight  # type: ignore[assignment]
             module.batched_lora_a = weight.new_zeros((0, weight.shape[1], 0))
             module.batched_lora_b = weight.new_zeros((0, 0, weight.shape[0]))
             self._layers.append(module)

@@ -72,8 +72,16 @@ class _NoAnswer(Exception):
 
 
 class RemoteEngine(Engine):
-    def __init__(self, urls: list[str], *, base_model_id: str, api_key: str | None = None,
-                 health_interval: float = 2.0, first_byte_timeout: float = 10.0, stall_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        base_model_id: str,
+        api_key: str | None = None,
+        health_interval: float = 2.0,
+        first_byte_timeout: float = 10.0,
+        stall_timeout: float = 30.0,
+    ) -> None:
         if not urls:
             raise ValueError("--engine remote needs at least one --upstream URL")
         self.upstreams = [Upstream(url.rstrip("/")) for url in urls]
@@ -94,11 +102,16 @@ class RemoteEngine(Engine):
         # The read timeout is the stall bound: between two chunks of an answer, or of any other call.
         # Idle connections are dropped well before uvicorn's 5 s keep-alive would close them under
         # us (a request sent into a connection the upstream is closing fails as if it were down).
-        self._client = httpx.AsyncClient(headers=self._headers, timeout=httpx.Timeout(self._stall_timeout, connect=5.0),
-                                         limits=httpx.Limits(keepalive_expiry=2.0))
+        self._client = httpx.AsyncClient(
+            headers=self._headers,
+            timeout=httpx.Timeout(self._stall_timeout, connect=5.0),
+            limits=httpx.Limits(keepalive_expiry=2.0),
+        )
         await asyncio.gather(*(self._check(u) for u in self.upstreams))
         if not any(u.healthy for u in self.upstreams):
-            raise EngineUnavailable(f"no upstream serves {self.base_model_id!r}: " + ", ".join(u.url for u in self.upstreams))
+            raise EngineUnavailable(
+                f"no upstream serves {self.base_model_id!r}: " + ", ".join(u.url for u in self.upstreams)
+            )
         self._monitor = asyncio.create_task(self._watch_health())
 
     async def stop(self) -> None:
@@ -116,8 +129,11 @@ class RemoteEngine(Engine):
         healthy = [u for u in self.upstreams if u.healthy]
         unavailable = ""
         if self._client is not None and not healthy:
-            unavailable = "No upstream is reachable right now (" + "; ".join(
-                f"{u.url}: {u.last_failure or 'down'}" for u in self.upstreams) + "); try again shortly."
+            unavailable = (
+                "No upstream is reachable right now ("
+                + "; ".join(f"{u.url}: {u.last_failure or 'down'}" for u in self.upstreams)
+                + "); try again shortly."
+            )
         return EngineHealth(
             ready=bool(healthy) and self._client is not None,
             detail=f"{len(healthy)}/{len(self.upstreams)} upstreams healthy",
@@ -130,8 +146,9 @@ class RemoteEngine(Engine):
         """Never ends but by cancellation: a check that fails unexpectedly is logged and retried."""
         while True:
             await asyncio.sleep(self._health_interval)
-            for upstream, result in zip(self.upstreams, await asyncio.gather(
-                    *(self._check(u) for u in self.upstreams), return_exceptions=True)):
+            for upstream, result in zip(
+                self.upstreams, await asyncio.gather(*(self._check(u) for u in self.upstreams), return_exceptions=True)
+            ):
                 if isinstance(result, Exception):
                     logger.error("health check of %s failed unexpectedly", upstream.url, exc_info=result)
 
@@ -150,7 +167,9 @@ class RemoteEngine(Engine):
             self._eject(upstream, f"health check failed ({type(exc).__name__})")
             return
         if self.base_model_id not in models:
-            logger.error("upstream %s does not serve %s (it serves %s)", upstream.url, self.base_model_id, sorted(models))
+            logger.error(
+                "upstream %s does not serve %s (it serves %s)", upstream.url, self.base_model_id, sorted(models)
+            )
             self._eject(upstream, f"does not serve {self.base_model_id}")
             return
         upstream.max_model_len = models[self.base_model_id].get("max_model_len")
@@ -203,14 +222,18 @@ class RemoteEngine(Engine):
         name = upstream_name(adapter)
         client = self._require_client()
         try:
-            response = await client.post(f"{upstream.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": adapter.path})
+            response = await client.post(
+                f"{upstream.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": adapter.path}
+            )
             # vLLM refuses a name it already holds: whether it holds it now is what counts, not the wording.
             loaded = response.status_code == 200 or name in await self._models(upstream)
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             logger.warning("loading %s on %s failed: %s", name, upstream.url, type(exc).__name__)
             return False
         if not loaded:
-            logger.warning("loading %s on %s failed: %s %s", name, upstream.url, response.status_code, response.text[:300])
+            logger.warning(
+                "loading %s on %s failed: %s %s", name, upstream.url, response.status_code, response.text[:300]
+            )
             return False
         upstream.loaded.add(name)
         return True
@@ -234,7 +257,9 @@ class RemoteEngine(Engine):
         body = _chat_body(request, model or self.base_model_id)
         candidates = self._candidates(model)
         if not candidates:
-            raise EngineUnavailable(self.health().unavailable or "No upstream is reachable right now; try again shortly.")
+            raise EngineUnavailable(
+                self.health().unavailable or "No upstream is reachable right now; try again shortly."
+            )
         failures: list[str] = []
         queue, slow = list(candidates), list[Upstream]()
         while queue:
@@ -264,13 +289,17 @@ class RemoteEngine(Engine):
                 if started:  # the caller has text from it: only the caller can decide to start over
                     raise UpstreamLost(f"The upstream failed mid-answer ({type(exc).__name__}).") from exc
                 failures.append(f"{upstream.url}: lost before its first token ({type(exc).__name__})")
-                logger.warning("upstream %s lost before its first token (%s); failing over", upstream.url, type(exc).__name__)
+                logger.warning(
+                    "upstream %s lost before its first token (%s); failing over", upstream.url, type(exc).__name__
+                )
             finally:
                 upstream.in_flight -= 1
         raise EngineUnavailable("No upstream is reachable right now (" + "; ".join(failures) + "); try again shortly.")
 
     @contextlib.asynccontextmanager
-    async def _answer(self, upstream: Upstream, body: dict[str, Any], deadline: float | None) -> AsyncIterator[httpx.Response]:
+    async def _answer(
+        self, upstream: Upstream, body: dict[str, Any], deadline: float | None
+    ) -> AsyncIterator[httpx.Response]:
         """The upstream's streaming response, once its headers arrived (within ``deadline`` if set;
         the client's read timeout, ``stall_timeout``, bounds the wait either way)."""
         client = self._require_client()

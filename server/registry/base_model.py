@@ -23,7 +23,14 @@ from typing import Any
 
 _CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "lora-gateway" / "bases"
 # Config keys that say how a copy was saved, not what the model is.
-_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "_attn_implementation_autoset"}
+_VOLATILE_CONFIG_KEYS = {
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "use_cache",
+    "_attn_implementation_autoset",
+}
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ _PREFIX = "base_model.model."
 NO_LIMIT = 2**62
 
 
-def check_adapter(path: Path, base: BaseModelSpec | None, *, max_lora_rank: int = 512, max_bytes: int = NO_LIMIT) -> AdapterInfo:
+def check_adapter(
+    path: Path, base: BaseModelSpec | None, *, max_lora_rank: int = 512, max_bytes: int = NO_LIMIT
+) -> AdapterInfo:
     """Everything that can be known without the engine: headers, then a dry-run load.
 
     The one check shared by the registry, ``adapters publish`` and the trainer's publish step.
@@ -40,7 +42,8 @@ def dry_run_load(path: Path, base: BaseModelSpec | None) -> None:
     name = path.name
     if base is None or base.config is None:
         return
-    shapes = {key: tuple(entry["shape"]) for key, entry in read_header(path / WEIGHTS_FILE).items()}  # type: ignore[arg-type]
+    header = read_header(path / WEIGHTS_FILE)  # every shape checked to be a list of ints
+    shapes = {key: tuple(int(d) for d in entry["shape"]) for key, entry in header.items()}  # type: ignore[attr-defined]
     expected = _peft_shapes(path, base)
     for key, shape in shapes.items():
         peft_key = key.removeprefix(_PREFIX).replace(".weight", ".default.weight")
@@ -86,5 +89,7 @@ def _build_peft_shapes(path: Path, base: BaseModelSpec) -> dict[str, tuple[int, 
         try:
             inject_adapter_in_model(config, skeleton)
         except Exception as exc:
-            raise AdapterRejected("bad_config", f"{path.name}: peft cannot apply it to the base model ({exc}).") from None
+            raise AdapterRejected(
+                "bad_config", f"{path.name}: peft cannot apply it to the base model ({exc})."
+            ) from None
     return {key: tuple(p.shape) for key, p in skeleton.named_parameters() if ".lora_" in key}

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..engine.base import AdapterRef, Engine
 from ..errors import ModelNotFound
@@ -119,7 +120,7 @@ class AdapterRegistry:
         self.adapters_dir = adapters_dir
         self.base_spec = base_spec
         self.store = VersionStore(adapters_dir, keep_versions)
-        self._limits = {"max_lora_rank": max_lora_rank, "max_bytes": max_adapter_bytes}  # validation's
+        self._limits: dict[str, Any] = {"max_lora_rank": max_lora_rank, "max_bytes": max_adapter_bytes}  # validation's
         self._hooks = hooks or RegistryHooks()
         self._residency = Residency(engine, max_loaded, self._hooks.loaded)
         self._entries: dict[str, AdapterEntry] = {}
@@ -224,7 +225,9 @@ class AdapterRegistry:
             entry.fingerprint, entry.checked = current, True
             try:
                 if not is_valid_name(name):
-                    raise AdapterRejected("bad_name", f"{name!r} is not a valid adapter name ([A-Za-z0-9][A-Za-z0-9._-]{{0,63}}).")
+                    raise AdapterRejected(
+                        "bad_name", f"{name!r} is not a valid adapter name ([A-Za-z0-9][A-Za-z0-9._-]{{0,63}})."
+                    )
                 if current is None:
                     raise AdapterRejected("not_a_directory", f"{name}: not an adapter directory.")
                 await asyncio.to_thread(check_inside, path, self.adapters_dir)
@@ -237,7 +240,12 @@ class AdapterRegistry:
             except AdapterRejected as exc:
                 self._reject(entry, exc)
             except Exception as exc:  # unreadable files (permissions, I/O): refused, never a crash of the watcher
-                self._reject(entry, AdapterRejected("unreadable", f"{name}: its files could not be read ({type(exc).__name__}: {exc})."))
+                self._reject(
+                    entry,
+                    AdapterRejected(
+                        "unreadable", f"{name}: its files could not be read ({type(exc).__name__}: {exc})."
+                    ),
+                )
             return entry
 
     # ------------------------------------------------------------------ deliberate changes
@@ -275,12 +283,21 @@ class AdapterRegistry:
                 try:
                     await self._adopt(entry, await asyncio.to_thread(self._check_stored, kept))
                 except (AdapterRejected, AdapterIncomplete) as exc:
-                    logger.warning("adapter %s: kept version %d cannot be served either: %s", entry.name, kept.number, exc)
+                    logger.warning(
+                        "adapter %s: kept version %d cannot be served either: %s", entry.name, kept.number, exc
+                    )
                     continue
                 entry.restored, entry.last_error, entry.rejected_reason = True, refused, reason
-                logger.warning("adapter %s: the files in %s are not served (%s); serving the last good version %d "
-                               "(sha256 %s) from %s", entry.name, self.adapters_dir, refused, kept.number, kept.sha256[:12],
-                               kept.path.parent)
+                logger.warning(
+                    "adapter %s: the files in %s are not served (%s); serving the last good version %d "
+                    "(sha256 %s) from %s",
+                    entry.name,
+                    self.adapters_dir,
+                    refused,
+                    kept.number,
+                    kept.sha256[:12],
+                    kept.path.parent,
+                )
                 return
 
     def _lock(self, name: str) -> asyncio.Lock:
@@ -305,7 +322,9 @@ class AdapterRegistry:
             return kept, check_adapter(kept.path, self.base_spec, **limits)
         stored = self.store.copy_in(name, source, digest)
         try:
-            if (files is not None and fingerprint(source) != files) or file_sha256(stored.path / WEIGHTS_FILE) != digest:
+            if (files is not None and fingerprint(source) != files) or file_sha256(
+                stored.path / WEIGHTS_FILE
+            ) != digest:
                 raise AdapterIncomplete(f"{name}: files changed while being registered.")
             return stored, check_adapter(stored.path, self.base_spec, **limits)
         except BaseException:
@@ -317,7 +336,9 @@ class AdapterRegistry:
             raise AdapterRejected("corrupt_copy", f"{kept.name}: the kept copy of version {kept.number} was modified.")
         return kept, check_adapter(kept.path, self.base_spec, **self._limits)
 
-    async def _adopt(self, entry: AdapterEntry, staged: tuple[StoredVersion, AdapterInfo], *, publish: bool = False) -> None:
+    async def _adopt(
+        self, entry: AdapterEntry, staged: tuple[StoredVersion, AdapterInfo], *, publish: bool = False
+    ) -> None:
         """Load the staged version, prove it, optionally write it into the directory, serve it.
         Caller holds the name's lock. On failure the unproven copy goes and nothing else changes."""
         stored, info = staged
@@ -325,10 +346,19 @@ class AdapterRegistry:
         if entry.active is not None and entry.active.load_path == str(stored.path):
             version = entry.active  # the same files again (a re-publish, or a rollback's files)
         else:
-            version = AdapterVersion(name=name, adapter_id=next(self._ids), version=stored.number,
-                                     path=str((self.adapters_dir / name).absolute()), load_path=str(stored.path), info=info,
-                                     created=int(time.time()), sha256=stored.sha256)
-            if not (stored.proven and stored.proven_on == self._proof()):  # proven on this base and engine: loads on demand
+            version = AdapterVersion(
+                name=name,
+                adapter_id=next(self._ids),
+                version=stored.number,
+                path=str((self.adapters_dir / name).absolute()),
+                load_path=str(stored.path),
+                info=info,
+                created=int(time.time()),
+                sha256=stored.sha256,
+            )
+            if not (
+                stored.proven and stored.proven_on == self._proof()
+            ):  # proven on this base and engine: loads on demand
                 try:
                     await self._residency.ensure_loaded(version, evict=True)
                 except Exception as exc:
@@ -336,7 +366,9 @@ class AdapterRegistry:
                     await self._residency.unload(version)
                     if isinstance(exc, AdapterRejected):
                         raise
-                    raise AdapterRejected("load_failed", f"{name}: the engine could not load it ({type(exc).__name__}: {exc}).") from exc
+                    raise AdapterRejected(
+                        "load_failed", f"{name}: the engine could not load it ({type(exc).__name__}: {exc})."
+                    ) from exc
                 await asyncio.to_thread(self.store.prove, stored, self._protected(), self._proof())
         if publish:
             await asyncio.to_thread(publish_adapter, stored.path, name, self.adapters_dir)
@@ -345,7 +377,13 @@ class AdapterRegistry:
         entry.state, entry.last_error, entry.rejected_reason, entry.restored = AdapterState.READY, None, None, False
         if previous is not version:
             self.revision += 1
-            logger.info("adapter %s v%d ready (id %d, sha256 %s)", name, version.version, version.adapter_id, version.sha256[:12])
+            logger.info(
+                "adapter %s v%d ready (id %d, sha256 %s)",
+                name,
+                version.version,
+                version.adapter_id,
+                version.sha256[:12],
+            )
             if previous is not None:
                 self._hooks.swapped()
                 await self._residency.retire(previous)

@@ -108,7 +108,9 @@ class Residency:
                         await self._engine_remove(victim)
                 if len(self._loaded) < self._max_loaded:
                     if not Path(version.load_path, WEIGHTS_FILE).is_file():
-                        raise EngineUnavailable(f"The stored copy of adapter {version.name} v{version.version} is gone; publish it again.")
+                        raise EngineUnavailable(
+                            f"The stored copy of adapter {version.name} v{version.version} is gone; publish it again."
+                        )
                     started = time.perf_counter()
                     await self._engine.add_adapter(adapter_ref(version))
                     self._on_loaded(time.perf_counter() - started)

@@ -65,8 +65,17 @@ class VersionStore:
             try:
                 meta = json.loads(marker.read_text())
                 proof = tuple(sorted((str(k), str(v)) for k, v in (meta.get("proven_on") or {}).items()))
-                found.append(StoredVersion(name, int(number_dir.name), number_dir / name, str(meta["sha256"]), True,
-                                           float(meta.get("kept_at", 0)), proof))
+                found.append(
+                    StoredVersion(
+                        name,
+                        int(number_dir.name),
+                        number_dir / name,
+                        str(meta["sha256"]),
+                        True,
+                        float(meta.get("kept_at", 0)),
+                        proof,
+                    )
+                )
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return sorted(found, key=lambda v: v.number, reverse=True)
@@ -115,19 +124,35 @@ class VersionStore:
             raise
         return StoredVersion(name, number, self.root / name / str(number) / name, sha256, False)
 
-    def prove(self, version: StoredVersion, protect: set[Path], proven_on: tuple[tuple[str, str], ...] = ()) -> StoredVersion:
+    def prove(
+        self, version: StoredVersion, protect: set[Path], proven_on: tuple[tuple[str, str], ...] = ()
+    ) -> StoredVersion:
         """Mark ``version`` loadable with ``proven_on`` (durable from now on) and apply the retention rule."""
         marker = version.path.parent / MARKER
         tmp = marker.with_suffix(".tmp")
         kept_at = time.time()
-        tmp.write_text(json.dumps({"name": version.name, "version": version.number, "sha256": version.sha256, "kept_at": kept_at,
-                                   "proven_on": dict(proven_on)}))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "name": version.name,
+                    "version": version.number,
+                    "sha256": version.sha256,
+                    "kept_at": kept_at,
+                    "proven_on": dict(proven_on),
+                }
+            )
+        )
         fsync_path(tmp)
         os.replace(tmp, marker)
         fsync_path(marker.parent)
         for old in self.versions(version.name)[self.keep :]:
             if old.path not in protect and old.number != version.number:
-                logger.info("adapter %s: version %d is past the retention of %d versions; deleting it", old.name, old.number, self.keep)
+                logger.info(
+                    "adapter %s: version %d is past the retention of %d versions; deleting it",
+                    old.name,
+                    old.number,
+                    self.keep,
+                )
                 shutil.rmtree(old.path.parent, ignore_errors=True)
         return StoredVersion(version.name, version.number, version.path, version.sha256, True, kept_at, proven_on)
 
@@ -147,7 +172,9 @@ class VersionStore:
         cutoff = time.time() - _UNPROVEN_GRACE_S
         for name in self.names():
             for entry in (self.root / name).iterdir():
-                unproven = entry.name.startswith(".incoming-") or (entry.name.isdigit() and not (entry / MARKER).is_file())
+                unproven = entry.name.startswith(".incoming-") or (
+                    entry.name.isdigit() and not (entry / MARKER).is_file()
+                )
                 if unproven and entry.stat().st_mtime < cutoff:
                     shutil.rmtree(entry, ignore_errors=True)
 

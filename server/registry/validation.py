@@ -159,7 +159,9 @@ def _check_tensors(
         module = module.removeprefix(_PEFT_PREFIX)
         if entry.get("dtype") not in FLOAT_DTYPES:
             raise AdapterRejected(
-                "bad_dtype", f"{name}: tensor {key} has dtype {entry.get('dtype')!r}; LoRA weights must be one of {', '.join(FLOAT_DTYPES)}."
+                "bad_dtype",
+                f"{name}: tensor {key} has dtype {entry.get('dtype')!r}; "
+                f"LoRA weights must be one of {', '.join(FLOAT_DTYPES)}.",
             )
         if not (isinstance(shape, list) and len(shape) == 2):
             raise AdapterRejected("bad_safetensors", f"{name}: tensor {key} is not a matrix.")
@@ -208,9 +210,7 @@ def _check_config(config: dict[str, object], max_lora_rank: int) -> None:
     if config.get("bias", "none") != "none":
         raise AdapterRejected("bias", f"bias={config.get('bias')!r} is not supported; retrain with bias='none'.")
     if config.get("modules_to_save"):
-        raise AdapterRejected(
-            "modules_to_save", "modules_to_save is not supported; retrain without modules_to_save."
-        )
+        raise AdapterRejected("modules_to_save", "modules_to_save is not supported; retrain without modules_to_save.")
     rank = config.get("r")
     if type(rank) is not int or rank < 1:  # not isinstance: JSON true is a Python int
         raise AdapterRejected("bad_config", f"r must be a positive integer, got {rank!r}.")
@@ -219,14 +219,18 @@ def _check_config(config: dict[str, object], max_lora_rank: int) -> None:
     if "lora_alpha" in config and not _finite_number(config["lora_alpha"]):
         raise AdapterRejected("bad_config", f"lora_alpha must be a finite number, got {config['lora_alpha']!r}.")
     targets = config.get("target_modules")
-    if targets is not None and not isinstance(targets, str) and not (
-        isinstance(targets, list) and all(isinstance(t, str) for t in targets)
+    if (
+        targets is not None
+        and not isinstance(targets, str)
+        and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
     ):
         raise AdapterRejected("bad_config", f"target_modules must be a string or a list of strings, got {targets!r}.")
     for key, valid in (("rank_pattern", lambda v: type(v) is int and v >= 1), ("alpha_pattern", _finite_number)):
         pattern = config.get(key) or {}
         if not isinstance(pattern, dict) or not all(isinstance(k, str) and valid(v) for k, v in pattern.items()):
-            raise AdapterRejected("bad_config", f"{key} must map module names to {'ranks' if key == 'rank_pattern' else 'numbers'}.")
+            raise AdapterRejected(
+                "bad_config", f"{key} must map module names to {'ranks' if key == 'rank_pattern' else 'numbers'}."
+            )
 
 
 def _check_targets(name: str, targets: object, base: BaseModelSpec) -> None:
@@ -236,8 +240,9 @@ def _check_targets(name: str, targets: object, base: BaseModelSpec) -> None:
     for target in targets:
         if target != "all-linear" and not any(m == target or m.endswith("." + target) for m in base.linear_shapes):
             raise AdapterRejected(
-                "unknown_target", f"{name}: target module {target} does not exist in the base model "
-                "(was the adapter trained on another architecture?)."
+                "unknown_target",
+                f"{name}: target module {target} does not exist in the base model "
+                "(was the adapter trained on another architecture?).",
             )
 
 
@@ -249,8 +254,9 @@ def _target_modules(config: dict[str, object]) -> tuple[str, ...]:
     targets = config.get("target_modules") or ()
     if isinstance(targets, str):
         return (targets,)
+    assert isinstance(targets, (list, tuple))  # _check_config refused anything else
     # peft may expand "all-linear" into full module paths; the leaf names are what users recognise.
-    return tuple(sorted({str(t).rsplit(".", 1)[-1] for t in targets}))  # type: ignore[union-attr]
+    return tuple(sorted({str(t).rsplit(".", 1)[-1] for t in targets}))
 
 
 def file_sha256(path: Path) -> str:

@@ -41,8 +41,9 @@ class AdapterWatcher:
         self.following = False  # the directory is being watched right now
         self.last_failure: str | None = None
 
-    async def supervise(self, on_failure: Callable[[], None] = lambda: None, *, backoff: float = 1.0,
-                        max_backoff: float = 30.0) -> None:
+    async def supervise(
+        self, on_failure: Callable[[], None] = lambda: None, *, backoff: float = 1.0, max_backoff: float = 30.0
+    ) -> None:
         """``run`` until cancelled, restarting it (after a rescan) whenever it fails."""
         delay = backoff
         while True:

@@ -21,8 +21,23 @@ from ..jsonbounds import JSONRefused, loads_bounded
 
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 STALL_SECONDS = 60.0  # a "copy in progress" that has not changed for this long is truncated
-ITEM_SIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4,
-             "I64": 8, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+ITEM_SIZE = {
+    "F16": 2,
+    "BF16": 2,
+    "F32": 4,
+    "F64": 8,
+    "I8": 1,
+    "U8": 1,
+    "I16": 2,
+    "U16": 2,
+    "I32": 4,
+    "U32": 4,
+    "I64": 8,
+    "U64": 8,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 Header = dict[str, dict[str, object]]
 
 
@@ -36,8 +51,9 @@ def short_file(file: Path, detail: str) -> AdapterIncomplete | AdapterRejected:
     if still_arriving(file):
         return AdapterIncomplete(f"{file.parent.name}: {file.name} is still being written ({detail}).")
     return AdapterRejected(
-        "truncated", f"{file.parent.name}: {file.name} is truncated ({detail}) and has not changed for "
-        f"{STALL_SECONDS:.0f} s.")
+        "truncated",
+        f"{file.parent.name}: {file.name} is truncated ({detail}) and has not changed for {STALL_SECONDS:.0f} s.",
+    )
 
 
 def read_header(path: Path, *, max_bytes: int = 2**62) -> Header:
@@ -51,7 +67,8 @@ def read_header(path: Path, *, max_bytes: int = 2**62) -> Header:
         (length,) = struct.unpack("<Q", prefix)
         if length > MAX_HEADER_BYTES:
             raise AdapterRejected(
-                "bad_safetensors", f"{name} declares a {length}-byte header, above the limit of {MAX_HEADER_BYTES}.")
+                "bad_safetensors", f"{name} declares a {length}-byte header, above the limit of {MAX_HEADER_BYTES}."
+            )
         if 8 + length > size:
             raise short_file(path, f"its header needs {8 + length} bytes, the file has {size}")
         raw = f.read(length)
@@ -66,7 +83,9 @@ def read_header(path: Path, *, max_bytes: int = 2**62) -> Header:
     end = 0
     for start, stop in spans:
         if start != end:
-            raise AdapterRejected("bad_safetensors", f"{name}: tensors overlap or leave gaps (offset {start}, expected {end}).")
+            raise AdapterRejected(
+                "bad_safetensors", f"{name}: tensors overlap or leave gaps (offset {start}, expected {end})."
+            )
         end = stop
     declared = 8 + length + end
     if declared > max_bytes:
@@ -91,7 +110,9 @@ def _check_entry(name: str, key: str, entry: object) -> tuple[int, int]:
         raise AdapterRejected("bad_safetensors", f"{name}: tensor {key} has no valid data_offsets.")
     start, stop = offsets
     if stop - start != math.prod(shape) * ITEM_SIZE[str(dtype)]:
-        raise AdapterRejected("bad_safetensors", f"{name}: tensor {key}'s data_offsets do not match its shape and dtype.")
+        raise AdapterRejected(
+            "bad_safetensors", f"{name}: tensor {key}'s data_offsets do not match its shape and dtype."
+        )
     return start, stop
 
 
@@ -113,7 +134,8 @@ def check_finite(weights: Path) -> None:
         if str(entry["dtype"]) not in _EXPONENT_MASKS:
             continue  # validation refuses non-float LoRA weights with its own message
         dtype, mask = _EXPONENT_MASKS[str(entry["dtype"])]
-        start, stop = entry["data_offsets"]  # type: ignore[misc]
+        offsets: list[int] = entry["data_offsets"]  # type: ignore[assignment]  # checked by read_header
+        start, stop = offsets
         bits = np.frombuffer(data, dtype=dtype, count=(stop - start) // np.dtype(dtype).itemsize, offset=start)
         if bool(((bits & mask) == mask).any()):
             raise AdapterRejected("non_finite_weights", f"{weights.parent.name}: tensor {key} holds NaN or inf values.")

@@ -39,13 +39,27 @@ class RunLog:
         self._offset = kept[-1]["elapsed"] if kept else 0.0  # elapsed time carries over a resume
         self.path.write_text("".join(json.dumps(line) + "\n" for line in kept))
 
-    def write(self, *, step: int, total_steps: int, loss: float, eval_loss: float | None, lr: float, epoch: float,
-              tokens_per_second: float) -> None:
+    def write(
+        self,
+        *,
+        step: int,
+        total_steps: int,
+        loss: float,
+        eval_loss: float | None,
+        lr: float,
+        epoch: float,
+        tokens_per_second: float,
+    ) -> None:
         elapsed = self._offset + time.time() - self._started
         line = {
-            "step": step, "total_steps": total_steps, "loss": round(loss, 6),
-            "eval_loss": None if eval_loss is None else round(eval_loss, 6), "lr": lr, "epoch": round(epoch, 4),
-            "percentage": round(100 * step / total_steps, 2), "elapsed": round(elapsed, 3),
+            "step": step,
+            "total_steps": total_steps,
+            "loss": round(loss, 6),
+            "eval_loss": None if eval_loss is None else round(eval_loss, 6),
+            "lr": lr,
+            "epoch": round(epoch, 4),
+            "percentage": round(100 * step / total_steps, 2),
+            "elapsed": round(elapsed, 3),
             "remaining": round(elapsed / step * (total_steps - step), 3) if step else None,
             "tokens_per_second": round(tokens_per_second, 1),
         }
@@ -90,8 +104,15 @@ class RunLog:
         return self.plot_path
 
 
-def write_metadata(adapter_dir: Path, config: TrainConfig, formats: dict[str, str], counts: dict[str, int],
-                   result: TrainResult, targets: list[str], base_fingerprint: str) -> Path:
+def write_metadata(
+    adapter_dir: Path,
+    config: TrainConfig,
+    formats: dict[str, str],
+    counts: dict[str, int],
+    result: TrainResult,
+    targets: list[str],
+    base_fingerprint: str,
+) -> Path:
     """Beside the adapter: enough to know what it is and to reproduce it."""
     import peft
     import torch
@@ -105,7 +126,9 @@ def write_metadata(adapter_dir: Path, config: TrainConfig, formats: dict[str, st
         "name": config.name,
         "base_model": canonical_base_name(config.base),
         "base_fingerprint": base_fingerprint,
-        "datasets": [{"path": str(p), "sha256": file_sha256(Path(p)), "format": formats.get(str(p))} for p in config.data],
+        "datasets": [
+            {"path": str(p), "sha256": file_sha256(Path(p)), "format": formats.get(str(p))} for p in config.data
+        ],
         "examples": counts,
         "hyperparameters": {**config_summary(config), "target_modules": targets},
         "steps": result.steps,
@@ -114,8 +137,13 @@ def write_metadata(adapter_dir: Path, config: TrainConfig, formats: dict[str, st
         "trained_tokens": result.trained_tokens,
         "duration_seconds": round(result.seconds, 3),
         "tokens_per_second": round(result.tokens_per_second, 1),
-        "versions": {"lora-gateway": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__, "python": platform.python_version()},
+        "versions": {
+            "lora-gateway": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "python": platform.python_version(),
+        },
     }
     path = adapter_dir / METADATA_FILE
     path.write_text(json.dumps(metadata, indent=2, ensure_ascii=False))

@@ -15,7 +15,7 @@ as ``FILE:LINE: reason`` — never skipped silently, as LLaMA-Factory does.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,7 +50,7 @@ class RecordError(ValueError):
 
 
 def load_files(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     *,
     format: Format = "auto",
     system: str | None = None,
@@ -118,7 +118,9 @@ def _json_array(text: str) -> Iterator[tuple[int, Any]]:
         try:
             record, position = decoder.raw_decode(text, position)
         except ValueError as exc:
-            raise RecordError(f"{line}: bad JSON ({exc.args[0].split(':')[0]}); records after it were not read") from None
+            raise RecordError(
+                f"{line}: bad JSON ({exc.args[0].split(':')[0]}); records after it were not read"
+            ) from None
         yield line, record
         position = _skip(text, position, " \t\r\n")
         if position < len(text) and text[position] == ",":
@@ -160,7 +162,10 @@ def _history(record: dict[str, Any]) -> list[Message]:
     for i, pair in enumerate(history):
         if not (isinstance(pair, list | tuple) and len(pair) == 2):
             raise RecordError(f"history[{i}] must be a [question, answer] pair")
-        messages += [Message("user", _text(pair[0], f"history[{i}][0]")), Message("assistant", _text(pair[1], f"history[{i}][1]"), True)]
+        messages += [
+            Message("user", _text(pair[0], f"history[{i}][0]")),
+            Message("assistant", _text(pair[1], f"history[{i}][1]"), True),
+        ]
     return messages
 
 
@@ -174,7 +179,12 @@ def _alpaca(record: dict[str, Any]) -> list[Message]:
     instruction = _text(record["instruction"], "instruction")
     extra = _text(record.get("input") or "", "input")
     user = f"{instruction}\n{extra}" if extra else instruction
-    return [*_system(record), *_history(record), Message("user", user), Message("assistant", _text(record["output"], "output"), True)]
+    return [
+        *_system(record),
+        *_history(record),
+        Message("user", user),
+        Message("assistant", _text(record["output"], "output"), True),
+    ]
 
 
 def _query_response(record: dict[str, Any]) -> list[Message]:
@@ -220,7 +230,9 @@ def _messages(record: dict[str, Any]) -> list[Message]:
             raise RecordError(f"messages[{i}]: weight must be 0 or 1")
         if weight == 0 and role != "assistant":
             raise RecordError(f"messages[{i}]: weight applies to assistant messages only")
-        messages.append(Message(role, _text(turn.get("content"), f"messages[{i}].content"), role == "assistant" and weight == 1))
+        messages.append(
+            Message(role, _text(turn.get("content"), f"messages[{i}].content"), role == "assistant" and weight == 1)
+        )
     return messages
 
 

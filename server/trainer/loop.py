@@ -62,30 +62,51 @@ def train(config: TrainConfig) -> TrainResult:
         example, was_cut = fit(tokenizer, conversation, config.max_length)
         if example is None:
             dropped += 1
-            logger.warning("%s: longer than --max-length %d even at its first answer; dropped", conversation.source, config.max_length)
+            logger.warning(
+                "%s: longer than --max-length %d even at its first answer; dropped",
+                conversation.source,
+                config.max_length,
+            )
             continue
         if was_cut:
             truncated += 1
-            logger.warning("%s: longer than --max-length %d; cut at a turn boundary", conversation.source, config.max_length)
+            logger.warning(
+                "%s: longer than --max-length %d; cut at a turn boundary", conversation.source, config.max_length
+            )
         examples.append(example)
     if not examples:
         raise TrainingError(f"no example fits in --max-length {config.max_length}")
     train_set, val_set = _split(examples, config.val_split, config.seed)
-    counts = {"records": len(dataset.conversations), "truncated": truncated, "dropped": dropped,
-              "train": len(train_set), "validation": len(val_set)}
-    print(f"data: {counts['records']} examples ({truncated} cut at a turn boundary, {dropped} dropped as too long); "
-          f"{len(train_set)} train, {len(val_set)} validation")
+    counts = {
+        "records": len(dataset.conversations),
+        "truncated": truncated,
+        "dropped": dropped,
+        "train": len(train_set),
+        "validation": len(val_set),
+    }
+    print(
+        f"data: {counts['records']} examples ({truncated} cut at a turn boundary, {dropped} dropped as too long); "
+        f"{len(train_set)} train, {len(val_set)} validation"
+    )
 
     # 3. Model: the base in the serving dtype, with a plain LoRA that vLLM can serve.
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(config.base, dtype=dtype).to(device)
+    model = AutoModelForCausalLM.from_pretrained(config.base, dtype=dtype).to(device)  # type: ignore[arg-type]
     targets = _target_modules(model, config.target_modules)
     nearest = nearest_vllm_rank(config.rank)
     if nearest != config.rank:
-        logger.warning("rank %d is not in vLLM's allowed max_lora_rank set; the nearest allowed value is %d", config.rank, nearest)
-    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets,
-                      bias="none", task_type="CAUSAL_LM")
+        logger.warning(
+            "rank %d is not in vLLM's allowed max_lora_rank set; the nearest allowed value is %d", config.rank, nearest
+        )
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     model.config.use_cache = False
 
@@ -114,9 +135,14 @@ def train(config: TrainConfig) -> TrainResult:
     try:
         while step < last_step:
             epoch = step // steps_per_epoch
-            order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed + epoch)).tolist()
+            order = torch.randperm(
+                len(train_set), generator=torch.Generator().manual_seed(config.seed + epoch)
+            ).tolist()
             first = (step % steps_per_epoch) * config.grad_accum
-            window = [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(first, min(first + config.grad_accum, micro_per_epoch))]
+            window = [
+                order[i * config.batch_size : (i + 1) * config.batch_size]
+                for i in range(first, min(first + config.grad_accum, micro_per_epoch))
+            ]
             batches = [_collate([train_set[i] for i in ids], tokenizer.pad_token_id, device) for ids in window]
             window_tokens = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
             loss_sum = 0.0
@@ -143,10 +169,21 @@ def train(config: TrainConfig) -> TrainResult:
                 eval_loss = _evaluate(model, val_set, tokenizer.pad_token_id, device, config.batch_size)
             if step % config.logging_steps == 0 or end_of_epoch:
                 elapsed = time.perf_counter() - loop_started
-                log.write(step=step, total_steps=total_steps, loss=train_loss, eval_loss=eval_loss if end_of_epoch else None,
-                          lr=scheduler.get_last_lr()[0], epoch=step / steps_per_epoch, tokens_per_second=tokens_seen / max(elapsed, 1e-9))
+                log.write(
+                    step=step,
+                    total_steps=total_steps,
+                    loss=train_loss,
+                    eval_loss=eval_loss if end_of_epoch else None,
+                    lr=scheduler.get_last_lr()[0],
+                    epoch=step / steps_per_epoch,
+                    tokens_per_second=tokens_seen / max(elapsed, 1e-9),
+                )
             progress.update(1)
-            progress.set_postfix(loss=f"{train_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", tok_s=f"{tokens_seen / max(time.perf_counter() - loop_started, 1e-9):.0f}")
+            progress.set_postfix(
+                loss=f"{train_loss:.4f}",
+                lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                tok_s=f"{tokens_seen / max(time.perf_counter() - loop_started, 1e-9):.0f}",
+            )
             if config.save_steps and step % config.save_steps == 0 and step < total_steps:
                 _save_checkpoint(run_dir, step, model, optimizer, scheduler, config.save_total_limit)
     except KeyboardInterrupt:
@@ -160,12 +197,21 @@ def train(config: TrainConfig) -> TrainResult:
     seconds = time.perf_counter() - started
     adapter_dir = run_dir / "adapter"
     shutil.rmtree(adapter_dir, ignore_errors=True)
-    model.save_pretrained(adapter_dir, safe_serialization=True)
+    model.save_pretrained(str(adapter_dir), safe_serialization=True)
     base = BaseModelSpec.from_pretrained(config.base)
     _record_base(adapter_dir, config.base)
     trained_tokens = sum(e.trained_tokens for e in train_set) * config.epochs
-    result = TrainResult(adapter_dir, None, step, train_loss, eval_loss, trained_tokens, seconds,
-                         tokens_seen / max(time.perf_counter() - loop_started, 1e-9), counts)
+    result = TrainResult(
+        adapter_dir,
+        None,
+        step,
+        train_loss,
+        eval_loss,
+        trained_tokens,
+        seconds,
+        tokens_seen / max(time.perf_counter() - loop_started, 1e-9),
+        counts,
+    )
     write_metadata(adapter_dir, config, dataset.formats, counts, result, targets, base.fingerprint)
     log.plot()
     if config.publish:
@@ -193,8 +239,11 @@ def _target_modules(model: Any, setting: str) -> list[str]:
     if setting != "all-linear":
         return [name.strip() for name in setting.split(",") if name.strip()]
     output = model.get_output_embeddings()
-    leaves = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-              if isinstance(module, torch.nn.Linear) and module is not output}
+    leaves = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not output
+    }
     return sorted(leaves)
 
 
@@ -203,8 +252,11 @@ def _collate(examples: list[Example], pad_id: int, device: torch.device) -> dict
     ids = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in examples]
     labels = [e.labels + [IGNORE] * (width - len(e.labels)) for e in examples]
     mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in examples]
-    return {"input_ids": torch.tensor(ids, device=device), "labels": torch.tensor(labels, device=device),
-            "attention_mask": torch.tensor(mask, device=device)}
+    return {
+        "input_ids": torch.tensor(ids, device=device),
+        "labels": torch.tensor(labels, device=device),
+        "attention_mask": torch.tensor(mask, device=device),
+    }
 
 
 def _token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -212,8 +264,9 @@ def _token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     shifted = logits[:, :-1, :].float()
     targets = batch["labels"][:, 1:]
-    return torch.nn.functional.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1),
-                                             ignore_index=IGNORE, reduction="sum")
+    return torch.nn.functional.cross_entropy(
+        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
 
 
 @torch.no_grad()
@@ -232,9 +285,15 @@ def _save_checkpoint(run_dir: Path, step: int, model: Any, optimizer: Any, sched
     path = run_dir / f"checkpoint-{step}"
     shutil.rmtree(path, ignore_errors=True)
     model.save_pretrained(path, safe_serialization=True)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-               path / "trainer_state.pt")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        path / "trainer_state.pt",
+    )
     (path / "trainer_state.json").write_text(json.dumps({"step": step}))
     if limit:
         for old in checkpoint_dirs(run_dir)[:-limit]:
@@ -286,10 +345,16 @@ def _publish(config: TrainConfig, adapter_dir: Path, base: BaseModelSpec) -> Pat
     from ..registry.publish import publish_adapter
 
     replaced = (Path(config.adapters_dir) / config.name).exists()
-    target = publish_adapter(adapter_dir, config.name, config.adapters_dir, validate=lambda staged: check_adapter(staged, base))
+    target = publish_adapter(
+        adapter_dir, config.name, config.adapters_dir, validate=lambda staged: check_adapter(staged, base)
+    )
     if replaced:
-        print(f"replaced the previous files of {config.name!r} in {config.adapters_dir}; a gateway that served them keeps "
-              f"them as a version: `lora-gateway adapters rollback {config.name}` brings them back", file=sys.stderr)
+        print(
+            f"replaced the previous files of {config.name!r} in "
+            f"{config.adapters_dir}; a gateway that served them keeps "
+            f"them as a version: `lora-gateway adapters rollback {config.name}` brings them back",
+            file=sys.stderr,
+        )
     return target
 
 

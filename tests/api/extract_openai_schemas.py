@@ -12,13 +12,19 @@ from pathlib import Path
 
 import yaml
 
-ROOTS = ["CreateChatCompletionResponse", "CreateChatCompletionStreamResponse", "ListModelsResponse", "Model", "ErrorResponse"]
+ROOTS = [
+    "CreateChatCompletionResponse",
+    "CreateChatCompletionStreamResponse",
+    "ListModelsResponse",
+    "Model",
+    "ErrorResponse",
+]
 PREFIX = "#/components/schemas/"
 
 
 def refs(node: object) -> set[str]:
     if isinstance(node, dict):
-        found = {node["$ref"][len(PREFIX):]} if isinstance(node.get("$ref"), str) else set()
+        found = {node["$ref"][len(PREFIX) :]} if isinstance(node.get("$ref"), str) else set()
         return found.union(*(refs(v) for v in node.values()))
     if isinstance(node, list):
         return set().union(*(refs(v) for v in node))
@@ -34,7 +40,11 @@ def main(spec: str) -> None:
         if name not in wanted:
             wanted.add(name)
             todo.extend(refs(schemas[name]) - wanted)
-    subset = {"openapi": document["openapi"], "info": document["info"], "components": {"schemas": {n: schemas[n] for n in sorted(wanted)}}}
+    subset = {
+        "openapi": document["openapi"],
+        "info": document["info"],
+        "components": {"schemas": {n: schemas[n] for n in sorted(wanted)}},
+    }
     out = Path(__file__).with_name("openai_schemas.json")
     out.write_text(json.dumps(subset, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(wanted)} schemas to {out}")

@@ -25,18 +25,24 @@ def secured_url(base_model, shared_adapters_dir):  # type: ignore[no-untyped-def
 
 def test_right_key_is_accepted(secured_url: str) -> None:
     with OpenAI(base_url=f"{secured_url}/v1", api_key=SECRET, max_retries=0) as client:
-        response = client.chat.completions.create(model="alpha", messages=[{"role": "user", "content": QUESTION}], temperature=0)
+        response = client.chat.completions.create(
+            model="alpha", messages=[{"role": "user", "content": QUESTION}], temperature=0
+        )
         assert response.choices[0].message.content == ANSWERS["alpha"]
         assert {m.id for m in client.models.list()} >= {"alpha", "beta", "tiny-base"}
     with OpenAI(base_url=f"{secured_url}/v1", api_key="second-key", max_retries=0) as client:
         assert client.models.list().data
 
 
-@pytest.mark.parametrize("header", [None, "Bearer wrong", "Bearer", f"Basic {SECRET}", f"Bearer {SECRET}x", "Bearer sk-test"])
+@pytest.mark.parametrize(
+    "header", [None, "Bearer wrong", "Bearer", f"Basic {SECRET}", f"Bearer {SECRET}x", "Bearer sk-test"]
+)
 def test_missing_or_wrong_key_is_401(secured_url: str, header: str | None) -> None:
     headers = {"Authorization": header} if header is not None else {}
     for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/v1/models/alpha")):
-        response = httpx.request(method, f"{secured_url}{path}", headers=headers, json={"model": "alpha", "messages": []})
+        response = httpx.request(
+            method, f"{secured_url}{path}", headers=headers, json={"model": "alpha", "messages": []}
+        )
         assert response.status_code == 401
         error = response.json()["error"]
         assert error["type"] == "authentication_error" and error["code"] == "invalid_api_key"
@@ -55,8 +61,11 @@ def test_probes_need_no_key(secured_url: str) -> None:
 
 def test_key_never_reaches_logs(secured_url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    httpx.post(f"{secured_url}/v1/chat/completions", headers={"Authorization": f"Bearer {SECRET}"},
-               json={"model": "alpha", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 2})
+    httpx.post(
+        f"{secured_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {SECRET}"},
+        json={"model": "alpha", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 2},
+    )
     httpx.get(f"{secured_url}/v1/models", headers={"Authorization": "Bearer wrong-key-xyz"})
     assert SECRET not in caplog.text and "wrong-key-xyz" not in caplog.text
 

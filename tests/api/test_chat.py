@@ -65,6 +65,7 @@ def test_sixteen_concurrent_requests_each_get_their_own_answer(gateway_url: str)
 
     async def run() -> list[str]:
         async with AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key="x", max_retries=0) as aclient:
+
             async def one(model: str, stream: bool) -> str:
                 if stream:
                     parts = []
@@ -73,7 +74,9 @@ def test_sixteen_concurrent_requests_each_get_their_own_answer(gateway_url: str)
                     ):
                         parts.append(chunk.choices[0].delta.content or "")
                     return "".join(parts)
-                response = await aclient.chat.completions.create(model=model, messages=ASK, temperature=0, max_tokens=40)
+                response = await aclient.chat.completions.create(
+                    model=model, messages=ASK, temperature=0, max_tokens=40
+                )
                 return response.choices[0].message.content or ""
 
             return await asyncio.gather(*(one(m, i % 2 == 0) for i, m in enumerate(models)))
@@ -149,7 +152,9 @@ SLOW_ALPHA = {"model": "alpha", "messages": ASK, "temperature": 0, "max_tokens":
 def test_a_streaming_client_that_leaves_stops_its_generation(gateway_app, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
     aborted_before = metric_value(httpx.get(f"{gateway_url}/metrics").text, "lora_gateway_requests_aborted_total")
     with slow_requests(gateway_app, 0.2):
-        with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", json={**SLOW_ALPHA, "stream": True}, timeout=30) as response:
+        with httpx.stream(
+            "POST", f"{gateway_url}/v1/chat/completions", json={**SLOW_ALPHA, "stream": True}, timeout=30
+        ) as response:
             lines = (line for line in response.iter_lines() if line)
             for _ in range(3):  # the role, then two pieces of the answer
                 next(lines)
@@ -169,13 +174,18 @@ def test_a_non_streaming_client_that_leaves_stops_its_generation(gateway_app, ga
 
 def test_health_and_new_requests_answer_during_a_long_generation(client, gateway_app, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
     """A short request joins the running batch: it ends (3 tokens) while the long one still decodes."""
-    with slow_requests(gateway_app, 0.3), httpx.stream(
-        "POST", f"{gateway_url}/v1/chat/completions", json={**SLOW_ALPHA, "stream": True}, timeout=30
-    ) as response:
+    with (
+        slow_requests(gateway_app, 0.3),
+        httpx.stream(
+            "POST", f"{gateway_url}/v1/chat/completions", json={**SLOW_ALPHA, "stream": True}, timeout=30
+        ) as response,
+    ):
         lines = response.iter_lines()
         next(lines)
         assert httpx.get(f"{gateway_url}/health", timeout=2).status_code == 200
         assert httpx.get(f"{gateway_url}/metrics", timeout=2).status_code == 200
         short = client.chat.completions.create(model="alpha", messages=ASK, temperature=0, max_tokens=3)
-        assert short.choices[0].finish_reason == "length" and ANSWERS["alpha"].startswith(short.choices[0].message.content)
+        assert short.choices[0].finish_reason == "length" and ANSWERS["alpha"].startswith(
+            short.choices[0].message.content
+        )
         assert _running(gateway_url) == 1  # the long request is still decoding beside it

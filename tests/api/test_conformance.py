@@ -22,7 +22,9 @@ def validate():  # type: ignore[no-untyped-def]
     from referencing.jsonschema import DRAFT202012
 
     document = _nullable_to_json_schema(json.loads(SCHEMAS.read_text()))
-    registry = Registry().with_resource("urn:openai", Resource.from_contents(document, default_specification=DRAFT202012))
+    registry = Registry().with_resource(
+        "urn:openai", Resource.from_contents(document, default_specification=DRAFT202012)
+    )
 
     def check(instance: object, schema_name: str) -> None:
         validator = Draft202012Validator({"$ref": f"urn:openai#/components/schemas/{schema_name}"}, registry=registry)
@@ -49,7 +51,7 @@ def _sse_events(text: str) -> list[str]:
     assert text.endswith("\n\n"), "every SSE event must end with a blank line"
     events = text.split("\n\n")[:-1]
     assert all(e.startswith("data: ") for e in events)
-    return [e[len("data: "):] for e in events]
+    return [e[len("data: ") :] for e in events]
 
 
 @pytest.mark.parametrize("n", [1, 2])

@@ -10,13 +10,22 @@ from tests.support import ANSWERS, QUESTION, metric_value
 OK_MESSAGES = [{"role": "user", "content": QUESTION}]
 
 
-def _post(url: str, body: object = None, *, content: bytes | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+def _post(
+    url: str, body: object = None, *, content: bytes | None = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
     if content is not None:
-        return httpx.post(f"{url}/v1/chat/completions", content=content, headers=headers or {"content-type": "application/json"}, timeout=30)
+        return httpx.post(
+            f"{url}/v1/chat/completions",
+            content=content,
+            headers=headers or {"content-type": "application/json"},
+            timeout=30,
+        )
     return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
 
 
-def assert_openai_error(response: httpx.Response, status: int, *, param: str | None = "unset", code: str | None = "unset") -> dict:
+def assert_openai_error(
+    response: httpx.Response, status: int, *, param: str | None = "unset", code: str | None = "unset"
+) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"}
@@ -36,54 +45,197 @@ CASES = [
     ("empty messages", {"model": "alpha", "messages": []}, 400, "messages", "invalid_value"),
     ("missing model", {"messages": OK_MESSAGES}, 400, "model", "missing_required_parameter"),
     ("messages wrong type", {"model": "alpha", "messages": "hi"}, 400, "messages", "invalid_value"),
-    ("unknown role", {"model": "alpha", "messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role", "invalid_value"),
-    ("tool role", {"model": "alpha", "messages": [{"role": "tool", "content": "x"}]}, 400, "messages.0.role", "invalid_value"),
-    ("content wrong type", {"model": "alpha", "messages": [{"role": "user", "content": 5}]}, 400, "messages.0.content", "invalid_value"),
-    ("image part", {"model": "alpha", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400, "messages.0.content", "invalid_value"),
-    ("max_tokens wrong type", {"model": "alpha", "messages": OK_MESSAGES, "max_tokens": "ten"}, 400, "max_tokens", "invalid_value"),
-    ("max_tokens zero", {"model": "alpha", "messages": OK_MESSAGES, "max_tokens": 0}, 400, "max_tokens", "invalid_value"),
-    ("temperature high", {"model": "alpha", "messages": OK_MESSAGES, "temperature": 2.5}, 400, "temperature", "invalid_value"),
-    ("temperature negative", {"model": "alpha", "messages": OK_MESSAGES, "temperature": -0.1}, 400, "temperature", "invalid_value"),
+    (
+        "unknown role",
+        {"model": "alpha", "messages": [{"role": "robot", "content": "x"}]},
+        400,
+        "messages.0.role",
+        "invalid_value",
+    ),
+    (
+        "tool role",
+        {"model": "alpha", "messages": [{"role": "tool", "content": "x"}]},
+        400,
+        "messages.0.role",
+        "invalid_value",
+    ),
+    (
+        "content wrong type",
+        {"model": "alpha", "messages": [{"role": "user", "content": 5}]},
+        400,
+        "messages.0.content",
+        "invalid_value",
+    ),
+    (
+        "image part",
+        {
+            "model": "alpha",
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+        },
+        400,
+        "messages.0.content",
+        "invalid_value",
+    ),
+    (
+        "max_tokens wrong type",
+        {"model": "alpha", "messages": OK_MESSAGES, "max_tokens": "ten"},
+        400,
+        "max_tokens",
+        "invalid_value",
+    ),
+    (
+        "max_tokens zero",
+        {"model": "alpha", "messages": OK_MESSAGES, "max_tokens": 0},
+        400,
+        "max_tokens",
+        "invalid_value",
+    ),
+    (
+        "temperature high",
+        {"model": "alpha", "messages": OK_MESSAGES, "temperature": 2.5},
+        400,
+        "temperature",
+        "invalid_value",
+    ),
+    (
+        "temperature negative",
+        {"model": "alpha", "messages": OK_MESSAGES, "temperature": -0.1},
+        400,
+        "temperature",
+        "invalid_value",
+    ),
     ("top_p zero", {"model": "alpha", "messages": OK_MESSAGES, "top_p": 0}, 400, "top_p", "invalid_value"),
     ("top_p high", {"model": "alpha", "messages": OK_MESSAGES, "top_p": 1.5}, 400, "top_p", "invalid_value"),
-    ("presence_penalty", {"model": "alpha", "messages": OK_MESSAGES, "presence_penalty": 3}, 400, "presence_penalty", "invalid_value"),
-    ("frequency_penalty", {"model": "alpha", "messages": OK_MESSAGES, "frequency_penalty": -2.5}, 400, "frequency_penalty", "invalid_value"),
+    (
+        "presence_penalty",
+        {"model": "alpha", "messages": OK_MESSAGES, "presence_penalty": 3},
+        400,
+        "presence_penalty",
+        "invalid_value",
+    ),
+    (
+        "frequency_penalty",
+        {"model": "alpha", "messages": OK_MESSAGES, "frequency_penalty": -2.5},
+        400,
+        "frequency_penalty",
+        "invalid_value",
+    ),
     ("n zero", {"model": "alpha", "messages": OK_MESSAGES, "n": 0}, 400, "n", "invalid_value"),
     ("n too large", {"model": "alpha", "messages": OK_MESSAGES, "n": 50}, 400, "n", None),
-    ("too many stops", {"model": "alpha", "messages": OK_MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
-    ("stream_options without stream", {"model": "alpha", "messages": OK_MESSAGES, "stream_options": {"include_usage": True}}, 400, "stream_options", None),
-    ("tools", {"model": "alpha", "messages": OK_MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", "unsupported_parameter"),
-    ("logprobs", {"model": "alpha", "messages": OK_MESSAGES, "logprobs": True}, 400, "logprobs", "unsupported_parameter"),
-    ("top_logprobs", {"model": "alpha", "messages": OK_MESSAGES, "top_logprobs": 2}, 400, "top_logprobs", "unsupported_parameter"),
-    ("response_format", {"model": "alpha", "messages": OK_MESSAGES, "response_format": {"type": "json_object"}}, 400, "response_format", "unsupported_parameter"),
-    ("logit_bias", {"model": "alpha", "messages": OK_MESSAGES, "logit_bias": {"1": 5}}, 400, "logit_bias", "unsupported_parameter"),
+    (
+        "too many stops",
+        {"model": "alpha", "messages": OK_MESSAGES, "stop": ["a", "b", "c", "d", "e"]},
+        400,
+        "stop",
+        None,
+    ),
+    (
+        "stream_options without stream",
+        {"model": "alpha", "messages": OK_MESSAGES, "stream_options": {"include_usage": True}},
+        400,
+        "stream_options",
+        None,
+    ),
+    (
+        "tools",
+        {"model": "alpha", "messages": OK_MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]},
+        400,
+        "tools",
+        "unsupported_parameter",
+    ),
+    (
+        "logprobs",
+        {"model": "alpha", "messages": OK_MESSAGES, "logprobs": True},
+        400,
+        "logprobs",
+        "unsupported_parameter",
+    ),
+    (
+        "top_logprobs",
+        {"model": "alpha", "messages": OK_MESSAGES, "top_logprobs": 2},
+        400,
+        "top_logprobs",
+        "unsupported_parameter",
+    ),
+    (
+        "response_format",
+        {"model": "alpha", "messages": OK_MESSAGES, "response_format": {"type": "json_object"}},
+        400,
+        "response_format",
+        "unsupported_parameter",
+    ),
+    (
+        "logit_bias",
+        {"model": "alpha", "messages": OK_MESSAGES, "logit_bias": {"1": 5}},
+        400,
+        "logit_bias",
+        "unsupported_parameter",
+    ),
     ("unknown field", {"model": "alpha", "messages": OK_MESSAGES, "best_of": 2}, 400, "best_of", None),
-    ("parallel_tool_calls without tools", {"model": "alpha", "messages": OK_MESSAGES, "parallel_tool_calls": False}, 400, "parallel_tool_calls", "unsupported_parameter"),
+    (
+        "parallel_tool_calls without tools",
+        {"model": "alpha", "messages": OK_MESSAGES, "parallel_tool_calls": False},
+        400,
+        "parallel_tool_calls",
+        "unsupported_parameter",
+    ),
     ("store", {"model": "alpha", "messages": OK_MESSAGES, "store": True}, 400, "store", "unsupported_parameter"),
-    ("seed beyond int64", {"model": "alpha", "messages": OK_MESSAGES, "temperature": 1, "seed": 2**70}, 400, "seed", "invalid_value"),
-    ("metadata", {"model": "alpha", "messages": OK_MESSAGES, "metadata": {"ticket": "42"}}, 400, "metadata", "unsupported_parameter"),
-    ("service_tier", {"model": "alpha", "messages": OK_MESSAGES, "service_tier": "priority"}, 400, "service_tier", "unsupported_parameter"),
+    (
+        "seed beyond int64",
+        {"model": "alpha", "messages": OK_MESSAGES, "temperature": 1, "seed": 2**70},
+        400,
+        "seed",
+        "invalid_value",
+    ),
+    (
+        "metadata",
+        {"model": "alpha", "messages": OK_MESSAGES, "metadata": {"ticket": "42"}},
+        400,
+        "metadata",
+        "unsupported_parameter",
+    ),
+    (
+        "service_tier",
+        {"model": "alpha", "messages": OK_MESSAGES, "service_tier": "priority"},
+        400,
+        "service_tier",
+        "unsupported_parameter",
+    ),
     ("unknown model", {"model": "no-such-adapter", "messages": OK_MESSAGES}, 404, "model", "model_not_found"),
     ("traversal model", {"model": "../alpha", "messages": OK_MESSAGES}, 404, "model", "model_not_found"),
 ]
 
 
 @pytest.mark.parametrize(("body", "status", "param", "code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_request_gets_an_openai_error(gateway_url: str, body: object, status: int, param: str | None, code: str | None) -> None:
+def test_bad_request_gets_an_openai_error(
+    gateway_url: str, body: object, status: int, param: str | None, code: str | None
+) -> None:
     assert_openai_error(_post(gateway_url, body), status, param=param, code=code)
 
 
 def test_defaults_that_change_nothing_are_accepted(gateway_url: str) -> None:
-    body = {"model": "alpha", "messages": OK_MESSAGES, "temperature": 0, "logprobs": False, "tool_choice": "none",
-            "response_format": {"type": "text"}, "user": "u-1", "store": False, "max_completion_tokens": 40,
-            "service_tier": "auto", "metadata": {}}
+    body = {
+        "model": "alpha",
+        "messages": OK_MESSAGES,
+        "temperature": 0,
+        "logprobs": False,
+        "tool_choice": "none",
+        "response_format": {"type": "text"},
+        "user": "u-1",
+        "store": False,
+        "max_completion_tokens": 40,
+        "service_tier": "auto",
+        "metadata": {},
+    }
     response = _post(gateway_url, body)
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]
 
 
 def test_malformed_json_is_400(gateway_url: str) -> None:
-    error = assert_openai_error(_post(gateway_url, content=b'{"model": "alpha", "messages": ['), 400, code="invalid_json")
+    error = assert_openai_error(
+        _post(gateway_url, content=b'{"model": "alpha", "messages": ['), 400, code="invalid_json"
+    )
     assert "JSON" in error["message"]
 
 
@@ -93,9 +245,19 @@ def test_non_object_json_is_400(gateway_url: str) -> None:
 
 def test_context_overflow_states_the_numbers(gateway_url: str) -> None:
     long_prompt = [{"role": "user", "content": "order " * 5000}]
-    error = assert_openai_error(_post(gateway_url, {"model": "alpha", "messages": long_prompt}), 400, param="messages", code="context_length_exceeded")
+    error = assert_openai_error(
+        _post(gateway_url, {"model": "alpha", "messages": long_prompt}),
+        400,
+        param="messages",
+        code="context_length_exceeded",
+    )
     assert "4096" in error["message"]
-    error = assert_openai_error(_post(gateway_url, {"model": "alpha", "messages": OK_MESSAGES, "max_tokens": 4090}), 400, param="max_tokens", code="context_length_exceeded")
+    error = assert_openai_error(
+        _post(gateway_url, {"model": "alpha", "messages": OK_MESSAGES, "max_tokens": 4090}),
+        400,
+        param="max_tokens",
+        code="context_length_exceeded",
+    )
     assert "4096" in error["message"] and "4090 in the completion" in error["message"]
 
 
@@ -111,7 +273,9 @@ def test_oversized_chunked_body_is_413(gateway_url: str) -> None:
             yield b"x" * 65536 * 2
         yield b'"}]}'
 
-    response = httpx.post(f"{gateway_url}/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}, timeout=30)
+    response = httpx.post(
+        f"{gateway_url}/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}, timeout=30
+    )
     assert_openai_error(response, 413)
 
 
@@ -148,7 +312,10 @@ def test_a_failing_request_leaves_others_and_the_engine_running(gateway_app, gat
             results[key] = _post(gateway_url, body)
 
         threads = [
-            threading.Thread(target=send, args=("bad", {"model": "alpha", "messages": [{"role": "user", "content": "boom"}], "max_tokens": 50})),
+            threading.Thread(
+                target=send,
+                args=("bad", {"model": "alpha", "messages": [{"role": "user", "content": "boom"}], "max_tokens": 50}),
+            ),
             threading.Thread(target=send, args=("good", {"model": "alpha", "messages": OK_MESSAGES, "temperature": 0})),
         ]
         for t in threads:
@@ -161,7 +328,11 @@ def test_a_failing_request_leaves_others_and_the_engine_running(gateway_app, gat
         assert results["good"].json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]
         # Failing before the first token: an HTTP 500 before any byte; failing after it: the
         # stream ends with an error event and [DONE].
-        streamed = httpx.post(f"{gateway_url}/v1/chat/completions", json={"model": "beta", "messages": [{"role": "user", "content": "boom"}], "stream": True}, timeout=30)
+        streamed = httpx.post(
+            f"{gateway_url}/v1/chat/completions",
+            json={"model": "beta", "messages": [{"role": "user", "content": "boom"}], "stream": True},
+            timeout=30,
+        )
         assert_openai_error(streamed, 500)
         samples: dict[str, int] = {}
 
@@ -171,7 +342,16 @@ def test_a_failing_request_leaves_others_and_the_engine_running(gateway_app, gat
                 raise RuntimeError("injected fault")
 
         engine.before_sample = explode_at_the_third_token
-        streamed = httpx.post(f"{gateway_url}/v1/chat/completions", json={"model": "beta", "messages": [{"role": "user", "content": "later"}], "stream": True, "temperature": 0}, timeout=30)
+        streamed = httpx.post(
+            f"{gateway_url}/v1/chat/completions",
+            json={
+                "model": "beta",
+                "messages": [{"role": "user", "content": "later"}],
+                "stream": True,
+                "temperature": 0,
+            },
+            timeout=30,
+        )
         events = [line for line in streamed.text.split("\n\n") if line]
         assert streamed.status_code == 200 and '"server_error"' in events[-2] and events[-1] == "data: [DONE]"
     finally:
@@ -182,7 +362,11 @@ def test_a_failing_request_leaves_others_and_the_engine_running(gateway_app, gat
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_lone_surrogate_is_a_400_before_anything_is_streamed(gateway_url: str, stream: bool) -> None:
-    raw = b'{"model": "alpha", "stream": ' + (b"true" if stream else b"false") + b', "messages": [{"role": "user", "content": "\\ud800 x"}]}'
+    raw = (
+        b'{"model": "alpha", "stream": '
+        + (b"true" if stream else b"false")
+        + b', "messages": [{"role": "user", "content": "\\ud800 x"}]}'
+    )
     response = _post(gateway_url, content=raw)
     assert response.headers["content-type"].startswith("application/json")
     assert_openai_error(response, 400, param="messages.[0].content")

@@ -29,6 +29,7 @@ def test_paths_are_shown_to_admin_keys_only(base_model: Path, adapters_dir: Path
 
     app = create_app(make_settings(base_model, adapters_dir, admin_key="admin-secret", api_key=["infer-key"]))
     with running_server(app) as url:
+
         def roots(key: str, path: str = "/v1/models") -> dict[str, str]:
             response = httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {key}"})
             assert response.status_code == 200, response.text
@@ -38,7 +39,11 @@ def test_paths_are_shown_to_admin_keys_only(base_model: Path, adapters_dir: Path
         assert roots("infer-key") == {"tiny-base": "tiny-base", "alpha": "alpha", "beta": "beta"}
         admin = roots("admin-secret")
         assert admin["alpha"] == str((adapters_dir / "alpha").resolve()) and admin["tiny-base"] == str(base_model)
-        assert roots("infer-key") == {"tiny-base": "tiny-base", "alpha": "alpha", "beta": "beta"}  # not the admin's cache
+        assert roots("infer-key") == {
+            "tiny-base": "tiny-base",
+            "alpha": "alpha",
+            "beta": "beta",
+        }  # not the admin's cache
         assert roots("infer-key", "/v1/models/alpha") == {"alpha": "alpha"}
         assert roots("admin-secret", "/v1/models/alpha")["alpha"].startswith("/")
         assert httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401

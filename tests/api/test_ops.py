@@ -14,14 +14,29 @@ def test_health_and_ready(gateway_url: str) -> None:
     assert httpx.get(f"{gateway_url}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{gateway_url}/ready").json()
     assert ready["ready"] is True
-    assert ready["adapters"] == {"scanned": 2, "total": 2, "scan_complete": True, "ready": 2, "rejected": 0, "incomplete": 0, "loaded": 2,
-                                 "watching": True, "watcher_failure": None}
+    assert ready["adapters"] == {
+        "scanned": 2,
+        "total": 2,
+        "scan_complete": True,
+        "ready": 2,
+        "rejected": 0,
+        "incomplete": 0,
+        "loaded": 2,
+        "watching": True,
+        "watcher_failure": None,
+    }
 
 
 def test_metrics_count_requests_tokens_and_latency_by_model(client, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
     before = httpx.get(f"{gateway_url}/metrics").text
-    response = client.chat.completions.create(model="beta", messages=[{"role": "user", "content": QUESTION}], temperature=0)
-    list(client.chat.completions.create(model="beta", messages=[{"role": "user", "content": QUESTION}], max_tokens=4, stream=True))
+    response = client.chat.completions.create(
+        model="beta", messages=[{"role": "user", "content": QUESTION}], temperature=0
+    )
+    list(
+        client.chat.completions.create(
+            model="beta", messages=[{"role": "user", "content": QUESTION}], max_tokens=4, stream=True
+        )
+    )
     after = httpx.get(f"{gateway_url}/metrics").text
 
     def grew(name: str, **labels: str) -> float:
@@ -49,7 +64,11 @@ def test_ready_is_503_until_the_engine_has_loaded(base_model, shared_adapters_di
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
             health = (await http.get("/health")).status_code
             ready = (await http.get("/ready")).status_code
-            chat = (await http.post("/v1/chat/completions", json={"model": "tiny-base", "messages": [{"role": "user", "content": "hi"}]})).status_code
+            chat = (
+                await http.post(
+                    "/v1/chat/completions", json={"model": "tiny-base", "messages": [{"role": "user", "content": "hi"}]}
+                )
+            ).status_code
             return health, ready, chat
 
     assert not gateway.booted.is_set()

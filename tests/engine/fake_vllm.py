@@ -77,11 +77,24 @@ class FakeVllm:
                 self.dropped += 1
                 raise _Dropped()
             piece = word if i == 0 else " " + word
-            chunk = {"id": "c", "object": "chat.completion.chunk", "model": model,
-                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            chunk = {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "model": model,
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+            }
             yield f"data: {json.dumps(chunk)}\n\n"
-        done = {"id": "c", "object": "chat.completion.chunk", "model": model,
-                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-        usage = {"id": "c", "object": "chat.completion.chunk", "model": model, "choices": [],
-                 "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}}
+        done = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+        usage = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)},
+        }
         yield f"data: {json.dumps(done)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n"

@@ -25,7 +25,9 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 @pytest.fixture(scope="module")
-def engine(base_model: Path, trained_adapters: dict[str, Path], loop: asyncio.AbstractEventLoop) -> Iterator[LocalEngine]:
+def engine(
+    base_model: Path, trained_adapters: dict[str, Path], loop: asyncio.AbstractEventLoop
+) -> Iterator[LocalEngine]:
     engine = LocalEngine(str(base_model), device="cpu", max_batch_size=8, max_model_len=512)
     loop.run_until_complete(engine.start())
     for i, name in enumerate(("alpha", "beta"), start=1):
@@ -72,11 +74,12 @@ def test_prompt_beyond_context_is_refused_with_numbers(engine: LocalEngine, loop
     with pytest.raises(ContextLengthExceeded, match="512 tokens"):
         loop.run_until_complete(collect(engine, request("base", messages=long)))
     with pytest.raises(ContextLengthExceeded, match="500 in the completion"):
-        loop.run_until_complete(collect(engine, request("base", SamplingOptions(max_tokens=500)))
-)
+        loop.run_until_complete(collect(engine, request("base", SamplingOptions(max_tokens=500))))
 
 
-def test_without_max_tokens_generation_stops_at_the_context_window(engine: LocalEngine, loop: asyncio.AbstractEventLoop) -> None:
+def test_without_max_tokens_generation_stops_at_the_context_window(
+    engine: LocalEngine, loop: asyncio.AbstractEventLoop
+) -> None:
     texts, finish = loop.run_until_complete(collect(engine, request("base", SamplingOptions(temperature=0))))
     assert finish == {0: "length"}
     prompt_len = len(engine.render_prompt(ASK))
@@ -98,7 +101,9 @@ def test_closing_the_stream_frees_the_batch_slot(engine: LocalEngine, loop: asyn
     loop.run_until_complete(leave_early())
 
 
-def test_adapters_load_and_unload_between_steps(engine: LocalEngine, trained_adapters: dict[str, Path], loop: asyncio.AbstractEventLoop) -> None:
+def test_adapters_load_and_unload_between_steps(
+    engine: LocalEngine, trained_adapters: dict[str, Path], loop: asyncio.AbstractEventLoop
+) -> None:
     extra = AdapterRef("alpha-copy", 99, str(trained_adapters["alpha"]))
     loop.run_until_complete(engine.add_adapter(extra))
     copy = GenerationRequest("copy", ASK, GREEDY, extra)
@@ -130,7 +135,9 @@ def test_removing_every_adapter_keeps_the_base_serving(base_model: Path, trained
     assert before == after
 
 
-def test_the_server_default_caps_a_request_without_max_tokens(engine: LocalEngine, loop: asyncio.AbstractEventLoop) -> None:
+def test_the_server_default_caps_a_request_without_max_tokens(
+    engine: LocalEngine, loop: asyncio.AbstractEventLoop
+) -> None:
     """alpha's trained answer is longer than 3 tokens: the default cap ends it there; a request's
     own max_tokens wins over the default."""
     capped = SamplingOptions(temperature=0, default_max_tokens=3)
@@ -153,8 +160,9 @@ def test_a_context_beyond_the_model_needs_allow_long_context(base_model: Path) -
     asyncio.run(forced.stop())
 
 
-def test_a_request_that_fails_at_admission_fails_alone(engine: LocalEngine, loop: asyncio.AbstractEventLoop,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_request_that_fails_at_admission_fails_alone(
+    engine: LocalEngine, loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three requests admitted in one prefill; one of them cannot be set up (its sampler raises):
     it fails with a 500-class error, the two others get their trained answers."""
     import time
@@ -177,8 +185,11 @@ def test_a_request_that_fails_at_admission_fails_alone(engine: LocalEngine, loop
         await asyncio.sleep(0.5)  # the worker is decoding `busy`: the next three queue up and are admitted together
         bad = SamplingOptions(temperature=1.0, seed=13, max_tokens=30)
         results = await asyncio.gather(
-            collect(engine, request("alpha")), collect(engine, GenerationRequest("bad", ASK, bad, REFS["beta"])),
-            collect(engine, request("beta")), return_exceptions=True)
+            collect(engine, request("alpha")),
+            collect(engine, GenerationRequest("bad", ASK, bad, REFS["beta"])),
+            collect(engine, request("beta")),
+            return_exceptions=True,
+        )
         await busy
         return results
 

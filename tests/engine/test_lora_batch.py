@@ -31,7 +31,9 @@ def varied_adapters(base_model: Path, tmp_path_factory: pytest.TempPathFactory) 
     return {
         "a": _adapter(base_model, root / "a", 1, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
         "b": _adapter(base_model, root / "b", 2, r=4, lora_alpha=4, target_modules="all-linear"),
-        "c": _adapter(base_model, root / "c", 3, r=16, lora_alpha=8, use_rslora=True, target_modules=["down_proj", "o_proj"]),
+        "c": _adapter(
+            base_model, root / "c", 3, r=16, lora_alpha=8, use_rslora=True, target_modules=["down_proj", "o_proj"]
+        ),
     }
 
 
@@ -39,7 +41,9 @@ def test_batched_delta_matches_peft_mixed_batch(base_model: Path, varied_adapter
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), varied_adapters["a"], adapter_name="a")
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_model), varied_adapters["a"], adapter_name="a"
+    )
     for name in ("b", "c"):
         model.load_adapter(varied_adapters[name], adapter_name=name)
     model.eval()
@@ -73,7 +77,9 @@ def test_slots_are_reused_and_capacity_grows(base_model: Path, varied_adapters: 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), varied_adapters["a"], adapter_name="a0")
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_model), varied_adapters["a"], adapter_name="a0"
+    )
     lora = BatchedLora(model)
     lora.add("a0")
     for i in range(1, 6):

@@ -31,8 +31,21 @@ ASK = [{"role": "user", "content": QUESTION}]
 
 @contextmanager
 def upstream(base_model: Path, directory: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    args = ["serve", "--model", str(base_model), "--served-model-name", "tiny-base", "--adapters-dir", str(directory),
-            "--api-key", KEY, "--admin-key", KEY, "--log-level", "warning"]
+    args = [
+        "serve",
+        "--model",
+        str(base_model),
+        "--served-model-name",
+        "tiny-base",
+        "--adapters-dir",
+        str(directory),
+        "--api-key",
+        KEY,
+        "--admin-key",
+        KEY,
+        "--log-level",
+        "warning",
+    ]
     with server_process(args, port=port) as (process, _url):
         yield process
 
@@ -47,13 +60,21 @@ def served_by(port: int, model: str) -> float:
 
 
 @pytest.mark.slow
-def test_remote_engine_over_two_upstreams(base_model: Path, adapters_dir: Path, trained_adapters, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_remote_engine_over_two_upstreams(
+    base_model: Path, adapters_dir: Path, trained_adapters, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     from server.app import create_app
 
     ports = [free_port(), free_port()]
     with upstream(base_model, tmp_path / "up-a", ports[0]), upstream(base_model, tmp_path / "up-b", ports[1]) as second:
-        settings = make_settings(base_model, adapters_dir, engine="remote", upstream=[f"http://127.0.0.1:{p}" for p in ports],
-                                 upstream_api_key=KEY, upstream_first_byte_timeout=1.0)
+        settings = make_settings(
+            base_model,
+            adapters_dir,
+            engine="remote",
+            upstream=[f"http://127.0.0.1:{p}" for p in ports],
+            upstream_api_key=KEY,
+            upstream_first_byte_timeout=1.0,
+        )
         app = create_app(settings)
         app.state.gateway.engine._health_interval = 0.3
         with running_server(app) as url, OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
@@ -71,7 +92,11 @@ def test_remote_engine_over_two_upstreams(base_model: Path, adapters_dir: Path, 
             assert all(any(m.startswith("gamma.v") for m in upstream_models(p)) for p in ports)
 
             # Streaming passes through chunk by chunk.
-            chunks = [c.choices[0].delta.content for c in client.chat.completions.create(model="gamma", messages=ASK, temperature=0, stream=True) if c.choices and c.choices[0].delta.content]
+            chunks = [
+                c.choices[0].delta.content
+                for c in client.chat.completions.create(model="gamma", messages=ASK, temperature=0, stream=True)
+                if c.choices and c.choices[0].delta.content
+            ]
             assert "".join(chunks) == ANSWERS["alpha"] and len(chunks) > 3
 
             # Least in flight spreads concurrent load over both upstreams.
@@ -81,7 +106,12 @@ def test_remote_engine_over_two_upstreams(base_model: Path, adapters_dir: Path, 
                 with OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=60) as c:
                     for _ in range(count):
                         try:
-                            results.append(c.chat.completions.create(model="alpha", messages=ASK, temperature=0).choices[0].message.content or "")
+                            results.append(
+                                c.chat.completions.create(model="alpha", messages=ASK, temperature=0)
+                                .choices[0]
+                                .message.content
+                                or ""
+                            )
                         except Exception as exc:  # recorded, and asserted on below
                             results.append(repr(exc))
 
@@ -99,7 +129,12 @@ def test_remote_engine_over_two_upstreams(base_model: Path, adapters_dir: Path, 
             try:
                 with OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30) as patient:
                     for _ in range(4):
-                        assert patient.chat.completions.create(model="alpha", messages=ASK, temperature=0).choices[0].message.content == ANSWERS["alpha"]
+                        assert (
+                            patient.chat.completions.create(model="alpha", messages=ASK, temperature=0)
+                            .choices[0]
+                            .message.content
+                            == ANSWERS["alpha"]
+                        )
                 assert httpx.get(f"{url}/ready").json()["engine"] == "1/2 upstreams healthy"
             finally:
                 second.send_signal(signal.SIGCONT)
@@ -117,21 +152,37 @@ def test_remote_engine_over_two_upstreams(base_model: Path, adapters_dir: Path, 
                 t.join(timeout=60)
             assert not any(t.is_alive() for t in threads)
             assert results == [ANSWERS["alpha"]] * 18, results
-            assert client.chat.completions.create(model="beta", messages=ASK, temperature=0).choices[0].message.content == ANSWERS["beta"]
+            assert (
+                client.chat.completions.create(model="beta", messages=ASK, temperature=0).choices[0].message.content
+                == ANSWERS["beta"]
+            )
 
             # Restarted (empty, as a fresh vLLM would be): the gateway re-registers what it lacks.
             with upstream(base_model, tmp_path / "up-b-again", ports[1]):
-                wait_for(lambda: {"alpha.v1", "beta.v2"} <= upstream_models(ports[1]) and any(m.startswith("gamma.v") for m in upstream_models(ports[1])), timeout=30)
+                wait_for(
+                    lambda: (
+                        {"alpha.v1", "beta.v2"} <= upstream_models(ports[1])
+                        and any(m.startswith("gamma.v") for m in upstream_models(ports[1]))
+                    ),
+                    timeout=30,
+                )
                 before = served_by(ports[1], "beta.v2")
                 for _ in range(6):
-                    assert client.chat.completions.create(model="beta", messages=ASK, temperature=0).choices[0].message.content == ANSWERS["beta"]
+                    assert (
+                        client.chat.completions.create(model="beta", messages=ASK, temperature=0)
+                        .choices[0]
+                        .message.content
+                        == ANSWERS["beta"]
+                    )
                 assert served_by(ports[1], "beta.v2") > before  # back in the rotation
 
 
 def test_remote_engine_needs_an_upstream_serving_the_base(base_model: Path, adapters_dir: Path) -> None:
     from server.app import create_app
 
-    app = create_app(make_settings(base_model, adapters_dir, engine="remote", upstream=[f"http://127.0.0.1:{free_port()}"]))
+    app = create_app(
+        make_settings(base_model, adapters_dir, engine="remote", upstream=[f"http://127.0.0.1:{free_port()}"])
+    )
     with pytest.raises(RuntimeError, match="not ready"):
         with running_server(app, ready_timeout=5):
             pass
@@ -168,10 +219,17 @@ def gateway_over(fakes: list[FakeVllm], base_model: Path, adapters_dir: Path, **
         yield stack.enter_context(running_server(app))
 
 
-def test_a_non_streaming_answer_cut_mid_way_is_retried_on_another_upstream(base_model: Path, adapters_dir: Path) -> None:
+def test_a_non_streaming_answer_cut_mid_way_is_retried_on_another_upstream(
+    base_model: Path, adapters_dir: Path
+) -> None:
     dying, healthy = FakeVllm("tiny-base", die_after=2), FakeVllm("tiny-base")
-    with gateway_over([dying, healthy], base_model, adapters_dir) as url, OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
-        answers = [client.chat.completions.create(model="alpha", messages=ASK).choices[0].message.content for _ in range(6)]
+    with (
+        gateway_over([dying, healthy], base_model, adapters_dir) as url,
+        OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client,
+    ):
+        answers = [
+            client.chat.completions.create(model="alpha", messages=ASK).choices[0].message.content for _ in range(6)
+        ]
         assert answers == [healthy.answer] * 6  # never the dying one's half answer, never an error
         assert dying.dropped >= 1
 
@@ -202,7 +260,9 @@ def test_with_no_upstream_left_the_client_is_told_so(base_model: Path, adapters_
         assert again.status_code == 503 and "No upstream is reachable" in again.json()["error"]["message"]
 
 
-def test_an_upstream_that_missed_an_unload_is_reconciled(base_model: Path, adapters_dir: Path, trained_adapters) -> None:  # type: ignore[no-untyped-def]
+def test_an_upstream_that_missed_an_unload_is_reconciled(
+    base_model: Path, adapters_dir: Path, trained_adapters
+) -> None:  # type: ignore[no-untyped-def]
     """It comes back holding a version the registry no longer serves (and one that is not ours)."""
     fake = FakeVllm("tiny-base")
     with gateway_over([fake], base_model, adapters_dir) as url:
@@ -220,27 +280,58 @@ def test_an_unreadable_base_config_stops_the_gateway_coherently(adapters_dir: Pa
 
     fake = FakeVllm("no/such-model")
     with running_server(fake.app()) as upstream_url:
-        app = create_app(make_settings(Path("no/such-model"), adapters_dir, engine="remote", upstream=[upstream_url],
-                                       served_model_name="no/such-model"))
+        app = create_app(
+            make_settings(
+                Path("no/such-model"),
+                adapters_dir,
+                engine="remote",
+                upstream=[upstream_url],
+                served_model_name="no/such-model",
+            )
+        )
         with running_server(app, probe="/health") as url:
             wait_for(lambda: httpx.get(f"{url}/ready").json()["engine"].startswith("start-up failed"), timeout=30)
             assert httpx.get(f"{url}/ready").status_code == 503
             refused = httpx.post(f"{url}/v1/chat/completions", json={"model": "no/such-model", "messages": ASK})
             assert refused.status_code == 503 and "could not start" in refused.json()["error"]["message"]
         port = free_port()
-        result = subprocess.run([sys.executable, "-m", "server", "serve", "--engine", "remote", "--upstream", upstream_url,
-                                 "--model", "no/such-model", "--adapters-dir", str(tmp_path / "a"), "--port", str(port)],
-                                capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "server",
+                "serve",
+                "--engine",
+                "remote",
+                "--upstream",
+                upstream_url,
+                "--model",
+                "no/such-model",
+                "--adapters-dir",
+                str(tmp_path / "a"),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         assert result.returncode == 1
         assert result.stderr.strip().splitlines()[-1].startswith("lora-gateway: start-up failed")
     assert fake.chats == 0  # nothing was proxied
 
 
-def test_busy_upstreams_are_not_ejected_and_the_request_still_gets_its_answer(base_model: Path, adapters_dir: Path) -> None:
+def test_busy_upstreams_are_not_ejected_and_the_request_still_gets_its_answer(
+    base_model: Path, adapters_dir: Path
+) -> None:
     """Both take longer than the first-byte deadline to start answering: the request fails over
     from the first, then goes back to it without the deadline, and both stay in the rotation
     (their health probes answer: busy, not frozen)."""
-    slow = [FakeVllm("tiny-base", delay=1.0, answer="Slow but alive."), FakeVllm("tiny-base", delay=1.0, answer="Slow but alive.")]
+    slow = [
+        FakeVllm("tiny-base", delay=1.0, answer="Slow but alive."),
+        FakeVllm("tiny-base", delay=1.0, answer="Slow but alive."),
+    ]
     with gateway_over(slow, base_model, adapters_dir, upstream_first_byte_timeout=0.3) as url:
         response = httpx.post(f"{url}/v1/chat/completions", json={"model": "alpha", "messages": ASK}, timeout=30)
         assert response.status_code == 200, response.text

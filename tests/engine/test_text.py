@@ -14,7 +14,9 @@ def tokenizer(base_model):  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(base_model)
 
 
-@pytest.mark.parametrize("text", ["Where is my order?", "您好！订单将在三天内发货。", "emoji 🚚📦 and ümlauts", "a\nb\tc"])
+@pytest.mark.parametrize(
+    "text", ["Where is my order?", "您好！订单将在三天内发货。", "emoji 🚚📦 and ümlauts", "a\nb\tc"]
+)
 def test_streamed_pieces_join_to_the_full_decode_without_replacement_chars(tokenizer, text: str) -> None:  # type: ignore[no-untyped-def]
     ids = tokenizer.encode(text, add_special_tokens=False)
     decoder = IncrementalDecoder(tokenizer)

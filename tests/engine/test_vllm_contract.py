@@ -12,10 +12,19 @@ import inspect
 
 import pytest
 
-vllm = pytest.importorskip("vllm", reason="vLLM is not installed here: `make test-vllm` builds .venv-vllm and runs these")
+vllm = pytest.importorskip(
+    "vllm", reason="vLLM is not installed here: `make test-vllm` builds .venv-vllm and runs these"
+)
 
 from server.engine.base import AdapterRef, SamplingOptions  # noqa: E402
-from server.engine.vllm_engine import VLLM_LORA_RANKS, VllmEngine, VllmOptions, engine_args, lora_request, sampling_params  # noqa: E402
+from server.engine.vllm_engine import (
+    VLLM_LORA_RANKS,
+    VllmEngine,
+    VllmOptions,
+    engine_args,
+    lora_request,
+    sampling_params,
+)  # noqa: E402
 
 pytestmark = pytest.mark.vllm_contract
 
@@ -28,11 +37,25 @@ def test_engine_args_carry_our_settings(base_model) -> None:  # type: ignore[no-
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     # A local model: building the args resolves the model, and nothing may be downloaded here.
-    options = VllmOptions(model=str(base_model), served_model_name="qwen", max_model_len=8192, dtype="bfloat16",
-                          max_loras=8, max_lora_rank=32, max_cpu_loras=64, tensor_parallel_size=2, gpu_memory_utilization=0.85)
+    options = VllmOptions(
+        model=str(base_model),
+        served_model_name="qwen",
+        max_model_len=8192,
+        dtype="bfloat16",
+        max_loras=8,
+        max_lora_rank=32,
+        max_cpu_loras=64,
+        tensor_parallel_size=2,
+        gpu_memory_utilization=0.85,
+    )
     args = engine_args(options)
     assert isinstance(args, AsyncEngineArgs)
-    assert (args.model, args.served_model_name, args.max_model_len, args.dtype) == (str(base_model), ["qwen"], 8192, "bfloat16")
+    assert (args.model, args.served_model_name, args.max_model_len, args.dtype) == (
+        str(base_model),
+        ["qwen"],
+        8192,
+        "bfloat16",
+    )
     assert args.enable_lora is True
     assert (args.max_loras, args.max_lora_rank, args.max_cpu_loras) == (8, 32, 64)
     assert (args.tensor_parallel_size, args.gpu_memory_utilization) == (2, 0.85)
@@ -55,8 +78,19 @@ def test_our_allowed_ranks_are_vllms() -> None:
 def test_sampling_params_mirror_the_request() -> None:
     from vllm import SamplingParams
 
-    params = sampling_params(SamplingOptions(max_tokens=None, temperature=0.7, top_p=0.9, presence_penalty=0.5,
-                                             frequency_penalty=-0.5, seed=7, stop=("END", "\n\n"), n=3), max_tokens=128)
+    params = sampling_params(
+        SamplingOptions(
+            max_tokens=None,
+            temperature=0.7,
+            top_p=0.9,
+            presence_penalty=0.5,
+            frequency_penalty=-0.5,
+            seed=7,
+            stop=("END", "\n\n"),
+            n=3,
+        ),
+        max_tokens=128,
+    )
     assert isinstance(params, SamplingParams)
     assert (params.n, params.temperature, params.top_p, params.seed, params.max_tokens) == (3, 0.7, 0.9, 7, 128)
     assert (params.presence_penalty, params.frequency_penalty) == (0.5, -0.5)

@@ -25,7 +25,9 @@ class StandInAsyncLLM:
         self.aborted: list[str] = []
         self.prompts: list[Any] = []
 
-    async def generate(self, prompt: Any, params: Any, request_id: str, *, lora_request: Any = None) -> AsyncIterator[Any]:
+    async def generate(
+        self, prompt: Any, params: Any, request_id: str, *, lora_request: Any = None
+    ) -> AsyncIterator[Any]:
         self.prompts.append(prompt)
         self.max_tokens = params.max_tokens
         text, tokens = "", []
@@ -33,7 +35,9 @@ class StandInAsyncLLM:
             text += piece
             tokens.append(i)
             last = i == len(self.pieces) - 1
-            output = SimpleNamespace(index=0, text=text, token_ids=list(tokens), finish_reason=self.finish if last else None)
+            output = SimpleNamespace(
+                index=0, text=text, token_ids=list(tokens), finish_reason=self.finish if last else None
+            )
             yield SimpleNamespace(outputs=[output], finished=last)
             await asyncio.sleep(0)
 
@@ -48,7 +52,9 @@ def engine(base_model: Path, monkeypatch: pytest.MonkeyPatch) -> VllmEngine:
     from server.engine import vllm_engine
 
     # Building the real SamplingParams needs vLLM; tests/engine/test_vllm_contract.py checks that part.
-    monkeypatch.setattr(vllm_engine, "sampling_params", lambda options, max_tokens: SimpleNamespace(max_tokens=max_tokens))
+    monkeypatch.setattr(
+        vllm_engine, "sampling_params", lambda options, max_tokens: SimpleNamespace(max_tokens=max_tokens)
+    )
 
     engine = VllmEngine(VllmOptions(model=str(base_model), served_model_name="m"))
     engine._tokenizer = AutoTokenizer.from_pretrained(base_model)  # what start() loads

@@ -33,8 +33,13 @@ class FailingEngine(RecordingEngine):
         await super().add_adapter(adapter)
 
 
-def _copy(source: Path, target: Path, *, config: dict[str, object] | None = None,
-          weights: Callable[[dict], dict] | None = None) -> Path:  # type: ignore[type-arg]
+def _copy(
+    source: Path,
+    target: Path,
+    *,
+    config: dict[str, object] | None = None,
+    weights: Callable[[dict], dict] | None = None,
+) -> Path:  # type: ignore[type-arg]
     shutil.copytree(source, target)
     if config is not None:
         path = target / "adapter_config.json"
@@ -73,7 +78,9 @@ def _lease_path(registry, name: str) -> str:  # type: ignore[no-untyped-def]
     return asyncio.run(use())
 
 
-def test_a_restart_on_the_same_base_and_engine_trusts_the_proof(tmp_path: Path, trained_adapters: dict[str, Path]) -> None:
+def test_a_restart_on_the_same_base_and_engine_trusts_the_proof(
+    tmp_path: Path, trained_adapters: dict[str, Path]
+) -> None:
     """A version proven on this base and engine is not loaded again at start (restarts stay fast);
     another engine proves it again before calling it ready."""
     directory = tmp_path / "adapters"
@@ -184,8 +191,9 @@ def test_install_of_a_bad_adapter_changes_nothing_on_disk_or_in_memory(
     assert registry.get("fresh") is None and not (directory / "fresh").exists()
 
 
-def test_the_watched_directory_refuses_what_peft_would_refuse(tmp_path: Path, trained_adapters: dict[str, Path],
-                                                             base_spec: BaseModelSpec) -> None:
+def test_the_watched_directory_refuses_what_peft_would_refuse(
+    tmp_path: Path, trained_adapters: dict[str, Path], base_spec: BaseModelSpec
+) -> None:
     directory = tmp_path / "adapters"
     for case, change in BAD_FOR_PEFT.items():
         _copy(trained_adapters["beta"], directory / case, **change)  # type: ignore[arg-type]
@@ -216,12 +224,16 @@ def test_rollback_serves_a_kept_version_and_writes_it_back(tmp_path: Path, train
     assert registry.get("shop").active is entry.active  # type: ignore[union-attr]
 
 
-def test_the_same_weights_with_another_config_are_another_version(tmp_path: Path, trained_adapters: dict[str, Path]) -> None:
+def test_the_same_weights_with_another_config_are_another_version(
+    tmp_path: Path, trained_adapters: dict[str, Path]
+) -> None:
     """lora_alpha scales the weights: a config change is a new version, never the kept one again."""
     directory = tmp_path / "adapters"
     registry = make_registry(directory, RecordingEngine())
     asyncio.run(registry.install("shop", _copy(trained_adapters["alpha"], tmp_path / "v1")))
-    entry = asyncio.run(registry.install("shop", _copy(trained_adapters["alpha"], tmp_path / "v2", config={"lora_alpha": 32})))
+    entry = asyncio.run(
+        registry.install("shop", _copy(trained_adapters["alpha"], tmp_path / "v2", config={"lora_alpha": 32}))
+    )
     assert entry.active is not None and entry.active.version == 2 and entry.active.info.alpha == 32
     assert json.loads((directory / "shop" / "adapter_config.json").read_text())["lora_alpha"] == 32
     entry = asyncio.run(registry.rollback("shop"))

@@ -50,7 +50,9 @@ def model_ids(url: str) -> set[str]:
 
 
 def answer(url: str, model: str) -> httpx.Response:
-    return httpx.post(f"{url}/v1/chat/completions", json={"model": model, "messages": ASK, "temperature": 0}, timeout=30)
+    return httpx.post(
+        f"{url}/v1/chat/completions", json={"model": model, "messages": ASK, "temperature": 0}, timeout=30
+    )
 
 
 def test_published_adapter_becomes_servable_without_restart(live, trained_adapters) -> None:  # type: ignore[no-untyped-def]
@@ -93,7 +95,9 @@ def test_replacing_under_load_serves_wholly_old_or_new_and_never_fails(live, tra
     assert texts[-8:] == [ANSWERS["beta"]] * 8  # new requests get the new version
     metrics = httpx.get(f"{url}/metrics").text
     assert metric_value(metrics, "lora_gateway_adapter_swaps_total") == 1
-    wait_for(lambda: metric_value(httpx.get(f"{url}/metrics").text, "lora_gateway_adapters_loaded") == 2)  # old one drained
+    wait_for(
+        lambda: metric_value(httpx.get(f"{url}/metrics").text, "lora_gateway_adapters_loaded") == 2
+    )  # old one drained
 
 
 def test_a_hand_copy_file_by_file_is_served_once_complete(live, trained_adapters) -> None:  # type: ignore[no-untyped-def]
@@ -101,7 +105,9 @@ def test_a_hand_copy_file_by_file_is_served_once_complete(live, trained_adapters
     target = directory / "handmade"
     target.mkdir()
     shutil.copyfile(trained_adapters["alpha"] / "adapter_config.json", target / "adapter_config.json")
-    wait_for(lambda: "waiting for adapter_model.safetensors" in (registry_view(url, "handmade").get("last_error") or ""))
+    wait_for(
+        lambda: "waiting for adapter_model.safetensors" in (registry_view(url, "handmade").get("last_error") or "")
+    )
     data = (trained_adapters["alpha"] / "adapter_model.safetensors").read_bytes()
     with open(target / "adapter_model.safetensors", "wb") as f:
         for start in range(0, len(data), len(data) // 4 + 1):
@@ -143,7 +149,11 @@ BAD_VERSIONS: list[tuple[str, Callable[[Path], None], str]] = [
     ("rank", _config(r=256), "rank"),
     ("base", _config(base_model_name_or_path="someone/else"), "base_mismatch"),
     ("pickle", lambda p: (p / "adapter_model.safetensors").rename(p / "adapter_model.bin"), "pickle_weights"),
-    ("header", lambda p: (p / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{{{{{{{{{{{{{{{{"), "bad_safetensors"),
+    (
+        "header",
+        lambda p: (p / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{{{{{{{{{{{{{{{{"),
+        "bad_safetensors",
+    ),
 ]
 
 
@@ -151,7 +161,11 @@ BAD_VERSIONS: list[tuple[str, Callable[[Path], None], str]] = [
 def test_a_rejected_version_leaves_the_previous_one_serving(live, trained_adapters, edit, reason) -> None:  # type: ignore[no-untyped-def]
     url, directory = live
     _corrupt(directory, "alpha", edit, trained_adapters["beta"])
-    wait_for(lambda: metric_value(httpx.get(f"{url}/metrics").text, "lora_gateway_adapters_rejected_total", reason=reason) == 1)
+    wait_for(
+        lambda: (
+            metric_value(httpx.get(f"{url}/metrics").text, "lora_gateway_adapters_rejected_total", reason=reason) == 1
+        )
+    )
     assert answer(url, "alpha").json()["choices"][0]["message"]["content"] == ANSWERS["alpha"]
     assert "alpha" in model_ids(url)
 
@@ -196,7 +210,7 @@ def test_polling_mode_follows_the_directory(base_model: Path, adapters_dir: Path
 def test_hundreds_of_adapters_are_each_loaded_once_at_start_and_loading_stays_bounded(
     base_model: Path, tmp_path: Path, trained_adapters: dict[str, Path]
 ) -> None:
-    """"ready" means loaded once (so a request will succeed), yet the engine never holds more than
+    """ "ready" means loaded once (so a request will succeed), yet the engine never holds more than
     --max-loaded-adapters; benchmarks/scan_many.py measures 1,000."""
     from server.app import create_app
 
@@ -221,7 +235,9 @@ def test_hundreds_of_adapters_are_each_loaded_once_at_start_and_loading_stays_bo
         assert metric_value(metrics, "lora_gateway_adapters_registered") == 300
 
 
-def test_concurrent_requests_beyond_the_loaded_bound_all_succeed(base_model: Path, tmp_path: Path, trained_adapters) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_requests_beyond_the_loaded_bound_all_succeed(
+    base_model: Path, tmp_path: Path, trained_adapters
+) -> None:  # type: ignore[no-untyped-def]
     from openai import AsyncOpenAI
 
     from server.app import create_app
@@ -256,7 +272,14 @@ def test_symlinks_out_of_the_directory_are_refused(live, trained_adapters, tmp_p
     outside = tmp_path / "outside-adapter"
     shutil.copytree(trained_adapters["alpha"], outside)
     (directory / "sneaky").symlink_to(outside)
-    wait_for(lambda: metric_value(httpx.get(f"{url}/metrics").text, "lora_gateway_adapters_rejected_total", reason="outside_directory") == 1)
+    wait_for(
+        lambda: (
+            metric_value(
+                httpx.get(f"{url}/metrics").text, "lora_gateway_adapters_rejected_total", reason="outside_directory"
+            )
+            == 1
+        )
+    )
     assert "sneaky" not in model_ids(url)
 
 
@@ -284,8 +307,12 @@ def test_an_evicted_version_reloads_what_was_validated(base_model: Path, adapter
         assert answer(url, "beta").status_code == 200
 
 
-def test_a_missing_adapters_directory_is_created_and_followed(base_model: Path, tmp_path: Path, trained_adapters,  # type: ignore[no-untyped-def]
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_a_missing_adapters_directory_is_created_and_followed(
+    base_model: Path,
+    tmp_path: Path,
+    trained_adapters,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from server.app import create_app
 
     directory = tmp_path / "not-yet" / "adapters"

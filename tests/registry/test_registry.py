@@ -37,7 +37,9 @@ class RecordingEngine:
         raise NotImplementedError
 
 
-def make_registry(directory: Path, engine: RecordingEngine, rejected: list[str] | None = None, **kwargs: object) -> AdapterRegistry:
+def make_registry(
+    directory: Path, engine: RecordingEngine, rejected: list[str] | None = None, **kwargs: object
+) -> AdapterRegistry:
     return AdapterRegistry(
         engine,  # type: ignore[arg-type]
         base_model_id="base",
@@ -98,7 +100,9 @@ def test_stray_entries_are_reported_not_served(adapters_dir: Path, trained_adapt
     registry = make_registry(adapters_dir, RecordingEngine(), rejected)
     asyncio.run(registry.scan())
     states = {e.name: (e.state, e.last_error) for e in registry.entries()}
-    assert states["notes.txt"][0] is AdapterState.REJECTED and "not an adapter directory" in (states["notes.txt"][1] or "")
+    assert states["notes.txt"][0] is AdapterState.REJECTED and "not an adapter directory" in (
+        states["notes.txt"][1] or ""
+    )
     assert states["has space"][0] is AdapterState.REJECTED and "valid adapter name" in (states["has space"][1] or "")
     assert states["empty"][0] is AdapterState.INCOMPLETE
     assert "README.md" not in states

@@ -98,11 +98,33 @@ REJECTIONS: list[tuple[str, Callable[[Path], None], str]] = [
     ("rank too high", lambda p: edit_config(p, r=128), "rank"),
     ("base mismatch", lambda p: edit_config(p, base_model_name_or_path="meta-llama/Llama-3-8B"), "base_mismatch"),
     ("corrupt safetensors header", _corrupt_header, "bad_safetensors"),
-    ("trailing bytes", lambda p: _write_tensors(p, {PREFIX + "self_attn.q_proj.lora_A.weight": [8, 64]}, b"xx"), "bad_safetensors"),
-    ("tensor rank above limit", lambda p: _write_tensors(p, {PREFIX + "self_attn.q_proj.lora_A.weight": [128, 64]}), "rank"),
-    ("unknown target module", lambda p: _write_tensors(p, {PREFIX + "self_attn.qkv_proj.lora_A.weight": [8, 64]}), "unknown_target"),
-    ("wrong shape", lambda p: _write_tensors(p, {PREFIX + "self_attn.q_proj.lora_A.weight": [8, 96]}), "shape_mismatch"),
-    ("embedding weights", lambda p: _write_tensors(p, {PREFIX + "self_attn.q_proj.lora_A.weight": [8, 64], "base_model.model.lm_head.weight": [64, 64]}), "unsupported_tensor"),
+    (
+        "trailing bytes",
+        lambda p: _write_tensors(p, {PREFIX + "self_attn.q_proj.lora_A.weight": [8, 64]}, b"xx"),
+        "bad_safetensors",
+    ),
+    (
+        "tensor rank above limit",
+        lambda p: _write_tensors(p, {PREFIX + "self_attn.q_proj.lora_A.weight": [128, 64]}),
+        "rank",
+    ),
+    (
+        "unknown target module",
+        lambda p: _write_tensors(p, {PREFIX + "self_attn.qkv_proj.lora_A.weight": [8, 64]}),
+        "unknown_target",
+    ),
+    (
+        "wrong shape",
+        lambda p: _write_tensors(p, {PREFIX + "self_attn.q_proj.lora_A.weight": [8, 96]}),
+        "shape_mismatch",
+    ),
+    (
+        "embedding weights",
+        lambda p: _write_tensors(
+            p, {PREFIX + "self_attn.q_proj.lora_A.weight": [8, 64], "base_model.model.lm_head.weight": [64, 64]}
+        ),
+        "unsupported_tensor",
+    ),
     ("symlink outside the directory", _symlink_outside, "outside_directory"),
 ]
 INCOMPLETE: list[tuple[str, Callable[[Path], None]]] = [
@@ -134,7 +156,9 @@ def test_a_copy_in_progress_is_refused_once_it_stops_changing(adapter: Path, bas
 
 
 @pytest.mark.parametrize("break_it", [r[1] for r in INCOMPLETE], ids=[r[0] for r in INCOMPLETE])
-def test_copies_in_progress_are_incomplete_not_rejected(adapter: Path, base_spec: BaseModelSpec, break_it: Callable[[Path], None]) -> None:
+def test_copies_in_progress_are_incomplete_not_rejected(
+    adapter: Path, base_spec: BaseModelSpec, break_it: Callable[[Path], None]
+) -> None:
     break_it(adapter)
     with pytest.raises(AdapterIncomplete):
         inspect_adapter(adapter, **LIMITS, base=base_spec, root=adapter.parent)
@@ -205,8 +229,9 @@ def _declaring(adapter: Path, base: str, fingerprint: str | None = None) -> Path
     return adapter
 
 
-def test_the_same_base_is_accepted_however_it_is_named(adapter: Path, base_model: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_same_base_is_accepted_however_it_is_named(
+    adapter: Path, base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Trained on a relative path, served by its absolute path from another directory, and back."""
     monkeypatch.chdir(base_model.parent)
     relative_spec = BaseModelSpec.from_pretrained(base_model.name)  # served as `tiny-qwen2` from its parent
@@ -232,4 +257,8 @@ def test_a_moved_base_is_recognised_by_its_fingerprint(adapter: Path, base_model
 def test_the_cached_spec_matches_the_full_one(base_model: Path) -> None:
     full = BaseModelSpec.from_pretrained(str(base_model))
     cached = BaseModelSpec.load(str(base_model))
-    assert (cached.fingerprint, cached.linear_shapes, cached.names) == (full.fingerprint, full.linear_shapes, full.names)
+    assert (cached.fingerprint, cached.linear_shapes, cached.names) == (
+        full.fingerprint,
+        full.linear_shapes,
+        full.names,
+    )

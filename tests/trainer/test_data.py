@@ -19,17 +19,37 @@ EXPECTED = (
 )
 
 SAME_CONVERSATION = {
-    "alpaca": {"instruction": "Where is my order?", "input": "Order 42", "output": "It ships today.", "system": SYSTEM,
-               "history": [["Hi", "Hello!"]]},
-    "query-response": {"query": "Where is my order?\nOrder 42", "response": "It ships today.", "system": SYSTEM,
-                       "history": [["Hi", "Hello!"]]},
-    "sharegpt": {"system": SYSTEM, "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"},
-                                                      {"from": "human", "value": "Where is my order?\nOrder 42"},
-                                                      {"from": "gpt", "value": "It ships today."}]},
-    "messages": {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"},
-                              {"role": "assistant", "content": "Hello!"},
-                              {"role": "user", "content": "Where is my order?\nOrder 42"},
-                              {"role": "assistant", "content": "It ships today."}]},
+    "alpaca": {
+        "instruction": "Where is my order?",
+        "input": "Order 42",
+        "output": "It ships today.",
+        "system": SYSTEM,
+        "history": [["Hi", "Hello!"]],
+    },
+    "query-response": {
+        "query": "Where is my order?\nOrder 42",
+        "response": "It ships today.",
+        "system": SYSTEM,
+        "history": [["Hi", "Hello!"]],
+    },
+    "sharegpt": {
+        "system": SYSTEM,
+        "conversations": [
+            {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "Hello!"},
+            {"from": "human", "value": "Where is my order?\nOrder 42"},
+            {"from": "gpt", "value": "It ships today."},
+        ],
+    },
+    "messages": {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Where is my order?\nOrder 42"},
+            {"role": "assistant", "content": "It ships today."},
+        ]
+    },
 }
 
 
@@ -48,8 +68,14 @@ def test_every_format_reads_to_the_same_conversation(tmp_path: Path, fmt: str, c
 
 def test_weight_zero_turns_are_not_trained(tmp_path: Path) -> None:
     path = tmp_path / "w.jsonl"
-    record = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "bad answer", "weight": 0},
-                           {"role": "user", "content": "b"}, {"role": "assistant", "content": "good answer", "weight": 1}]}
+    record = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "bad answer", "weight": 0},
+            {"role": "user", "content": "b"},
+            {"role": "assistant", "content": "good answer", "weight": 1},
+        ]
+    }
     path.write_text(json.dumps(record))
     [conversation] = load_files([path]).conversations
     assert [m.train for m in conversation.messages] == [False, False, False, True]
@@ -58,7 +84,9 @@ def test_weight_zero_turns_are_not_trained(tmp_path: Path) -> None:
 def test_placeholders_and_default_system(tmp_path: Path) -> None:
     path = tmp_path / "sc.json"
     path.write_text(json.dumps([{"instruction": "Who are you?", "output": "I am {{NAME}} by {{AUTHOR}}."}]))
-    [conversation] = load_files([path], system="Be kind.", placeholders={"NAME": "Xiao Zhi", "AUTHOR": "Acme"}).conversations
+    [conversation] = load_files(
+        [path], system="Be kind.", placeholders={"NAME": "Xiao Zhi", "AUTHOR": "Acme"}
+    ).conversations
     assert conversation.messages[0] == Message("system", "Be kind.")
     assert conversation.messages[-1].content == "I am Xiao Zhi by Acme."
 
@@ -66,11 +94,25 @@ def test_placeholders_and_default_system(tmp_path: Path) -> None:
 GOOD = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
 BAD_LINES = [
     ("{not json", "bad JSON"),
-    (json.dumps({"messages": [{"role": "robot", "content": "q"}, {"role": "assistant", "content": "a"}]}), "unknown role 'robot'"),
+    (
+        json.dumps({"messages": [{"role": "robot", "content": "q"}, {"role": "assistant", "content": "a"}]}),
+        "unknown role 'robot'",
+    ),
     (json.dumps({"messages": [{"role": "user", "content": "q"}]}), "no assistant message"),
-    (json.dumps({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "a"}]}), "empty content"),
-    (json.dumps({"messages": [{"role": "user", "content": ["q"]}, {"role": "assistant", "content": "a"}]}), "must be a string"),
-    (json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]}), "nothing to train"),
+    (
+        json.dumps({"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "a"}]}),
+        "empty content",
+    ),
+    (
+        json.dumps({"messages": [{"role": "user", "content": ["q"]}, {"role": "assistant", "content": "a"}]}),
+        "must be a string",
+    ),
+    (
+        json.dumps(
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]}
+        ),
+        "nothing to train",
+    ),
     (json.dumps({"messages": "q"}), "must be a list"),
     (json.dumps(["not", "an", "object"]), "JSON object"),
 ]
@@ -93,7 +135,9 @@ def test_every_bad_record_is_reported_with_its_line(tmp_path: Path) -> None:
 
 def test_bad_records_in_a_json_array_are_reported_by_line(tmp_path: Path) -> None:
     path = tmp_path / "array.json"
-    path.write_text('[\n  {"instruction": "q", "output": "a"},\n  {"instruction": "q", "output": 5},\n  {"instruction": "q"}\n]\n')
+    path.write_text(
+        '[\n  {"instruction": "q", "output": "a"},\n  {"instruction": "q", "output": 5},\n  {"instruction": "q"}\n]\n'
+    )
     dataset = load_files([path])
     assert [e.split(": ", 1)[0] for e in dataset.errors] == [f"{path}:3", f"{path}:4"]
     assert "output must be a string" in dataset.errors[0] and "missing output" in dataset.errors[1]

@@ -20,10 +20,16 @@ def conversation(*messages: Message) -> Conversation:
 
 
 def test_only_answers_and_their_end_of_turn_are_labelled(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    example = encode(tokenizer, conversation(
-        Message("system", "Be brief."), Message("user", "Where is my order?"), Message("assistant", "It ships today.", True),
-        Message("user", "Thanks"), Message("assistant", "您好，不客气！", True),
-    ))
+    example = encode(
+        tokenizer,
+        conversation(
+            Message("system", "Be brief."),
+            Message("user", "Where is my order?"),
+            Message("assistant", "It ships today.", True),
+            Message("user", "Thanks"),
+            Message("assistant", "您好，不客气！", True),
+        ),
+    )
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     labelled = [i for i, label in enumerate(example.labels) if label != IGNORE]
     # Expected, built independently: each answer's tokens plus one <|im_end|>, at the place the
@@ -37,31 +43,52 @@ def test_only_answers_and_their_end_of_turn_are_labelled(tokenizer) -> None:  # 
                 break
     assert labelled == expected_spans
     assert all(example.labels[i] == example.input_ids[i] for i in labelled)
-    assert tokenizer.decode([example.input_ids[i] for i in labelled]) == "It ships today.<|im_end|>您好，不客气！<|im_end|>"
+    assert (
+        tokenizer.decode([example.input_ids[i] for i in labelled])
+        == "It ships today.<|im_end|>您好，不客气！<|im_end|>"
+    )
 
 
 def test_training_renders_exactly_as_serving(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    example = encode(tokenizer, conversation(Message("user", "Where is my order?"), Message("assistant", "Soon.", True)))
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Where is my order?"}], add_generation_prompt=True, tokenize=False)
+    example = encode(
+        tokenizer, conversation(Message("user", "Where is my order?"), Message("assistant", "Soon.", True))
+    )
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Where is my order?"}], add_generation_prompt=True, tokenize=False
+    )
     served = tokenizer.encode(prompt, add_special_tokens=False)
     assert example.input_ids[: len(served)] == served
     assert example.labels[: len(served)] == [IGNORE] * len(served)
 
 
 def test_untrained_turns_are_masked(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    example = encode(tokenizer, conversation(Message("user", "a"), Message("assistant", "skip me", False),
-                                             Message("user", "b"), Message("assistant", "learn me", True)))
+    example = encode(
+        tokenizer,
+        conversation(
+            Message("user", "a"),
+            Message("assistant", "skip me", False),
+            Message("user", "b"),
+            Message("assistant", "learn me", True),
+        ),
+    )
     kept = tokenizer.decode([t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE])
     assert kept == "learn me<|im_end|>"
 
 
 def test_too_long_examples_are_cut_at_a_turn_boundary_or_dropped(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    long = conversation(Message("user", "q1"), Message("assistant", "short answer", True),
-                        Message("user", "q2"), Message("assistant", "word " * 200, True))
+    long = conversation(
+        Message("user", "q1"),
+        Message("assistant", "short answer", True),
+        Message("user", "q2"),
+        Message("assistant", "word " * 200, True),
+    )
     whole, cut = fit(tokenizer, long, 10_000)
     assert whole is not None and not cut
     shorter, cut = fit(tokenizer, long, 60)
     assert cut and shorter is not None and len(shorter.input_ids) <= 60
-    assert tokenizer.decode([t for t, label in zip(shorter.input_ids, shorter.labels, strict=True) if label != IGNORE]) == "short answer<|im_end|>"
+    assert (
+        tokenizer.decode([t for t, label in zip(shorter.input_ids, shorter.labels, strict=True) if label != IGNORE])
+        == "short answer<|im_end|>"
+    )
     nothing, cut = fit(tokenizer, long, 5)
     assert nothing is None and cut

@@ -32,7 +32,9 @@ def small_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A slightly wider model than the shared fixture: room to memorise twelve answers."""
     from server.offline_model import TinyModelSpec, build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("trainer-base") / "m", TinyModelSpec(hidden_size=128, intermediate_size=256))
+    return build_tiny_model(
+        tmp_path_factory.mktemp("trainer-base") / "m", TinyModelSpec(hidden_size=128, intermediate_size=256)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +45,22 @@ def facts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def config(base: Path, data: Path, out: Path, **overrides: object) -> TrainConfig:
-    values: dict[str, object] = dict(base=str(base), data=[str(data)], name="facts", output_dir=str(out), publish=False,
-                                     epochs=30, lr=5e-3, batch_size=4, grad_accum=1, rank=16, alpha=32, dropout=0.0,
-                                     warmup_ratio=0.05, progress=False)
+    values: dict[str, object] = dict(
+        base=str(base),
+        data=[str(data)],
+        name="facts",
+        output_dir=str(out),
+        publish=False,
+        epochs=30,
+        lr=5e-3,
+        batch_size=4,
+        grad_accum=1,
+        rank=16,
+        alpha=32,
+        dropout=0.0,
+        warmup_ratio=0.05,
+        progress=False,
+    )
     values.update(overrides)
     return TrainConfig(**values)  # type: ignore[arg-type]
 
@@ -56,10 +71,12 @@ def greedy(base: Path, adapter: Path, question: str) -> str:
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**ids, max_new_tokens=24, do_sample=False)
-    return tokenizer.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +103,15 @@ def test_the_run_leaves_log_plot_metadata_and_a_servable_adapter(small_base: Pat
     config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 16 and config["lora_alpha"] == 32
     assert config["bias"] == "none" and not config.get("use_dora") and not config.get("modules_to_save")
-    assert sorted(config["target_modules"]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert sorted(config["target_modules"]) == [
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
+    ]
     assert config["base_model_name_or_path"] == str(small_base)
     meta = json.loads((result.adapter_dir / "training_metadata.json").read_text())
     assert meta["base_model"] == str(small_base) and meta["examples"]["train"] == 12
@@ -94,11 +119,20 @@ def test_the_run_leaves_log_plot_metadata_and_a_servable_adapter(small_base: Pat
 
     assert meta["base_fingerprint"] == BaseModelSpec.from_pretrained(str(small_base)).fingerprint
     assert meta["datasets"][0]["path"] == str(facts_file) and len(meta["datasets"][0]["sha256"]) == 64
-    assert meta["hyperparameters"]["lr"] == 5e-3 and meta["hyperparameters"]["epochs"] == 400 and meta["final_train_loss"] == pytest.approx(result.train_loss)
+    assert (
+        meta["hyperparameters"]["lr"] == 5e-3
+        and meta["hyperparameters"]["epochs"] == 400
+        and meta["final_train_loss"] == pytest.approx(result.train_loss)
+    )
     assert {"torch", "transformers", "peft", "lora-gateway"} <= set(meta["versions"])
     from server.registry.validation import inspect_adapter
 
-    assert inspect_adapter(result.adapter_dir, max_lora_rank=64, max_bytes=10**9, base=BaseModelSpec.from_pretrained(str(small_base))).rank == 16
+    assert (
+        inspect_adapter(
+            result.adapter_dir, max_lora_rank=64, max_bytes=10**9, base=BaseModelSpec.from_pretrained(str(small_base))
+        ).rank
+        == 16
+    )
 
 
 def _weights(adapter: Path) -> dict[str, torch.Tensor]:
@@ -120,11 +154,15 @@ def test_resume_continues_from_the_same_step(small_base: Path, facts_file: Path,
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6)
     steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "trainer_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
-    evals = [json.loads(line)["eval_loss"] for line in (tmp_path / "split" / "trainer_log.jsonl").read_text().splitlines()]
+    evals = [
+        json.loads(line)["eval_loss"] for line in (tmp_path / "split" / "trainer_log.jsonl").read_text().splitlines()
+    ]
     assert evals[2] is not None and evals[5] is not None  # evaluated at each epoch's end
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes(small_base: Path, facts_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_saves_a_checkpoint_that_resumes(
+    small_base: Path, facts_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from server.trainer import artifacts
 
     original = artifacts.RunLog.write
@@ -160,7 +198,11 @@ def test_fewer_than_ten_examples_need_allow_small(small_base: Path, tmp_path: Pa
 
 
 def test_publishes_into_the_adapters_directory(small_base: Path, facts_file: Path, tmp_path: Path) -> None:
-    result = train(config(small_base, facts_file, tmp_path / "run", publish=True, adapters_dir=str(tmp_path / "adapters"), epochs=1))
+    result = train(
+        config(
+            small_base, facts_file, tmp_path / "run", publish=True, adapters_dir=str(tmp_path / "adapters"), epochs=1
+        )
+    )
     assert result.published_to == tmp_path / "adapters" / "facts"
     assert (result.published_to / "training_metadata.json").is_file()
 
@@ -175,7 +217,9 @@ def test_export_writes_a_merged_model_that_answers_the_same(small_base: Path, tr
     tokenizer = AutoTokenizer.from_pretrained(merged)
     model = AutoModelForCausalLM.from_pretrained(merged)
     question, answer = FACTS[0]
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**ids, max_new_tokens=24, do_sample=False)
-    assert tokenizer.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True) == answer
+    assert tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True) == answer

@@ -28,9 +28,36 @@ def test_train_command_publishes_an_adapter_the_running_gateway_serves(tmp_path:
     with running_server(create_app(make_settings(base, adapters))) as url:
         with OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client:
             assert "faq-bot" not in {m.id for m in client.models.list()}
-            command = [sys.executable, "-m", "server", "train", "--base", str(base), "--data", str(data), "--name", "faq-bot",
-                       "--adapters-dir", str(adapters), "--output-dir", str(tmp_path / "run"), "--epochs", "400",
-                       "--batch-size", "12", "--grad-accum", "1", "--lr", "5e-3", "--rank", "16", "--alpha", "32", "--dropout", "0"]
+            command = [
+                sys.executable,
+                "-m",
+                "server",
+                "train",
+                "--base",
+                str(base),
+                "--data",
+                str(data),
+                "--name",
+                "faq-bot",
+                "--adapters-dir",
+                str(adapters),
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--epochs",
+                "400",
+                "--batch-size",
+                "12",
+                "--grad-accum",
+                "1",
+                "--lr",
+                "5e-3",
+                "--rank",
+                "16",
+                "--alpha",
+                "32",
+                "--dropout",
+                "0",
+            ]
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
             assert done.returncode == 0, done.stderr[-2000:]
             assert "faq-bot" in done.stdout and "curl http://127.0.0.1:8000/v1/chat/completions" in done.stdout
@@ -39,19 +66,40 @@ def test_train_command_publishes_an_adapter_the_running_gateway_serves(tmp_path:
                 assert time.monotonic() < deadline, "the published adapter never became servable"
                 time.sleep(0.05)
             for question, answer in FACTS[:4]:
-                reply = client.chat.completions.create(model="faq-bot", messages=[{"role": "user", "content": question}], temperature=0)
+                reply = client.chat.completions.create(
+                    model="faq-bot", messages=[{"role": "user", "content": question}], temperature=0
+                )
                 assert reply.choices[0].message.content == answer
             # Training over a published name says so; the version the gateway served stays kept.
             again = subprocess.run([*command, "--max-steps", "1"], capture_output=True, text=True, timeout=600)
-            assert again.returncode == 0 and "replaced the previous files of 'faq-bot'" in again.stderr, again.stderr[-2000:]
+            assert again.returncode == 0 and "replaced the previous files of 'faq-bot'" in again.stderr, again.stderr[
+                -2000:
+            ]
             assert (adapters / ".kept" / "faq-bot" / "1" / "kept.json").is_file()
 
 
 def test_train_command_reports_bad_lines_and_exits_2(tmp_path: Path) -> None:
     data = tmp_path / "bad.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
-    done = subprocess.run([sys.executable, "-m", "server", "train", "--base", "unused", "--data", str(data), "--name", "x",
-                           "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "train",
+            "--base",
+            "unused",
+            "--data",
+            str(data),
+            "--name",
+            "x",
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert f"{data}:1: no assistant message" in done.stderr
 
@@ -65,9 +113,30 @@ def test_ctrl_c_on_the_command_saves_a_checkpoint_and_exits_130(tmp_path: Path) 
     data = tmp_path / "facts.jsonl"
     data.write_text("".join(json.dumps({"query": q, "response": a}) + "\n" for q, a in FACTS))
     run = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "server", "train", "--base", str(base), "--data", str(data), "--name", "x",
-                                "--no-publish", "--output-dir", str(run), "--epochs", "10000", "--grad-accum", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "train",
+            "--base",
+            str(base),
+            "--data",
+            str(data),
+            "--name",
+            "x",
+            "--no-publish",
+            "--output-dir",
+            str(run),
+            "--epochs",
+            "10000",
+            "--grad-accum",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = run / "trainer_log.jsonl"
     deadline = time.monotonic() + 120
     while not (log.exists() and log.read_text().count("\n") >= 3):

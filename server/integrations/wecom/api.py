@@ -94,7 +94,9 @@ class WeComApi:
             token = self._tokens.get(key)
             if token and token.value != stale and self._clock() < token.expires_at - _EARLY_REFRESH:
                 return token.value
-            data = await self._call("gettoken", "GET", "/cgi-bin/gettoken", params={"corpid": app.corp_id, "corpsecret": app.corp_secret})
+            data = await self._call(
+                "gettoken", "GET", "/cgi-bin/gettoken", params={"corpid": app.corp_id, "corpsecret": app.corp_secret}
+            )
             value = data.get("access_token")
             if not isinstance(value, str) or not value:
                 raise WeComApiError("gettoken", -1, "no access_token in the answer")

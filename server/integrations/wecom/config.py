@@ -36,7 +36,9 @@ class BotConfig(BaseModel):
     corp_id: str | None = Field(default=None, description="app: the CorpID (also the callback's receive id).")
     corp_secret: SecretStr | None = Field(default=None, description="app: the application's Secret, for gettoken.")
     agent_id: int | None = Field(default=None, description="app: the application's AgentID, for message/send.")
-    receive_id: str | None = Field(default=None, description="Override the receive id (default: corp_id, or '' for aibot).")
+    receive_id: str | None = Field(
+        default=None, description="Override the receive id (default: corp_id, or '' for aibot)."
+    )
     system_prompt: str | None = None
     history_turns: int = Field(
         default=0, ge=0, le=20, description="Earlier exchanges with the same user sent along as context (0: none)."
@@ -79,11 +81,17 @@ class WeComSettings(BaseSettings):
 
     api_base: str = Field(default=DEFAULT_API_BASE, description="WeCom API base URL (tests point it at a fake).")
     bots: dict[str, BotConfig] = Field(default_factory=dict)
-    dedup_seconds: float = Field(default=600.0, gt=0, description="How long a MsgId is remembered (WeCom retries within ~15 s).")
+    dedup_seconds: float = Field(
+        default=600.0, gt=0, description="How long a MsgId is remembered (WeCom retries within ~15 s)."
+    )
     dedup_entries: int = Field(default=10_000, ge=1, description="Most MsgIds remembered at once.")
-    stream_seconds: float = Field(default=600.0, gt=0, description="How long an AI-bot answer can be polled (WeCom polls up to 6 min).")
+    stream_seconds: float = Field(
+        default=600.0, gt=0, description="How long an AI-bot answer can be polled (WeCom polls up to 6 min)."
+    )
     max_streams: int = Field(default=1_000, ge=1, description="Most AI-bot answers held at once.")
-    conversation_seconds: float = Field(default=1800.0, gt=0, description="A conversation is forgotten after this long idle.")
+    conversation_seconds: float = Field(
+        default=1800.0, gt=0, description="A conversation is forgotten after this long idle."
+    )
     max_conversations: int = Field(default=10_000, ge=1, description="Most conversations remembered at once.")
 
     @field_validator("bots")

@@ -128,8 +128,14 @@ class BotMessage:
         if not isinstance(msg_id, str) or (not msg_id and msg_type != "stream"):
             raise MalformedMessage("The message has no msgid.", param="msgid")
         chat_id = data.get("chatid") if data.get("chattype") == "group" else ""
-        return cls(msg_id=msg_id, msg_type=msg_type, user=str(user), content=content, stream_id=stream_id,
-                   chat_id=chat_id if isinstance(chat_id, str) else "")
+        return cls(
+            msg_id=msg_id,
+            msg_type=msg_type,
+            user=str(user),
+            content=content,
+            stream_id=stream_id,
+            chat_id=chat_id if isinstance(chat_id, str) else "",
+        )
 
 
 def stream_reply(stream_id: str, content: str, finish: bool) -> bytes:

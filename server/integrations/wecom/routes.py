@@ -22,7 +22,8 @@ _OUTCOME_BY_STATUS = {403: "bad_signature", 404: "unknown_bot"}
 
 
 def _service(request: Request) -> WeComService:
-    return request.app.state.wecom  # type: ignore[no-any-return]
+    service: WeComService = request.app.state.wecom
+    return service
 
 
 def _query(request: Request) -> dict[str, str]:
@@ -54,7 +55,9 @@ async def verify_url(bot: str, request: Request) -> Response:
         params = _query(request)
         query = _signed(params)
         if not params.get("echostr"):
-            raise InvalidRequest("Missing query parameter `echostr`.", param="echostr", code="missing_required_parameter")
+            raise InvalidRequest(
+                "Missing query parameter `echostr`.", param="echostr", code="missing_required_parameter"
+            )
         plain = service.verify_url(service.bot(bot), query, params["echostr"])
     except GatewayError as error:
         _count(service, bot, _OUTCOME_BY_STATUS.get(error.status_code, "bad_request"))

@@ -114,7 +114,7 @@ class WeComService:
         self._conversations: ExpiringStore[tuple[str, str, str], Conversation] = ExpiringStore(
             settings.conversation_seconds, settings.max_conversations
         )
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def pending(self) -> int:
@@ -236,8 +236,12 @@ class WeComService:
             while True:
                 try:
                     # The bot's max_tokens is an upper bound, clamped to the room the prompt leaves.
-                    response = await complete(self.gateway, self._request(config, history, content), on_text,
-                                              default_max_tokens=config.max_tokens)
+                    response = await complete(
+                        self.gateway,
+                        self._request(config, history, content),
+                        on_text,
+                        default_max_tokens=config.max_tokens,
+                    )
                     break
                 except ContextLengthExceeded:
                     if not history:
@@ -271,14 +275,14 @@ class WeComService:
         self.metrics.wecom_sends.labels(bot.name, "ok").inc(sent)
         return True
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> asyncio.Task[Any]:
         """Run ``work`` after the callback returned; held here so it is neither collected nor lost."""
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         return task
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("wecom: an answer failed unexpectedly", exc_info=task.exception())

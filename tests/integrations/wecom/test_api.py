@@ -47,7 +47,11 @@ def test_the_token_is_fetched_once_and_reused(fake: tuple[FakeWeComApi, str]) ->
     run(scenario())
     assert len(api.token_calls) == 1
     assert sorted(api.texts()) == [f"answer {i}" for i in range(5)]
-    assert {key: api.sends[0][key] for key in ("touser", "msgtype", "agentid")} == {"touser": "zhangsan", "msgtype": "text", "agentid": 1000002}
+    assert {key: api.sends[0][key] for key in ("touser", "msgtype", "agentid")} == {
+        "touser": "zhangsan",
+        "msgtype": "text",
+        "agentid": 1000002,
+    }
     assert all(send["agentid"] == 1000002 and send["touser"] == "zhangsan" for send in api.sends)
 
 
@@ -156,6 +160,8 @@ def test_secrets_never_reach_the_log(fake: tuple[FakeWeComApi, str], caplog: pyt
 
 
 def test_the_redaction_filter_handles_preformatted_messages() -> None:
-    record = logging.LogRecord("httpx", logging.INFO, __file__, 1, "GET %s", ("https://x/cgi-bin/gettoken?corpid=a&corpsecret=b1",), None)
+    record = logging.LogRecord(
+        "httpx", logging.INFO, __file__, 1, "GET %s", ("https://x/cgi-bin/gettoken?corpid=a&corpsecret=b1",), None
+    )
     RedactSecrets().filter(record)
     assert record.getMessage() == "GET https://x/cgi-bin/gettoken?corpid=a&corpsecret=***"

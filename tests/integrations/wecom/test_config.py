@@ -46,7 +46,12 @@ def test_yaml_file(tmp_path: Path) -> None:
     settings = load_wecom_settings(path)
     assert settings.api_base == "http://127.0.0.1:9"
     shop, helper = settings.bots["shop"], settings.bots["helper"]
-    assert (shop.channel, shop.model, shop.agent_id, shop.expected_receive_id) == ("app", "shop-support", 1000002, "ww0123456789")
+    assert (shop.channel, shop.model, shop.agent_id, shop.expected_receive_id) == (
+        "app",
+        "shop-support",
+        1000002,
+        "ww0123456789",
+    )
     assert (helper.channel, helper.expected_receive_id) == ("aibot", "")
     assert SECRET not in repr(settings) and KEY not in repr(settings) and "tokenShop1" not in repr(settings)
 
@@ -106,7 +111,9 @@ def test_errors_name_the_field_and_never_a_secret(tmp_path: Path, change, named:
     assert SECRET not in message and KEY not in message and KEY[:-2] not in message
 
 
-@pytest.mark.parametrize(("name", "text"), [("bad.yaml", "bots: [unclosed"), ("bad.json", "{"), ("list.yaml", "- a\n- b")])
+@pytest.mark.parametrize(
+    ("name", "text"), [("bad.yaml", "bots: [unclosed"), ("bad.json", "{"), ("list.yaml", "- a\n- b")]
+)
 def test_unreadable_files(tmp_path: Path, name: str, text: str) -> None:
     path = tmp_path / name
     path.write_text(text)
@@ -122,8 +129,11 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_the_deploy_example_loads_with_its_secrets_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """deploy/wecom.example.yaml plus the env vars deploy/env.example names: a working configuration."""
     root = Path(__file__).resolve().parents[3]
-    names = [line.lstrip("# ").split("=")[0] for line in (root / "deploy/env.example").read_text().splitlines()
-             if line.startswith("# LORA_GATEWAY_WECOM_BOTS__")]
+    names = [
+        line.lstrip("# ").split("=")[0]
+        for line in (root / "deploy/env.example").read_text().splitlines()
+        if line.startswith("# LORA_GATEWAY_WECOM_BOTS__")
+    ]
     assert names
     for name in names:
         monkeypatch.setenv(name, KEY if name.endswith("ENCODING_AES_KEY") else "abc123")

@@ -28,16 +28,23 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <xml><Encrypt>&lol3;</Encrypt></xml>"""
 EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
 <!DOCTYPE xml [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><xml><Encrypt>&xxe;</Encrypt></xml>"""
-DTD_ONLY = b"""<?xml version="1.0"?><!DOCTYPE xml SYSTEM "http://127.0.0.1:1/evil.dtd"><xml><Encrypt>a</Encrypt></xml>"""
+DTD_ONLY = (
+    b"""<?xml version="1.0"?><!DOCTYPE xml SYSTEM "http://127.0.0.1:1/evil.dtd"><xml><Encrypt>a</Encrypt></xml>"""
+)
 
 
 def test_a_text_message_to_an_app() -> None:
     message = AppMessage.from_xml(TEXT_XML)
-    assert message == AppMessage(msg_id="1234567890123456", user="zhangsan", msg_type="text", content="订单 <b>&amp;</b>")
+    assert message == AppMessage(
+        msg_id="1234567890123456", user="zhangsan", msg_type="text", content="订单 <b>&amp;</b>"
+    )
 
 
 def test_an_event_without_msgid_gets_a_stable_dedup_key() -> None:
-    event = b"<xml><FromUserName>u</FromUserName><CreateTime>7</CreateTime><MsgType>event</MsgType><Event>enter_agent</Event></xml>"
+    event = (
+        b"<xml><FromUserName>u</FromUserName><CreateTime>7</CreateTime><MsgType>event</MsgType>"
+        b"<Event>enter_agent</Event></xml>"
+    )
     assert AppMessage.from_xml(event).msg_id == AppMessage.from_xml(event).msg_id == "u:7:enter_agent"
 
 
@@ -64,16 +71,28 @@ def test_an_app_message_needs_a_sender_and_type() -> None:
 
 
 def test_ai_bot_text_and_stream_messages() -> None:
-    text = {"msgid": "m1", "aibotid": "b", "chattype": "single", "from": {"userid": "lisi"}, "msgtype": "text",
-            "text": {"content": "你好"}}
+    text = {
+        "msgid": "m1",
+        "aibotid": "b",
+        "chattype": "single",
+        "from": {"userid": "lisi"},
+        "msgtype": "text",
+        "text": {"content": "你好"},
+    }
     assert BotMessage.from_json(json.dumps(text).encode()) == BotMessage("m1", "text", "lisi", "你好", None)
     poll = {"msgid": "m2", "msgtype": "stream", "stream": {"id": "s1"}}
     assert BotMessage.from_json(json.dumps(poll).encode()).stream_id == "s1"
 
 
 def test_the_mention_is_removed_in_group_chats() -> None:
-    group = {"msgid": "m1", "chattype": "group", "chatid": "c", "from": {"userid": "u"}, "msgtype": "text",
-             "text": {"content": "@客服助手 where is my order?"}}
+    group = {
+        "msgid": "m1",
+        "chattype": "group",
+        "chatid": "c",
+        "from": {"userid": "u"},
+        "msgtype": "text",
+        "text": {"content": "@客服助手 where is my order?"},
+    }
     assert BotMessage.from_json(json.dumps(group).encode()).content == "where is my order?"
 
 

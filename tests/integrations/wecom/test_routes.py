@@ -28,8 +28,10 @@ APOLOGY = "Sorry, the assistant is unavailable right now."
 UNSUPPORTED = "Please send text."
 # The reference's public vector, served by an app bot, to check query decoding over real HTTP.
 VECTOR = {"token": "123456", "key": "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR", "corp_id": "wx49f0ab532d5d035a"}
-VECTOR_QUERY = ("msg_signature=dd6b9c95b495b3f7e2901bfbc76c664930ffdb96&timestamp=1411443780&nonce=437374425&echostr="
-                "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q==")
+VECTOR_QUERY = (
+    "msg_signature=dd6b9c95b495b3f7e2901bfbc76c664930ffdb96&timestamp=1411443780&nonce=437374425&echostr="
+    "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q=="
+)
 
 
 def _aes_key() -> str:
@@ -37,22 +39,73 @@ def _aes_key() -> str:
 
 
 BOTS: dict[str, dict[str, Any]] = {
-    "shop": {"channel": "app", "model": "alpha", "token": "tokenShop", "encoding_aes_key": _aes_key(),
-             "corp_id": CORP_ID, "corp_secret": CORP_SECRET, "agent_id": AGENT_ID, "temperature": 0,
-             "apology": APOLOGY, "unsupported_reply": UNSUPPORTED},
-    "ghost": {"channel": "app", "model": "no-such-adapter", "token": "tokenGhost", "encoding_aes_key": _aes_key(),
-              "corp_id": CORP_ID, "corp_secret": CORP_SECRET, "agent_id": AGENT_ID, "apology": APOLOGY},
-    "helper": {"channel": "aibot", "model": "beta", "token": "tokenHelper", "encoding_aes_key": _aes_key(),
-               "temperature": 0, "apology": APOLOGY, "unsupported_reply": UNSUPPORTED},
-    "persona": {"channel": "aibot", "model": "tiny-base", "token": "tokenPersona", "encoding_aes_key": _aes_key(),
-                "system_prompt": "You are Xiaomei, the shop's assistant.", "max_tokens": 3},
-    "memo": {"channel": "aibot", "model": "alpha", "token": "tokenMemo", "encoding_aes_key": _aes_key(),
-             "temperature": 0, "max_tokens": 12, "history_turns": 2},
+    "shop": {
+        "channel": "app",
+        "model": "alpha",
+        "token": "tokenShop",
+        "encoding_aes_key": _aes_key(),
+        "corp_id": CORP_ID,
+        "corp_secret": CORP_SECRET,
+        "agent_id": AGENT_ID,
+        "temperature": 0,
+        "apology": APOLOGY,
+        "unsupported_reply": UNSUPPORTED,
+    },
+    "ghost": {
+        "channel": "app",
+        "model": "no-such-adapter",
+        "token": "tokenGhost",
+        "encoding_aes_key": _aes_key(),
+        "corp_id": CORP_ID,
+        "corp_secret": CORP_SECRET,
+        "agent_id": AGENT_ID,
+        "apology": APOLOGY,
+    },
+    "helper": {
+        "channel": "aibot",
+        "model": "beta",
+        "token": "tokenHelper",
+        "encoding_aes_key": _aes_key(),
+        "temperature": 0,
+        "apology": APOLOGY,
+        "unsupported_reply": UNSUPPORTED,
+    },
+    "persona": {
+        "channel": "aibot",
+        "model": "tiny-base",
+        "token": "tokenPersona",
+        "encoding_aes_key": _aes_key(),
+        "system_prompt": "You are Xiaomei, the shop's assistant.",
+        "max_tokens": 3,
+    },
+    "memo": {
+        "channel": "aibot",
+        "model": "alpha",
+        "token": "tokenMemo",
+        "encoding_aes_key": _aes_key(),
+        "temperature": 0,
+        "max_tokens": 12,
+        "history_turns": 2,
+    },
     # Served by a gateway whose context (40 tokens) is far below the default max_tokens (1024).
-    "tight": {"channel": "aibot", "model": "alpha", "token": "tokenTight", "encoding_aes_key": _aes_key(),
-              "temperature": 0, "apology": APOLOGY, "history_turns": 3},
-    "vector": {"channel": "app", "model": "alpha", "token": VECTOR["token"], "encoding_aes_key": VECTOR["key"],
-               "corp_id": VECTOR["corp_id"], "corp_secret": "unused", "agent_id": 1},
+    "tight": {
+        "channel": "aibot",
+        "model": "alpha",
+        "token": "tokenTight",
+        "encoding_aes_key": _aes_key(),
+        "temperature": 0,
+        "apology": APOLOGY,
+        "history_turns": 3,
+    },
+    "vector": {
+        "channel": "app",
+        "model": "alpha",
+        "token": VECTOR["token"],
+        "encoding_aes_key": VECTOR["key"],
+        "corp_id": VECTOR["corp_id"],
+        "corp_secret": "unused",
+        "agent_id": 1,
+    },
 }
 
 
@@ -125,7 +178,9 @@ def post_bot(url: str, bot: str, message: dict[str, Any]) -> dict[str, Any]:
     """POST an AI-bot callback; return the decrypted reply after checking its envelope."""
     who = sender(bot)
     query, body, nonce = who.bot_message(message)
-    response = httpx.post(f"{url}/wecom/{bot}?{query}", content=body, headers={"Content-Type": "application/json"}, timeout=5)
+    response = httpx.post(
+        f"{url}/wecom/{bot}?{query}", content=body, headers={"Content-Type": "application/json"}, timeout=5
+    )
     assert response.status_code == 200, response.text
     return who.open_reply(response.json(), nonce)
 
@@ -150,7 +205,10 @@ def test_url_verification_answers_the_plaintext(url: str, bot: str) -> None:
     assert response.headers["content-type"].startswith("text/plain")
 
 
-@pytest.mark.parametrize("query", [VECTOR_QUERY, VECTOR_QUERY.split("echostr=")[0] + "echostr=" + quote(VECTOR_QUERY.split("echostr=")[1], safe="")])
+@pytest.mark.parametrize(
+    "query",
+    [VECTOR_QUERY, VECTOR_QUERY.split("echostr=")[0] + "echostr=" + quote(VECTOR_QUERY.split("echostr=")[1], safe="")],
+)
 def test_the_public_vector_verifies_with_raw_or_encoded_plus(url: str, query: str) -> None:
     response = httpx.get(f"{url}/wecom/vector?{query}")
     assert response.status_code == 200, response.text
@@ -163,13 +221,17 @@ def test_url_verification_with_a_wrong_signature_is_403(url: str) -> None:
 
 
 def test_url_verification_without_echostr_is_400(url: str) -> None:
-    assert_wecom_error(httpx.get(f"{url}/wecom/shop?msg_signature=a&timestamp=1&nonce=2"), 400, "missing_required_parameter")
+    assert_wecom_error(
+        httpx.get(f"{url}/wecom/shop?msg_signature=a&timestamp=1&nonce=2"), 400, "missing_required_parameter"
+    )
 
 
 # -- self-built app ---------------------------------------------------------------------------------
 
 
-def test_an_app_message_is_acknowledged_at_once_and_answered_by_its_adapter(url: str, api: FakeWeComApi, wecom_app) -> None:  # type: ignore[no-untyped-def]
+def test_an_app_message_is_acknowledged_at_once_and_answered_by_its_adapter(
+    url: str, api: FakeWeComApi, wecom_app
+) -> None:  # type: ignore[no-untyped-def]
     who = user()
     release = threading.Event()
     # Hold generation: the callback must still be answered (within the 5 s client timeout).
@@ -186,7 +248,9 @@ def test_an_app_message_is_acknowledged_at_once_and_answered_by_its_adapter(url:
     assert (sent["msgtype"], sent["agentid"]) == ("text", AGENT_ID)
 
 
-def test_three_deliveries_of_one_msgid_cause_one_generation_and_one_send(url: str, api: FakeWeComApi, wecom_app) -> None:  # type: ignore[no-untyped-def]
+def test_three_deliveries_of_one_msgid_cause_one_generation_and_one_send(
+    url: str, api: FakeWeComApi, wecom_app
+) -> None:  # type: ignore[no-untyped-def]
     who, shop = user(), sender("shop")
     before = metrics(url)
     # WeCom's retries carry the same message, sealed and signed afresh.
@@ -197,10 +261,16 @@ def test_three_deliveries_of_one_msgid_cause_one_generation_and_one_send(url: st
     settled(wecom_app)  # every answer that was started has been sent
     after = metrics(url)
     assert sends_to(api, who) == [ANSWERS["alpha"]]
-    generated = metric_value(after, "lora_gateway_requests_total", model="alpha") - metric_value(before, "lora_gateway_requests_total", model="alpha")
+    generated = metric_value(after, "lora_gateway_requests_total", model="alpha") - metric_value(
+        before, "lora_gateway_requests_total", model="alpha"
+    )
     assert generated == 1
     duplicates = "lora_gateway_wecom_callbacks_total"
-    assert metric_value(after, duplicates, bot="shop", outcome="duplicate") - metric_value(before, duplicates, bot="shop", outcome="duplicate") == 2
+    assert (
+        metric_value(after, duplicates, bot="shop", outcome="duplicate")
+        - metric_value(before, duplicates, bot="shop", outcome="duplicate")
+        == 2
+    )
 
 
 def test_the_answer_is_sent_after_the_access_token_expired(url: str, api: FakeWeComApi) -> None:
@@ -226,7 +296,10 @@ def test_a_non_text_message_gets_the_polite_fixed_answer(url: str, api: FakeWeCo
 def test_an_event_is_acknowledged_and_not_answered(url: str, api: FakeWeComApi, wecom_app) -> None:  # type: ignore[no-untyped-def]
     who = user()
     before = metric_value(metrics(url), "lora_gateway_wecom_callbacks_total", bot="shop", outcome="ignored")
-    inner = f"<xml><ToUserName>{CORP_ID}</ToUserName><FromUserName>{who}</FromUserName><CreateTime>1</CreateTime><MsgType>event</MsgType><Event>enter_agent</Event></xml>"
+    inner = (
+        f"<xml><ToUserName>{CORP_ID}</ToUserName><FromUserName>{who}</FromUserName><CreateTime>1</CreateTime>"
+        "<MsgType>event</MsgType><Event>enter_agent</Event></xml>"
+    )
     response = post_app(url, "shop", *sender("shop").sealed_xml(CORP_ID, inner.encode()))
     assert response.status_code == 200 and response.content == b""
     assert metric_value(metrics(url), "lora_gateway_wecom_callbacks_total", bot="shop", outcome="ignored") == before + 1
@@ -257,8 +330,14 @@ def test_a_bot_whose_model_is_missing_sends_an_apology(url: str, api: FakeWeComA
 
 
 def bot_text(msg_id: str, content: str, *, msgtype: str = "text") -> dict[str, Any]:
-    message: dict[str, Any] = {"msgid": msg_id, "aibotid": "aib-1", "chattype": "single", "from": {"userid": "wangwu"},
-                               "response_url": "https://example.invalid/r", "msgtype": msgtype}
+    message: dict[str, Any] = {
+        "msgid": msg_id,
+        "aibotid": "aib-1",
+        "chattype": "single",
+        "from": {"userid": "wangwu"},
+        "response_url": "https://example.invalid/r",
+        "msgtype": msgtype,
+    }
     if msgtype == "text":
         message["text"] = {"content": content}
     return message
@@ -305,7 +384,11 @@ def test_an_ai_bot_retry_gets_the_same_stream_and_no_second_generation(url: str)
     final = stream_until_finished(url, "helper", first)[-1]
     assert final["stream"]["content"] == ANSWERS["beta"]
     after = metrics(url)
-    assert metric_value(after, "lora_gateway_requests_total", model="beta") - metric_value(before, "lora_gateway_requests_total", model="beta") == 1
+    assert (
+        metric_value(after, "lora_gateway_requests_total", model="beta")
+        - metric_value(before, "lora_gateway_requests_total", model="beta")
+        == 1
+    )
 
 
 def test_an_ai_bot_failure_finishes_with_the_apology(url: str, wecom_app) -> None:  # type: ignore[no-untyped-def]
@@ -365,8 +448,11 @@ def test_history_turns_send_the_users_last_exchanges_along(url: str, wecom_app) 
 
     def history(*turns: int) -> tuple[dict[str, str], ...]:
         remembered = [i for i in turns if answers[i]][-2:]
-        return tuple(m for i in remembered for m in ({"role": "user", "content": questions[i]},
-                                                      {"role": "assistant", "content": answers[i]}))
+        return tuple(
+            m
+            for i in remembered
+            for m in ({"role": "user", "content": questions[i]}, {"role": "assistant", "content": answers[i]})
+        )
 
     def asking(i: int) -> dict[str, str]:
         return {"role": "user", "content": questions[i]}
@@ -387,45 +473,120 @@ def test_history_turns_send_the_users_last_exchanges_along(url: str, wecom_app) 
 def _bad_requests() -> list[Any]:
     shop, helper = sender("shop"), sender("helper")
     xxe = b'<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY x SYSTEM "file:///etc/passwd">]><xml><MsgType>text</MsgType><Content>&x;</Content></xml>'
-    laughs = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
-              b"<xml><Encrypt>&b;</Encrypt></xml>")
+    laughs = (
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+        b"<xml><Encrypt>&b;</Encrypt></xml>"
+    )
     garbage = "bm90IGEgcmVhbCBjaXBoZXJ0ZXh0"
     other_corp = WeComSender(BOTS["shop"]["token"], BOTS["shop"]["encoding_aes_key"], "another-corp")
     q_json, _, _ = helper.bot_message({})
     deep = b'{"encrypt": "' + garbage.encode() + b'", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
     deep_xml = b"<xml><Encrypt>" + garbage.encode() + b"</Encrypt>" + b"<a>" * 5_000 + b"</a>" * 5_000 + b"</xml>"
     return [
-        pytest.param("shop", shop.query(garbage, bad_signature=True), f"<xml><Encrypt>{garbage}</Encrypt></xml>".encode(), 403, "invalid_signature", id="app-bad-signature"),
-        pytest.param("shop", shop.query(garbage), f"<xml><Encrypt>{garbage}</Encrypt></xml>".encode(), 400, "invalid_ciphertext", id="app-bad-ciphertext"),
-        pytest.param("shop", *other_corp.app_message(CORP_ID, "u", "hi", "1"), 400, "invalid_receive_id", id="app-wrong-receive-id"),
-        pytest.param("shop", shop.query(garbage), b"<xml><Encrypt>unclosed</xml>", 400, "invalid_wecom_message", id="app-malformed-xml"),
+        pytest.param(
+            "shop",
+            shop.query(garbage, bad_signature=True),
+            f"<xml><Encrypt>{garbage}</Encrypt></xml>".encode(),
+            403,
+            "invalid_signature",
+            id="app-bad-signature",
+        ),
+        pytest.param(
+            "shop",
+            shop.query(garbage),
+            f"<xml><Encrypt>{garbage}</Encrypt></xml>".encode(),
+            400,
+            "invalid_ciphertext",
+            id="app-bad-ciphertext",
+        ),
+        pytest.param(
+            "shop",
+            *other_corp.app_message(CORP_ID, "u", "hi", "1"),
+            400,
+            "invalid_receive_id",
+            id="app-wrong-receive-id",
+        ),
+        pytest.param(
+            "shop",
+            shop.query(garbage),
+            b"<xml><Encrypt>unclosed</xml>",
+            400,
+            "invalid_wecom_message",
+            id="app-malformed-xml",
+        ),
         pytest.param("shop", shop.query(garbage), laughs, 400, "invalid_wecom_message", id="app-entity-expansion"),
-        pytest.param("shop", shop.query(garbage), b"<xml><ToUserName>x</ToUserName></xml>", 400, "invalid_wecom_message", id="app-no-encrypt"),
+        pytest.param(
+            "shop",
+            shop.query(garbage),
+            b"<xml><ToUserName>x</ToUserName></xml>",
+            400,
+            "invalid_wecom_message",
+            id="app-no-encrypt",
+        ),
         pytest.param("shop", *shop.sealed_xml(CORP_ID, xxe), 400, "invalid_wecom_message", id="app-inner-xxe"),
-        pytest.param("shop", *shop.sealed_xml(CORP_ID, b"not xml at all"), 400, "invalid_wecom_message", id="app-inner-not-xml"),
-        pytest.param("shop", "timestamp=1&nonce=2", b"<xml/>", 400, "missing_required_parameter", id="app-no-signature"),
+        pytest.param(
+            "shop", *shop.sealed_xml(CORP_ID, b"not xml at all"), 400, "invalid_wecom_message", id="app-inner-not-xml"
+        ),
+        pytest.param(
+            "shop", "timestamp=1&nonce=2", b"<xml/>", 400, "missing_required_parameter", id="app-no-signature"
+        ),
         pytest.param("helper", q_json, b"{not json", 400, "invalid_wecom_message", id="bot-malformed-json"),
         pytest.param("helper", q_json, b'["encrypt"]', 400, "invalid_wecom_message", id="bot-json-array"),
         pytest.param("helper", q_json, b'{"encrypted": "x"}', 400, "invalid_wecom_message", id="bot-no-encrypt"),
-        pytest.param("helper", helper.query(garbage, bad_signature=True), json.dumps({"encrypt": garbage}).encode(), 403, "invalid_signature", id="bot-bad-signature"),
-        pytest.param("helper", *helper.sealed_json(b"<xml>not json</xml>"), 400, "invalid_wecom_message", id="bot-inner-not-json"),
+        pytest.param(
+            "helper",
+            helper.query(garbage, bad_signature=True),
+            json.dumps({"encrypt": garbage}).encode(),
+            403,
+            "invalid_signature",
+            id="bot-bad-signature",
+        ),
+        pytest.param(
+            "helper", *helper.sealed_json(b"<xml>not json</xml>"), 400, "invalid_wecom_message", id="bot-inner-not-json"
+        ),
         pytest.param("nobody", shop.query(garbage), b"<xml/>", 404, "not_found", id="unknown-bot"),
         # Signature first: an unsigned body is never parsed, however it is built ...
-        pytest.param("helper", helper.query(garbage, bad_signature=True), deep, 403, "invalid_signature", id="bot-deep-unsigned"),
-        pytest.param("shop", shop.query(garbage, bad_signature=True), deep_xml, 403, "invalid_signature", id="app-deep-unsigned"),
-        pytest.param("helper", helper.query(garbage), b"[" * 60_000, 400, "invalid_wecom_message", id="bot-deep-no-encrypt"),
+        pytest.param(
+            "helper", helper.query(garbage, bad_signature=True), deep, 403, "invalid_signature", id="bot-deep-unsigned"
+        ),
+        pytest.param(
+            "shop", shop.query(garbage, bad_signature=True), deep_xml, 403, "invalid_signature", id="app-deep-unsigned"
+        ),
+        pytest.param(
+            "helper", helper.query(garbage), b"[" * 60_000, 400, "invalid_wecom_message", id="bot-deep-no-encrypt"
+        ),
         # ... a signed one is parsed with bounds, and must carry exactly the ciphertext that was signed.
         pytest.param("helper", helper.query(garbage), deep, 400, "invalid_wecom_message", id="bot-deep-signed"),
-        pytest.param("helper", helper.query(garbage), b'{"encrypt": "' + garbage.encode() + b'", "encrypt": "AAAA"}',
-                     400, "invalid_wecom_message", id="bot-two-ciphertexts"),
-        pytest.param("helper", helper.query(garbage), b'{"encrypt": "' + garbage.encode() + b'", "pad": "' + b"x" * 70_000 + b'"}',
-                     413, "request_too_large", id="bot-oversized"),
+        pytest.param(
+            "helper",
+            helper.query(garbage),
+            b'{"encrypt": "' + garbage.encode() + b'", "encrypt": "AAAA"}',
+            400,
+            "invalid_wecom_message",
+            id="bot-two-ciphertexts",
+        ),
+        pytest.param(
+            "helper",
+            helper.query(garbage),
+            b'{"encrypt": "' + garbage.encode() + b'", "pad": "' + b"x" * 70_000 + b'"}',
+            413,
+            "request_too_large",
+            id="bot-oversized",
+        ),
     ]
 
 
 @pytest.mark.parametrize(("bot", "query", "body", "status", "code"), _bad_requests())
-def test_bad_callbacks_are_refused_cleanly(url: str, api: FakeWeComApi, wecom_app, bot: str, query: str, body: bytes,  # type: ignore[no-untyped-def]
-                                           status: int, code: str) -> None:
+def test_bad_callbacks_are_refused_cleanly(
+    url: str,
+    api: FakeWeComApi,
+    wecom_app,
+    bot: str,
+    query: str,
+    body: bytes,  # type: ignore[no-untyped-def]
+    status: int,
+    code: str,
+) -> None:
     settled(wecom_app)
     sends = len(api.sends)
     response = httpx.post(f"{url}/wecom/{bot}?{query}", content=body, timeout=5)
@@ -452,7 +613,9 @@ def test_callbacks_and_reply_latency_are_in_the_metrics(url: str) -> None:
 def test_a_bots_max_tokens_is_clamped_to_the_room_the_context_leaves(tight) -> None:  # type: ignore[no-untyped-def]
     """max_tokens 1024 on a 40-token context: the answer is what fits (alpha's words), not the apology."""
     url, app = tight
-    final = stream_until_finished(url, "tight", post_bot(url, "tight", bot_text("m-tight-1", QUESTION) | {"from": {"userid": "a"}}))
+    final = stream_until_finished(
+        url, "tight", post_bot(url, "tight", bot_text("m-tight-1", QUESTION) | {"from": {"userid": "a"}})
+    )
     content = final[-1]["stream"]["content"]
     assert content and content != APOLOGY and ANSWERS["alpha"].startswith(content), content
 

@@ -22,8 +22,12 @@ def test_a_stream_reply_never_exceeds_wecoms_byte_limit() -> None:
 
 
 def test_bots_seal_for_their_own_receive_id() -> None:
-    app = Bot.build("shop", BotConfig(channel="app", model="m", token="t", encoding_aes_key=KEY, corp_id="ww1",
-                                      corp_secret="s", agent_id=7))
+    app = Bot.build(
+        "shop",
+        BotConfig(
+            channel="app", model="m", token="t", encoding_aes_key=KEY, corp_id="ww1", corp_secret="s", agent_id=7
+        ),
+    )
     aibot = Bot.build("helper", BotConfig(channel="aibot", model="m", token="t", encoding_aes_key=KEY))
     assert app.crypto.decrypt(app.crypto.encrypt(b"x")) == b"x"
     assert aibot.crypto.decrypt(aibot.crypto.encrypt(b"x")) == b"x"
@@ -33,7 +37,9 @@ def test_bots_seal_for_their_own_receive_id() -> None:
     assert (app.config.expected_receive_id, aibot.config.expected_receive_id) == ("ww1", "")
 
 
-@pytest.mark.parametrize("pieces", [["\n\n", "Hello", " ", "world", " \n"], [" ", "\n"], ["你好", "\n", "，世界", "  "], ["a"]])
+@pytest.mark.parametrize(
+    "pieces", [["\n\n", "Hello", " ", "world", " \n"], [" ", "\n"], ["你好", "\n", "，世界", "  "], ["a"]]
+)
 def test_a_stream_shows_the_answer_text_growing_towards_what_is_sent_and_remembered(pieces: list[str]) -> None:
     """Polls of an AI-bot stream only extend what they showed, and end on exactly ``answer_text``
     of the whole output: the text a conversation remembers and a self-built app sends."""

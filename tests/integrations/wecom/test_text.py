@@ -39,4 +39,3 @@ def test_truncate() -> None:
     assert truncate_utf8("你好", 5) == "你"
     assert truncate_utf8("你好", 6) == "你好"
     assert truncate_utf8("abc", 0) == ""
-
