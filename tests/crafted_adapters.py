@@ -1,16 +1,18 @@
 """Hostile adapter directories, shared by the validation, admin API and watched-directory tests.
 
 Each entry breaks a copy of a good adapter in place and names the reason it must be refused with.
-None of them may be reported as "incomplete" (waited for forever) or crash a caller.
+None of them may be reported as "incomplete" (waited for forever) or crash a caller. The last two
+are copies that stopped half-way: tests run them with ``stalled()``, which makes every file count
+as left alone (``weights_file.STALL_SECONDS`` 0), since no test can wait a minute.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 WEIGHTS = "adapter_model.safetensors"
@@ -30,19 +32,16 @@ def write_header(path: Path, header: object, data: bytes = b"", *, length: int |
     (path / WEIGHTS).write_bytes(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
 
 
-def age(path: Path, seconds: float = 3600) -> None:
-    """Make every file look untouched for ``seconds``: a copy that stopped, not one under way."""
-    then = time.time() - seconds
-    for file in path.iterdir():
-        os.utime(file, (then, then))
+@contextlib.contextmanager
+def stalled() -> Iterator[None]:
+    """Every file counts as left alone: a copy that stopped, not one under way."""
+    from server.registry import weights_file
 
-
-def _stale(change: Callable[[Path], None]) -> Callable[[Path], None]:
-    def apply(path: Path) -> None:
-        change(path)
-        age(path)
-
-    return apply
+    saved, weights_file.STALL_SECONDS = weights_file.STALL_SECONDS, 0.0
+    try:
+        yield
+    finally:
+        weights_file.STALL_SECONDS = saved
 
 
 def _fifo_weights(path: Path) -> None:
@@ -81,10 +80,6 @@ CRAFTED: list[tuple[str, Callable[[Path], None], str]] = [
     ("lora_alpha 'abc'", lambda p: edit_config(p, lora_alpha="abc"), "bad_config"),
     ("target_modules 12345", lambda p: edit_config(p, target_modules=12345), "bad_config"),
     ("a FIFO for weights", _fifo_weights, "not_a_file"),
-    (
-        "weights truncated and left",
-        _stale(lambda p: (p / WEIGHTS).write_bytes((p / WEIGHTS).read_bytes()[:100])),
-        "truncated",
-    ),
-    ("config never arrived", _stale(lambda p: (p / CONFIG).unlink()), "missing_files"),
+    ("weights truncated and left", lambda p: (p / WEIGHTS).write_bytes((p / WEIGHTS).read_bytes()[:100]), "truncated"),
+    ("config never arrived", lambda p: (p / CONFIG).unlink(), "missing_files"),
 ]

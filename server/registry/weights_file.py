@@ -42,8 +42,12 @@ Header = dict[str, dict[str, object]]
 
 
 def still_arriving(file: Path) -> bool:
-    """Whether ``file`` changed recently enough to be a copy in progress rather than a broken file."""
-    return time.time() - file.stat().st_mtime < STALL_SECONDS
+    """Whether ``file`` changed recently enough to be a copy in progress rather than a broken file.
+
+    The inode's change time counts too: ``rsync -a`` and ``cp -p`` give a file arriving now the old
+    modification time of its source."""
+    status = file.stat()
+    return time.time() - max(status.st_mtime, status.st_ctime) < STALL_SECONDS
 
 
 def short_file(file: Path, detail: str) -> AdapterIncomplete | AdapterRejected:

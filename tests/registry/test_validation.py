@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from server.registry.dry_run import check_adapter
 from server.registry.names import is_valid_name
 from server.registry.validation import AdapterIncomplete, AdapterRejected, inspect_adapter
 from server.registry.weights_file import STALL_SECONDS
-from tests.crafted_adapters import CRAFTED, age
+from tests.crafted_adapters import CRAFTED, stalled
 
 LIMITS = {"max_lora_rank": 64, "max_bytes": 10 * 1024 * 1024}
 
@@ -140,7 +142,7 @@ def test_crafted_adapters_are_refused_with_a_precise_reason(
     adapter: Path, base_spec: BaseModelSpec, break_it: Callable[[Path], None], reason: str
 ) -> None:
     break_it(adapter)
-    with pytest.raises(AdapterRejected) as caught:
+    with pytest.raises(AdapterRejected) as caught, stalled():
         check_adapter(adapter, base_spec, **LIMITS)
     assert caught.value.reason == reason, caught.value
     assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
@@ -148,10 +150,13 @@ def test_crafted_adapters_are_refused_with_a_precise_reason(
 
 def test_a_copy_in_progress_is_refused_once_it_stops_changing(adapter: Path, base_spec: BaseModelSpec) -> None:
     _half_written(adapter)
+    with pytest.raises(AdapterIncomplete):  # written just now: a copy under way
+        inspect_adapter(adapter, **LIMITS, base=base_spec)
+    then = time.time() - STALL_SECONDS - 1
+    os.utime(adapter / "adapter_model.safetensors", (then, then))  # rsync -a: an old mtime, a fresh ctime
     with pytest.raises(AdapterIncomplete):
         inspect_adapter(adapter, **LIMITS, base=base_spec)
-    age(adapter, STALL_SECONDS + 1)
-    with pytest.raises(AdapterRejected, match="truncated"):
+    with stalled(), pytest.raises(AdapterRejected, match="truncated"):
         inspect_adapter(adapter, **LIMITS, base=base_spec)
 
 
