@@ -172,8 +172,8 @@ def main() -> None:
     lines += [
         "",
         "- `healthy`: both upstreams up, sequential requests.",
-        "- `frozen`: one upstream SIGSTOPped: the first request routed to it waits the first-byte deadline, "
-        "the upstream is ejected, and the request is answered by the other; later requests skip it.",
+        "- `frozen`: one upstream SIGSTOPped: the first request routed to it waits the first-byte deadline and is "
+        "answered by the other; the silent upstream is probed, found frozen and ejected, and later requests skip it.",
         "- `killed`: 4 clients; one upstream SIGKILLed after 3 s. Requests cut mid-answer are started over on "
         "the other upstream.",
         f"\nBound for a request that meets a frozen upstream: first-byte deadline + normal latency "

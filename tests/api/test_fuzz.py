@@ -1,7 +1,7 @@
 """Bounded fuzzing of the HTTP API against a real server: no input may produce a 5xx or a hang.
 
 Two generators, both part of ``make test`` and both deterministic (``derandomize``), so a failure
-found once is found on every run (``FUZZ_EXAMPLES=5000`` runs a long randomised search instead):
+found once is found on every run (``FUZZ_EXAMPLES=1000`` runs a longer randomised search instead):
 
 - schemathesis, over every operation in ``/openapi.json`` (chat, models, admin), with the admin
   key so the admin operations are reached;
@@ -31,7 +31,7 @@ from tests.conftest import make_settings
 from tests.support import running_server
 
 ADMIN = {"Authorization": "Bearer fuzz-admin"}
-# `make test` runs 60 fixed examples per generator; FUZZ_EXAMPLES=5000 runs a long, randomised search.
+# `make test` runs 60 fixed examples per generator; FUZZ_EXAMPLES=1000 runs a longer, randomised search.
 _DEEP = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 FUZZ = settings(
     max_examples=_DEEP or 60,
