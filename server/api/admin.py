@@ -20,7 +20,7 @@ from ..errors import InvalidRequest, ModelNotFound, PermissionDenied
 from ..gateway import Gateway
 from ..registry.names import is_valid_name
 from ..registry.publish import remove_adapter
-from ..registry.registry import AdapterEntry
+from ..registry.records import AdapterEntry
 from .auth import check_bearer
 from .deps import GatewayDep, get_gateway
 

@@ -1,9 +1,11 @@
-"""Frozen records the registry hands out; the registry alone decides state transitions."""
+"""What the registry records: frozen versions it hands out, and the mutable entry per name that it
+alone changes (state transitions happen in ``registry.py`` only)."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class AdapterState(str, enum.Enum):
@@ -37,3 +39,28 @@ class AdapterVersion:
     info: AdapterInfo
     created: int
     sha256: str  # of the weights that were validated and loaded
+
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def fingerprint(path: Path) -> Fingerprint | None:
+    """(file, size, mtime) of each file in ``path``; None when ``path`` is not a directory."""
+    try:
+        return tuple(sorted((f.name, (st := f.stat()).st_size, st.st_mtime_ns) for f in path.iterdir() if f.is_file()))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+@dataclass
+class AdapterEntry:
+    """Everything known about one adapter name (mutable; owned by the registry)."""
+
+    name: str
+    state: AdapterState
+    active: AdapterVersion | None = None
+    last_error: str | None = None  # why the directory's current files are not what is served
+    rejected_reason: str | None = None
+    fingerprint: Fingerprint | None = None  # of the files last looked at, good or bad
+    checked: bool = False
+    restored: bool = False  # active came from the store because the directory's files were refused

@@ -38,7 +38,7 @@ from .base_model import BaseModelSpec
 from .dry_run import check_adapter
 from .names import is_valid_name
 from .publish import publish_adapter
-from .records import AdapterInfo, AdapterState, AdapterVersion
+from .records import AdapterEntry, AdapterInfo, AdapterState, AdapterVersion, Fingerprint, fingerprint
 from .residency import Residency, adapter_ref
 from .store import StoredVersion, VersionStore
 from .validation import (
@@ -53,7 +53,6 @@ from .validation import (
 
 logger = logging.getLogger(__name__)
 
-Fingerprint = tuple[tuple[str, int, int], ...]
 # Top-level files that may live in the adapters directory without being reported.
 IGNORED_FILES = {"README.md"}
 
@@ -67,20 +66,6 @@ class RegistryHooks:
     swapped: Callable[[], None] = lambda: None
 
 
-@dataclass
-class AdapterEntry:
-    """Everything known about one adapter name (mutable; owned by the registry)."""
-
-    name: str
-    state: AdapterState
-    active: AdapterVersion | None = None
-    last_error: str | None = None  # why the directory's current files are not what is served
-    rejected_reason: str | None = None
-    fingerprint: Fingerprint | None = None  # of the files last looked at, good or bad
-    checked: bool = False
-    restored: bool = False  # active came from the store because the directory's files were refused
-
-
 @dataclass(frozen=True)
 class Lease:
     """A request's hold on the model it asked for; ``adapter`` is None for the base model."""
@@ -91,14 +76,6 @@ class Lease:
     @property
     def ref(self) -> AdapterRef | None:
         return None if self.adapter is None else adapter_ref(self.adapter)
-
-
-def fingerprint(path: Path) -> Fingerprint | None:
-    """(file, size, mtime) of each file in ``path``; None when ``path`` is not a directory."""
-    try:
-        return tuple(sorted((f.name, (st := f.stat()).st_size, st.st_mtime_ns) for f in path.iterdir() if f.is_file()))
-    except (FileNotFoundError, NotADirectoryError):
-        return None
 
 
 class AdapterRegistry:
