@@ -140,7 +140,7 @@ class EngineError(GatewayError):
 
 class UpstreamLost(EngineError):
     """An upstream failed after it had started answering. Nothing of a non-streaming request has
-    reached its client yet, so the gateway retries it on another upstream (``api.chat``)."""
+    reached its client yet, so the gateway retries it on another upstream (``server.completions``)."""
 
     status_code = 502
     default_code = "upstream_lost"

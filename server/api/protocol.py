@@ -4,7 +4,7 @@ Only pydantic here: no FastAPI, no torch, no engine imports. Fields follow the o
 published ``CreateChatCompletionRequest``. Parameters OpenAI defines but we do not implement are
 declared too, so that setting one to a non-default value is refused with a 400 naming it rather than
 silently ignored; names OpenAI does not define at all are refused by ``extra="forbid"``.
-Conversion to engine parameters lives in ``server.api.chat`` (a pure function), not here.
+Conversion to engine parameters lives in ``server.completions`` (a pure function), not here.
 """
 
 from __future__ import annotations

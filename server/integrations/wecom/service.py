@@ -1,6 +1,6 @@
 """What happens to a WeCom message: dedup, answer through the gateway's own chat path, deliver.
 
-A message is answered by ``server.api.chat.complete``, the function behind
+A message is answered by ``server.completions.complete``, the function behind
 ``/v1/chat/completions``, so a WeCom user gets exactly what an API client asking the same model
 gets, with the same admission, adapter leasing and metrics.
 
@@ -22,8 +22,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ...api.chat import complete
 from ...api.protocol import ChatCompletionRequest, ChatMessage
+from ...completions import complete
 from ...errors import ContextLengthExceeded, NotFound
 from ...gateway import Gateway
 from .api import AppCredentials, WeComApi, WeComApiError

@@ -1,0 +1,308 @@
+"""One chat completion, whoever asks for it: the HTTP route (``api/chat.py``) and integrations (WeCom).
+
+Transport-agnostic: lease the model (``admit``), convert the request to engine terms
+(``to_generation_request``, a pure function), run the engine, observe metrics (``Observer``), and
+assemble OpenAI's result, whole (``complete``) or as chunks (``open_stream``). The route only adds
+HTTP: SSE framing and client disconnects. Every delta of every request goes through one loop
+(``_observed``), so shutdown, metrics and usage are handled the same for both shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from .api.protocol import (
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    DeltaMessage,
+    UsageInfo,
+    completion_id,
+    now,
+)
+from .engine.base import GenerationDelta, GenerationRequest, SamplingOptions
+from .errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest, ModelNotFound, UpstreamLost
+from .gateway import Gateway
+from .metrics import UNKNOWN_MODEL, GatewayMetrics
+from .registry import Lease
+
+logger = logging.getLogger(__name__)
+_RETRIES_AFTER_UPSTREAM_LOSS = 2  # a non-streaming answer whose upstream died is started over elsewhere
+
+
+def to_generation_request(
+    body: ChatCompletionRequest, lease: Lease, max_n: int, default_max_tokens: int | None = None
+) -> GenerationRequest:
+    """OpenAI request -> engine request, with OpenAI's defaults (temperature 1, top_p 1, n 1)."""
+    n = body.n or 1
+    if n > max_n:
+        raise InvalidRequest(f"`n` must be at most {max_n} on this server; got {n}.", param="n")
+    sampling = SamplingOptions(
+        max_tokens=body.completion_limit,
+        default_max_tokens=default_max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        seed=body.seed,
+        stop=tuple(body.stop_sequences),
+        n=n,
+    )
+    messages = tuple({"role": m.role, "content": m.text()} for m in body.messages)
+    return GenerationRequest(
+        request_id=f"req-{uuid.uuid4().hex}", messages=messages, sampling=sampling, adapter=lease.ref
+    )
+
+
+class Observer:
+    """Metrics for one request: tokens, time to first token, latency, outcome."""
+
+    def __init__(self, metrics: GatewayMetrics, model: str) -> None:
+        self.metrics = metrics
+        self.model = model
+        self.started = time.perf_counter()
+        self._first_token_seen = False
+
+    def delta(self, delta: GenerationDelta) -> None:
+        if not self._first_token_seen and delta.completion_tokens:
+            self._first_token_seen = True
+            self.metrics.ttft.labels(self.model).observe(time.perf_counter() - self.started)
+
+    def success(self, usage: UsageInfo) -> None:
+        self.metrics.requests.labels(self.model, "200").inc()
+        self.metrics.prompt_tokens.labels(self.model).inc(usage.prompt_tokens)
+        self.metrics.completion_tokens.labels(self.model).inc(usage.completion_tokens)
+        self.metrics.e2e.labels(self.model).observe(time.perf_counter() - self.started)
+
+    def failure(self, error: GatewayError) -> None:
+        self.metrics.record_error(self.model, error.status_code, error.error_type)
+
+    def aborted(self) -> None:
+        self.metrics.aborted.labels(self.model).inc()
+
+
+class _Usage:
+    """Adds up usage across choices: the prompt counts once, completions once per choice."""
+
+    def __init__(self, n: int) -> None:
+        self.prompt_tokens = 0
+        self._completion = [0] * n
+
+    def add(self, delta: GenerationDelta) -> None:
+        self.prompt_tokens = delta.prompt_tokens or self.prompt_tokens
+        self._completion[delta.index] = delta.completion_tokens
+
+    def info(self) -> UsageInfo:
+        completion = sum(self._completion)
+        return UsageInfo(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=self.prompt_tokens + completion,
+        )
+
+
+@dataclass
+class _Admitted:
+    """A request with its model leased: ``scope`` holds the lease until the generation ends."""
+
+    generation: GenerationRequest
+    observer: Observer
+    scope: AsyncExitStack
+    model: str
+
+
+async def admit(gateway: Gateway, body: ChatCompletionRequest, default_max_tokens: int | None = None) -> _Admitted:
+    """Lease the model, convert the request and check the engine; refusals are counted here.
+
+    ``default_max_tokens`` replaces the server's default completion cap (clamped to the room the
+    prompt leaves) for a request that sets none: an integration's own upper bound.
+    """
+    scope = AsyncExitStack()
+    try:
+        lease = await scope.enter_async_context(gateway.registry.lease(body.model))
+        generation = to_generation_request(
+            body, lease, gateway.settings.max_n, default_max_tokens or gateway.settings.default_max_tokens
+        )
+        if gateway.boot_error is not None:  # never half-alive: a gateway that failed to start serves nothing
+            raise EngineUnavailable(f"The gateway could not start: {gateway.boot_error}")
+        health = gateway.engine.health()
+        if not health.ready:
+            raise EngineUnavailable(health.unavailable or "The model is still loading; try again shortly.")
+    except GatewayError as error:
+        await scope.aclose()
+        model = UNKNOWN_MODEL if isinstance(error, ModelNotFound) else body.model
+        gateway.metrics.record_error(model, error.status_code, error.error_type)
+        raise
+    return _Admitted(generation, Observer(gateway.metrics, body.model), scope, body.model)
+
+
+async def _observed(
+    gateway: Gateway, admitted: _Admitted, usage: _Usage, deltas: AsyncIterator[GenerationDelta]
+) -> AsyncIterator[GenerationDelta]:
+    """The one delta loop: shutdown check, metrics and usage for every delta of every request."""
+    async for delta in deltas:
+        if gateway.closing:  # past the shutdown grace period: a retryable 503
+            raise EngineUnavailable("The server is shutting down; retry the request.")
+        admitted.observer.delta(delta)
+        usage.add(delta)
+        yield delta
+
+
+async def complete(
+    gateway: Gateway,
+    body: ChatCompletionRequest,
+    on_text: Callable[[int, str], None] | None = None,
+    *,
+    default_max_tokens: int | None = None,
+) -> ChatCompletionResponse:
+    """One whole (non-streaming) chat completion.
+
+    ``on_text(choice_index, piece)`` sees each piece of text as it is generated: callers that cannot
+    hold an HTTP stream open (WeCom's AI bot polls for the answer so far) follow progress with it.
+    Cancelling the call stops the generation and counts the request as aborted. An upstream lost
+    mid-answer (remote engine) is retried elsewhere when nothing reached the caller (no ``on_text``).
+    """
+    admitted = await admit(gateway, body, default_max_tokens)
+    async with admitted.scope:
+        try:
+            retries = 0
+            while True:
+                try:
+                    return await _complete(gateway, admitted, on_text)
+                except UpstreamLost:
+                    retries += 1
+                    if on_text is not None or retries > _RETRIES_AFTER_UPSTREAM_LOSS:
+                        raise
+                    logger.warning(
+                        "request %s: its upstream was lost mid-answer; retrying on another",
+                        admitted.generation.request_id,
+                    )
+        except GatewayError as error:
+            admitted.observer.failure(error)
+            raise
+        except asyncio.CancelledError:
+            admitted.observer.aborted()
+            raise
+
+
+async def _complete(
+    gateway: Gateway, admitted: _Admitted, on_text: Callable[[int, str], None] | None
+) -> ChatCompletionResponse:
+    n = admitted.generation.sampling.n
+    texts = [""] * n
+    finish: list[Any] = [None] * n
+    usage = _Usage(n)
+    async with contextlib.aclosing(gateway.engine.generate(admitted.generation)) as deltas:  # type: ignore[type-var]
+        async for delta in _observed(gateway, admitted, usage, deltas):
+            texts[delta.index] += delta.text
+            if delta.text and on_text is not None:
+                on_text(delta.index, delta.text)
+            if delta.finish_reason:
+                finish[delta.index] = delta.finish_reason
+    if None in finish:
+        raise EngineError("The engine ended the request before it finished.")
+    info = usage.info()
+    admitted.observer.success(info)
+    choices = [
+        ChatCompletionChoice(index=i, message=ChatCompletionMessage(content=texts[i]), finish_reason=finish[i])
+        for i in range(n)
+    ]
+    return ChatCompletionResponse(id=completion_id(), created=now(), model=admitted.model, choices=choices, usage=info)
+
+
+class CompletionStream:
+    """A started streaming completion: its first delta already arrived, so everything the engine
+    checks first (context length, the adapter, the engine's state) was answered with its own status
+    before a byte was sent, as OpenAI does. ``chunks`` yields OpenAI's chunks, and a failure after
+    the start as the ``GatewayError`` itself, last."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        admitted: _Admitted,
+        deltas: AsyncIterator[GenerationDelta],
+        first: GenerationDelta | None,
+        include_usage: bool,
+    ) -> None:
+        self._gateway, self._admitted, self._deltas, self._first = gateway, admitted, deltas, first
+        self.include_usage = include_usage
+
+    async def chunks(self) -> AsyncIterator[ChatCompletionChunk | GatewayError]:
+        """Role first, content pieces, then an empty delta with the finish_reason; with
+        ``include_usage`` one last chunk with no choices carries the usage."""
+        admitted = self._admitted
+        chunk_id, created, n = completion_id(), now(), admitted.generation.sampling.n
+        usage = _Usage(n)
+
+        def chunk(choices: list[ChatCompletionChunkChoice], usage: UsageInfo | None = None) -> ChatCompletionChunk:
+            return ChatCompletionChunk(id=chunk_id, created=created, model=admitted.model, choices=choices, usage=usage)
+
+        finished = False
+        async with admitted.scope:
+            try:
+                for i in range(n):
+                    yield chunk([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
+                async with contextlib.aclosing(self._deltas):  # type: ignore[type-var]
+                    async for delta in _observed(self._gateway, admitted, usage, _prepend(self._first, self._deltas)):
+                        if delta.text:
+                            yield chunk(
+                                [ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(content=delta.text))]
+                            )
+                        if delta.finish_reason:
+                            yield chunk(
+                                [
+                                    ChatCompletionChunkChoice(
+                                        index=delta.index, delta=DeltaMessage(), finish_reason=delta.finish_reason
+                                    )
+                                ]
+                            )
+                info = usage.info()
+                if self.include_usage:
+                    yield chunk([], usage=info)
+                admitted.observer.success(info)
+                finished = True
+            except GatewayError as error:
+                admitted.observer.failure(error)
+                finished = True
+                yield error
+            finally:
+                if not finished:  # the consumer went away (the generator was closed or cancelled)
+                    admitted.observer.aborted()
+
+
+async def open_stream(gateway: Gateway, body: ChatCompletionRequest) -> CompletionStream:
+    """Admit the request and start it; raises (with the right status) anything that fails before
+    its first delta."""
+    admitted = await admit(gateway, body)
+    deltas = gateway.engine.generate(admitted.generation)
+    try:
+        first: GenerationDelta | None = await anext(deltas)
+    except StopAsyncIteration:
+        first = None
+    except GatewayError as error:
+        await deltas.aclose()  # type: ignore[attr-defined]
+        admitted.observer.failure(error)
+        await admitted.scope.aclose()
+        raise
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return CompletionStream(gateway, admitted, deltas, first, include_usage)
+
+
+async def _prepend(
+    first: GenerationDelta | None, rest: AsyncIterator[GenerationDelta]
+) -> AsyncIterator[GenerationDelta]:
+    if first is not None:
+        yield first
+    async for delta in rest:
+        yield delta
