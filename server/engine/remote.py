@@ -262,7 +262,9 @@ class RemoteEngine(Engine):
             )
         failures: list[str] = []
         queue, slow = list(candidates), list[Upstream]()
-        while queue:
+        while queue or slow:
+            if not queue:  # every other one failed: back to the first that was only slow
+                queue, slow = [slow[0]], []
             upstream = queue.pop(0)
             last = not queue and not slow  # nothing left to fail over to: no deadline, only the stall bound
             upstream.in_flight += 1
@@ -281,9 +283,9 @@ class RemoteEngine(Engine):
                     if not last:
                         slow.append(upstream)
                 failures.append(f"{upstream.url}: {exc}")
-                if not queue and slow:  # every other one failed: back to the first that was only slow
-                    queue, slow = [slow[0]], []
-                logger.warning("upstream %s: %s; %s", upstream.url, exc, "failing over" if queue else "giving up")
+                logger.warning(
+                    "upstream %s: %s; %s", upstream.url, exc, "failing over" if queue or slow else "giving up"
+                )
             except httpx.TransportError as exc:  # lost after it answered: a stall, a reset, a kill
                 self._eject(upstream, f"lost mid-answer ({type(exc).__name__})")
                 if started:  # the caller has text from it: only the caller can decide to start over

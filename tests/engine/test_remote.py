@@ -338,3 +338,17 @@ def test_busy_upstreams_are_not_ejected_and_the_request_still_gets_its_answer(
         assert response.json()["choices"][0]["message"]["content"] == "Slow but alive."
         assert sum(f.chats for f in slow) == 3  # first, second (both past the deadline), first again
         wait_for(lambda: httpx.get(f"{url}/ready").json()["engine"] == "2/2 upstreams healthy", timeout=5)
+
+
+def test_a_slow_upstream_is_tried_again_when_the_other_drops_before_answering(
+    base_model: Path, adapters_dir: Path
+) -> None:
+    """Whatever the order: the slow one first (deadline missed), then the other dropping the
+    connection before its first token, and the request goes back to the slow one and is answered."""
+    slow, dropping = FakeVllm("tiny-base", delay=0.8, answer="Slow but alive."), FakeVllm("tiny-base", die_after=0)
+    with gateway_over([slow, dropping], base_model, adapters_dir, upstream_first_byte_timeout=0.3) as url:
+        for _ in range(4):
+            response = httpx.post(f"{url}/v1/chat/completions", json={"model": "alpha", "messages": ASK}, timeout=30)
+            assert response.status_code == 200, response.text
+            assert response.json()["choices"][0]["message"]["content"] == "Slow but alive."
+        assert dropping.dropped >= 1
