@@ -50,6 +50,11 @@ def upstream(base_model: Path, directory: Path, port: int) -> Iterator[subproces
         yield process
 
 
+def answer(client: OpenAI, model: str) -> str:
+    """The greedy, non-streaming answer of ``model`` to QUESTION."""
+    return client.chat.completions.create(model=model, messages=ASK, temperature=0).choices[0].message.content or ""
+
+
 def upstream_models(port: int) -> set[str]:
     response = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=5)
     return {m["id"] for m in response.json()["data"]}
@@ -106,12 +111,7 @@ def test_remote_engine_over_two_upstreams(
                 with OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=60) as c:
                     for _ in range(count):
                         try:
-                            results.append(
-                                c.chat.completions.create(model="alpha", messages=ASK, temperature=0)
-                                .choices[0]
-                                .message.content
-                                or ""
-                            )
+                            results.append(answer(c, "alpha"))
                         except Exception as exc:  # recorded, and asserted on below
                             results.append(repr(exc))
 
@@ -129,12 +129,7 @@ def test_remote_engine_over_two_upstreams(
             try:
                 with OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30) as patient:
                     for _ in range(4):
-                        assert (
-                            patient.chat.completions.create(model="alpha", messages=ASK, temperature=0)
-                            .choices[0]
-                            .message.content
-                            == ANSWERS["alpha"]
-                        )
+                        assert answer(patient, "alpha") == ANSWERS["alpha"]
                 assert httpx.get(f"{url}/ready").json()["engine"] == "1/2 upstreams healthy"
             finally:
                 second.send_signal(signal.SIGCONT)
@@ -152,10 +147,7 @@ def test_remote_engine_over_two_upstreams(
                 t.join(timeout=60)
             assert not any(t.is_alive() for t in threads)
             assert results == [ANSWERS["alpha"]] * 18, results
-            assert (
-                client.chat.completions.create(model="beta", messages=ASK, temperature=0).choices[0].message.content
-                == ANSWERS["beta"]
-            )
+            assert answer(client, "beta") == ANSWERS["beta"]
 
             # Restarted (empty, as a fresh vLLM would be): the gateway re-registers what it lacks.
             with upstream(base_model, tmp_path / "up-b-again", ports[1]):
@@ -168,12 +160,7 @@ def test_remote_engine_over_two_upstreams(
                 )
                 before = served_by(ports[1], "beta.v2")
                 for _ in range(6):
-                    assert (
-                        client.chat.completions.create(model="beta", messages=ASK, temperature=0)
-                        .choices[0]
-                        .message.content
-                        == ANSWERS["beta"]
-                    )
+                    assert answer(client, "beta") == ANSWERS["beta"]
                 assert served_by(ports[1], "beta.v2") > before  # back in the rotation
 
 
