@@ -26,12 +26,23 @@ from .api.protocol import (
     ChatCompletionMessage,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatMessage,
+    ChoiceLogprobs,
+    DeltaFunctionCall,
     DeltaMessage,
+    DeltaToolCall,
+    FunctionCall,
+    NamedToolChoice,
+    ResponseFormatJsonSchema,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
     UsageInfo,
     completion_id,
     now,
 )
-from .engine.base import GenerationDelta, GenerationRequest, SamplingOptions
+from .engine import base as engine
+from .engine.base import GenerationDelta, GenerationRequest, OutputFormat, SamplingOptions, ToolSpec
 from .errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest, ModelNotFound, UpstreamLost
 from .gateway import Gateway
 from .metrics import UNKNOWN_MODEL, GatewayMetrics
@@ -58,11 +69,116 @@ def to_generation_request(
         seed=body.seed,
         stop=tuple(body.stop_sequences),
         n=n,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
-    messages = tuple({"role": m.role, "content": m.text()} for m in body.messages)
     return GenerationRequest(
-        request_id=f"req-{uuid.uuid4().hex}", messages=messages, sampling=sampling, adapter=lease.ref
+        request_id=f"req-{uuid.uuid4().hex}",
+        messages=tuple(_engine_message(m) for m in body.messages),
+        sampling=sampling,
+        adapter=lease.ref,
+        tools=_tool_spec(body),
+        output_format=_output_format(body),
     )
+
+
+def _engine_message(message: ChatMessage) -> dict[str, Any]:
+    """An OpenAI message with its content as plain text (parts joined), None kept for a call-only turn."""
+    out: dict[str, Any] = {"role": message.role, "content": None if message.content is None else message.text()}
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _tool_spec(body: ChatCompletionRequest) -> ToolSpec | None:
+    if not body.tools:
+        return None
+    tools = tuple(tool.model_dump(exclude_none=True) for tool in body.tools)
+    parallel = body.parallel_tool_calls is not False
+    if isinstance(body.tool_choice, NamedToolChoice):
+        return ToolSpec(tools, choice=body.tool_choice.function.name, named=True, parallel=parallel)
+    return ToolSpec(tools, choice=body.tool_choice or "auto", parallel=parallel)
+
+
+def _output_format(body: ChatCompletionRequest) -> OutputFormat | None:
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if isinstance(fmt, ResponseFormatJsonSchema):
+        return OutputFormat("json_schema", fmt.json_schema.schema_, bool(fmt.json_schema.strict))
+    return OutputFormat("json_object")
+
+
+def _logprobs(entries: tuple[engine.TokenLogprob, ...] | list[engine.TokenLogprob]) -> list[TokenLogprob]:
+    return [
+        TokenLogprob(
+            token=e.token,
+            logprob=e.logprob,
+            bytes=list(e.bytes),
+            top_logprobs=[TopLogprob(token=t.token, logprob=t.logprob, bytes=list(t.bytes)) for t in e.top],
+        )
+        for e in entries
+    ]
+
+
+class _Choice:
+    """One choice of a whole (non-streaming) answer, assembled from its deltas."""
+
+    def __init__(self, want_logprobs: bool) -> None:
+        self.text = ""
+        self.finish: Any = None
+        self.calls: dict[int, dict[str, str]] = {}
+        self.logprobs: list[engine.TokenLogprob] | None = [] if want_logprobs else None
+
+    def add(self, delta: GenerationDelta) -> None:
+        self.text += delta.text
+        for piece in delta.tool_calls:
+            call = self.calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] = piece.id or call["id"]
+            call["name"] = piece.name or call["name"]
+            call["arguments"] += piece.arguments
+        if delta.logprobs and self.logprobs is not None:
+            self.logprobs += delta.logprobs
+        if delta.finish_reason:
+            self.finish = delta.finish_reason
+
+    def choice(self, index: int) -> ChatCompletionChoice:
+        calls = [
+            ToolCall(id=c["id"], function=FunctionCall(name=c["name"], arguments=c["arguments"]))
+            for _, c in sorted(self.calls.items())
+        ]
+        message = ChatCompletionMessage(content=self.text if self.text or not calls else None, tool_calls=calls or None)
+        logprobs = ChoiceLogprobs(content=_logprobs(self.logprobs)) if self.logprobs is not None else None
+        return ChatCompletionChoice(index=index, message=message, logprobs=logprobs, finish_reason=self.finish)
+
+
+def _chunk_choices(delta: GenerationDelta, want_logprobs: bool) -> list[ChatCompletionChunkChoice]:
+    """A delta as chunk choices: its text, then its tool-call pieces, then its finish_reason; the
+    logprobs of its tokens ride on the first of them."""
+    out: list[ChatCompletionChunkChoice] = []
+    if delta.text:
+        out.append(ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(content=delta.text)))
+    if delta.tool_calls:
+        pieces = [
+            DeltaToolCall(
+                index=piece.index,
+                id=piece.id,
+                type="function" if piece.id else None,
+                function=DeltaFunctionCall(name=piece.name, arguments=piece.arguments if not piece.name else ""),
+            )
+            for piece in delta.tool_calls
+        ]
+        out.append(ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(tool_calls=pieces)))
+    if delta.finish_reason:
+        out.append(
+            ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(), finish_reason=delta.finish_reason)
+        )
+    if want_logprobs and delta.logprobs and out:
+        out[0].logprobs = ChoiceLogprobs(content=_logprobs(delta.logprobs))
+    return out
 
 
 class Observer:
@@ -199,26 +315,25 @@ async def complete(
 async def _complete(
     gateway: Gateway, admitted: _Admitted, on_text: Callable[[int, str], None] | None
 ) -> ChatCompletionResponse:
-    n = admitted.generation.sampling.n
-    texts = [""] * n
-    finish: list[Any] = [None] * n
-    usage = _Usage(n)
+    sampling = admitted.generation.sampling
+    choices = [_Choice(sampling.logprobs is not None) for _ in range(sampling.n)]
+    usage = _Usage(sampling.n)
     async with contextlib.aclosing(gateway.engine.generate(admitted.generation)) as deltas:  # type: ignore[type-var]
         async for delta in _observed(gateway, admitted, usage, deltas):
-            texts[delta.index] += delta.text
+            choices[delta.index].add(delta)
             if delta.text and on_text is not None:
                 on_text(delta.index, delta.text)
-            if delta.finish_reason:
-                finish[delta.index] = delta.finish_reason
-    if None in finish:
+    if any(choice.finish is None for choice in choices):
         raise EngineError("The engine ended the request before it finished.")
     info = usage.info()
     admitted.observer.success(info)
-    choices = [
-        ChatCompletionChoice(index=i, message=ChatCompletionMessage(content=texts[i]), finish_reason=finish[i])
-        for i in range(n)
-    ]
-    return ChatCompletionResponse(id=completion_id(), created=now(), model=admitted.model, choices=choices, usage=info)
+    return ChatCompletionResponse(
+        id=completion_id(),
+        created=now(),
+        model=admitted.model,
+        choices=[choice.choice(i) for i, choice in enumerate(choices)],
+        usage=info,
+    )
 
 
 class CompletionStream:
@@ -243,6 +358,7 @@ class CompletionStream:
         ``include_usage`` one last chunk with no choices carries the usage."""
         admitted = self._admitted
         chunk_id, created, n = completion_id(), now(), admitted.generation.sampling.n
+        want_logprobs = admitted.generation.sampling.logprobs is not None
         usage = _Usage(n)
 
         def chunk(choices: list[ChatCompletionChunkChoice], usage: UsageInfo | None = None) -> ChatCompletionChunk:
@@ -255,18 +371,8 @@ class CompletionStream:
                     yield chunk([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
                 async with contextlib.aclosing(self._deltas):  # type: ignore[type-var]
                     async for delta in _observed(self._gateway, admitted, usage, _prepend(self._first, self._deltas)):
-                        if delta.text:
-                            yield chunk(
-                                [ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(content=delta.text))]
-                            )
-                        if delta.finish_reason:
-                            yield chunk(
-                                [
-                                    ChatCompletionChunkChoice(
-                                        index=delta.index, delta=DeltaMessage(), finish_reason=delta.finish_reason
-                                    )
-                                ]
-                            )
+                        for choice in _chunk_choices(delta, want_logprobs):
+                            yield chunk([choice])
                 info = usage.info()
                 if self.include_usage:
                     yield chunk([], usage=info)

@@ -12,17 +12,45 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-# Qwen2.5's template, trimmed to what we support (no tools). The default system prompt is
-# inserted when none is given, exactly as Qwen's template does, so training and serving agree.
+# Qwen2.5's template, tools included: tools are listed in the system turn, an assistant's calls are
+# written as <tool_call> blocks and tool results as <tool_response> blocks in a user turn. The only
+# change is the default system prompt ("You are a helpful assistant.", inserted when none is given
+# exactly as Qwen's template inserts its own), so training and serving agree.
 CHATML_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}"
+    "{%- else %}{{- 'You are a helpful assistant.' }}{%- endif %}"
+    '{{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n'
+    'You are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}'
+    '{%- for tool in tools %}{{- "\\n" }}{{- tool | tojson }}{%- endfor %}'
+    '{{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments '
+    'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": '
+    '<args-json-object>}\\n</tool_call><|im_end|>\\n" }}'
+    "{%- else %}"
     "{%- if messages[0]['role'] == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
     "{%- else %}"
     "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
     "{%- endif %}"
+    "{%- endif %}"
     "{%- for message in messages %}"
-    "{%- if not (message.role == 'system' and loop.first) %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    '{%- if (message.role == "user") or (message.role == "system" and not loop.first) '
+    'or (message.role == "assistant" and not message.tool_calls) %}'
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    '{%- elif message.role == "assistant" %}'
+    "{{- '<|im_start|>' + message.role }}"
+    "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    '{{- \'\\n<tool_call>\\n{"name": "\' }}{{- tool_call.name }}{{- \'", "arguments": \' }}'
+    "{{- tool_call.arguments | tojson }}{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    '{%- elif message.role == "tool" %}'
+    "{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != \"tool\") %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\\n<tool_response>\\n' }}{{- message.content }}{{- '\\n</tool_response>' }}"
+    "{%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}{{- '<|im_end|>\\n' }}{%- endif %}"
     "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}"
@@ -31,6 +59,9 @@ CHATML_TEMPLATE = (
 )
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2.5 has these as added tokens too (not special: they are part of the answer text).
+TOOL_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+TEMPLATE_VERSION = 2  # part of the demo's cache key: a changed template rebuilds the model
 
 # Enough text for the BPE merges to cover the words the demo and tests use; the 256-byte initial
 # alphabet means any other text (Chinese included) still tokenizes, just into more pieces.
@@ -45,6 +76,7 @@ _CORPUS = [
     "您好！请问有什么可以帮您？订单将在三天内发货。满99元包邮。七天无理由退货。",
     "关税由买家承担。一般三到五个工作日送达。我是客服助手。",
     "0123456789 !?.,:;'\"()[]{}<>-_=+/*&^%$#@~`|\\",
+    '{"name": "get_order_status", "arguments": {"order_id": "A1001"}} {"status": "shipped"}',
 ]
 
 
@@ -81,12 +113,14 @@ def build_tokenizer(vocab_size: int = 1024, extra_corpus: tuple[str, ...] = ()):
         show_progress=False,
     )
     tok.train_from_iterator([*_CORPUS * 4, *extra_corpus], trainer=trainer)
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         chat_template=CHATML_TEMPLATE,
     )
+    tokenizer.add_tokens(TOOL_TOKENS)
+    return tokenizer
 
 
 def build_tiny_model(
@@ -133,7 +167,7 @@ def build_tiny_model(
 
 def _marker(spec: TinyModelSpec, extra_corpus: tuple[str, ...]) -> dict[str, object]:
     corpus = hashlib.sha256("\n".join(extra_corpus).encode()).hexdigest()[:16]
-    return {**spec.__dict__, "corpus": corpus}
+    return {**spec.__dict__, "corpus": corpus, "template": TEMPLATE_VERSION}
 
 
 def is_built(out_dir: str | Path, spec: TinyModelSpec, extra_corpus: tuple[str, ...] = ()) -> bool:

@@ -9,6 +9,7 @@ Conversion to engine parameters lives in ``server.completions`` (a pure function
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -43,16 +44,32 @@ class TextContentPart(_Strict):
     text: str
 
 
+FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class FunctionCall(_Strict):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCall(_Strict):
+    """An assistant's call of a function tool, in a history message or in a response."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
     """One message. Content is a string or a list of text parts (images and audio: not supported)."""
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
-    # Assistant-only fields OpenAI accepts in history; we refuse them below rather than drop them.
-    refusal: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    function_call: dict[str, Any] | None = None
+    refusal: str | None = None  # assistant history only
+    tool_calls: list[ToolCall] | None = None  # assistant history only
+    tool_call_id: str | None = None  # tool messages: the call this message answers
+    function_call: dict[str, Any] | None = None  # deprecated by OpenAI: refused below
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -60,17 +77,56 @@ class ChatMessage(_Strict):
         return self.content or ""
 
 
+class FunctionDefinition(_Strict):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; absent: a function without parameters
+    strict: bool | None = None
+
+
+class ChatCompletionTool(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Strict):
+    name: FunctionName
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatText(_Strict):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(_Strict):
+    type: Literal["json_object"]
+
+
+class ResponseFormatJsonSchema(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema, Field(discriminator="type")
+]
+MAX_TOOLS = 128  # OpenAI's limit
+
+
 class StreamOptions(_Strict):
     include_usage: bool | None = None
     include_obfuscation: bool | None = None
-
-
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-
-
-NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
 class ChatCompletionRequest(_Strict):
@@ -101,22 +157,23 @@ class ChatCompletionRequest(_Strict):
     stop: str | list[str] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
+    # Tools, structured outputs and logprobs.
+    tools: list[ChatCompletionTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     # Defined by OpenAI, not implemented by lora-gateway: refused when set to a non-default value.
     modalities: list[str] | None = None
     verbosity: str | None = None
     reasoning_effort: str | None = None
     web_search_options: dict[str, Any] | None = None
-    top_logprobs: NonNegativeInt | None = None
-    response_format: ResponseFormat | None = None
     audio: dict[str, Any] | None = None
     moderation: Any = None
     logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
     prediction: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
-    function_call: Any = None
+    function_call: Any = None  # deprecated by OpenAI in favour of tools
     functions: list[dict[str, Any]] | None = None
 
     @model_validator(mode="after")
@@ -135,24 +192,10 @@ class ChatCompletionRequest(_Strict):
                 param="stream_options",
             )
         for i, message in enumerate(self.messages):
-            if not _is_unicode_text(message.text()) or not _is_unicode_text(message.name or ""):
-                raise InvalidRequest(
-                    f"messages[{i}] is not valid Unicode text (it holds a lone surrogate).",
-                    param=f"messages.[{i}].content",
-                )
-            if message.role != "assistant" and message.content is None:
-                raise InvalidRequest(
-                    f"messages[{i}].content is required for role '{message.role}'.",
-                    param=f"messages.[{i}].content",
-                )
-            if message.role == "assistant" and message.content is None and not message.refusal:
-                raise InvalidRequest(f"messages[{i}] (assistant) needs `content`.", param=f"messages.[{i}].content")
-            for field in ("tool_calls", "function_call"):
-                if getattr(message, field):
-                    raise UnsupportedParameter(
-                        f"messages[{i}].{field} is not supported by lora-gateway.",
-                        param=f"messages.[{i}].{field}",
-                    )
+            _check_message(i, message)
+        _check_tools(self)
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("`top_logprobs` requires `logprobs` to be true.", param="top_logprobs")
         if not all(_is_unicode_text(s) for s in self.stop_sequences):
             raise InvalidRequest("`stop` is not valid Unicode text (it holds a lone surrogate).", param="stop")
         return self
@@ -169,6 +212,87 @@ class ChatCompletionRequest(_Strict):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+def _check_message(i: int, message: ChatMessage) -> None:
+    param = f"messages.[{i}]"
+    if not _is_unicode_text(message.text()) or not _is_unicode_text(message.name or ""):
+        raise InvalidRequest(
+            f"messages[{i}] is not valid Unicode text (it holds a lone surrogate).", param=f"{param}.content"
+        )
+    if message.function_call:
+        raise UnsupportedParameter(
+            f"messages[{i}].function_call is deprecated by OpenAI and not supported; use `tool_calls`.",
+            param=f"{param}.function_call",
+        )
+    if message.role == "assistant":
+        if message.content is None and not message.refusal and not message.tool_calls:
+            raise InvalidRequest(
+                f"messages[{i}] (assistant) needs `content` or `tool_calls`.", param=f"{param}.content"
+            )
+        for j, call in enumerate(message.tool_calls or ()):
+            try:
+                json.loads(call.function.arguments)
+            except ValueError:
+                raise InvalidRequest(
+                    f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON.",
+                    param=f"{param}.tool_calls.[{j}].function.arguments",
+                ) from None
+    else:
+        if message.content is None:
+            raise InvalidRequest(
+                f"messages[{i}].content is required for role '{message.role}'.", param=f"{param}.content"
+            )
+        if message.tool_calls is not None or message.refusal is not None:
+            field = "tool_calls" if message.tool_calls is not None else "refusal"
+            raise InvalidRequest(
+                f"messages[{i}].{field} is only allowed on assistant messages.", param=f"{param}.{field}"
+            )
+    if message.role == "tool" and not message.tool_call_id:
+        raise InvalidRequest(
+            f"messages[{i}] (tool) needs `tool_call_id`: the id of the call it answers.", param=f"{param}.tool_call_id"
+        )
+    if message.role != "tool" and message.tool_call_id is not None:
+        raise InvalidRequest(
+            f"messages[{i}].tool_call_id is only allowed on tool messages.", param=f"{param}.tool_call_id"
+        )
+
+
+def _check_tools(request: ChatCompletionRequest) -> None:
+    """OpenAI's rules for ``tools``, ``tool_choice``, ``parallel_tool_calls`` and ``response_format``."""
+    names = [tool.function.name for tool in request.tools or ()]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("`tools` holds two functions with the same name.", param="tools")
+    for k, tool in enumerate(request.tools or ()):
+        parameters = tool.function.parameters
+        if parameters is not None and parameters.get("type", "object") != "object":
+            raise InvalidRequest(
+                f"tools[{k}].function.parameters must be a JSON schema of type 'object'.",
+                param=f"tools.[{k}].function.parameters",
+            )
+    if not names:
+        for field in ("tool_choice", "parallel_tool_calls"):
+            if getattr(request, field) not in (None, "none"):  # "none" without tools changes nothing
+                raise InvalidRequest(f"`{field}` is only allowed when `tools` are specified.", param=field)
+    choice = request.tool_choice
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        raise InvalidRequest(
+            f"tool_choice names the function {choice.function.name!r}, which is not in `tools`.",
+            param="tool_choice.function.name",
+        )
+    response_format = request.response_format
+    if isinstance(response_format, ResponseFormatJsonSchema) and response_format.json_schema.schema_ is None:
+        raise InvalidRequest(
+            "response_format.json_schema.schema is required: the JSON schema the output must follow.",
+            param="response_format.json_schema.schema",
+        )
+    constrained_output = response_format is not None and response_format.type != "text"
+    if constrained_output and names and choice != "none":
+        raise UnsupportedParameter(
+            '`response_format` with `tools` is supported only with `tool_choice: "none"`: the answer is either '
+            "a tool call or a JSON document here, not a choice between both.",
+            param="response_format",
+        )
+
+
 def _is_unicode_text(text: str) -> bool:
     """JSON's \\ud800 escapes decode to lone surrogates, which no tokenizer (nor UTF-8) can encode."""
     try:
@@ -181,18 +305,12 @@ def _is_unicode_text(text: str) -> bool:
 def _refuse_unsupported(request: ChatCompletionRequest) -> None:
     """Name the first OpenAI parameter that is set to something we would otherwise ignore."""
     unsupported = {
-        "tools": bool(request.tools),
-        "tool_choice": request.tool_choice not in (None, "none"),
         "functions": bool(request.functions),
         "function_call": request.function_call not in (None, "none"),
-        "parallel_tool_calls": request.parallel_tool_calls is not None,  # only meaningful with tools
         "store": request.store is True,
         "metadata": bool(request.metadata),
         "service_tier": request.service_tier not in (None, "auto", "default"),
-        "logprobs": bool(request.logprobs),
-        "top_logprobs": bool(request.top_logprobs),
         "logit_bias": bool(request.logit_bias),
-        "response_format": request.response_format is not None and request.response_format.type != "text",
         "audio": request.audio is not None,
         "modalities": request.modalities not in (None, ["text"]),
         "prediction": request.prediction is not None,
@@ -202,8 +320,8 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
         "moderation": request.moderation is not None,
     }
     reasons = {
-        "parallel_tool_calls": "`parallel_tool_calls` is only allowed when `tools` are specified "
-        "(and tools are not supported yet).",
+        "functions": "`functions` is deprecated by OpenAI and not supported; use `tools`.",
+        "function_call": "`function_call` is deprecated by OpenAI and not supported; use `tool_choice`.",
         "store": "`store: true` is not supported: lora-gateway does not store completions.",
         "metadata": "`metadata` is only kept with stored completions, which lora-gateway does not store.",
         "service_tier": f"`service_tier` {request.service_tier!r} is not offered: "
@@ -218,7 +336,7 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
 # Responses
 # ---------------------------------------------------------------------------------------------
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 def completion_id() -> str:
@@ -235,16 +353,44 @@ class UsageInfo(BaseModel):
     total_tokens: int
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """Logprobs of the generated tokens; ``refusal`` is always null (no refusals here)."""
+
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
 class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None  # required by the schema, always null here
+    tool_calls: list[ToolCall] | None = None  # absent, not null, when the model called none
+
+    @model_serializer(mode="wrap")
+    def _drop_absent_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
 
 
 class ChatCompletionChoice(BaseModel):
     index: int
     message: ChatCompletionMessage
-    logprobs: None = None  # required-nullable in the schema
+    logprobs: ChoiceLogprobs | None = None  # required-nullable in the schema
     finish_reason: FinishReason
 
 
@@ -258,12 +404,36 @@ class ChatCompletionResponse(BaseModel):
     system_fingerprint: str = SYSTEM_FINGERPRINT
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class DeltaToolCall(BaseModel):
+    """A piece of a streamed tool call: the first carries ``id``, ``type`` and the function name,
+    the next ones fragments of the arguments, all under the call's ``index``."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 class DeltaMessage(BaseModel):
-    """Only the keys that change are sent: ``{"role", "content": ""}`` first, then ``{"content"}``,
-    and ``{}`` with the finish_reason, as OpenAI streams them."""
+    """Only the keys that change are sent: ``{"role", "content": ""}`` first, then ``{"content"}``
+    or ``{"tool_calls"}``, and ``{}`` with the finish_reason, as OpenAI streams them."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
     @model_serializer(mode="wrap")
     def _drop_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -273,7 +443,7 @@ class DeltaMessage(BaseModel):
 class ChatCompletionChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 

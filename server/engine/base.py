@@ -11,9 +11,9 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,34 @@ class SamplingOptions:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     n: int = 1
+    logprobs: int | None = None  # None: none; k >= 0: the chosen token's logprob and the k most likely
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """The request's tools, as OpenAI sends them (``{"type": "function", "function": {...}}``).
+
+    ``choice`` is ``"auto"``, ``"required"``, ``"none"`` or the name of the one function to call.
+    With ``"none"`` the tools are still shown to the model (as vLLM does) but never called.
+    """
+
+    tools: tuple[dict[str, Any], ...]
+    choice: str = "auto"
+    named: bool = False  # ``choice`` names a function (rather than being a mode)
+    parallel: bool = True
+
+    @property
+    def calls_allowed(self) -> bool:
+        return self.choice != "none" or self.named
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """``response_format`` beyond text: any JSON object, or JSON valid against ``schema``."""
+
+    type: Literal["json_object", "json_schema"]
+    schema: dict[str, Any] | None = None  # json_schema only
+    strict: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,21 +74,57 @@ class AdapterRef:
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """``messages`` are OpenAI chat messages (role, content as text, and for tool use the
+    assistant's ``tool_calls`` with JSON-string arguments and the tool's ``tool_call_id``)."""
+
     request_id: str
-    messages: tuple[dict[str, str], ...]
+    messages: tuple[dict[str, Any], ...]
     sampling: SamplingOptions
     adapter: AdapterRef | None = None  # None: the base model
+    tools: ToolSpec | None = None
+    output_format: OutputFormat | None = None
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log probability and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of one tool call, as OpenAI streams them: the first piece of a call carries its
+    ``id`` and function ``name``, later pieces fragments of its JSON ``arguments``."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass(frozen=True)
 class GenerationDelta:
-    """New text for one choice. The final delta of a choice carries ``finish_reason``."""
+    """New output for one choice: text, tool-call pieces, and the logprobs of the tokens behind
+    them. The final delta of a choice carries ``finish_reason``."""
 
     index: int
     text: str
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0  # cumulative for this choice
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] | None = None  # None: not asked for
 
 
 @dataclass

@@ -42,11 +42,15 @@ from .base import (
     EngineHealth,
     GenerationDelta,
     GenerationRequest,
+    TokenLogprob,
 )
+from .grammar import Grammars, grammar_key
+from .logprobs import TokenBytes, token_logprob
 from .lora_batch import BatchedLora
 from .prompts import check_context, render_chat, render_off_loop
 from .sampling import Sampler
 from .text import IncrementalDecoder, StopMatcher
+from .tool_calls import ToolCallParser
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ class _Job:
     peft_name: str
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[Any]
+    grammar: Any = None  # a compiled xgrammar grammar, when the output is constrained
     cancelled: threading.Event = field(default_factory=threading.Event)
     rows_left: int = 0
     failed: bool = False
@@ -81,6 +86,10 @@ class _Row:
     decoder: IncrementalDecoder
     stopper: StopMatcher
     max_tokens: int
+    tool_calls: ToolCallParser | None = None  # when the request offers tools it may call
+    matcher: Any = None  # xgrammar matcher, when the output is constrained
+    bitmask: Any = None
+    logprobs: list[TokenLogprob] | None = None  # not yet sent; None: not asked for
     generated: int = 0
     last_token: int = 0
     finished: bool = False
@@ -113,6 +122,8 @@ class LocalEngine(Engine):
         self._tokenizer: Any = None
         self._device = torch.device("cpu")
         self._eos_ids: set[int] = set()
+        self._grammars: Grammars | None = None
+        self._token_bytes: TokenBytes | None = None
         self._peft_names: dict[int, str] = {}  # adapter_id -> name inside the PeftModel
         self._lora: BatchedLora | None = None  # once an adapter is loaded
         self._ready = False
@@ -183,6 +194,9 @@ class LocalEngine(Engine):
         generation_eos = getattr(getattr(self._model, "generation_config", None), "eos_token_id", None)
         eos += generation_eos if isinstance(generation_eos, list) else [generation_eos]
         self._eos_ids = {int(t) for t in eos if t is not None}
+        vocab_size = int(getattr(config, "vocab_size", 0) or len(self._tokenizer))
+        self._grammars = Grammars(self._tokenizer, vocab_size, sorted(self._eos_ids))
+        self._token_bytes = TokenBytes(self._tokenizer)
         logger.info("loaded %s on %s (%s), context %d", self.model_path, self._device, dtype, self.max_model_len)
 
     def health(self) -> EngineHealth:
@@ -266,21 +280,25 @@ class LocalEngine(Engine):
 
     # ------------------------------------------------------------------ requests
 
-    def render_prompt(self, messages: tuple[dict[str, str], ...]) -> list[int]:
+    def render_prompt(self, messages: tuple[dict[str, Any], ...]) -> list[int]:
         return render_chat(self._tokenizer, messages)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         if not self._ready:
             raise EngineUnavailable("The model is still loading; try again shortly.")
-        prompt_ids = await render_off_loop(self._tokenizer, request.messages, self.max_model_len or 0)
+        tools = request.tools.tools if request.tools is not None else ()
+        prompt_ids = await render_off_loop(self._tokenizer, request.messages, self.max_model_len or 0, tools)
         check_context(len(prompt_ids), request.sampling.max_tokens, self.max_model_len or 0)
+        grammar = None
+        if grammar_key(request) is not None and self._grammars is not None:
+            grammar = await asyncio.to_thread(self._grammars.compile, request)  # the batch keeps decoding
         peft_name = BASE_ROW
         if request.adapter is not None:
             peft_name = self._peft_names.get(request.adapter.adapter_id, "")
             if not peft_name:
                 raise EngineUnavailable(f"Adapter {request.adapter.name} is not loaded.")
         loop = asyncio.get_running_loop()
-        job = _Job(request, prompt_ids, peft_name, loop, asyncio.Queue(), rows_left=request.sampling.n)
+        job = _Job(request, prompt_ids, peft_name, loop, asyncio.Queue(), grammar, rows_left=request.sampling.n)
         with self._lock:
             if self._stopping:
                 raise EngineUnavailable("The engine is shutting down.")
@@ -359,17 +377,7 @@ class LocalEngine(Engine):
                 max_tokens = check_context(
                     len(job.prompt_ids), options.max_tokens, self.max_model_len or 0, options.default_max_tokens
                 )
-                job_rows = [
-                    _Row(
-                        job=job,
-                        index=index,
-                        sampler=Sampler(options, index, self._device),
-                        decoder=IncrementalDecoder(self._tokenizer),
-                        stopper=StopMatcher(options.stop),
-                        max_tokens=max_tokens,
-                    )
-                    for index in range(options.n)
-                ]
+                job_rows = [self._new_row(job, index, max_tokens) for index in range(options.n)]
             except Exception as exc:
                 logger.warning("request %s refused at admission: %s", job.request.request_id, exc)
                 self._fail_job(job, exc)
@@ -385,6 +393,24 @@ class LocalEngine(Engine):
         logits, cache = self._forward(input_ids, mask, [r.job.peft_name for r in rows], cache=None)
         self._emit(rows, logits)
         return rows, cache, mask
+
+    def _new_row(self, job: _Job, index: int, max_tokens: int) -> _Row:
+        request, options = job.request, job.request.sampling
+        row = _Row(
+            job=job,
+            index=index,
+            sampler=Sampler(options, index, self._device),
+            decoder=IncrementalDecoder(self._tokenizer),
+            stopper=StopMatcher(options.stop),
+            max_tokens=max_tokens,
+            logprobs=[] if options.logprobs is not None else None,
+        )
+        if request.tools is not None and request.tools.calls_allowed:
+            row.tool_calls = ToolCallParser()
+        if job.grammar is not None and self._grammars is not None:
+            row.matcher = self._grammars.matcher(job.grammar)
+            row.bitmask = self._grammars.new_bitmask()
+        return row
 
     def _decode_step(self) -> None:
         rows = self._rows
@@ -440,9 +466,20 @@ class LocalEngine(Engine):
 
     def _advance(self, row: _Row, logits: Any) -> GenerationDelta | None:
         self.before_sample(row.job.request)
+        raw = logits
+        if row.matcher is not None:
+            assert self._grammars is not None
+            logits = logits.clone() if row.logprobs is not None else logits
+            self._grammars.mask(row.matcher, row.bitmask, logits)
         token = row.sampler.next_token(logits)
+        if row.matcher is not None and not row.matcher.accept_token(token):
+            raise EngineError("Constrained decoding reached a state its grammar does not allow.")
         row.last_token = token
         row.generated += 1
+        if row.logprobs is not None and token not in self._eos_ids:
+            assert self._token_bytes is not None
+            top = row.job.request.sampling.logprobs or 0
+            row.logprobs.append(token_logprob(raw, token, top, self._token_bytes))
         finish: str | None = None
         text = ""
         if token in self._eos_ids:
@@ -458,14 +495,27 @@ class LocalEngine(Engine):
                 text += row.stopper.flush()
             row.finished = True
             row.job.rows_left -= 1
-        if not text and finish is None:
+        calls: list[Any] = []
+        if row.tool_calls is not None:
+            text, calls = row.tool_calls.feed(text)
+            if finish is not None:
+                tail, more = row.tool_calls.finish()
+                text, calls = text + tail, calls + more
+                if finish == "stop" and row.tool_calls.called:
+                    finish = "tool_calls"
+        if not text and not calls and finish is None:
             return None
+        logprobs = None
+        if row.logprobs is not None:
+            logprobs, row.logprobs = tuple(row.logprobs), []
         return GenerationDelta(
             index=row.index,
             text=text,
             finish_reason=finish,  # type: ignore[arg-type]
             prompt_tokens=len(row.job.prompt_ids),
             completion_tokens=row.generated,
+            tool_calls=tuple(calls),
+            logprobs=logprobs,
         )
 
     def before_sample(self, request: GenerationRequest) -> None:

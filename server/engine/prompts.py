@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import ContextLengthExceeded
+from ..errors import ContextLengthExceeded, InvalidRequest
 
+Tools = tuple[dict[str, Any], ...]  # OpenAI tool definitions
 _INLINE_BYTES = 4096  # prompts this small are rendered on the loop: a thread hop would cost more
 # One thread, as vLLM does: a fast tokenizer shared by threads can fail with "Already borrowed".
 _tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
@@ -27,10 +29,12 @@ def longest_token_bytes(tokenizer: Any) -> int:
     return max((len(token.encode("utf-8", "surrogatepass")) for token in tokenizer.get_vocab()), default=1) or 1
 
 
-async def render_off_loop(tokenizer: Any, messages: tuple[dict[str, str], ...], limit: int) -> list[int]:
+async def render_off_loop(
+    tokenizer: Any, messages: tuple[dict[str, Any], ...], limit: int, tools: tuple[dict[str, Any], ...] = ()
+) -> list[int]:
     """``render_chat`` in a worker thread, after refusing what cannot fit ``limit`` tokens."""
-    size = sum(len(m["content"].encode("utf-8", "surrogatepass")) for m in messages)
-    if size <= _INLINE_BYTES:
+    size = sum(len((m.get("content") or "").encode("utf-8", "surrogatepass")) for m in messages)
+    if size <= _INLINE_BYTES and not tools:
         return render_chat(tokenizer, messages)
     per_token = longest_token_bytes(tokenizer)
     if limit and size > limit * per_token:
@@ -39,14 +43,60 @@ async def render_off_loop(tokenizer: Any, messages: tuple[dict[str, str], ...], 
             f"more than {limit} tokens of at most {per_token} bytes each can hold.",
             param="messages",
         )
-    return await asyncio.get_running_loop().run_in_executor(_tokenizing, render_chat, tokenizer, messages)
+    return await asyncio.get_running_loop().run_in_executor(_tokenizing, render_chat, tokenizer, messages, tools)
 
 
-def render_chat(tokenizer: Any, messages: tuple[dict[str, str], ...]) -> list[int]:
-    """Chat template from the tokenizer; ``developer`` is OpenAI's newer name for ``system``."""
-    chat = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]} for m in messages]
-    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+def render_chat(
+    tokenizer: Any, messages: tuple[dict[str, Any], ...], tools: tuple[dict[str, Any], ...] = ()
+) -> list[int]:
+    """Chat template from the tokenizer; ``developer`` is OpenAI's newer name for ``system``.
+
+    Tools go to the template (``apply_chat_template(tools=...)``), as Qwen2.5's renders them. A
+    template that ignores them, or cannot show a tool call or result in the history, is refused
+    with a 400: a model that never saw its tools would only pretend to call them.
+    """
+    uses_tools = bool(tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+    if uses_tools and "tool" not in (tokenizer.chat_template or ""):
+        raise InvalidRequest(
+            "This model's chat template does not support tools (it renders no `tools`, `tool_calls` or "
+            "`tool` messages); serve a model whose template does, or set one in the adapter's profile.",
+            param="tools" if tools else "messages",
+            code="tools_not_supported",
+        )
+    chat = [_template_message(m) for m in messages]
+    text = tokenizer.apply_chat_template(
+        chat, tools=[dict(t) for t in tools] or None, tokenize=False, add_generation_prompt=True
+    )
+    missing = [t["function"]["name"] for t in tools if t["function"]["name"] not in text]
+    if missing:
+        raise InvalidRequest(
+            f"This model's chat template does not render the tools it is given ({', '.join(missing)} missing "
+            "from the prompt).",
+            param="tools",
+            code="tools_not_supported",
+        )
     return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _template_message(message: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI message -> what chat templates read: ``developer`` as ``system``, and tool-call
+    arguments as objects (templates write them with ``tojson``; OpenAI sends them as JSON text)."""
+    out = {**message, "role": "system" if message["role"] == "developer" else message["role"]}
+    if message.get("tool_calls"):
+        out["tool_calls"] = [
+            {**call, "function": {**call["function"], "arguments": _arguments(call["function"]["arguments"])}}
+            for call in message["tool_calls"]
+        ]
+    if out.get("content") is None:
+        out["content"] = ""
+    return out
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def check_context(prompt_len: int, max_tokens: int | None, limit: int, default: int | None = None) -> int:

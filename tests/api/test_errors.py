@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -39,6 +41,14 @@ def assert_openai_error(
     return error
 
 
+def _tool(name: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": parameters or {"type": "object"}}}
+
+
+def _call(name: str, arguments: str) -> dict[str, str]:
+    return {"name": name, "arguments": arguments}
+
+
 CASES = [
     # (case id, body, status, param, code)
     ("missing messages", {"model": "alpha"}, 400, "messages", "missing_required_parameter"),
@@ -53,11 +63,11 @@ CASES = [
         "invalid_value",
     ),
     (
-        "tool role",
+        "tool message without tool_call_id",
         {"model": "alpha", "messages": [{"role": "tool", "content": "x"}]},
         400,
-        "messages.0.role",
-        "invalid_value",
+        "messages.[0].tool_call_id",
+        None,
     ),
     (
         "content wrong type",
@@ -137,31 +147,113 @@ CASES = [
         None,
     ),
     (
-        "tools",
-        {"model": "alpha", "messages": OK_MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]},
+        "tool without a function",
+        {"model": "alpha", "messages": OK_MESSAGES, "tools": [{"type": "function"}]},
         400,
-        "tools",
-        "unsupported_parameter",
+        "tools.0.function",
+        "missing_required_parameter",
     ),
     (
-        "logprobs",
-        {"model": "alpha", "messages": OK_MESSAGES, "logprobs": True},
+        "tool name with spaces",
+        {"model": "alpha", "messages": OK_MESSAGES, "tools": [{"type": "function", "function": {"name": "a b"}}]},
         400,
-        "logprobs",
-        "unsupported_parameter",
+        "tools.0.function.name",
+        "invalid_value",
     ),
     (
-        "top_logprobs",
+        "tool parameters not an object schema",
+        {"model": "alpha", "messages": OK_MESSAGES, "tools": [_tool("f", {"type": "string"})]},
+        400,
+        "tools.[0].function.parameters",
+        None,
+    ),
+    (
+        "tool_choice without tools",
+        {"model": "alpha", "messages": OK_MESSAGES, "tool_choice": "required"},
+        400,
+        "tool_choice",
+        None,
+    ),
+    (
+        "tool_choice names an unknown function",
+        {
+            "model": "alpha",
+            "messages": OK_MESSAGES,
+            "tools": [_tool("f")],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+        },
+        400,
+        "tool_choice.function.name",
+        None,
+    ),
+    (
+        "assistant tool call with arguments that are not JSON",
+        {
+            "model": "alpha",
+            "messages": [
+                *OK_MESSAGES,
+                {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": _call("f", "{")}]},
+            ],
+        },
+        400,
+        "messages.[1].tool_calls.[0].function.arguments",
+        None,
+    ),
+    (
+        "top_logprobs without logprobs",
         {"model": "alpha", "messages": OK_MESSAGES, "top_logprobs": 2},
         400,
         "top_logprobs",
+        None,
+    ),
+    (
+        "top_logprobs over 20",
+        {"model": "alpha", "messages": OK_MESSAGES, "logprobs": True, "top_logprobs": 21},
+        400,
+        "top_logprobs",
+        "invalid_value",
+    ),
+    (
+        "response_format of an unknown type",
+        {"model": "alpha", "messages": OK_MESSAGES, "response_format": {"type": "yaml"}},
+        400,
+        "response_format",
+        None,
+    ),
+    (
+        "json_schema without a schema",
+        {
+            "model": "alpha",
+            "messages": OK_MESSAGES,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x"}},
+        },
+        400,
+        "response_format.json_schema.schema",
+        None,
+    ),
+    (
+        "json_schema that xgrammar cannot compile",
+        {
+            "model": "alpha",
+            "messages": OK_MESSAGES,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objectx"}}},
+        },
+        400,
+        "response_format.json_schema.schema",
+        None,
+    ),
+    (
+        "response_format with tools that may be called",
+        {"model": "alpha", "messages": OK_MESSAGES, "tools": [_tool("f")], "response_format": {"type": "json_object"}},
+        400,
+        "response_format",
         "unsupported_parameter",
     ),
     (
-        "response_format",
-        {"model": "alpha", "messages": OK_MESSAGES, "response_format": {"type": "json_object"}},
+        "deprecated functions",
+        {"model": "alpha", "messages": OK_MESSAGES, "functions": [{"name": "f"}]},
         400,
-        "response_format",
+        "functions",
         "unsupported_parameter",
     ),
     (
@@ -177,7 +269,7 @@ CASES = [
         {"model": "alpha", "messages": OK_MESSAGES, "parallel_tool_calls": False},
         400,
         "parallel_tool_calls",
-        "unsupported_parameter",
+        None,
     ),
     ("store", {"model": "alpha", "messages": OK_MESSAGES, "store": True}, 400, "store", "unsupported_parameter"),
     (

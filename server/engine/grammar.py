@@ -1,0 +1,172 @@
+"""Constrained decoding for the embedded engine, with xgrammar (the backend vLLM pins).
+
+A request that asks for JSON (``response_format``) or offers tools gets a compiled grammar; each of
+its rows gets a matcher that masks, before every sampled token, what the grammar forbids. Rows of
+one batch carry different grammars (or none) and different adapters: masking is per row.
+
+- ``json_object``: any JSON object. ``json_schema``: JSON valid against the schema (xgrammar's
+  ``strict_mode`` follows the request's ``strict``: no properties beyond the schema's).
+- tools: Qwen2.5's ``<tool_call>`` format (xgrammar's ``qwen_3`` structural tag, the same format):
+  with ``auto`` the model writes text or calls; ``required`` forces at least one call and a named
+  ``tool_choice`` exactly that function; every call's arguments follow its ``parameters`` schema.
+  A non-strict tool whose schema xgrammar cannot compile, under ``auto``, is served unconstrained
+  (as OpenAI treats non-strict schemas: a hint); everything else is a 400 naming the problem.
+
+Whitespace inside JSON is capped (``MAX_WHITESPACE``) so a model cannot spend its whole budget on
+indentation. Compiling is done off the event loop and off the engine's worker thread (the other
+rows keep decoding), and cached per grammar: a schema used again costs a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from ..errors import InvalidRequest
+from .base import GenerationRequest, ToolSpec
+from .tool_calls import CLOSE, OPEN
+
+logger = logging.getLogger(__name__)
+
+MAX_WHITESPACE = 2
+_CACHE_SIZE = 256
+_LOCATION = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # xgrammar's "[17:17:28] /project/cpp/x.cc:4944: " prefix
+
+
+def grammar_key(request: GenerationRequest) -> str | None:
+    """A canonical description of the grammar ``request`` needs, or None when it needs none."""
+    fmt, tools = request.output_format, request.tools
+    if fmt is not None:
+        return json.dumps({"format": fmt.type, "schema": fmt.schema, "strict": fmt.strict}, sort_keys=True)
+    if tools is not None and tools.calls_allowed:
+        choice = tools.choice if not tools.named else {"type": "function", "function": {"name": tools.choice}}
+        spec = {"tools": list(tools.tools), "choice": choice, "parallel": tools.parallel}
+        return json.dumps(spec, sort_keys=True)
+    return None
+
+
+class Grammars:
+    """Compiles and caches grammars for one tokenizer; hands out per-row matchers."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_ids: list[int]) -> None:
+        import xgrammar as xgr
+
+        self._xgr = xgr
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_ids)
+        self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.vocab_size = vocab_size
+
+    def compile(self, request: GenerationRequest) -> Any | None:
+        """The compiled grammar for ``request`` (None: unconstrained). Blocking: call it in a thread."""
+        key = grammar_key(request)
+        if key is None:
+            return None
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        compiled = self._compile(request)
+        with self._lock:
+            self._cache[key] = compiled
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def matcher(self, compiled: Any) -> Any:
+        return self._xgr.GrammarMatcher(compiled)
+
+    def new_bitmask(self) -> Any:
+        return self._xgr.allocate_token_bitmask(1, self.vocab_size)
+
+    def mask(self, matcher: Any, bitmask: Any, logits: Any) -> None:
+        """Forbid, in ``logits`` (one row, in place), every token the grammar does not allow next."""
+        matcher.fill_next_token_bitmask(bitmask)
+        self._xgr.apply_token_bitmask_inplace(logits.unsqueeze(0), bitmask.to(logits.device, non_blocking=True))
+
+    def _compile(self, request: GenerationRequest) -> Any | None:
+        fmt, tools = request.output_format, request.tools
+        if fmt is not None:
+            schema = _bounded_strings_as_patterns(fmt.schema) if fmt.type == "json_schema" else {"type": "object"}
+            param = "response_format.json_schema.schema" if fmt.type == "json_schema" else "response_format"
+            try:
+                return self._compiler.compile_json_schema(
+                    json.dumps(schema), strict_mode=fmt.strict, max_whitespace_cnt=MAX_WHITESPACE
+                )
+            except Exception as exc:
+                raise InvalidRequest(f"Invalid JSON schema: {_reason(exc)}", param=param) from None
+        assert tools is not None
+        try:
+            return self._compiler.compile_structural_tag(self._tool_tag(tools))
+        except Exception as exc:
+            strict = any(t["function"].get("strict") for t in tools.tools)
+            if tools.choice == "auto" and not tools.named and not strict:
+                logger.warning("tools served unconstrained (their schemas do not compile: %s)", _reason(exc))
+                return None
+            raise InvalidRequest(f"Invalid tool parameters schema: {_reason(exc)}", param="tools") from None
+
+    def _tool_tag(self, tools: ToolSpec) -> Any:
+        """``auto``: xgrammar's Qwen tag (text, and calls after a ``<tool_call>`` trigger).
+        ``required`` and named: calls only, one or more (one unless ``parallel``), nothing else."""
+        offered: list[Any] = [_with_parameters(t) for t in tools.tools]
+        if tools.choice == "auto" and not tools.named:
+            return self._xgr.get_model_structural_tag(
+                "qwen_3",
+                tools=offered,
+                tool_choice="auto",
+                reasoning="disabled",
+                parallel_tool_calls=tools.parallel,
+                max_whitespace_cnt=MAX_WHITESPACE,
+            )
+        from xgrammar import structural_tag as st
+
+        wanted = [t for t in offered if not tools.named or t["function"]["name"] == tools.choice]
+        tags = [
+            st.TagFormat(
+                begin=f'{OPEN}\n{{"name": {json.dumps(t["function"]["name"])}, "arguments": ',
+                content=st.JSONSchemaFormat(
+                    json_schema=t["function"]["parameters"],
+                    max_whitespace_cnt=MAX_WHITESPACE,
+                ),
+                end=f"}}\n{CLOSE}",
+            )
+            for t in wanted
+        ]
+        calls = st.TagsWithSeparatorFormat(
+            tags=tags, separator="\n", at_least_one=True, stop_after_first=tools.named or not tools.parallel
+        )
+        return self._xgr.StructuralTag(format=calls)
+
+
+def _bounded_strings_as_patterns(schema: Any) -> Any:
+    """xgrammar 0.2.8 lets a string with ``minLength``/``maxLength`` hold raw control characters,
+    which no JSON parser accepts; the same bound written as a pattern excludes them. (Such a
+    string then holds no escape sequences either: a small price for output that always parses.)"""
+    if isinstance(schema, list):
+        return [_bounded_strings_as_patterns(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _bounded_strings_as_patterns(value) for key, value in schema.items()}
+    bounded = "minLength" in out or "maxLength" in out
+    if out.get("type") == "string" and bounded and not {"pattern", "format", "enum", "const"} & set(out):
+        low, high = int(out.pop("minLength", 0)), out.pop("maxLength", None)
+        upper = "" if high is None else str(int(high))
+        out["pattern"] = f'^[^\\x00-\\x1f"\\\\]{{{low},{upper}}}$'
+    return out
+
+
+def _with_parameters(tool: dict[str, Any]) -> dict[str, Any]:
+    """A function without ``parameters`` takes none: an empty object, as OpenAI reads it. Its
+    bounded strings become patterns (``_bounded_strings_as_patterns``)."""
+    parameters = tool["function"].get("parameters") or {"type": "object", "properties": {}}
+    return {**tool, "function": {**tool["function"], "parameters": _bounded_strings_as_patterns(parameters)}}
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return _LOCATION.sub("", text)
