@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from .api import admin, chat, models, ops
-from .api.errors import install_error_handlers
-from .api.limits import BodyLimitMiddleware, EarlyErrorCounter
+from .api.errors import count_refusal, install_error_handlers
+from .api.limits import BodyLimitMiddleware
 from .engine.base import Engine
 from .errors import first_line
 from .gateway import Gateway
@@ -127,10 +127,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     app = FastAPI(title="lora-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
-    # Outermost first: count refusals of every kind, then enforce the body limit.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, timeout=settings.body_timeout)
-    app.add_middleware(EarlyErrorCounter, metrics=metrics)
-    install_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        timeout=settings.body_timeout,
+        refused=lambda path, error: count_refusal(metrics, path, error),
+    )
+    install_error_handlers(app, metrics)
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(ops.router)

@@ -203,6 +203,7 @@ class Observer:
 
     def failure(self, error: GatewayError) -> None:
         self.metrics.record_error(self.model, error.status_code, error.error_type)
+        error.counted_as = self.model
 
     def aborted(self) -> None:
         self.metrics.aborted.labels(self.model).inc()
@@ -259,6 +260,7 @@ async def admit(gateway: Gateway, body: ChatCompletionRequest, default_max_token
         await scope.aclose()
         model = UNKNOWN_MODEL if isinstance(error, ModelNotFound) else body.model
         gateway.metrics.record_error(model, error.status_code, error.error_type)
+        error.counted_as = model
         raise
     return _Admitted(generation, Observer(gateway.metrics, body.model), scope, body.model)
 

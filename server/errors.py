@@ -42,6 +42,9 @@ class GatewayError(Exception):
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
+        # Set by the completion path when it has counted this failure in the metrics (under that
+        # model label); a failure raised before any completion began (auth, validation) has none.
+        self.counted_as: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -26,7 +26,6 @@ T = TypeVar("T")
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, gateway: GatewayDep
 ) -> Response | ChatCompletionResponse:
-    request.state.observed = True
     if body.stream:
         stream = await open_stream(gateway, body)
         return StreamingResponse(_sse(stream), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

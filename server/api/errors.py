@@ -22,6 +22,7 @@ from ..errors import (
     NotFound,
     RateLimited,
 )
+from ..metrics import UNKNOWN_MODEL, GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -70,27 +71,42 @@ def from_validation_error(exc: RequestValidationError) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param, code="invalid_value")
 
 
-def install_error_handlers(app: FastAPI) -> None:
+CHAT_PATH = "/v1/chat/completions"
+
+
+def count_refusal(metrics: GatewayMetrics, path: str, error: GatewayError) -> None:
+    """Count a failed chat request that the completion path has not counted (it was refused
+    before a completion began: bad JSON, a bad key, a body too large), under ``model="unknown"``."""
+    if path == CHAT_PATH and error.counted_as is None:
+        metrics.record_error(UNKNOWN_MODEL, error.status_code, error.error_type)
+        error.counted_as = UNKNOWN_MODEL
+
+
+def install_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
+    def answer(request: Request, error: GatewayError, *, close: bool = False) -> JSONResponse:
+        count_refusal(metrics, request.url.path, error)
+        return error_response(error, close=close)
+
     async def on_gateway_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, GatewayError)
-        return error_response(exc)
+        return answer(request, exc)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(from_validation_error(exc))
+        return answer(request, from_validation_error(exc))
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
-            return error_response(NotFound(f"Unknown route: {request.method} {request.url.path}"))
+            return answer(request, NotFound(f"Unknown route: {request.method} {request.url.path}"))
         error = GatewayError(str(exc.detail))
         error.status_code, error.error_type = exc.status_code, "invalid_request_error"
-        return error_response(error)
+        return answer(request, error)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s", request.url.path)
         # The server closes the connection after an unhandled error: say so in the response.
-        return error_response(EngineError("The server had an error while processing your request."), close=True)
+        return answer(request, EngineError("The server had an error while processing your request."), close=True)
 
     app.add_exception_handler(GatewayError, on_gateway_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -1,13 +1,13 @@
-"""ASGI middleware that must see every request: the body limit and early-refusal accounting."""
+"""ASGI middleware that must see every request: the body limit."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import RequestTimeout, RequestTooLarge
-from ..metrics import UNKNOWN_MODEL, GatewayMetrics
+from ..errors import GatewayError, RequestTimeout, RequestTooLarge
 from .errors import error_response
 
 
@@ -20,10 +20,17 @@ class BodyLimitMiddleware:
     cannot get past the check by omitting Content-Length.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout: float = 30.0,
+        refused: Callable[[str, GatewayError], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self.refused = refused  # told (path, error) of each refusal, for the metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -37,7 +44,7 @@ class BodyLimitMiddleware:
             body = await asyncio.wait_for(self._read(receive), self.timeout)
         except asyncio.TimeoutError:
             error = RequestTimeout(f"The request body was not received within {self.timeout:g} s.")
-            await error_response(error, close=True)(scope, receive, send)
+            await self._refuse(error, scope, receive, send)
             return
         if body is None:  # the client went away
             return
@@ -71,34 +78,9 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = RequestTooLarge(f"Request body exceeds the limit of {self.max_bytes} bytes.")
+        await self._refuse(error, scope, receive, send)
+
+    async def _refuse(self, error: GatewayError, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.refused is not None:
+            self.refused(scope["path"], error)
         await error_response(error, close=True)(scope, receive, send)
-
-
-class EarlyErrorCounter:
-    """Count chat requests refused before the route ran (bad JSON, auth, 413) as errors.
-
-    The chat route records its own outcomes and marks the request ``observed``; anything else that
-    answers ``/v1/chat/completions`` with an error is counted here under ``model="unknown"``.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        status = 0
-
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        await self.app(scope, receive, watch)
-        if status >= 400 and not state.get("observed"):
-            error_type = "invalid_request_error" if status < 500 else "server_error"
-            self.metrics.record_error(UNKNOWN_MODEL, status, error_type)

@@ -218,7 +218,7 @@ CASES = [
         {"model": "alpha", "messages": OK_MESSAGES, "response_format": {"type": "yaml"}},
         400,
         "response_format",
-        None,
+        "invalid_value",
     ),
     (
         "json_schema without a schema",
