@@ -63,7 +63,7 @@ def render_chat(
             param="tools" if tools else "messages",
             code="tools_not_supported",
         )
-    chat = [_template_message(m) for m in messages]
+    chat = [template_message(m) for m in messages]
     text = tokenizer.apply_chat_template(
         chat, tools=[dict(t) for t in tools] or None, tokenize=False, add_generation_prompt=True
     )
@@ -78,7 +78,7 @@ def render_chat(
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def _template_message(message: dict[str, Any]) -> dict[str, Any]:
+def template_message(message: dict[str, Any]) -> dict[str, Any]:
     """OpenAI message -> what chat templates read: ``developer`` as ``system``, and tool-call
     arguments as objects (templates write them with ``tojson``; OpenAI sends them as JSON text)."""
     out = {**message, "role": "system" if message["role"] == "developer" else message["role"]}

@@ -7,22 +7,36 @@ as ``FILE:LINE: reason`` — never skipped silently, as LLaMA-Factory does.
 | format | record |
 |---|---|
 | alpaca | ``{"instruction", "input"?, "output", "system"?, "history"?: [[q, a], ...]}`` |
-| sharegpt | ``{"conversations": [{"from": "human"/"gpt"/"system", "value"}], "system"?}`` |
-| messages | ``{"messages": [{"role", "content", "weight"?: 0/1}]}`` (OpenAI fine-tuning, ms-swift) |
+| sharegpt | ``{"conversations": [{"from", "value"}], "system"?, "tools"?}`` (LLaMA-Factory) |
+| messages | ``{"messages": [{"role", "content", "weight"?: 0/1}], "tools"?}`` (OpenAI fine-tuning, ms-swift) |
 | query-response | ``{"query", "response", "system"?, "history"?}`` (ms-swift) |
+
+ShareGPT's ``from`` is human, gpt, system, function_call or observation.
+Tool use: ``tools`` lists OpenAI function tools (LLaMA-Factory writes them as a JSON string: both
+are read). An assistant's calls are OpenAI ``tool_calls`` (``messages``) or a ``function_call``
+turn whose value is ``{"name", "arguments"}`` (ShareGPT, LLaMA-Factory's convention); results are
+``tool`` messages or ``observation`` turns. Calls are trained on like any other answer text.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 Format = Literal["auto", "alpaca", "sharegpt", "messages", "query-response"]
 FORMATS: tuple[str, ...] = ("alpaca", "sharegpt", "messages", "query-response")
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "function_call": "assistant",
+    "observation": "tool",
+}
 
 
 @dataclass(frozen=True)
@@ -30,12 +44,23 @@ class Message:
     role: str
     content: str
     train: bool = False  # only assistant messages are ever trained on
+    tool_calls: tuple[dict[str, Any], ...] = ()  # OpenAI shape, arguments as JSON text
+    tool_call_id: str | None = None
+
+    def as_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = list(self.tool_calls)
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 @dataclass(frozen=True)
 class Conversation:
     messages: tuple[Message, ...]
     source: str  # FILE:LINE, for reports
+    tools: tuple[dict[str, Any], ...] = ()  # OpenAI function tools offered in this conversation
 
 
 @dataclass
@@ -81,10 +106,11 @@ def load_files(
                 messages = _apply_system(messages, system)
                 messages = [_fill(m, placeholders or {}) for m in messages]
                 _check(messages)
+                tools = _tools(record)
             except RecordError as exc:
                 dataset.errors.append(f"{where}: {exc}")
                 continue
-            dataset.conversations.append(Conversation(tuple(messages), where))
+            dataset.conversations.append(Conversation(tuple(messages), where, tools))
     return dataset
 
 
@@ -208,9 +234,64 @@ def _sharegpt(record: dict[str, Any]) -> list[Message]:
             raise RecordError(f"conversations[{i}] must be an object")
         role = _SHAREGPT_ROLES.get(turn.get("from"))  # type: ignore[arg-type]
         if role is None:
-            raise RecordError(f"conversations[{i}]: unknown role {turn.get('from')!r} (human, gpt or system)")
-        messages.append(Message(role, _text(turn.get("value"), f"conversations[{i}].value"), role == "assistant"))
+            raise RecordError(
+                f"conversations[{i}]: unknown role {turn.get('from')!r} "
+                "(human, gpt, system, function_call or observation)"
+            )
+        value = _text(turn.get("value"), f"conversations[{i}].value")
+        if turn.get("from") == "function_call":
+            messages.append(Message("assistant", "", True, _sharegpt_calls(value, f"conversations[{i}].value", i)))
+        else:
+            messages.append(Message(role, value, role == "assistant"))
     return messages
+
+
+def _sharegpt_calls(value: str, what: str, turn: int) -> tuple[dict[str, Any], ...]:
+    """LLaMA-Factory's function_call value: one ``{"name", "arguments"}`` object, or a list of them."""
+    try:
+        data = json.loads(value)
+    except ValueError:
+        raise RecordError(f'{what} must be JSON: {{"name": ..., "arguments": {{...}}}}') from None
+    calls = data if isinstance(data, list) else [data]
+    return tuple(_call({"function": call}, f"{what}[{k}]", f"call_{turn}_{k}") for k, call in enumerate(calls))
+
+
+def _call(value: Any, what: str, default_id: str) -> dict[str, Any]:
+    """One tool call in OpenAI's shape (``arguments`` as JSON text), from OpenAI's or a plain object."""
+    function = value.get("function") if isinstance(value, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        raise RecordError(f'{what} must name a function: {{"function": {{"name", "arguments"}}}}')
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            json.loads(arguments)
+        except ValueError:
+            raise RecordError(f"{what}.arguments is not valid JSON") from None
+    else:
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    call_id = value.get("id") or default_id
+    return {"id": str(call_id), "type": "function", "function": {"name": function["name"], "arguments": arguments}}
+
+
+def _tools(record: Any) -> tuple[dict[str, Any], ...]:
+    """The record's ``tools``: OpenAI function tools, as a list or as JSON text (LLaMA-Factory)."""
+    tools = record.get("tools") if isinstance(record, dict) else None
+    if tools is None or tools == "":
+        return ()
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except ValueError:
+            raise RecordError("tools is not valid JSON") from None
+    if not isinstance(tools, list):
+        raise RecordError("tools must be a list of function tools")
+    out = []
+    for k, tool in enumerate(tools):
+        function = tool.get("function", tool) if isinstance(tool, dict) else None  # {"name", ...} alone is accepted
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise RecordError(f"tools[{k}] must be a function tool with a name")
+        out.append({"type": "function", "function": function})
+    return tuple(out)
 
 
 def _messages(record: dict[str, Any]) -> list[Message]:
@@ -223,15 +304,28 @@ def _messages(record: dict[str, Any]) -> list[Message]:
         if not isinstance(turn, dict):
             raise RecordError(f"messages[{i}] must be an object")
         role = turn.get("role")
-        if role not in ("system", "user", "assistant"):
-            raise RecordError(f"messages[{i}]: unknown role {role!r} (system, user or assistant)")
+        if role not in ("system", "user", "assistant", "tool"):
+            raise RecordError(f"messages[{i}]: unknown role {role!r} (system, user, assistant or tool)")
         weight = turn.get("weight", 1)
         if weight not in (0, 1):
             raise RecordError(f"messages[{i}]: weight must be 0 or 1")
         if weight == 0 and role != "assistant":
             raise RecordError(f"messages[{i}]: weight applies to assistant messages only")
+        raw_calls = turn.get("tool_calls") or []
+        if not isinstance(raw_calls, list) or (raw_calls and role != "assistant"):
+            raise RecordError(f"messages[{i}]: tool_calls must be a list, on an assistant message")
+        calls = tuple(_call(c, f"messages[{i}].tool_calls[{k}]", f"call_{i}_{k}") for k, c in enumerate(raw_calls))
+        content = turn.get("content")
+        content = "" if content is None and calls else _text(content, f"messages[{i}].content")
+        call_id = turn.get("tool_call_id")
         messages.append(
-            Message(role, _text(turn.get("content"), f"messages[{i}].content"), role == "assistant" and weight == 1)
+            Message(
+                role,
+                content,
+                role == "assistant" and weight == 1,
+                calls,
+                str(call_id) if role == "tool" and call_id is not None else None,
+            )
         )
     return messages
 
@@ -258,7 +352,7 @@ def _fill(message: Message, placeholders: dict[str, str]) -> Message:
     content = message.content
     for key, value in placeholders.items():
         content = content.replace("{{" + key + "}}", value)
-    return Message(message.role, content, message.train)
+    return replace(message, content=content)
 
 
 def _check(messages: list[Message]) -> None:
@@ -267,7 +361,7 @@ def _check(messages: list[Message]) -> None:
     if not any(m.train for m in messages):
         raise RecordError("every assistant message has weight 0: nothing to train on")
     for i, m in enumerate(messages):
-        if not m.content.strip():
+        if not m.content.strip() and not m.tool_calls:
             raise RecordError(f"message {i} ({m.role}) has empty content")
     if any(m.role == "system" for m in messages[1:]):
         raise RecordError("a system message may only come first")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.prompts import template_message
 from .data import Conversation, Message
 
 IGNORE = -100
@@ -29,23 +30,28 @@ class Example:
         return sum(1 for label in self.labels if label != IGNORE)
 
 
-def _render(tokenizer: Any, messages: tuple[Message, ...], generation_prompt: bool) -> list[int]:
-    chat = [{"role": m.role, "content": m.content} for m in messages]
-    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=generation_prompt)
+def _render(
+    tokenizer: Any, messages: tuple[Message, ...], generation_prompt: bool, tools: tuple[dict[str, Any], ...] = ()
+) -> list[int]:
+    """As serving renders prompts (``server.engine.prompts``): tools to the template, call arguments as objects."""
+    chat = [template_message(m.as_openai()) for m in messages]
+    text = tokenizer.apply_chat_template(
+        chat, tools=list(tools) or None, tokenize=False, add_generation_prompt=generation_prompt
+    )
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
 def encode(tokenizer: Any, conversation: Conversation) -> Example:
     """Token ids of the whole conversation, and labels that keep only trained assistant tokens."""
-    messages = conversation.messages
-    input_ids = _render(tokenizer, messages, generation_prompt=False)
+    messages, tools = conversation.messages, conversation.tools
+    input_ids = _render(tokenizer, messages, False, tools)
     labels = [IGNORE] * len(input_ids)
     end_of_turn = tokenizer.eos_token_id
     for i, message in enumerate(messages):
         if not message.train:
             continue
-        start = len(_render(tokenizer, messages[:i], generation_prompt=True))
-        stop = len(_render(tokenizer, messages[: i + 1], generation_prompt=False))
+        start = len(_render(tokenizer, messages[:i], True, tools))
+        stop = len(_render(tokenizer, messages[: i + 1], False, tools))
         span = input_ids[start:stop]
         # Stop after the end-of-turn token: what follows it (a newline) belongs to no one's answer.
         if end_of_turn in span:
@@ -64,7 +70,7 @@ def fit(tokenizer: Any, conversation: Conversation, max_length: int) -> tuple[Ex
     for end in range(len(messages) - 1, 0, -1):
         if not messages[end - 1].train:
             continue
-        shorter = Conversation(messages[:end], conversation.source)
+        shorter = Conversation(messages[:end], conversation.source, conversation.tools)
         example = encode(tokenizer, shorter)
         if len(example.input_ids) <= max_length:
             return example, True

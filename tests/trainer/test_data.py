@@ -114,6 +114,26 @@ BAD_LINES = [
         "nothing to train",
     ),
     (json.dumps({"messages": "q"}), "must be a list"),
+    (
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}]},
+                ]
+            }
+        ),
+        "arguments is not valid JSON",
+    ),
+    (
+        json.dumps(
+            {
+                "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                "tools": "[not json",
+            }
+        ),
+        "tools is not valid JSON",
+    ),
     (json.dumps(["not", "an", "object"]), "JSON object"),
 ]
 
@@ -154,3 +174,59 @@ def test_unknown_format_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "weird.jsonl"
     path.write_text(json.dumps({"prompt": "q", "completion": "a"}))
     assert "--format" in load_files([path]).errors[0]
+
+
+ORDER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_order_status",
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+        },
+    }
+]
+CALL_CONVERSATION = {
+    "messages": {
+        "tools": ORDER_TOOLS,
+        "messages": [
+            {"role": "user", "content": "Where is A1001?"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "call_0_0",
+                        "type": "function",
+                        "function": {"name": "get_order_status", "arguments": '{"order_id": "A1001"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_0_0", "content": '{"status": "shipped"}'},
+            {"role": "assistant", "content": "It has shipped."},
+        ],
+    },
+    "sharegpt": {
+        "tools": json.dumps(ORDER_TOOLS),  # LLaMA-Factory writes tools as JSON text
+        "conversations": [
+            {"from": "human", "value": "Where is A1001?"},
+            {"from": "function_call", "value": '{"name": "get_order_status", "arguments": {"order_id": "A1001"}}'},
+            {"from": "observation", "value": '{"status": "shipped"}'},
+            {"from": "gpt", "value": "It has shipped."},
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize("fmt", list(CALL_CONVERSATION))
+def test_tool_calling_data_reads_to_the_same_conversation(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"{fmt}.jsonl"
+    path.write_text(json.dumps(CALL_CONVERSATION[fmt]) + "\n")
+    dataset = load_files([path])
+    assert dataset.errors == []
+    (conversation,) = dataset.conversations
+    assert conversation.tools == tuple(ORDER_TOOLS)
+    roles = [(m.role, m.train) for m in conversation.messages]
+    assert roles == [("user", False), ("assistant", True), ("tool", False), ("assistant", True)]
+    (call,) = conversation.messages[1].tool_calls
+    assert call["function"]["name"] == "get_order_status"
+    assert json.loads(call["function"]["arguments"]) == {"order_id": "A1001"}
+    assert conversation.messages[2].content == '{"status": "shipped"}'

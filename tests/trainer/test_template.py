@@ -92,3 +92,43 @@ def test_too_long_examples_are_cut_at_a_turn_boundary_or_dropped(tokenizer) -> N
     )
     nothing, cut = fit(tokenizer, long, 5)
     assert nothing is None and cut
+
+
+def test_tool_calls_are_trained_on_and_tool_results_are_not(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Token by token: the call (as Qwen2.5's template writes it) and the final answer are labelled;
+    the tools in the system turn, the question and the tool's result are not."""
+    tools = (
+        {
+            "type": "function",
+            "function": {"name": "get_order_status", "parameters": {"type": "object", "properties": {}}},
+        },
+    )
+    call = {"id": "c", "type": "function", "function": {"name": "get_order_status", "arguments": '{"order_id": "A1"}'}}
+    example = encode(
+        tokenizer,
+        Conversation(
+            (
+                Message("user", "Where is A1?"),
+                Message("assistant", "", True, (call,)),
+                Message("tool", '{"status": "shipped"}', tool_call_id="c"),
+                Message("assistant", "It has shipped.", True),
+            ),
+            "test:1",
+            tools,
+        ),
+    )
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    expected: list[int] = []
+    for answer in (
+        '<tool_call>\n{"name": "get_order_status", "arguments": {"order_id": "A1"}}\n</tool_call>',
+        "It has shipped.",
+    ):
+        answer_ids = tokenizer.encode(answer, add_special_tokens=False) + [end]
+        starts = [i for i in range(len(example.input_ids)) if example.input_ids[i : i + len(answer_ids)] == answer_ids]
+        assert len(starts) == 1, answer
+        expected += list(range(starts[0], starts[0] + len(answer_ids)))
+    labelled = [i for i, label in enumerate(example.labels) if label != IGNORE]
+    assert labelled == expected
+    prompt = tokenizer.decode(example.input_ids)
+    assert "get_order_status" in prompt.split("<|im_end|>")[0]  # the tools are shown in the system turn
+    assert "<tool_response>" in prompt
