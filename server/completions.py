@@ -108,7 +108,8 @@ def _output_format(body: ChatCompletionRequest) -> OutputFormat | None:
     if fmt is None or fmt.type == "text":
         return None
     if isinstance(fmt, ResponseFormatJsonSchema):
-        return OutputFormat("json_schema", fmt.json_schema.schema_, bool(fmt.json_schema.strict))
+        schema = fmt.json_schema
+        return OutputFormat("json_schema", schema.schema_, bool(schema.strict), schema.name)
     return OutputFormat("json_object")
 
 
@@ -167,7 +168,7 @@ def _chunk_choices(delta: GenerationDelta, want_logprobs: bool) -> list[ChatComp
                 index=piece.index,
                 id=piece.id,
                 type="function" if piece.id else None,
-                function=DeltaFunctionCall(name=piece.name, arguments=piece.arguments if not piece.name else ""),
+                function=DeltaFunctionCall(name=piece.name, arguments=piece.arguments),
             )
             for piece in delta.tool_calls
         ]

@@ -2,8 +2,9 @@
 
 The base is a random-weight Qwen2 with a real byte-level BPE tokenizer and Qwen's chat template,
 cached under ``.demo/``. Its tokenizer learns its merges from the bundled example datasets as well,
-so the Chinese answers take few tokens. Two adapters are trained on ``examples/`` (customer service,
-and the bot's identity) and published into the adapters directory, unless they are already there.
+so the Chinese answers take few tokens. Three adapters are trained on ``examples/`` (customer service,
+the bot's identity, and an order-lookup tool) and published into the adapters directory, unless
+they are already there.
 Random weights know nothing: the base answers gibberish, each adapter answers from its data.
 """
 
@@ -41,6 +42,7 @@ class DemoAdapter:
 DEMO_ADAPTERS = (
     DemoAdapter("shop-support", "customer_service.jsonl"),
     DemoAdapter("identity", "self_cognition.json", model_name="小智", model_author="Acme Shop"),
+    DemoAdapter("order-lookup", "order_lookup.jsonl"),  # calls get_order_status, then answers from its result
 )
 # A random model needs many full-batch steps to memorise its answers; these train both adapters in
 # about a minute on two CPU cores (measured in benchmarks/train_demo.py).

@@ -49,6 +49,9 @@ class ToolSpec:
     def calls_allowed(self) -> bool:
         return self.choice != "none" or self.named
 
+    def openai_choice(self) -> str | dict[str, Any]:
+        return {"type": "function", "function": {"name": self.choice}} if self.named else self.choice
+
 
 @dataclass(frozen=True)
 class OutputFormat:
@@ -57,6 +60,12 @@ class OutputFormat:
     type: Literal["json_object", "json_schema"]
     schema: dict[str, Any] | None = None  # json_schema only
     strict: bool = False
+    name: str = "response"  # json_schema's name, passed on to upstreams
+
+    def as_openai(self) -> dict[str, Any]:
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        return {"type": "json_schema", "json_schema": {"name": self.name, "schema": self.schema, "strict": self.strict}}
 
 
 @dataclass(frozen=True)

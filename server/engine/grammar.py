@@ -1,20 +1,22 @@
-"""Constrained decoding for the embedded engine, with xgrammar (the backend vLLM pins).
+"""Constrained decoding: which grammar a request needs, as one xgrammar structural tag, and the
+embedded engine's compiler and per-row matchers (xgrammar: the backend vLLM pins).
 
-A request that asks for JSON (``response_format``) or offers tools gets a compiled grammar; each of
-its rows gets a matcher that masks, before every sampled token, what the grammar forbids. Rows of
-one batch carry different grammars (or none) and different adapters: masking is per row.
+``output_tag`` is the one definition of every constraint; the embedded engine compiles it here
+and the vLLM engine hands the same tag to vLLM (``SamplingParams.structured_outputs``), so both
+engines constrain identically.
 
-- ``json_object``: any JSON object. ``json_schema``: JSON valid against the schema (xgrammar's
-  ``strict_mode`` follows the request's ``strict``: no properties beyond the schema's).
+- ``json_object``: any JSON object. ``json_schema``: JSON valid against the schema as written
+  (``strict`` or not: a schema that is given is enforced).
 - tools: Qwen2.5's ``<tool_call>`` format (xgrammar's ``qwen_3`` structural tag, the same format):
-  with ``auto`` the model writes text or calls; ``required`` forces at least one call and a named
-  ``tool_choice`` exactly that function; every call's arguments follow its ``parameters`` schema.
-  A non-strict tool whose schema xgrammar cannot compile, under ``auto``, is served unconstrained
-  (as OpenAI treats non-strict schemas: a hint); everything else is a 400 naming the problem.
+  with ``auto`` the model writes text or calls; ``required`` forces one call or more and a named
+  ``tool_choice`` exactly that function, with nothing else around them; every call's arguments
+  follow its ``parameters`` schema. A non-strict tool whose schema xgrammar cannot compile, under
+  ``auto``, is served unconstrained (as OpenAI treats non-strict schemas: a hint); everything else
+  that does not compile is a 400 naming the problem.
 
-Whitespace inside JSON is capped (``MAX_WHITESPACE``) so a model cannot spend its whole budget on
-indentation. Compiling is done off the event loop and off the engine's worker thread (the other
-rows keep decoding), and cached per grammar: a schema used again costs a dictionary lookup.
+Whitespace inside JSON is capped (``MAX_WHITESPACE``) so a model cannot spend its budget on
+indentation. The embedded engine compiles off the event loop and off its worker thread (the other
+rows keep decoding), and caches per grammar: a schema used again costs a dictionary lookup.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ..errors import InvalidRequest
-from .base import GenerationRequest, ToolSpec
+from .base import GenerationRequest
 from .tool_calls import CLOSE, OPEN
 
 logger = logging.getLogger(__name__)
@@ -37,20 +39,69 @@ _CACHE_SIZE = 256
 _LOCATION = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # xgrammar's "[17:17:28] /project/cpp/x.cc:4944: " prefix
 
 
+def output_tag(request: GenerationRequest) -> Any | None:
+    """The xgrammar ``StructuralTag`` constraining ``request``'s output, or None when unconstrained."""
+    import xgrammar as xgr
+    from xgrammar import structural_tag as st
+
+    fmt, tools = request.output_format, request.tools
+    if fmt is not None:
+        schema = _bounded_strings_as_patterns(fmt.schema) if fmt.type == "json_schema" else {"type": "object"}
+        return xgr.StructuralTag(format=st.JSONSchemaFormat(json_schema=schema, max_whitespace_cnt=MAX_WHITESPACE))
+    if tools is None or not tools.calls_allowed:
+        return None
+    offered: list[Any] = [_with_parameters(t) for t in tools.tools]
+    if tools.choice == "auto" and not tools.named:
+        return xgr.get_model_structural_tag(
+            "qwen_3",
+            tools=offered,
+            tool_choice="auto",
+            reasoning="disabled",
+            parallel_tool_calls=tools.parallel,
+            max_whitespace_cnt=MAX_WHITESPACE,
+        )
+    wanted = [t for t in offered if not tools.named or t["function"]["name"] == tools.choice]
+    tags = [
+        st.TagFormat(
+            begin=f'{OPEN}\n{{"name": {json.dumps(t["function"]["name"])}, "arguments": ',
+            content=st.JSONSchemaFormat(json_schema=t["function"]["parameters"], max_whitespace_cnt=MAX_WHITESPACE),
+            end=f"}}\n{CLOSE}",
+        )
+        for t in wanted
+    ]
+    calls = st.TagsWithSeparatorFormat(
+        tags=tags, separator="\n", at_least_one=True, stop_after_first=tools.named or not tools.parallel
+    )
+    return xgr.StructuralTag(format=calls)
+
+
+def refusal(request: GenerationRequest, exc: BaseException) -> InvalidRequest | None:
+    """The 400 for a grammar that does not compile, or None when the request may run unconstrained."""
+    fmt, tools = request.output_format, request.tools
+    if fmt is not None:
+        param = "response_format.json_schema.schema" if fmt.type == "json_schema" else "response_format"
+        return InvalidRequest(f"Invalid JSON schema: {reason(exc)}", param=param)
+    assert tools is not None
+    strict = any(t["function"].get("strict") for t in tools.tools)
+    if tools.choice == "auto" and not tools.named and not strict:
+        logger.warning("tools served unconstrained (their schemas do not compile: %s)", reason(exc))
+        return None
+    return InvalidRequest(f"Invalid tool parameters schema: {reason(exc)}", param="tools")
+
+
 def grammar_key(request: GenerationRequest) -> str | None:
     """A canonical description of the grammar ``request`` needs, or None when it needs none."""
     fmt, tools = request.output_format, request.tools
     if fmt is not None:
-        return json.dumps({"format": fmt.type, "schema": fmt.schema, "strict": fmt.strict}, sort_keys=True)
+        return json.dumps({"format": fmt.type, "schema": fmt.schema}, sort_keys=True)
     if tools is not None and tools.calls_allowed:
-        choice = tools.choice if not tools.named else {"type": "function", "function": {"name": tools.choice}}
-        spec = {"tools": list(tools.tools), "choice": choice, "parallel": tools.parallel}
+        spec = {"tools": list(tools.tools), "choice": tools.openai_choice(), "parallel": tools.parallel}
         return json.dumps(spec, sort_keys=True)
     return None
 
 
 class Grammars:
-    """Compiles and caches grammars for one tokenizer; hands out per-row matchers."""
+    """The embedded engine's compiler (one tokenizer), its cache, and per-row matchers."""
 
     def __init__(self, tokenizer: Any, vocab_size: int, stop_ids: list[int]) -> None:
         import xgrammar as xgr
@@ -71,7 +122,15 @@ class Grammars:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        compiled = self._compile(request)
+        tag = output_tag(request)
+        assert tag is not None  # a request with a grammar key has a tag
+        try:
+            compiled = self._compiler.compile_structural_tag(tag)
+        except Exception as exc:
+            error = refusal(request, exc)
+            if error is not None:
+                raise error from None
+            compiled = None
         with self._lock:
             self._cache[key] = compiled
             while len(self._cache) > _CACHE_SIZE:
@@ -88,59 +147,6 @@ class Grammars:
         """Forbid, in ``logits`` (one row, in place), every token the grammar does not allow next."""
         matcher.fill_next_token_bitmask(bitmask)
         self._xgr.apply_token_bitmask_inplace(logits.unsqueeze(0), bitmask.to(logits.device, non_blocking=True))
-
-    def _compile(self, request: GenerationRequest) -> Any | None:
-        fmt, tools = request.output_format, request.tools
-        if fmt is not None:
-            schema = _bounded_strings_as_patterns(fmt.schema) if fmt.type == "json_schema" else {"type": "object"}
-            param = "response_format.json_schema.schema" if fmt.type == "json_schema" else "response_format"
-            try:
-                return self._compiler.compile_json_schema(
-                    json.dumps(schema), strict_mode=fmt.strict, max_whitespace_cnt=MAX_WHITESPACE
-                )
-            except Exception as exc:
-                raise InvalidRequest(f"Invalid JSON schema: {_reason(exc)}", param=param) from None
-        assert tools is not None
-        try:
-            return self._compiler.compile_structural_tag(self._tool_tag(tools))
-        except Exception as exc:
-            strict = any(t["function"].get("strict") for t in tools.tools)
-            if tools.choice == "auto" and not tools.named and not strict:
-                logger.warning("tools served unconstrained (their schemas do not compile: %s)", _reason(exc))
-                return None
-            raise InvalidRequest(f"Invalid tool parameters schema: {_reason(exc)}", param="tools") from None
-
-    def _tool_tag(self, tools: ToolSpec) -> Any:
-        """``auto``: xgrammar's Qwen tag (text, and calls after a ``<tool_call>`` trigger).
-        ``required`` and named: calls only, one or more (one unless ``parallel``), nothing else."""
-        offered: list[Any] = [_with_parameters(t) for t in tools.tools]
-        if tools.choice == "auto" and not tools.named:
-            return self._xgr.get_model_structural_tag(
-                "qwen_3",
-                tools=offered,
-                tool_choice="auto",
-                reasoning="disabled",
-                parallel_tool_calls=tools.parallel,
-                max_whitespace_cnt=MAX_WHITESPACE,
-            )
-        from xgrammar import structural_tag as st
-
-        wanted = [t for t in offered if not tools.named or t["function"]["name"] == tools.choice]
-        tags = [
-            st.TagFormat(
-                begin=f'{OPEN}\n{{"name": {json.dumps(t["function"]["name"])}, "arguments": ',
-                content=st.JSONSchemaFormat(
-                    json_schema=t["function"]["parameters"],
-                    max_whitespace_cnt=MAX_WHITESPACE,
-                ),
-                end=f"}}\n{CLOSE}",
-            )
-            for t in wanted
-        ]
-        calls = st.TagsWithSeparatorFormat(
-            tags=tags, separator="\n", at_least_one=True, stop_after_first=tools.named or not tools.parallel
-        )
-        return self._xgr.StructuralTag(format=calls)
 
 
 def _bounded_strings_as_patterns(schema: Any) -> Any:
@@ -167,6 +173,7 @@ def _with_parameters(tool: dict[str, Any]) -> dict[str, Any]:
     return {**tool, "function": {**tool["function"], "parameters": _bounded_strings_as_patterns(parameters)}}
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """xgrammar's message without its source location."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return _LOCATION.sub("", text)

@@ -346,6 +346,15 @@ def _chat_body(request: GenerationRequest, model: str) -> dict[str, Any]:
         body["seed"] = options.seed
     if options.stop:
         body["stop"] = list(options.stop)
+    if request.tools is not None:  # vLLM parses the calls (--enable-auto-tool-choice --tool-call-parser hermes)
+        body["tools"] = list(request.tools.tools)
+        body["tool_choice"] = request.tools.openai_choice()
+        body["parallel_tool_calls"] = request.tools.parallel
+    if request.output_format is not None:
+        body["response_format"] = request.output_format.as_openai()
+    if options.logprobs is not None:
+        body["logprobs"] = True
+        body["top_logprobs"] = options.logprobs
     return body
 
 

@@ -1,14 +1,21 @@
-"""vLLM's OpenAI-compatible SSE stream, turned into engine deltas as each event arrives."""
+"""vLLM's OpenAI-compatible SSE stream, turned into engine deltas as each event arrives.
+
+Tool-call pieces (ids included) and logprobs are passed on as the upstream sent them: vLLM's own
+tool parser and logprobs are the answer, not something to redo here.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
 from ..errors import EngineError
-from .base import GenerationDelta
+from .base import GenerationDelta, TokenLogprob, ToolCallDelta, TopLogprob
+
+_FINISH = ("stop", "length", "tool_calls")
 
 
 async def deltas(response: httpx.Response) -> AsyncIterator[GenerationDelta]:
@@ -44,11 +51,43 @@ async def deltas(response: httpx.Response) -> AsyncIterator[GenerationDelta]:
                 continue
             for choice in chunk.get("choices", []):
                 index = choice["index"]
-                content = (choice.get("delta") or {}).get("content") or ""
-                if content:
+                delta = choice.get("delta") or {}
+                content = delta.get("content") or ""
+                calls = tuple(_tool_call(piece) for piece in delta.get("tool_calls") or ())
+                logprobs = _logprobs(choice.get("logprobs"))
+                if content or calls or logprobs:
                     counts[index] = counts.get(index, 0) + 1
-                    yield GenerationDelta(index, content, None, prompt_tokens, counts[index])
+                    yield GenerationDelta(
+                        index, content, None, prompt_tokens, counts[index], tool_calls=calls, logprobs=logprobs
+                    )
                 if choice.get("finish_reason"):
-                    finish[index] = choice["finish_reason"] if choice["finish_reason"] in ("stop", "length") else "stop"
+                    finish[index] = choice["finish_reason"] if choice["finish_reason"] in _FINISH else "stop"
     for index, reason in finish.items():  # an upstream that sent no usage chunk
         yield GenerationDelta(index, "", reason, prompt_tokens, counts.get(index, 0))  # type: ignore[arg-type]
+
+
+def _tool_call(piece: dict[str, Any]) -> ToolCallDelta:
+    function = piece.get("function") or {}
+    return ToolCallDelta(
+        index=int(piece.get("index", 0)),
+        id=piece.get("id"),
+        name=function.get("name"),
+        arguments=function.get("arguments") or "",
+    )
+
+
+def _logprobs(value: dict[str, Any] | None) -> tuple[TokenLogprob, ...] | None:
+    if not value or not value.get("content"):
+        return None
+    return tuple(
+        TokenLogprob(
+            token=entry["token"],
+            logprob=float(entry["logprob"]),
+            bytes=tuple(entry.get("bytes") or ()),
+            top=tuple(
+                TopLogprob(token=t["token"], logprob=float(t["logprob"]), bytes=tuple(t.get("bytes") or ()))
+                for t in entry.get("top_logprobs") or ()
+            ),
+        )
+        for entry in value["content"]
+    )

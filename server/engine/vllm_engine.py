@@ -8,6 +8,10 @@ Prompts are rendered here with the base tokenizer's chat template and passed as 
 as the local engine renders them, so prompt accounting and templates match across engines. Each
 adapter *version* becomes one ``LoRARequest`` with its own ``lora_int_id`` (never reused), so a
 swap loads the new version beside the old one, and the registry removes the old one once drained.
+
+Tools, JSON and logprobs use vLLM's own machinery: the constraint (``grammar.output_tag``, the
+same xgrammar structural tag the embedded engine compiles) goes to vLLM's structured outputs,
+tool calls are read by vLLM's ``hermes`` parser, and logprobs come from vLLM's sampler.
 """
 
 from __future__ import annotations
@@ -18,7 +22,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EngineError, EngineUnavailable
-from .base import AdapterRef, Engine, EngineHealth, GenerationDelta, GenerationRequest, SamplingOptions
+from .base import (
+    AdapterRef,
+    Engine,
+    EngineHealth,
+    GenerationDelta,
+    GenerationRequest,
+    SamplingOptions,
+    TokenLogprob,
+    ToolCallDelta,
+)
+from .grammar import output_tag, refusal
+from .logprobs import TokenBytes
 from .prompts import check_context, render_chat, render_off_loop
 
 logger = logging.getLogger(__name__)
@@ -64,8 +79,9 @@ def engine_args(options: VllmOptions) -> Any:
     )
 
 
-def sampling_params(options: SamplingOptions, max_tokens: int) -> Any:
-    """Our sampling options as vLLM's ``SamplingParams``; temperature 0 is greedy in both."""
+def sampling_params(options: SamplingOptions, max_tokens: int, structured: Any = None) -> Any:
+    """Our sampling options as vLLM's ``SamplingParams``; temperature 0 is greedy in both.
+    ``logprobs=k`` makes vLLM return the chosen token's logprob and the k most likely."""
     from vllm import SamplingParams
 
     return SamplingParams(
@@ -77,7 +93,76 @@ def sampling_params(options: SamplingOptions, max_tokens: int) -> Any:
         seed=options.seed,
         stop=list(options.stop) or None,
         max_tokens=max_tokens,
+        logprobs=options.logprobs,
+        structured_outputs=structured,
     )
+
+
+def structured_outputs(request: GenerationRequest) -> Any:
+    """The request's constraint as vLLM's ``StructuredOutputsParams`` (its xgrammar backend compiles
+    the same structural tag as the embedded engine), or None. A schema xgrammar cannot compile is
+    refused here with the same 400 as on the embedded engine."""
+    tag = output_tag(request)
+    if tag is None:
+        return None
+    import xgrammar as xgr
+    from vllm.sampling_params import StructuredOutputsParams
+
+    text = tag.model_dump_json()
+    try:
+        xgr.Grammar.from_structural_tag(text)  # what vLLM's validation does, answered as our 400
+    except Exception as exc:
+        error = refusal(request, exc)
+        if error is not None:
+            raise error from None
+        return None
+    return StructuredOutputsParams(structural_tag=text)
+
+
+class HermesToolCalls:
+    """vLLM's ``hermes`` tool parser (the one ``--tool-call-parser hermes`` uses for Qwen2.5)
+    behind the interface of ``server.engine.tool_calls.ToolCallParser``: text in, content and
+    tool-call pieces out."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from vllm.tool_parsers.hermes_tool_parser import Hermes2ProToolParser
+
+        self._parser = Hermes2ProToolParser(tokenizer)
+        self._text = ""
+        self.called = False
+
+    def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
+        previous, self._text = self._text, self._text + text
+        delta = self._parser.extract_tool_calls_streaming(previous, self._text, text, [], [], [], None)
+        if delta is None:
+            return "", []
+        pieces = []
+        for call in delta.tool_calls or ():
+            function = call.function
+            name = getattr(function, "name", None) if function is not None else None
+            arguments = getattr(function, "arguments", None) if function is not None else None
+            pieces.append(ToolCallDelta(index=call.index, id=call.id, name=name, arguments=arguments or ""))
+        self.called = self.called or any(piece.name for piece in pieces)
+        return delta.content or "", pieces
+
+    def finish(self) -> tuple[str, list[ToolCallDelta]]:
+        return "", []
+
+
+def token_logprobs(
+    entries: list[Any], token_ids: list[int], top: int, table: TokenBytes, skip: set[int]
+) -> tuple[TokenLogprob, ...]:
+    """vLLM's per-token ``{token_id: Logprob}`` dicts (the chosen token and the ``top`` best, by
+    rank) in OpenAI's shape, with exact bytes; tokens in ``skip`` (end of turn) are left out."""
+    out = []
+    for token_id, entry in zip(token_ids, entries, strict=False):
+        if token_id in skip or entry is None:
+            continue
+        ranked = sorted(((lp.rank or 0, tid, lp.logprob) for tid, lp in entry.items()), key=lambda r: r[0])
+        best = tuple(table.entry(tid, float(logprob)) for rank, tid, logprob in ranked if 0 < rank <= top)
+        chosen = table.entry(token_id, float(entry[token_id].logprob))
+        out.append(TokenLogprob(chosen.token, chosen.logprob, chosen.bytes, best))
+    return tuple(out)
 
 
 def lora_request(adapter: AdapterRef) -> Any:
@@ -93,6 +178,7 @@ class VllmEngine(Engine):
         self._engine: Any = None
         self._tokenizer: Any = None
         self._loras: dict[int, Any] = {}
+        self._token_bytes: TokenBytes | None = None
         self._running = 0
         self._detail = "not started"
 
@@ -102,6 +188,7 @@ class VllmEngine(Engine):
 
         self._detail = "loading model"
         self._tokenizer = AutoTokenizer.from_pretrained(self.options.model)
+        self._token_bytes = TokenBytes(self._tokenizer)
         self._engine = AsyncLLM.from_engine_args(engine_args(self.options))
         self.max_model_len = self._engine.model_config.max_model_len
         self._detail = "ready"
@@ -130,28 +217,29 @@ class VllmEngine(Engine):
             loaded_adapters=[r.lora_name for r in self._loras.values()],
         )
 
-    def render_prompt(self, messages: tuple[dict[str, str], ...]) -> list[int]:
+    def render_prompt(self, messages: tuple[dict[str, Any], ...]) -> list[int]:
         return render_chat(self._tokenizer, messages)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         engine = self._require()
-        prompt_ids = await render_off_loop(self._tokenizer, request.messages, self.max_model_len or 0)
+        tools = request.tools.tools if request.tools is not None else ()
+        prompt_ids = await render_off_loop(self._tokenizer, request.messages, self.max_model_len or 0, tools)
+        options = request.sampling
         max_tokens = check_context(
-            len(prompt_ids), request.sampling.max_tokens, self.max_model_len or 0, request.sampling.default_max_tokens
+            len(prompt_ids), options.max_tokens, self.max_model_len or 0, options.default_max_tokens
         )
         lora = self._loras.get(request.adapter.adapter_id) if request.adapter else None
         if request.adapter is not None and lora is None:
             raise EngineUnavailable(f"Adapter {request.adapter.name} is not loaded.")
-        sent = [""] * request.sampling.n
-        finished = [False] * request.sampling.n
+        params = sampling_params(options, max_tokens, structured_outputs(request))
+        n = options.n
+        calling = request.tools is not None and request.tools.calls_allowed
+        parsers = [HermesToolCalls(self._tokenizer) for _ in range(n)] if calling else []
+        sent, logprobs_sent, finished = [""] * n, [0] * n, [False] * n
+        skip = {self._tokenizer.eos_token_id}
         self._running += 1
         try:
-            stream = engine.generate(
-                {"prompt_token_ids": prompt_ids},
-                sampling_params(request.sampling, max_tokens),
-                request.request_id,
-                lora_request=lora,
-            )
+            stream = engine.generate({"prompt_token_ids": prompt_ids}, params, request.request_id, lora_request=lora)
             async for output in stream:
                 for choice in output.outputs:
                     i = choice.index
@@ -161,8 +249,32 @@ class VllmEngine(Engine):
                     sent[i] = choice.text
                     reason = choice.finish_reason if choice.finish_reason in ("stop", "length") else None
                     finished[i] = choice.finish_reason is not None
-                    if text or reason:
-                        yield GenerationDelta(i, text, reason, len(prompt_ids), len(choice.token_ids))
+                    calls: list[ToolCallDelta] = []
+                    if parsers:
+                        text, calls = parsers[i].feed(text)
+                        if reason == "stop" and parsers[i].called:
+                            reason = "tool_calls"
+                    logprobs = None
+                    if options.logprobs is not None and self._token_bytes is not None:
+                        start = logprobs_sent[i]
+                        logprobs_sent[i] = len(choice.token_ids)
+                        logprobs = token_logprobs(
+                            list(choice.logprobs or [])[start:],
+                            list(choice.token_ids)[start:],
+                            options.logprobs,
+                            self._token_bytes,
+                            skip,
+                        )
+                    if text or calls or reason or logprobs:
+                        yield GenerationDelta(
+                            i,
+                            text,
+                            reason,
+                            len(prompt_ids),
+                            len(choice.token_ids),
+                            tool_calls=tuple(calls),
+                            logprobs=logprobs,
+                        )
         finally:
             self._running -= 1
             if not all(finished):

@@ -4,7 +4,9 @@ It speaks the parts of vLLM's API the remote engine uses (``/v1/models`` with ad
 of the base, ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``, streaming chat completions),
 and answers every chat by streaming ``answer`` word by word, after ``delay`` seconds (a busy
 upstream), or fails the way a test asks: the connection dropped after ``die_after`` chunks (a
-killed or crashed upstream, mid-answer).
+killed or crashed upstream, mid-answer). A request with ``tools`` is answered, as ``vllm serve
+--enable-auto-tool-choice --tool-call-parser hermes`` streams it, with one call of the first tool
+(name first, then the arguments in two pieces); ``logprobs`` come with every content chunk.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+CALL_ID = "chatcmpl-tool-upstream1"  # as vLLM names its calls
 
 
 class _Dropped(Exception):
@@ -32,6 +36,7 @@ class FakeVllm:
     loaded: set[str] = field(default_factory=set)
     chats: int = 0
     dropped: int = 0
+    bodies: list[dict[str, Any]] = field(default_factory=list)  # every chat request, as received
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -65,24 +70,51 @@ class FakeVllm:
             if body["model"] not in {self.base, *self.loaded}:
                 return JSONResponse({"error": {"message": "no such model", "type": "NotFoundError", "code": 404}}, 404)
             self.chats += 1
+            self.bodies.append(body)
             await asyncio.sleep(self.delay)
-            return StreamingResponse(self._stream(body["model"]), media_type="text/event-stream")
+            if body.get("tools"):
+                return StreamingResponse(self._tool_call(body), media_type="text/event-stream")
+            return StreamingResponse(
+                self._stream(body["model"], bool(body.get("logprobs"))), media_type="text/event-stream"
+            )
 
         return app
 
-    async def _stream(self, model: str) -> AsyncIterator[str]:
+    async def _tool_call(self, body: dict[str, Any]) -> AsyncIterator[str]:
+        name = body["tools"][0]["function"]["name"]
+        pieces = [
+            {
+                "index": 0,
+                "id": "chatcmpl-tool-upstream1",
+                "type": "function",
+                "function": {"name": name, "arguments": ""},
+            },
+            {"index": 0, "function": {"arguments": '{"order_id": '}},
+            {"index": 0, "function": {"arguments": '"A1001"}'}},
+        ]
+        for piece in pieces:
+            chunk = {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}]}
+            yield f"data: {json.dumps(chunk)}\n\n"
+        done = {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+        usage = {"id": "c", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}}
+        yield f"data: {json.dumps(done)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n"
+
+    async def _stream(self, model: str, logprobs: bool = False) -> AsyncIterator[str]:
         words = self.answer.split(" ")
         for i, word in enumerate(words):
             if self.die_after is not None and i >= self.die_after:
                 self.dropped += 1
                 raise _Dropped()
             piece = word if i == 0 else " " + word
-            chunk = {
+            chunk: dict[str, Any] = {
                 "id": "c",
                 "object": "chat.completion.chunk",
                 "model": model,
                 "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
             }
+            if logprobs:
+                entry = {"token": piece, "logprob": -0.25, "bytes": list(piece.encode()), "top_logprobs": []}
+                chunk["choices"][0]["logprobs"] = {"content": [entry], "refusal": None}
             yield f"data: {json.dumps(chunk)}\n\n"
         done = {
             "id": "c",

@@ -339,3 +339,57 @@ def test_a_slow_upstream_is_tried_again_when_the_other_drops_before_answering(
             assert response.status_code == 200, response.text
             assert response.json()["choices"][0]["message"]["content"] == "Slow but alive."
         assert dropping.dropped >= 1
+
+
+def test_tools_response_format_and_logprobs_pass_through_unchanged(base_model: Path, adapters_dir: Path) -> None:
+    """The upstream (vLLM with its hermes parser) decides; the gateway passes the request's fields
+    on and the upstream's calls (ids included) and logprobs back, streamed and not."""
+    from openai import OpenAI
+
+    fake = FakeVllm("tiny-base", answer="Fine thanks")
+    tools = [{"type": "function", "function": {"name": "get_order_status", "parameters": {"type": "object"}}}]
+    with (
+        gateway_over([fake], base_model, adapters_dir) as url,
+        OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client,
+    ):
+        called = client.chat.completions.create(
+            model="tiny-base", messages=ASK, tools=tools, tool_choice="required", parallel_tool_calls=False
+        )
+        sent = fake.bodies[-1]
+        assert (sent["tools"], sent["tool_choice"], sent["parallel_tool_calls"]) == (tools, "required", False)
+        choice = called.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        ((call,),) = [choice.message.tool_calls]
+        assert (call.id, call.function.name, call.function.arguments) == (
+            "chatcmpl-tool-upstream1",
+            "get_order_status",
+            '{"order_id": "A1001"}',
+        )
+        pieces = [
+            piece
+            for chunk in client.chat.completions.create(model="tiny-base", messages=ASK, tools=tools, stream=True)
+            for c in chunk.choices
+            for piece in c.delta.tool_calls or []
+        ]
+        assert [p.function.arguments for p in pieces] == ["", '{"order_id": ', '"A1001"}']
+        assert pieces[0].id == "chatcmpl-tool-upstream1" and pieces[0].function.name == "get_order_status"
+
+        schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+        rated = client.chat.completions.create(
+            model="tiny-base",
+            messages=ASK,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "t", "schema": schema, "strict": True},
+            },
+            logprobs=True,
+            top_logprobs=2,
+        )
+        sent = fake.bodies[-1]
+        assert sent["response_format"] == {
+            "type": "json_schema",
+            "json_schema": {"name": "t", "schema": schema, "strict": True},
+        }
+        assert (sent["logprobs"], sent["top_logprobs"]) == (True, 2)
+        entries = rated.choices[0].logprobs.content
+        assert [e.token for e in entries] == ["Fine", " thanks"] and {e.logprob for e in entries} == {-0.25}

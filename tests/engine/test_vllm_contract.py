@@ -9,6 +9,7 @@ environment exists. Elsewhere these tests are skipped with that reason.
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
 
@@ -16,15 +17,18 @@ vllm = pytest.importorskip(
     "vllm", reason="vLLM is not installed here: `make test-vllm` builds .venv-vllm and runs these"
 )
 
-from server.engine.base import AdapterRef, SamplingOptions  # noqa: E402
-from server.engine.vllm_engine import (
+from server.engine.base import AdapterRef, GenerationRequest, OutputFormat, SamplingOptions, ToolSpec  # noqa: E402
+from server.engine.vllm_engine import (  # noqa: E402
     VLLM_LORA_RANKS,
+    HermesToolCalls,
     VllmEngine,
     VllmOptions,
     engine_args,
     lora_request,
     sampling_params,
-)  # noqa: E402
+    structured_outputs,
+    token_logprobs,
+)
 
 pytestmark = pytest.mark.vllm_contract
 
@@ -138,3 +142,111 @@ def test_outputs_have_the_fields_we_read() -> None:
     fields = _parameters(CompletionOutput)
     assert {"index", "text", "token_ids", "finish_reason"} <= set(fields)
     assert "outputs" in _parameters(RequestOutput)
+
+
+# ------------------------------------------------------------------ tools, structured outputs, logprobs
+
+_TOOLS = (
+    {
+        "type": "function",
+        "function": {
+            "name": "get_order_status",
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string", "maxLength": 8}}},
+        },
+    },
+)
+
+
+def _constrained(**fields: object) -> GenerationRequest:
+    return GenerationRequest("r", ({"role": "user", "content": "hi"},), SamplingOptions(), **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"output_format": OutputFormat("json_object")},
+        {"output_format": OutputFormat("json_schema", {"type": "object", "properties": {"a": {"type": "integer"}}})},
+        {"tools": ToolSpec(_TOOLS, choice="auto")},
+        {"tools": ToolSpec(_TOOLS, choice="required", parallel=False)},
+        {"tools": ToolSpec(_TOOLS, choice="get_order_status", named=True)},
+    ],
+)
+def test_constraints_are_vllm_structured_outputs_its_validator_accepts(fields: dict[str, object]) -> None:
+    from vllm.sampling_params import StructuredOutputsParams
+    from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
+
+    structured = structured_outputs(_constrained(**fields))
+    assert isinstance(structured, StructuredOutputsParams) and structured.structural_tag
+    params = sampling_params(SamplingOptions(logprobs=3), max_tokens=16, structured=structured)
+    assert params.structured_outputs is structured and params.logprobs == 3
+    validate_xgrammar_grammar(params)  # vLLM's own check, as its input processor runs it
+
+
+def test_no_constraint_and_bad_schemas() -> None:
+    from server.errors import InvalidRequest
+
+    assert structured_outputs(_constrained()) is None
+    assert structured_outputs(_constrained(tools=ToolSpec(_TOOLS, choice="none"))) is None
+    with pytest.raises(InvalidRequest) as refused:
+        structured_outputs(_constrained(output_format=OutputFormat("json_schema", {"type": "objectx"})))
+    assert refused.value.param == "response_format.json_schema.schema" and "objectx" in refused.value.message
+
+
+WELL_FORMED = [
+    'Let me check.<tool_call>\n{"name": "get_order_status", "arguments": {"order_id": "A1001"}}\n</tool_call>',
+    '<tool_call>\n{"name": "a", "arguments": {}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "b", "arguments": {"q": [1, {"r": "}"}]}}\n</tool_call>',
+    "No tool needed: returns take 7 days.",
+]
+
+
+@pytest.mark.parametrize("text", WELL_FORMED)
+@pytest.mark.parametrize("pieces", [1, 3, 9, 40])
+def test_our_hermes_parser_agrees_with_vllms(base_model, text: str, pieces: int) -> None:  # type: ignore[no-untyped-def]
+    """The embedded engine's parser and vLLM's, fed the same text in the same pieces, send the same
+    content and the same calls (name, then arguments that join to the same JSON)."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from server.engine.tool_calls import ToolCallParser
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    cuts = sorted(random.Random(pieces).sample(range(1, len(text)), min(pieces - 1, len(text) - 1)))
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+
+    def run(parser) -> tuple[str, list[tuple[str, str]]]:  # type: ignore[no-untyped-def]
+        content, calls = "", {}
+        for step in [*chunks, None]:
+            out, deltas = parser.feed(step) if step is not None else parser.finish()
+            content += out
+            for delta in deltas:
+                call = calls.setdefault(delta.index, ["", ""])
+                call[0] += delta.name or ""
+                call[1] += delta.arguments
+        return content, [tuple(c) for _, c in sorted(calls.items())]
+
+    ours, theirs = run(ToolCallParser()), run(HermesToolCalls(tokenizer))
+    assert ours[0] == theirs[0]
+    assert [(name, json.loads(args)) for name, args in ours[1]] == [(n, json.loads(a)) for n, a in theirs[1]]
+
+
+def test_vllm_logprobs_become_openai_entries(base_model) -> None:  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+    from vllm.logprobs import Logprob
+
+    from server.engine.logprobs import TokenBytes
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    ids = tokenizer.encode("Hi there", add_special_tokens=False)[:2]
+    eos = tokenizer.eos_token_id
+    entries = [
+        {ids[0]: Logprob(-0.1, rank=1), 7: Logprob(-2.5, rank=2)},
+        {ids[1]: Logprob(-3.0, rank=4), 5: Logprob(-0.5, rank=1), 6: Logprob(-1.0, rank=2)},
+        {eos: Logprob(-0.01, rank=1)},
+    ]
+    out = token_logprobs(entries, [*ids, eos], 2, TokenBytes(tokenizer), {eos})
+    assert len(out) == 2  # the end-of-turn token is not part of the content
+    assert bytes(b for e in out for b in e.bytes).decode() == tokenizer.decode(ids)
+    assert out[0].logprob == -0.1 and [t.logprob for t in out[0].top] == [-0.1, -2.5]
+    assert out[1].logprob == -3.0 and [t.logprob for t in out[1].top] == [-0.5, -1.0]  # chosen outside the top 2

@@ -53,7 +53,9 @@ def engine(base_model: Path, monkeypatch: pytest.MonkeyPatch) -> VllmEngine:
 
     # Building the real SamplingParams needs vLLM; tests/engine/test_vllm_contract.py checks that part.
     monkeypatch.setattr(
-        vllm_engine, "sampling_params", lambda options, max_tokens: SimpleNamespace(max_tokens=max_tokens)
+        vllm_engine,
+        "sampling_params",
+        lambda options, max_tokens, structured=None: SimpleNamespace(max_tokens=max_tokens),
     )
 
     engine = VllmEngine(VllmOptions(model=str(base_model), served_model_name="m"))
