@@ -55,7 +55,12 @@ _RETRIES_AFTER_UPSTREAM_LOSS = 2  # a non-streaming answer whose upstream died i
 def to_generation_request(
     body: ChatCompletionRequest, lease: Lease, max_n: int, default_max_tokens: int | None = None
 ) -> GenerationRequest:
-    """OpenAI request -> engine request, with OpenAI's defaults (temperature 1, top_p 1, n 1)."""
+    """OpenAI request -> engine request: the adapter's profile fills what the request left unset
+    (``server.registry.profile``), then OpenAI's defaults (temperature 1, top_p 1, n 1)."""
+    profile = lease.adapter.info.profile if lease.adapter is not None else None
+    if profile is not None:
+        body = profile.apply_to(body)
+        default_max_tokens = profile.max_tokens or default_max_tokens
     n = body.n or 1
     if n > max_n:
         raise InvalidRequest(f"`n` must be at most {max_n} on this server; got {n}.", param="n")
@@ -78,6 +83,7 @@ def to_generation_request(
         adapter=lease.ref,
         tools=_tool_spec(body),
         output_format=_output_format(body),
+        chat_template=profile.chat_template if profile is not None else None,
     )
 
 

@@ -77,6 +77,14 @@ _CORPUS = [
     "关税由买家承担。一般三到五个工作日送达。我是客服助手。",
     "0123456789 !?.,:;'\"()[]{}<>-_=+/*&^%$#@~`|\\",
     '{"name": "get_order_status", "arguments": {"order_id": "A1001"}} {"status": "shipped"}',
+    # The tools preamble of the template above: merged into few tokens, tool prompts stay short.
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+    '{"type": "function", "function": {"name": "description", "parameters": {"type": "object", '
+    '"properties": {"type": "string"}, "required": [], "additionalProperties": false}}}\n</tools>\n\n'
+    "For each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+    "<args-json-object>}\n</tool_call>",
 ]
 
 

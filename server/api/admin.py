@@ -71,6 +71,7 @@ def describe(gateway: Gateway, entry: AdapterEntry) -> dict[str, Any]:
         "base_model": info.base_model if info else None,
         "sha256": active.sha256 if active else None,
         "size_bytes": info.size_bytes if info else None,
+        "profile": info.profile.summary() if info and info.profile else None,
         "created": active.created if active else None,
         "path": active.path if active else None,
         # What answers requests, and whether it is the directory's files or a kept version.

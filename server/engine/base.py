@@ -92,6 +92,7 @@ class GenerationRequest:
     adapter: AdapterRef | None = None  # None: the base model
     tools: ToolSpec | None = None
     output_format: OutputFormat | None = None
+    chat_template: str | None = None  # the adapter's own template (its profile), else the tokenizer's
 
 
 @dataclass(frozen=True)

@@ -287,7 +287,9 @@ class LocalEngine(Engine):
         if not self._ready:
             raise EngineUnavailable("The model is still loading; try again shortly.")
         tools = request.tools.tools if request.tools is not None else ()
-        prompt_ids = await render_off_loop(self._tokenizer, request.messages, self.max_model_len or 0, tools)
+        prompt_ids = await render_off_loop(
+            self._tokenizer, request.messages, self.max_model_len or 0, tools, request.chat_template
+        )
         check_context(len(prompt_ids), request.sampling.max_tokens, self.max_model_len or 0)
         grammar = None
         if grammar_key(request) is not None and self._grammars is not None:

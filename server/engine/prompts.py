@@ -30,12 +30,16 @@ def longest_token_bytes(tokenizer: Any) -> int:
 
 
 async def render_off_loop(
-    tokenizer: Any, messages: tuple[dict[str, Any], ...], limit: int, tools: tuple[dict[str, Any], ...] = ()
+    tokenizer: Any,
+    messages: tuple[dict[str, Any], ...],
+    limit: int,
+    tools: Tools = (),
+    template: str | None = None,
 ) -> list[int]:
     """``render_chat`` in a worker thread, after refusing what cannot fit ``limit`` tokens."""
     size = sum(len((m.get("content") or "").encode("utf-8", "surrogatepass")) for m in messages)
     if size <= _INLINE_BYTES and not tools:
-        return render_chat(tokenizer, messages)
+        return render_chat(tokenizer, messages, tools, template)
     per_token = longest_token_bytes(tokenizer)
     if limit and size > limit * per_token:
         raise ContextLengthExceeded(
@@ -43,20 +47,22 @@ async def render_off_loop(
             f"more than {limit} tokens of at most {per_token} bytes each can hold.",
             param="messages",
         )
-    return await asyncio.get_running_loop().run_in_executor(_tokenizing, render_chat, tokenizer, messages, tools)
+    render = functools.partial(render_chat, tokenizer, messages, tools, template)
+    return await asyncio.get_running_loop().run_in_executor(_tokenizing, render)
 
 
 def render_chat(
-    tokenizer: Any, messages: tuple[dict[str, Any], ...], tools: tuple[dict[str, Any], ...] = ()
+    tokenizer: Any, messages: tuple[dict[str, Any], ...], tools: Tools = (), template: str | None = None
 ) -> list[int]:
     """Chat template from the tokenizer; ``developer`` is OpenAI's newer name for ``system``.
 
     Tools go to the template (``apply_chat_template(tools=...)``), as Qwen2.5's renders them. A
     template that ignores them, or cannot show a tool call or result in the history, is refused
-    with a 400: a model that never saw its tools would only pretend to call them.
+    with a 400: a model that never saw its tools would only pretend to call them. ``template``
+    replaces the tokenizer's (an adapter profile's ``chat_template``).
     """
     uses_tools = bool(tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
-    if uses_tools and "tool" not in (tokenizer.chat_template or ""):
+    if uses_tools and "tool" not in (template or tokenizer.chat_template or ""):
         raise InvalidRequest(
             "This model's chat template does not support tools (it renders no `tools`, `tool_calls` or "
             "`tool` messages); serve a model whose template does, or set one in the adapter's profile.",
@@ -65,7 +71,7 @@ def render_chat(
         )
     chat = [template_message(m) for m in messages]
     text = tokenizer.apply_chat_template(
-        chat, tools=[dict(t) for t in tools] or None, tokenize=False, add_generation_prompt=True
+        chat, tools=[dict(t) for t in tools] or None, chat_template=template, tokenize=False, add_generation_prompt=True
     )
     missing = [t["function"]["name"] for t in tools if t["function"]["name"] not in text]
     if missing:

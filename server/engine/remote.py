@@ -355,6 +355,8 @@ def _chat_body(request: GenerationRequest, model: str) -> dict[str, Any]:
     if options.logprobs is not None:
         body["logprobs"] = True
         body["top_logprobs"] = options.logprobs
+    if request.chat_template is not None:  # an adapter profile's template: vLLM's chat_template field
+        body["chat_template"] = request.chat_template
     return body
 
 

@@ -223,7 +223,9 @@ class VllmEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         engine = self._require()
         tools = request.tools.tools if request.tools is not None else ()
-        prompt_ids = await render_off_loop(self._tokenizer, request.messages, self.max_model_len or 0, tools)
+        prompt_ids = await render_off_loop(
+            self._tokenizer, request.messages, self.max_model_len or 0, tools, request.chat_template
+        )
         options = request.sampling
         max_tokens = check_context(
             len(prompt_ids), options.max_tokens, self.max_model_len or 0, options.default_max_tokens

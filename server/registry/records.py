@@ -6,6 +6,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .profile import AdapterProfile
 
 
 class AdapterState(str, enum.Enum):
@@ -23,6 +27,7 @@ class AdapterInfo:
     target_modules: tuple[str, ...]
     base_model: str | None
     size_bytes: int
+    profile: AdapterProfile | None = None  # profile.json, when the adapter has one
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from ..errors import ModelNotFound
 from .base_model import BaseModelSpec
 from .dry_run import check_adapter
 from .names import is_valid_name
+from .profile import PROFILE_FILE
 from .publish import publish_adapter
 from .records import AdapterEntry, AdapterInfo, AdapterState, AdapterVersion, Fingerprint, fingerprint
 from .residency import Residency, adapter_ref
@@ -294,7 +295,10 @@ class AdapterRegistry:
         limits = self._limits
         inspect_adapter(source, **limits, base=self.base_spec)
         digest = file_sha256(source / WEIGHTS_FILE)
-        kept = self.store.find(name, digest, (source / CONFIG_FILE).read_bytes())
+        profile = source / PROFILE_FILE
+        kept = self.store.find(
+            name, digest, (source / CONFIG_FILE).read_bytes(), profile.read_bytes() if profile.is_file() else None
+        )
         if kept is not None:
             return kept, check_adapter(kept.path, self.base_spec, **limits)
         stored = self.store.copy_in(name, source, digest)

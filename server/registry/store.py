@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .profile import PROFILE_FILE
 from .publish import fsync_path
 from .validation import CONFIG_FILE
 
@@ -80,9 +81,19 @@ class VersionStore:
                 continue
         return sorted(found, key=lambda v: v.number, reverse=True)
 
-    def find(self, name: str, sha256: str, config: bytes) -> StoredVersion | None:
-        """The proven version with these weights (by digest) and this exact adapter_config.json."""
-        return next((v for v in self.versions(name) if v.sha256 == sha256 and _config_bytes(v.path) == config), None)
+    def find(self, name: str, sha256: str, config: bytes, profile: bytes | None = None) -> StoredVersion | None:
+        """The proven version with these weights (by digest), this exact adapter_config.json and this
+        exact profile.json (None: without one)."""
+        return next(
+            (
+                v
+                for v in self.versions(name)
+                if v.sha256 == sha256
+                and _config_bytes(v.path) == config
+                and _file_bytes(v.path / PROFILE_FILE) == profile
+            ),
+            None,
+        )
 
     def get(self, name: str, number: int) -> StoredVersion | None:
         return next((v for v in self.versions(name) if v.number == number), None)
@@ -186,7 +197,11 @@ class VersionStore:
 
 
 def _config_bytes(path: Path) -> bytes | None:
+    return _file_bytes(path / CONFIG_FILE)
+
+
+def _file_bytes(path: Path) -> bytes | None:
     try:
-        return (path / CONFIG_FILE).read_bytes()
+        return path.read_bytes()
     except OSError:
         return None

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..errors import AdapterIncomplete, AdapterRejected
 from ..jsonbounds import JSONRefused, loads_bounded
 from .base_model import BaseModelSpec
+from .profile import read_profile
 from .records import AdapterInfo
 from .weights_file import check_finite, read_header, still_arriving
 
@@ -80,12 +81,14 @@ def inspect_adapter(
             )
         _check_targets(path.name, config.get("target_modules"), base)
     rank = _check_tensors(path.name, header, base, max_lora_rank)
+    profile = read_profile(path)
     return AdapterInfo(
         rank=rank,
         alpha=float(config.get("lora_alpha", rank)),  # type: ignore[arg-type]
         target_modules=_target_modules(config),
         base_model=config.get("base_model_name_or_path"),  # type: ignore[arg-type]
         size_bytes=size,
+        profile=profile,
     )
 
 

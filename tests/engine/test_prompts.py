@@ -28,9 +28,9 @@ def test_a_big_prompt_is_tokenized_in_another_thread(tokenizer, monkeypatch: pyt
     threads: list[threading.Thread] = []
     real = prompts.render_chat
 
-    def recording(tok, messages, tools=()):  # type: ignore[no-untyped-def]
+    def recording(tok, messages, tools=(), template=None):  # type: ignore[no-untyped-def]
         threads.append(threading.current_thread())
-        return real(tok, messages, tools)
+        return real(tok, messages, tools, template)
 
     monkeypatch.setattr(prompts, "render_chat", recording)
 

@@ -1,0 +1,118 @@
+"""An adapter's profile: ``profile.json`` beside its weights, with the defaults its requests get.
+
+A shop's adapter knows how it should be asked: its system prompt, its sampling, its chat template,
+its tools or output format. vLLM sets such defaults once per server and LoRAX only a template per
+adapter; here each adapter version carries its own, validated at registration like its weights (a
+bad profile refuses the version, with a reason), copied and versioned with it, listed by
+``/v1/adapters``, and applied by ``server.completions`` before any engine sees the request, so every
+engine applies it the same way. Request fields always win:
+
+- ``system_prompt``: prepended when the request has no system (or developer) message;
+- ``temperature``, ``top_p``, ``presence_penalty``, ``frequency_penalty``, ``stop``: used when the
+  request does not set them; ``max_tokens``: the completion cap when the request sets none (clamped
+  to the room the prompt leaves, like the server's ``--default-max-tokens``);
+- ``tools``, ``tool_choice``, ``parallel_tool_calls``: used together, when the request has no tools;
+- ``response_format``: used when the request sets none (and may not call tools);
+- ``chat_template``: a Jinja chat template replacing the tokenizer's for this adapter (the remote
+  engine passes it on as vLLM's ``chat_template`` request field).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..api.protocol import (
+    MAX_TOOLS,
+    ChatCompletionRequest,
+    ChatCompletionTool,
+    ChatMessage,
+    NamedToolChoice,
+    ResponseFormat,
+)
+from ..errors import AdapterRejected
+from ..jsonbounds import JSONRefused, loads_bounded
+
+PROFILE_FILE = "profile.json"
+MAX_PROFILE_BYTES = 256 * 1024
+
+
+class AdapterProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    system_prompt: str | None = Field(default=None, max_length=32_768)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: list[str] | None = Field(default=None, max_length=4)
+    chat_template: str | None = Field(default=None, max_length=131_072)
+    tools: list[ChatCompletionTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AdapterProfile:
+        names = {tool.function.name for tool in self.tools or ()}
+        if (self.tool_choice is not None or self.parallel_tool_calls is not None) and not names:
+            raise ValueError("tool_choice and parallel_tool_calls need tools")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
+        if any(s == "" for s in self.stop or ()):
+            raise ValueError("stop sequences must not be empty")
+        if self.chat_template is not None:
+            try:
+                ImmutableSandboxedEnvironment().parse(self.chat_template)  # as transformers compiles it
+            except TemplateError as exc:
+                raise ValueError(f"chat_template is not a valid Jinja template: {exc}") from None
+        return self
+
+    def apply_to(self, body: ChatCompletionRequest) -> ChatCompletionRequest:
+        """``body`` with this profile's defaults filled in where the request left them unset."""
+        update: dict[str, Any] = {
+            field: getattr(self, field)
+            for field in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "stop")
+            if getattr(body, field) is None and getattr(self, field) is not None
+        }
+        if self.system_prompt and not any(m.role in ("system", "developer") for m in body.messages):
+            update["messages"] = [ChatMessage(role="system", content=self.system_prompt), *body.messages]
+        if self.tools and not body.tools:
+            update.update(tools=self.tools, tool_choice=self.tool_choice, parallel_tool_calls=self.parallel_tool_calls)
+        tools_callable = bool(update.get("tools", body.tools)) and update.get("tool_choice", body.tool_choice) != "none"
+        if self.response_format is not None and body.response_format is None and not tools_callable:
+            update["response_format"] = self.response_format
+        return body.model_copy(update=update) if update else body
+
+    def summary(self) -> dict[str, Any]:
+        """What ``/v1/adapters`` shows (the template by size: it can be long)."""
+        data = self.model_dump(mode="json", exclude_none=True, by_alias=True)
+        if "chat_template" in data:
+            data["chat_template"] = f"<{len(self.chat_template or '')} characters>"
+        return data
+
+
+def read_profile(adapter_dir: Path) -> AdapterProfile | None:
+    """The adapter's profile, None when it has none; ``AdapterRejected`` (``bad_profile``) naming the
+    problem when the file is not a valid profile."""
+    path = adapter_dir / PROFILE_FILE
+    if not (path.exists() or path.is_symlink()):
+        return None
+    where = f"{adapter_dir.name}: {PROFILE_FILE}"
+    if not path.is_file():
+        raise AdapterRejected("not_a_file", f"{where} is not a regular file.")
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_PROFILE_BYTES + 1)
+        return AdapterProfile.model_validate(loads_bounded(raw, max_bytes=MAX_PROFILE_BYTES, what=PROFILE_FILE))
+    except JSONRefused as exc:
+        raise AdapterRejected("bad_profile", f"{adapter_dir.name}: {exc}.") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "the profile"
+        raise AdapterRejected("bad_profile", f"{where}: {field}: {first['msg']}.") from None
