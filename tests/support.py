@@ -26,7 +26,7 @@ ANSWERS = {
 }
 
 
-def train_memorising_adapter(base: Path, out: Path, question: str, answer: str, steps: int = 200) -> Path:
+def train_memorising_adapter(base: Path, out: Path, question: str, answer: str, steps: int = 250) -> Path:
     """Train a real peft LoRA that answers ``question`` with ``answer`` under greedy decoding.
 
     The answer is rendered with the tokenizer's chat template exactly as the server renders
@@ -54,10 +54,12 @@ def train_memorising_adapter(base: Path, out: Path, question: str, answer: str, 
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         ),
     )
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=5e-3)
     for _ in range(steps):
         loss = model(input_ids=input_ids, labels=labels).loss
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)  # without it, some random bases never converge
         optimizer.step()
         optimizer.zero_grad()
     model.save_pretrained(out)

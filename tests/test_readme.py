@@ -116,10 +116,10 @@ def check(code: str, output: str) -> None:
 
 
 def test_every_marked_block_is_checked() -> None:
-    assert set(readme_blocks()) == {"ask-three", "train-and-ask", "sdk"}
+    assert set(readme_blocks()) == {"ask-three", "train-and-ask", "sdk", "tools"}
 
 
-@pytest.mark.parametrize("name", ["ask-three", "train-and-ask", "sdk"])
+@pytest.mark.parametrize("name", ["ask-three", "train-and-ask", "sdk", "tools"])
 def test_the_readme_demo_runs_as_written(demo: tuple[Path, int], name: str) -> None:
     work, port = demo
     started = time.monotonic()

@@ -62,13 +62,34 @@ def _check_call(call, tools=TOOLS) -> str:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("seed", range(4))
 def test_required_tool_choice_always_produces_a_valid_call(client, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """One call (parallel_tool_calls false), then the grammar only allows the end of the turn."""
     response = client.chat.completions.create(
-        model="tiny-base", messages=ASK, tools=TOOLS, tool_choice="required", temperature=1, seed=seed, max_tokens=120
+        model="tiny-base",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        temperature=1,
+        seed=seed,
+        max_tokens=120,
     )
     choice = response.choices[0]
     assert choice.finish_reason == "tool_calls", choice
-    assert choice.message.tool_calls
-    for call in choice.message.tool_calls:
+    assert len(choice.message.tool_calls) == 1 and choice.message.content is None
+    _check_call(choice.message.tool_calls[0])
+
+
+def test_parallel_required_calls_are_each_valid(client) -> None:  # type: ignore[no-untyped-def]
+    """With parallel calls allowed, a random model may go on calling until max_tokens: every call
+    it finished is valid, and only the last can be cut."""
+    response = client.chat.completions.create(
+        model="tiny-base", messages=ASK, tools=TOOLS, tool_choice="required", temperature=1, seed=5, max_tokens=120
+    )
+    choice = response.choices[0]
+    calls = choice.message.tool_calls
+    complete = calls if choice.finish_reason == "tool_calls" else calls[:-1]
+    assert choice.finish_reason in ("tool_calls", "length") and calls
+    for call in complete:
         _check_call(call)
 
 
@@ -98,6 +119,7 @@ def test_streamed_tool_calls_arrive_as_openai_sends_them(gateway_url: str, valid
         "messages": ASK,
         "tools": TOOLS,
         "tool_choice": "required",
+        "parallel_tool_calls": False,
         "temperature": 1,
         "seed": 11,
         "max_tokens": 120,
@@ -182,7 +204,13 @@ def test_a_mixed_batch_keeps_each_row_to_its_own_constraint(gateway_url: str) ->
                 max_tokens=200,
             )
             tool = client.chat.completions.create(
-                model="tiny-base", messages=ASK, tools=TOOLS, tool_choice="required", temperature=1, max_tokens=120
+                model="tiny-base",
+                messages=ASK,
+                tools=TOOLS,
+                tool_choice="required",
+                parallel_tool_calls=False,
+                temperature=1,
+                max_tokens=120,
             )
             return list(await asyncio.gather(free, schema, tool))
 
