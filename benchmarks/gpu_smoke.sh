@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end check on a machine with a GPU and vLLM 0.33.0 installed (pip install -e ".[vllm,dev]"):
 #   1. start the gateway with --engine vllm on a real base model,
-#   2. train a small adapter with `lora-gateway train` and watch it go live,
+#   2. train a small adapter with `lora-gateway train` and watch it go live, then check tools (required
+#      and named), a JSON schema and logprobs through it on vLLM's structured outputs and hermes parser,
 #   3. publish copies as several adapters and run the load generator across them,
 #   4. run the same load against bare `vllm serve` with the same adapters, and compare.
 # Targets (issue 5): gateway TTFT p50 within 5 % of bare vLLM, output throughput >= 95 %.
@@ -41,6 +42,25 @@ echo "trained and live after $(echo "$(date +%s.%N) - $started" | bc) s"
 curl -s "http://127.0.0.1:$GATEWAY_PORT/v1/chat/completions" -H 'Content-Type: application/json' \
   -d '{"model": "smoke-1", "messages": [{"role": "user", "content": "你是谁？"}], "temperature": 0}'
 echo
+$PY - "http://127.0.0.1:$GATEWAY_PORT/v1" <<'PYEOF'
+import json, sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="unused")
+tools = [{"type": "function", "function": {"name": "get_order_status", "parameters": {"type": "object",
+          "properties": {"order_id": {"type": "string"}}, "required": ["order_id"], "additionalProperties": False}}}]
+ask = [{"role": "user", "content": "Where is order A1001?"}]
+for choice in ("required", {"type": "function", "function": {"name": "get_order_status"}}):
+    reply = client.chat.completions.create(model="smoke-1", messages=ask, tools=tools, tool_choice=choice, max_tokens=128)
+    call = reply.choices[0].message.tool_calls[0]
+    assert reply.choices[0].finish_reason == "tool_calls" and "order_id" in json.loads(call.function.arguments), reply
+schema = {"type": "object", "properties": {"intent": {"enum": ["track", "refund"]}, "urgent": {"type": "boolean"}},
+          "required": ["intent", "urgent"], "additionalProperties": False}
+reply = client.chat.completions.create(model="smoke-1", messages=ask, max_tokens=128, logprobs=True, top_logprobs=2,
+    response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}})
+assert set(json.loads(reply.choices[0].message.content)) == {"intent", "urgent"}, reply
+assert all(len(e.top_logprobs) == 2 for e in reply.choices[0].logprobs.content)
+print("tools, JSON schema and logprobs on --engine vllm: ok")
+PYEOF
 for name in smoke-2 smoke-3 smoke-4; do $PY -m lora_gateway adapters publish "$WORK/run/adapter" --name "$name" --adapters-dir "$WORK/adapters"; done
 until curl -sf "http://127.0.0.1:$GATEWAY_PORT/v1/models" | grep -q '"smoke-4"'; do sleep 0.2; done
 

@@ -1,6 +1,6 @@
 """Constrained decoding's cost in a mixed batch: half the rows held to JSON schemas vs none.
 
-    .venv/bin/python benchmarks/structured.py [--num-prompts 32] [--max-tokens 64]
+    .venv/bin/python benchmarks/structured.py [--num-prompts 32] [--max-tokens 160]
 
 Starts ``lora-gateway serve`` (local engine, the offline benchmark model of ``benchmarks/common.py``,
 four adapters, ``--max-batch-size 8``) and drives it with 8 concurrent clients at temperature 1:
@@ -123,7 +123,7 @@ def first_compiles(url: str) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-prompts", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--port", type=int, default=8767)
     parser.add_argument("--cache", type=Path, default=ROOT / ".demo" / "bench")
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -24,11 +24,9 @@ import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..devices import resolve_device, resolve_dtype
 from ..errors import (
@@ -36,63 +34,24 @@ from ..errors import (
     EngineUnavailable,
     GatewayError,
 )
+from . import kv_batch
 from .base import (
     AdapterRef,
     Engine,
     EngineHealth,
     GenerationDelta,
     GenerationRequest,
-    TokenLogprob,
 )
 from .grammar import Grammars, grammar_key
-from .logprobs import TokenBytes, token_logprob
+from .logprobs import TokenBytes
 from .lora_batch import BatchedLora
 from .prompts import check_context, render_chat, render_off_loop
-from .sampling import Sampler
-from .text import IncrementalDecoder, StopMatcher
-from .tool_calls import ToolCallParser
+from .rows import Job, Row, RowSteps
 
 logger = logging.getLogger(__name__)
 
 BASE_ROW = ""  # rows on the base model carry no adapter name
 _DONE = object()  # end-of-stream marker sent from the worker to a request's queue
-
-
-@dataclass
-class _Job:
-    """One request as the worker sees it; ``n`` choices become ``n`` rows."""
-
-    request: GenerationRequest
-    prompt_ids: list[int]
-    peft_name: str
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[Any]
-    grammar: Any = None  # a compiled xgrammar grammar, when the output is constrained
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    rows_left: int = 0
-    failed: bool = False
-
-    def send(self, item: Any) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-
-@dataclass
-class _Row:
-    """One sequence being decoded: a choice of a job."""
-
-    job: _Job
-    index: int
-    sampler: Sampler
-    decoder: IncrementalDecoder
-    stopper: StopMatcher
-    max_tokens: int
-    tool_calls: ToolCallParser | None = None  # when the request offers tools it may call
-    matcher: Any = None  # xgrammar matcher, when the output is constrained
-    bitmask: Any = None
-    logprobs: list[TokenLogprob] | None = None  # not yet sent; None: not asked for
-    generated: int = 0
-    last_token: int = 0
-    finished: bool = False
 
 
 class LocalEngine(Engine):
@@ -122,8 +81,7 @@ class LocalEngine(Engine):
         self._tokenizer: Any = None
         self._device = torch.device("cpu")
         self._eos_ids: set[int] = set()
-        self._grammars: Grammars | None = None
-        self._token_bytes: TokenBytes | None = None
+        self._steps: RowSteps  # set by _load: how each row turns logits into output
         self._peft_names: dict[int, str] = {}  # adapter_id -> name inside the PeftModel
         self._lora: BatchedLora | None = None  # once an adapter is loaded
         self._ready = False
@@ -131,13 +89,13 @@ class LocalEngine(Engine):
 
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
-        self._waiting: deque[_Job] = deque()
+        self._waiting: deque[Job] = deque()
         self._commands: deque[tuple[Callable[[], None], Future[None]]] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
         # Batch state, touched only by the worker thread.
-        self._rows: list[_Row] = []
+        self._rows: list[Row] = []
         self._cache: Any = None  # transformers Cache for the running rows
         self._mask: torch.Tensor | None = None  # [rows, cached positions] attention mask, left-padded
 
@@ -195,8 +153,8 @@ class LocalEngine(Engine):
         eos += generation_eos if isinstance(generation_eos, list) else [generation_eos]
         self._eos_ids = {int(t) for t in eos if t is not None}
         vocab_size = int(getattr(config, "vocab_size", 0) or len(self._tokenizer))
-        self._grammars = Grammars(self._tokenizer, vocab_size, sorted(self._eos_ids))
-        self._token_bytes = TokenBytes(self._tokenizer)
+        grammars = Grammars(self._tokenizer, vocab_size, sorted(self._eos_ids))
+        self._steps = RowSteps(self._tokenizer, self._eos_ids, grammars, TokenBytes(self._tokenizer), self._device)
         logger.info("loaded %s on %s (%s), context %d", self.model_path, self._device, dtype, self.max_model_len)
 
     def health(self) -> EngineHealth:
@@ -292,15 +250,15 @@ class LocalEngine(Engine):
         )
         check_context(len(prompt_ids), request.sampling.max_tokens, self.max_model_len or 0)
         grammar = None
-        if grammar_key(request) is not None and self._grammars is not None:
-            grammar = await asyncio.to_thread(self._grammars.compile, request)  # the batch keeps decoding
+        if grammar_key(request) is not None:
+            grammar = await asyncio.to_thread(self._steps.grammars.compile, request)  # the batch keeps decoding
         peft_name = BASE_ROW
         if request.adapter is not None:
             peft_name = self._peft_names.get(request.adapter.adapter_id, "")
             if not peft_name:
                 raise EngineUnavailable(f"Adapter {request.adapter.name} is not loaded.")
         loop = asyncio.get_running_loop()
-        job = _Job(request, prompt_ids, peft_name, loop, asyncio.Queue(), grammar, rows_left=request.sampling.n)
+        job = Job(request, prompt_ids, peft_name, loop, asyncio.Queue(), grammar, rows_left=request.sampling.n)
         with self._lock:
             if self._stopping:
                 raise EngineUnavailable("The engine is shutting down.")
@@ -342,7 +300,7 @@ class LocalEngine(Engine):
     def _admit_waiting(self) -> None:
         """Prefill as many waiting jobs as fit in the batch and the prefill token budget."""
         free = self.max_batch_size - len(self._rows)
-        admitted: list[_Job] = []
+        admitted: list[Job] = []
         with self._lock:
             budget = self._prefill_token_budget
             while self._waiting and free > 0:
@@ -370,8 +328,8 @@ class LocalEngine(Engine):
         if rows:
             self._merge(rows, cache, mask)
 
-    def _prefill(self, jobs: list[_Job]) -> tuple[list[_Row], Any, Any]:
-        rows: list[_Row] = []
+    def _prefill(self, jobs: list[Job]) -> tuple[list[Row], Any, Any]:
+        rows: list[Row] = []
         prompts: list[list[int]] = []
         for job in jobs:
             options = job.request.sampling
@@ -379,7 +337,7 @@ class LocalEngine(Engine):
                 max_tokens = check_context(
                     len(job.prompt_ids), options.max_tokens, self.max_model_len or 0, options.default_max_tokens
                 )
-                job_rows = [self._new_row(job, index, max_tokens) for index in range(options.n)]
+                job_rows = [self._steps.new_row(job, index, max_tokens) for index in range(options.n)]
             except Exception as exc:
                 logger.warning("request %s refused at admission: %s", job.request.request_id, exc)
                 self._fail_job(job, exc)
@@ -395,24 +353,6 @@ class LocalEngine(Engine):
         logits, cache = self._forward(input_ids, mask, [r.job.peft_name for r in rows], cache=None)
         self._emit(rows, logits)
         return rows, cache, mask
-
-    def _new_row(self, job: _Job, index: int, max_tokens: int) -> _Row:
-        request, options = job.request, job.request.sampling
-        row = _Row(
-            job=job,
-            index=index,
-            sampler=Sampler(options, index, self._device),
-            decoder=IncrementalDecoder(self._tokenizer),
-            stopper=StopMatcher(options.stop),
-            max_tokens=max_tokens,
-            logprobs=[] if options.logprobs is not None else None,
-        )
-        if request.tools is not None and request.tools.calls_allowed:
-            row.tool_calls = ToolCallParser()
-        if job.grammar is not None and self._grammars is not None:
-            row.matcher = self._grammars.matcher(job.grammar)
-            row.bitmask = self._grammars.new_bitmask()
-        return row
 
     def _decode_step(self) -> None:
         rows = self._rows
@@ -445,14 +385,15 @@ class LocalEngine(Engine):
         )
         return out.logits[:, -1, :].float(), out.past_key_values
 
-    def _emit(self, rows: list[_Row], logits: Any) -> None:
+    def _emit(self, rows: list[Row], logits: Any) -> None:
         """Sample one token per row and send each job the text its rows produced this step."""
         per_job: dict[int, list[GenerationDelta]] = {}
         for i, row in enumerate(rows):
             if row.finished or row.job.failed:
                 continue
             try:
-                delta = self._advance(row, logits[i])
+                self.before_sample(row.job.request)
+                delta = self._steps.advance(row, logits[i])
             except Exception as exc:  # one sequence broke: fail its request, not the batch
                 logger.exception("request %s failed", row.job.request.request_id)
                 self._fail_job(row.job, exc)
@@ -466,64 +407,10 @@ class LocalEngine(Engine):
                 if row.job.rows_left == 0:
                     row.job.send(_DONE)
 
-    def _advance(self, row: _Row, logits: Any) -> GenerationDelta | None:
-        self.before_sample(row.job.request)
-        raw = logits
-        if row.matcher is not None:
-            assert self._grammars is not None
-            logits = logits.clone() if row.logprobs is not None else logits
-            self._grammars.mask(row.matcher, row.bitmask, logits)
-        token = row.sampler.next_token(logits)
-        if row.matcher is not None and not row.matcher.accept_token(token):
-            raise EngineError("Constrained decoding reached a state its grammar does not allow.")
-        row.last_token = token
-        row.generated += 1
-        if row.logprobs is not None and token not in self._eos_ids:
-            assert self._token_bytes is not None
-            top = row.job.request.sampling.logprobs or 0
-            row.logprobs.append(token_logprob(raw, token, top, self._token_bytes))
-        finish: str | None = None
-        text = ""
-        if token in self._eos_ids:
-            finish = "stop"
-        else:
-            text, hit_stop = row.stopper.feed(row.decoder.push(token))
-            if hit_stop:
-                finish = "stop"
-            elif row.generated >= row.max_tokens:
-                finish = "length"
-        if finish is not None:
-            if finish != "stop" or token in self._eos_ids:
-                text += row.stopper.flush()
-            row.finished = True
-            row.job.rows_left -= 1
-        calls: list[Any] = []
-        if row.tool_calls is not None:
-            text, calls = row.tool_calls.feed(text)
-            if finish is not None:
-                tail, more = row.tool_calls.finish()
-                text, calls = text + tail, calls + more
-                if finish == "stop" and row.tool_calls.called:
-                    finish = "tool_calls"
-        if not text and not calls and finish is None:
-            return None
-        logprobs = None
-        if row.logprobs is not None:
-            logprobs, row.logprobs = tuple(row.logprobs), []
-        return GenerationDelta(
-            index=row.index,
-            text=text,
-            finish_reason=finish,  # type: ignore[arg-type]
-            prompt_tokens=len(row.job.prompt_ids),
-            completion_tokens=row.generated,
-            tool_calls=tuple(calls),
-            logprobs=logprobs,
-        )
-
     def before_sample(self, request: GenerationRequest) -> None:
         """Hook called before each token is sampled for ``request``; tests inject faults here."""
 
-    def _fail_job(self, job: _Job, exc: BaseException) -> None:
+    def _fail_job(self, job: Job, exc: BaseException) -> None:
         if job.failed:
             return
         job.failed = True
@@ -551,40 +438,22 @@ class LocalEngine(Engine):
         if not keep:
             self._rows, self._cache, self._mask = [], None, None
             return
-        index = torch.tensor(keep, device=self._device)
         assert self._mask is not None
-        mask = self._mask.index_select(0, index)
-        first = int(mask.any(dim=0).nonzero()[0])  # leading columns padded in every kept row
-        layers = [
-            (k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
-            for k, v in _cache_layers(self._cache)
-        ]
+        self._cache, self._mask = kv_batch.keep_rows(self._cache, self._mask, keep)
         self._rows = [self._rows[i] for i in keep]
-        self._mask = mask[:, first:]
-        self._cache = _make_cache(layers)
 
-    def _merge(self, rows: list[_Row], cache: Any, mask: Any) -> None:
-        """Append freshly prefilled rows to the running batch, left-padding the shorter side."""
+    def _merge(self, rows: list[Row], cache: Any, mask: Any) -> None:
+        """Append freshly prefilled rows to the running batch."""
         keep = [i for i, r in enumerate(rows) if not (r.finished or r.job.failed)]
         if not keep:
             return
         if len(keep) != len(rows):
-            index = torch.tensor(keep, device=self._device)
-            mask = mask.index_select(0, index)
-            cache = _make_cache([(k.index_select(0, index), v.index_select(0, index)) for k, v in _cache_layers(cache)])
+            cache, mask = kv_batch.keep_rows(cache, mask, keep, trim=False)
             rows = [rows[i] for i in keep]
         if not self._rows or self._mask is None:
             self._rows, self._cache, self._mask = rows, cache, mask
             return
-        width = max(self._mask.shape[1], mask.shape[1])
-        old = _cache_layers(self._cache)
-        new = _cache_layers(cache)
-        layers = [
-            (_cat_left_padded(ok, nk, width), _cat_left_padded(ov, nv, width))
-            for (ok, ov), (nk, nv) in zip(old, new, strict=True)
-        ]
-        self._mask = _cat_left_padded(self._mask, mask, width)
-        self._cache = _make_cache(layers)
+        self._cache, self._mask = kv_batch.concat(self._cache, self._mask, cache, mask)
         self._rows = self._rows + rows
 
 
@@ -595,34 +464,3 @@ def _run_command(fn: Callable[[], None], future: Future[None]) -> None:
         future.set_exception(exc)
     else:
         future.set_result(None)
-
-
-def _cache_layers(cache: Any) -> list[tuple[Any, Any]]:
-    """(keys, values) per layer, each [batch, kv_heads, positions, head_dim], across transformers versions."""
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache, strict=True))
-
-
-def _make_cache(layers: list[tuple[Any, Any]]) -> Any:
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    for i, (keys, values) in enumerate(layers):
-        cache.update(keys, values, i)
-    return cache
-
-
-def _cat_left_padded(a: Any, b: Any, width: int) -> Any:
-    """Concatenate along the batch axis after left-padding the position axis to ``width``.
-
-    Works for 2-D masks [batch, positions] and 4-D caches [batch, heads, positions, dim].
-    """
-
-    def pad(t: Any) -> Any:
-        missing = width - t.shape[-2 if t.dim() == 4 else -1]
-        if missing == 0:
-            return t
-        return F.pad(t, (0, 0, missing, 0) if t.dim() == 4 else (missing, 0))
-
-    return torch.cat([pad(a), pad(b)], dim=0)

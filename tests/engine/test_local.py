@@ -167,16 +167,16 @@ def test_a_request_that_fails_at_admission_fails_alone(
     it fails with a 500-class error, the two others get their trained answers."""
     import time
 
-    from server.engine import local
+    from server.engine import rows
     from server.errors import EngineError
 
-    class Fragile(local.Sampler):
+    class Fragile(rows.Sampler):
         def __init__(self, options: SamplingOptions, index: int, device: object) -> None:
             if options.seed == 13:
                 raise OverflowError("seed out of range")
             super().__init__(options, index, device)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(local, "Sampler", Fragile)
+    monkeypatch.setattr(rows, "Sampler", Fragile)
     slow = SamplingOptions(temperature=0, max_tokens=101)
     monkeypatch.setattr(engine, "before_sample", lambda r: time.sleep(0.3) if r.sampling.max_tokens == 101 else None)
 

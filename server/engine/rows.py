@@ -1,0 +1,141 @@
+"""One sequence of the embedded engine's batch: from its logits to its next token, and to the text,
+tool-call pieces and logprobs that token adds to its choice.
+
+Per row, in order: the grammar's mask (constrained output), sampling, the grammar's step, the
+logprob of the chosen token (from the unmasked logits), incremental detokenizing, stop sequences,
+then tool-call parsing. Everything here is per row, so rows of one batch can follow different
+grammars, adapters and options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import EngineError
+from .base import GenerationDelta, GenerationRequest, TokenLogprob
+from .grammar import Grammars
+from .logprobs import TokenBytes, token_logprob
+from .sampling import Sampler
+from .text import IncrementalDecoder, StopMatcher
+from .tool_calls import ToolCallParser
+
+
+@dataclass
+class Job:
+    """One request as the worker sees it; ``n`` choices become ``n`` rows."""
+
+    request: GenerationRequest
+    prompt_ids: list[int]
+    peft_name: str
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Any]
+    grammar: Any = None  # a compiled xgrammar grammar, when the output is constrained
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    rows_left: int = 0
+    failed: bool = False
+
+    def send(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+@dataclass
+class Row:
+    """One sequence being decoded: a choice of a job."""
+
+    job: Job
+    index: int
+    sampler: Sampler
+    decoder: IncrementalDecoder
+    stopper: StopMatcher
+    max_tokens: int
+    tool_calls: ToolCallParser | None = None  # when the request offers tools it may call
+    matcher: Any = None  # xgrammar matcher, when the output is constrained
+    bitmask: Any = None
+    logprobs: list[TokenLogprob] | None = None  # not yet sent; None: not asked for
+    generated: int = 0
+    last_token: int = 0
+    finished: bool = False
+
+
+class RowSteps:
+    """What every row of one engine shares: its tokenizer, end-of-turn ids, grammars and token bytes."""
+
+    def __init__(
+        self, tokenizer: Any, eos_ids: set[int], grammars: Grammars, token_bytes: TokenBytes, device: torch.device
+    ) -> None:
+        self.tokenizer, self.eos_ids, self.grammars = tokenizer, eos_ids, grammars
+        self.token_bytes, self.device = token_bytes, device
+
+    def new_row(self, job: Job, index: int, max_tokens: int) -> Row:
+        request, options = job.request, job.request.sampling
+        row = Row(
+            job=job,
+            index=index,
+            sampler=Sampler(options, index, self.device),
+            decoder=IncrementalDecoder(self.tokenizer),
+            stopper=StopMatcher(options.stop),
+            max_tokens=max_tokens,
+            logprobs=[] if options.logprobs is not None else None,
+        )
+        if request.tools is not None and request.tools.calls_allowed:
+            row.tool_calls = ToolCallParser()
+        if job.grammar is not None:
+            row.matcher = self.grammars.matcher(job.grammar)
+            row.bitmask = self.grammars.new_bitmask()
+        return row
+
+    def advance(self, row: Row, logits: Any) -> GenerationDelta | None:
+        raw = logits
+        if row.matcher is not None:
+            logits = logits.clone() if row.logprobs is not None else logits
+            self.grammars.mask(row.matcher, row.bitmask, logits)
+        token = row.sampler.next_token(logits)
+        if row.matcher is not None and not row.matcher.accept_token(token):
+            raise EngineError("Constrained decoding reached a state its grammar does not allow.")
+        row.last_token = token
+        row.generated += 1
+        if row.logprobs is not None and token not in self.eos_ids:
+            top = row.job.request.sampling.logprobs or 0
+            row.logprobs.append(token_logprob(raw, token, top, self.token_bytes))
+        finish: str | None = None
+        text = ""
+        if token in self.eos_ids:
+            finish = "stop"
+        else:
+            text, hit_stop = row.stopper.feed(row.decoder.push(token))
+            if hit_stop:
+                finish = "stop"
+            elif row.generated >= row.max_tokens:
+                finish = "length"
+        if finish is not None:
+            if finish != "stop" or token in self.eos_ids:
+                text += row.stopper.flush()
+            row.finished = True
+            row.job.rows_left -= 1
+        calls: list[Any] = []
+        if row.tool_calls is not None:
+            text, calls = row.tool_calls.feed(text)
+            if finish is not None:
+                tail, more = row.tool_calls.finish()
+                text, calls = text + tail, calls + more
+                if finish == "stop" and row.tool_calls.called:
+                    finish = "tool_calls"
+        if not text and not calls and finish is None:
+            return None
+        logprobs = None
+        if row.logprobs is not None:
+            logprobs, row.logprobs = tuple(row.logprobs), []
+        return GenerationDelta(
+            index=row.index,
+            text=text,
+            finish_reason=finish,  # type: ignore[arg-type]
+            prompt_tokens=len(row.job.prompt_ids),
+            completion_tokens=row.generated,
+            tool_calls=tuple(calls),
+            logprobs=logprobs,
+        )
