@@ -1,7 +1,7 @@
 """One chat completion, whoever asks for it: the HTTP route (``api/chat.py``) and integrations (WeCom).
 
 Transport-agnostic: lease the model (``admit``), convert the request to engine terms
-(``to_generation_request``, a pure function), run the engine, observe metrics (``Observer``), and
+(``server.conversion``, pure functions), run the engine, observe metrics (``Observer``), and
 assemble OpenAI's result, whole (``complete``) or as chunks (``open_stream``). The route only adds
 HTTP: SSE framing and client disconnects. Every delta of every request goes through one loop
 (``_observed``), so shutdown, metrics and usage are handled the same for both shapes.
@@ -13,179 +13,28 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
 
 from .api.protocol import (
-    ChatCompletionChoice,
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
-    ChatCompletionMessage,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatMessage,
-    ChoiceLogprobs,
-    DeltaFunctionCall,
     DeltaMessage,
-    DeltaToolCall,
-    FunctionCall,
-    NamedToolChoice,
-    ResponseFormatJsonSchema,
-    TokenLogprob,
-    ToolCall,
-    TopLogprob,
     UsageInfo,
     completion_id,
     now,
 )
-from .engine import base as engine
-from .engine.base import GenerationDelta, GenerationRequest, OutputFormat, SamplingOptions, ToolSpec
-from .errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest, ModelNotFound, UpstreamLost
+from .conversion import Choice, chunk_choices, to_generation_request
+from .engine.base import GenerationDelta, GenerationRequest
+from .errors import EngineError, EngineUnavailable, GatewayError, ModelNotFound, UpstreamLost
 from .gateway import Gateway
 from .metrics import UNKNOWN_MODEL, GatewayMetrics
-from .registry import Lease
 
 logger = logging.getLogger(__name__)
 _RETRIES_AFTER_UPSTREAM_LOSS = 2  # a non-streaming answer whose upstream died is started over elsewhere
-
-
-def to_generation_request(
-    body: ChatCompletionRequest, lease: Lease, max_n: int, default_max_tokens: int | None = None
-) -> GenerationRequest:
-    """OpenAI request -> engine request: the adapter's profile fills what the request left unset
-    (``server.registry.profile``), then OpenAI's defaults (temperature 1, top_p 1, n 1)."""
-    profile = lease.adapter.info.profile if lease.adapter is not None else None
-    if profile is not None:
-        body = profile.apply_to(body)
-        default_max_tokens = profile.max_tokens or default_max_tokens
-    n = body.n or 1
-    if n > max_n:
-        raise InvalidRequest(f"`n` must be at most {max_n} on this server; got {n}.", param="n")
-    sampling = SamplingOptions(
-        max_tokens=body.completion_limit,
-        default_max_tokens=default_max_tokens,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        presence_penalty=body.presence_penalty or 0.0,
-        frequency_penalty=body.frequency_penalty or 0.0,
-        seed=body.seed,
-        stop=tuple(body.stop_sequences),
-        n=n,
-        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-    )
-    return GenerationRequest(
-        request_id=f"req-{uuid.uuid4().hex}",
-        messages=tuple(_engine_message(m) for m in body.messages),
-        sampling=sampling,
-        adapter=lease.ref,
-        tools=_tool_spec(body),
-        output_format=_output_format(body),
-        chat_template=profile.chat_template if profile is not None else None,
-    )
-
-
-def _engine_message(message: ChatMessage) -> dict[str, Any]:
-    """An OpenAI message with its content as plain text (parts joined), None kept for a call-only turn."""
-    out: dict[str, Any] = {"role": message.role, "content": None if message.content is None else message.text()}
-    if message.name is not None:
-        out["name"] = message.name
-    if message.tool_calls:
-        out["tool_calls"] = [call.model_dump() for call in message.tool_calls]
-    if message.tool_call_id is not None:
-        out["tool_call_id"] = message.tool_call_id
-    return out
-
-
-def _tool_spec(body: ChatCompletionRequest) -> ToolSpec | None:
-    if not body.tools:
-        return None
-    tools = tuple(tool.model_dump(exclude_none=True) for tool in body.tools)
-    parallel = body.parallel_tool_calls is not False
-    if isinstance(body.tool_choice, NamedToolChoice):
-        return ToolSpec(tools, choice=body.tool_choice.function.name, named=True, parallel=parallel)
-    return ToolSpec(tools, choice=body.tool_choice or "auto", parallel=parallel)
-
-
-def _output_format(body: ChatCompletionRequest) -> OutputFormat | None:
-    fmt = body.response_format
-    if fmt is None or fmt.type == "text":
-        return None
-    if isinstance(fmt, ResponseFormatJsonSchema):
-        schema = fmt.json_schema
-        return OutputFormat("json_schema", schema.schema_, bool(schema.strict), schema.name)
-    return OutputFormat("json_object")
-
-
-def _logprobs(entries: tuple[engine.TokenLogprob, ...] | list[engine.TokenLogprob]) -> list[TokenLogprob]:
-    return [
-        TokenLogprob(
-            token=e.token,
-            logprob=e.logprob,
-            bytes=list(e.bytes),
-            top_logprobs=[TopLogprob(token=t.token, logprob=t.logprob, bytes=list(t.bytes)) for t in e.top],
-        )
-        for e in entries
-    ]
-
-
-class _Choice:
-    """One choice of a whole (non-streaming) answer, assembled from its deltas."""
-
-    def __init__(self, want_logprobs: bool) -> None:
-        self.text = ""
-        self.finish: Any = None
-        self.calls: dict[int, dict[str, str]] = {}
-        self.logprobs: list[engine.TokenLogprob] | None = [] if want_logprobs else None
-
-    def add(self, delta: GenerationDelta) -> None:
-        self.text += delta.text
-        for piece in delta.tool_calls:
-            call = self.calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
-            call["id"] = piece.id or call["id"]
-            call["name"] = piece.name or call["name"]
-            call["arguments"] += piece.arguments
-        if delta.logprobs and self.logprobs is not None:
-            self.logprobs += delta.logprobs
-        if delta.finish_reason:
-            self.finish = delta.finish_reason
-
-    def choice(self, index: int) -> ChatCompletionChoice:
-        calls = [
-            ToolCall(id=c["id"], function=FunctionCall(name=c["name"], arguments=c["arguments"]))
-            for _, c in sorted(self.calls.items())
-        ]
-        message = ChatCompletionMessage(content=self.text if self.text or not calls else None, tool_calls=calls or None)
-        logprobs = ChoiceLogprobs(content=_logprobs(self.logprobs)) if self.logprobs is not None else None
-        return ChatCompletionChoice(index=index, message=message, logprobs=logprobs, finish_reason=self.finish)
-
-
-def _chunk_choices(delta: GenerationDelta, want_logprobs: bool) -> list[ChatCompletionChunkChoice]:
-    """A delta as chunk choices: its text, then its tool-call pieces, then its finish_reason; the
-    logprobs of its tokens ride on the first of them."""
-    out: list[ChatCompletionChunkChoice] = []
-    if delta.text:
-        out.append(ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(content=delta.text)))
-    if delta.tool_calls:
-        pieces = [
-            DeltaToolCall(
-                index=piece.index,
-                id=piece.id,
-                type="function" if piece.id else None,
-                function=DeltaFunctionCall(name=piece.name, arguments=piece.arguments),
-            )
-            for piece in delta.tool_calls
-        ]
-        out.append(ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(tool_calls=pieces)))
-    if delta.finish_reason:
-        out.append(
-            ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(), finish_reason=delta.finish_reason)
-        )
-    if want_logprobs and delta.logprobs and out:
-        out[0].logprobs = ChoiceLogprobs(content=_logprobs(delta.logprobs))
-    return out
 
 
 class Observer:
@@ -325,7 +174,7 @@ async def _complete(
     gateway: Gateway, admitted: _Admitted, on_text: Callable[[int, str], None] | None
 ) -> ChatCompletionResponse:
     sampling = admitted.generation.sampling
-    choices = [_Choice(sampling.logprobs is not None) for _ in range(sampling.n)]
+    choices = [Choice(sampling.logprobs is not None) for _ in range(sampling.n)]
     usage = _Usage(sampling.n)
     async with contextlib.aclosing(gateway.engine.generate(admitted.generation)) as deltas:  # type: ignore[type-var]
         async for delta in _observed(gateway, admitted, usage, deltas):
@@ -380,7 +229,7 @@ class CompletionStream:
                     yield chunk([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
                 async with contextlib.aclosing(self._deltas):  # type: ignore[type-var]
                     async for delta in _observed(self._gateway, admitted, usage, _prepend(self._first, self._deltas)):
-                        for choice in _chunk_choices(delta, want_logprobs):
+                        for choice in chunk_choices(delta, want_logprobs):
                             yield chunk([choice])
                 info = usage.info()
                 if self.include_usage:

@@ -1,0 +1,169 @@
+"""An OpenAI chat request as an engine request, and engine deltas as OpenAI's answer shapes.
+
+Pure functions and small accumulators, no I/O: ``to_generation_request`` (the adapter's profile
+first, then OpenAI's defaults), ``Choice`` (a whole answer's choice, assembled from its deltas) and
+``chunk_choices`` (a delta as streamed chunk choices). ``server.completions`` runs them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from .api.protocol import (
+    ChatCompletionChoice,
+    ChatCompletionChunkChoice,
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    ChatMessage,
+    ChoiceLogprobs,
+    DeltaFunctionCall,
+    DeltaMessage,
+    DeltaToolCall,
+    FunctionCall,
+    NamedToolChoice,
+    ResponseFormatJsonSchema,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
+)
+from .engine import base as engine
+from .engine.base import GenerationDelta, GenerationRequest, OutputFormat, SamplingOptions, ToolSpec
+from .errors import InvalidRequest
+from .registry import Lease
+
+
+def to_generation_request(
+    body: ChatCompletionRequest, lease: Lease, max_n: int, default_max_tokens: int | None = None
+) -> GenerationRequest:
+    """OpenAI request -> engine request: the adapter's profile fills what the request left unset
+    (``server.registry.profile``), then OpenAI's defaults (temperature 1, top_p 1, n 1)."""
+    profile = lease.adapter.info.profile if lease.adapter is not None else None
+    if profile is not None:
+        body = profile.apply_to(body)
+        default_max_tokens = profile.max_tokens or default_max_tokens
+    n = body.n or 1
+    if n > max_n:
+        raise InvalidRequest(f"`n` must be at most {max_n} on this server; got {n}.", param="n")
+    sampling = SamplingOptions(
+        max_tokens=body.completion_limit,
+        default_max_tokens=default_max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        seed=body.seed,
+        stop=tuple(body.stop_sequences),
+        n=n,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+    )
+    return GenerationRequest(
+        request_id=f"req-{uuid.uuid4().hex}",
+        messages=tuple(_engine_message(m) for m in body.messages),
+        sampling=sampling,
+        adapter=lease.ref,
+        tools=_tool_spec(body),
+        output_format=_output_format(body),
+        chat_template=profile.chat_template if profile is not None else None,
+    )
+
+
+def _engine_message(message: ChatMessage) -> dict[str, Any]:
+    """An OpenAI message with its content as plain text (parts joined), None kept for a call-only turn."""
+    out: dict[str, Any] = {"role": message.role, "content": None if message.content is None else message.text()}
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _tool_spec(body: ChatCompletionRequest) -> ToolSpec | None:
+    if not body.tools:
+        return None
+    tools = tuple(tool.model_dump(exclude_none=True) for tool in body.tools)
+    parallel = body.parallel_tool_calls is not False
+    if isinstance(body.tool_choice, NamedToolChoice):
+        return ToolSpec(tools, choice=body.tool_choice.function.name, named=True, parallel=parallel)
+    return ToolSpec(tools, choice=body.tool_choice or "auto", parallel=parallel)
+
+
+def _output_format(body: ChatCompletionRequest) -> OutputFormat | None:
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if isinstance(fmt, ResponseFormatJsonSchema):
+        schema = fmt.json_schema
+        return OutputFormat("json_schema", schema.schema_, bool(schema.strict), schema.name)
+    return OutputFormat("json_object")
+
+
+def _logprobs(entries: tuple[engine.TokenLogprob, ...] | list[engine.TokenLogprob]) -> list[TokenLogprob]:
+    return [
+        TokenLogprob(
+            token=e.token,
+            logprob=e.logprob,
+            bytes=list(e.bytes),
+            top_logprobs=[TopLogprob(token=t.token, logprob=t.logprob, bytes=list(t.bytes)) for t in e.top],
+        )
+        for e in entries
+    ]
+
+
+class Choice:
+    """One choice of a whole (non-streaming) answer, assembled from its deltas."""
+
+    def __init__(self, want_logprobs: bool) -> None:
+        self.text = ""
+        self.finish: Any = None
+        self.calls: dict[int, dict[str, str]] = {}
+        self.logprobs: list[engine.TokenLogprob] | None = [] if want_logprobs else None
+
+    def add(self, delta: GenerationDelta) -> None:
+        self.text += delta.text
+        for piece in delta.tool_calls:
+            call = self.calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] = piece.id or call["id"]
+            call["name"] = piece.name or call["name"]
+            call["arguments"] += piece.arguments
+        if delta.logprobs and self.logprobs is not None:
+            self.logprobs += delta.logprobs
+        if delta.finish_reason:
+            self.finish = delta.finish_reason
+
+    def choice(self, index: int) -> ChatCompletionChoice:
+        calls = [
+            ToolCall(id=c["id"], function=FunctionCall(name=c["name"], arguments=c["arguments"]))
+            for _, c in sorted(self.calls.items())
+        ]
+        message = ChatCompletionMessage(content=self.text if self.text or not calls else None, tool_calls=calls or None)
+        logprobs = ChoiceLogprobs(content=_logprobs(self.logprobs)) if self.logprobs is not None else None
+        return ChatCompletionChoice(index=index, message=message, logprobs=logprobs, finish_reason=self.finish)
+
+
+def chunk_choices(delta: GenerationDelta, want_logprobs: bool) -> list[ChatCompletionChunkChoice]:
+    """A delta as chunk choices: its text, then its tool-call pieces, then its finish_reason; the
+    logprobs of its tokens ride on the first of them."""
+    out: list[ChatCompletionChunkChoice] = []
+    if delta.text:
+        out.append(ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(content=delta.text)))
+    if delta.tool_calls:
+        pieces = [
+            DeltaToolCall(
+                index=piece.index,
+                id=piece.id,
+                type="function" if piece.id else None,
+                function=DeltaFunctionCall(name=piece.name, arguments=piece.arguments),
+            )
+            for piece in delta.tool_calls
+        ]
+        out.append(ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(tool_calls=pieces)))
+    if delta.finish_reason:
+        out.append(
+            ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(), finish_reason=delta.finish_reason)
+        )
+    if want_logprobs and delta.logprobs and out:
+        out[0].logprobs = ChoiceLogprobs(content=_logprobs(delta.logprobs))
+    return out
