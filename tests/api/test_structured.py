@@ -51,6 +51,18 @@ SCHEMA = {
 }
 
 
+# tool_choice "required" without parallel calls: exactly one call, then only the end of the turn.
+ONE_FORCED_CALL = dict(
+    model="tiny-base",
+    messages=ASK,
+    tools=TOOLS,
+    tool_choice="required",
+    parallel_tool_calls=False,
+    temperature=1,
+    max_tokens=120,
+)
+
+
 def _check_call(call, tools=TOOLS) -> str:  # type: ignore[no-untyped-def]
     """A call names an offered function and its arguments validate against that function's schema."""
     by_name = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
@@ -63,16 +75,7 @@ def _check_call(call, tools=TOOLS) -> str:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("seed", range(4))
 def test_required_tool_choice_always_produces_a_valid_call(client, seed: int) -> None:  # type: ignore[no-untyped-def]
     """One call (parallel_tool_calls false), then the grammar only allows the end of the turn."""
-    response = client.chat.completions.create(
-        model="tiny-base",
-        messages=ASK,
-        tools=TOOLS,
-        tool_choice="required",
-        parallel_tool_calls=False,
-        temperature=1,
-        seed=seed,
-        max_tokens=120,
-    )
+    response = client.chat.completions.create(seed=seed, **ONE_FORCED_CALL)
     choice = response.choices[0]
     assert choice.finish_reason == "tool_calls", choice
     assert len(choice.message.tool_calls) == 1 and choice.message.content is None
@@ -203,15 +206,7 @@ def test_a_mixed_batch_keeps_each_row_to_its_own_constraint(gateway_url: str) ->
                 temperature=1,
                 max_tokens=200,
             )
-            tool = client.chat.completions.create(
-                model="tiny-base",
-                messages=ASK,
-                tools=TOOLS,
-                tool_choice="required",
-                parallel_tool_calls=False,
-                temperature=1,
-                max_tokens=120,
-            )
+            tool = client.chat.completions.create(**ONE_FORCED_CALL)
             return list(await asyncio.gather(free, schema, tool))
 
     free, schema, tool = asyncio.run(run())
