@@ -16,6 +16,7 @@ tool calls are read by vLLM's ``hermes`` parser, and logprobs come from vLLM's s
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -105,18 +106,28 @@ def structured_outputs(request: GenerationRequest) -> Any:
     tag = output_tag(request)
     if tag is None:
         return None
-    import xgrammar as xgr
     from vllm.sampling_params import StructuredOutputsParams
 
     text = tag.model_dump_json()
-    try:
-        xgr.Grammar.from_structural_tag(text)  # what vLLM's validation does, answered as our 400
-    except Exception as exc:
-        error = refusal(request, exc)
+    problem = _grammar_problem(text)  # what vLLM's validation does, answered as our 400
+    if problem is not None:
+        error = refusal(request, problem)
         if error is not None:
             raise error from None
         return None
     return StructuredOutputsParams(structural_tag=text)
+
+
+@functools.lru_cache(maxsize=256)
+def _grammar_problem(tag: str) -> Exception | None:
+    """Why xgrammar cannot build ``tag`` (None: it can); cached, so a schema is checked once."""
+    import xgrammar as xgr
+
+    try:
+        xgr.Grammar.from_structural_tag(tag)
+    except Exception as exc:
+        return exc
+    return None
 
 
 class HermesToolCalls:
