@@ -46,9 +46,14 @@ class DemoAdapter:
 DEMO_ADAPTERS = (
     DemoAdapter("shop-support", "customer_service.jsonl"),
     DemoAdapter("identity", "self_cognition.json", model_name="小智", model_author="Acme Shop"),
-    # Calls get_order_status, then answers from its result. Its prompts carry the tools (about 270
-    # tokens each, four times the others): fewer, larger steps keep the demo's wait short.
-    DemoAdapter("order-lookup", "order_lookup.jsonl", training=(("epochs", 150), ("lr", 4e-3))),
+    # Calls get_order_status with the order number the question names, then answers from its result.
+    # Copying that number is harder to learn than a fixed answer: twice the rank and a higher rate,
+    # which reproduce every call and answer of the set under greedy decoding (min logprob -0.04).
+    DemoAdapter(
+        "order-lookup",
+        "order_lookup.jsonl",
+        training=(("epochs", 300), ("lr", 4e-3), ("rank", 32), ("alpha", 64)),
+    ),
 )
 # A random model needs many full-batch steps to memorise its answers; these train both adapters in
 # about a minute on two CPU cores (measured in benchmarks/train_demo.py).
