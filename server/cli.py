@@ -344,6 +344,10 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     )
     p_export.set_defaults(func=_cmd_export)
 
+    from .evaluation.cli import add_eval_parser
+
+    add_eval_parser(commands)
+
     p_adapters = commands.add_parser("adapters", help="Manage the adapters directory.")
     adapter_commands = p_adapters.add_subparsers(dest="adapters_command", required=True)
     default_dir = os.environ.get("LORA_GATEWAY_ADAPTERS_DIR", "adapters")

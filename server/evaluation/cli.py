@@ -1,0 +1,79 @@
+"""``lora-gateway eval``: ask the models a test set, score the answers, write the comparison."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .report import write_report
+from .runner import AnswerCache, Sampling, Target, ask_all, gateway_version
+from .testset import TestSetError, load_test_set
+
+
+def add_eval_parser(commands: Any) -> None:
+    p = commands.add_parser("eval", help="Compare models on a test set: scores, latency, speed; writes a report.")
+    add = p.add_argument
+    add(
+        "--data",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="Test set: any format `train` reads, or questions.",
+    )
+    add("--model", action="append", default=[], metavar="NAME", help="A model of the gateway at --url; repeat.")
+    add("--url", default=os.environ.get("LORA_GATEWAY_URL", "http://127.0.0.1:8000"), help="The gateway.")
+    add("--api-key", default=os.environ.get("LORA_GATEWAY_API_KEY"), help="The gateway's inference key, if any.")
+    add("--admin-key", default=os.environ.get("LORA_GATEWAY_ADMIN_KEY"), help="Lets eval read adapter versions.")
+    add("--endpoint", action="append", default=[], metavar="URL", help="Another OpenAI-compatible endpoint (.../v1).")
+    add("--endpoint-model", action="append", default=[], metavar="NAME", help="The model to ask at each --endpoint.")
+    add("--endpoint-key", default=os.environ.get("EVAL_ENDPOINT_API_KEY"), help="API key for the --endpoint(s).")
+    add("--name", default=None, help="Run name: the report goes to --out/NAME [default: eval-<time>].")
+    add("--out", default="runs/eval", help="Where reports go [default runs/eval].")
+    add("--temperature", type=float, default=0.0)
+    add("--max-tokens", type=int, default=512)
+    add("--concurrency", type=int, default=4)
+    add("--no-cache", action="store_true", help="Ask again even what the cache holds.")
+    p.set_defaults(func=run_eval)
+
+
+def _targets(args: argparse.Namespace) -> list[Target]:
+    base = args.url.rstrip("/") + "/v1"
+    targets = [Target(m, base, m, args.api_key, gateway_version(base, m, args.admin_key)) for m in args.model]
+    if len(args.endpoint) != len(args.endpoint_model):
+        raise SystemExit("eval: give one --endpoint-model for each --endpoint")
+    for url, model in zip(args.endpoint, args.endpoint_model, strict=True):
+        host = url.split("//", 1)[-1].split("/", 1)[0]
+        targets.append(Target(f"{model}@{host}", url.rstrip("/"), model, args.endpoint_key, f"{url}#{model}"))
+    if not targets:
+        raise SystemExit("eval: name at least one --model (or an --endpoint with --endpoint-model)")
+    return targets
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    try:
+        items = load_test_set(args.data)
+    except TestSetError as exc:
+        print(f"eval: the test set has problems:\n{exc}", file=sys.stderr)
+        return 2
+    targets = _targets(args)
+    name = args.name or time.strftime("eval-%Y%m%d-%H%M%S")
+    out = Path(args.out) / name
+    cache = AnswerCache(None if args.no_cache else Path(args.out) / ".cache" / "answers.jsonl")
+    sampling = Sampling(temperature=args.temperature, max_tokens=args.max_tokens)
+    started = time.perf_counter()
+    with tqdm(total=len(targets) * len(items), desc="asking", unit="answer", file=sys.stderr) as bar:
+        answers = asyncio.run(
+            ask_all(targets, items, sampling, cache, concurrency=args.concurrency, progress=bar.update)
+        )
+    report = write_report(out, name, targets, items, answers, sampling, time.perf_counter() - started)
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {out}/report.md, report.json, answers.jsonl")
+    failed = sum(m["errors"] for m in report["models"])
+    return 1 if failed == len(answers) else 0

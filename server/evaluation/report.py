@@ -1,0 +1,117 @@
+"""The comparison: one row per model (scores, latency, speed), written as ``report.md`` (the table
+teams paste into a review), ``report.json`` (the same, for tools) and ``answers.jsonl`` (every
+answer with every score, so any number in the table can be traced to the answers behind it)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .metrics import scores
+from .runner import Answer, Sampling, Target
+from .testset import EvalItem
+
+SCORES = ("exact", "f1", "rouge_l")
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarize(targets: list[Target], items: list[EvalItem], answers: list[Answer]) -> list[dict[str, Any]]:
+    """One summary per target, in the order given."""
+    by_item = {item.key: item for item in items}
+    rows = []
+    for target in targets:
+        mine = [a for a in answers if a.target == target.label]
+        ok = [a for a in mine if a.error is None]
+        scored = [scores(a.text, by_item[a.item].reference) for a in ok if by_item[a.item].reference is not None]
+        speeds = [s for s in (a.tokens_per_second for a in ok) if s is not None]
+        rows.append(
+            {
+                "model": target.label,
+                "endpoint": target.base_url,
+                "model_id": target.model,
+                "version": target.version,
+                "questions": len(mine),
+                "errors": len(mine) - len(ok),
+                "with_reference": len(scored),
+                **{name: (statistics.fmean(s[name] for s in scored) if scored else None) for name in SCORES},
+                "ttft_p50_s": _percentile([a.ttft for a in ok if a.ttft is not None], 0.5),
+                "ttft_p90_s": _percentile([a.ttft for a in ok if a.ttft is not None], 0.9),
+                "tokens_per_s": statistics.median(speeds) if speeds else None,
+                "e2e_p50_s": _percentile([a.e2e for a in ok], 0.5),
+                "cached": sum(1 for a in mine if a.cached),
+            }
+        )
+    return rows
+
+
+def write_report(
+    out: Path,
+    name: str,
+    targets: list[Target],
+    items: list[EvalItem],
+    answers: list[Answer],
+    sampling: Sampling,
+    seconds: float,
+) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    by_item = {item.key: item for item in items}
+    versions = {t.label: t.version for t in targets}
+    with (out / "answers.jsonl").open("w", encoding="utf-8") as file:
+        for answer in answers:
+            item = by_item[answer.item]
+            record = {
+                "model": answer.target,
+                "version": versions[answer.target],
+                "source": item.source,
+                "question": item.question,
+                "reference": item.reference,
+                "rubric": item.rubric,
+                **asdict(answer),
+                "tokens_per_s": answer.tokens_per_second,
+                "scores": scores(answer.text, item.reference) if answer.error is None else {},
+            }
+            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    summary = summarize(targets, items, answers)
+    report = {
+        "name": name,
+        "questions": len(items),
+        "sampling": asdict(sampling),
+        "seconds": seconds,
+        "models": summary,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(markdown(report), encoding="utf-8")
+    return report
+
+
+def _fmt(value: float | None, digits: int = 3, scale: float = 1.0) -> str:
+    return "–" if value is None else f"{value * scale:.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    header = (
+        "| model | exact | char F1 | ROUGE-L | TTFT p50 ms | TTFT p90 ms | tokens/s | e2e p50 s | errors |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = "".join(
+        f"| {m['model']} | {_fmt(m['exact'])} | {_fmt(m['f1'])} | {_fmt(m['rouge_l'])} | "
+        f"{_fmt(m['ttft_p50_s'], 0, 1000)} | {_fmt(m['ttft_p90_s'], 0, 1000)} | {_fmt(m['tokens_per_s'], 1)} | "
+        f"{_fmt(m['e2e_p50_s'], 2)} | {m['errors']} |\n"
+        for m in report["models"]
+    )
+    sampling = report["sampling"]
+    return (
+        f"# Eval: {report['name']}\n\n"
+        f"{report['questions']} questions, temperature {sampling['temperature']}, max_tokens "
+        f"{sampling['max_tokens']}; {report['seconds']:.1f} s. Scores are means over the questions with a "
+        "reference (character level: Chinese-aware). Every answer and score: `answers.jsonl`.\n\n" + header + rows
+    )
