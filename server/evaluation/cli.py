@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .report import write_report
+from .judge import judge_all, load_rubric
+from .report import answer_id, write_report
 from .runner import AnswerCache, Sampling, Target, ask_all, gateway_version
 from .testset import TestSetError, load_test_set
 
@@ -38,11 +39,19 @@ def add_eval_parser(commands: Any) -> None:
     add("--max-tokens", type=int, default=512)
     add("--concurrency", type=int, default=4)
     add("--no-cache", action="store_true", help="Ask again even what the cache holds.")
+    add("--judge-url", default=None, help="An OpenAI-compatible endpoint (.../v1) whose model scores the answers.")
+    add("--judge-model", default=None, help="The judge model (the gateway's own base works).")
+    add("--judge-key", default=os.environ.get("EVAL_JUDGE_API_KEY"), help="API key for the judge.")
+    add("--rubric", default=None, help="Rubric file (JSON) [default: accuracy 3, politeness 2, completeness 2, ...].")
     p.set_defaults(func=run_eval)
 
 
+def base_url(args: argparse.Namespace) -> str:
+    return args.url.rstrip("/") + "/v1"
+
+
 def _targets(args: argparse.Namespace) -> list[Target]:
-    base = args.url.rstrip("/") + "/v1"
+    base = base_url(args)
     targets = [Target(m, base, m, args.api_key, gateway_version(base, m, args.admin_key)) for m in args.model]
     if len(args.endpoint) != len(args.endpoint_model):
         raise SystemExit("eval: give one --endpoint-model for each --endpoint")
@@ -72,7 +81,16 @@ def run_eval(args: argparse.Namespace) -> int:
         answers = asyncio.run(
             ask_all(targets, items, sampling, cache, concurrency=args.concurrency, progress=bar.update)
         )
-    report = write_report(out, name, targets, items, answers, sampling, time.perf_counter() - started)
+    verdicts = None
+    if args.judge_model:
+        rubric = load_rubric(args.rubric)
+        by_item = {item.key: item for item in items}
+        tasks = [(answer_id(a), by_item[a.item], a.text) for a in answers if a.error is None]
+        judge_url = (args.judge_url or base_url(args)).rstrip("/")
+        verdicts = asyncio.run(
+            judge_all(tasks, rubric, url=judge_url, model=args.judge_model, api_key=args.judge_key or args.api_key)
+        )
+    report = write_report(out, name, targets, items, answers, sampling, time.perf_counter() - started, verdicts)
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"report: {out}/report.md, report.json, answers.jsonl")
     failed = sum(m["errors"] for m in report["models"])

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .judge import Verdict
 from .metrics import scores
 from .runner import Answer, Sampling, Target
 from .testset import EvalItem
@@ -24,12 +25,21 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def summarize(targets: list[Target], items: list[EvalItem], answers: list[Answer]) -> list[dict[str, Any]]:
+def answer_id(answer: Answer) -> str:
+    return f"{answer.target}\x00{answer.item}"
+
+
+def summarize(
+    targets: list[Target], items: list[EvalItem], answers: list[Answer], verdicts: dict[str, Verdict] | None = None
+) -> list[dict[str, Any]]:
     """One summary per target, in the order given."""
     by_item = {item.key: item for item in items}
+    verdicts = verdicts or {}
     rows = []
     for target in targets:
         mine = [a for a in answers if a.target == target.label]
+        judged = [verdicts[answer_id(a)] for a in mine if answer_id(a) in verdicts]
+        good = [v for v in judged if v.error is None]
         ok = [a for a in mine if a.error is None]
         scored = [scores(a.text, by_item[a.item].reference) for a in ok if by_item[a.item].reference is not None]
         speeds = [s for s in (a.tokens_per_second for a in ok) if s is not None]
@@ -48,6 +58,11 @@ def summarize(targets: list[Target], items: list[EvalItem], answers: list[Answer
                 "tokens_per_s": statistics.median(speeds) if speeds else None,
                 "e2e_p50_s": _percentile([a.e2e for a in ok], 0.5),
                 "cached": sum(1 for a in mine if a.cached),
+                "judge_total": statistics.fmean(v.total for v in good) if good else None,
+                "judge_criteria": {
+                    name: statistics.fmean(v.scores[name] for v in good) for name in (good[0].scores if good else {})
+                },
+                "judge_errors": len(judged) - len(good),
             }
         )
     return rows
@@ -61,6 +76,7 @@ def write_report(
     answers: list[Answer],
     sampling: Sampling,
     seconds: float,
+    verdicts: dict[str, Verdict] | None = None,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     by_item = {item.key: item for item in items}
@@ -78,9 +94,10 @@ def write_report(
                 **asdict(answer),
                 "tokens_per_s": answer.tokens_per_second,
                 "scores": scores(answer.text, item.reference) if answer.error is None else {},
+                "judge": asdict(verdicts[answer_id(answer)]) if verdicts and answer_id(answer) in verdicts else None,
             }
             file.write(json.dumps(record, ensure_ascii=False) + "\n")
-    summary = summarize(targets, items, answers)
+    summary = summarize(targets, items, answers, verdicts)
     report = {
         "name": name,
         "questions": len(items),
@@ -99,11 +116,11 @@ def _fmt(value: float | None, digits: int = 3, scale: float = 1.0) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     header = (
-        "| model | exact | char F1 | ROUGE-L | TTFT p50 ms | TTFT p90 ms | tokens/s | e2e p50 s | errors |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "| model | judge | exact | char F1 | ROUGE-L | TTFT p50 ms | TTFT p90 ms | tokens/s | e2e p50 s | errors |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = "".join(
-        f"| {m['model']} | {_fmt(m['exact'])} | {_fmt(m['f1'])} | {_fmt(m['rouge_l'])} | "
+        f"| {m['model']} | {_fmt(m['judge_total'], 2)} | {_fmt(m['exact'])} | {_fmt(m['f1'])} | {_fmt(m['rouge_l'])} | "
         f"{_fmt(m['ttft_p50_s'], 0, 1000)} | {_fmt(m['ttft_p90_s'], 0, 1000)} | {_fmt(m['tokens_per_s'], 1)} | "
         f"{_fmt(m['e2e_p50_s'], 2)} | {m['errors']} |\n"
         for m in report["models"]

@@ -1,0 +1,38 @@
+"""``lora-gateway eval`` against a live gateway: trained adapters score 1.0 on what they learned,
+the random base does not; a second run is answered from the cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from server.cli import main
+from tests.support import ANSWERS, QUESTION
+
+
+def test_adapters_score_on_their_own_data_and_reruns_hit_the_cache(gateway_url: str, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "alpha.jsonl"
+    data.write_text(json.dumps({"question": QUESTION, "reference": ANSWERS["alpha"]}) + "\n")
+    args = ["eval", "--data", str(data), "--url", gateway_url, "--model", "alpha", "--model", "tiny-base"]
+    args += ["--out", str(tmp_path / "runs"), "--name", "first", "--max-tokens", "40"]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "runs" / "first" / "report.json").read_text())
+    alpha, base = report["models"]
+    assert (alpha["model"], alpha["exact"], alpha["f1"], alpha["rouge_l"]) == ("alpha", 1.0, 1.0, 1.0)
+    assert base["model"] == "tiny-base" and base["exact"] == 0.0 and base["f1"] < 0.5
+    assert alpha["ttft_p50_s"] > 0 and alpha["errors"] == 0 and alpha["cached"] == 0
+    answers = [json.loads(line) for line in (tmp_path / "runs" / "first" / "answers.jsonl").read_text().splitlines()]
+    assert {a["model"]: a["text"] for a in answers}["alpha"] == ANSWERS["alpha"]
+    assert "| alpha | 1.000 | 1.000 | 1.000 |" in capsys.readouterr().out
+
+    assert main([*args[:-4], "--name", "again", "--max-tokens", "40"]) == 0
+    again = json.loads((tmp_path / "runs" / "again" / "report.json").read_text())
+    assert [m["cached"] for m in again["models"]] == [1, 1]
+    assert again["models"][0]["exact"] == 1.0
+
+
+def test_a_bad_test_set_is_reported_by_line_and_exits_2(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"question": ""}\n')
+    assert main(["eval", "--data", str(data), "--model", "alpha"]) == 2
+    assert f"{data}:1: each record needs" in capsys.readouterr().err
