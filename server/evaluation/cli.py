@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -11,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .judge import judge_all, load_rubric
-from .report import answer_id, write_report
+from .ratings import RatingError, export_sheet, import_sheets
+from .report import answer_id, markdown, write_report
 from .runner import AnswerCache, Sampling, Target, ask_all, gateway_version
 from .testset import TestSetError, load_test_set
 
@@ -43,6 +45,8 @@ def add_eval_parser(commands: Any) -> None:
     add("--judge-model", default=None, help="The judge model (the gateway's own base works).")
     add("--judge-key", default=os.environ.get("EVAL_JUDGE_API_KEY"), help="API key for the judge.")
     add("--rubric", default=None, help="Rubric file (JSON) [default: accuracy 3, politeness 2, completeness 2, ...].")
+    add("--rating-sheet", action="store_true", help="Also write a blind rating sheet (CSV) for human raters.")
+    add("--import-ratings", action="append", default=[], metavar="CSV", help="Raters' filled sheets for run --name.")
     p.set_defaults(func=run_eval)
 
 
@@ -64,6 +68,8 @@ def _targets(args: argparse.Namespace) -> list[Target]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.import_ratings:
+        return _import_ratings(args)
     from tqdm import tqdm
 
     try:
@@ -91,7 +97,28 @@ def run_eval(args: argparse.Namespace) -> int:
             judge_all(tasks, rubric, url=judge_url, model=args.judge_model, api_key=args.judge_key or args.api_key)
         )
     report = write_report(out, name, targets, items, answers, sampling, time.perf_counter() - started, verdicts)
+    if args.rating_sheet:
+        sheet = export_sheet(out, answers, items, load_rubric(args.rubric))
+        print(f"rating sheet: {sheet} (names hidden; import the raters' copies with --import-ratings)")
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"report: {out}/report.md, report.json, answers.jsonl")
     failed = sum(m["errors"] for m in report["models"])
     return 1 if failed == len(answers) else 0
+
+
+def _import_ratings(args: argparse.Namespace) -> int:
+    if not args.name:
+        raise SystemExit("eval: --import-ratings needs --name: the run whose sheet was rated")
+    out = Path(args.out) / args.name
+    try:
+        human = import_sheets(out, [Path(p) for p in args.import_ratings], load_rubric(args.rubric))
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    except (RatingError, OSError, ValueError) as exc:
+        print(f"eval: {exc}", file=sys.stderr)
+        return 2
+    for model in report["models"]:
+        model["human_total"] = human.get(model["model"], {}).get("human_total")
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(markdown(report), encoding="utf-8")
+    print((out / "report.md").read_text(encoding="utf-8"))
+    return 0

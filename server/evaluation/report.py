@@ -116,11 +116,13 @@ def _fmt(value: float | None, digits: int = 3, scale: float = 1.0) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     header = (
-        "| model | judge | exact | char F1 | ROUGE-L | TTFT p50 ms | TTFT p90 ms | tokens/s | e2e p50 s | errors |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "| model | judge | human | exact | char F1 | ROUGE-L | TTFT p50 ms | TTFT p90 ms | tokens/s | e2e p50 s "
+        "| errors |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = "".join(
-        f"| {m['model']} | {_fmt(m['judge_total'], 2)} | {_fmt(m['exact'])} | {_fmt(m['f1'])} | {_fmt(m['rouge_l'])} | "
+        f"| {m['model']} | {_fmt(m['judge_total'], 2)} | {_fmt(m.get('human_total'), 2)} | {_fmt(m['exact'])} | "
+        f"{_fmt(m['f1'])} | {_fmt(m['rouge_l'])} | "
         f"{_fmt(m['ttft_p50_s'], 0, 1000)} | {_fmt(m['ttft_p90_s'], 0, 1000)} | {_fmt(m['tokens_per_s'], 1)} | "
         f"{_fmt(m['e2e_p50_s'], 2)} | {m['errors']} |\n"
         for m in report["models"]
