@@ -13,7 +13,7 @@ from typing import Any
 
 from .judge import judge_all, load_rubric
 from .ratings import RatingError, export_sheet, import_sheets
-from .report import answer_id, markdown, write_report
+from .report import answer_id, write_pages, write_report
 from .runner import AnswerCache, Sampling, Target, ask_all, gateway_version
 from .testset import TestSetError, load_test_set
 
@@ -101,7 +101,7 @@ def run_eval(args: argparse.Namespace) -> int:
         sheet = export_sheet(out, answers, items, load_rubric(args.rubric))
         print(f"rating sheet: {sheet} (names hidden; import the raters' copies with --import-ratings)")
     print((out / "report.md").read_text(encoding="utf-8"))
-    print(f"report: {out}/report.md, report.json, answers.jsonl")
+    print(f"report: {out}/report.md, report.html, report.json, answers.jsonl")
     failed = sum(m["errors"] for m in report["models"])
     return 1 if failed == len(answers) else 0
 
@@ -119,6 +119,6 @@ def _import_ratings(args: argparse.Namespace) -> int:
     for model in report["models"]:
         model["human_total"] = human.get(model["model"], {}).get("human_total")
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(markdown(report), encoding="utf-8")
+    write_pages(out, report)
     print((out / "report.md").read_text(encoding="utf-8"))
     return 0

@@ -106,8 +106,17 @@ def write_report(
         "models": summary,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(markdown(report), encoding="utf-8")
+    write_pages(out, report)
     return report
+
+
+def write_pages(out: Path, report: dict[str, Any]) -> None:
+    """``report.md`` and ``report.html`` from ``report`` (also after human ratings are imported)."""
+    from .html import render
+
+    table = markdown(report)
+    (out / "report.md").write_text(table, encoding="utf-8")
+    (out / "report.html").write_text(render(report, table), encoding="utf-8")
 
 
 def _fmt(value: float | None, digits: int = 3, scale: float = 1.0) -> str:
