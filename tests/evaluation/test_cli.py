@@ -36,3 +36,28 @@ def test_a_bad_test_set_is_reported_by_line_and_exits_2(tmp_path: Path, capsys) 
     data.write_text('{"question": ""}\n')
     assert main(["eval", "--data", str(data), "--model", "alpha"]) == 2
     assert f"{data}:1: each record needs" in capsys.readouterr().err
+
+
+def test_the_judge_and_the_rating_sheet_through_the_cli(gateway_url: str, tmp_path: Path) -> None:
+    from tests.evaluation.test_judge import fake_judge
+    from tests.support import running_server
+
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"question": QUESTION, "reference": ANSWERS["beta"]}) + "\n")
+    received: list[dict] = []  # type: ignore[type-arg]
+    with running_server(fake_judge(received)) as judge:
+        code = main(
+            ["eval", "--data", str(data), "--url", gateway_url, "--model", "beta", "--max-tokens", "40"]
+            + ["--out", str(tmp_path / "runs"), "--name", "judged", "--judge-url", f"{judge}/v1"]
+            + ["--judge-model", "fake", "--rating-sheet"]
+        )
+    assert code == 0 and len(received) == 1
+    run = tmp_path / "runs" / "judged"
+    report = json.loads((run / "report.json").read_text())
+    assert report["models"][0]["judge_total"] == 5.0  # the fake judge's score for an answer without "99"
+    assert report["models"][0]["judge_criteria"]["accuracy"] == 0
+    answers = [json.loads(line) for line in (run / "answers.jsonl").read_text().splitlines()]
+    assert answers[0]["judge"]["reason"] == "wrong"
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "<table>" in html
+    assert (run / "rating_sheet.csv").is_file() and (run / "rating_key.json").is_file()
