@@ -45,6 +45,8 @@ def add_eval_parser(commands: Any) -> None:
     add("--judge-model", default=None, help="The judge model (the gateway's own base works).")
     add("--judge-key", default=os.environ.get("EVAL_JUDGE_API_KEY"), help="API key for the judge.")
     add("--rubric", default=None, help="Rubric file (JSON) [default: accuracy 3, politeness 2, completeness 2, ...].")
+    add("--retention", action="store_true", help="Also ask a general set of the base and every model: what was lost.")
+    add("--retention-set", default=None, metavar="FILE", help="The general set [default examples/retention.jsonl].")
     add("--rating-sheet", action="store_true", help="Also write a blind rating sheet (CSV) for human raters.")
     add("--import-ratings", action="append", default=[], metavar="CSV", help="Raters' filled sheets for run --name.")
     p.set_defaults(func=run_eval)
@@ -96,7 +98,14 @@ def run_eval(args: argparse.Namespace) -> int:
         verdicts = asyncio.run(
             judge_all(tasks, rubric, url=judge_url, model=args.judge_model, api_key=args.judge_key or args.api_key)
         )
-    report = write_report(out, name, targets, items, answers, sampling, time.perf_counter() - started, verdicts)
+    kept = None
+    if args.retention or args.retention_set:
+        kept = _retention(args, targets, sampling, cache)
+        if kept is None:
+            return 2
+    report = write_report(
+        out, name, targets, items, answers, sampling, time.perf_counter() - started, verdicts, retention=kept
+    )
     if args.rating_sheet:
         sheet = export_sheet(out, answers, items, load_rubric(args.rubric))
         print(f"rating sheet: {sheet} (names hidden; import the raters' copies with --import-ratings)")
@@ -122,3 +131,21 @@ def _import_ratings(args: argparse.Namespace) -> int:
     write_pages(out, report)
     print((out / "report.md").read_text(encoding="utf-8"))
     return 0
+
+
+def _retention(args: argparse.Namespace, targets: list[Target], sampling: Sampling, cache: AnswerCache) -> Any:
+    from ..demo import examples_dir
+    from .retention import retention, served_base
+
+    path = args.retention_set or str(examples_dir() / "retention.jsonl")
+    try:
+        items = load_test_set([path])
+    except TestSetError as exc:
+        print(f"eval: the retention set has problems:\n{exc}", file=sys.stderr)
+        return None
+    name = served_base(base_url(args), args.api_key)
+    if name is None:
+        print(f"eval: --retention needs the gateway's base model, and {args.url} did not list one", file=sys.stderr)
+        return None
+    base = Target(name, base_url(args), name, args.api_key, gateway_version(base_url(args), name, args.admin_key))
+    return asyncio.run(retention(targets, base, items, sampling, cache, args.concurrency))

@@ -53,13 +53,28 @@ def _charts(models: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return charts
 
 
+def _tables(text: str) -> str:
+    """Each markdown table of ``text`` (runs of ``|`` lines) as an HTML table, headings kept."""
+    out, rows = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                rows.append([html.escape(c.strip()) for c in line.strip("|").split("|")])
+            continue
+        if rows:
+            body = "".join(
+                "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{c}</{'th' if i == 0 else 'td'}>" for c in row) + "</tr>"
+                for i, row in enumerate(rows)
+            )
+            out.append(f"<table>{body}</table>")
+            rows = []
+        if line.startswith("## "):
+            out.append(f"<h2>{html.escape(line[3:])}</h2>")
+    return "".join(out)
+
+
 def render(report: dict[str, Any], table_markdown: str) -> str:
-    rows = [line for line in table_markdown.splitlines() if line.startswith("|") and not line.startswith("|---")]
-    cells = [[html.escape(c.strip()) for c in row.strip("|").split("|")] for row in rows]
-    table = "".join(
-        "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{c}</{'th' if i == 0 else 'td'}>" for c in row) + "</tr>"
-        for i, row in enumerate(cells)
-    )
+    table = _tables(table_markdown)
     figures = "".join(
         f'<figure><img alt="{html.escape(t)}" src="{src}"><figcaption>{html.escape(t)}</figcaption></figure>'
         for t, src in _charts(report["models"])
@@ -71,5 +86,5 @@ def render(report: dict[str, Any], table_markdown: str) -> str:
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}figure{display:inline-block}</style>"
         f"</head><body><h1>Eval: {html.escape(report['name'])}</h1>"
         f"<p>{report['questions']} questions, {report['seconds']:.1f} s. Every answer and score: answers.jsonl.</p>"
-        f"<table>{table}</table>{figures}</body></html>"
+        f"{table}{figures}</body></html>"
     )

@@ -77,6 +77,7 @@ def write_report(
     sampling: Sampling,
     seconds: float,
     verdicts: dict[str, Verdict] | None = None,
+    retention: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     by_item = {item.key: item for item in items}
@@ -104,6 +105,7 @@ def write_report(
         "sampling": asdict(sampling),
         "seconds": seconds,
         "models": summary,
+        "retention": retention,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     write_pages(out, report)
@@ -115,6 +117,10 @@ def write_pages(out: Path, report: dict[str, Any]) -> None:
     from .html import render
 
     table = markdown(report)
+    if report.get("retention"):
+        from .retention import markdown as retention_markdown
+
+        table += retention_markdown(report["retention"])
     (out / "report.md").write_text(table, encoding="utf-8")
     (out / "report.html").write_text(render(report, table), encoding="utf-8")
 
