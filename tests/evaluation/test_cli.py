@@ -61,3 +61,19 @@ def test_the_judge_and_the_rating_sheet_through_the_cli(gateway_url: str, tmp_pa
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html
     assert (run / "rating_sheet.csv").is_file() and (run / "rating_key.json").is_file()
+
+
+def test_retention_compares_each_model_with_the_base(gateway_url: str, tmp_path: Path) -> None:
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"question": QUESTION, "reference": ANSWERS["alpha"]}) + "\n")
+    args = ["eval", "--data", str(data), "--url", gateway_url, "--model", "alpha", "--max-tokens", "24"]
+    assert main([*args, "--out", str(tmp_path / "runs"), "--name", "kept", "--retention"]) == 0
+    report = json.loads((tmp_path / "runs" / "kept" / "report.json").read_text())
+    section = report["retention"]
+    assert section["base"] == "tiny-base" and section["questions"] == 8
+    assert set(section["models"]) == {"tiny-base", "alpha"}
+    assert section["models"]["tiny-base"]["f1_vs_base"] == 0.0
+    alpha = section["models"]["alpha"]
+    assert alpha["f1_vs_base"] == alpha["f1"] - section["models"]["tiny-base"]["f1"]
+    assert "## Retention" in (tmp_path / "runs" / "kept" / "report.md").read_text()
+    assert "<h2>Retention" in (tmp_path / "runs" / "kept" / "report.html").read_text()
