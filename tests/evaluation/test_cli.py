@@ -23,7 +23,7 @@ def test_adapters_score_on_their_own_data_and_reruns_hit_the_cache(gateway_url: 
     assert alpha["ttft_p50_s"] > 0 and alpha["errors"] == 0 and alpha["cached"] == 0
     answers = [json.loads(line) for line in (tmp_path / "runs" / "first" / "answers.jsonl").read_text().splitlines()]
     assert {a["model"]: a["text"] for a in answers}["alpha"] == ANSWERS["alpha"]
-    assert "| alpha | 1.000 | 1.000 | 1.000 |" in capsys.readouterr().out
+    assert "| alpha | – | – | 1.000 | 1.000 | 1.000 |" in capsys.readouterr().out  # no judge, no raters
 
     assert main([*args[:-4], "--name", "again", "--max-tokens", "40"]) == 0
     again = json.loads((tmp_path / "runs" / "again" / "report.json").read_text())
