@@ -47,6 +47,9 @@ def add_eval_parser(commands: Any) -> None:
     add("--rubric", default=None, help="Rubric file (JSON) [default: accuracy 3, politeness 2, completeness 2, ...].")
     add("--retention", action="store_true", help="Also ask a general set of the base and every model: what was lost.")
     add("--retention-set", default=None, metavar="FILE", help="The general set [default examples/retention.jsonl].")
+    add("--base", default=None, help="Start a gateway for this run on this base (Hub id or path) instead of --url.")
+    add("--adapters-dir", default="adapters", help="With --base: where named --model adapters are [default adapters].")
+    add("--device", default="auto", choices=["auto", "cpu", "cuda"], help="With --base: the engine's device.")
     add("--rating-sheet", action="store_true", help="Also write a blind rating sheet (CSV) for human raters.")
     add("--import-ratings", action="append", default=[], metavar="CSV", help="Raters' filled sheets for run --name.")
     p.set_defaults(func=run_eval)
@@ -56,9 +59,12 @@ def base_url(args: argparse.Namespace) -> str:
     return args.url.rstrip("/") + "/v1"
 
 
-def _targets(args: argparse.Namespace) -> list[Target]:
+def _targets(args: argparse.Namespace, versions: dict[str, str] | None = None) -> list[Target]:
     base = base_url(args)
-    targets = [Target(m, base, m, args.api_key, gateway_version(base, m, args.admin_key)) for m in args.model]
+    known = versions or {}
+    targets = [
+        Target(m, base, m, args.api_key, known.get(m) or gateway_version(base, m, args.admin_key)) for m in args.model
+    ]
     if len(args.endpoint) != len(args.endpoint_model):
         raise SystemExit("eval: give one --endpoint-model for each --endpoint")
     for url, model in zip(args.endpoint, args.endpoint_model, strict=True):
@@ -72,6 +78,38 @@ def _targets(args: argparse.Namespace) -> list[Target]:
 def run_eval(args: argparse.Namespace) -> int:
     if args.import_ratings:
         return _import_ratings(args)
+    if args.base:
+        return _run_on_local_gateway(args)
+    return _run(args)
+
+
+def _run_on_local_gateway(args: argparse.Namespace) -> int:
+    """``--base``: serve the base and the named adapters or checkpoint directories for this run only."""
+    from ..registry.validation import WEIGHTS_FILE, file_sha256
+    from .local_gateway import local_gateway, served_name
+
+    adapters: dict[str, Path] = {}
+    labels: list[str] = []
+    for model in args.model:
+        path = Path(model)
+        if model == "base":
+            labels.append("base")
+            continue
+        if not path.is_dir():
+            path = Path(args.adapters_dir) / model
+        if not (path / WEIGHTS_FILE).is_file():
+            raise SystemExit(f"eval: --model {model}: not an adapter or checkpoint directory ({path})")
+        name = served_name(path) if Path(model).is_dir() else model
+        adapters[name] = path
+        labels.append(name)
+    versions = {name: file_sha256(path / WEIGHTS_FILE) for name, path in adapters.items()}
+    versions["base"] = f"{Path(args.base).resolve() if Path(args.base).exists() else args.base}#base"
+    with local_gateway(args.base, adapters, device=args.device) as url:
+        args.url, args.model = url, labels
+        return _run(args, versions)
+
+
+def _run(args: argparse.Namespace, versions: dict[str, str] | None = None) -> int:
     from tqdm import tqdm
 
     try:
@@ -79,7 +117,7 @@ def run_eval(args: argparse.Namespace) -> int:
     except TestSetError as exc:
         print(f"eval: the test set has problems:\n{exc}", file=sys.stderr)
         return 2
-    targets = _targets(args)
+    targets = _targets(args, versions)
     name = args.name or time.strftime("eval-%Y%m%d-%H%M%S")
     out = Path(args.out) / name
     cache = AnswerCache(None if args.no_cache else Path(args.out) / ".cache" / "answers.jsonl")

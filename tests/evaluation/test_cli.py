@@ -77,3 +77,41 @@ def test_retention_compares_each_model_with_the_base(gateway_url: str, tmp_path:
     assert alpha["f1_vs_base"] == alpha["f1"] - section["models"]["tiny-base"]["f1"]
     assert "## Retention" in (tmp_path / "runs" / "kept" / "report.md").read_text()
     assert "<h2>Retention" in (tmp_path / "runs" / "kept" / "report.html").read_text()
+
+
+def test_checkpoints_are_compared_on_a_gateway_started_for_the_run(base_model: Path, tmp_path: Path) -> None:
+    """``--base``: a gateway for this run only serves a training run's checkpoint and final adapter
+    (never published) beside the base; the final adapter reproduces what it was trained on."""
+    from server.trainer import TrainConfig, train
+
+    data = tmp_path / "alpha.jsonl"
+    data.write_text(json.dumps({"query": QUESTION, "response": ANSWERS["alpha"]}) + "\n")
+    run = tmp_path / "run"
+    train(
+        TrainConfig(
+            base=str(base_model),
+            data=[str(data)],
+            name="alpha-run",
+            publish=False,
+            output_dir=str(run),
+            epochs=250,
+            lr=5e-3,
+            batch_size=1,
+            grad_accum=1,
+            rank=8,
+            alpha=16,
+            dropout=0.0,
+            save_steps=125,
+            progress=False,
+            allow_small=True,
+        )
+    )
+    args = ["eval", "--data", str(data), "--base", str(base_model), "--device", "cpu", "--max-tokens", "40"]
+    args += ["--model", "base", "--model", str(run / "checkpoint-125"), "--model", str(run / "adapter")]
+    assert main([*args, "--out", str(tmp_path / "runs"), "--name", "ckpt"]) == 0
+    report = json.loads((tmp_path / "runs" / "ckpt" / "report.json").read_text())
+    rows = {m["model"]: m for m in report["models"]}
+    assert set(rows) == {"base", "run.checkpoint-125", "run.adapter"}
+    assert rows["run.adapter"]["exact"] == 1.0 and rows["base"]["exact"] == 0.0
+    assert len(rows["run.adapter"]["version"]) == 64  # the weights' sha256: the cache key
+    assert not (tmp_path / "adapters").exists()  # nothing was published
