@@ -92,7 +92,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             rejected=lambda reason: metrics.adapters_rejected.labels(reason).inc(),
             loaded=metrics.adapter_load_seconds.observe,
             swapped=metrics.adapter_swaps.inc,
+            gated=metrics.record_gate,
         ),
+        gate_timeout=settings.eval_gate_timeout,
     )
     gateway = Gateway(
         settings=settings,

@@ -201,6 +201,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     values["publish"] = not args.no_publish
+    values["gate_min"], values["gate_max_drop"] = dict(args.gate_min or ()), dict(args.gate_max_drop or ())
     config = TrainConfig(**values)
     try:
         result = train(config)
@@ -302,6 +303,31 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     add("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     add("--allow-small", action="store_true", help="Train on fewer than 10 examples.")
+    add(
+        "--eval-set",
+        default=None,
+        metavar="FILE",
+        help="A test set the published adapter carries as its eval gate: the gateway serves the new version "
+        "only if it passes (see --gate-min, --gate-max-drop; default: f1 at most 0.05 below the serving version).",
+    )
+    add("--gate-min", action="append", type=_threshold, metavar="METRIC=VALUE", help="e.g. exact=0.9, judge=8.")
+    add(
+        "--gate-max-drop",
+        action="append",
+        type=_threshold,
+        metavar="METRIC=VALUE",
+        help="Largest drop allowed against the version serving now, e.g. judge=0.3.",
+    )
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    metric, _, value = text.partition("=")
+    try:
+        return metric.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not METRIC=NUMBER (metrics: exact, f1, rouge_l, judge)"
+        ) from None
 
 
 def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Proven versions of each adapter kept under <adapters-dir>/.kept for restarts and rollback.",
     )
+    eval_gate_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Upper bound in seconds on one adapter's eval gate run (its eval.json may set less).",
+    )
     base_model_alias: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Other names of the base model that adapters may "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,55 @@ def parse_verdict(rubric: Rubric, content: str) -> Verdict:
         return Verdict({}, 0.0, "", error=f"unusable judge answer ({exc}): {content[:200]!r}")
 
 
+JUDGE_TIMEOUT = httpx.Timeout(300, connect=10)
+JudgeAsk = Callable[[dict[str, Any]], Awaitable[str]]
+"""Asks the judge one chat request (OpenAI's body, less ``model``) and returns its message content."""
+
+
+def verdict_request(rubric: Rubric, item: EvalItem, answer: str) -> dict[str, Any]:
+    """The chat request (without ``model``) that asks a judge for one verdict."""
+    return {
+        "messages": _prompt(rubric, item, answer),
+        "temperature": 0,
+        "max_tokens": 400,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "schema": rubric.schema()}},
+    }
+
+
+async def judge_with(
+    ask: JudgeAsk, tasks: list[tuple[str, EvalItem, str]], rubric: Rubric, *, concurrency: int = 4, seed: int = 0
+) -> dict[str, Verdict]:
+    """Verdicts for (answer id, item, answer text) tasks, judged one by one in a shuffled order.
+    A judge that fails or answers garbage gives that answer a verdict with an error."""
+    order = list(tasks)
+    random.Random(seed).shuffle(order)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(answer_id: str, item: EvalItem, text: str) -> tuple[str, Verdict]:
+        async with gate:
+            try:
+                content = await ask(verdict_request(rubric, item, text))
+            except Exception as exc:  # any failure of the judge is that answer's error, never the run's
+                return answer_id, Verdict({}, 0.0, "", error=f"the judge failed: {type(exc).__name__}: {exc}")
+        return answer_id, parse_verdict(rubric, content)
+
+    return dict(await asyncio.gather(*(one(*task) for task in order)))
+
+
+def http_judge(client: httpx.AsyncClient, url: str, model: str, api_key: str | None = None) -> JudgeAsk:
+    """A judge behind an OpenAI-compatible ``url`` (``.../v1``), asked through ``client``."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def ask(body: dict[str, Any]) -> str:
+        response = await client.post(
+            f"{url.rstrip('/')}/chat/completions", json={"model": model, **body}, headers=headers
+        )
+        response.raise_for_status()
+        return str(response.json()["choices"][0]["message"]["content"] or "")
+
+    return ask
+
+
 async def judge_all(
     tasks: list[tuple[str, EvalItem, str]],
     rubric: Rubric,
@@ -134,29 +184,7 @@ async def judge_all(
     concurrency: int = 4,
     seed: int = 0,
 ) -> dict[str, Verdict]:
-    """Verdicts for (answer id, item, answer text) tasks, judged one by one in a shuffled order."""
-    order = list(tasks)
-    random.Random(seed).shuffle(order)
-    gate = asyncio.Semaphore(concurrency)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    schema = rubric.schema()
-
-    async def one(client: httpx.AsyncClient, answer_id: str, item: EvalItem, text: str) -> tuple[str, Verdict]:
-        body = {
-            "model": model,
-            "messages": _prompt(rubric, item, text),
-            "temperature": 0,
-            "max_tokens": 400,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}},
-        }
-        async with gate:
-            try:
-                response = await client.post(f"{url.rstrip('/')}/chat/completions", json=body, headers=headers)
-                response.raise_for_status()
-                content = response.json()["choices"][0]["message"]["content"] or ""
-            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
-                return answer_id, Verdict({}, 0.0, "", error=f"the judge failed: {exc}")
-        return answer_id, parse_verdict(rubric, content)
-
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10)) as client:
-        return dict(await asyncio.gather(*(one(client, *task) for task in order)))
+    """``judge_with`` a judge behind an OpenAI-compatible ``url``."""
+    async with httpx.AsyncClient(timeout=JUDGE_TIMEOUT) as client:
+        ask = http_judge(client, url, model, api_key)
+        return await judge_with(ask, tasks, rubric, concurrency=concurrency, seed=seed)
