@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .judge import judge_all, load_rubric
-from .ratings import RatingError, export_sheet, import_sheets
+from .ratings import RatingError, export_sheet, import_playground, import_sheets, merge_ratings
 from .report import answer_id, write_pages, write_report
 from .runner import AnswerCache, Sampling, Target, ask_all, gateway_version
 from .testset import TestSetError, load_test_set
@@ -24,9 +24,9 @@ def add_eval_parser(commands: Any) -> None:
     add(
         "--data",
         action="append",
-        required=True,
+        default=[],
         metavar="FILE",
-        help="Test set: any format `train` reads, or questions.",
+        help="Test set: any format `train` reads, or questions (required, except with --import-ratings).",
     )
     add("--model", action="append", default=[], metavar="NAME", help="A model of the gateway at --url; repeat.")
     add("--url", default=os.environ.get("LORA_GATEWAY_URL", "http://127.0.0.1:8000"), help="The gateway.")
@@ -51,7 +51,13 @@ def add_eval_parser(commands: Any) -> None:
     add("--adapters-dir", default="adapters", help="With --base: where named --model adapters are [default adapters].")
     add("--device", default="auto", choices=["auto", "cpu", "cuda"], help="With --base: the engine's device.")
     add("--rating-sheet", action="store_true", help="Also write a blind rating sheet (CSV) for human raters.")
-    add("--import-ratings", action="append", default=[], metavar="CSV", help="Raters' filled sheets for run --name.")
+    add(
+        "--import-ratings",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="Raters' filled sheets (CSV) for run --name, or the playground's ratings file (.jsonl).",
+    )
     p.set_defaults(func=run_eval)
 
 
@@ -78,6 +84,8 @@ def _targets(args: argparse.Namespace, versions: dict[str, str] | None = None) -
 def run_eval(args: argparse.Namespace) -> int:
     if args.import_ratings:
         return _import_ratings(args)
+    if not args.data:
+        raise SystemExit("eval: --data FILE is required (the test set)")
     if args.base:
         return _run_on_local_gateway(args)
     return _run(args)
@@ -157,12 +165,19 @@ def _import_ratings(args: argparse.Namespace) -> int:
     if not args.name:
         raise SystemExit("eval: --import-ratings needs --name: the run whose sheet was rated")
     out = Path(args.out) / args.name
+    paths = [Path(p) for p in args.import_ratings]
+    rubric = load_rubric(args.rubric)
     try:
-        human = import_sheets(out, [Path(p) for p in args.import_ratings], load_rubric(args.rubric))
+        sheets = [p for p in paths if p.suffix != ".jsonl"]
+        human = merge_ratings(
+            import_sheets(out, sheets, rubric) if sheets else {},
+            import_playground([p for p in paths if p.suffix == ".jsonl"], rubric),
+        )
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     except (RatingError, OSError, ValueError) as exc:
         print(f"eval: {exc}", file=sys.stderr)
         return 2
+    (out / "human_scores.json").write_text(json.dumps(human, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for model in report["models"]:
         model["human_total"] = human.get(model["model"], {}).get("human_total")
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import secrets
 import statistics
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -83,5 +85,73 @@ def import_sheets(out: Path, sheets: list[Path], rubric: Rubric) -> dict[str, An
         model: {"human_total": statistics.fmean(scores), "rated_answers": len(scores)}
         for model, scores in per_model.items()
     }
-    (out / "human_scores.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     return result
+
+
+# ---------------------------------------------------------------------------- the playground's ratings
+
+PLAYGROUND_RATINGS = ".ratings.jsonl"  # default: in the adapters directory (ignored by the watcher)
+
+
+class RatingStore:
+    """The playground's blind ratings, one JSON line per rated answer, appended and flushed.
+
+    A JSON-lines file because a rater's few clicks a minute need nothing more, and ``eval
+    --import-ratings`` reads it as it reads the raters' CSV sheets (the same trimmed mean)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(lines)
+                file.flush()
+                os.fsync(file.fileno())
+
+
+def import_playground(paths: list[Path], rubric: Rubric) -> dict[str, Any]:
+    """Per model: the mean over the questions it was rated on of the raters' trimmed mean total
+    (a rater's latest rating of an answer counts once), as ``import_sheets`` gives for sheets."""
+    latest: dict[tuple[str, str, str], float] = {}
+    names = {c.name for c in rubric.criteria}
+    for path in paths:
+        for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+                scores = record["scores"]
+                if set(scores) != names:
+                    raise ValueError(f"scores for {sorted(scores)}, the rubric has {sorted(names)}")
+                key = (str(record["model"]), str(record["question"]), str(record.get("rater") or record["session"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RatingError(f"{path}:{line}: not a playground rating ({exc})") from None
+            latest[key] = float(sum(scores.values()))
+    per_question: dict[tuple[str, str], list[float]] = {}
+    for (model, question, _rater), total in latest.items():
+        per_question.setdefault((model, question), []).append(total)
+    per_model: dict[str, list[float]] = {}
+    for (model, _question), totals in per_question.items():
+        per_model.setdefault(model, []).append(trimmed_mean(totals))
+    return {
+        model: {"human_total": statistics.fmean(values), "rated_answers": len(values)}
+        for model, values in per_model.items()
+    }
+
+
+def merge_ratings(*results: dict[str, Any]) -> dict[str, Any]:
+    """Per-model human scores from several sources, weighted by the answers each rated."""
+    merged: dict[str, Any] = {}
+    for result in results:
+        for model, value in result.items():
+            seen = merged.get(model, {"human_total": 0.0, "rated_answers": 0})
+            count = seen["rated_answers"] + value["rated_answers"]
+            total = (
+                seen["human_total"] * seen["rated_answers"] + value["human_total"] * value["rated_answers"]
+            ) / count
+            merged[model] = {"human_total": total, "rated_answers": count}
+    return merged

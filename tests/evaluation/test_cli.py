@@ -62,6 +62,24 @@ def test_the_judge_and_the_rating_sheet_through_the_cli(gateway_url: str, tmp_pa
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html
     assert (run / "rating_sheet.csv").is_file() and (run / "rating_key.json").is_file()
 
+    # A rater's sheet and the playground's blind ratings, imported together (weighted by answers rated).
+    import csv
+
+    with (run / "rating_sheet.csv").open(encoding="utf-8-sig", newline="") as file:
+        row = next(csv.DictReader(file))
+    filled = tmp_path / "ana.csv"
+    with filled.open("w", encoding="utf-8-sig", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow({**row, "accuracy": 3, "politeness": 2, "completeness": 2, "proactivity": 1, "fluency": 2})
+    playground = tmp_path / "ratings.jsonl"
+    scores = {"accuracy": 0, "politeness": 2, "completeness": 2, "proactivity": 0, "fluency": 2}
+    playground.write_text(json.dumps({"model": "beta", "question": "other", "session": "s", "scores": scores}) + "\n")
+    imported = ["--import-ratings", str(filled), "--import-ratings", str(playground)]
+    assert main(["eval", "--out", str(tmp_path / "runs"), "--name", "judged", *imported]) == 0
+    assert json.loads((run / "human_scores.json").read_text()) == {"beta": {"human_total": 8.0, "rated_answers": 2}}
+    assert json.loads((run / "report.json").read_text())["models"][0]["human_total"] == 8.0
+
 
 def test_retention_compares_each_model_with_the_base(gateway_url: str, tmp_path: Path) -> None:
     data = tmp_path / "q.jsonl"
