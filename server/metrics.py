@@ -142,3 +142,9 @@ class _LiveGauges(Collector):
         yield GaugeMetricFamily(
             "lora_gateway_adapters_registered", "Adapters that serve requests.", value=self._registered()
         )
+        if health.peak_memory_bytes is not None:
+            yield GaugeMetricFamily(
+                "lora_gateway_engine_peak_memory_bytes",
+                "The engine's peak memory: CUDA's peak allocation on a GPU, the process's peak RSS on CPU.",
+                value=health.peak_memory_bytes,
+            )

@@ -14,7 +14,7 @@ from typing import Any
 from .judge import judge_all, load_rubric
 from .ratings import RatingError, export_sheet, import_playground, import_sheets, merge_ratings
 from .report import answer_id, write_pages, write_report
-from .runner import AnswerCache, Sampling, Target, ask_all, gateway_version
+from .runner import AnswerCache, Sampling, Target, ask_all, engine_peak_memory, gateway_version
 from .testset import TestSetError, load_test_set
 
 
@@ -149,8 +149,19 @@ def _run(args: argparse.Namespace, versions: dict[str, str] | None = None) -> in
         kept = _retention(args, targets, sampling, cache)
         if kept is None:
             return 2
+    peaks = {url: engine_peak_memory(url) for url in {t.base_url for t in targets}}  # once per engine
+    memory = {t.label: peaks[t.base_url] for t in targets}
     report = write_report(
-        out, name, targets, items, answers, sampling, time.perf_counter() - started, verdicts, retention=kept
+        out,
+        name,
+        targets,
+        items,
+        answers,
+        sampling,
+        time.perf_counter() - started,
+        verdicts,
+        retention=kept,
+        memory=memory,
     )
     if args.rating_sheet:
         sheet = export_sheet(out, answers, items, load_rubric(args.rubric))

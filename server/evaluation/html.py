@@ -2,7 +2,7 @@
 
 Charts are drawn with matplotlib (Agg, no display) and embedded as PNG data URLs, so the page needs
 no network, no scripts and no files beside it: rubric (or reference-score) bars per model, then
-time to first token and decode speed per model. The table is the one ``report.md`` holds.
+time to first token, decode speed and the engine's peak memory per model. The table is the one ``report.md`` holds.
 """
 
 from __future__ import annotations
@@ -43,12 +43,16 @@ def _charts(models: list[dict[str, Any]]) -> list[tuple[str, str]]:
     charts.append((title, _png(figure)))
     plt.close(figure)
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
-    left.bar(names, [1000 * (m.get("ttft_p50_s") or 0) for m in models], color="#4c72b0")
-    left.set_title("Time to first token, p50 (ms)")
-    right.bar(names, [m.get("tokens_per_s") or 0 for m in models], color="#55a868")
-    right.set_title("Decode speed (tokens/s)")
-    charts.append(("Latency and speed", _png(figure)))
+    memory = [(m.get("peak_memory_bytes") or 0) / 1e9 for m in models]
+    figure, axes = plt.subplots(1, 3 if any(memory) else 2, figsize=(13 if any(memory) else 9, 3))
+    axes[0].bar(names, [1000 * (m.get("ttft_p50_s") or 0) for m in models], color="#4c72b0")
+    axes[0].set_title("Time to first token, p50 (ms)")
+    axes[1].bar(names, [m.get("tokens_per_s") or 0 for m in models], color="#55a868")
+    axes[1].set_title("Decode speed (tokens/s)")
+    if any(memory):
+        axes[2].bar(names, memory, color="#c44e52")
+        axes[2].set_title("Engine peak memory (GB)")
+    charts.append(("Latency, speed and memory", _png(figure)))
     plt.close(figure)
     return charts
 

@@ -30,9 +30,14 @@ def answer_id(answer: Answer) -> str:
 
 
 def summarize(
-    targets: list[Target], items: list[EvalItem], answers: list[Answer], verdicts: dict[str, Verdict] | None = None
+    targets: list[Target],
+    items: list[EvalItem],
+    answers: list[Answer],
+    verdicts: dict[str, Verdict] | None = None,
+    memory: dict[str, int | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One summary per target, in the order given."""
+    """One summary per target, in the order given. ``memory``: the peak memory of the engine that
+    served each target (models on one gateway share one engine, so they share the figure)."""
     by_item = {item.key: item for item in items}
     verdicts = verdicts or {}
     rows = []
@@ -58,6 +63,7 @@ def summarize(
                 "tokens_per_s": statistics.median(speeds) if speeds else None,
                 "e2e_p50_s": _percentile([a.e2e for a in ok], 0.5),
                 "cached": sum(1 for a in mine if a.cached),
+                "peak_memory_bytes": (memory or {}).get(target.label),
                 "judge_total": statistics.fmean(v.total for v in good) if good else None,
                 "judge_criteria": {
                     name: statistics.fmean(v.scores[name] for v in good) for name in (good[0].scores if good else {})
@@ -78,6 +84,7 @@ def write_report(
     seconds: float,
     verdicts: dict[str, Verdict] | None = None,
     retention: dict[str, Any] | None = None,
+    memory: dict[str, int | None] | None = None,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     by_item = {item.key: item for item in items}
@@ -98,7 +105,7 @@ def write_report(
                 "judge": asdict(verdicts[answer_id(answer)]) if verdicts and answer_id(answer) in verdicts else None,
             }
             file.write(json.dumps(record, ensure_ascii=False) + "\n")
-    summary = summarize(targets, items, answers, verdicts)
+    summary = summarize(targets, items, answers, verdicts, memory)
     report = {
         "name": name,
         "questions": len(items),
@@ -132,14 +139,14 @@ def _fmt(value: float | None, digits: int = 3, scale: float = 1.0) -> str:
 def markdown(report: dict[str, Any]) -> str:
     header = (
         "| model | judge | human | exact | char F1 | ROUGE-L | TTFT p50 ms | TTFT p90 ms | tokens/s | e2e p50 s "
-        "| errors |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| peak mem GB | errors |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = "".join(
         f"| {m['model']} | {_fmt(m['judge_total'], 2)} | {_fmt(m.get('human_total'), 2)} | {_fmt(m['exact'])} | "
         f"{_fmt(m['f1'])} | {_fmt(m['rouge_l'])} | "
         f"{_fmt(m['ttft_p50_s'], 0, 1000)} | {_fmt(m['ttft_p90_s'], 0, 1000)} | {_fmt(m['tokens_per_s'], 1)} | "
-        f"{_fmt(m['e2e_p50_s'], 2)} | {m['errors']} |\n"
+        f"{_fmt(m['e2e_p50_s'], 2)} | {_fmt(m.get('peak_memory_bytes'), 2, 1e-9)} | {m['errors']} |\n"
         for m in report["models"]
     )
     sampling = report["sampling"]
@@ -147,5 +154,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Eval: {report['name']}\n\n"
         f"{report['questions']} questions, temperature {sampling['temperature']}, max_tokens "
         f"{sampling['max_tokens']}; {report['seconds']:.1f} s. Scores are means over the questions with a "
-        "reference (character level: Chinese-aware). Every answer and score: `answers.jsonl`.\n\n" + header + rows
+        "reference (character level: Chinese-aware). Peak memory is the serving engine's (GPU allocations, or "
+        "the process's RSS on CPU), shared by the models one gateway serves. Every answer and score: "
+        "`answers.jsonl`.\n\n" + header + rows
     )

@@ -160,3 +160,20 @@ def gateway_version(base_url: str, model: str, admin_key: str | None) -> str:
         except (httpx.HTTPError, ValueError, AttributeError):
             pass
     return f"{base_url}#{model}"
+
+
+def engine_peak_memory(base_url: str) -> int | None:
+    """The serving engine's peak memory in bytes, from a lora-gateway's ``/metrics``
+    (``lora_gateway_engine_peak_memory_bytes``); None for an endpoint that does not report it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    root = base_url.rstrip("/").removesuffix("/v1")
+    try:
+        text = httpx.get(f"{root}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "lora_gateway_engine_peak_memory_bytes":
+                    return int(sample.value)
+    except (httpx.HTTPError, ValueError):
+        pass
+    return None

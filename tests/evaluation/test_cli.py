@@ -24,6 +24,7 @@ def test_adapters_score_on_their_own_data_and_reruns_hit_the_cache(gateway_url: 
     answers = [json.loads(line) for line in (tmp_path / "runs" / "first" / "answers.jsonl").read_text().splitlines()]
     assert {a["model"]: a["text"] for a in answers}["alpha"] == ANSWERS["alpha"]
     assert "| alpha | – | – | 1.000 | 1.000 | 1.000 |" in capsys.readouterr().out  # no judge, no raters
+    assert alpha["peak_memory_bytes"] == base["peak_memory_bytes"] > 0  # one engine serves both
 
     assert main([*args[:-4], "--name", "again", "--max-tokens", "40"]) == 0
     again = json.loads((tmp_path / "runs" / "again" / "report.json").read_text())
