@@ -22,6 +22,9 @@ import httpx
 
 from .testset import EvalItem
 
+REASON_CHARS = 128
+JUDGE_MAX_TOKENS = 600  # the scores and a reason of REASON_CHARS, even at 3 tokens a character
+
 
 @dataclass(frozen=True)
 class Criterion:
@@ -35,8 +38,8 @@ class Rubric:
     criteria: tuple[Criterion, ...]
     instructions: str = (
         "You review the answers of a customer-service assistant. Score the answer below on each "
-        "criterion, as an integer from 0 to the criterion's maximum, and give your reason in one or "
-        "two sentences. Judge only this answer; you do not know which system wrote it."
+        "criterion, as an integer from 0 to the criterion's maximum, and give your reason in one "
+        "short sentence. Judge only this answer; you do not know which system wrote it."
     )
 
     @property
@@ -47,7 +50,9 @@ class Rubric:
         properties: dict[str, Any] = {
             c.name: {"type": "integer", "minimum": 0, "maximum": c.max} for c in self.criteria
         }
-        properties["reason"] = {"type": "string", "maxLength": 600}
+        # Short enough for the grammar to bound it (xgrammar compiles repetitions up to 128), so a
+        # judge that rambles still closes its JSON within max_tokens.
+        properties["reason"] = {"type": "string", "maxLength": REASON_CHARS}
         return {
             "type": "object",
             "properties": properties,
@@ -135,7 +140,7 @@ def verdict_request(rubric: Rubric, item: EvalItem, answer: str) -> dict[str, An
     return {
         "messages": _prompt(rubric, item, answer),
         "temperature": 0,
-        "max_tokens": 400,
+        "max_tokens": JUDGE_MAX_TOKENS,
         "response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "schema": rubric.schema()}},
     }
 
@@ -168,7 +173,12 @@ def http_judge(client: httpx.AsyncClient, url: str, model: str, api_key: str | N
         response = await client.post(
             f"{url.rstrip('/')}/chat/completions", json={"model": model, **body}, headers=headers
         )
-        response.raise_for_status()
+        if response.is_error:  # the judge's own words (OpenAI's error shape), not only the status
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:300]
+            raise RuntimeError(f"{response.status_code} from the judge: {message}")
         return str(response.json()["choices"][0]["message"]["content"] or "")
 
     return ask

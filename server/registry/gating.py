@@ -30,7 +30,7 @@ from ..api.protocol import ChatCompletionRequest
 from ..conversion import to_generation_request
 from ..engine.base import Engine
 from ..evaluation.gate import Gate, GateOutcome, failures, score
-from ..evaluation.judge import JUDGE_TIMEOUT, JudgeAsk, http_judge
+from ..evaluation.judge import JUDGE_MAX_TOKENS, JUDGE_TIMEOUT, JudgeAsk, http_judge
 from ..evaluation.testset import EvalItem
 from .records import AdapterVersion, Lease
 from .residency import Residency
@@ -107,7 +107,7 @@ class GateRunner:
 
             async def ask(body: dict[str, object]) -> str:
                 base = self._base_model_id
-                return await self._answer({"model": base, **body}, Lease(base, None), 400)
+                return await self._answer({"model": base, **body}, Lease(base, None), JUDGE_MAX_TOKENS)
 
             yield ask
 
