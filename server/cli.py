@@ -226,7 +226,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"loss curve: {config.run_dir / 'training_loss.png'}")
     if result.published_to:
-        print(f"published as model {config.name!r} in {result.published_to.parent}; a running gateway serves it now:")
+        serves = "once its eval gate passes" if config.eval_set else "now"
+        print(
+            f"published as model {config.name!r} in {result.published_to.parent}; a running gateway serves it {serves}:"
+        )
         body = {"model": config.name, "messages": [{"role": "user", "content": "Hello"}]}
         port = os.environ.get("LORA_GATEWAY_PORT", "8000")
         print(

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import AdapterRejected
-from ..jsonbounds import JSONRefused, loads_bounded
+from ..jsonbounds import read_adapter_json
 from .judge import DEFAULT_RUBRIC, JudgeAsk, judge_with
 from .metrics import scores as reference_scores
 from .testset import EvalItem, TestSetError, load_test_set
@@ -154,23 +154,10 @@ class GateOutcome:
 def read_gate(adapter_dir: Path) -> Gate | None:
     """The adapter's gate, None when it has none; ``AdapterRejected`` (``bad_eval_spec``) naming
     the problem (the test set's bad records by ``FILE:LINE``) when it cannot be used."""
-    path = adapter_dir / GATE_FILE
-    if not (path.exists() or path.is_symlink()):
+    spec = read_adapter_json(adapter_dir, GATE_FILE, GateSpec, max_bytes=MAX_GATE_BYTES, reason="bad_eval_spec")
+    if spec is None:
         return None
     where = f"{adapter_dir.name}: {GATE_FILE}"
-    try:
-        if not path.is_file():
-            raise AdapterRejected("not_a_file", f"{where} is not a regular file.")
-        with path.open("rb") as file:
-            spec = GateSpec.model_validate(
-                loads_bounded(file.read(MAX_GATE_BYTES + 1), max_bytes=MAX_GATE_BYTES, what=GATE_FILE)
-            )
-    except JSONRefused as exc:
-        raise AdapterRejected("bad_eval_spec", f"{adapter_dir.name}: {exc}.") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        place = ".".join(str(part) for part in first["loc"]) or "the spec"
-        raise AdapterRejected("bad_eval_spec", f"{where}: {place}: {first['msg']}.") from None
     test_set = adapter_dir / spec.test_set
     if not test_set.is_file() or test_set.is_symlink():
         raise AdapterRejected("bad_eval_spec", f"{where}: its test set {spec.test_set} is not a file beside it.")

@@ -91,3 +91,4 @@ class AdapterEntry:
     checked: bool = False
     restored: bool = False  # active came from the store because the directory's files were refused
     gate: GateOutcome | None = None  # the last eval gate run for this name (passed or failed)
+    gating: int | None = None  # the version whose eval gate is running now

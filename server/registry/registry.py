@@ -370,7 +370,11 @@ class AdapterRegistry:
         a failure discards the candidate and raises, and the serving version goes on serving."""
         assert version.info.gate is not None
         logger.info("adapter %s v%d: running its eval gate", entry.name, version.version)
-        outcome = await self._gates.run(version.info.gate, version, entry.active)
+        entry.gating = version.version
+        try:
+            outcome = await self._gates.run(version.info.gate, version, entry.active)
+        finally:
+            entry.gating = None
         entry.gate = outcome
         self._hooks.gated(outcome)
         if not outcome.passed:

@@ -111,3 +111,23 @@ def test_the_judge_a_gate_names_scores_it_and_a_gate_that_runs_out_of_time_rejec
     wait_for(lambda: view(url, "slow").get("state") == "rejected", timeout=60)
     assert view(url, "slow")["last_gate_run"]["failures"] == ["did not finish within 0.001 s"]
     assert httpx.post(f"{url}/v1/chat/completions", json={"model": "slow", "messages": []}).status_code in (400, 404)
+
+
+def test_live_requests_are_answered_by_the_serving_version_while_a_gate_runs(
+    live: tuple[str, Path], trained_adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    url, directory = live
+    shutil.copytree(trained_adapters["alpha"], directory / "shop")
+    wait_for(lambda: view(url, "shop").get("state") == "ready", timeout=60)
+    # 500 questions and 8 s: the gate runs for 8 s whatever the machine's speed, then fails.
+    long_gate = with_gate(trained_adapters["beta"], tmp_path / "v2", {"min": {"exact": 0.9}, "timeout_s": 8})
+    question = json.dumps({"question": QUESTION, "reference": ANSWERS["alpha"]}) + "\n"
+    (long_gate / "eval_set.jsonl").write_text(question * 500)
+    publish_adapter(long_gate, "shop", directory)
+    wait_for(lambda: view(url, "shop").get("gate_running") is not None, timeout=60)
+    answers = [ask(url, "shop") for _ in range(3)]
+    assert view(url, "shop")["gate_running"] is not None  # all three were answered during the gate
+    assert answers == [ANSWERS["alpha"]] * 3
+    wait_for(lambda: view(url, "shop")["last_gate_run"] is not None, timeout=60)
+    assert view(url, "shop")["last_gate_run"]["failures"] == ["did not finish within 8 s"]
+    assert view(url, "shop")["gate_running"] is None and ask(url, "shop") == ANSWERS["alpha"]
