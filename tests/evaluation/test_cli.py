@@ -31,6 +31,19 @@ def test_adapters_score_on_their_own_data_and_reruns_hit_the_cache(gateway_url: 
     assert [m["cached"] for m in again["models"]] == [1, 1]
     assert again["models"][0]["exact"] == 1.0
 
+    # The other adapter on its own data: 1.0 there, where the first one scores nothing.
+    beta = tmp_path / "beta.jsonl"
+    beta.write_text(json.dumps({"question": QUESTION, "reference": ANSWERS["beta"]}) + "\n")
+    assert (
+        main(
+            ["eval", "--data", str(beta), "--url", gateway_url, "--model", "beta", "--model", "alpha"]
+            + ["--out", str(tmp_path / "runs"), "--name", "beta", "--max-tokens", "40"]
+        )
+        == 0
+    )
+    own, other = json.loads((tmp_path / "runs" / "beta" / "report.json").read_text())["models"]
+    assert (own["model"], own["exact"], other["model"], other["exact"]) == ("beta", 1.0, "alpha", 0.0)
+
 
 def test_a_bad_test_set_is_reported_by_line_and_exits_2(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "bad.jsonl"
