@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from .api import admin, chat, models, ops
+from .api import admin, chat, models, ops, playground
 from .api.errors import count_refusal, install_error_handlers
 from .api.limits import BodyLimitMiddleware
 from .engine.base import Engine
 from .errors import first_line
+from .evaluation.ratings import PLAYGROUND_RATINGS, RatingStore
 from .gateway import Gateway
 from .integrations.wecom.config import WeComConfigError, load_wecom_settings
 from .integrations.wecom.routes import router as wecom_router
@@ -92,7 +93,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             rejected=lambda reason: metrics.adapters_rejected.labels(reason).inc(),
             loaded=metrics.adapter_load_seconds.observe,
             swapped=metrics.adapter_swaps.inc,
+            gated=metrics.record_gate,
         ),
+        gate_timeout=settings.eval_gate_timeout,
     )
     gateway = Gateway(
         settings=settings,
@@ -138,6 +141,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(ops.router)
     app.include_router(admin.router)
+    if settings.playground:
+        gateway.ratings = RatingStore(settings.ratings_file or settings.adapters_dir / PLAYGROUND_RATINGS)
+        app.include_router(playground.page)
+        app.include_router(playground.router)
     if wecom is not None:
         app.state.wecom = wecom
         app.include_router(wecom_router)

@@ -201,6 +201,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     values["publish"] = not args.no_publish
+    values["gate_min"], values["gate_max_drop"] = dict(args.gate_min or ()), dict(args.gate_max_drop or ())
     config = TrainConfig(**values)
     try:
         result = train(config)
@@ -225,7 +226,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"loss curve: {config.run_dir / 'training_loss.png'}")
     if result.published_to:
-        print(f"published as model {config.name!r} in {result.published_to.parent}; a running gateway serves it now:")
+        serves = "once its eval gate passes" if config.eval_set else "now"
+        print(
+            f"published as model {config.name!r} in {result.published_to.parent}; a running gateway serves it {serves}:"
+        )
         body = {"model": config.name, "messages": [{"role": "user", "content": "Hello"}]}
         port = os.environ.get("LORA_GATEWAY_PORT", "8000")
         print(
@@ -302,6 +306,31 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     add("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     add("--allow-small", action="store_true", help="Train on fewer than 10 examples.")
+    add(
+        "--eval-set",
+        default=None,
+        metavar="FILE",
+        help="A test set the published adapter carries as its eval gate: the gateway serves the new version "
+        "only if it passes (see --gate-min, --gate-max-drop; default: f1 at most 0.05 below the serving version).",
+    )
+    add("--gate-min", action="append", type=_threshold, metavar="METRIC=VALUE", help="e.g. exact=0.9, judge=8.")
+    add(
+        "--gate-max-drop",
+        action="append",
+        type=_threshold,
+        metavar="METRIC=VALUE",
+        help="Largest drop allowed against the version serving now, e.g. judge=0.3.",
+    )
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    metric, _, value = text.partition("=")
+    try:
+        return metric.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not METRIC=NUMBER (metrics: exact, f1, rouge_l, judge)"
+        ) from None
 
 
 def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
@@ -343,6 +372,10 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
         help="dtype of the merged weights [default auto: the base's].",
     )
     p_export.set_defaults(func=_cmd_export)
+
+    from .evaluation.cli import add_eval_parser
+
+    add_eval_parser(commands)
 
     p_adapters = commands.add_parser("adapters", help="Manage the adapters directory.")
     adapter_commands = p_adapters.add_subparsers(dest="adapters_command", required=True)

@@ -30,7 +30,7 @@ from .api.protocol import (
 from .engine import base as engine
 from .engine.base import GenerationDelta, GenerationRequest, OutputFormat, SamplingOptions, ToolSpec
 from .errors import InvalidRequest
-from .registry import Lease
+from .registry.records import Lease
 
 
 def to_generation_request(

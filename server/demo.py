@@ -78,7 +78,8 @@ def examples_dir() -> Path:
 
 
 def _corpus(examples: Path) -> tuple[str, ...]:
-    return tuple(sorted(p.read_text(encoding="utf-8") for p in examples.glob("*.json*")))
+    """The datasets the demo trains on (other files in examples/, such as eval sets, leave the base as is)."""
+    return tuple(sorted((examples / adapter.data).read_text(encoding="utf-8") for adapter in DEMO_ADAPTERS))
 
 
 def prepare_demo(demo_dir: str | Path = ".demo") -> Path:

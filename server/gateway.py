@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .engine.base import Engine
+from .evaluation.ratings import RatingStore
 from .metrics import GatewayMetrics
 from .registry import AdapterRegistry
 from .registry.watcher import AdapterWatcher
@@ -29,6 +30,7 @@ class Gateway:
     started: int = field(default_factory=lambda: int(time.time()))
     background: list[asyncio.Task[None]] = field(default_factory=list)
     watcher: AdapterWatcher | None = None  # set once the base is loaded
+    ratings: RatingStore | None = None  # the playground's blind ratings (None: --no-playground)
     # /v1/models serialized once per registry change, with paths (admin keys) and without
     models_json: dict[bool, tuple[object, bytes]] = field(default_factory=dict)
 

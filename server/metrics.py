@@ -8,12 +8,16 @@ never blow up label cardinality.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .engine.base import EngineHealth
+
+if TYPE_CHECKING:
+    from .evaluation.gate import GateOutcome
 
 UNKNOWN_MODEL = "unknown"
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -73,6 +77,18 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.eval_gate_runs = Counter(
+            "lora_gateway_eval_gate_runs",
+            "Adapter eval gate runs, by result (passed or failed).",
+            ["result"],
+            registry=r,
+        )
+        self.eval_gate_seconds = Histogram(
+            "lora_gateway_eval_gate_seconds",
+            "Time one adapter eval gate run took.",
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
         # WeCom: ``bot`` is a configured bot name (or ``unknown``), so its cardinality is bounded too.
         self.wecom_callbacks = Counter(
             "lora_gateway_wecom_callbacks", "WeCom callbacks by bot and outcome.", ["bot", "outcome"], registry=r
@@ -90,6 +106,10 @@ class GatewayMetrics:
             ["bot", "outcome"],
             registry=r,
         )
+
+    def record_gate(self, outcome: GateOutcome) -> None:
+        self.eval_gate_runs.labels("passed" if outcome.passed else "failed").inc()
+        self.eval_gate_seconds.observe(outcome.seconds)
 
     def record_error(self, model: str, status: int, error_type: str) -> None:
         self.requests.labels(model, str(status)).inc()
@@ -122,3 +142,9 @@ class _LiveGauges(Collector):
         yield GaugeMetricFamily(
             "lora_gateway_adapters_registered", "Adapters that serve requests.", value=self._registered()
         )
+        if health.peak_memory_bytes is not None:
+            yield GaugeMetricFamily(
+                "lora_gateway_engine_peak_memory_bytes",
+                "The engine's peak memory: CUDA's peak allocation on a GPU, the process's peak RSS on CPU.",
+                value=health.peak_memory_bytes,
+            )

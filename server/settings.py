@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Proven versions of each adapter kept under <adapters-dir>/.kept for restarts and rollback.",
     )
+    eval_gate_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Upper bound in seconds on one adapter's eval gate run (its eval.json may set less).",
+    )
     base_model_alias: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Other names of the base model that adapters may "
@@ -126,6 +131,13 @@ class Settings(BaseSettings):
         description="Accept a --max-model-len beyond the model's max_position_embeddings (quality is not guaranteed).",
     )
     max_n: int = Field(default=8, ge=1, description="Largest `n` (choices per request) accepted.")
+    playground: bool = Field(
+        default=True, description="Serve /playground (side-by-side comparison and blind rating; needs the API key)."
+    )
+    ratings_file: Path | None = Field(
+        default=None,
+        description="Where the playground's blind ratings are appended (default: <adapters-dir>/.ratings.jsonl).",
+    )
     wecom_config: Path | None = Field(
         default=None,
         description="YAML or JSON file of WeCom bots (see README, WeCom); env LORA_GATEWAY_WECOM_* adds to it.",

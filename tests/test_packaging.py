@@ -45,7 +45,9 @@ def test_the_wheel_installs_as_lora_gateway_with_the_demo_data(installed: Path, 
     result = run_installed(
         installed,
         (
-            "import lora_gateway, lora_gateway.app, lora_gateway.cli\n"
+            "import lora_gateway, lora_gateway.app, lora_gateway.cli, lora_gateway.evaluation.cli\n"
+            "from lora_gateway.api.playground import _html\n"
+            "assert 'lora-gateway playground' in _html()\n"
             "from lora_gateway.demo import DEMO_ADAPTERS, examples_dir\n"
             "print(lora_gateway.__file__)\n"
             "print(all((examples_dir() / a.data).is_file() for a in DEMO_ADAPTERS))\n"

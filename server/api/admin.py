@@ -72,6 +72,10 @@ def describe(gateway: Gateway, entry: AdapterEntry) -> dict[str, Any]:
         "sha256": active.sha256 if active else None,
         "size_bytes": info.size_bytes if info else None,
         "profile": info.profile.summary() if info and info.profile else None,
+        "eval_gate": info.gate.summary() if info and info.gate else None,  # the serving version's gate
+        # The last gate run for this name: a pass (the serving version's) or a rejected candidate's.
+        "last_gate_run": entry.gate.summary() if entry.gate else None,
+        "gate_running": entry.gating,  # a version being evaluated before it may serve
         "created": active.created if active else None,
         "path": active.path if active else None,
         # What answers requests, and whether it is the directory's files or a kept version.

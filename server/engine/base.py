@@ -145,6 +145,7 @@ class EngineHealth:
     waiting_requests: int = 0
     loaded_adapters: list[str] = field(default_factory=list)
     unavailable: str = ""  # when not ready although started: why, in words a client can act on
+    peak_memory_bytes: int | None = None  # the engine's peak (GPU allocations, else process RSS); None: unknown
 
 
 class Engine(abc.ABC):

@@ -149,10 +149,15 @@ class Grammars:
         self._xgr.apply_token_bitmask_inplace(logits.unsqueeze(0), bitmask.to(logits.device, non_blocking=True))
 
 
+_MAX_PATTERN_REPEAT = 128  # xgrammar 0.2.8 fails an internal check compiling a regex repetition above this
+
+
 def _bounded_strings_as_patterns(schema: Any) -> Any:
     """xgrammar 0.2.8 lets a string with ``minLength``/``maxLength`` hold raw control characters,
     which no JSON parser accepts; the same bound written as a pattern excludes them. (Such a
-    string then holds no escape sequences either: a small price for output that always parses.)"""
+    string then holds no escape sequences either: a small price for output that always parses.)
+    Bounds above 128 characters do not compile as a pattern there; such a string keeps the
+    character rule without the bound (README, Differences from OpenAI)."""
     if isinstance(schema, list):
         return [_bounded_strings_as_patterns(item) for item in schema]
     if not isinstance(schema, dict):
@@ -161,8 +166,12 @@ def _bounded_strings_as_patterns(schema: Any) -> Any:
     bounded = "minLength" in out or "maxLength" in out
     if out.get("type") == "string" and bounded and not {"pattern", "format", "enum", "const"} & set(out):
         low, high = int(out.pop("minLength", 0)), out.pop("maxLength", None)
-        upper = "" if high is None else str(int(high))
-        out["pattern"] = f'^[^\\x00-\\x1f"\\\\]{{{low},{upper}}}$'
+        if max(low, int(high or 0)) > _MAX_PATTERN_REPEAT:
+            # A longer bound does not compile as a repetition; the string stays parseable, and
+            # max_tokens (not the grammar) bounds its length.
+            out["pattern"] = '^[^\\x00-\\x1f"\\\\]*$'
+        else:
+            out["pattern"] = f'^[^\\x00-\\x1f"\\\\]{{{low},{"" if high is None else int(high)}}}$'
     return out
 
 

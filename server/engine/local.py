@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import threading
 import warnings
 from collections import deque
@@ -52,6 +53,13 @@ logger = logging.getLogger(__name__)
 
 BASE_ROW = ""  # rows on the base model carry no adapter name
 _DONE = object()  # end-of-stream marker sent from the worker to a request's queue
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of the model's device: CUDA's peak allocation, or this process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 class LocalEngine(Engine):
@@ -166,6 +174,7 @@ class LocalEngine(Engine):
             running_requests=len({id(r.job) for r in self._rows}),
             waiting_requests=waiting,
             loaded_adapters=sorted(self._peft_names.values()),
+            peak_memory_bytes=peak_memory_bytes(self._device),
         )
 
     # ------------------------------------------------------------------ adapters

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..api.protocol import (
     MAX_TOOLS,
@@ -34,8 +34,7 @@ from ..api.protocol import (
     NamedToolChoice,
     ResponseFormat,
 )
-from ..errors import AdapterRejected
-from ..jsonbounds import JSONRefused, loads_bounded
+from ..jsonbounds import read_adapter_json
 
 PROFILE_FILE = "profile.json"
 MAX_PROFILE_BYTES = 256 * 1024
@@ -100,19 +99,6 @@ class AdapterProfile(BaseModel):
 def read_profile(adapter_dir: Path) -> AdapterProfile | None:
     """The adapter's profile, None when it has none; ``AdapterRejected`` (``bad_profile``) naming the
     problem when the file is not a valid profile."""
-    path = adapter_dir / PROFILE_FILE
-    if not (path.exists() or path.is_symlink()):
-        return None
-    where = f"{adapter_dir.name}: {PROFILE_FILE}"
-    if not path.is_file():
-        raise AdapterRejected("not_a_file", f"{where} is not a regular file.")
-    try:
-        with path.open("rb") as file:
-            raw = file.read(MAX_PROFILE_BYTES + 1)
-        return AdapterProfile.model_validate(loads_bounded(raw, max_bytes=MAX_PROFILE_BYTES, what=PROFILE_FILE))
-    except JSONRefused as exc:
-        raise AdapterRejected("bad_profile", f"{adapter_dir.name}: {exc}.") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "the profile"
-        raise AdapterRejected("bad_profile", f"{where}: {field}: {first['msg']}.") from None
+    return read_adapter_json(
+        adapter_dir, PROFILE_FILE, AdapterProfile, max_bytes=MAX_PROFILE_BYTES, reason="bad_profile"
+    )

@@ -18,11 +18,19 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from ..evaluation.gate import gate_files
 from .names import is_valid_name
+from .profile import PROFILE_FILE
 from .validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected
 
-# Files an adapter directory may carry besides its config and weights.
-EXTRA_FILES = ("README.md", "training_metadata.json", "tokenizer_config.json", "chat_template.jinja")
+# Files an adapter directory may carry besides its config, weights and eval gate.
+EXTRA_FILES = (
+    "README.md",
+    "training_metadata.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    PROFILE_FILE,
+)
 
 
 def publish_adapter(
@@ -46,7 +54,7 @@ def publish_adapter(
     staging = root / f".staging-{name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        for file in (CONFIG_FILE, WEIGHTS_FILE, *EXTRA_FILES):
+        for file in (CONFIG_FILE, WEIGHTS_FILE, *EXTRA_FILES, *gate_files(source)):
             if (source / file).is_file():
                 shutil.copyfile(source / file, staging / file)
                 fsync_path(staging / file)

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..engine.base import AdapterRef
+
 if TYPE_CHECKING:
+    from ..evaluation.gate import Gate, GateOutcome
     from .profile import AdapterProfile
 
 
@@ -28,6 +31,7 @@ class AdapterInfo:
     base_model: str | None
     size_bytes: int
     profile: AdapterProfile | None = None  # profile.json, when the adapter has one
+    gate: Gate | None = None  # eval.json and its test set, when the adapter has a gate
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,23 @@ class AdapterVersion:
     info: AdapterInfo
     created: int
     sha256: str  # of the weights that were validated and loaded
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A request's hold on the model it asked for; ``adapter`` is None for the base model."""
+
+    model: str
+    adapter: AdapterVersion | None
+
+    @property
+    def ref(self) -> AdapterRef | None:
+        return None if self.adapter is None else adapter_ref(self.adapter)
+
+
+def adapter_ref(version: AdapterVersion) -> AdapterRef:
+    """What the engine is told of a version: its durable copy, under an id never reused."""
+    return AdapterRef(version.name, version.adapter_id, version.load_path)
 
 
 Fingerprint = tuple[tuple[str, int, int], ...]
@@ -69,3 +90,5 @@ class AdapterEntry:
     fingerprint: Fingerprint | None = None  # of the files last looked at, good or bad
     checked: bool = False
     restored: bool = False  # active came from the store because the directory's files were refused
+    gate: GateOutcome | None = None  # the last eval gate run for this name (passed or failed)
+    gating: int | None = None  # the version whose eval gate is running now

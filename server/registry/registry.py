@@ -6,10 +6,11 @@ files are fingerprinted (name, size, mtime), so repeated events for unchanged fi
 a bad file is reported once, not once per event.
 
 Every change is all-or-nothing. A version is copied into the durable store (``store.py``),
-validated there (headers, then a dry-run load: ``dry_run.py``), loaded into the engine, and only
-then made active and *proven*; a failure at any step leaves the directory, the active version and
-the store as they were, so "ready" means "a request will succeed". The version it replaces is
-retired: unloaded at once if idle, else *draining* until its last request releases it.
+validated there (headers, then a dry-run load: ``dry_run.py``), loaded into the engine, put
+through its eval gate when it carries one (``gating.py``), and only then made active and
+*proven*; a failure at any step leaves the directory, the active version and the store as they
+were, so "ready" means "a request will succeed". The version it replaces is retired: unloaded at
+once if idle, else *draining* until its last request releases it.
 
 ``install`` (the admin API's load) and ``rollback`` go the other way round: the version is proven
 first, and only then written into the directory. At start, a name whose directory files are
@@ -32,15 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine.base import AdapterRef, Engine
+from ..engine.base import Engine
 from ..errors import ModelNotFound
+from ..evaluation.gate import GateOutcome
 from .base_model import BaseModelSpec
 from .dry_run import check_adapter
+from .gating import GateRunner
 from .names import is_valid_name
 from .profile import PROFILE_FILE
 from .publish import publish_adapter
-from .records import AdapterEntry, AdapterInfo, AdapterState, AdapterVersion, Fingerprint, fingerprint
-from .residency import Residency, adapter_ref
+from .records import AdapterEntry, AdapterInfo, AdapterState, AdapterVersion, Fingerprint, Lease, fingerprint
+from .residency import Residency
 from .store import StoredVersion, VersionStore
 from .validation import (
     CONFIG_FILE,
@@ -65,18 +68,7 @@ class RegistryHooks:
     rejected: Callable[[str], None] = lambda reason: None
     loaded: Callable[[float], None] = lambda seconds: None
     swapped: Callable[[], None] = lambda: None
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A request's hold on the model it asked for; ``adapter`` is None for the base model."""
-
-    model: str
-    adapter: AdapterVersion | None
-
-    @property
-    def ref(self) -> AdapterRef | None:
-        return None if self.adapter is None else adapter_ref(self.adapter)
+    gated: Callable[[GateOutcome], None] = lambda outcome: None
 
 
 class AdapterRegistry:
@@ -92,6 +84,7 @@ class AdapterRegistry:
         keep_versions: int = 3,
         base_spec: BaseModelSpec | None = None,
         hooks: RegistryHooks | None = None,
+        gate_timeout: float = 600.0,
     ) -> None:
         self._engine = engine
         self.base_model_id = base_model_id
@@ -101,6 +94,7 @@ class AdapterRegistry:
         self._limits: dict[str, Any] = {"max_lora_rank": max_lora_rank, "max_bytes": max_adapter_bytes}  # validation's
         self._hooks = hooks or RegistryHooks()
         self._residency = Residency(engine, max_loaded, self._hooks.loaded)
+        self._gates = GateRunner(engine, self._residency, base_model_id, timeout_cap=gate_timeout)
         self._entries: dict[str, AdapterEntry] = {}
         self._ids = itertools.count(1)
         # Held only while in use: a lock disappears with its last holder, so names that come and go
@@ -350,6 +344,8 @@ class AdapterRegistry:
                     raise AdapterRejected(
                         "load_failed", f"{name}: the engine could not load it ({type(exc).__name__}: {exc})."
                     ) from exc
+                if info.gate is not None:
+                    await self._run_gate(entry, stored, version)
                 await asyncio.to_thread(self.store.prove, stored, self._protected(), self._proof())
         if publish:
             await asyncio.to_thread(publish_adapter, stored.path, name, self.adapters_dir)
@@ -368,6 +364,24 @@ class AdapterRegistry:
             if previous is not None:
                 self._hooks.swapped()
                 await self._residency.retire(previous)
+
+    async def _run_gate(self, entry: AdapterEntry, stored: StoredVersion, version: AdapterVersion) -> None:
+        """Run the version's eval gate against it and the version serving now (``gating.py``);
+        a failure discards the candidate and raises, and the serving version goes on serving."""
+        assert version.info.gate is not None
+        logger.info("adapter %s v%d: running its eval gate", entry.name, version.version)
+        entry.gating = version.version
+        try:
+            outcome = await self._gates.run(version.info.gate, version, entry.active)
+        finally:
+            entry.gating = None
+        entry.gate = outcome
+        self._hooks.gated(outcome)
+        if not outcome.passed:
+            self.store.discard(stored)
+            await self._residency.unload(version)
+            raise AdapterRejected("eval_gate_failed", f"{entry.name} v{version.version}: {outcome.describe()}.")
+        logger.info("adapter %s v%d: %s", entry.name, version.version, outcome.describe())
 
     def _proof(self) -> tuple[tuple[str, str], ...]:
         """What a successful load proves an adapter against: this base, this kind of engine."""

@@ -15,16 +15,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from ..engine.base import AdapterRef, Engine
+from ..engine.base import Engine
 from ..errors import EngineUnavailable
-from .records import AdapterVersion
+from .records import AdapterVersion, adapter_ref
 from .validation import WEIGHTS_FILE
 
 logger = logging.getLogger(__name__)
-
-
-def adapter_ref(version: AdapterVersion) -> AdapterRef:
-    return AdapterRef(version.name, version.adapter_id, version.load_path)
 
 
 class Residency:

@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 from ..errors import AdapterIncomplete, AdapterRejected
+from ..evaluation.gate import read_gate
 from ..jsonbounds import JSONRefused, loads_bounded
 from .base_model import BaseModelSpec
 from .profile import read_profile
@@ -82,6 +83,7 @@ def inspect_adapter(
         _check_targets(path.name, config.get("target_modules"), base)
     rank = _check_tensors(path.name, header, base, max_lora_rank)
     profile = read_profile(path)
+    gate = read_gate(path)
     return AdapterInfo(
         rank=rank,
         alpha=float(config.get("lora_alpha", rank)),  # type: ignore[arg-type]
@@ -89,6 +91,7 @@ def inspect_adapter(
         base_model=config.get("base_model_name_or_path"),  # type: ignore[arg-type]
         size_bytes=size,
         profile=profile,
+        gate=gate,
     )
 
 

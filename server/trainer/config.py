@@ -55,6 +55,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     logging_steps: int = 1
     progress: bool = True
+    eval_set: str | None = None  # a test set: the published adapter carries it as its eval gate
+    gate_min: dict[str, float] = field(default_factory=dict)  # metric -> minimum mean score
+    gate_max_drop: dict[str, float] = field(default_factory=dict)  # metric -> allowed drop vs serving
 
     @property
     def run_dir(self) -> Path:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..devices import resolve_device, resolve_dtype
+from ..evaluation.gate import plan_gate, write_gate
 from ..registry.base_model import BaseModelSpec, canonical_base_name
 from ..registry.dry_run import check_adapter
 from .artifacts import RunLog, checkpoint_dirs, nearest_vllm_rank, write_metadata
@@ -51,6 +52,13 @@ def train(config: TrainConfig) -> TrainResult:
             f"only {len(dataset.conversations)} valid examples; at least 10 are needed "
             "(as OpenAI's fine-tuning requires). Pass --allow-small to train anyway."
         )
+
+    gate = None
+    if config.eval_set:  # checked now, not after an hour of training
+        try:
+            gate = plan_gate(config.eval_set, config.gate_min, config.gate_max_drop)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
 
     # 2. Tokens, rendered with the base's chat template exactly as the server renders prompts.
     tokenizer = AutoTokenizer.from_pretrained(config.base)
@@ -213,6 +221,8 @@ def train(config: TrainConfig) -> TrainResult:
         counts,
     )
     write_metadata(adapter_dir, config, dataset.formats, counts, result, targets, base.fingerprint)
+    if gate is not None and config.eval_set:
+        write_gate(adapter_dir, config.eval_set, gate)  # the gateway runs it before serving this version
     log.plot()
     if config.publish:
         result.published_to = _publish(config, adapter_dir, base)

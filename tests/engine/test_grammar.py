@@ -69,3 +69,14 @@ def test_bounded_strings_become_patterns_without_control_characters() -> None:
         and not re.fullmatch(pattern[1:-1], "a\x14")
         and not re.fullmatch(pattern[1:-1], "abcd")
     )
+
+
+def test_a_long_bounded_string_compiles_and_stays_parseable(grammars) -> None:  # type: ignore[no-untyped-def]
+    """xgrammar 0.2.8 cannot compile a repetition above 128 as a pattern: such a bound is dropped, the
+    control-character rule kept (a judge's 600-character ``reason`` was refused before)."""
+    from server.engine.base import OutputFormat
+
+    schema = {"type": "object", "properties": {"reason": {"type": "string", "maxLength": 600}}, "required": ["reason"]}
+    pattern = _bounded_strings_as_patterns(schema)["properties"]["reason"]["pattern"]
+    assert re.fullmatch(pattern[1:-1], "x" * 700) and not re.fullmatch(pattern[1:-1], "a\nb")
+    assert grammars.compile(request(output_format=OutputFormat("json_schema", schema))) is not None

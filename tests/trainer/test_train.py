@@ -223,3 +223,30 @@ def test_export_writes_a_merged_model_that_answers_the_same(small_base: Path, tr
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**ids, max_new_tokens=24, do_sample=False)
     assert tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True) == answer
+
+
+def test_an_eval_set_is_checked_before_training_and_published_as_the_adapters_gate(
+    small_base: Path, facts_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.cli import main
+    from server.evaluation.gate import read_gate
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "Free shipping?", "reference": "Above 99 yuan."}\n{"question": ""}\n')
+    args = ["train", "--base", str(small_base), "--data", str(facts_file), "--name", "facts"]
+    args += ["--output-dir", str(tmp_path / "run"), "--adapters-dir", str(tmp_path / "adapters")]
+    assert main([*args, "--eval-set", str(bad), "--gate-min", "exact=0.9"]) == 2
+    assert f"{bad}:2: each record needs" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "adapter").exists()  # refused before any training
+    with pytest.raises(SystemExit):
+        main([*args, "--eval-set", str(bad), "--gate-min", "exact"])
+    assert "is not METRIC=NUMBER" in capsys.readouterr().err
+
+    gated = config(small_base, facts_file, tmp_path / "run", publish=True, adapters_dir=str(tmp_path / "adapters"))
+    gated.epochs, gated.eval_set, gated.gate_min = 1, str(facts_file), {"exact": 0.5}
+    result = train(gated)
+    assert result.published_to is not None
+    spec = json.loads((result.published_to / "eval.json").read_text())
+    assert spec["min"] == {"exact": 0.5} and spec["max_drop"] == {} and spec["test_set"] == "eval_set.jsonl"
+    gate = read_gate(result.published_to)  # the gateway reads it as written
+    assert gate is not None and len(gate.items) == len(FACTS) and gate.items[0].reference == FACTS[0][1]

@@ -1,0 +1,101 @@
+"""The playground: a static page to compare 2–4 models side by side, and its blind ratings.
+
+``/playground`` is one static HTML file (no build step, no CDN: the server may be offline). The
+page holds no data: it calls our own OpenAI API (``/v1/models``, ``/v1/chat/completions``) and the
+two routes below, all behind the inference key, which it asks for and keeps in the tab's session
+storage. In blind mode it hides and shuffles the model names and saves the rater's rubric scores
+here, into the rating store ``lora-gateway eval --import-ratings`` reads. ``--no-playground``
+removes all three routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import ModelNotFound
+from ..evaluation.judge import DEFAULT_RUBRIC
+from .deps import GatewayDep, require_api_key
+
+page = APIRouter()
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+@cache
+def _html() -> str:
+    return (files(__package__) / "static" / "playground.html").read_text(encoding="utf-8")
+
+
+@page.get("/playground", response_class=HTMLResponse, include_in_schema=False)
+async def playground() -> HTMLResponse:
+    return HTMLResponse(_html(), headers={"Cache-Control": "no-cache", "X-Frame-Options": "DENY"})
+
+
+@router.get("/v1/playground/rubric")
+async def rubric() -> dict[str, Any]:
+    return {
+        "criteria": [{"name": c.name, "max": c.max, "description": c.description} for c in DEFAULT_RUBRIC.criteria],
+        "total": DEFAULT_RUBRIC.total,
+    }
+
+
+class Rating(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=256)
+    question: str = Field(min_length=1, max_length=32_768)
+    system: str | None = Field(default=None, max_length=32_768)
+    answer: str = Field(max_length=131_072)
+    scores: dict[str, int]
+    comment: str | None = Field(default=None, max_length=2_000)
+    position: int = Field(ge=0, le=3)  # the blind column it was shown in
+
+    @model_validator(mode="after")
+    def _on_the_rubric(self) -> Rating:
+        expected = {c.name: c.max for c in DEFAULT_RUBRIC.criteria}
+        if set(self.scores) != set(expected):
+            raise ValueError(f"scores must rate exactly {sorted(expected)}")
+        for name, value in self.scores.items():
+            if not 0 <= value <= expected[name]:
+                raise ValueError(f"{name} must be between 0 and {expected[name]}")
+        return self
+
+
+class Ratings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    session: str = Field(min_length=1, max_length=64)
+    rater: str | None = Field(default=None, max_length=64)
+    ratings: list[Rating] = Field(min_length=1, max_length=4)
+
+
+@router.post("/v1/playground/ratings", status_code=201)
+async def save_ratings(body: Ratings, gateway: GatewayDep) -> dict[str, Any]:
+    """Keep each rated answer with the model and the version that wrote it."""
+    registry, records = gateway.registry, []
+    for rating in body.ratings:
+        version = None
+        if rating.model != registry.base_model_id:
+            entry = registry.get(rating.model)
+            if entry is None or entry.active is None:
+                raise ModelNotFound(rating.model)
+            version = {"version": entry.active.version, "sha256": entry.active.sha256}
+        records.append(
+            {
+                **rating.model_dump(),
+                "version": version,
+                "session": body.session,
+                "rater": body.rater,
+                "time": time.time(),
+            }
+        )
+    assert gateway.ratings is not None  # these routes exist only with the playground on
+    await asyncio.to_thread(gateway.ratings.append, records)
+    return {"object": "list", "saved": len(records)}

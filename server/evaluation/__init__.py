@@ -1,0 +1,1 @@
+"""Know whether an adapter is good: ``lora-gateway eval`` (test sets, scores, latency, reports)."""

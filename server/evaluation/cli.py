@@ -1,0 +1,215 @@
+"""``lora-gateway eval``: ask the models a test set, score the answers, write the comparison."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .judge import judge_all, load_rubric
+from .ratings import RatingError, export_sheet, import_playground, import_sheets, merge_ratings
+from .report import answer_id, write_pages, write_report
+from .runner import AnswerCache, Sampling, Target, ask_all, engine_peak_memory, gateway_version
+from .testset import TestSetError, load_test_set
+
+
+def add_eval_parser(commands: Any) -> None:
+    p = commands.add_parser("eval", help="Compare models on a test set: scores, latency, speed; writes a report.")
+    add = p.add_argument
+    add(
+        "--data",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="Test set: any format `train` reads, or questions (required, except with --import-ratings).",
+    )
+    add("--model", action="append", default=[], metavar="NAME", help="A model of the gateway at --url; repeat.")
+    add("--url", default=os.environ.get("LORA_GATEWAY_URL", "http://127.0.0.1:8000"), help="The gateway.")
+    add("--api-key", default=os.environ.get("LORA_GATEWAY_API_KEY"), help="The gateway's inference key, if any.")
+    add("--admin-key", default=os.environ.get("LORA_GATEWAY_ADMIN_KEY"), help="Lets eval read adapter versions.")
+    add("--endpoint", action="append", default=[], metavar="URL", help="Another OpenAI-compatible endpoint (.../v1).")
+    add("--endpoint-model", action="append", default=[], metavar="NAME", help="The model to ask at each --endpoint.")
+    add("--endpoint-key", default=os.environ.get("EVAL_ENDPOINT_API_KEY"), help="API key for the --endpoint(s).")
+    add("--name", default=None, help="Run name: the report goes to --out/NAME [default: eval-<time>].")
+    add("--out", default="runs/eval", help="Where reports go [default runs/eval].")
+    add("--temperature", type=float, default=0.0)
+    add("--max-tokens", type=int, default=512)
+    add("--concurrency", type=int, default=4)
+    add("--no-cache", action="store_true", help="Ask again even what the cache holds.")
+    add("--judge-url", default=None, help="An OpenAI-compatible endpoint (.../v1) whose model scores the answers.")
+    add("--judge-model", default=None, help="The judge model (the gateway's own base works).")
+    add("--judge-key", default=os.environ.get("EVAL_JUDGE_API_KEY"), help="API key for the judge.")
+    add("--rubric", default=None, help="Rubric file (JSON) [default: accuracy 3, politeness 2, completeness 2, ...].")
+    add("--retention", action="store_true", help="Also ask a general set of the base and every model: what was lost.")
+    add("--retention-set", default=None, metavar="FILE", help="The general set [default examples/retention.jsonl].")
+    add("--base", default=None, help="Start a gateway for this run on this base (Hub id or path) instead of --url.")
+    add("--adapters-dir", default="adapters", help="With --base: where named --model adapters are [default adapters].")
+    add("--device", default="auto", choices=["auto", "cpu", "cuda"], help="With --base: the engine's device.")
+    add("--rating-sheet", action="store_true", help="Also write a blind rating sheet (CSV) for human raters.")
+    add(
+        "--import-ratings",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="Raters' filled sheets (CSV) for run --name, or the playground's ratings file (.jsonl).",
+    )
+    p.set_defaults(func=run_eval)
+
+
+def base_url(args: argparse.Namespace) -> str:
+    return args.url.rstrip("/") + "/v1"
+
+
+def _targets(args: argparse.Namespace, versions: dict[str, str] | None = None) -> list[Target]:
+    base = base_url(args)
+    known = versions or {}
+    targets = [
+        Target(m, base, m, args.api_key, known.get(m) or gateway_version(base, m, args.admin_key)) for m in args.model
+    ]
+    if len(args.endpoint) != len(args.endpoint_model):
+        raise SystemExit("eval: give one --endpoint-model for each --endpoint")
+    for url, model in zip(args.endpoint, args.endpoint_model, strict=True):
+        host = url.split("//", 1)[-1].split("/", 1)[0]
+        targets.append(Target(f"{model}@{host}", url.rstrip("/"), model, args.endpoint_key, f"{url}#{model}"))
+    if not targets:
+        raise SystemExit("eval: name at least one --model (or an --endpoint with --endpoint-model)")
+    return targets
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.import_ratings:
+        return _import_ratings(args)
+    if not args.data:
+        raise SystemExit("eval: --data FILE is required (the test set)")
+    if args.base:
+        return _run_on_local_gateway(args)
+    return _run(args)
+
+
+def _run_on_local_gateway(args: argparse.Namespace) -> int:
+    """``--base``: serve the base and the named adapters or checkpoint directories for this run only."""
+    from ..registry.validation import WEIGHTS_FILE, file_sha256
+    from .local_gateway import local_gateway, served_name
+
+    adapters: dict[str, Path] = {}
+    labels: list[str] = []
+    for model in args.model:
+        path = Path(model)
+        if model == "base":
+            labels.append("base")
+            continue
+        if not path.is_dir():
+            path = Path(args.adapters_dir) / model
+        if not (path / WEIGHTS_FILE).is_file():
+            raise SystemExit(f"eval: --model {model}: not an adapter or checkpoint directory ({path})")
+        name = served_name(path) if Path(model).is_dir() else model
+        adapters[name] = path
+        labels.append(name)
+    versions = {name: file_sha256(path / WEIGHTS_FILE) for name, path in adapters.items()}
+    versions["base"] = f"{Path(args.base).resolve() if Path(args.base).exists() else args.base}#base"
+    with local_gateway(args.base, adapters, device=args.device) as url:
+        args.url, args.model = url, labels
+        return _run(args, versions)
+
+
+def _run(args: argparse.Namespace, versions: dict[str, str] | None = None) -> int:
+    from tqdm import tqdm
+
+    try:
+        items = load_test_set(args.data)
+    except TestSetError as exc:
+        print(f"eval: the test set has problems:\n{exc}", file=sys.stderr)
+        return 2
+    targets = _targets(args, versions)
+    name = args.name or time.strftime("eval-%Y%m%d-%H%M%S")
+    out = Path(args.out) / name
+    cache = AnswerCache(None if args.no_cache else Path(args.out) / ".cache" / "answers.jsonl")
+    sampling = Sampling(temperature=args.temperature, max_tokens=args.max_tokens)
+    started = time.perf_counter()
+    with tqdm(total=len(targets) * len(items), desc="asking", unit="answer", file=sys.stderr) as bar:
+        answers = asyncio.run(
+            ask_all(targets, items, sampling, cache, concurrency=args.concurrency, progress=bar.update)
+        )
+    verdicts = None
+    if args.judge_model:
+        rubric = load_rubric(args.rubric)
+        by_item = {item.key: item for item in items}
+        tasks = [(answer_id(a), by_item[a.item], a.text) for a in answers if a.error is None]
+        judge_url = (args.judge_url or base_url(args)).rstrip("/")
+        verdicts = asyncio.run(
+            judge_all(tasks, rubric, url=judge_url, model=args.judge_model, api_key=args.judge_key or args.api_key)
+        )
+    kept = None
+    if args.retention or args.retention_set:
+        kept = _retention(args, targets, sampling, cache)
+        if kept is None:
+            return 2
+    peaks = {url: engine_peak_memory(url) for url in {t.base_url for t in targets}}  # once per engine
+    memory = {t.label: peaks[t.base_url] for t in targets}
+    report = write_report(
+        out,
+        name,
+        targets,
+        items,
+        answers,
+        sampling,
+        time.perf_counter() - started,
+        verdicts,
+        retention=kept,
+        memory=memory,
+    )
+    if args.rating_sheet:
+        sheet = export_sheet(out, answers, items, load_rubric(args.rubric))
+        print(f"rating sheet: {sheet} (names hidden; import the raters' copies with --import-ratings)")
+    print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {out}/report.md, report.html, report.json, answers.jsonl")
+    failed = sum(m["errors"] for m in report["models"])
+    return 1 if failed == len(answers) else 0
+
+
+def _import_ratings(args: argparse.Namespace) -> int:
+    if not args.name:
+        raise SystemExit("eval: --import-ratings needs --name: the run whose sheet was rated")
+    out = Path(args.out) / args.name
+    paths = [Path(p) for p in args.import_ratings]
+    rubric = load_rubric(args.rubric)
+    try:
+        sheets = [p for p in paths if p.suffix != ".jsonl"]
+        human = merge_ratings(
+            import_sheets(out, sheets, rubric) if sheets else {},
+            import_playground([p for p in paths if p.suffix == ".jsonl"], rubric),
+        )
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    except (RatingError, OSError, ValueError) as exc:
+        print(f"eval: {exc}", file=sys.stderr)
+        return 2
+    (out / "human_scores.json").write_text(json.dumps(human, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for model in report["models"]:
+        model["human_total"] = human.get(model["model"], {}).get("human_total")
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_pages(out, report)
+    print((out / "report.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def _retention(args: argparse.Namespace, targets: list[Target], sampling: Sampling, cache: AnswerCache) -> Any:
+    from ..demo import examples_dir
+    from .retention import retention, served_base
+
+    path = args.retention_set or str(examples_dir() / "retention.jsonl")
+    try:
+        items = load_test_set([path])
+    except TestSetError as exc:
+        print(f"eval: the retention set has problems:\n{exc}", file=sys.stderr)
+        return None
+    name = served_base(base_url(args), args.api_key)
+    if name is None:
+        print(f"eval: --retention needs the gateway's base model, and {args.url} did not list one", file=sys.stderr)
+        return None
+    base = Target(name, base_url(args), name, args.api_key, gateway_version(base_url(args), name, args.admin_key))
+    return asyncio.run(retention(targets, base, items, sampling, cache, args.concurrency))

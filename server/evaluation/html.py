@@ -1,0 +1,94 @@
+"""``report.html``: the comparison as one self-contained page a person opens in a browser.
+
+Charts are drawn with matplotlib (Agg, no display) and embedded as PNG data URLs, so the page needs
+no network, no scripts and no files beside it: rubric (or reference-score) bars per model, then
+time to first token, decode speed and the engine's peak memory per model. The table is the one ``report.md`` holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+
+def _png(figure: Any) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _charts(models: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [m["model"] for m in models]
+    charts = []
+    criteria = sorted({c for m in models for c in (m.get("judge_criteria") or {})})
+    series = {c: [(m.get("judge_criteria") or {}).get(c) or 0 for m in models] for c in criteria}
+    title = "Judge rubric, mean per criterion"
+    if not criteria:
+        series = {k: [(m.get(k) or 0) for m in models] for k in ("exact", "f1", "rouge_l")}
+        title = "Reference scores"
+    figure, axis = plt.subplots(figsize=(max(5, 1.6 * len(names) * max(1, len(series)) / 3), 3.2))
+    width = 0.8 / max(1, len(series))
+    for k, (label, values) in enumerate(series.items()):
+        axis.bar([i + k * width for i in range(len(names))], values, width, label=label)
+    axis.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(names))], names)
+    axis.set_title(title)
+    axis.legend(fontsize=7)
+    charts.append((title, _png(figure)))
+    plt.close(figure)
+
+    memory = [(m.get("peak_memory_bytes") or 0) / 1e9 for m in models]
+    figure, axes = plt.subplots(1, 3 if any(memory) else 2, figsize=(13 if any(memory) else 9, 3))
+    axes[0].bar(names, [1000 * (m.get("ttft_p50_s") or 0) for m in models], color="#4c72b0")
+    axes[0].set_title("Time to first token, p50 (ms)")
+    axes[1].bar(names, [m.get("tokens_per_s") or 0 for m in models], color="#55a868")
+    axes[1].set_title("Decode speed (tokens/s)")
+    if any(memory):
+        axes[2].bar(names, memory, color="#c44e52")
+        axes[2].set_title("Engine peak memory (GB)")
+    charts.append(("Latency, speed and memory", _png(figure)))
+    plt.close(figure)
+    return charts
+
+
+def _tables(text: str) -> str:
+    """Each markdown table of ``text`` (runs of ``|`` lines) as an HTML table, headings kept."""
+    out, rows = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                rows.append([html.escape(c.strip()) for c in line.strip("|").split("|")])
+            continue
+        if rows:
+            body = "".join(
+                "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{c}</{'th' if i == 0 else 'td'}>" for c in row) + "</tr>"
+                for i, row in enumerate(rows)
+            )
+            out.append(f"<table>{body}</table>")
+            rows = []
+        if line.startswith("## "):
+            out.append(f"<h2>{html.escape(line[3:])}</h2>")
+    return "".join(out)
+
+
+def render(report: dict[str, Any], table_markdown: str) -> str:
+    table = _tables(table_markdown)
+    figures = "".join(
+        f'<figure><img alt="{html.escape(t)}" src="{src}"><figcaption>{html.escape(t)}</figcaption></figure>'
+        for t, src in _charts(report["models"])
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>Eval: {html.escape(report['name'])}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}figure{display:inline-block}</style>"
+        f"</head><body><h1>Eval: {html.escape(report['name'])}</h1>"
+        f"<p>{report['questions']} questions, {report['seconds']:.1f} s. Every answer and score: answers.jsonl.</p>"
+        f"{table}{figures}</body></html>"
+    )

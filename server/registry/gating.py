@@ -1,0 +1,133 @@
+"""Run an adapter version's eval gate on the engine, before the version takes traffic.
+
+The registry calls ``GateRunner.run`` once the candidate is loaded and before it is proven or made
+active (``registry._adopt``), holding only that name's lock: the version serving now keeps
+answering, and other names publish meanwhile. The gate asks the engine directly, the way a request
+would be asked (the candidate's profile applied by ``server.conversion``), one question at a time,
+so it takes one slot of the engine's batch and never the capacity live traffic needs; it is not
+counted in the request metrics. A run is bounded by the spec's ``timeout_s`` and the server's
+``--eval-gate-timeout``; one that runs out, or cannot ask at all, fails (a gate never lets an
+unchecked version through).
+
+The serving version's scores on the same gate are remembered (by its weights and the gate), so a
+series of rejected candidates does not re-ask it each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+
+import httpx
+
+from ..api.protocol import ChatCompletionRequest
+from ..conversion import to_generation_request
+from ..engine.base import Engine
+from ..evaluation.gate import Gate, GateOutcome, failures, score
+from ..evaluation.judge import JUDGE_MAX_TOKENS, JUDGE_TIMEOUT, JudgeAsk, http_judge
+from ..evaluation.testset import EvalItem
+from .records import AdapterVersion, Lease
+from .residency import Residency
+
+_REMEMBERED = 64  # serving versions' scores kept, per (weights, gate)
+
+
+class GateRunner:
+    def __init__(self, engine: Engine, residency: Residency, base_model_id: str, *, timeout_cap: float) -> None:
+        self._engine = engine
+        self._residency = residency
+        self._base_model_id = base_model_id
+        self._timeout_cap = timeout_cap
+        self._serving_scores: OrderedDict[tuple[str, str], dict[str, float]] = OrderedDict()
+
+    async def run(self, gate: Gate, candidate: AdapterVersion, serving: AdapterVersion | None) -> GateOutcome:
+        """The candidate's outcome on ``gate`` (and the serving version's scores, when the gate
+        compares with it); never raises for what the models answer."""
+        started = time.perf_counter()
+        timeout = min(gate.spec.timeout_s, self._timeout_cap)
+        outcome = GateOutcome(candidate.version, candidate.sha256, {})
+        try:
+            async with asyncio.timeout(timeout), self._judge(gate) as judge:
+                scores, errors = await self._score(gate, candidate, judge)
+                current = None
+                if serving is not None and gate.spec.max_drop:
+                    current = await self._serving(gate, serving, judge)
+                outcome = GateOutcome(
+                    candidate.version,
+                    candidate.sha256,
+                    scores,
+                    current,
+                    serving.version if current is not None and serving is not None else None,
+                    failures(gate.spec, scores, current),
+                    judge_errors=errors,
+                )
+        except TimeoutError:
+            outcome = _failed(outcome, f"did not finish within {timeout:g} s")
+        except Exception as exc:  # the engine refused a question (too long, engine down): not passed
+            outcome = _failed(outcome, f"could not run ({type(exc).__name__}: {exc})")
+        return dataclasses.replace(outcome, seconds=time.perf_counter() - started)
+
+    async def _serving(self, gate: Gate, serving: AdapterVersion, judge: JudgeAsk | None) -> dict[str, float]:
+        key = (serving.sha256 + serving.load_path, _digest(gate))
+        if key not in self._serving_scores:
+            self._serving_scores[key] = (await self._score(gate, serving, judge))[0]
+            while len(self._serving_scores) > _REMEMBERED:
+                self._serving_scores.popitem(last=False)
+        return self._serving_scores[key]
+
+    async def _score(self, gate: Gate, version: AdapterVersion, judge: JudgeAsk | None) -> tuple[dict[str, float], int]:
+        self._residency.acquire(version)  # held: another name's load must not evict it mid-gate
+        try:
+            await self._residency.ensure_loaded(version, evict=True)
+
+            async def ask(item: EvalItem) -> str:
+                body = {"model": version.name, "messages": list(item.messages), "temperature": 0}
+                return await self._answer(body, Lease(version.name, version), gate.spec.max_tokens)
+
+            return await score(gate, ask, judge)
+        finally:
+            self._residency.release(version)
+
+    @contextlib.asynccontextmanager
+    async def _judge(self, gate: Gate) -> AsyncIterator[JudgeAsk | None]:
+        """The gate's judge: its endpoint when it names one, else the served base model."""
+        endpoint = gate.spec.judge
+        if not gate.spec.uses_judge:
+            yield None
+        elif endpoint is not None:
+            async with httpx.AsyncClient(timeout=JUDGE_TIMEOUT) as client:
+                yield http_judge(client, endpoint.url, endpoint.model, endpoint.api_key)
+        else:
+
+            async def ask(body: dict[str, object]) -> str:
+                base = self._base_model_id
+                return await self._answer({"model": base, **body}, Lease(base, None), JUDGE_MAX_TOKENS)
+
+            yield ask
+
+    async def _answer(self, body: dict[str, object], lease: Lease, max_tokens: int) -> str:
+        request = ChatCompletionRequest.model_validate(body)
+        generation = to_generation_request(request, lease, max_n=1, default_max_tokens=max_tokens)
+        generation = dataclasses.replace(generation, request_id=f"gate-{generation.request_id}")
+        text: list[str] = []
+        async with contextlib.aclosing(self._engine.generate(generation)) as deltas:  # type: ignore[type-var]
+            async for delta in deltas:
+                if delta.index == 0:
+                    text.append(delta.text)
+        return "".join(text)
+
+
+def _failed(outcome: GateOutcome, why: str) -> GateOutcome:
+    return dataclasses.replace(outcome, failures=(*outcome.failures, why))
+
+
+def _digest(gate: Gate) -> str:
+    spec = gate.spec.model_dump(mode="json")
+    questions = [(item.key, item.reference) for item in gate.items]
+    return hashlib.sha256(json.dumps([spec, questions], sort_keys=True).encode()).hexdigest()
