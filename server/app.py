@@ -105,7 +105,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         api_keys=[key.get_secret_value().encode() for key in settings.api_key],
         admin_keys=[settings.admin_key.get_secret_value().encode()] if settings.admin_key else [],
     )
-    metrics.watch_engine(engine.health, lambda: len(registry.active_versions()))
+    metrics.watch_engine(engine.health, lambda: len(registry.active_versions()), engine.peak_memory_bytes)
     wecom = _wecom_service(settings, gateway)
 
     @contextlib.asynccontextmanager

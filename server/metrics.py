@@ -115,15 +115,26 @@ class GatewayMetrics:
         self.requests.labels(model, str(status)).inc()
         self.errors.labels(model, error_type).inc()
 
-    def watch_engine(self, health: Callable[[], EngineHealth], registered: Callable[[], int]) -> None:
+    def watch_engine(
+        self,
+        health: Callable[[], EngineHealth],
+        registered: Callable[[], int],
+        peak_memory: Callable[[], int | None] = lambda: None,
+    ) -> None:
         """Gauges read at scrape time, so they are never stale and cost nothing between scrapes."""
-        self.registry.register(_LiveGauges(health, registered))
+        self.registry.register(_LiveGauges(health, registered, peak_memory))
 
 
 class _LiveGauges(Collector):
-    def __init__(self, health: Callable[[], EngineHealth], registered: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        health: Callable[[], EngineHealth],
+        registered: Callable[[], int],
+        peak_memory: Callable[[], int | None],
+    ) -> None:
         self._health = health
         self._registered = registered
+        self._peak_memory = peak_memory
 
     def collect(self) -> Iterable[Metric]:
         health = self._health()
@@ -142,9 +153,10 @@ class _LiveGauges(Collector):
         yield GaugeMetricFamily(
             "lora_gateway_adapters_registered", "Adapters that serve requests.", value=self._registered()
         )
-        if health.peak_memory_bytes is not None:
+        peak = self._peak_memory()
+        if peak is not None:
             yield GaugeMetricFamily(
                 "lora_gateway_engine_peak_memory_bytes",
                 "The engine's peak memory: CUDA's peak allocation on a GPU, the process's peak RSS on CPU.",
-                value=health.peak_memory_bytes,
+                value=peak,
             )

@@ -145,7 +145,6 @@ class EngineHealth:
     waiting_requests: int = 0
     loaded_adapters: list[str] = field(default_factory=list)
     unavailable: str = ""  # when not ready although started: why, in words a client can act on
-    peak_memory_bytes: int | None = None  # the engine's peak (GPU allocations, else process RSS); None: unknown
 
 
 class Engine(abc.ABC):
@@ -177,3 +176,8 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def health(self) -> EngineHealth:
         """Cheap, non-blocking snapshot for /ready and metrics."""
+
+    def peak_memory_bytes(self) -> int | None:
+        """The engine's peak memory, read when metrics are scraped (never per request); None where
+        this process cannot see it (vLLM's engine core and remote upstreams run elsewhere)."""
+        return None

@@ -55,13 +55,6 @@ BASE_ROW = ""  # rows on the base model carry no adapter name
 _DONE = object()  # end-of-stream marker sent from the worker to a request's queue
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak memory of the model's device: CUDA's peak allocation, or this process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 class LocalEngine(Engine):
     """transformers + peft on CPU or one GPU."""
 
@@ -174,8 +167,13 @@ class LocalEngine(Engine):
             running_requests=len({id(r.job) for r in self._rows}),
             waiting_requests=waiting,
             loaded_adapters=sorted(self._peft_names.values()),
-            peak_memory_bytes=peak_memory_bytes(self._device),
         )
+
+    def peak_memory_bytes(self) -> int:
+        """CUDA's peak allocation on a GPU; this process's peak RSS on CPU."""
+        if self._device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self._device))
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
     # ------------------------------------------------------------------ adapters
 
