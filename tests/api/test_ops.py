@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 
 import httpx
 
@@ -50,8 +51,6 @@ def test_metrics_count_requests_tokens_and_latency_by_model(client, gateway_url:
     assert grew("lora_gateway_requests_total", model="alpha") == 0
     assert metric_value(after, "lora_gateway_adapters_registered") == 2
     assert metric_value(after, "lora_gateway_engine_ready") == 1
-    import resource
-
     peak = metric_value(after, "lora_gateway_engine_peak_memory_bytes")  # on CPU: this process's peak RSS
     assert 0 < peak <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 

@@ -156,3 +156,21 @@ def test_system_prompt_template_and_output_format_reach_the_engine(
     # Without any system message, the profile's template would put its own default: the profile's
     # system prompt comes first, so that default never shows.
     assert prompt_tokens(ASK, template) != prompt_tokens(ASK)
+
+
+def test_publishing_copies_the_profile_and_the_gate_with_the_weights(
+    trained_adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    """A rollback or an install republishes a kept version with ``publish_adapter``: without its
+    profile the directory would no longer hold that version (a restart would take it as a new one)."""
+    from server.registry.publish import publish_adapter
+
+    source = tmp_path / "source"
+    shutil.copytree(trained_adapters["alpha"], source)
+    (source / PROFILE_FILE).write_text(json.dumps({"system_prompt": "You are Alpha."}))
+    (source / "eval.json").write_text(json.dumps({"min": {"exact": 1}, "test_set": "cases.jsonl"}))
+    (source / "cases.jsonl").write_text(json.dumps({"question": QUESTION, "reference": ANSWERS["alpha"]}) + "\n")
+    (source / "optimizer.pt").write_bytes(b"not copied")
+    published = publish_adapter(source, "alpha", tmp_path / "adapters")
+    names = {p.name for p in published.iterdir()}
+    assert {PROFILE_FILE, "eval.json", "cases.jsonl"} <= names and "optimizer.pt" not in names
