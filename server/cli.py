@@ -162,17 +162,30 @@ def _publish_check(args: argparse.Namespace) -> Any:
     return check
 
 
+def _directory_version(store: Any, adapters_dir: str, name: str) -> Any:
+    """The kept version the directory's files of ``name`` are, if they are one."""
+    from .registry.profile import PROFILE_FILE
+    from .registry.validation import CONFIG_FILE, WEIGHTS_FILE, file_sha256
+
+    files = Path(adapters_dir) / name
+    try:
+        profile = files / PROFILE_FILE
+        return store.find(
+            name,
+            file_sha256(files / WEIGHTS_FILE),
+            (files / CONFIG_FILE).read_bytes(),
+            profile.read_bytes() if profile.is_file() else None,
+        )
+    except OSError:
+        return None
+
+
 def _cmd_adapters_rollback(args: argparse.Namespace) -> int:
     from .registry.publish import publish_adapter
     from .registry.store import VersionStore
-    from .registry.validation import CONFIG_FILE, WEIGHTS_FILE, file_sha256
 
     store = VersionStore(Path(args.adapters_dir))
-    files = Path(args.adapters_dir) / args.name
-    try:  # the kept version the directory holds now, if it holds one
-        current = store.find(args.name, file_sha256(files / WEIGHTS_FILE), (files / CONFIG_FILE).read_bytes())
-    except OSError:
-        current = None
+    current = _directory_version(store, args.adapters_dir, args.name)
     try:
         choice = store.rollback_target(args.name, args.version, current.path if current else None)
     except LookupError as exc:
@@ -182,6 +195,36 @@ def _cmd_adapters_rollback(args: argparse.Namespace) -> int:
         f"Republished {args.name} version {choice.number} (sha256 "
         f"{choice.sha256[:12]}); a running gateway serves it now."
     )
+    return 0
+
+
+def _cmd_adapters_history(args: argparse.Namespace) -> int:
+    from .registry.history import history, table
+    from .registry.store import VersionStore
+
+    store = VersionStore(Path(args.adapters_dir))
+    rows = history(store, args.name)
+    if not rows:
+        raise SystemExit(f"lora-gateway: no kept versions of {args.name!r} in {args.adapters_dir}")
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    current = _directory_version(store, args.adapters_dir, args.name)
+    print(table(rows, current.number if current else None))
+    print("(* the version the directory holds)" if current else "(the directory holds none of these versions)")
+    return 0
+
+
+def _cmd_adapters_pin(args: argparse.Namespace) -> int:
+    from .registry.store import VersionStore
+
+    pinned = args.adapters_command == "pin"
+    try:
+        VersionStore(Path(args.adapters_dir)).set_pinned(args.name, args.version, pinned)
+    except LookupError as exc:
+        raise SystemExit(f"lora-gateway: {exc.args[0]}") from None
+    what = "pinned: retention never deletes it" if pinned else "unpinned: retention may delete it"
+    print(f"{args.name} version {args.version} {what}.")
     return 0
 
 
@@ -405,6 +448,17 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     )
     p_rollback.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
     p_rollback.set_defaults(func=_cmd_adapters_rollback)
+    p_history = adapter_commands.add_parser("history", help="The kept versions of an adapter, newest first.")
+    p_history.add_argument("name")
+    p_history.add_argument("--json", action="store_true", help="As JSON (what GET /v1/adapters/NAME/versions gives).")
+    p_history.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
+    p_history.set_defaults(func=_cmd_adapters_history)
+    for verb, text in (("pin", "Keep a version whatever the retention."), ("unpin", "Let retention delete it again.")):
+        p_pin = adapter_commands.add_parser(verb, help=text)
+        p_pin.add_argument("name")
+        p_pin.add_argument("version", type=int)
+        p_pin.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
+        p_pin.set_defaults(func=_cmd_adapters_pin)
     p_remove = adapter_commands.add_parser("remove", help="Remove an adapter from the directory.")
     p_remove.add_argument("name")
     p_remove.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")

@@ -69,9 +69,10 @@ class Settings(BaseSettings):
         default=64, ge=1, description="Adapter versions the engine holds at once; least recently used are evicted."
     )
     keep_versions: int = Field(
-        default=3,
+        default=5,
         ge=1,
-        description="Proven versions of each adapter kept under <adapters-dir>/.kept for restarts and rollback.",
+        description="Proven versions of each adapter kept under <adapters-dir>/.kept for restarts and rollback "
+        "(pinned versions are kept besides).",
     )
     eval_gate_timeout: float = Field(
         default=600.0,

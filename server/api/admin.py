@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidRequest, ModelNotFound, PermissionDenied
 from ..gateway import Gateway
+from ..registry.history import describe as describe_version
+from ..registry.history import history
 from ..registry.names import is_valid_name
 from ..registry.publish import remove_adapter
 from ..registry.records import AdapterEntry
@@ -119,6 +121,44 @@ async def rollback_adapter(name: str, gateway: GatewayDep, body: RollbackRequest
         raise InvalidRequest(f"{name!r} is not a valid adapter name.", param="name")
     entry = await gateway.registry.rollback(name, body.version if body else None)
     return describe(gateway, entry)
+
+
+@router.get("/v1/adapters/{name}/versions")
+async def adapter_versions(name: str, gateway: GatewayDep) -> dict[str, Any]:
+    """Every kept version, newest first: sha256, publish time, pinned, eval outcome, training."""
+    if not is_valid_name(name):
+        raise InvalidRequest(f"{name!r} is not a valid adapter name.", param="name")
+    rows = await asyncio.to_thread(history, gateway.registry.store, name)
+    entry = gateway.registry.get(name)
+    if not rows and entry is None:
+        raise ModelNotFound(name)
+    serving = entry.active.version if entry and entry.active else None
+    return {"object": "list", "name": name, "serving_version": serving, "data": rows}
+
+
+class PinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int
+
+
+@router.post("/v1/adapters/{name}/pin")
+async def pin_version(name: str, body: PinRequest, gateway: GatewayDep) -> dict[str, Any]:
+    return await _set_pinned(gateway, name, body.version, True)
+
+
+@router.post("/v1/adapters/{name}/unpin")
+async def unpin_version(name: str, body: PinRequest, gateway: GatewayDep) -> dict[str, Any]:
+    return await _set_pinned(gateway, name, body.version, False)
+
+
+async def _set_pinned(gateway: Gateway, name: str, version: int, pinned: bool) -> dict[str, Any]:
+    if not is_valid_name(name):
+        raise InvalidRequest(f"{name!r} is not a valid adapter name.", param="name")
+    try:
+        kept = await asyncio.to_thread(gateway.registry.store.set_pinned, name, version, pinned)
+    except LookupError as exc:
+        raise ModelNotFound(name, exc.args[0]) from None
+    return describe_version(kept)
 
 
 @router.post("/v1/load_lora_adapter", response_class=PlainTextResponse)

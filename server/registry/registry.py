@@ -81,7 +81,7 @@ class AdapterRegistry:
         max_lora_rank: int,
         max_adapter_bytes: int,
         max_loaded: int = 64,
-        keep_versions: int = 3,
+        keep_versions: int = 5,
         base_spec: BaseModelSpec | None = None,
         hooks: RegistryHooks | None = None,
         gate_timeout: float = 600.0,
@@ -344,9 +344,10 @@ class AdapterRegistry:
                     raise AdapterRejected(
                         "load_failed", f"{name}: the engine could not load it ({type(exc).__name__}: {exc})."
                     ) from exc
-                if info.gate is not None:
-                    await self._run_gate(entry, stored, version)
-                await asyncio.to_thread(self.store.prove, stored, self._protected(), self._proof())
+                gate = await self._run_gate(entry, stored, version) if info.gate is not None else None
+                await asyncio.to_thread(
+                    self.store.prove, stored, self._protected(), self._proof(), gate.summary() if gate else None
+                )
         if publish:
             await asyncio.to_thread(publish_adapter, stored.path, name, self.adapters_dir)
             entry.fingerprint, entry.checked = fingerprint(self.adapters_dir / name), True
@@ -365,7 +366,7 @@ class AdapterRegistry:
                 self._hooks.swapped()
                 await self._residency.retire(previous)
 
-    async def _run_gate(self, entry: AdapterEntry, stored: StoredVersion, version: AdapterVersion) -> None:
+    async def _run_gate(self, entry: AdapterEntry, stored: StoredVersion, version: AdapterVersion) -> GateOutcome:
         """Run the version's eval gate against it and the version serving now (``gating.py``);
         a failure discards the candidate and raises, and the serving version goes on serving."""
         assert version.info.gate is not None
@@ -382,6 +383,7 @@ class AdapterRegistry:
             await self._residency.unload(version)
             raise AdapterRejected("eval_gate_failed", f"{entry.name} v{version.version}: {outcome.describe()}.")
         logger.info("adapter %s v%d: %s", entry.name, version.version, outcome.describe())
+        return outcome
 
     def _proof(self) -> tuple[tuple[str, str], ...]:
         """What a successful load proves an adapter against: this base, this kind of engine."""

@@ -11,14 +11,15 @@ last-good versions a restart falls back to when the directory's current files ar
 the versions ``lora-gateway adapters rollback`` republishes. A copy that failed, or that a crash
 left unproven, is deleted.
 
-Retention: the newest ``keep`` proven versions of each name stay (default 3, ``--keep-versions``),
-plus any version this process still serves or drains; older ones are deleted when a new version is
+Retention: the newest ``keep`` proven versions of each name stay (default 5, ``--keep-versions``),
+plus pinned versions and any version this process still serves or drains; older ones are deleted when a new version is
 proven. Version numbers ``N`` are per name and never reused while a copy exists, so they mean the
 same thing across restarts; a file whose digest matches a proven copy is that version again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .profile import PROFILE_FILE
 from .publish import fsync_path
@@ -49,10 +51,12 @@ class StoredVersion:
     proven: bool
     kept_at: float = 0.0
     proven_on: tuple[tuple[str, str], ...] = ()  # what it was loaded with: base fingerprint, engine
+    pinned: bool = False  # never deleted by retention
+    eval: dict[str, Any] | None = None  # its eval gate's outcome, when it passed one
 
 
 class VersionStore:
-    def __init__(self, adapters_dir: Path, keep: int = 3) -> None:
+    def __init__(self, adapters_dir: Path, keep: int = 5) -> None:
         self.root = adapters_dir / STORE_DIR
         self.keep = max(1, keep)
 
@@ -75,6 +79,8 @@ class VersionStore:
                         True,
                         float(meta.get("kept_at", 0)),
                         proof,
+                        bool(meta.get("pinned", False)),
+                        meta.get("eval") if isinstance(meta.get("eval"), dict) else None,
                     )
                 )
             except (OSError, ValueError, KeyError, TypeError):
@@ -136,28 +142,26 @@ class VersionStore:
         return StoredVersion(name, number, self.root / name / str(number) / name, sha256, False)
 
     def prove(
-        self, version: StoredVersion, protect: set[Path], proven_on: tuple[tuple[str, str], ...] = ()
+        self,
+        version: StoredVersion,
+        protect: set[Path],
+        proven_on: tuple[tuple[str, str], ...] = (),
+        eval: dict[str, Any] | None = None,
     ) -> StoredVersion:
-        """Mark ``version`` loadable with ``proven_on`` (durable from now on) and apply the retention rule."""
-        marker = version.path.parent / MARKER
-        tmp = marker.with_suffix(".tmp")
+        """Mark ``version`` loadable with ``proven_on`` (durable from now on), with its eval gate's
+        outcome when it passed one, and apply the retention rule."""
         kept_at = time.time()
-        tmp.write_text(
-            json.dumps(
-                {
-                    "name": version.name,
-                    "version": version.number,
-                    "sha256": version.sha256,
-                    "kept_at": kept_at,
-                    "proven_on": dict(proven_on),
-                }
-            )
-        )
-        fsync_path(tmp)
-        os.replace(tmp, marker)
-        fsync_path(marker.parent)
+        marker = {
+            "name": version.name,
+            "version": version.number,
+            "sha256": version.sha256,
+            "kept_at": kept_at,
+            "proven_on": dict(proven_on),
+            **({"eval": eval} if eval is not None else {}),
+        }
+        _write_marker(version.path.parent / MARKER, marker)
         for old in self.versions(version.name)[self.keep :]:
-            if old.path not in protect and old.number != version.number:
+            if old.path not in protect and old.number != version.number and not old.pinned:
                 logger.info(
                     "adapter %s: version %d is past the retention of %d versions; deleting it",
                     old.name,
@@ -165,7 +169,23 @@ class VersionStore:
                     self.keep,
                 )
                 shutil.rmtree(old.path.parent, ignore_errors=True)
-        return StoredVersion(version.name, version.number, version.path, version.sha256, True, kept_at, proven_on)
+        return StoredVersion(
+            version.name, version.number, version.path, version.sha256, True, kept_at, proven_on, False, eval
+        )
+
+    def set_pinned(self, name: str, number: int, pinned: bool) -> StoredVersion:
+        """Pin (never deleted by retention) or unpin a kept version; ``LookupError`` naming what is
+        kept when there is no such version."""
+        kept = self.versions(name)
+        version = next((v for v in kept if v.number == number), None)
+        if version is None:
+            raise LookupError(
+                f"No kept version {number} of adapter `{name}`; kept: {[v.number for v in kept] or 'none'}."
+            )
+        marker = version.path.parent / MARKER
+        meta = json.loads(marker.read_text())
+        _write_marker(marker, {**meta, "pinned": pinned})
+        return dataclasses.replace(version, pinned=pinned)
 
     def discard(self, version: StoredVersion) -> None:
         """Delete an unproven copy (its load failed); proven ones go only by retention."""
@@ -194,6 +214,15 @@ class VersionStore:
         if not directory.is_dir():
             return []
         return [d for d in directory.iterdir() if d.name.isdigit() and d.is_dir()]
+
+
+def _write_marker(marker: Path, meta: dict[str, Any]) -> None:
+    """Replace ``marker`` with ``meta`` in one rename, flushed to disk."""
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta))
+    fsync_path(tmp)
+    os.replace(tmp, marker)
+    fsync_path(marker.parent)
 
 
 def _config_bytes(path: Path) -> bytes | None:
