@@ -36,6 +36,7 @@ from typing import Any
 from ..engine.base import Engine
 from ..errors import ModelNotFound
 from ..evaluation.gate import GateOutcome
+from .addressing import KeptVersions, split_address
 from .base_model import BaseModelSpec
 from .dry_run import check_adapter
 from .gating import GateRunner
@@ -97,6 +98,11 @@ class AdapterRegistry:
         self._gates = GateRunner(engine, self._residency, base_model_id, timeout_cap=gate_timeout)
         self._entries: dict[str, AdapterEntry] = {}
         self._ids = itertools.count(1)
+        self._kept = KeptVersions(
+            self.store,
+            lambda path: inspect_adapter(path, **self._limits, base=self.base_spec),
+            lambda: next(self._ids),
+        )
         # Held only while in use: a lock disappears with its last holder, so names that come and go
         # (a directory churned by a sync tool) do not grow this map forever.
         self._name_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -129,14 +135,16 @@ class AdapterRegistry:
 
     @asynccontextmanager
     async def lease(self, model: str) -> AsyncIterator[Lease]:
-        """Hold ``model`` (base id or adapter name) for one request, loading it if it was evicted."""
+        """Hold ``model`` (base id, adapter name, or a version of one: ``addressing.py``) for one
+        request, loading it if it was evicted."""
         if model == self.base_model_id:
             yield Lease(model, None)
             return
-        entry = self._entries.get(model)
+        name, ref = split_address(model)
+        entry = self._entries.get(name)
         if entry is None or entry.active is None:
             raise ModelNotFound(model)
-        version = entry.active
+        version = entry.active if ref is None else await self._kept.resolve(entry, ref, model)
         self._residency.acquire(version)
         try:
             await self._residency.ensure_loaded(version, evict=True)
@@ -404,6 +412,7 @@ class AdapterRegistry:
 
     async def _unregister(self, name: str) -> None:
         entry = self._entries.pop(name, None)
+        self._kept.forget(name)
         self.revision += 1
         if entry is not None and entry.active is not None:
             logger.info("adapter %s removed (its kept versions stay in %s)", name, self.store.root / name)
