@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from .api.protocol import (
+    SYSTEM_FINGERPRINT,
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
     ChatCompletionRequest,
@@ -93,6 +94,20 @@ class _Admitted:
     observer: Observer
     scope: AsyncExitStack
     model: str
+    version: str | None = None  # ``name@N`` of the adapter version that answers; None for the base
+    sha256: str = ""  # of that version's weights
+
+    @property
+    def fingerprint(self) -> str:
+        """OpenAI's ``system_fingerprint``: which adapter version (and weights) answered."""
+        return SYSTEM_FINGERPRINT if self.version is None else f"{self.version}-{self.sha256[:12]}"
+
+
+def answered_by(fingerprint: str | None) -> str | None:
+    """The ``name@N`` a ``system_fingerprint`` of ours names; None for the base model's."""
+    if not fingerprint or "@" not in fingerprint:
+        return None
+    return fingerprint.rsplit("-", 1)[0]
 
 
 async def admit(gateway: Gateway, body: ChatCompletionRequest, default_max_tokens: int | None = None) -> _Admitted:
@@ -118,7 +133,15 @@ async def admit(gateway: Gateway, body: ChatCompletionRequest, default_max_token
         gateway.metrics.record_error(model, error.status_code, error.error_type)
         error.counted_as = model
         raise
-    return _Admitted(generation, Observer(gateway.metrics, body.model), scope, body.model)
+    version = lease.adapter
+    return _Admitted(
+        generation,
+        Observer(gateway.metrics, body.model),
+        scope,
+        body.model,
+        None if version is None else f"{version.name}@{version.version}",
+        "" if version is None else version.sha256,
+    )
 
 
 async def _observed(
@@ -186,6 +209,7 @@ async def _complete(
     info = usage.info()
     admitted.observer.success(info)
     return ChatCompletionResponse(
+        system_fingerprint=admitted.fingerprint,
         id=completion_id(),
         created=now(),
         model=admitted.model,
@@ -210,6 +234,7 @@ class CompletionStream:
     ) -> None:
         self._gateway, self._admitted, self._deltas, self._first = gateway, admitted, deltas, first
         self.include_usage = include_usage
+        self.version = admitted.version
 
     async def chunks(self) -> AsyncIterator[ChatCompletionChunk | GatewayError]:
         """Role first, content pieces, then an empty delta with the finish_reason; with
@@ -220,7 +245,14 @@ class CompletionStream:
         usage = _Usage(n)
 
         def chunk(choices: list[ChatCompletionChunkChoice], usage: UsageInfo | None = None) -> ChatCompletionChunk:
-            return ChatCompletionChunk(id=chunk_id, created=created, model=admitted.model, choices=choices, usage=usage)
+            return ChatCompletionChunk(
+                id=chunk_id,
+                created=created,
+                model=admitted.model,
+                choices=choices,
+                usage=usage,
+                system_fingerprint=admitted.fingerprint,
+            )
 
         finished = False
         async with admitted.scope:

@@ -14,7 +14,7 @@ from typing import TypeVar
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..completions import CompletionStream, complete, open_stream
+from ..completions import CompletionStream, answered_by, complete, open_stream
 from .deps import GatewayDep, require_api_key
 from .protocol import ChatCompletionRequest, ChatCompletionResponse
 
@@ -22,17 +22,26 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 T = TypeVar("T")
 
 
+# Which adapter version answered (``name@N``; absent for the base), beside ``system_fingerprint``.
+VERSION_HEADER = "X-Adapter-Version"
+
+
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, gateway: GatewayDep
+    body: ChatCompletionRequest, request: Request, response: Response, gateway: GatewayDep
 ) -> Response | ChatCompletionResponse:
     if body.stream:
         stream = await open_stream(gateway, body)
-        return StreamingResponse(_sse(stream), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        headers = {"Cache-Control": "no-cache", **({VERSION_HEADER: stream.version} if stream.version else {})}
+        return StreamingResponse(_sse(stream), media_type="text/event-stream", headers=headers)
     try:
-        return await _until_disconnected(request, complete(gateway, body))
+        completion = await _until_disconnected(request, complete(gateway, body))
     except _ClientGone:
         return Response(status_code=499)
+    version = answered_by(completion.system_fingerprint)
+    if version:
+        response.headers[VERSION_HEADER] = version
+    return completion
 
 
 async def _sse(stream: CompletionStream) -> AsyncIterator[str]:

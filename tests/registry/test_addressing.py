@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +65,19 @@ def test_a_kept_version_answers_when_named_while_the_active_one_serves_the_name(
     assert answer("shop@1") == ANSWERS["alpha"]
     assert answer(f"shop@{first['sha256'][:10]}") == ANSWERS["alpha"]
     assert answer("shop") == ANSWERS["beta"]  # naming a version changed nothing for the name
+
+    # Every response says which version answered: a header, and OpenAI's system_fingerprint.
+    named = ask(url, "shop@1")
+    assert named.headers["x-adapter-version"] == "shop@1"
+    assert named.json()["system_fingerprint"] == f"shop@1-{first['sha256'][:12]}"
+    assert ask(url, "shop").headers["x-adapter-version"] == "shop@2"
+    body = {"model": "shop", "messages": [{"role": "user", "content": QUESTION}], "stream": True, "max_tokens": 4}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as streamed:
+        assert streamed.headers["x-adapter-version"] == "shop@2"
+        chunk = json.loads(next(line for line in streamed.iter_lines() if line.startswith("data: {"))[6:])
+        assert chunk["system_fingerprint"].startswith("shop@2-")
+    base = ask(url, "tiny-base")
+    assert "x-adapter-version" not in base.headers and base.json()["system_fingerprint"].startswith("lora-gateway-")
 
     missing = ask(url, "shop@7")
     assert missing.status_code == 404 and "kept: [2, 1]" in missing.json()["error"]["message"]
