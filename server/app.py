@@ -94,6 +94,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             loaded=metrics.adapter_load_seconds.observe,
             swapped=metrics.adapter_swaps.inc,
             gated=metrics.record_gate,
+            split_aborted=lambda name, why: metrics.split_aborts.labels(name).inc(),
         ),
         gate_timeout=settings.eval_gate_timeout,
     )

@@ -41,29 +41,42 @@ _RETRIES_AFTER_UPSTREAM_LOSS = 2  # a non-streaming answer whose upstream died i
 class Observer:
     """Metrics for one request: tokens, time to first token, latency, outcome."""
 
-    def __init__(self, metrics: GatewayMetrics, model: str) -> None:
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        model: str,
+        version: str = "",
+        outcome: Callable[[bool], None] | None = None,
+    ) -> None:
         self.metrics = metrics
         self.model = model
+        self.version = version  # the adapter version's number; "" for the base
+        self._outcome = outcome  # told (server_error) when a version under a split finishes
         self.started = time.perf_counter()
         self._first_token_seen = False
 
     def delta(self, delta: GenerationDelta) -> None:
         if not self._first_token_seen and delta.completion_tokens:
             self._first_token_seen = True
-            self.metrics.ttft.labels(self.model).observe(time.perf_counter() - self.started)
+            self.metrics.ttft.labels(self.model, self.version).observe(time.perf_counter() - self.started)
 
     def success(self, usage: UsageInfo) -> None:
-        self.metrics.requests.labels(self.model, "200").inc()
-        self.metrics.prompt_tokens.labels(self.model).inc(usage.prompt_tokens)
-        self.metrics.completion_tokens.labels(self.model).inc(usage.completion_tokens)
-        self.metrics.e2e.labels(self.model).observe(time.perf_counter() - self.started)
+        labels = (self.model, self.version)
+        self.metrics.requests.labels(*labels, "200").inc()
+        self.metrics.prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
+        self.metrics.completion_tokens.labels(*labels).inc(usage.completion_tokens)
+        self.metrics.e2e.labels(*labels).observe(time.perf_counter() - self.started)
+        if self._outcome is not None:
+            self._outcome(False)
 
     def failure(self, error: GatewayError) -> None:
-        self.metrics.record_error(self.model, error.status_code, error.error_type)
+        self.metrics.record_error(self.model, error.status_code, error.error_type, self.version)
         error.counted_as = self.model
+        if self._outcome is not None:
+            self._outcome(error.status_code >= 500)
 
     def aborted(self) -> None:
-        self.metrics.aborted.labels(self.model).inc()
+        self.metrics.aborted.labels(self.model, self.version).inc()
 
 
 class _Usage:
@@ -110,15 +123,20 @@ def answered_by(fingerprint: str | None) -> str | None:
     return fingerprint.rsplit("-", 1)[0]
 
 
-async def admit(gateway: Gateway, body: ChatCompletionRequest, default_max_tokens: int | None = None) -> _Admitted:
+async def admit(
+    gateway: Gateway, body: ChatCompletionRequest, default_max_tokens: int | None = None, user: str | None = None
+) -> _Admitted:
     """Lease the model, convert the request and check the engine; refusals are counted here.
 
     ``default_max_tokens`` replaces the server's default completion cap (clamped to the room the
-    prompt leaves) for a request that sets none: an integration's own upper bound.
+    prompt leaves) for a request that sets none: an integration's own upper bound. The end user
+    (OpenAI's ``user``, else ``safety_identifier``, else ``user`` given here: a header, a WeCom
+    user id) picks the version under a traffic split, the same one every time.
     """
     scope = AsyncExitStack()
     try:
-        lease = await scope.enter_async_context(gateway.registry.lease(body.model))
+        end_user = body.user or body.safety_identifier or user
+        lease = await scope.enter_async_context(gateway.registry.lease(body.model, end_user))
         generation = to_generation_request(
             body, lease, gateway.settings.max_n, default_max_tokens or gateway.settings.default_max_tokens
         )
@@ -134,9 +152,13 @@ async def admit(gateway: Gateway, body: ChatCompletionRequest, default_max_token
         error.counted_as = model
         raise
     version = lease.adapter
+    outcome = None
+    if version is not None and lease.split is not None and lease.split.auto_abort is not None:
+        split, number, watch = lease.split, version.version, gateway.registry.rollouts.watch
+        outcome = lambda server_error: watch.request(split, number, server_error)  # noqa: E731
     return _Admitted(
         generation,
-        Observer(gateway.metrics, body.model),
+        Observer(gateway.metrics, body.model, "" if version is None else str(version.version), outcome),
         scope,
         body.model,
         None if version is None else f"{version.name}@{version.version}",
@@ -162,6 +184,7 @@ async def complete(
     on_text: Callable[[int, str], None] | None = None,
     *,
     default_max_tokens: int | None = None,
+    user: str | None = None,
 ) -> ChatCompletionResponse:
     """One whole (non-streaming) chat completion.
 
@@ -170,7 +193,7 @@ async def complete(
     Cancelling the call stops the generation and counts the request as aborted. An upstream lost
     mid-answer (remote engine) is retried elsewhere when nothing reached the caller (no ``on_text``).
     """
-    admitted = await admit(gateway, body, default_max_tokens)
+    admitted = await admit(gateway, body, default_max_tokens, user)
     async with admitted.scope:
         try:
             retries = 0
@@ -277,10 +300,10 @@ class CompletionStream:
                     admitted.observer.aborted()
 
 
-async def open_stream(gateway: Gateway, body: ChatCompletionRequest) -> CompletionStream:
+async def open_stream(gateway: Gateway, body: ChatCompletionRequest, user: str | None = None) -> CompletionStream:
     """Admit the request and start it; raises (with the right status) anything that fails before
     its first delta."""
-    admitted = await admit(gateway, body)
+    admitted = await admit(gateway, body, user=user)
     deltas = gateway.engine.generate(admitted.generation)
     try:
         first: GenerationDelta | None = await anext(deltas)

@@ -82,8 +82,8 @@ class AdapterIncomplete(InvalidRequest):
 class AdapterRejected(InvalidRequest):
     """``reason`` is a short label for metrics and the error code; the message is the one line shown to users."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message, param="lora_path", code=reason)
+    def __init__(self, reason: str, message: str, *, param: str = "lora_path") -> None:
+        super().__init__(message, param=param, code=reason)
         self.reason = reason
 
 

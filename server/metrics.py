@@ -2,7 +2,10 @@
 
 Every request metric carries a ``model`` label: the base id or the adapter name the request
 resolved to. Names that did not resolve are counted as ``unknown`` so arbitrary client input can
-never blow up label cardinality.
+never blow up label cardinality. Beside it, ``version`` is the adapter version that answered (its
+number; empty for the base and for requests refused before a version was chosen), so a canary's
+errors and latency can be told from its baseline's; it grows by one series per version published
+while the process runs.
 """
 
 from __future__ import annotations
@@ -29,38 +32,46 @@ class GatewayMetrics:
         r = self.registry
         self.requests = Counter(
             "lora_gateway_requests",
-            "Chat completion requests by model and HTTP status.",
-            ["model", "status"],
+            "Chat completion requests by model, adapter version and HTTP status.",
+            ["model", "version", "status"],
             registry=r,
         )
         self.errors = Counter(
-            "lora_gateway_request_errors", "Failed requests by model and error type.", ["model", "type"], registry=r
+            "lora_gateway_request_errors",
+            "Failed requests by model, adapter version and error type.",
+            ["model", "version", "type"],
+            registry=r,
         )
         self.watcher_failures = Counter(
             "lora_gateway_watcher_failures",
             "Times the adapters-directory watcher failed and was restarted.",
             registry=r,
         )
-        self.prompt_tokens = Counter("lora_gateway_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r)
+        self.prompt_tokens = Counter(
+            "lora_gateway_prompt_tokens", "Prompt tokens processed.", ["model", "version"], registry=r
+        )
         self.completion_tokens = Counter(
-            "lora_gateway_completion_tokens", "Completion tokens generated.", ["model"], registry=r
+            "lora_gateway_completion_tokens", "Completion tokens generated.", ["model", "version"], registry=r
         )
         self.ttft = Histogram(
             "lora_gateway_time_to_first_token_seconds",
             "Time from request to first generated token.",
-            ["model"],
+            ["model", "version"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.e2e = Histogram(
             "lora_gateway_e2e_request_latency_seconds",
             "Time from request to last token.",
-            ["model"],
+            ["model", "version"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.aborted = Counter(
-            "lora_gateway_requests_aborted", "Requests whose client went away before the end.", ["model"], registry=r
+            "lora_gateway_requests_aborted",
+            "Requests whose client went away before the end.",
+            ["model", "version"],
+            registry=r,
         )
         self.adapter_load_seconds = Histogram(
             "lora_gateway_adapter_load_seconds",
@@ -89,6 +100,12 @@ class GatewayMetrics:
             buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
             registry=r,
         )
+        self.split_aborts = Counter(
+            "lora_gateway_split_aborts",
+            "Traffic splits aborted (back to their baseline version), by adapter name.",
+            ["model"],
+            registry=r,
+        )
         # WeCom: ``bot`` is a configured bot name (or ``unknown``), so its cardinality is bounded too.
         self.wecom_callbacks = Counter(
             "lora_gateway_wecom_callbacks", "WeCom callbacks by bot and outcome.", ["bot", "outcome"], registry=r
@@ -111,9 +128,9 @@ class GatewayMetrics:
         self.eval_gate_runs.labels("passed" if outcome.passed else "failed").inc()
         self.eval_gate_seconds.observe(outcome.seconds)
 
-    def record_error(self, model: str, status: int, error_type: str) -> None:
-        self.requests.labels(model, str(status)).inc()
-        self.errors.labels(model, error_type).inc()
+    def record_error(self, model: str, status: int, error_type: str, version: str = "") -> None:
+        self.requests.labels(model, version, str(status)).inc()
+        self.errors.labels(model, version, error_type).inc()
 
     def watch_engine(
         self,

@@ -97,6 +97,8 @@ def describe(gateway: Gateway, entry: AdapterEntry) -> dict[str, Any]:
             for v in registry.store.versions(entry.name)
         ],
         "draining_versions": [v.version for v in registry.draining() if v.name == entry.name],
+        # Shares of traffic between versions (canary, A/B): None when the active version takes all.
+        "split": entry.split.summary() if entry.split else None,
         "last_error": entry.last_error,
     }
 
@@ -159,6 +161,36 @@ async def _set_pinned(gateway: Gateway, name: str, version: int, pinned: bool) -
     except LookupError as exc:
         raise ModelNotFound(name, exc.args[0]) from None
     return describe_version(kept)
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int | None = None  # default: the one version of the split besides its baseline
+
+
+@router.put("/v1/adapters/{name}/split")
+async def set_split(name: str, request: Request, gateway: GatewayDep) -> dict[str, Any]:
+    """Start (or replace) a traffic split: ``{"versions": {"5": 90, "6": 10}, "auto_abort": {...}}``.
+    The body is checked field by field (``splits.parse_split``) into the adapter's split file."""
+    if not is_valid_name(name):
+        raise InvalidRequest(f"{name!r} is not a valid adapter name.", param="name")
+    try:
+        raw = await request.json()
+    except ValueError:
+        raise InvalidRequest("The body must be a JSON object.", code="bad_split") from None
+    return describe(gateway, await gateway.registry.rollouts.set_split(name, raw))
+
+
+@router.post("/v1/adapters/{name}/promote")
+async def promote_split(name: str, gateway: GatewayDep, body: PromoteRequest | None = None) -> dict[str, Any]:
+    """End the split in favour of one version, which then takes all traffic."""
+    return describe(gateway, await gateway.registry.rollouts.promote(name, body.version if body else None))
+
+
+@router.post("/v1/adapters/{name}/abort")
+async def abort_split(name: str, gateway: GatewayDep) -> dict[str, Any]:
+    """End the split and send all traffic back to its baseline (the version that served before it)."""
+    return describe(gateway, await gateway.registry.rollouts.abort(name))
 
 
 @router.post("/v1/load_lora_adapter", response_class=PlainTextResponse)

@@ -24,6 +24,8 @@ T = TypeVar("T")
 
 # Which adapter version answered (``name@N``; absent for the base), beside ``system_fingerprint``.
 VERSION_HEADER = "X-Adapter-Version"
+# Who the end user is, for a request without OpenAI's ``user``: keeps them on one side of a split.
+USER_HEADER = "X-User-Id"
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -31,11 +33,11 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, response: Response, gateway: GatewayDep
 ) -> Response | ChatCompletionResponse:
     if body.stream:
-        stream = await open_stream(gateway, body)
+        stream = await open_stream(gateway, body, request.headers.get(USER_HEADER))
         headers = {"Cache-Control": "no-cache", **({VERSION_HEADER: stream.version} if stream.version else {})}
         return StreamingResponse(_sse(stream), media_type="text/event-stream", headers=headers)
     try:
-        completion = await _until_disconnected(request, complete(gateway, body))
+        completion = await _until_disconnected(request, complete(gateway, body, user=request.headers.get(USER_HEADER)))
     except _ClientGone:
         return Response(status_code=499)
     version = answered_by(completion.system_fingerprint)

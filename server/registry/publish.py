@@ -21,7 +21,7 @@ from pathlib import Path
 from ..evaluation.gate import gate_files
 from .names import is_valid_name
 from .profile import PROFILE_FILE
-from .validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected
+from .validation import CONFIG_FILE, SPLIT_FILE, WEIGHTS_FILE, AdapterRejected
 
 # Files an adapter directory may carry besides its config, weights and eval gate.
 EXTRA_FILES = (
@@ -30,6 +30,7 @@ EXTRA_FILES = (
     "tokenizer_config.json",
     "chat_template.jinja",
     PROFILE_FILE,
+    SPLIT_FILE,  # a canary published with its weights (``train --canary``)
 )
 
 

@@ -13,6 +13,7 @@ from ..engine.base import AdapterRef
 if TYPE_CHECKING:
     from ..evaluation.gate import Gate, GateOutcome
     from .profile import AdapterProfile
+    from .splits import Split
 
 
 class AdapterState(str, enum.Enum):
@@ -56,6 +57,7 @@ class Lease:
 
     model: str
     adapter: AdapterVersion | None
+    split: Split | None = None  # the traffic split that chose ``adapter``, if one did
 
     @property
     def ref(self) -> AdapterRef | None:
@@ -92,3 +94,4 @@ class AdapterEntry:
     restored: bool = False  # active came from the store because the directory's files were refused
     gate: GateOutcome | None = None  # the last eval gate run for this name (passed or failed)
     gating: int | None = None  # the version whose eval gate is running now
+    split: Split | None = None  # shares of traffic between versions (canary, A/B); None: all to active

@@ -29,7 +29,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ from .profile import PROFILE_FILE
 from .publish import publish_adapter
 from .records import AdapterEntry, AdapterInfo, AdapterState, AdapterVersion, Fingerprint, Lease, fingerprint
 from .residency import Residency
+from .rollout import Rollouts
+from .splits import Split, read_split_file, write_split_file
 from .store import StoredVersion, VersionStore
 from .validation import (
     CONFIG_FILE,
@@ -70,6 +72,7 @@ class RegistryHooks:
     loaded: Callable[[float], None] = lambda seconds: None
     swapped: Callable[[], None] = lambda: None
     gated: Callable[[GateOutcome], None] = lambda outcome: None
+    split_aborted: Callable[[str, str], None] = lambda name, why: None
 
 
 class AdapterRegistry:
@@ -95,6 +98,7 @@ class AdapterRegistry:
         self._limits: dict[str, Any] = {"max_lora_rank": max_lora_rank, "max_bytes": max_adapter_bytes}  # validation's
         self._hooks = hooks or RegistryHooks()
         self._residency = Residency(engine, max_loaded, self._hooks.loaded)
+        self.rollouts = Rollouts(self, self._hooks.split_aborted)
         self._gates = GateRunner(engine, self._residency, base_model_id, timeout_cap=gate_timeout)
         self._entries: dict[str, AdapterEntry] = {}
         self._ids = itertools.count(1)
@@ -134,9 +138,10 @@ class AdapterRegistry:
         return self._residency.loaded_count
 
     @asynccontextmanager
-    async def lease(self, model: str) -> AsyncIterator[Lease]:
+    async def lease(self, model: str, user: str | None = None) -> AsyncIterator[Lease]:
         """Hold ``model`` (base id, adapter name, or a version of one: ``addressing.py``) for one
-        request, loading it if it was evicted."""
+        request, loading it if it was evicted. A name under a traffic split (``splits.py``) is
+        the version ``user`` is assigned to."""
         if model == self.base_model_id:
             yield Lease(model, None)
             return
@@ -144,11 +149,17 @@ class AdapterRegistry:
         entry = self._entries.get(name)
         if entry is None or entry.active is None:
             raise ModelNotFound(model)
-        version = entry.active if ref is None else await self._kept.resolve(entry, ref, model)
+        split = entry.split if ref is None else None
+        if split is not None:
+            ref = str(split.assign(user))
+        if ref is None or ref == str(entry.active.version):
+            version = entry.active
+        else:
+            version = await self._kept.resolve(entry, ref, model)
         self._residency.acquire(version)
         try:
             await self._residency.ensure_loaded(version, evict=True)
-            yield Lease(model, version)
+            yield Lease(model, version, split)
         finally:
             self._residency.release(version)
 
@@ -211,7 +222,7 @@ class AdapterRegistry:
                 if current is None:
                     raise AdapterRejected("not_a_directory", f"{name}: not an adapter directory.")
                 await asyncio.to_thread(check_inside, path, self.adapters_dir)
-                await self._adopt(entry, await asyncio.to_thread(self._stage, name, path, current))
+                await self._adopt(entry, await asyncio.to_thread(self._stage, name, path, current), split_from=path)
             except AdapterIncomplete as exc:
                 if entry.active is None:
                     entry.state = AdapterState.INCOMPLETE
@@ -237,7 +248,7 @@ class AdapterRegistry:
         async with self._lock(name):
             entry = self._entries.get(name) or AdapterEntry(name, AdapterState.INCOMPLETE)
             stored = await asyncio.to_thread(self._stage, name, source, fingerprint(source))
-            await self._adopt(entry, stored, publish=True)
+            await self._adopt(entry, stored, publish=True, split_from=source)
             self._entries[name] = entry
             return entry
 
@@ -253,6 +264,18 @@ class AdapterRegistry:
                 raise ModelNotFound(name, exc.args[0]) from None
             await self._adopt(entry, await asyncio.to_thread(self._check_stored, choice), publish=True)
             self._entries[name] = entry
+            return entry
+
+    async def end_split(self, name: str) -> AdapterEntry:
+        """Stop splitting ``name``'s traffic: every request goes to the version the directory holds."""
+        async with self._lock(name):
+            entry = self._entries.get(name)
+            if entry is None or entry.active is None:
+                raise ModelNotFound(name)
+            await asyncio.to_thread(write_split_file, self.adapters_dir / name, None)
+            entry.fingerprint, entry.split = fingerprint(self.adapters_dir / name), None
+            self.revision += 1
+            logger.info("adapter %s: the traffic split ended; v%d takes all traffic", name, entry.active.version)
             return entry
 
     async def _restore(self, entry: AdapterEntry) -> None:
@@ -320,12 +343,19 @@ class AdapterRegistry:
         return kept, check_adapter(kept.path, self.base_spec, **self._limits)
 
     async def _adopt(
-        self, entry: AdapterEntry, staged: tuple[StoredVersion, AdapterInfo], *, publish: bool = False
+        self,
+        entry: AdapterEntry,
+        staged: tuple[StoredVersion, AdapterInfo],
+        *,
+        publish: bool = False,
+        split_from: Path | None = None,
     ) -> None:
-        """Load the staged version, prove it, optionally write it into the directory, serve it.
-        Caller holds the name's lock. On failure the unproven copy goes and nothing else changes."""
+        """Load the staged version, prove it, optionally write it into the directory, serve it,
+        under the traffic split in ``split_from`` (none: the version takes all traffic). Caller
+        holds the name's lock. On failure the unproven copy goes and nothing else changes."""
         stored, info = staged
         name = entry.name
+        split, rewrite = await asyncio.to_thread(self._split_of, entry, stored.number, split_from)
         if entry.active is not None and entry.active.load_path == str(stored.path):
             version = entry.active  # the same files again (a re-publish, or a rollback's files)
         else:
@@ -357,9 +387,16 @@ class AdapterRegistry:
                     self.store.prove, stored, self._protected(), self._proof(), gate.summary() if gate else None
                 )
         if publish:
-            await asyncio.to_thread(publish_adapter, stored.path, name, self.adapters_dir)
+            await asyncio.to_thread(publish_adapter, stored.path, name, self.adapters_dir)  # the copy has no split
+        if split is not None and (rewrite or publish):  # a canary, now in explicit form: a restart need not guess
+            await asyncio.to_thread(write_split_file, self.adapters_dir / name, split)
+        if publish or rewrite:
             entry.fingerprint, entry.checked = fingerprint(self.adapters_dir / name), True
-        previous, entry.active = entry.active, version
+        if split != entry.split:
+            self.revision += 1
+            if split is not None:
+                logger.info("adapter %s: traffic split %s (baseline v%d)", name, dict(split.weights), split.baseline)
+        previous, entry.active, entry.split = entry.active, version, split
         entry.state, entry.last_error, entry.rejected_reason, entry.restored = AdapterState.READY, None, None, False
         if previous is not version:
             self.revision += 1
@@ -393,6 +430,29 @@ class AdapterRegistry:
         logger.info("adapter %s v%d: %s", entry.name, version.version, outcome.describe())
         return outcome
 
+    def _split_of(self, entry: AdapterEntry, number: int, source: Path | None) -> tuple[Split | None, bool]:
+        """(the split in ``source``'s split file for when version ``number`` serves, whether the
+        file must be rewritten in its explicit form). Runs in a thread; ``AdapterRejected`` when
+        the file is bad or names versions that are not kept."""
+        spec = read_split_file(source) if source is not None else None
+        if spec is None:
+            return None, False
+        current = entry.split
+        if current is not None and (spec.weights, spec.salt, spec.baseline) == (
+            current.weights,
+            current.salt,
+            current.baseline,
+        ):
+            return (
+                current if spec.auto_abort == current.auto_abort else replace(current, auto_abort=spec.auto_abort)
+            ), False
+        kept = {v.number for v in self.store.versions(entry.name)}
+        serving = entry.active.version if entry.active is not None else None
+        if serving is None or serving == number:  # a restart: the newest kept version before this one
+            serving = max((n for n in kept if n < number), default=serving)
+        split = spec.resolve(entry.name, number, serving, kept)
+        return split, spec.canary is not None or spec.salt is None or spec.baseline is None
+
     def _proof(self) -> tuple[tuple[str, str], ...]:
         """What a successful load proves an adapter against: this base, this kind of engine."""
         base = self.base_spec.fingerprint if self.base_spec is not None else "unknown"
@@ -401,7 +461,8 @@ class AdapterRegistry:
     def _protected(self) -> set[Path]:
         """Copies the store must not delete: everything this process serves, drains or holds."""
         versions = [*self.active_versions(), *self._residency.held()]
-        return {Path(v.load_path) for v in versions}
+        splits = [self.store.path_of(e.name, n) for e in self._entries.values() if e.split for n in e.split.versions]
+        return {Path(v.load_path) for v in versions} | set(splits)
 
     def _reject(self, entry: AdapterEntry, exc: AdapterRejected) -> None:
         logger.warning("adapter rejected: %s%s", exc, " (the previous version keeps serving)" if entry.active else "")

@@ -32,7 +32,7 @@ from typing import Any
 
 from .profile import PROFILE_FILE
 from .publish import fsync_path
-from .validation import CONFIG_FILE
+from .validation import CONFIG_FILE, SPLIT_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,10 @@ class VersionStore:
             None,
         )
 
+    def path_of(self, name: str, number: int) -> Path:
+        """Where version ``number`` of ``name`` is (or would be) kept."""
+        return self.root / name / str(number) / name
+
     def get(self, name: str, number: int) -> StoredVersion | None:
         return next((v for v in self.versions(name) if v.number == number), None)
 
@@ -120,12 +124,13 @@ class VersionStore:
     # ------------------------------------------------------------------ writing
 
     def copy_in(self, name: str, source: Path, sha256: str) -> StoredVersion:
-        """Copy the regular files of ``source`` into a new, unproven version of ``name``."""
+        """Copy the regular files of ``source`` (but its split file) into a new, unproven version of ``name``."""
         staging = self.root / name / f".incoming-{uuid.uuid4().hex[:8]}" / name
         staging.mkdir(parents=True)
         try:
             for file in source.iterdir():
-                if file.is_file() and not file.is_symlink():
+                # The split file is routing state of the name, not part of a version.
+                if file.is_file() and not file.is_symlink() and file.name != SPLIT_FILE:
                     shutil.copyfile(file, staging / file.name)
                     fsync_path(staging / file.name)
             while True:  # another gateway on the same volume may take a number at the same time

@@ -31,6 +31,7 @@ __all__ = ["AdapterIncomplete", "AdapterRejected", "check_finite", "inspect_adap
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+SPLIT_FILE = "split.json"  # a traffic split of the name (splits.py): routing state, not part of a version
 PICKLE_FILES = ("adapter_model.bin", "pytorch_model.bin")
 FLOAT_DTYPES = ("F16", "BF16", "F32")
 

@@ -238,7 +238,7 @@ class WeComService:
                     # The bot's max_tokens is an upper bound, clamped to the room the prompt leaves.
                     response = await complete(
                         self.gateway,
-                        self._request(config, history, content),
+                        self._request(config, history, content, speaker[2]),
                         on_text,
                         default_max_tokens=config.max_tokens,
                     )
@@ -258,12 +258,13 @@ class WeComService:
         return text
 
     @staticmethod
-    def _request(config: BotConfig, history: Conversation, content: str) -> ChatCompletionRequest:
+    def _request(config: BotConfig, history: Conversation, content: str, user: str) -> ChatCompletionRequest:
         messages = [ChatMessage(role="system", content=config.system_prompt)] if config.system_prompt else []
         for asked, answered in history:
             messages += [ChatMessage(role="user", content=asked), ChatMessage(role="assistant", content=answered)]
         messages.append(ChatMessage(role="user", content=content))
-        return ChatCompletionRequest(model=config.model, messages=messages, temperature=config.temperature)
+        # The WeCom user id is the end user: it keeps them on one version under a traffic split.
+        return ChatCompletionRequest(model=config.model, messages=messages, temperature=config.temperature, user=user)
 
     async def _send(self, bot: Bot, user: str, text: str) -> bool:
         try:

@@ -1,0 +1,247 @@
+"""Traffic splits between versions of one adapter name: canaries and A/B tests.
+
+A split lives in the adapter's own directory, ``<dir>/<name>/split.json``, so the directory stays
+the one source of truth: the watcher applies a file a user writes, the admin API and the CLI
+write the same file, and a restart comes back to the same split. Two forms are accepted:
+
+- ``{"versions": {"5": 90, "6": 10}}``: explicit shares (whole percentages summing to 100) of kept
+  versions; the version serving when the split starts is its *baseline*, where ``abort`` returns;
+- ``{"canary": 10}``: published together with new weights (``train --canary 10``), the new
+  version takes 10 % and the version serving before it the rest (its baseline). The registry
+  rewrites the file in the explicit form, so a restart does not have to guess which version was
+  "before".
+
+Either may add ``"auto_abort"`` (off unless present): see ``canary_watch.py``.
+
+Assignment is sticky per end user: the user's id, hashed with the split's ``salt``, picks a bucket
+out of 10,000, and buckets are handed to versions by cumulative share. The same user therefore
+stays on the same version for the life of the split; a new split (a new salt) reshuffles. A
+request with no user id is assigned at random.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..jsonbounds import JSONRefused, loads_bounded
+from .publish import fsync_path
+from .validation import SPLIT_FILE, AdapterRejected
+
+BUCKETS = 10_000
+_MAX_VARIANTS = 8
+_MAX_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class AutoAbort:
+    """Abort the split when a non-baseline version does worse than this over ``window_s``."""
+
+    max_error_rate: float | None = None  # server errors (5xx) / requests
+    max_negative_rate: float | None = None  # negative feedback / feedback
+    window_s: float = 300.0
+    min_events: int = 20  # requests (or feedback) in the window before a rate counts
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "max_error_rate": self.max_error_rate,
+            "max_negative_rate": self.max_negative_rate,
+            "window_s": self.window_s,
+            "min_events": self.min_events,
+        }
+
+
+@dataclass(frozen=True)
+class Split:
+    """Shares of versions of ``name``; ``weights`` is ((version, percent), ...) in file order."""
+
+    name: str
+    weights: tuple[tuple[int, int], ...]
+    baseline: int
+    salt: str
+    created: float
+    auto_abort: AutoAbort | None = None
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        return tuple(version for version, _ in self.weights)
+
+    def assign(self, user: str | None) -> int:
+        """The version that answers ``user`` (the same one every time); random without a user."""
+        if user is None:
+            bucket = random.randrange(BUCKETS)
+        else:
+            digest = hashlib.blake2b(f"{self.salt}\x00{user}".encode(), digest_size=8).digest()
+            bucket = int.from_bytes(digest, "big") % BUCKETS
+        threshold = 0
+        for version, percent in self.weights:
+            threshold += percent * (BUCKETS // 100)
+            if bucket < threshold:
+                return version
+        return self.weights[-1][0]  # unreachable: shares sum to 100
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "versions": {str(v): p for v, p in self.weights},
+            "baseline": self.baseline,
+            "salt": self.salt,
+            "created": self.created,
+            **({"auto_abort": self.auto_abort.summary()} if self.auto_abort else {}),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.to_json(), "created": int(self.created)}
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """What a split file or request asks for, before it is checked against kept versions."""
+
+    weights: tuple[tuple[int, int], ...] | None  # explicit shares
+    canary: int | None  # or: the directory's version takes this percentage
+    baseline: int | None = None
+    salt: str | None = None
+    created: float | None = None
+    auto_abort: AutoAbort | None = None
+
+    def resolve(self, name: str, directory_version: int, serving: int | None, kept: set[int]) -> Split:
+        """A ``Split`` of versions that exist (``kept`` plus the directory's); ``AdapterRejected``
+        (reason ``bad_split``) naming what is wrong otherwise. ``serving`` is the version that
+        served before: a canary's baseline, and an explicit split's unless the file names one."""
+        available = kept | {directory_version}
+        if self.canary is not None:
+            if serving is None or serving == directory_version:
+                raise AdapterRejected(
+                    "bad_split",
+                    f"{name}: a canary needs an earlier version to split with; none is serving.",
+                    param="split",
+                )
+            weights: tuple[tuple[int, int], ...] = ((serving, 100 - self.canary), (directory_version, self.canary))
+        else:
+            assert self.weights is not None
+            weights = self.weights
+        missing = [v for v, _ in weights if v not in available]
+        if missing:
+            raise AdapterRejected(
+                "bad_split",
+                f"{name}: the split names versions {missing} that are not kept; kept: {sorted(available)}.",
+                param="split",
+            )
+        baseline = self.baseline if self.baseline is not None else serving
+        if baseline is None or baseline not in available:
+            baseline = weights[0][0]
+        return Split(
+            name,
+            weights,
+            baseline,
+            self.salt or secrets.token_hex(8),
+            self.created or time.time(),
+            self.auto_abort,
+        )
+
+
+def parse_split(raw: object, where: str) -> SplitSpec:
+    """Check a split's JSON (a file or an API body); ``AdapterRejected("bad_split")`` saying why."""
+
+    def bad(message: str) -> AdapterRejected:
+        return AdapterRejected("bad_split", param="split", message=f"{where}: {message}")
+
+    if not isinstance(raw, dict):
+        raise bad("a split must be a JSON object.")
+    unknown = set(raw) - {"versions", "canary", "baseline", "salt", "created", "auto_abort"}
+    if unknown:
+        raise bad(f"unknown fields {sorted(unknown)}.")
+    versions, canary = raw.get("versions"), raw.get("canary")
+    if (versions is None) == (canary is None):
+        raise bad('give either "versions" ({"5": 90, "6": 10}) or "canary" (a percentage), not both.')
+    weights = None
+    if canary is not None:
+        if not _is_int(canary) or not 0 < canary < 100:
+            raise bad(f'"canary" must be a whole percentage between 1 and 99, not {canary!r}.')
+    else:
+        if not isinstance(versions, dict) or not 2 <= len(versions) <= _MAX_VARIANTS:
+            raise bad(f'"versions" must map 2 to {_MAX_VARIANTS} version numbers to percentages.')
+        pairs = []
+        for key, share in versions.items():
+            if not str(key).isdigit() or int(key) < 1:
+                raise bad(f"{key!r} is not a version number.")
+            if not _is_int(share) or not 0 <= share <= 100:
+                raise bad(f"the share of version {key} must be a whole percentage 0-100, not {share!r}.")
+            pairs.append((int(key), int(share)))
+        total = sum(share for _, share in pairs)
+        if total != 100:
+            raise bad(f"the shares must sum to 100, not {total}.")
+        weights = tuple(pairs)
+    baseline = raw.get("baseline")
+    if baseline is not None and not _is_int(baseline):
+        raise bad('"baseline" must be a version number.')
+    salt = raw.get("salt")
+    if salt is not None and (not isinstance(salt, str) or not 0 < len(salt) <= 64):
+        raise bad('"salt" must be a short string.')
+    created = raw.get("created")
+    if created is not None and not isinstance(created, (int, float)):
+        raise bad('"created" must be a time in seconds.')
+    return SplitSpec(weights, canary, baseline, salt, created, _auto_abort(raw.get("auto_abort"), bad))
+
+
+def read_split_file(directory: Path) -> SplitSpec | None:
+    """The split file in an adapter's directory; None when there is none."""
+    path = directory / SPLIT_FILE
+    if not (path.exists() or path.is_symlink()):
+        return None
+    where = f"{directory.name}: {SPLIT_FILE}"
+    if not path.is_file():
+        raise AdapterRejected("bad_split", param="split", message=f"{where} is not a regular file.")
+    try:
+        with path.open("rb") as file:
+            raw = loads_bounded(file.read(_MAX_BYTES + 1), max_bytes=_MAX_BYTES, what=SPLIT_FILE)
+    except JSONRefused as exc:
+        raise AdapterRejected("bad_split", param="split", message=f"{directory.name}: {exc}.") from None
+    return parse_split(raw, where)
+
+
+def write_split_file(directory: Path, split: Split | None) -> None:
+    """Replace (or, for None, remove) the split file in one rename, flushed to disk."""
+    path = directory / SPLIT_FILE
+    if split is None:
+        if path.exists():
+            path.unlink()
+            fsync_path(directory)
+        return
+    tmp = directory / f".{SPLIT_FILE}.tmp"
+    tmp.write_text(json.dumps(split.to_json(), indent=1))
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(directory)
+
+
+def _auto_abort(raw: object, bad: Any) -> AutoAbort | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"max_error_rate", "max_negative_rate", "window_s", "min_events"}:
+        raise bad('"auto_abort" takes max_error_rate, max_negative_rate, window_s and min_events.')
+    rates = {}
+    for key in ("max_error_rate", "max_negative_rate"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or not 0 <= value <= 1):
+            raise bad(f'"auto_abort.{key}" must be a fraction between 0 and 1.')
+        rates[key] = None if value is None else float(value)
+    if rates["max_error_rate"] is None and rates["max_negative_rate"] is None:
+        raise bad('"auto_abort" needs max_error_rate or max_negative_rate.')
+    window, events = raw.get("window_s", 300), raw.get("min_events", 20)
+    if not isinstance(window, (int, float)) or not 1 <= window <= 7 * 86400:
+        raise bad('"auto_abort.window_s" must be between 1 second and 7 days.')
+    if not _is_int(events) or events < 1:
+        raise bad('"auto_abort.min_events" must be a positive whole number.')
+    return AutoAbort(rates["max_error_rate"], rates["max_negative_rate"], float(window), int(events))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
