@@ -162,30 +162,13 @@ def _publish_check(args: argparse.Namespace) -> Any:
     return check
 
 
-def _directory_version(store: Any, adapters_dir: str, name: str) -> Any:
-    """The kept version the directory's files of ``name`` are, if they are one."""
-    from .registry.profile import PROFILE_FILE
-    from .registry.validation import CONFIG_FILE, WEIGHTS_FILE, file_sha256
-
-    files = Path(adapters_dir) / name
-    try:
-        profile = files / PROFILE_FILE
-        return store.find(
-            name,
-            file_sha256(files / WEIGHTS_FILE),
-            (files / CONFIG_FILE).read_bytes(),
-            profile.read_bytes() if profile.is_file() else None,
-        )
-    except OSError:
-        return None
-
-
 def _cmd_adapters_rollback(args: argparse.Namespace) -> int:
+    from .registry.offline import directory_version
     from .registry.publish import publish_adapter
     from .registry.store import VersionStore
 
     store = VersionStore(Path(args.adapters_dir))
-    current = _directory_version(store, args.adapters_dir, args.name)
+    current = directory_version(store, args.name)
     try:
         choice = store.rollback_target(args.name, args.version, current.path if current else None)
     except LookupError as exc:
@@ -200,6 +183,7 @@ def _cmd_adapters_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_adapters_history(args: argparse.Namespace) -> int:
     from .registry.history import history, table
+    from .registry.offline import directory_version
     from .registry.store import VersionStore
 
     store = VersionStore(Path(args.adapters_dir))
@@ -209,7 +193,7 @@ def _cmd_adapters_history(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
-    current = _directory_version(store, args.adapters_dir, args.name)
+    current = directory_version(store, args.name)
     print(table(rows, current.number if current else None))
     print("(* the version the directory holds)" if current else "(the directory holds none of these versions)")
     return 0
@@ -417,6 +401,7 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     p_export.set_defaults(func=_cmd_export)
 
     from .evaluation.cli import add_eval_parser
+    from .registry.cli import add_split_parsers
 
     add_eval_parser(commands)
 
@@ -459,6 +444,7 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
         p_pin.add_argument("version", type=int)
         p_pin.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
         p_pin.set_defaults(func=_cmd_adapters_pin)
+    add_split_parsers(adapter_commands, default_dir)
     p_remove = adapter_commands.add_parser("remove", help="Remove an adapter from the directory.")
     p_remove.add_argument("name")
     p_remove.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")

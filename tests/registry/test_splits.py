@@ -268,3 +268,29 @@ async def ask_all_statuses(url: str, users: list[str]) -> list[int]:
             body = {"model": "shop", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "user": user}
             statuses.append((await client.post("/v1/chat/completions", json=body)).status_code)
         return statuses
+
+
+def test_the_cli_splits_promotes_and_aborts_through_the_files_a_running_gateway_follows(
+    live: tuple[str, Path, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.cli import main
+
+    url, directory, _ = live
+    where = ["--adapters-dir", str(directory)]
+    with pytest.raises(SystemExit, match="sum to 100"):
+        main(["adapters", "split", "shop", "--version", "1=50", "--version", "2=60", *where])
+    with pytest.raises(SystemExit, match="not kept"):
+        main(["adapters", "split", "shop", "--version", "1=50", "--version", "9=50", *where])
+    assert not (directory / "shop" / SPLIT_FILE).exists()
+    assert main(["adapters", "split", "shop", "--version", "1=40", "--version", "2=60", *where]) == 0
+    assert "baseline v2" in capsys.readouterr().out
+    wait_for(lambda: (adapter(url).get("split") or {}).get("versions") == {"1": 40, "2": 60}, timeout=30)
+    assert main(["adapters", "abort", "shop", *where]) == 0
+    wait_for(lambda: adapter(url).get("split") is None, timeout=30)
+    assert serving(url) == 2
+    main(["adapters", "split", "shop", "--version", "1=40", "--version", "2=60", *where])
+    wait_for(lambda: adapter(url).get("split") is not None, timeout=30)
+    assert main(["adapters", "promote", "shop", *where]) == 0  # the one version besides the baseline
+    wait_for(lambda: serving(url) == 1 and adapter(url).get("split") is None, timeout=30)
+    with pytest.raises(SystemExit, match="no traffic split"):
+        main(["adapters", "abort", "shop", *where])
