@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from .api import admin, chat, models, ops, playground
+from .api import admin, chat, feedback, models, ops, playground
 from .api.errors import count_refusal, install_error_handlers
 from .api.limits import BodyLimitMiddleware
 from .engine.base import Engine
 from .errors import first_line
 from .evaluation.ratings import PLAYGROUND_RATINGS, RatingStore
+from .feedback import FEEDBACK_DB, FeedbackStore
 from .gateway import Gateway
 from .integrations.wecom.config import WeComConfigError, load_wecom_settings
 from .integrations.wecom.routes import router as wecom_router
@@ -112,6 +113,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(_boot(gateway))]
+        if gateway.feedback is not None:
+            tasks.append(asyncio.create_task(_purge_feedback(gateway.feedback)))
         gateway.background = tasks
         try:
             yield
@@ -127,6 +130,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                     logger.exception("background task %s had failed", task.get_name())
             if wecom is not None:
                 await wecom.close()
+            if gateway.feedback is not None:
+                await asyncio.to_thread(gateway.feedback.close)
             await engine.stop()
 
     app = FastAPI(title="lora-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -142,6 +147,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(ops.router)
     app.include_router(admin.router)
+    app.include_router(feedback.router)
+    app.include_router(feedback.admin)
+    if settings.feedback:
+        url = settings.feedback_db or f"sqlite:///{(settings.adapters_dir / FEEDBACK_DB).absolute()}"
+        gateway.feedback = FeedbackStore(url, retention_days=settings.feedback_retention_days)
     if settings.playground:
         gateway.ratings = RatingStore(settings.ratings_file or settings.adapters_dir / PLAYGROUND_RATINGS)
         app.include_router(playground.page)
@@ -174,6 +184,18 @@ def describe_failure(exc: BaseException, model: str) -> str:
     if missing_local_model(model):
         return f"--model {model}: no such directory"
     return first_line(exc)
+
+
+async def _purge_feedback(store: FeedbackStore) -> None:
+    """Delete captured conversations past their retention: at start, then hourly."""
+    while True:
+        try:
+            purged = await asyncio.to_thread(store.purge)
+            if purged:
+                logger.info("feedback: %d conversations past the retention period deleted", purged)
+        except Exception:
+            logger.exception("feedback: deleting expired conversations failed; retrying in an hour")
+        await asyncio.sleep(3600)
 
 
 async def _boot(gateway: Gateway) -> None:

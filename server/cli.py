@@ -285,7 +285,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig(base="", data=[], name="")
     add = parser.add_argument
     add("--base", required=True, help="Base model: a Hub id or a local path (the one the gateway serves).")
-    add("--data", required=True, action="append", help="Training file (JSON array or JSONL); repeat for several.")
+    add(
+        "--data",
+        required=True,
+        action="append",
+        help="Training file (JSON array or JSONL); repeat to mix several; FILE#N samples N examples of FILE.",
+    )
     add("--name", required=True, help="Adapter name: the model id clients will use.")
     add(
         "--adapters-dir",
@@ -339,6 +344,20 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="A test set the published adapter carries as its eval gate: the gateway serves the new version "
         "only if it passes (see --gate-min, --gate-max-drop; default: f1 at most 0.05 below the serving version).",
+    )
+    add(
+        "--init-adapter",
+        default=None,
+        metavar="ADAPTER",
+        help="Continue training this adapter (NAME in --adapters-dir, a kept NAME@N, or a path), "
+        "keeping its rank and target modules.",
+    )
+    add(
+        "--canary",
+        type=int,
+        default=None,
+        metavar="PERCENT",
+        help="Publish as a canary: the new version answers PERCENT of users, the serving one the rest.",
     )
     add("--gate-min", action="append", type=_threshold, metavar="METRIC=VALUE", help="e.g. exact=0.9, judge=8.")
     add(
@@ -401,9 +420,11 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     p_export.set_defaults(func=_cmd_export)
 
     from .evaluation.cli import add_eval_parser
+    from .feedback.cli import add_feedback_parser
     from .registry.cli import add_split_parsers
 
     add_eval_parser(commands)
+    add_feedback_parser(commands)
 
     p_adapters = commands.add_parser("adapters", help="Manage the adapters directory.")
     adapter_commands = p_adapters.add_subparsers(dest="adapters_command", required=True)

@@ -31,6 +31,7 @@ from .api.protocol import (
 from .conversion import Choice, chunk_choices, to_generation_request
 from .engine.base import GenerationDelta, GenerationRequest
 from .errors import EngineError, EngineUnavailable, GatewayError, ModelNotFound, UpstreamLost
+from .feedback import Conversation
 from .gateway import Gateway
 from .metrics import UNKNOWN_MODEL, GatewayMetrics
 
@@ -109,6 +110,28 @@ class _Admitted:
     model: str
     version: str | None = None  # ``name@N`` of the adapter version that answers; None for the base
     sha256: str = ""  # of that version's weights
+    body: ChatCompletionRequest | None = None
+    end_user: str | None = None
+    source: str = "api"  # who asked: api, wecom (kept with the conversation when feedback capture is on)
+
+    def capture(self, gateway: Gateway, completion: str, answer: str) -> None:
+        """Keep the conversation for feedback (``--feedback``): queued, never waited on."""
+        if gateway.feedback is None or self.body is None:
+            return
+        name, _, number = (self.version or "").partition("@")
+        gateway.feedback.capture(
+            Conversation(
+                completion_id=completion,
+                model=self.model,
+                adapter=name or None,
+                version=int(number) if number else None,
+                sha256=self.sha256 or None,
+                end_user=self.end_user,
+                source=self.source,
+                messages=[m.model_dump(exclude_none=True) for m in self.body.messages],
+                answer=answer,
+            )
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -124,7 +147,11 @@ def answered_by(fingerprint: str | None) -> str | None:
 
 
 async def admit(
-    gateway: Gateway, body: ChatCompletionRequest, default_max_tokens: int | None = None, user: str | None = None
+    gateway: Gateway,
+    body: ChatCompletionRequest,
+    default_max_tokens: int | None = None,
+    user: str | None = None,
+    source: str = "api",
 ) -> _Admitted:
     """Lease the model, convert the request and check the engine; refusals are counted here.
 
@@ -163,6 +190,9 @@ async def admit(
         body.model,
         None if version is None else f"{version.name}@{version.version}",
         "" if version is None else version.sha256,
+        body,
+        end_user,
+        source,
     )
 
 
@@ -185,6 +215,7 @@ async def complete(
     *,
     default_max_tokens: int | None = None,
     user: str | None = None,
+    source: str = "api",
 ) -> ChatCompletionResponse:
     """One whole (non-streaming) chat completion.
 
@@ -193,7 +224,7 @@ async def complete(
     Cancelling the call stops the generation and counts the request as aborted. An upstream lost
     mid-answer (remote engine) is retried elsewhere when nothing reached the caller (no ``on_text``).
     """
-    admitted = await admit(gateway, body, default_max_tokens, user)
+    admitted = await admit(gateway, body, default_max_tokens, user, source)
     async with admitted.scope:
         try:
             retries = 0
@@ -231,7 +262,7 @@ async def _complete(
         raise EngineError("The engine ended the request before it finished.")
     info = usage.info()
     admitted.observer.success(info)
-    return ChatCompletionResponse(
+    response = ChatCompletionResponse(
         system_fingerprint=admitted.fingerprint,
         id=completion_id(),
         created=now(),
@@ -239,6 +270,8 @@ async def _complete(
         choices=[choice.choice(i) for i, choice in enumerate(choices)],
         usage=info,
     )
+    admitted.capture(gateway, response.id, response.choices[0].message.content or "")
+    return response
 
 
 class CompletionStream:
@@ -278,6 +311,7 @@ class CompletionStream:
             )
 
         finished = False
+        answer: list[str] = []  # the first choice's text, for feedback capture
         async with admitted.scope:
             try:
                 for i in range(n):
@@ -285,11 +319,14 @@ class CompletionStream:
                 async with contextlib.aclosing(self._deltas):  # type: ignore[type-var]
                     async for delta in _observed(self._gateway, admitted, usage, _prepend(self._first, self._deltas)):
                         for choice in chunk_choices(delta, want_logprobs):
+                            if choice.index == 0 and choice.delta.content:
+                                answer.append(choice.delta.content)
                             yield chunk([choice])
                 info = usage.info()
                 if self.include_usage:
                     yield chunk([], usage=info)
                 admitted.observer.success(info)
+                admitted.capture(self._gateway, chunk_id, "".join(answer))
                 finished = True
             except GatewayError as error:
                 admitted.observer.failure(error)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from .engine.base import Engine
 from .evaluation.ratings import RatingStore
+from .feedback import FeedbackStore
 from .metrics import GatewayMetrics
 from .registry import AdapterRegistry
 from .registry.watcher import AdapterWatcher
@@ -31,6 +32,7 @@ class Gateway:
     background: list[asyncio.Task[None]] = field(default_factory=list)
     watcher: AdapterWatcher | None = None  # set once the base is loaded
     ratings: RatingStore | None = None  # the playground's blind ratings (None: --no-playground)
+    feedback: FeedbackStore | None = None  # captured conversations and their ratings (None: --feedback off)
     # /v1/models serialized once per registry change, with paths (admin keys) and without
     models_json: dict[bool, tuple[object, bytes]] = field(default_factory=dict)
 

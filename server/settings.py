@@ -139,6 +139,19 @@ class Settings(BaseSettings):
         default=None,
         description="Where the playground's blind ratings are appended (default: <adapters-dir>/.ratings.jsonl).",
     )
+    feedback: bool = Field(
+        default=False,
+        description="Capture answered conversations (prompt, answer, model, version, user) so they can be rated "
+        "with POST /v1/feedback; see README, Feedback, for what is stored and for how long.",
+    )
+    feedback_db: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the feedback database (default: sqlite:///<adapters-dir>/.feedback.db; "
+        "postgresql+psycopg://... to share one between gateways).",
+    )
+    feedback_retention_days: float = Field(
+        default=30.0, gt=0, description="Captured conversations are deleted after this many days."
+    )
     wecom_config: Path | None = Field(
         default=None,
         description="YAML or JSON file of WeCom bots (see README, WeCom); env LORA_GATEWAY_WECOM_* adds to it.",

@@ -14,6 +14,7 @@ from ..registry.validation import file_sha256
 
 if TYPE_CHECKING:
     from .config import TrainConfig, TrainResult
+    from .init_adapter import InitAdapter
 
 METADATA_FILE = "training_metadata.json"
 
@@ -112,6 +113,7 @@ def write_metadata(
     result: TrainResult,
     targets: list[str],
     base_fingerprint: str,
+    init: InitAdapter | None = None,
 ) -> Path:
     """Beside the adapter: enough to know what it is and to reproduce it."""
     import peft
@@ -120,6 +122,7 @@ def write_metadata(
 
     from .. import __version__
     from ..registry.base_model import canonical_base_name
+    from .data import sampled_file
     from .loop import config_summary
 
     metadata = {
@@ -127,8 +130,15 @@ def write_metadata(
         "base_model": canonical_base_name(config.base),
         "base_fingerprint": base_fingerprint,
         "datasets": [
-            {"path": str(p), "sha256": file_sha256(Path(p)), "format": formats.get(str(p))} for p in config.data
+            {
+                "path": str(p),
+                "sha256": file_sha256(sampled_file(p)[0]),
+                "format": formats.get(str(sampled_file(p)[0])),
+                "sampled": sampled_file(p)[1],
+            }
+            for p in config.data
         ],
+        "init_adapter": init.summary() if init is not None else None,  # what training continued from
         "examples": counts,
         "hyperparameters": {**config_summary(config), "target_modules": targets},
         "steps": result.steps,

@@ -58,6 +58,8 @@ class TrainConfig:
     eval_set: str | None = None  # a test set: the published adapter carries it as its eval gate
     gate_min: dict[str, float] = field(default_factory=dict)  # metric -> minimum mean score
     gate_max_drop: dict[str, float] = field(default_factory=dict)  # metric -> allowed drop vs serving
+    init_adapter: str | None = None  # continue from this adapter (NAME, NAME@N or a path): init_adapter.py
+    canary: int | None = None  # publish as a canary taking this percentage of users (a split file)
 
     @property
     def run_dir(self) -> Path:

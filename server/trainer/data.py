@@ -21,6 +21,7 @@ turn whose value is ``{"name", "arguments"}`` (ShareGPT, LLaMA-Factory's convent
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -74,44 +75,75 @@ class RecordError(ValueError):
     pass
 
 
+def sampled_file(spec: str | Path) -> tuple[Path, int | None]:
+    """``data.jsonl#200`` is (data.jsonl, 200): that many examples of the file (ms-swift's mixing
+    syntax); a file whose own name ends in ``#N`` is taken as it is."""
+    text = str(spec)
+    name, hash_sign, count = text.rpartition("#")
+    if hash_sign and count.isdigit() and not Path(text).exists():
+        return Path(name), int(count)
+    return Path(text), None
+
+
 def load_files(
     paths: Sequence[str | Path],
     *,
     format: Format = "auto",
     system: str | None = None,
     placeholders: dict[str, str] | None = None,
+    seed: int = 0,
 ) -> Dataset:
-    """Read and validate every record of every file; nothing is dropped without an error line."""
+    """Read and validate every record of every file; nothing is dropped without an error line.
+    A ``FILE#N`` takes N of the file's valid examples: a random sample (by ``seed``) when it has
+    more, every example and then repeats of a sample when it has fewer (to weight a small set up)."""
     dataset = Dataset()
-    for path in map(Path, paths):
-        records: list[tuple[int, Any]] = []
-        try:
-            records.extend(_records(path))
-        except (OSError, UnicodeDecodeError) as exc:
-            dataset.errors.append(f"{path}:0: cannot read the file ({exc})")
-            continue
-        except RecordError as exc:  # an unreadable JSON array: what came before it is still checked
-            dataset.errors.append(f"{path}:{exc}")
-        file_format = format if format != "auto" else _detect(records)
-        dataset.formats[str(path)] = file_format or "unknown"
-        for line, record in records:
-            where = f"{path}:{line}"
-            if isinstance(record, RecordError):
-                dataset.errors.append(f"{where}: {record}")
-                continue
-            try:
-                if file_format is None:
-                    raise RecordError(f"cannot tell the format of this file; pass --format ({', '.join(FORMATS)})")
-                messages = _CONVERTERS[file_format](record)
-                messages = _apply_system(messages, system)
-                messages = [_fill(m, placeholders or {}) for m in messages]
-                _check(messages)
-                tools = _tools(record)
-            except RecordError as exc:
-                dataset.errors.append(f"{where}: {exc}")
-                continue
-            dataset.conversations.append(Conversation(tuple(messages), where, tools))
+    for spec in paths:
+        path, sample = sampled_file(spec)
+        first = len(dataset.conversations)
+        _load_file(dataset, path, format, system, placeholders)
+        if sample is not None:
+            dataset.conversations[first:] = _sample(dataset.conversations[first:], sample, seed)
     return dataset
+
+
+def _sample(conversations: list[Conversation], count: int, seed: int) -> list[Conversation]:
+    rng = random.Random(seed)
+    if count <= len(conversations):
+        return rng.sample(conversations, count)
+    repeats, rest = divmod(count, len(conversations)) if conversations else (0, 0)
+    return conversations * repeats + rng.sample(conversations, rest)
+
+
+def _load_file(
+    dataset: Dataset, path: Path, format: Format, system: str | None, placeholders: dict[str, str] | None
+) -> None:
+    records: list[tuple[int, Any]] = []
+    try:
+        records.extend(_records(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        dataset.errors.append(f"{path}:0: cannot read the file ({exc})")
+        return
+    except RecordError as exc:  # an unreadable JSON array: what came before it is still checked
+        dataset.errors.append(f"{path}:{exc}")
+    file_format = format if format != "auto" else _detect(records)
+    dataset.formats[str(path)] = file_format or "unknown"
+    for line, record in records:
+        where = f"{path}:{line}"
+        if isinstance(record, RecordError):
+            dataset.errors.append(f"{where}: {record}")
+            continue
+        try:
+            if file_format is None:
+                raise RecordError(f"cannot tell the format of this file; pass --format ({', '.join(FORMATS)})")
+            messages = _CONVERTERS[file_format](record)
+            messages = _apply_system(messages, system)
+            messages = [_fill(m, placeholders or {}) for m in messages]
+            _check(messages)
+            tools = _tools(record)
+        except RecordError as exc:
+            dataset.errors.append(f"{where}: {exc}")
+            continue
+        dataset.conversations.append(Conversation(tuple(messages), where, tools))
 
 
 def _records(path: Path) -> Iterator[tuple[int, Any]]:

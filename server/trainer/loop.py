@@ -24,16 +24,18 @@ from ..devices import resolve_device, resolve_dtype
 from ..evaluation.gate import plan_gate, write_gate
 from ..registry.base_model import BaseModelSpec, canonical_base_name
 from ..registry.dry_run import check_adapter
+from ..registry.validation import SPLIT_FILE
 from .artifacts import RunLog, checkpoint_dirs, nearest_vllm_rank, write_metadata
 from .config import TrainConfig, TrainingError, TrainingInterrupted, TrainResult
 from .data import load_files
+from .init_adapter import resolve_init_adapter
 from .template import IGNORE, Example, fit
 
 logger = logging.getLogger(__name__)
 
 
 def train(config: TrainConfig) -> TrainResult:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
     started = time.perf_counter()
@@ -44,7 +46,9 @@ def train(config: TrainConfig) -> TrainResult:
 
     # 1. Data: every record validated before anything is loaded onto a device.
     placeholders = {k: v for k, v in (("NAME", config.model_name), ("AUTHOR", config.model_author)) if v}
-    dataset = load_files(config.data, format=config.format, system=config.system, placeholders=placeholders)
+    dataset = load_files(
+        config.data, format=config.format, system=config.system, placeholders=placeholders, seed=config.seed
+    )
     if dataset.errors:
         raise TrainingError("bad training data:\n" + "\n".join(dataset.errors))
     if len(dataset.conversations) < 10 and not config.allow_small:
@@ -53,6 +57,9 @@ def train(config: TrainConfig) -> TrainResult:
             "(as OpenAI's fine-tuning requires). Pass --allow-small to train anyway."
         )
 
+    init = resolve_init_adapter(config.init_adapter, config.adapters_dir) if config.init_adapter else None
+    if config.canary is not None and not 0 < config.canary < 100:
+        raise TrainingError(f"--canary {config.canary}: a percentage between 1 and 99")
     gate = None
     if config.eval_set:  # checked now, not after an hour of training
         try:
@@ -101,21 +108,28 @@ def train(config: TrainConfig) -> TrainResult:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     model = AutoModelForCausalLM.from_pretrained(config.base, dtype=dtype).to(device)  # type: ignore[arg-type]
-    targets = _target_modules(model, config.target_modules)
-    nearest = nearest_vllm_rank(config.rank)
-    if nearest != config.rank:
-        logger.warning(
-            "rank %d is not in vLLM's allowed max_lora_rank set; the nearest allowed value is %d", config.rank, nearest
+    if init is not None:  # the existing adapter's weights, rank and targets, trainable again
+        model = PeftModel.from_pretrained(model, str(init.path), is_trainable=True)
+        targets = init.target_modules
+        print(f"continuing from {init.path} (rank {init.rank}, sha256 {init.sha256[:12]})")
+    else:
+        targets = _target_modules(model, config.target_modules)
+        nearest = nearest_vllm_rank(config.rank)
+        if nearest != config.rank:
+            logger.warning(
+                "rank %d is not in vLLM's allowed max_lora_rank set; the nearest allowed value is %d",
+                config.rank,
+                nearest,
+            )
+        lora = LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
         )
-    lora = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        target_modules=targets,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+        model = get_peft_model(model, lora)
     model.config.use_cache = False
 
     # 4. Optimiser and schedule, in optimizer steps (one step = grad_accum micro-batches).
@@ -220,7 +234,11 @@ def train(config: TrainConfig) -> TrainResult:
         tokens_seen / max(time.perf_counter() - loop_started, 1e-9),
         counts,
     )
-    write_metadata(adapter_dir, config, dataset.formats, counts, result, targets, base.fingerprint)
+    write_metadata(adapter_dir, config, dataset.formats, counts, result, targets, base.fingerprint, init)
+    if init is not None:
+        init.carry_profile(adapter_dir)
+    if config.canary is not None:  # the gateway splits users between this version and the serving one
+        (adapter_dir / SPLIT_FILE).write_text(json.dumps({"canary": config.canary}))
     if gate is not None and config.eval_set:
         write_gate(adapter_dir, config.eval_set, gate)  # the gateway runs it before serving this version
     log.plot()

@@ -1,0 +1,273 @@
+"""Conversations and the feedback on them, in SQLite (default) or any SQLAlchemy URL (PostgreSQL).
+
+Capturing a conversation is on the path of every answered request, so it never waits on the
+database: rows go to a list that a writer thread inserts in batches (``executemany`` in one
+transaction), and a burst costs one commit, not one per request. Feedback, which a client waits
+for anyway, is written at once, after the pending conversations, so a rating given right after
+its answer always finds it. The list is bounded: if the database stalls, the oldest captures are
+dropped (counted and logged), never the gateway's memory.
+
+One store may be shared by several gateways (PostgreSQL, or one SQLite file on one host): rows are
+keyed by completion id, which every gateway draws at random.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Integer, cast, create_engine, delete, event, func, insert, select
+from sqlalchemy.engine import make_url
+
+from .schema import conversations, feedback, metadata
+
+logger = logging.getLogger(__name__)
+
+_MAX_PENDING = 10_000
+_BATCH_WAIT_S = 0.05
+
+
+@dataclass(frozen=True)
+class Conversation:
+    completion_id: str
+    model: str
+    adapter: str | None
+    version: int | None
+    sha256: str | None
+    end_user: str | None
+    source: str
+    messages: list[dict[str, Any]]
+    answer: str
+    created: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Rating:
+    rating: int
+    scale: str  # thumbs (-1/+1) or stars (1-5)
+    comment: str | None = None
+    correction: str | None = None
+    source: str = "api"
+    end_user: str | None = None
+
+    @property
+    def negative(self) -> bool:
+        return self.rating < 0 if self.scale == "thumbs" else self.rating <= 2
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A feedback row as written, with the conversation it rates."""
+
+    id: int
+    rating: Rating
+    conversation: Conversation
+
+
+class FeedbackStore:
+    def __init__(self, url: str, *, retention_days: float = 30.0) -> None:
+        self.url = url
+        self.retention_s = retention_days * 86400
+        self.engine = _engine(url)
+        metadata.create_all(self.engine)
+        self.dropped = 0  # captures dropped because the database could not keep up
+        self._pending: list[dict[str, Any]] = []
+        self._lock = threading.Lock()  # guards _pending
+        self._flushing = threading.Lock()  # one batch insert at a time, in capture order
+        self._wake = threading.Event()
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="feedback-writer", daemon=True)
+        self._writer.start()
+
+    # ------------------------------------------------------------------ writing
+
+    def capture(self, conversation: Conversation) -> None:
+        """Queue a conversation for the writer; never blocks on the database."""
+        row = asdict(conversation)
+        row["messages"] = json.dumps(row["messages"], ensure_ascii=False)
+        with self._lock:
+            if len(self._pending) >= _MAX_PENDING:
+                del self._pending[0]
+                self.dropped += 1
+                if self.dropped in (1, 100) or self.dropped % 10_000 == 0:
+                    logger.warning(
+                        "feedback store: %d captured conversations dropped (the database is slow)", self.dropped
+                    )
+            self._pending.append(row)
+        self._wake.set()
+
+    def flush(self) -> None:
+        """Insert every pending conversation now (the writer does so within 50 ms anyway)."""
+        with self._flushing:
+            with self._lock:
+                rows, self._pending = self._pending, []
+            if rows:
+                with self.engine.begin() as connection:
+                    connection.execute(insert(conversations), rows)
+
+    def add(self, completion_id: str, rating: Rating) -> Stored:
+        """Store ``rating`` for a captured completion; ``LookupError`` when there is none (never
+        captured, or deleted by retention)."""
+        self.flush()
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                select(conversations).where(conversations.c.completion_id == completion_id)
+            ).first()
+            if row is None:
+                raise LookupError(completion_id)
+            conversation = _conversation(row._mapping)
+            values = {
+                "completion_id": completion_id,
+                "adapter": conversation.adapter,
+                "version": conversation.version,
+                "end_user": rating.end_user or conversation.end_user,
+                "rating": rating.rating,
+                "scale": rating.scale,
+                "negative": rating.negative,
+                "comment": rating.comment,
+                "correction": rating.correction,
+                "source": rating.source,
+                "created": time.time(),
+            }
+            new_id = connection.execute(insert(feedback).values(values).returning(feedback.c.id)).scalar_one()
+        return Stored(int(new_id), rating, conversation)
+
+    def purge(self, now: float | None = None) -> int:
+        """Delete conversations past the retention period; returns how many went."""
+        cutoff = (now or time.time()) - self.retention_s
+        with self.engine.begin() as connection:
+            return int(connection.execute(delete(conversations).where(conversations.c.created < cutoff)).rowcount or 0)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self._writer.join(timeout=10)
+        try:
+            self.flush()
+        finally:
+            self.engine.dispose()
+
+    def _write_loop(self) -> None:
+        while not self._closed:
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            time.sleep(_BATCH_WAIT_S)  # let a burst gather into one transaction
+            try:
+                self.flush()
+            except Exception:  # the database is down: keep the rows pending (bounded) and retry
+                logger.exception("feedback store: writing captured conversations failed; retrying")
+                time.sleep(1.0)
+
+    # ------------------------------------------------------------------ reading
+
+    def conversation(self, completion_id: str) -> Conversation | None:
+        self.flush()
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(conversations).where(conversations.c.completion_id == completion_id)
+            ).first()
+        return None if row is None else _conversation(row._mapping)
+
+    def rated(
+        self, adapter: str, *, since: float | None = None, negative: bool = False, version: int | None = None
+    ) -> list[tuple[dict[str, Any], Conversation | None]]:
+        """Feedback rows of ``adapter`` (newest first) with their conversations, where still kept."""
+        columns = [c.label(f"f_{c.name}") for c in feedback.c] + [c.label(f"c_{c.name}") for c in conversations.c]
+        query = (
+            select(*columns)
+            .select_from(feedback.outerjoin(conversations, feedback.c.completion_id == conversations.c.completion_id))
+            .where(feedback.c.adapter == adapter)
+            .order_by(feedback.c.created.desc())
+        )
+        if since is not None:
+            query = query.where(feedback.c.created >= since)
+        if negative:
+            query = query.where(feedback.c.negative.is_(True))
+        if version is not None:
+            query = query.where(feedback.c.version == version)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        out = []
+        for row in rows:
+            mapping = row._mapping
+            rating = {c.name: mapping[f"f_{c.name}"] for c in feedback.c}
+            kept = mapping["c_messages"] is not None
+            conversation = _conversation({c.name: mapping[f"c_{c.name}"] for c in conversations.c}) if kept else None
+            out.append((rating, conversation))
+        return out
+
+    def counts(self, adapter: str, since: float | None = None) -> dict[int | None, dict[str, Any]]:
+        """Per version of ``adapter``: feedback count, negatives, and the mean of star ratings."""
+        query = (
+            select(
+                feedback.c.version,
+                func.count(),
+                func.sum(cast(feedback.c.negative, Integer)),
+                func.avg(feedback.c.rating).filter(feedback.c.scale == "stars"),
+            )
+            .where(feedback.c.adapter == adapter)
+            .group_by(feedback.c.version)
+        )
+        if since is not None:
+            query = query.where(feedback.c.created >= since)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return {
+            version: {"count": int(count), "negative": int(negative or 0), "mean_stars": stars}
+            for version, count, negative, stars in rows
+        }
+
+    def served(self, adapter: str, since: float | None = None) -> dict[int | None, int]:
+        """Captured (answered) conversations per version of ``adapter``."""
+        query = (
+            select(conversations.c.version, func.count())
+            .where(conversations.c.adapter == adapter)
+            .group_by(conversations.c.version)
+        )
+        if since is not None:
+            query = query.where(conversations.c.created >= since)
+        self.flush()
+        with self.engine.connect() as connection:
+            return {version: int(count) for version, count in connection.execute(query).all()}
+
+
+def _conversation(row: Any) -> Conversation:
+    return Conversation(
+        completion_id=row["completion_id"],
+        model=row["model"],
+        adapter=row["adapter"],
+        version=row["version"],
+        sha256=row["sha256"],
+        end_user=row["end_user"],
+        source=row["source"],
+        messages=json.loads(row["messages"]),
+        answer=row["answer"],
+        created=float(row["created"]),
+    )
+
+
+def _engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL (readers never block the writer), NORMAL sync (a
+    power cut may lose the last transactions, never corrupt the file) and a busy timeout, so
+    several processes can share one file."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    return engine

@@ -1,0 +1,141 @@
+"""The feedback store on SQLite, and on a real PostgreSQL server when one can be started here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.feedback import Conversation, FeedbackStore, Rating
+from server.feedback.export import export
+from server.feedback.report import parse_since, report
+from tests.support import free_port
+
+
+def conversation(cid: str, version: int = 1, answer: str = "an answer", **overrides: object) -> Conversation:
+    values: dict[str, object] = {
+        "completion_id": cid,
+        "model": "shop",
+        "adapter": "shop",
+        "version": version,
+        "sha256": "ab" * 32,
+        "end_user": "u1",
+        "source": "api",
+        "messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": f"question {cid}"}],
+        "answer": answer,
+    }
+    values.update(overrides)
+    return Conversation(**values)  # type: ignore[arg-type]
+
+
+def exercise(store: FeedbackStore, tmp_path: Path) -> None:
+    """What every backend must do the same way."""
+    for i in range(6):
+        store.capture(conversation(f"c{i}", version=1 if i < 3 else 2))
+    # A rating right after its answer finds it, though the writer may not have run yet.
+    stored = store.add("c0", Rating(-1, "thumbs", "wrong", "The right answer."))
+    assert stored.conversation.version == 1 and stored.rating.negative and stored.id >= 1
+    store.add("c1", Rating(1, "thumbs"))
+    store.add("c3", Rating(2, "stars", "meh"))
+    store.add("c4", Rating(5, "stars"))
+    with pytest.raises(LookupError):
+        store.add("nope", Rating(1, "thumbs"))
+
+    data = report(store, "shop")
+    by_version = {row["version"]: row for row in data["versions"]}
+    assert by_version[1] | {} == {
+        "version": 1,
+        "answered": 3,
+        "feedback": 2,
+        "positive": 1,
+        "negative": 1,
+        "negative_rate": 0.5,
+        "mean_stars": None,
+    }
+    assert by_version[2]["negative"] == 1 and by_version[2]["mean_stars"] == 3.5
+    assert [w["completion_id"] for w in data["worst"]] == ["c0", "c3"]  # a thumbs down ranks as one star
+    assert data["worst"][0]["question"] == "question c0" and data["worst"][0]["correction"] == "The right answer."
+
+    done = export(store, "shop", tmp_path / "out", negative=True)
+    assert (done.corrected, done.to_review, done.expired) == (1, 1, 0)
+    lines = done.dataset.read_text().splitlines()
+    assert '"content": "The right answer."' in lines[0] and '"role": "system"' in lines[0]
+    assert '"answer_given": "an answer"' in done.review.read_text()
+
+    assert store.purge(now=time.time() + 31 * 86400) == 6  # conversations go; the ratings stay counted
+    assert report(store, "shop")["versions"][-1]["feedback"] == 2
+    assert export(store, "shop", tmp_path / "later").expired == 4
+
+
+def test_sqlite(tmp_path: Path) -> None:
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'deep' / 'feedback.db'}")
+    try:
+        exercise(store, tmp_path)
+    finally:
+        store.close()
+    reopened = FeedbackStore(f"sqlite:///{tmp_path / 'deep' / 'feedback.db'}")  # durable across a restart
+    try:
+        assert report(reopened, "shop")["versions"][0]["feedback"] == 2
+    finally:
+        reopened.close()
+
+
+def test_periods_are_parsed_or_refused() -> None:
+    assert parse_since("7d", 1_000_000) == 1_000_000 - 7 * 86400 and parse_since("30m", 100) == 100 - 1800
+    for bad in ("7", "d", "-1d", "7y", ""):
+        with pytest.raises(ValueError, match="30m, 24h, 7d or 2w"):
+            parse_since(bad, 0)
+
+
+def _postgres_tools() -> Path | None:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").is_file():
+            return candidate
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on loopback (run as the ``postgres`` user when we are root)."""
+    tools = _postgres_tools()
+    if tools is None:
+        if os.environ.get("LORA_GATEWAY_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is required here (LORA_GATEWAY_REQUIRE_POSTGRES) but initdb is not installed")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg")
+    data = Path(tempfile.mkdtemp(prefix="lora-gateway-pg-"))  # not under pytest's root-only tmp: postgres reads it
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    subprocess.run(
+        [*prefix, str(tools / "initdb"), "-D", str(data), "-U", "gw", "-A", "trust"], check=True, capture_output=True
+    )
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {data}"
+    subprocess.run(
+        [*prefix, str(tools / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(data / "log"), "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://gw@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*prefix, str(tools / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
+
+
+def test_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    store = FeedbackStore(postgres_url)
+    try:
+        exercise(store, tmp_path)
+    finally:
+        store.close()
