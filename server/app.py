@@ -19,7 +19,7 @@ from .api.errors import count_refusal, install_error_handlers
 from .api.limits import BodyLimitMiddleware
 from .engine.base import Engine
 from .errors import first_line
-from .evaluation.ratings import PLAYGROUND_RATINGS, RatingStore
+from .evaluation.ratings import PLAYGROUND_RATINGS, DatabaseRatings, RatingStore
 from .feedback import FEEDBACK_DB, FeedbackStore
 from .gateway import Gateway
 from .integrations.wecom.config import WeComConfigError, load_wecom_settings
@@ -153,7 +153,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         url = settings.feedback_db or f"sqlite:///{(settings.adapters_dir / FEEDBACK_DB).absolute()}"
         gateway.feedback = FeedbackStore(url, retention_days=settings.feedback_retention_days)
     if settings.playground:
-        gateway.ratings = RatingStore(settings.ratings_file or settings.adapters_dir / PLAYGROUND_RATINGS)
+        if gateway.feedback is not None and settings.ratings_file is None:
+            gateway.ratings = DatabaseRatings(gateway.feedback)  # beside users' ratings, shared by gateways
+        else:
+            gateway.ratings = RatingStore(settings.ratings_file or settings.adapters_dir / PLAYGROUND_RATINGS)
         app.include_router(playground.page)
         app.include_router(playground.router)
     if wecom is not None:

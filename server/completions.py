@@ -216,11 +216,14 @@ async def complete(
     default_max_tokens: int | None = None,
     user: str | None = None,
     source: str = "api",
+    completion: str | None = None,
 ) -> ChatCompletionResponse:
     """One whole (non-streaming) chat completion.
 
     ``on_text(choice_index, piece)`` sees each piece of text as it is generated: callers that cannot
     hold an HTTP stream open (WeCom's AI bot polls for the answer so far) follow progress with it.
+    ``completion`` sets the answer's id (an integration that gave its user a feedback id before
+    the answer existed); ``source`` is kept with the conversation when feedback capture is on.
     Cancelling the call stops the generation and counts the request as aborted. An upstream lost
     mid-answer (remote engine) is retried elsewhere when nothing reached the caller (no ``on_text``).
     """
@@ -230,7 +233,7 @@ async def complete(
             retries = 0
             while True:
                 try:
-                    return await _complete(gateway, admitted, on_text)
+                    return await _complete(gateway, admitted, on_text, completion)
                 except UpstreamLost:
                     retries += 1
                     if on_text is not None or retries > _RETRIES_AFTER_UPSTREAM_LOSS:
@@ -248,7 +251,7 @@ async def complete(
 
 
 async def _complete(
-    gateway: Gateway, admitted: _Admitted, on_text: Callable[[int, str], None] | None
+    gateway: Gateway, admitted: _Admitted, on_text: Callable[[int, str], None] | None, completion: str | None = None
 ) -> ChatCompletionResponse:
     sampling = admitted.generation.sampling
     choices = [Choice(sampling.logprobs is not None) for _ in range(sampling.n)]
@@ -264,7 +267,7 @@ async def _complete(
     admitted.observer.success(info)
     response = ChatCompletionResponse(
         system_fingerprint=admitted.fingerprint,
-        id=completion_id(),
+        id=completion or completion_id(),
         created=now(),
         model=admitted.model,
         choices=[choice.choice(i) for i, choice in enumerate(choices)],

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .engine.base import Engine
-from .evaluation.ratings import RatingStore
+from .evaluation.ratings import DatabaseRatings, RatingStore
 from .feedback import FeedbackStore
 from .metrics import GatewayMetrics
 from .registry import AdapterRegistry
@@ -31,7 +31,8 @@ class Gateway:
     started: int = field(default_factory=lambda: int(time.time()))
     background: list[asyncio.Task[None]] = field(default_factory=list)
     watcher: AdapterWatcher | None = None  # set once the base is loaded
-    ratings: RatingStore | None = None  # the playground's blind ratings (None: --no-playground)
+    # The playground's blind ratings (None: --no-playground): the feedback database with --feedback
+    ratings: RatingStore | DatabaseRatings | None = None
     feedback: FeedbackStore | None = None  # captured conversations and their ratings (None: --feedback off)
     # /v1/models serialized once per registry change, with paths (admin keys) and without
     models_json: dict[bool, tuple[object, bytes]] = field(default_factory=dict)

@@ -10,10 +10,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import InvalidRequest, NotFound
-from ..feedback import FeedbackStore, Rating
+from ..errors import InvalidRequest
+from ..feedback import Rating
+from ..feedback.recording import record, store_of
 from ..feedback.report import parse_since, report
-from ..gateway import Gateway
 from .admin import require_admin_key
 from .deps import GatewayDep, require_api_key
 
@@ -42,45 +42,6 @@ def rating_of(body: FeedbackRequest, source: str = "api") -> Rating:
             code="invalid_rating",
         )
     return Rating(body.rating, scale, body.comment or None, body.correction or None, source, body.user)
-
-
-def store_of(gateway: Gateway) -> FeedbackStore:
-    if gateway.feedback is None:
-        raise NotFound(
-            "Feedback is off on this gateway: start it with --feedback to capture answers so they can be rated.",
-            code="feedback_disabled",
-        )
-    return gateway.feedback
-
-
-async def record(gateway: Gateway, completion_id: str, rating: Rating) -> dict[str, Any]:
-    """Store a rating (the API, WeCom and the playground all come here) and tell the canary watch."""
-    store = store_of(gateway)
-    try:
-        stored = await asyncio.to_thread(store.add, completion_id, rating)
-    except LookupError:
-        raise NotFound(
-            f"No answer with id {completion_id!r} is kept: it was not captured (feedback capture was off, "
-            "or another gateway's database answered it) or it is past the retention period.",
-            param="completion_id",
-            code="completion_not_found",
-        ) from None
-    conversation = stored.conversation
-    entry = gateway.registry.get(conversation.adapter) if conversation.adapter else None
-    if entry is not None and entry.split is not None and conversation.version is not None:
-        gateway.registry.rollouts.watch.feedback(entry.split, conversation.version, rating.negative)
-    return {
-        "id": f"feedback-{stored.id}",
-        "object": "feedback",
-        "completion_id": completion_id,
-        "rating": rating.rating,
-        "scale": rating.scale,
-        "negative": rating.negative,
-        "model": conversation.model,
-        "adapter": conversation.adapter,
-        "version": conversation.version,
-        "created": int(time.time()),
-    }
 
 
 @router.post("/v1/feedback")

@@ -56,7 +56,8 @@ def add_eval_parser(commands: Any) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="Raters' filled sheets (CSV) for run --name, or the playground's ratings file (.jsonl).",
+        help="Raters' filled sheets (CSV) for run --name, the playground's ratings file (.jsonl), "
+        "or the feedback database's URL (a gateway run with --feedback keeps the playground's ratings there).",
     )
     p.set_defaults(func=run_eval)
 
@@ -176,13 +177,13 @@ def _import_ratings(args: argparse.Namespace) -> int:
     if not args.name:
         raise SystemExit("eval: --import-ratings needs --name: the run whose sheet was rated")
     out = Path(args.out) / args.name
-    paths = [Path(p) for p in args.import_ratings]
     rubric = load_rubric(args.rubric)
+    playground = [p for p in args.import_ratings if "://" in p or p.endswith(".jsonl")]
     try:
-        sheets = [p for p in paths if p.suffix != ".jsonl"]
+        sheets = [Path(p) for p in args.import_ratings if p not in playground]
         human = merge_ratings(
             import_sheets(out, sheets, rubric) if sheets else {},
-            import_playground([p for p in paths if p.suffix == ".jsonl"], rubric),
+            import_playground(list(playground), rubric),
         )
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     except (RatingError, OSError, ValueError) as exc:

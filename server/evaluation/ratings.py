@@ -17,11 +17,14 @@ import secrets
 import statistics
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .judge import Rubric
 from .runner import Answer
 from .testset import EvalItem
+
+if TYPE_CHECKING:
+    from ..feedback.store import FeedbackStore
 
 SHEET, KEY = "rating_sheet.csv", "rating_key.json"
 
@@ -113,13 +116,40 @@ class RatingStore:
                 os.fsync(file.fileno())
 
 
-def import_playground(paths: list[Path], rubric: Rubric) -> dict[str, Any]:
+class DatabaseRatings:
+    """The playground's ratings in the feedback database (``--feedback``), beside users' ratings,
+    so several gateways share them; ``eval --import-ratings DATABASE_URL`` reads them."""
+
+    def __init__(self, store: FeedbackStore) -> None:
+        self.store = store
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        self.store.add_playground(records)
+
+
+def _playground_lines(source: str | Path) -> list[tuple[str, str]]:
+    """(where, JSON text) of each rating in a ``.jsonl`` file or a feedback database URL."""
+    if "://" in str(source):
+        from ..feedback.store import FeedbackStore
+
+        store = FeedbackStore(str(source))
+        try:
+            return [(f"{source}#{i}", text) for i, text in store.playground_records()]
+        finally:
+            store.close()
+    path = Path(source)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [(f"{path}:{n}", text) for n, text in enumerate(lines, start=1)]
+
+
+def import_playground(sources: list[str | Path], rubric: Rubric) -> dict[str, Any]:
     """Per model: the mean over the questions it was rated on of the raters' trimmed mean total
-    (a rater's latest rating of an answer counts once), as ``import_sheets`` gives for sheets."""
+    (a rater's latest rating of an answer counts once), as ``import_sheets`` gives for sheets.
+    ``sources`` are ``.jsonl`` files and feedback database URLs."""
     latest: dict[tuple[str, str, str], float] = {}
     names = {c.name for c in rubric.criteria}
-    for path in paths:
-        for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for source in sources:
+        for where, text in _playground_lines(source):
             if not text.strip():
                 continue
             try:
@@ -129,7 +159,7 @@ def import_playground(paths: list[Path], rubric: Rubric) -> dict[str, Any]:
                     raise ValueError(f"scores for {sorted(scores)}, the rubric has {sorted(names)}")
                 key = (str(record["model"]), str(record["question"]), str(record.get("rater") or record["session"]))
             except (ValueError, KeyError, TypeError) as exc:
-                raise RatingError(f"{path}:{line}: not a playground rating ({exc})") from None
+                raise RatingError(f"{where}: not a playground rating ({exc})") from None
             latest[key] = float(sum(scores.values()))
     per_question: dict[tuple[str, str], list[float]] = {}
     for (model, question, _rater), total in latest.items():

@@ -3,9 +3,10 @@
 ``conversations``: one row per answered chat completion while feedback capture is on (the prompt
 messages as JSON, the answer, which model and version answered, the end user), deleted after the
 retention period. ``feedback``: one row per rating of a completion, kept after its conversation
-is deleted (without it, it still counts in the per-version report). ``ratings``: the
-playground's blind rubric scores (``server.evaluation``). Times are UNIX seconds (floats), which
-both databases compare the same way. The README's "Feedback" section documents these columns.
+is deleted (without it, it still counts in the per-version report). ``playground_ratings``: the
+playground's blind rubric scores, which ``lora-gateway eval --import-ratings URL`` reads. Times are
+UNIX seconds (floats), which both databases compare the same way. The README's "Feedback"
+section documents these columns.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ conversations = Table(
     Column("created", Float, nullable=False),
     Index("conversations_created", "created"),
     Index("conversations_adapter", "adapter", "version"),
+)
+
+playground_ratings = Table(
+    "playground_ratings",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("record", Text, nullable=False),  # one blind rating as the playground sends it, JSON
+    Column("created", Float, nullable=False),
 )
 
 feedback = Table(

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Engine, Integer, cast, create_engine, delete, event, func, insert, select
 from sqlalchemy.engine import make_url
 
-from .schema import conversations, feedback, metadata
+from .schema import conversations, feedback, metadata, playground_ratings
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,18 @@ class FeedbackStore:
             }
             new_id = connection.execute(insert(feedback).values(values).returning(feedback.c.id)).scalar_one()
         return Stored(int(new_id), rating, conversation)
+
+    def add_playground(self, records: list[dict[str, Any]]) -> None:
+        """The playground's blind ratings (``evaluation/ratings.py`` reads them back)."""
+        rows = [{"record": json.dumps(r, ensure_ascii=False, sort_keys=True), "created": time.time()} for r in records]
+        with self.engine.begin() as connection:
+            connection.execute(insert(playground_ratings), rows)
+
+    def playground_records(self) -> list[tuple[int, str]]:
+        """(id, JSON record) of every playground rating, oldest first."""
+        query = select(playground_ratings.c.id, playground_ratings.c.record).order_by(playground_ratings.c.id)
+        with self.engine.connect() as connection:
+            return [(int(i), str(r)) for i, r in connection.execute(query).all()]
 
     def purge(self, now: float | None = None) -> int:
         """Delete conversations past the retention period; returns how many went."""

@@ -114,3 +114,17 @@ def test_feedback_is_off_unless_asked_for(gateway_url: str) -> None:
     response = rate(gateway_url, completion_id="chatcmpl-x", rating=1)
     assert response.status_code == 404 and response.json()["error"]["code"] == "feedback_disabled"
     assert "--feedback" in response.json()["error"]["message"]
+
+
+def test_playground_ratings_land_in_the_feedback_database_that_eval_imports(live: tuple[str, Path]) -> None:
+    from server.evaluation.judge import DEFAULT_RUBRIC
+    from server.evaluation.ratings import import_playground
+
+    url, directory = live
+    scores = {"accuracy": 3, "politeness": 2, "completeness": 1, "proactivity": 0, "fluency": 2}
+    one = {"model": "shop", "question": "q", "answer": "a", "scores": scores, "position": 0}
+    response = httpx.post(f"{url}/v1/playground/ratings", json={"session": "s1", "ratings": [one]})
+    assert response.status_code == 201, response.text
+    assert not (directory / ".ratings.jsonl").exists()  # not in a file of its own: beside users' ratings
+    imported = import_playground([f"sqlite:///{directory / '.feedback.db'}"], DEFAULT_RUBRIC)
+    assert imported == {"shop": {"human_total": 8.0, "rated_answers": 1}}

@@ -47,6 +47,12 @@ class BotConfig(BaseModel):
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     apology: str = "Sorry, I could not answer just now. Please try again in a moment."
     unsupported_reply: str = "Sorry, I can only read text messages."
+    feedback_keywords: dict[str, Literal[-1, 1]] = Field(
+        default_factory=dict,
+        description="Messages that rate the bot's last answer to that user instead of asking a question, "
+        'e.g. {"👍": 1, "👎": -1} (needs the gateway\'s --feedback).',
+    )
+    feedback_reply: str = "Thank you for your feedback."
 
     @field_validator("token")
     @classmethod

@@ -105,6 +105,7 @@ class BotMessage:
     content: str
     stream_id: str | None
     chat_id: str = ""  # a group chat's id; empty in 1:1 chats
+    feedback: BotFeedback | None = None  # a feedback_event: a user's thumbs on an earlier answer
 
     @classmethod
     def from_json(cls, body: bytes) -> BotMessage:
@@ -135,12 +136,37 @@ class BotMessage:
             content=content,
             stream_id=stream_id,
             chat_id=chat_id if isinstance(chat_id, str) else "",
+            feedback=BotFeedback.from_event(data.get("event")) if msg_type == "event" else None,
         )
 
 
-def stream_reply(stream_id: str, content: str, finish: bool) -> bytes:
-    reply = {"msgtype": "stream", "stream": {"id": stream_id, "finish": finish, "content": content}}
-    return json.dumps(reply, ensure_ascii=False).encode()
+@dataclass(frozen=True)
+class BotFeedback:
+    """WeCom's ``feedback_event``: ``id`` is the one our answer's first stream reply set,
+    ``type`` 1 accurate, 2 inaccurate, 3 rating withdrawn; ``content`` the user's words."""
+
+    id: str
+    type: int
+    content: str
+
+    @classmethod
+    def from_event(cls, event: object) -> BotFeedback | None:
+        if not isinstance(event, dict) or event.get("eventtype") != "feedback_event":
+            return None
+        body = event.get("feedback_event")
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str) or body.get("type") not in (1, 2, 3):
+            raise MalformedMessage("A feedback_event needs an id and a type of 1, 2 or 3.", param="feedback_event")
+        content = body.get("content")
+        return cls(body["id"], int(body["type"]), content if isinstance(content, str) else "")
+
+
+def stream_reply(stream_id: str, content: str, finish: bool, feedback_id: str | None = None) -> bytes:
+    """An AI-bot stream reply; with ``feedback_id`` WeCom shows thumbs under the answer and sends
+    a ``feedback_event`` carrying that id when the user taps one."""
+    stream: dict[str, Any] = {"id": stream_id, "finish": finish, "content": content}
+    if feedback_id is not None:
+        stream["feedback"] = {"id": feedback_id}
+    return json.dumps({"msgtype": "stream", "stream": stream}, ensure_ascii=False).encode()
 
 
 def envelope(encrypted: str, msg_signature: str, timestamp: str, nonce: str) -> dict[str, str]:

@@ -19,12 +19,14 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ...api.protocol import ChatCompletionRequest, ChatMessage
 from ...completions import complete
-from ...errors import ContextLengthExceeded, NotFound
+from ...errors import ContextLengthExceeded, GatewayError, NotFound
+from ...feedback import Rating
+from ...feedback.recording import record
 from ...gateway import Gateway
 from .api import AppCredentials, WeComApi, WeComApiError
 from .config import BotConfig, WeComSettings
@@ -75,6 +77,7 @@ class StreamAnswer:
     raw: str = ""
     final: str | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    feedback_id: str | None = None  # the completion id WeCom's feedback_event will name (--feedback on)
 
     @property
     def text(self) -> str:
@@ -85,7 +88,9 @@ class StreamAnswer:
         return self.final is not None
 
     def reply(self) -> bytes:
-        return stream_reply(self.stream_id, truncate_utf8(self.text, STREAM_CONTENT_BYTES), self.finished)
+        return stream_reply(
+            self.stream_id, truncate_utf8(self.text, STREAM_CONTENT_BYTES), self.finished, self.feedback_id
+        )
 
     def finish(self, text: str) -> None:
         self.final = text
@@ -112,6 +117,10 @@ class WeComService:
         )
         # (bot, group chat id or "", user) -> the last exchanges, for bots with history_turns > 0
         self._conversations: ExpiringStore[tuple[str, str, str], Conversation] = ExpiringStore(
+            settings.conversation_seconds, settings.max_conversations
+        )
+        # (bot, group chat id or "", user) -> the id of the last answer, which a feedback keyword rates
+        self._last_answer: ExpiringStore[tuple[str, str, str], str] = ExpiringStore(
             settings.conversation_seconds, settings.max_conversations
         )
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -156,6 +165,11 @@ class WeComService:
         if message.msg_type != "text" or not message.content.strip():
             self._spawn(self._send(bot, message.user, bot.config.unsupported_reply))
             return "unsupported"
+        rating = bot.config.feedback_keywords.get(message.content.strip())
+        if rating is not None:
+            self._spawn(self._keyword_feedback(bot, (bot.name, "", message.user), rating, message.content))
+            self._spawn(self._send(bot, message.user, bot.config.feedback_reply))
+            return "feedback"
         self._spawn(self._answer_app(bot, message, time.perf_counter()))
         return "accepted"
 
@@ -167,15 +181,28 @@ class WeComService:
             reply, known = self._stream_now(bot, message.stream_id)
             return reply, "stream_refresh" if known else "stream_expired"
         if message.msg_type == "event":
-            return None, "ignored"
+            if message.feedback is None:
+                return None, "ignored"
+            _, new = self._seen.setdefault((bot.name, message.msg_id), "")
+            if new and message.feedback.type in (1, 2):  # 3: the user withdrew a rating; nothing to store
+                rating = Rating(1 if message.feedback.type == 1 else -1, "thumbs", message.feedback.content or None)
+                self._spawn(self._record(bot, message.feedback.id, replace(rating, end_user=message.user)))
+            return None, "feedback" if new else "duplicate"
         stream_id, new = self._seen.setdefault((bot.name, message.msg_id), secrets.token_hex(16))
         if not new:
             return self._stream_now(bot, stream_id)[0], "duplicate"
-        answer, _ = self._streams.setdefault(stream_id, StreamAnswer(stream_id))
+        feedback_id = f"chatcmpl-{stream_id}" if self.gateway.feedback is not None else None
+        answer, _ = self._streams.setdefault(stream_id, StreamAnswer(stream_id, feedback_id=feedback_id))
         if message.msg_type != "text" or not message.content.strip():
             answer.finish(bot.config.unsupported_reply)
             return answer.reply(), "unsupported"
         speaker = (bot.name, message.chat_id, message.user)
+        rating_word = bot.config.feedback_keywords.get(message.content.strip())
+        if rating_word is not None:
+            answer.feedback_id = None  # this reply is an acknowledgement, not an answer to rate
+            answer.finish(bot.config.feedback_reply)
+            self._spawn(self._keyword_feedback(bot, speaker, rating_word, message.content))
+            return answer.reply(), "feedback"
         answer.task = self._spawn(self._answer_stream(bot, answer, speaker, message.content, time.perf_counter()))
         return answer.reply(), "accepted"
 
@@ -209,7 +236,7 @@ class WeComService:
         def grow(index: int, piece: str) -> None:
             answer.raw += piece
 
-        text = await self._generate(bot, speaker, content, grow)
+        text = await self._generate(bot, speaker, content, grow, answer.feedback_id)
         if text is None:  # failed part-way: keep what the user saw, then apologise
             shown = answer.text
             answer.finish(f"{shown}\n\n{bot.config.apology}" if shown else bot.config.apology)
@@ -223,6 +250,7 @@ class WeComService:
         speaker: tuple[str, str, str],
         content: str,
         on_text: Callable[[int, str], None] | None = None,
+        completion: str | None = None,
     ) -> str | None:
         """The model's answer to ``content``, or None when it could not be had (logged, not raised).
 
@@ -241,6 +269,8 @@ class WeComService:
                         self._request(config, history, content, speaker[2]),
                         on_text,
                         default_max_tokens=config.max_tokens,
+                        source="wecom",
+                        completion=completion,
                     )
                     break
                 except ContextLengthExceeded:
@@ -253,6 +283,7 @@ class WeComService:
             logger.warning("wecom bot %s: no answer from model %s: %s", bot.name, config.model, exc)
             return None
         text = answer_text(response.choices[0].message.content or "")
+        self._last_answer.put(speaker, response.id)
         if config.history_turns and text:
             self._conversations.put(speaker, (*history, (content, text))[-config.history_turns :])
         return text
@@ -265,6 +296,20 @@ class WeComService:
         messages.append(ChatMessage(role="user", content=content))
         # The WeCom user id is the end user: it keeps them on one version under a traffic split.
         return ChatCompletionRequest(model=config.model, messages=messages, temperature=config.temperature, user=user)
+
+    async def _keyword_feedback(self, bot: Bot, speaker: tuple[str, str, str], rating: int, word: str) -> None:
+        """A feedback keyword rates the last answer this bot gave this user (in this chat)."""
+        completion = self._last_answer.get(speaker)
+        if completion is None:
+            logger.info("wecom bot %s: feedback %r with no recent answer to rate", bot.name, word)
+            return
+        await self._record(bot, completion, Rating(rating, "thumbs", None, None, "wecom", speaker[2]))
+
+    async def _record(self, bot: Bot, completion: str, rating: Rating) -> None:
+        try:
+            await record(self.gateway, completion, replace(rating, source="wecom"))
+        except GatewayError as exc:  # feedback off, or an answer no longer kept: logged, never raised
+            logger.warning("wecom bot %s: feedback on %s not stored: %s", bot.name, completion, exc)
 
     async def _send(self, bot: Bot, user: str, text: str) -> bool:
         try:

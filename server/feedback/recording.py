@@ -1,0 +1,56 @@
+"""Store one rating, whoever gives it: the HTTP API, a WeCom bot, the playground.
+
+One function so that every source gets the same 404 for an answer that is not kept and tells the
+canary watch (``registry/rollout.py``) the same way, whichever way the rating came in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import NotFound
+from .store import FeedbackStore, Rating
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+
+def store_of(gateway: Gateway) -> FeedbackStore:
+    if gateway.feedback is None:
+        raise NotFound(
+            "Feedback is off on this gateway: start it with --feedback to capture answers so they can be rated.",
+            code="feedback_disabled",
+        )
+    return gateway.feedback
+
+
+async def record(gateway: Gateway, completion_id: str, rating: Rating) -> dict[str, Any]:
+    """Store ``rating`` of the answer ``completion_id``; ``NotFound`` when that answer is not kept."""
+    store = store_of(gateway)
+    try:
+        stored = await asyncio.to_thread(store.add, completion_id, rating)
+    except LookupError:
+        raise NotFound(
+            f"No answer with id {completion_id!r} is kept: it was not captured (feedback capture was off, "
+            "or another gateway's database answered it) or it is past the retention period.",
+            param="completion_id",
+            code="completion_not_found",
+        ) from None
+    conversation = stored.conversation
+    entry = gateway.registry.get(conversation.adapter) if conversation.adapter else None
+    if entry is not None and entry.split is not None and conversation.version is not None:
+        gateway.registry.rollouts.watch.feedback(entry.split, conversation.version, rating.negative)
+    return {
+        "id": f"feedback-{stored.id}",
+        "object": "feedback",
+        "completion_id": completion_id,
+        "rating": rating.rating,
+        "scale": rating.scale,
+        "negative": rating.negative,
+        "model": conversation.model,
+        "adapter": conversation.adapter,
+        "version": conversation.version,
+        "created": int(time.time()),
+    }
