@@ -230,3 +230,23 @@ def test_tool_calling_data_reads_to_the_same_conversation(tmp_path: Path, fmt: s
     assert call["function"]["name"] == "get_order_status"
     assert json.loads(call["function"]["arguments"]) == {"order_id": "A1001"}
     assert conversation.messages[2].content == '{"status": "shipped"}'
+
+
+def test_file_hash_n_samples_that_many_examples_to_mix_datasets(tmp_path: Path) -> None:
+    big, small = tmp_path / "basics.jsonl", tmp_path / "complaints.jsonl"
+    big.write_text("".join(json.dumps({"query": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(50)))
+    small.write_text("".join(json.dumps({"query": f"c{i}", "response": f"r{i}"}) + "\n" for i in range(3)))
+    mixed = load_files([f"{big}#10", f"{small}#7"], seed=1)
+    assert not mixed.errors and len(mixed.conversations) == 17
+    sources = [c.source.split(":")[0] for c in mixed.conversations]
+    assert sources.count(str(big)) == 10 and sources.count(str(small)) == 7
+    assert len({c.source for c in mixed.conversations if c.source.startswith(str(big))}) == 10  # no repeats
+    assert {c.source for c in mixed.conversations if c.source.startswith(str(small))} == {
+        f"{small}:{n}" for n in (1, 2, 3)
+    }  # a small set is repeated up to its share, every example at least twice
+    seeded = [c.source for c in load_files([f"{big}#10"], seed=1).conversations]
+    assert seeded == [c.source for c in mixed.conversations[:10]]  # the same seed, the same sample
+    hashed = tmp_path / "odd#2"  # a file whose own name ends in #N is that file
+    hashed.write_text(json.dumps({"query": "q", "response": "a"}) + "\n")
+    assert len(load_files([hashed]).conversations) == 1
+    assert load_files([f"{tmp_path / 'missing.jsonl'}#5"]).errors[0].startswith(f"{tmp_path / 'missing.jsonl'}:0:")

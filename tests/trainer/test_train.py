@@ -250,3 +250,26 @@ def test_an_eval_set_is_checked_before_training_and_published_as_the_adapters_ga
     assert spec["min"] == {"exact": 0.5} and spec["max_drop"] == {} and spec["test_set"] == "eval_set.jsonl"
     gate = read_gate(result.published_to)  # the gateway reads it as written
     assert gate is not None and len(gate.items) == len(FACTS) and gate.items[0].reference == FACTS[0][1]
+
+
+def test_init_adapter_names_are_resolved_or_refused_before_training(
+    tmp_path: Path, trained_adapters: dict[str, Path]
+) -> None:
+    import shutil
+
+    from server.trainer.config import TrainingError
+    from server.trainer.init_adapter import resolve_init_adapter
+
+    adapters = tmp_path / "adapters"
+    shutil.copytree(trained_adapters["alpha"], adapters / "shop")
+    by_name = resolve_init_adapter("shop", adapters)
+    assert by_name.rank == 8 and set(by_name.target_modules) >= {"q_proj", "down_proj"}
+    assert resolve_init_adapter(str(trained_adapters["beta"]), adapters).path == trained_adapters["beta"]
+    for spec, why in (("nobody", "not a directory"), ("shop@3", "no kept version 3 of 'shop'")):
+        with pytest.raises(TrainingError, match=why):
+            resolve_init_adapter(spec, adapters)
+    (adapters / "pickled").mkdir()
+    (adapters / "pickled" / "adapter_config.json").write_text("{}")
+    (adapters / "pickled" / "adapter_model.bin").write_bytes(b"x")
+    with pytest.raises(TrainingError, match="safetensors only"):
+        resolve_init_adapter("pickled", adapters)
