@@ -108,8 +108,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import prepare_demo, train_demo_adapters
 
     model_dir = prepare_demo(args.demo_dir)
+    # The demo captures conversations so the feedback loop can be tried on it (--no-feedback: off).
+    feedback = {} if "feedback" in vars(args) or "LORA_GATEWAY_FEEDBACK" in os.environ else {"feedback": True}
     settings = _settings_from(
-        args, model=str(model_dir), served_model_name=getattr(args, "served_model_name", "demo-base")
+        args, model=str(model_dir), served_model_name=getattr(args, "served_model_name", "demo-base"), **feedback
     )
     if not args.no_train:
         train_demo_adapters(model_dir, settings.adapters_dir, Path(args.demo_dir) / "runs")
@@ -254,6 +256,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"loss curve: {config.run_dir / 'training_loss.png'}")
     if result.published_to:
         serves = "once its eval gate passes" if config.eval_set else "now"
+        if config.canary is not None:  # a split: the version serving before keeps the rest
+            serves += (
+                f" to {config.canary}% of users (a canary; `lora-gateway adapters promote {config.name}` or `abort`)"
+            )
         print(
             f"published as model {config.name!r} in {result.published_to.parent}; a running gateway serves it {serves}:"
         )

@@ -137,7 +137,8 @@ class Settings(BaseSettings):
     )
     ratings_file: Path | None = Field(
         default=None,
-        description="Where the playground's blind ratings are appended (default: <adapters-dir>/.ratings.jsonl).",
+        description="Where the playground's blind ratings are appended (default: <adapters-dir>/.ratings.jsonl; "
+        "with --feedback, the feedback database).",
     )
     feedback: bool = Field(
         default=False,

@@ -119,8 +119,9 @@ def test_every_marked_block_is_checked() -> None:
     assert set(readme_blocks()) == set(IN_ORDER)
 
 
-# The gate block publishes refused files over `shop-support` in the demo's directory: it goes last.
-IN_ORDER = ["ask-three", "train-and-ask", "sdk", "tools", "eval-compare", "gate"]
+# The loop blocks train `shop-support` v2 (on all its data and one correction) and promote it; the gate
+# block publishes refused files over it in the demo's directory: it goes last.
+IN_ORDER = ["ask-three", "train-and-ask", "sdk", "tools", "eval-compare", "loop-feedback", "loop-canary", "gate"]
 
 
 @pytest.mark.parametrize("name", IN_ORDER)

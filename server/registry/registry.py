@@ -12,6 +12,9 @@ through its eval gate when it carries one (``gating.py``), and only then made ac
 were, so "ready" means "a request will succeed". The version it replaces is retired: unloaded at
 once if idle, else *draining* until its last request releases it.
 
+A traffic split (``splits.py``) lives in the adapter's directory too, and is applied in the same
+step as the version it comes with, so a canary never takes all traffic, not even for one request.
+
 ``install`` (the admin API's load) and ``rollback`` go the other way round: the version is proven
 first, and only then written into the directory. At start, a name whose directory files are
 refused or half-written is served from its newest proven version, and says so.
@@ -29,7 +32,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +41,19 @@ from ..errors import ModelNotFound
 from ..evaluation.gate import GateOutcome
 from .addressing import KeptVersions, split_address
 from .base_model import BaseModelSpec
-from .dry_run import check_adapter
 from .gating import GateRunner
 from .names import is_valid_name
-from .profile import PROFILE_FILE
 from .publish import publish_adapter
 from .records import AdapterEntry, AdapterInfo, AdapterState, AdapterVersion, Fingerprint, Lease, fingerprint
 from .residency import Residency
 from .rollout import Rollouts
-from .splits import Split, read_split_file, write_split_file
+from .splits import Split, split_in, write_split_file
+from .staging import check_stored, stage
 from .store import StoredVersion, VersionStore
 from .validation import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
     AdapterIncomplete,
     AdapterRejected,
     check_inside,
-    file_sha256,
     inspect_adapter,
 )
 
@@ -312,35 +311,10 @@ class AdapterRegistry:
     # ------------------------------------------------------------------ taking a version
 
     def _stage(self, name: str, source: Path, files: Fingerprint | None) -> tuple[StoredVersion, AdapterInfo]:
-        """(a durable copy of ``source``, what validation read of it). Runs in a thread.
-
-        Headers are checked on ``source`` first, so nothing is copied for a half-written or bad
-        adapter; the copy is then what is hashed, validated and loaded.
-        """
-        limits = self._limits
-        inspect_adapter(source, **limits, base=self.base_spec)
-        digest = file_sha256(source / WEIGHTS_FILE)
-        profile = source / PROFILE_FILE
-        kept = self.store.find(
-            name, digest, (source / CONFIG_FILE).read_bytes(), profile.read_bytes() if profile.is_file() else None
-        )
-        if kept is not None:
-            return kept, check_adapter(kept.path, self.base_spec, **limits)
-        stored = self.store.copy_in(name, source, digest)
-        try:
-            if (files is not None and fingerprint(source) != files) or file_sha256(
-                stored.path / WEIGHTS_FILE
-            ) != digest:
-                raise AdapterIncomplete(f"{name}: files changed while being registered.")
-            return stored, check_adapter(stored.path, self.base_spec, **limits)
-        except BaseException:
-            self.store.discard(stored)
-            raise
+        return stage(self.store, name, source, files, self._limits, self.base_spec)
 
     def _check_stored(self, kept: StoredVersion) -> tuple[StoredVersion, AdapterInfo]:
-        if file_sha256(kept.path / WEIGHTS_FILE) != kept.sha256:
-            raise AdapterRejected("corrupt_copy", f"{kept.name}: the kept copy of version {kept.number} was modified.")
-        return kept, check_adapter(kept.path, self.base_spec, **self._limits)
+        return check_stored(kept, self._limits, self.base_spec)
 
     async def _adopt(
         self,
@@ -431,27 +405,15 @@ class AdapterRegistry:
         return outcome
 
     def _split_of(self, entry: AdapterEntry, number: int, source: Path | None) -> tuple[Split | None, bool]:
-        """(the split in ``source``'s split file for when version ``number`` serves, whether the
-        file must be rewritten in its explicit form). Runs in a thread; ``AdapterRejected`` when
-        the file is bad or names versions that are not kept."""
-        spec = read_split_file(source) if source is not None else None
-        if spec is None:
-            return None, False
-        current = entry.split
-        if current is not None and (spec.weights, spec.salt, spec.baseline) == (
-            current.weights,
-            current.salt,
-            current.baseline,
-        ):
-            return (
-                current if spec.auto_abort == current.auto_abort else replace(current, auto_abort=spec.auto_abort)
-            ), False
-        kept = {v.number for v in self.store.versions(entry.name)}
         serving = entry.active.version if entry.active is not None else None
-        if serving is None or serving == number:  # a restart: the newest kept version before this one
-            serving = max((n for n in kept if n < number), default=serving)
-        split = spec.resolve(entry.name, number, serving, kept)
-        return split, spec.canary is not None or spec.salt is None or spec.baseline is None
+        return split_in(
+            entry.name,
+            source,
+            entry.split,
+            lambda: {v.number for v in self.store.versions(entry.name)},
+            serving,
+            number,
+        )
 
     def _proof(self) -> tuple[tuple[str, str], ...]:
         """What a successful load proves an adapter against: this base, this kind of engine."""

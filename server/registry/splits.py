@@ -27,7 +27,8 @@ import os
 import random
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,37 @@ class SplitSpec:
             self.created or time.time(),
             self.auto_abort,
         )
+
+
+def split_in(
+    name: str,
+    source: Path | None,
+    current: Split | None,
+    kept: Callable[[], set[int]],
+    serving: int | None,
+    number: int,
+) -> tuple[Split | None, bool]:
+    """(the split the split file in ``source`` asks for when version ``number`` serves, whether
+    the file must be rewritten in its explicit form). ``current`` is the split in force: the same
+    file again keeps it (and its salt). ``serving`` is the version serving before ``number``; at a
+    restart, the newest kept version older than ``number`` stands in. ``AdapterRejected`` when the
+    file is bad or names versions that are not kept."""
+    spec = read_split_file(source) if source is not None else None
+    if spec is None:
+        return None, False
+    if current is not None and (spec.weights, spec.salt, spec.baseline) == (
+        current.weights,
+        current.salt,
+        current.baseline,
+    ):
+        return (
+            current if spec.auto_abort == current.auto_abort else replace(current, auto_abort=spec.auto_abort)
+        ), False
+    numbers = kept()
+    if serving is None or serving == number:
+        serving = max((n for n in numbers if n < number), default=serving)
+    split = spec.resolve(name, number, serving, numbers)
+    return split, spec.canary is not None or spec.salt is None or spec.baseline is None
 
 
 def parse_split(raw: object, where: str) -> SplitSpec:
