@@ -1,11 +1,11 @@
 """The playground: a static page to compare 2–4 models side by side, and its blind ratings.
 
 ``/playground`` is one static HTML file (no build step, no CDN: the server may be offline). The
-page holds no data: it calls our own OpenAI API (``/v1/models``, ``/v1/chat/completions``) and the
-two routes below, all behind the inference key, which it asks for and keeps in the tab's session
-storage. In blind mode it hides and shuffles the model names and saves the rater's rubric scores
-here, into the rating store ``lora-gateway eval --import-ratings`` reads. ``--no-playground``
-removes all three routes.
+page holds no data: it calls our own OpenAI API (``/v1/chat/completions``) and the routes below
+(the models to pick, kept versions included; the rubric; ratings), all behind the inference key,
+which it asks for and keeps in the tab's session storage. In blind mode it hides and shuffles the
+model names and saves the rater's rubric scores here, into the rating store ``lora-gateway eval
+--import-ratings`` reads. ``--no-playground`` removes the page and its routes.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import ModelNotFound
 from ..evaluation.judge import DEFAULT_RUBRIC
+from ..registry.addressing import matches, split_address
 from .deps import GatewayDep, require_api_key
 
 page = APIRouter()
@@ -36,6 +37,23 @@ def _html() -> str:
 @page.get("/playground", response_class=HTMLResponse, include_in_schema=False)
 async def playground() -> HTMLResponse:
     return HTMLResponse(_html(), headers={"Cache-Control": "no-cache", "X-Frame-Options": "DENY"})
+
+
+@router.get("/v1/playground/models")
+async def models(gateway: GatewayDep) -> dict[str, Any]:
+    """What the pickers offer: the base, each adapter, and each adapter's other kept versions
+    (``shop@3``), so a version can be compared with the one serving before it is promoted."""
+    registry = gateway.registry
+
+    def listing() -> list[str]:
+        ids = [registry.base_model_id]
+        for entry in registry.entries():
+            if entry.active is not None:
+                ids.append(entry.name)
+                ids += [f"{entry.name}@{v.number}" for v in registry.store.versions(entry.name)]
+        return ids
+
+    return {"object": "list", "data": [{"id": i} for i in await asyncio.to_thread(listing)]}
 
 
 @router.get("/v1/playground/rubric")
@@ -83,10 +101,17 @@ async def save_ratings(body: Ratings, gateway: GatewayDep) -> dict[str, Any]:
     for rating in body.ratings:
         version = None
         if rating.model != registry.base_model_id:
-            entry = registry.get(rating.model)
+            name, ref = split_address(rating.model)
+            entry = registry.get(name)
             if entry is None or entry.active is None:
                 raise ModelNotFound(rating.model)
             version = {"version": entry.active.version, "sha256": entry.active.sha256}
+            if ref is not None:  # a kept version, named: that one wrote the answer
+                kept = await asyncio.to_thread(registry.store.versions, name)
+                found = [v for v in kept if matches(v.number, v.sha256, ref)]
+                if len(found) != 1:
+                    raise ModelNotFound(rating.model)
+                version = {"version": found[0].number, "sha256": found[0].sha256}
         records.append(
             {
                 **rating.model_dump(),

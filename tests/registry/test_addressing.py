@@ -86,3 +86,15 @@ def test_a_kept_version_answers_when_named_while_the_active_one_serves_the_name(
     assert pinned.status_code == 200 and pinned.json()["pinned"] is True
     assert [v["pinned"] for v in versions(url, "shop")["data"]] == [False, True]
     assert httpx.post(f"{url}/v1/adapters/shop/pin", json={"version": 9}, headers=ADMIN).status_code == 404
+
+    # The playground offers kept versions too, and a blind rating names the version that answered.
+    offered = [m["id"] for m in httpx.get(f"{url}/v1/playground/models").json()["data"]]
+    assert offered == ["tiny-base", "shop", "shop@2", "shop@1"]
+    scores = {"accuracy": 3, "politeness": 2, "completeness": 1, "proactivity": 0, "fluency": 2}
+    one = {"model": "shop@1", "question": QUESTION, "answer": ANSWERS["alpha"], "scores": scores, "position": 0}
+    saved = httpx.post(f"{url}/v1/playground/ratings", json={"session": "s", "ratings": [one]})
+    assert saved.status_code == 201, saved.text
+    record = json.loads((directory / ".ratings.jsonl").read_text().splitlines()[-1])
+    assert record["model"] == "shop@1" and record["version"]["version"] == 1
+    one["model"] = "shop@9"
+    assert httpx.post(f"{url}/v1/playground/ratings", json={"session": "s", "ratings": [one]}).status_code == 404
