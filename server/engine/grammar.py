@@ -17,6 +17,7 @@ engines constrain identically.
 Whitespace inside JSON is capped (``MAX_WHITESPACE``) so a model cannot spend its budget on
 indentation. The embedded engine compiles off the event loop and off its worker thread (the other
 rows keep decoding), and caches per grammar: a schema used again costs a dictionary lookup.
+Constrained output is also kept well-formed UTF-8 (``utf8``), which xgrammar alone does not ensure.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from typing import Any
 
 from ..errors import InvalidRequest
 from .base import GenerationRequest
+from .logprobs import TokenBytes
 from .tool_calls import CLOSE, OPEN
+from .utf8 import ACCEPT, Utf8Masks
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +106,9 @@ def grammar_key(request: GenerationRequest) -> str | None:
 class Grammars:
     """The embedded engine's compiler (one tokenizer), its cache, and per-row matchers."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int, stop_ids: list[int]) -> None:
+    def __init__(
+        self, tokenizer: Any, vocab_size: int, stop_ids: list[int], token_bytes: TokenBytes | None = None
+    ) -> None:
         import xgrammar as xgr
 
         self._xgr = xgr
@@ -112,6 +117,8 @@ class Grammars:
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.vocab_size = vocab_size
+        token_bytes = token_bytes or TokenBytes(tokenizer)
+        self.utf8 = Utf8Masks(token_bytes.uncached, len(tokenizer), vocab_size)
 
     def compile(self, request: GenerationRequest) -> Any | None:
         """The compiled grammar for ``request`` (None: unconstrained). Blocking: call it in a thread."""
@@ -131,6 +138,8 @@ class Grammars:
             if error is not None:
                 raise error from None
             compiled = None
+        if compiled is not None:
+            self.utf8.build()
         with self._lock:
             self._cache[key] = compiled
             while len(self._cache) > _CACHE_SIZE:
@@ -143,9 +152,11 @@ class Grammars:
     def new_bitmask(self) -> Any:
         return self._xgr.allocate_token_bitmask(1, self.vocab_size)
 
-    def mask(self, matcher: Any, bitmask: Any, logits: Any) -> None:
-        """Forbid, in ``logits`` (one row, in place), every token the grammar does not allow next."""
+    def mask(self, matcher: Any, bitmask: Any, logits: Any, utf8_state: int = ACCEPT) -> None:
+        """Forbid, in ``logits`` (one row, in place), every token the grammar does not allow next,
+        and every token that would make the output ill-formed UTF-8 (``utf8``)."""
         matcher.fill_next_token_bitmask(bitmask)
+        self.utf8.restrict(bitmask, utf8_state)
         self._xgr.apply_token_bitmask_inplace(logits.unsqueeze(0), bitmask.to(logits.device, non_blocking=True))
 
 

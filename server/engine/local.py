@@ -154,8 +154,9 @@ class LocalEngine(Engine):
         eos += generation_eos if isinstance(generation_eos, list) else [generation_eos]
         self._eos_ids = {int(t) for t in eos if t is not None}
         vocab_size = int(getattr(config, "vocab_size", 0) or len(self._tokenizer))
-        grammars = Grammars(self._tokenizer, vocab_size, sorted(self._eos_ids))
-        self._steps = RowSteps(self._tokenizer, self._eos_ids, grammars, TokenBytes(self._tokenizer), self._device)
+        token_bytes = TokenBytes(self._tokenizer)
+        grammars = Grammars(self._tokenizer, vocab_size, sorted(self._eos_ids), token_bytes)
+        self._steps = RowSteps(self._tokenizer, self._eos_ids, grammars, token_bytes, self._device)
         logger.info("loaded %s on %s (%s), context %d", self.model_path, self._device, dtype, self.max_model_len)
 
     def health(self) -> EngineHealth:

@@ -40,6 +40,7 @@ class TokenBytes:
         self._byte_level = type(decoder).__name__ == "ByteLevel"
         self._added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
         self.of = functools.lru_cache(maxsize=65536)(self._bytes)
+        self.uncached = self._bytes  # for one pass over the whole vocabulary
 
     def _bytes(self, token_id: int) -> bytes:
         if self._byte_level and token_id not in self._added:

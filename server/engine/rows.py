@@ -23,6 +23,7 @@ from .logprobs import TokenBytes, token_logprob
 from .sampling import Sampler
 from .text import IncrementalDecoder, StopMatcher
 from .tool_calls import ToolCallParser
+from .utf8 import ACCEPT
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Row:
     tool_calls: ToolCallParser | None = None  # when the request offers tools it may call
     matcher: Any = None  # xgrammar matcher, when the output is constrained
     bitmask: Any = None
+    utf8_state: int = ACCEPT  # where the constrained output stands within a UTF-8 character
     logprobs: list[TokenLogprob] | None = None  # not yet sent; None: not asked for
     generated: int = 0
     last_token: int = 0
@@ -93,10 +95,12 @@ class RowSteps:
         raw = logits
         if row.matcher is not None:
             logits = logits.clone() if row.logprobs is not None else logits
-            self.grammars.mask(row.matcher, row.bitmask, logits)
+            self.grammars.mask(row.matcher, row.bitmask, logits, row.utf8_state)
         token = row.sampler.next_token(logits)
-        if row.matcher is not None and not row.matcher.accept_token(token):
-            raise EngineError("Constrained decoding reached a state its grammar does not allow.")
+        if row.matcher is not None:
+            if not row.matcher.accept_token(token):
+                raise EngineError("Constrained decoding reached a state its grammar does not allow.")
+            row.utf8_state = self.grammars.utf8.step(row.utf8_state, token)
         row.last_token = token
         row.generated += 1
         if row.logprobs is not None and token not in self.eos_ids:
