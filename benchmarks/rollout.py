@@ -52,7 +52,7 @@ def start(base: Path, directory: Path, port: int, database: str) -> subprocess.P
         "--admin-key",
         "bench-admin",
         "--feedback",
-        "--feedback-db",
+        "--database",
         database,
         "--log-level",
         "warning",

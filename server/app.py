@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from .api import admin, chat, feedback, models, ops, playground
+from .api import admin, chat, feedback, keys, models, ops, playground
 from .api.errors import count_refusal, install_error_handlers
 from .api.limits import BodyLimitMiddleware
+from .database import database_url, open_engine
 from .engine.base import Engine
 from .errors import first_line
 from .evaluation.ratings import PLAYGROUND_RATINGS, DatabaseRatings, RatingStore
-from .feedback import FEEDBACK_DB, FeedbackStore
+from .feedback import FeedbackStore
 from .gateway import Gateway
 from .integrations.wecom.config import WeComConfigError, load_wecom_settings
 from .integrations.wecom.routes import router as wecom_router
@@ -31,6 +32,7 @@ from .registry.base_model import BaseModelSpec
 from .registry.registry import RegistryHooks
 from .registry.watcher import AdapterWatcher
 from .settings import Settings
+from .tenancy.service import Tenancy
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ def build_engine(settings: Settings) -> Engine:
             max_batch_size=settings.max_batch_size,
             max_model_len=settings.max_model_len,
             allow_long_context=settings.allow_long_context,
+            max_queued=settings.max_queued_requests,
         )
     if settings.engine == "vllm":
         from .engine.vllm_engine import VllmEngine, VllmOptions
@@ -104,7 +107,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         engine=engine,
         registry=registry,
         metrics=metrics,
-        api_keys=[key.get_secret_value().encode() for key in settings.api_key],
+        tenancy=Tenancy(
+            open_engine(database_url(settings.database, settings.adapters_dir)),
+            [key.get_secret_value().encode() for key in settings.api_key],
+            settings.limits_storage,
+        ),
         admin_keys=[settings.admin_key.get_secret_value().encode()] if settings.admin_key else [],
     )
     metrics.watch_engine(engine.health, lambda: len(registry.active_versions()), engine.peak_memory_bytes)
@@ -112,7 +119,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(_boot(gateway))]
+        tasks = [asyncio.create_task(_boot(gateway)), asyncio.create_task(gateway.tenancy.follow())]
         if gateway.feedback is not None:
             tasks.append(asyncio.create_task(_purge_feedback(gateway.feedback)))
         gateway.background = tasks
@@ -132,6 +139,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 await wecom.close()
             if gateway.feedback is not None:
                 await asyncio.to_thread(gateway.feedback.close)
+            await asyncio.to_thread(gateway.tenancy.close)
             await engine.stop()
 
     app = FastAPI(title="lora-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -147,11 +155,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(ops.router)
     app.include_router(admin.router)
+    app.include_router(keys.router)
     app.include_router(feedback.router)
     app.include_router(feedback.admin)
     if settings.feedback:
-        url = settings.feedback_db or f"sqlite:///{(settings.adapters_dir / FEEDBACK_DB).absolute()}"
-        gateway.feedback = FeedbackStore(url, retention_days=settings.feedback_retention_days)
+        gateway.feedback = FeedbackStore(
+            database_url(settings.database, settings.adapters_dir), retention_days=settings.feedback_retention_days
+        )
     if settings.playground:
         if gateway.feedback is not None and settings.ratings_file is None:
             gateway.ratings = DatabaseRatings(gateway.feedback)  # beside users' ratings, shared by gateways

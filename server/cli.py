@@ -131,6 +131,9 @@ def _cmd_adapters_publish(args: argparse.Namespace) -> int:
         )
     except (AdapterRejected, AdapterIncomplete) as exc:
         raise SystemExit(f"lora-gateway: not published: {exc}") from None
+    from .tenancy.audit import audit_cli
+
+    audit_cli(args.adapters_dir, "adapter.publish", args.name, source=str(args.source), forced=args.force)
     print(
         f"Published {args.name} to {target}; a running gateway watching "
         f"{args.adapters_dir} serves it as model {args.name!r}."
@@ -176,6 +179,9 @@ def _cmd_adapters_rollback(args: argparse.Namespace) -> int:
     except LookupError as exc:
         raise SystemExit(f"lora-gateway: {exc.args[0]}") from None
     publish_adapter(choice.path, args.name, args.adapters_dir)
+    from .tenancy.audit import audit_cli
+
+    audit_cli(args.adapters_dir, "adapter.rollback", args.name, version=choice.number)
     print(
         f"Republished {args.name} version {choice.number} (sha256 "
         f"{choice.sha256[:12]}); a running gateway serves it now."
@@ -209,6 +215,9 @@ def _cmd_adapters_pin(args: argparse.Namespace) -> int:
         VersionStore(Path(args.adapters_dir)).set_pinned(args.name, args.version, pinned)
     except LookupError as exc:
         raise SystemExit(f"lora-gateway: {exc.args[0]}") from None
+    from .tenancy.audit import audit_cli
+
+    audit_cli(args.adapters_dir, f"adapter.{args.adapters_command}", args.name, version=args.version)
     what = "pinned: retention never deletes it" if pinned else "unpinned: retention may delete it"
     print(f"{args.name} version {args.version} {what}.")
     return 0
@@ -219,6 +228,9 @@ def _cmd_adapters_remove(args: argparse.Namespace) -> int:
 
     if not remove_adapter(args.name, args.adapters_dir):
         raise SystemExit(f"lora-gateway: no adapter {args.name!r} in {args.adapters_dir}")
+    from .tenancy.audit import audit_cli
+
+    audit_cli(args.adapters_dir, "adapter.remove", args.name)
     print(f"Removed {args.name} from {args.adapters_dir}.")
     return 0
 
@@ -428,9 +440,11 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     from .evaluation.cli import add_eval_parser
     from .feedback.cli import add_feedback_parser
     from .registry.cli import add_split_parsers
+    from .tenancy.cli import add_tenancy_parsers
 
     add_eval_parser(commands)
     add_feedback_parser(commands)
+    add_tenancy_parsers(commands)
 
     p_adapters = commands.add_parser("adapters", help="Manage the adapters directory.")
     adapter_commands = p_adapters.add_subparsers(dest="adapters_command", required=True)

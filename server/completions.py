@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +35,9 @@ from .errors import EngineError, EngineUnavailable, GatewayError, ModelNotFound,
 from .feedback import Conversation
 from .gateway import Gateway
 from .metrics import UNKNOWN_MODEL, GatewayMetrics
+from .registry.addressing import split_address
+from .tenancy.limiter import Ticket
+from .tenancy.service import ANYONE, Principal
 
 logger = logging.getLogger(__name__)
 _RETRIES_AFTER_UPSTREAM_LOSS = 2  # a non-streaming answer whose upstream died is started over elsewhere
@@ -48,15 +52,25 @@ class Observer:
         model: str,
         version: str = "",
         outcome: Callable[[bool], None] | None = None,
+        spent: Callable[[int, int, bool], None] | None = None,
     ) -> None:
         self.metrics = metrics
         self.model = model
         self.version = version  # the adapter version's number; "" for the base
         self._outcome = outcome  # told (server_error) when a version under a split finishes
+        self._spent = spent  # told (prompt, completion tokens, failed) once: the key's usage
         self.started = time.perf_counter()
         self._first_token_seen = False
+        self.tokens = (0, 0)  # prompt, completion so far
+
+    def _account(self, failed: bool) -> None:
+        if self._spent is not None:
+            spent, self._spent = self._spent, None
+            spent(*self.tokens, failed)
 
     def delta(self, delta: GenerationDelta) -> None:
+        if delta.queued_seconds is not None:
+            self.metrics.queue_time.labels(self.model).observe(delta.queued_seconds)
         if not self._first_token_seen and delta.completion_tokens:
             self._first_token_seen = True
             self.metrics.ttft.labels(self.model, self.version).observe(time.perf_counter() - self.started)
@@ -69,15 +83,19 @@ class Observer:
         self.metrics.e2e.labels(*labels).observe(time.perf_counter() - self.started)
         if self._outcome is not None:
             self._outcome(False)
+        self.tokens = (usage.prompt_tokens, usage.completion_tokens)
+        self._account(False)
 
     def failure(self, error: GatewayError) -> None:
         self.metrics.record_error(self.model, error.status_code, error.error_type, self.version)
         error.counted_as = self.model
         if self._outcome is not None:
             self._outcome(error.status_code >= 500)
+        self._account(True)
 
     def aborted(self) -> None:
         self.metrics.aborted.labels(self.model, self.version).inc()
+        self._account(False)
 
 
 class _Usage:
@@ -90,6 +108,10 @@ class _Usage:
     def add(self, delta: GenerationDelta) -> None:
         self.prompt_tokens = delta.prompt_tokens or self.prompt_tokens
         self._completion[delta.index] = delta.completion_tokens
+
+    @property
+    def total(self) -> tuple[int, int]:
+        return self.prompt_tokens, sum(self._completion)
 
     def info(self) -> UsageInfo:
         completion = sum(self._completion)
@@ -113,6 +135,12 @@ class _Admitted:
     body: ChatCompletionRequest | None = None
     end_user: str | None = None
     source: str = "api"  # who asked: api, wecom (kept with the conversation when feedback capture is on)
+    ticket: Ticket | None = None  # the key's limits, charged as tokens come
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The key's ``x-ratelimit-*`` headers (none for a key without limits)."""
+        return self.ticket.headers if self.ticket is not None else {}
 
     def capture(self, gateway: Gateway, completion: str, answer: str) -> None:
         """Keep the conversation for feedback (``--feedback``): queued, never waited on."""
@@ -152,21 +180,34 @@ async def admit(
     default_max_tokens: int | None = None,
     user: str | None = None,
     source: str = "api",
+    principal: Principal = ANYONE,
 ) -> _Admitted:
-    """Lease the model, convert the request and check the engine; refusals are counted here.
+    """Check the key's scope and limits, lease the model, convert the request and check the
+    engine; refusals are counted here.
 
     ``default_max_tokens`` replaces the server's default completion cap (clamped to the room the
     prompt leaves) for a request that sets none: an integration's own upper bound. The end user
     (OpenAI's ``user``, else ``safety_identifier``, else ``user`` given here: a header, a WeCom
-    user id) picks the version under a traffic split, the same one every time.
+    user id) picks the version under a traffic split, the same one every time. A model outside the
+    key's scope is a 404 like a model that does not exist, and is never loaded.
     """
     scope = AsyncExitStack()
+    ticket: Ticket | None = None
+    tokens = _Tokens()
     try:
         end_user = body.user or body.safety_identifier or user
+        if not principal.may_use(body.model, gateway.base_model_id):
+            raise ModelNotFound(body.model)
+        ticket = await gateway.tenancy.admit(principal)
+        if ticket is not None:
+            scope.callback(ticket.release)
+            scope.push_async_callback(_final_charge, ticket, tokens)
         lease = await scope.enter_async_context(gateway.registry.lease(body.model, end_user))
         generation = to_generation_request(
             body, lease, gateway.settings.max_n, default_max_tokens or gateway.settings.default_max_tokens
         )
+        # Fair admission (the embedded engine): each tenant on each model is one flow.
+        generation = dataclasses.replace(generation, flow=f"{principal.tenant}/{split_address(body.model)[0]}")
         if gateway.boot_error is not None:  # never half-alive: a gateway that failed to start serves nothing
             raise EngineUnavailable(f"The gateway could not start: {gateway.boot_error}")
         health = gateway.engine.health()
@@ -177,15 +218,24 @@ async def admit(
         model = UNKNOWN_MODEL if isinstance(error, ModelNotFound) else body.model
         gateway.metrics.record_error(model, error.status_code, error.error_type)
         error.counted_as = model
+        _spender(gateway, principal, model)(0, 0, True)
         raise
     version = lease.adapter
     outcome = None
     if version is not None and lease.split is not None and lease.split.auto_abort is not None:
         split, number, watch = lease.split, version.version, gateway.registry.rollouts.watch
         outcome = lambda server_error: watch.request(split, number, server_error)  # noqa: E731
+    observer = Observer(
+        gateway.metrics,
+        body.model,
+        "" if version is None else str(version.version),
+        outcome,
+        _spender(gateway, principal, body.model),
+    )
+    tokens.observer = observer
     return _Admitted(
         generation,
-        Observer(gateway.metrics, body.model, "" if version is None else str(version.version), outcome),
+        observer,
         scope,
         body.model,
         None if version is None else f"{version.name}@{version.version}",
@@ -193,7 +243,31 @@ async def admit(
         body,
         end_user,
         source,
+        ticket,
     )
+
+
+def _spender(gateway: Gateway, principal: Principal, model: str) -> Callable[[int, int, bool], None]:
+    """What a finished request tells about its key: usage (database) and per-tenant metrics."""
+
+    def spent(prompt: int, completion: int, failed: bool) -> None:
+        gateway.tenancy.record(principal, model, prompt, completion, failed)
+        if principal.key is not None:
+            gateway.metrics.record_tenant(principal.tenant, principal.key_id, prompt, completion, failed)
+
+    return spent
+
+
+@dataclass
+class _Tokens:
+    """Points the final charge at the request's observer once it exists."""
+
+    observer: Observer | None = None
+
+
+async def _final_charge(ticket: Ticket, tokens: _Tokens) -> None:
+    if tokens.observer is not None:
+        await ticket.charge(sum(tokens.observer.tokens), final=True)
 
 
 async def _observed(
@@ -205,6 +279,9 @@ async def _observed(
             raise EngineUnavailable("The server is shutting down; retry the request.")
         admitted.observer.delta(delta)
         usage.add(delta)
+        admitted.observer.tokens = usage.total
+        if admitted.ticket is not None:
+            await admitted.ticket.charge(sum(admitted.observer.tokens))
         yield delta
 
 
@@ -217,6 +294,8 @@ async def complete(
     user: str | None = None,
     source: str = "api",
     completion: str | None = None,
+    principal: Principal = ANYONE,
+    headers: dict[str, str] | None = None,
 ) -> ChatCompletionResponse:
     """One whole (non-streaming) chat completion.
 
@@ -224,10 +303,13 @@ async def complete(
     hold an HTTP stream open (WeCom's AI bot polls for the answer so far) follow progress with it.
     ``completion`` sets the answer's id (an integration that gave its user a feedback id before
     the answer existed); ``source`` is kept with the conversation when feedback capture is on.
+    ``principal`` is who asks (scope, limits, usage); ``headers`` receives its ``x-ratelimit-*``.
     Cancelling the call stops the generation and counts the request as aborted. An upstream lost
     mid-answer (remote engine) is retried elsewhere when nothing reached the caller (no ``on_text``).
     """
-    admitted = await admit(gateway, body, default_max_tokens, user, source)
+    admitted = await admit(gateway, body, default_max_tokens, user, source, principal)
+    if headers is not None:
+        headers.update(admitted.headers)
     async with admitted.scope:
         try:
             retries = 0
@@ -294,6 +376,7 @@ class CompletionStream:
         self._gateway, self._admitted, self._deltas, self._first = gateway, admitted, deltas, first
         self.include_usage = include_usage
         self.version = admitted.version
+        self.headers = admitted.headers
 
     async def chunks(self) -> AsyncIterator[ChatCompletionChunk | GatewayError]:
         """Role first, content pieces, then an empty delta with the finish_reason; with
@@ -340,10 +423,12 @@ class CompletionStream:
                     admitted.observer.aborted()
 
 
-async def open_stream(gateway: Gateway, body: ChatCompletionRequest, user: str | None = None) -> CompletionStream:
+async def open_stream(
+    gateway: Gateway, body: ChatCompletionRequest, user: str | None = None, principal: Principal = ANYONE
+) -> CompletionStream:
     """Admit the request and start it; raises (with the right status) anything that fails before
     its first delta."""
-    admitted = await admit(gateway, body, user=user)
+    admitted = await admit(gateway, body, user=user, principal=principal)
     deltas = gateway.engine.generate(admitted.generation)
     try:
         first: GenerationDelta | None = await anext(deltas)

@@ -21,10 +21,12 @@ route ever chooses a status code by reading an error message.
     ├── NotFound                  404 invalid_request_error (routes)
     ├── RequestTimeout            408 invalid_request_error (a body that never arrives)
     ├── RequestTooLarge           413 invalid_request_error
-    ├── RateLimited               429 rate_limit_error (Retry-After)
+    ├── RateLimited               429 rate_limit_error, code "rate_limit_exceeded" (Retry-After)
+    │   └── QuotaExceeded         429 insufficient_quota                (tenancy: a key's token quota)
     ├── EngineError               500 server_error (one request failed; the engine lives on)
     │   └── UpstreamLost          502, code "upstream_lost" (remote: an upstream failed mid-answer)
     └── EngineUnavailable         503 server_error (not loaded yet, or shutting down)
+        └── Overloaded            503, code "queue_full" (Retry-After: the engine's queue is full)
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class GatewayError(Exception):
         # Set by the completion path when it has counted this failure in the metrics (under that
         # model label); a failure raised before any completion began (auth, validation) has none.
         self.counted_as: str | None = None
+        self.headers: dict[str, str] = {}  # sent with the error (x-ratelimit-* on a 429)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -135,6 +138,13 @@ class RateLimited(GatewayError):
         self.retry_after = retry_after
 
 
+class QuotaExceeded(RateLimited):
+    """A key's daily or monthly token quota is spent (OpenAI's ``insufficient_quota``)."""
+
+    error_type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+
 class EngineError(GatewayError):
     status_code = 500
     error_type = "server_error"
@@ -153,6 +163,16 @@ class EngineUnavailable(GatewayError):
     status_code = 503
     error_type = "server_error"
     default_code = "engine_unavailable"
+
+
+class Overloaded(EngineUnavailable):
+    """More requests wait for the engine than ``--max-queued-requests``: retry shortly."""
+
+    default_code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

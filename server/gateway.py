@@ -14,6 +14,7 @@ from .metrics import GatewayMetrics
 from .registry import AdapterRegistry
 from .registry.watcher import AdapterWatcher
 from .settings import Settings
+from .tenancy.service import Tenancy
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Gateway:
     engine: Engine
     registry: AdapterRegistry
     metrics: GatewayMetrics
-    api_keys: list[bytes]
+    tenancy: Tenancy  # API keys (--api-key and stored ones), their limits, usage, the audit log
     admin_keys: list[bytes] = field(default_factory=list)
     booted: asyncio.Event = field(default_factory=asyncio.Event)
     boot_error: str | None = None
@@ -34,8 +35,8 @@ class Gateway:
     # The playground's blind ratings (None: --no-playground): the feedback database with --feedback
     ratings: RatingStore | DatabaseRatings | None = None
     feedback: FeedbackStore | None = None  # captured conversations and their ratings (None: --feedback off)
-    # /v1/models serialized once per registry change, with paths (admin keys) and without
-    models_json: dict[bool, tuple[object, bytes]] = field(default_factory=dict)
+    # /v1/models serialized once per registry change, with paths (admin keys) and without, per scoped key
+    models_json: dict[tuple[bool, str], tuple[object, bytes]] = field(default_factory=dict)
 
     @property
     def base_model_id(self) -> str:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .evaluation.gate import GateOutcome
 
 UNKNOWN_MODEL = "unknown"
+MAX_TENANT_SERIES = 1000
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -67,6 +68,13 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.queue_time = Histogram(
+            "lora_gateway_queue_time_seconds",
+            "Time a request waited for a place in the local engine's batch (fair admission between tenants).",
+            ["model"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
         self.aborted = Counter(
             "lora_gateway_requests_aborted",
             "Requests whose client went away before the end.",
@@ -106,6 +114,21 @@ class GatewayMetrics:
             ["model"],
             registry=r,
         )
+        # Per tenant and key: both come from keys an admin created (never from client input), and past
+        # MAX_TENANT_SERIES distinct keys the rest are counted as ``other``.
+        self.tenant_requests = Counter(
+            "lora_gateway_tenant_requests",
+            "Requests by tenant, API key id and outcome (ok, error).",
+            ["tenant", "key", "outcome"],
+            registry=r,
+        )
+        self.tenant_tokens = Counter(
+            "lora_gateway_tenant_tokens",
+            "Tokens by tenant, API key id and kind (prompt, completion).",
+            ["tenant", "key", "kind"],
+            registry=r,
+        )
+        self._tenant_series: set[tuple[str, str]] = set()
         # WeCom: ``bot`` is a configured bot name (or ``unknown``), so its cardinality is bounded too.
         self.wecom_callbacks = Counter(
             "lora_gateway_wecom_callbacks", "WeCom callbacks by bot and outcome.", ["bot", "outcome"], registry=r
@@ -127,6 +150,18 @@ class GatewayMetrics:
     def record_gate(self, outcome: GateOutcome) -> None:
         self.eval_gate_runs.labels("passed" if outcome.passed else "failed").inc()
         self.eval_gate_seconds.observe(outcome.seconds)
+
+    def record_tenant(self, tenant: str, key: str, prompt: int, completion: int, failed: bool) -> None:
+        if (tenant, key) not in self._tenant_series:
+            if len(self._tenant_series) >= MAX_TENANT_SERIES:
+                tenant, key = "other", "other"
+            else:
+                self._tenant_series.add((tenant, key))
+        self.tenant_requests.labels(tenant, key, "error" if failed else "ok").inc()
+        if prompt:
+            self.tenant_tokens.labels(tenant, key, "prompt").inc(prompt)
+        if completion:
+            self.tenant_tokens.labels(tenant, key, "completion").inc(completion)
 
     def record_error(self, model: str, status: int, error_type: str, version: str = "") -> None:
         self.requests.labels(model, version, str(status)).inc()

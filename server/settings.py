@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="Inference API key (repeat the flag, or comma-separate in the env var). None: no auth.",
     )
     max_batch_size: int = Field(default=16, ge=1, description="Sequences decoded together (local engine).")
+    max_queued_requests: int = Field(
+        default=256,
+        ge=1,
+        description="Requests of one tenant on one model waiting for the local engine's batch; "
+        "past this, 503 queue_full with Retry-After.",
+    )
     max_model_len: int | None = Field(
         default=None, ge=16, description="Context window, prompt + completion (default: the model's)."
     )
@@ -140,15 +146,20 @@ class Settings(BaseSettings):
         description="Where the playground's blind ratings are appended (default: <adapters-dir>/.ratings.jsonl; "
         "with --feedback, the feedback database).",
     )
+    limits_storage: Literal["memory", "database"] = Field(
+        default="memory",
+        description="Where API keys' rate-limit and quota windows are counted: memory (one gateway process) "
+        "or database (every gateway sharing --database shares them).",
+    )
     feedback: bool = Field(
         default=False,
         description="Capture answered conversations (prompt, answer, model, version, user) so they can be rated "
         "with POST /v1/feedback; see README, Feedback, for what is stored and for how long.",
     )
-    feedback_db: str | None = Field(
+    database: str | None = Field(
         default=None,
-        description="SQLAlchemy URL of the feedback database (default: sqlite:///<adapters-dir>/.feedback.db; "
-        "postgresql+psycopg://... to share one between gateways).",
+        description="SQLAlchemy URL of the gateway's database: feedback, API keys, usage, limits, audit "
+        "(default: sqlite:///<adapters-dir>/.gateway.db; postgresql+psycopg://... to share one between gateways).",
     )
     feedback_retention_days: float = Field(
         default=30.0, gt=0, description="Captured conversations are deleted after this many days."

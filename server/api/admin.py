@@ -24,7 +24,7 @@ from ..registry.names import is_valid_name
 from ..registry.publish import remove_adapter
 from ..registry.records import AdapterEntry
 from .auth import check_bearer
-from .deps import GatewayDep, get_gateway
+from .deps import GatewayDep, audit, get_gateway
 
 
 def require_admin_key(request: Request) -> None:
@@ -109,19 +109,23 @@ async def list_adapters(gateway: GatewayDep) -> dict[str, Any]:
 
 
 @router.post("/v1/adapters/{name}/reload")
-async def reload_adapter(name: str, gateway: GatewayDep) -> dict[str, Any]:
+async def reload_adapter(name: str, request: Request, gateway: GatewayDep) -> dict[str, Any]:
     entry = await gateway.registry.sync(name, force=True)
     if entry is None:
         raise ModelNotFound(name)
+    await audit(request, "adapter.reload", name)
     return describe(gateway, entry)
 
 
 @router.post("/v1/adapters/{name}/rollback")
-async def rollback_adapter(name: str, gateway: GatewayDep, body: RollbackRequest | None = None) -> dict[str, Any]:
+async def rollback_adapter(
+    name: str, request: Request, gateway: GatewayDep, body: RollbackRequest | None = None
+) -> dict[str, Any]:
     """Serve a kept version again and write it back into the directory (all or nothing)."""
     if not is_valid_name(name):
         raise InvalidRequest(f"{name!r} is not a valid adapter name.", param="name")
     entry = await gateway.registry.rollback(name, body.version if body else None)
+    await audit(request, "adapter.rollback", name, version=entry.active.version if entry.active else None)
     return describe(gateway, entry)
 
 
@@ -144,13 +148,17 @@ class PinRequest(BaseModel):
 
 
 @router.post("/v1/adapters/{name}/pin")
-async def pin_version(name: str, body: PinRequest, gateway: GatewayDep) -> dict[str, Any]:
-    return await _set_pinned(gateway, name, body.version, True)
+async def pin_version(name: str, body: PinRequest, request: Request, gateway: GatewayDep) -> dict[str, Any]:
+    described = await _set_pinned(gateway, name, body.version, True)
+    await audit(request, "adapter.pin", name, version=body.version)
+    return described
 
 
 @router.post("/v1/adapters/{name}/unpin")
-async def unpin_version(name: str, body: PinRequest, gateway: GatewayDep) -> dict[str, Any]:
-    return await _set_pinned(gateway, name, body.version, False)
+async def unpin_version(name: str, body: PinRequest, request: Request, gateway: GatewayDep) -> dict[str, Any]:
+    described = await _set_pinned(gateway, name, body.version, False)
+    await audit(request, "adapter.unpin", name, version=body.version)
+    return described
 
 
 async def _set_pinned(gateway: Gateway, name: str, version: int, pinned: bool) -> dict[str, Any]:
@@ -178,23 +186,31 @@ async def set_split(name: str, request: Request, gateway: GatewayDep) -> dict[st
         raw = await request.json()
     except ValueError:
         raise InvalidRequest("The body must be a JSON object.", code="bad_split") from None
-    return describe(gateway, await gateway.registry.rollouts.set_split(name, raw))
+    described = describe(gateway, await gateway.registry.rollouts.set_split(name, raw))
+    await audit(request, "split.set", name, split=described["split"])
+    return described
 
 
 @router.post("/v1/adapters/{name}/promote")
-async def promote_split(name: str, gateway: GatewayDep, body: PromoteRequest | None = None) -> dict[str, Any]:
+async def promote_split(
+    name: str, request: Request, gateway: GatewayDep, body: PromoteRequest | None = None
+) -> dict[str, Any]:
     """End the split in favour of one version, which then takes all traffic."""
-    return describe(gateway, await gateway.registry.rollouts.promote(name, body.version if body else None))
+    described = describe(gateway, await gateway.registry.rollouts.promote(name, body.version if body else None))
+    await audit(request, "split.promote", name, version=described["active_version"])
+    return described
 
 
 @router.post("/v1/adapters/{name}/abort")
-async def abort_split(name: str, gateway: GatewayDep) -> dict[str, Any]:
+async def abort_split(name: str, request: Request, gateway: GatewayDep) -> dict[str, Any]:
     """End the split and send all traffic back to its baseline (the version that served before it)."""
-    return describe(gateway, await gateway.registry.rollouts.abort(name))
+    described = describe(gateway, await gateway.registry.rollouts.abort(name))
+    await audit(request, "split.abort", name, version=described["active_version"])
+    return described
 
 
 @router.post("/v1/load_lora_adapter", response_class=PlainTextResponse)
-async def load_lora_adapter(body: LoadLoraAdapterRequest, gateway: GatewayDep) -> str:
+async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request, gateway: GatewayDep) -> str:
     """Validated and loaded first; only a version that loaded replaces the directory's files."""
     registry = gateway.registry
     if not is_valid_name(body.lora_name):
@@ -219,14 +235,18 @@ async def load_lora_adapter(body: LoadLoraAdapterRequest, gateway: GatewayDep) -
             f"No adapter directory at lora_path {shown!r} ({reason}).", param="lora_path", code="bad_lora_path"
         )
     await registry.install(body.lora_name, source)  # AdapterRejected/AdapterIncomplete: 400, nothing changed
+    entry = registry.get(body.lora_name)
+    version = entry.active.version if entry and entry.active else None
+    await audit(request, "adapter.publish", body.lora_name, source=str(source), version=version)
     return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 
 
 @router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse)
-async def unload_lora_adapter(body: UnloadLoraAdapterRequest, gateway: GatewayDep) -> str:
+async def unload_lora_adapter(body: UnloadLoraAdapterRequest, request: Request, gateway: GatewayDep) -> str:
     registry = gateway.registry
     removed = await asyncio.to_thread(remove_adapter, body.lora_name, registry.adapters_dir)
     if not removed and registry.get(body.lora_name) is None:
         raise ModelNotFound(body.lora_name)
     await registry.sync(body.lora_name)
+    await audit(request, "adapter.remove", body.lora_name)
     return f"Success: LoRA adapter '{body.lora_name}' removed successfully."

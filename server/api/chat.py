@@ -11,14 +11,14 @@ import json
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from ..completions import CompletionStream, answered_by, complete, open_stream
-from .deps import GatewayDep, require_api_key
+from .deps import GatewayDep, PrincipalDep
 from .protocol import ChatCompletionRequest, ChatCompletionResponse
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 T = TypeVar("T")
 
 
@@ -30,16 +30,23 @@ USER_HEADER = "X-User-Id"
 
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, response: Response, gateway: GatewayDep
+    body: ChatCompletionRequest, request: Request, response: Response, gateway: GatewayDep, principal: PrincipalDep
 ) -> Response | ChatCompletionResponse:
+    user = request.headers.get(USER_HEADER)
     if body.stream:
-        stream = await open_stream(gateway, body, request.headers.get(USER_HEADER))
-        headers = {"Cache-Control": "no-cache", **({VERSION_HEADER: stream.version} if stream.version else {})}
+        stream = await open_stream(gateway, body, user, principal)
+        headers = {"Cache-Control": "no-cache", **stream.headers}
+        if stream.version:
+            headers[VERSION_HEADER] = stream.version
         return StreamingResponse(_sse(stream), media_type="text/event-stream", headers=headers)
+    limits: dict[str, str] = {}  # the key's x-ratelimit-* headers, filled at admission
     try:
-        completion = await _until_disconnected(request, complete(gateway, body, user=request.headers.get(USER_HEADER)))
+        completion = await _until_disconnected(
+            request, complete(gateway, body, user=user, principal=principal, headers=limits)
+        )
     except _ClientGone:
         return Response(status_code=499)
+    response.headers.update(limits)
     version = answered_by(completion.system_fingerprint)
     if version:
         response.headers[VERSION_HEADER] = version

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from ..gateway import Gateway
-from .auth import check_bearer
+from ..tenancy.service import ANYONE, Principal
+from .auth import presented_one_of
 
 
 def get_gateway(request: Request) -> Gateway:
@@ -18,5 +20,28 @@ def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def require_api_key(request: Request) -> None:
-    check_bearer(request, get_gateway(request).api_keys)
+def require_api_key(request: Request) -> Principal:
+    """Who the request is (``Unauthorized`` when its key is missing or wrong); kept on
+    ``request.state.principal`` for routes that scope what they show."""
+    principal = get_gateway(request).tenancy.authenticate(request.headers.get("authorization", ""))
+    request.state.principal = principal
+    return principal
+
+
+def require_inference_or_admin_key(request: Request) -> Principal:
+    """An inference key, or the admin key (which sees everything)."""
+    gateway = get_gateway(request)
+    if gateway.admin_keys and presented_one_of(request, gateway.admin_keys):
+        request.state.principal = ANYONE
+        return ANYONE
+    return require_api_key(request)
+
+
+PrincipalDep = Annotated[Principal, Depends(require_api_key)]
+
+
+async def audit(request: Request, action: str, target: str, **detail: Any) -> None:
+    """Record an admin action in the audit log: who (the admin key, from which address), what, when."""
+    client = request.client.host if request.client else "unknown"
+    log = get_gateway(request).tenancy.audit
+    await asyncio.to_thread(log.record, f"admin-key@{client}", action, target, **detail)

@@ -8,6 +8,7 @@ and anything unexpected becomes a 500 without a stack trace.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +21,7 @@ from ..errors import (
     GatewayError,
     InvalidRequest,
     NotFound,
+    Overloaded,
     RateLimited,
 )
 from ..metrics import UNKNOWN_MODEL, GatewayMetrics
@@ -30,9 +32,9 @@ logger = logging.getLogger(__name__)
 def error_response(error: GatewayError, *, close: bool = False) -> JSONResponse:
     """``close``: tell the client this connection ends here, so a pooled client does not send its
     next request into a socket the server is closing (ECONNRESET)."""
-    headers: dict[str, str] = {}
-    if isinstance(error, RateLimited):
-        headers["Retry-After"] = str(int(error.retry_after))
+    headers: dict[str, str] = dict(error.headers)
+    if isinstance(error, RateLimited | Overloaded):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     if error.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if close:

@@ -1,7 +1,8 @@
 """``GET /v1/models`` and ``/v1/models/{id}``: the base model and every live adapter.
 
 ``root`` is where a model's files live, as vLLM reports it; filesystem paths are shown to admin keys
-only (an inference key, or no key on an open server, sees the model's id there instead).
+only (an inference key, or no key on an open server, sees the model's id there instead). A key
+scoped to some adapters sees only those (and the base if it may use it): the rest do not exist for it.
 """
 
 from __future__ import annotations
@@ -11,16 +12,10 @@ from fastapi.responses import Response
 
 from ..errors import ModelNotFound
 from ..gateway import Gateway
-from .auth import check_bearer, presented_one_of
-from .deps import GatewayDep, get_gateway
+from ..tenancy.service import Principal
+from .auth import presented_one_of
+from .deps import GatewayDep, require_inference_or_admin_key
 from .protocol import ModelCard, ModelList
-
-
-def require_inference_or_admin_key(request: Request) -> None:
-    gateway = get_gateway(request)
-    if gateway.api_keys:
-        check_bearer(request, [*gateway.api_keys, *gateway.admin_keys])
-
 
 router = APIRouter(dependencies=[Depends(require_inference_or_admin_key)])
 
@@ -29,15 +24,19 @@ def _is_admin(request: Request, gateway: Gateway) -> bool:
     return bool(gateway.admin_keys) and presented_one_of(request, gateway.admin_keys)
 
 
-def _cards(gateway: Gateway, paths: bool) -> list[ModelCard]:
+def _cards(gateway: Gateway, paths: bool, principal: Principal) -> list[ModelCard]:
     base = gateway.base_model_id
     max_len = gateway.engine.max_model_len
-    cards = [
-        ModelCard(
-            id=base, created=gateway.started, root=gateway.settings.model if paths else base, max_model_len=max_len
+    cards = []
+    if principal.may_use(base, base):
+        cards.append(
+            ModelCard(
+                id=base, created=gateway.started, root=gateway.settings.model if paths else base, max_model_len=max_len
+            )
         )
-    ]
     for version in gateway.registry.active_versions():
+        if not principal.may_use(version.name, base):
+            continue
         # As vLLM does: adapters name the base in ``parent`` and their path in ``root``.
         cards.append(
             ModelCard(
@@ -55,17 +54,19 @@ def _cards(gateway: Gateway, paths: bool) -> list[ModelCard]:
 async def list_models(request: Request, gateway: GatewayDep) -> Response:
     """Serialized once per registry change: with a thousand adapters, building the list on every
     call would cost more than everything else this endpoint does."""
-    paths = _is_admin(request, gateway)
-    key = (gateway.registry.revision, gateway.engine.max_model_len, paths)
-    cached = gateway.models_json.get(paths)
+    paths, principal = _is_admin(request, gateway), request.state.principal
+    scope = (paths, principal.key.id if principal.key else "")  # one cached list per key: they are few
+    key = (gateway.registry.revision, gateway.engine.max_model_len, principal.key)
+    cached = gateway.models_json.get(scope)
     if cached is None or cached[0] != key:
-        cached = gateway.models_json[paths] = (key, ModelList(data=_cards(gateway, paths)).model_dump_json().encode())
+        body = ModelList(data=_cards(gateway, paths, principal)).model_dump_json().encode()
+        cached = gateway.models_json[scope] = (key, body)
     return Response(cached[1], media_type="application/json")
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request, gateway: GatewayDep) -> ModelCard:
-    for card in _cards(gateway, _is_admin(request, gateway)):
+    for card in _cards(gateway, _is_admin(request, gateway), request.state.principal):
         if card.id == model_id:
             return card
     raise ModelNotFound(model_id)

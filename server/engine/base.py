@@ -93,6 +93,7 @@ class GenerationRequest:
     tools: ToolSpec | None = None
     output_format: OutputFormat | None = None
     chat_template: str | None = None  # the adapter's own template (its profile), else the tokenizer's
+    flow: str = ""  # whose request, on which model: the embedded engine admits flows fairly
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class GenerationDelta:
     completion_tokens: int = 0  # cumulative for this choice
     tool_calls: tuple[ToolCallDelta, ...] = ()
     logprobs: tuple[TokenLogprob, ...] | None = None  # None: not asked for
+    queued_seconds: float | None = None  # on a request's first delta: time it waited for the batch
 
 
 @dataclass

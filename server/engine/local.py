@@ -21,8 +21,9 @@ import asyncio
 import logging
 import resource
 import threading
+import time
 import warnings
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from typing import Any
@@ -34,6 +35,7 @@ from ..errors import (
     EngineError,
     EngineUnavailable,
     GatewayError,
+    Overloaded,
 )
 from . import kv_batch
 from .base import (
@@ -43,6 +45,7 @@ from .base import (
     GenerationDelta,
     GenerationRequest,
 )
+from .fair_queue import FairQueue
 from .grammar import Grammars, grammar_key
 from .logprobs import TokenBytes
 from .lora_batch import BatchedLora
@@ -68,11 +71,13 @@ class LocalEngine(Engine):
         max_model_len: int | None = None,
         allow_long_context: bool = False,
         prefill_token_budget: int = 8192,
+        max_queued: int = 256,
     ) -> None:
         self.model_path = model
         self._device_setting = device
         self._dtype_setting = dtype
         self.max_batch_size = max_batch_size
+        self.max_queued = max_queued  # requests of one flow waiting for the batch; past it, 503 queue_full
         self._max_model_len_setting = max_model_len
         self._allow_long_context = allow_long_context
         self._prefill_token_budget = prefill_token_budget
@@ -90,7 +95,7 @@ class LocalEngine(Engine):
 
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
-        self._waiting: deque[Job] = deque()
+        self._waiting: FairQueue[Job] = FairQueue(max_batch_size)
         self._commands: deque[tuple[Callable[[], None], Future[None]]] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -270,7 +275,12 @@ class LocalEngine(Engine):
         with self._lock:
             if self._stopping:
                 raise EngineUnavailable("The engine is shutting down.")
-            self._waiting.append(job)
+            if self._waiting.waiting(job.flow) >= self.max_queued:
+                raise Overloaded(
+                    f"{self.max_queued} of your requests on this model are already waiting; retry shortly.",
+                    retry_after=1,
+                )
+            self._waiting.push(job)
             self._wakeup.notify_all()
         try:
             while True:
@@ -306,26 +316,21 @@ class LocalEngine(Engine):
         self._fail_everything(EngineUnavailable("The engine stopped."))
 
     def _admit_waiting(self) -> None:
-        """Prefill as many waiting jobs as fit in the batch and the prefill token budget."""
+        """Prefill waiting jobs into the free slots, fairly between flows (``fair_queue.py``), within
+        the prefill token budget."""
         free = self.max_batch_size - len(self._rows)
-        admitted: list[Job] = []
+        if free <= 0:
+            return
+        running: Counter[str] = Counter()
+        for row in self._rows:
+            running[row.job.flow] += 1
         with self._lock:
-            budget = self._prefill_token_budget
-            while self._waiting and free > 0:
-                job = self._waiting[0]
-                if job.cancelled.is_set():
-                    self._waiting.popleft()
-                    continue
-                n = job.request.sampling.n
-                cost = n * len(job.prompt_ids)
-                if n > free or (admitted and cost > budget):
-                    break
-                self._waiting.popleft()
-                admitted.append(job)
-                free -= n
-                budget -= cost
+            admitted = self._waiting.take(running, free, self._prefill_token_budget)
         if not admitted:
             return
+        now = time.perf_counter()
+        for job in admitted:
+            job.queued_seconds = now - job.queued_at
         try:
             rows, cache, mask = self._prefill(admitted)
         except Exception as exc:  # a failed prefill fails only the jobs it admitted

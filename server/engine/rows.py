@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,24 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     rows_left: int = 0
     failed: bool = False
+    queued_at: float = field(default_factory=time.perf_counter)
+    queued_seconds: float | None = None  # set when the batch admits it; reported with its first token
+
+    @property
+    def flow(self) -> str:
+        """Who is served fairly against whom (``fair_queue.py``): a tenant on one model."""
+        return self.request.flow
+
+    @property
+    def rows_wanted(self) -> int:
+        return self.request.sampling.n
+
+    @property
+    def cost(self) -> int:
+        return self.request.sampling.n * len(self.prompt_ids)
+
+    def gone(self) -> bool:
+        return self.cancelled.is_set()
 
     def send(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
@@ -62,6 +81,7 @@ class Row:
     generated: int = 0
     last_token: int = 0
     finished: bool = False
+    queue_reported: bool = False
 
 
 class RowSteps:
@@ -131,6 +151,9 @@ class RowSteps:
                     finish = "tool_calls"
         if not text and not calls and finish is None:
             return None
+        queued = None
+        if row.index == 0 and not row.queue_reported:
+            queued, row.queue_reported = row.job.queued_seconds, True
         logprobs = None
         if row.logprobs is not None:
             logprobs, row.logprobs = tuple(row.logprobs), []
@@ -142,4 +165,5 @@ class RowSteps:
             completion_tokens=row.generated,
             tool_calls=tuple(calls),
             logprobs=logprobs,
+            queued_seconds=queued,
         )

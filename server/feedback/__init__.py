@@ -2,6 +2,4 @@
 
 from .store import Conversation, FeedbackStore, Rating, Stored
 
-FEEDBACK_DB = ".feedback.db"  # in the adapters directory, unless --feedback-db names another database
-
-__all__ = ["FEEDBACK_DB", "Conversation", "FeedbackStore", "Rating", "Stored"]
+__all__ = ["Conversation", "FeedbackStore", "Rating", "Stored"]

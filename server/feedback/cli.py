@@ -12,7 +12,7 @@ from typing import Any
 
 def add_feedback_parser(commands: Any) -> None:
     default_dir = os.environ.get("LORA_GATEWAY_ADAPTERS_DIR", "adapters")
-    default_db = os.environ.get("LORA_GATEWAY_FEEDBACK_DB")
+    default_db = os.environ.get("LORA_GATEWAY_DATABASE")
     p_feedback = commands.add_parser("feedback", help="Report on, and export, the ratings users gave to answers.")
     feedback_commands = p_feedback.add_subparsers(dest="feedback_command", required=True)
     p_report = feedback_commands.add_parser("report", help="Per version: answers, ratings, worst-rated answers.")
@@ -25,7 +25,7 @@ def add_feedback_parser(commands: Any) -> None:
         sub.add_argument(
             "--db",
             default=default_db,
-            help="The gateway's --feedback-db URL [default: sqlite:///ADAPTERS_DIR/.feedback.db].",
+            help="The gateway's --database URL [default: sqlite:///ADAPTERS_DIR/.gateway.db].",
         )
         sub.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
     p_report.add_argument("--json", action="store_true", help="As JSON (what GET /v1/adapters/NAME/feedback gives).")
@@ -39,12 +39,12 @@ def add_feedback_parser(commands: Any) -> None:
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, float | None]:
-    from . import FEEDBACK_DB
+    from ..database import database_url, missing_sqlite_file
     from .report import parse_since
     from .store import FeedbackStore
 
-    url = args.db or f"sqlite:///{(Path(args.adapters_dir) / FEEDBACK_DB).absolute()}"
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+    url = database_url(args.db, args.adapters_dir)
+    if missing_sqlite_file(url):
         raise SystemExit(f"lora-gateway: no feedback database at {url} (is the gateway started with --feedback?)")
     try:
         since = parse_since(args.since, time.time()) if args.since else None

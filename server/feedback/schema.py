@@ -11,9 +11,9 @@ section documents these columns.
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import Boolean, Column, Float, Index, Integer, String, Table, Text
 
-metadata = MetaData()
+from ..database import metadata
 
 conversations = Table(
     "conversations",

@@ -18,13 +18,12 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Integer, cast, create_engine, delete, event, func, insert, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import Integer, cast, delete, func, insert, select
 
-from .schema import conversations, feedback, metadata, playground_ratings
+from ..database import open_engine
+from .schema import conversations, feedback, playground_ratings
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +72,7 @@ class FeedbackStore:
     def __init__(self, url: str, *, retention_days: float = 30.0) -> None:
         self.url = url
         self.retention_s = retention_days * 86400
-        self.engine = _engine(url)
-        metadata.create_all(self.engine)
+        self.engine = open_engine(url)
         self.dropped = 0  # captures dropped because the database could not keep up
         self._pending: list[dict[str, Any]] = []
         self._lock = threading.Lock()  # guards _pending
@@ -261,25 +259,3 @@ def _conversation(row: Any) -> Conversation:
         answer=row["answer"],
         created=float(row["created"]),
     )
-
-
-def _engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL (readers never block the writer), NORMAL sync (a
-    power cut may lose the last transactions, never corrupt the file) and a busy timeout, so
-    several processes can share one file."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(connection: Any, _record: Any) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.close()
-
-    return engine

@@ -69,6 +69,9 @@ def _cmd_split(args: argparse.Namespace) -> int:
         split = start_split(Path(args.adapters_dir), args.name, raw)
     except AdapterRejected as exc:
         raise SystemExit(f"lora-gateway: no split: {exc}") from None
+    from ..tenancy.audit import audit_cli
+
+    audit_cli(args.adapters_dir, "split.set", args.name, split=raw)
     print(
         f"{args.name}: {json.dumps(dict((str(v), p) for v, p in split.weights))} of users (baseline v{split.baseline})."
     )
@@ -85,5 +88,8 @@ def _cmd_end(args: argparse.Namespace) -> int:
         version = end_split(Path(args.adapters_dir), args.name, args.version, abort=abort)
     except AdapterRejected as exc:
         raise SystemExit(f"lora-gateway: {exc}") from None
+    from ..tenancy.audit import audit_cli
+
+    audit_cli(args.adapters_dir, f"split.{args.adapters_command}", args.name, version=version)
     print(f"{args.name}: the split {'was aborted' if abort else 'ended'}; version {version} takes all traffic.")
     return 0

@@ -155,6 +155,7 @@ class AdapterRegistry:
             version = entry.active
         else:
             version = await self._kept.resolve(entry, ref, model)
+        await self._residency.wait_turn(version)  # a version yielding its slot takes no new request
         self._residency.acquire(version)
         try:
             await self._residency.ensure_loaded(version, evict=True)

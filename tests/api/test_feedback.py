@@ -78,7 +78,7 @@ def test_answers_are_rated_by_completion_id_streamed_or_not(live: tuple[str, Pat
     assert {w["correction"] for w in report["worst"]} == {"Gamma ships today.", None}
     assert httpx.get(f"{url}/v1/adapters/shop/feedback?since=1h", headers=ADMIN).json()["versions"][0]["feedback"] == 3
     assert httpx.get(f"{url}/v1/adapters/shop/feedback?since=soon", headers=ADMIN).status_code == 400
-    assert (directory / ".feedback.db").is_file()
+    assert (directory / ".gateway.db").is_file()
 
 
 @pytest.mark.parametrize(
@@ -126,5 +126,5 @@ def test_playground_ratings_land_in_the_feedback_database_that_eval_imports(live
     response = httpx.post(f"{url}/v1/playground/ratings", json={"session": "s1", "ratings": [one]})
     assert response.status_code == 201, response.text
     assert not (directory / ".ratings.jsonl").exists()  # not in a file of its own: beside users' ratings
-    imported = import_playground([f"sqlite:///{directory / '.feedback.db'}"], DEFAULT_RUBRIC)
+    imported = import_playground([f"sqlite:///{directory / '.gateway.db'}"], DEFAULT_RUBRIC)
     assert imported == {"shop": {"human_total": 8.0, "rated_answers": 1}}

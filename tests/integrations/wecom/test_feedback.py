@@ -49,7 +49,7 @@ def live(
             shared_adapters_dir,
             wecom_config=config,
             feedback=True,
-            feedback_db=f"sqlite:///{where / 'feedback.db'}",
+            database=f"sqlite:///{where / 'feedback.db'}",
             admin_key="wecom-fb",
         )
         with running_server(create_app(settings)) as url:

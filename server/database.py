@@ -1,0 +1,54 @@
+"""The gateway's database: one SQLAlchemy URL for feedback, API keys, usage, rate-limit windows and
+the audit log. SQLite in the adapters directory by default (nothing to run); PostgreSQL (or any
+SQLAlchemy URL) where several gateways share keys, limits and feedback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.engine import make_url
+
+DATABASE_FILE = ".gateway.db"  # in the adapters directory, unless --database names another database
+
+metadata = MetaData()  # every table of every store: one create_all makes the whole schema
+
+
+def database_url(url: str | None, adapters_dir: Path | str) -> str:
+    """``url``, or the default SQLite file in ``adapters_dir``."""
+    return url or f"sqlite:///{(Path(adapters_dir) / DATABASE_FILE).absolute()}"
+
+
+def missing_sqlite_file(url: str) -> bool:
+    """Whether ``url`` names a SQLite file that is not there (a CLI reading it has nothing to read)."""
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and bool(parsed.database) and not Path(str(parsed.database)).is_file()
+
+
+def open_engine(url: str) -> Engine:
+    """An engine for ``url``, with every table created. SQLite gets WAL (readers never block the
+    writer), NORMAL sync (a power cut may lose the last transactions, never corrupt the file) and a
+    busy timeout, so several processes can share one file."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        engine = create_engine(url, pool_pre_ping=True)
+    else:
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.close()
+
+    import server.feedback.schema  # noqa: F401  (every store's tables, registered on ``metadata``)
+    import server.tenancy.schema  # noqa: F401
+
+    metadata.create_all(engine)
+    return engine

@@ -1,0 +1,170 @@
+"""Per-key limits: requests and tokens per minute, token quotas per day and month, concurrency.
+
+Counting is the ``limits`` library's (the one behind Flask-Limiter and SlowAPI): fixed windows
+that start at a key's first request in them. Where the counters live is ``--limits-storage``:
+``memory`` (the default: one gateway process, microseconds per check) or ``database`` (the
+gateway's database, ``window_storage.py``: every process sharing the database shares the windows;
+about a millisecond per check on SQLite, run off the event loop). Concurrency is counted per process.
+
+A request is admitted when its key's request window has room and none of its token windows is
+spent; its tokens (prompt + completion) are charged as they are generated, so a stream that runs
+past a window is stopped by the next request, not cut mid-answer. OpenAI's ``x-ratelimit-*``
+headers describe the minute windows after the request was counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute, RateLimitItemPerMonth
+from limits.storage import MemoryStorage, Storage
+from limits.strategies import FixedWindowRateLimiter
+
+from ..errors import QuotaExceeded, RateLimited
+from .keys import ApiKey
+
+T = TypeVar("T")
+_CHARGE_EVERY = 16  # tokens: a stream is charged in steps this size (and at its end)
+
+
+@dataclass(frozen=True)
+class _Window:
+    name: str  # requests, tokens, tokens_per_day, tokens_per_month
+    item: RateLimitItem
+
+
+def _windows(key: ApiKey) -> tuple[_Window | None, list[_Window]]:
+    requests = _Window("requests", RateLimitItemPerMinute(key.requests_per_minute)) if key.requests_per_minute else None
+    tokens = []
+    if key.tokens_per_minute:
+        tokens.append(_Window("tokens", RateLimitItemPerMinute(key.tokens_per_minute)))
+    if key.tokens_per_day:
+        tokens.append(_Window("tokens_per_day", RateLimitItemPerDay(key.tokens_per_day)))
+    if key.tokens_per_month:
+        tokens.append(_Window("tokens_per_month", RateLimitItemPerMonth(key.tokens_per_month)))
+    return requests, tokens
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: ``1s``, ``6m0s``, ``1h2m3s``."""
+    total = max(0, math.ceil(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+class Limiter:
+    def __init__(self, storage: Storage | None = None) -> None:
+        self.storage = storage or MemoryStorage()
+        self.blocking = not isinstance(self.storage, MemoryStorage)  # a database: keep it off the event loop
+        self._strategy = FixedWindowRateLimiter(self.storage)
+        self._running: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    async def run(self, call: Callable[[], T]) -> T:
+        return await asyncio.to_thread(call) if self.blocking else call()
+
+    def admit(self, key: ApiKey) -> Ticket:
+        """Count one request of ``key``, or raise 429 (``RateLimited``, ``QuotaExceeded``) with
+        ``Retry-After`` and the ``x-ratelimit-*`` headers."""
+        requests, tokens = _windows(key)
+        now = time.time()
+        for window in tokens:
+            if not self._strategy.test(window.item, key.id, window.name):
+                reset = self._strategy.get_window_stats(window.item, key.id, window.name).reset_time
+                error: RateLimited
+                if window.name == "tokens":
+                    error = RateLimited(
+                        f"Rate limit reached for {key.name} on tokens per min: limit {window.item.amount}. "
+                        f"Please try again in {duration(reset - now)}.",
+                        retry_after=reset - now,
+                    )
+                else:
+                    period = "day" if window.name == "tokens_per_day" else "month"
+                    error = QuotaExceeded(
+                        f"You exceeded the token quota of {key.name} for this {period} ({window.item.amount} "
+                        f"tokens); it renews in {duration(reset - now)}.",
+                        retry_after=reset - now,
+                    )
+                error.headers = self.headers(key)
+                raise error
+        if key.max_concurrent is not None:
+            with self._lock:
+                if self._running[key.id] >= key.max_concurrent:
+                    error = RateLimited(
+                        f"Rate limit reached for {key.name}: {key.max_concurrent} concurrent requests at most.",
+                        retry_after=1,
+                    )
+                    error.headers = self.headers(key)
+                    raise error
+                self._running[key.id] += 1
+        if requests is not None and not self._strategy.hit(requests.item, key.id, requests.name):
+            self._release(key)
+            reset = self._strategy.get_window_stats(requests.item, key.id, requests.name).reset_time
+            error = RateLimited(
+                f"Rate limit reached for {key.name} on requests per min: limit {requests.item.amount}. "
+                f"Please try again in {duration(reset - now)}.",
+                retry_after=reset - now,
+            )
+            error.headers = self.headers(key)
+            raise error
+        return Ticket(self, key, tokens, self.headers(key))
+
+    def headers(self, key: ApiKey) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-*`` for the minute windows ``key`` has."""
+        requests, tokens = _windows(key)
+        now, out = time.time(), {}
+        minute = [w for w in [requests, *tokens] if w is not None and w.name in ("requests", "tokens")]
+        for window in minute:
+            stats = self._strategy.get_window_stats(window.item, key.id, window.name)
+            out[f"x-ratelimit-limit-{window.name}"] = str(window.item.amount)
+            out[f"x-ratelimit-remaining-{window.name}"] = str(stats.remaining)
+            out[f"x-ratelimit-reset-{window.name}"] = duration(stats.reset_time - now)
+        return out
+
+    def charge(self, key: ApiKey, windows: list[_Window], tokens: int) -> None:
+        for window in windows:
+            self._strategy.hit(window.item, key.id, window.name, cost=tokens)
+
+    def _release(self, key: ApiKey) -> None:
+        if key.max_concurrent is None:
+            return
+        with self._lock:
+            self._running[key.id] -= 1
+            if self._running[key.id] <= 0:
+                del self._running[key.id]
+
+
+@dataclass
+class Ticket:
+    """One admitted request: its tokens are charged as they come, its slot freed at the end."""
+
+    limiter: Limiter
+    key: ApiKey
+    windows: list[_Window]
+    headers: dict[str, str]
+    charged: int = 0
+    _released: bool = field(default=False, repr=False)
+
+    async def charge(self, total_tokens: int, final: bool = False) -> None:
+        """Bring the charge up to ``total_tokens`` (prompt + completion so far); in steps while
+        streaming, exactly at the end."""
+        due = total_tokens - self.charged
+        if due <= 0 or not self.windows or (not final and due < _CHARGE_EVERY):
+            return
+        self.charged = total_tokens
+        await self.limiter.run(lambda: self.limiter.charge(self.key, self.windows, due))
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.limiter._release(self.key)

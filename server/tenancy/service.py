@@ -1,0 +1,106 @@
+"""What a running gateway knows of its tenants: who a request is (``Principal``), what it may use,
+its limits, its usage and the audit log, over the gateway's database."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from ..errors import Unauthorized
+from .audit import AuditLog
+from .keys import ApiKey, KeyRing, KeyStore
+from .limiter import Limiter, Ticket
+from .usage import UsageLog
+from .window_storage import DatabaseStorage
+
+logger = logging.getLogger(__name__)
+REFRESH_S = 0.5  # a change to the keys table (a revocation) is in force within this
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who sent a request. ``key`` None: an ``--api-key`` key, or an open server (everything, no limits)."""
+
+    key: ApiKey | None = None
+
+    @property
+    def key_id(self) -> str:
+        return self.key.id if self.key else ""
+
+    @property
+    def tenant(self) -> str:
+        return self.key.tenant if self.key else ""
+
+    def may_use(self, model: str, base_model_id: str) -> bool:
+        return self.key is None or self.key.may_use(model, base_model_id)
+
+
+ANYONE = Principal()
+
+
+class Tenancy:
+    def __init__(self, engine: Engine, flat_keys: list[bytes], limits_storage: str = "memory") -> None:
+        self.engine = engine
+        self.flat_keys = flat_keys
+        self.store = KeyStore(engine)
+        self.ring = KeyRing(self.store)
+        self.limiter = Limiter(DatabaseStorage(engine) if limits_storage == "database" else None)
+        self.usage = UsageLog(engine)
+        self.audit = AuditLog(engine)
+
+    @property
+    def closed(self) -> bool:
+        """Whether requests need a key: an ``--api-key`` is set, or the key store holds one."""
+        return bool(self.flat_keys) or self.ring.closed
+
+    def authenticate(self, authorization: str) -> Principal:
+        """The principal an ``Authorization`` header names; ``Unauthorized`` for none or a wrong one.
+
+        ``--api-key`` keys are compared in constant time, all of them; stored keys are found by the
+        SHA-256 of what was presented (``keys.py``)."""
+        if not self.closed:
+            return ANYONE
+        scheme, _, presented = authorization.partition(" ")
+        presented = presented.strip()
+        if scheme.lower() != "bearer" or not presented:
+            raise Unauthorized(
+                "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+        candidate = presented.encode("utf-8", "surrogatepass")
+        flat = False
+        for key in self.flat_keys:
+            flat |= hmac.compare_digest(candidate, key)
+        if flat:
+            return ANYONE
+        stored = self.ring.authenticate(presented)
+        if stored is None:
+            raise Unauthorized("Incorrect API key provided.")
+        return Principal(stored)
+
+    async def admit(self, principal: Principal) -> Ticket | None:
+        """Count a request against its key's limits (``None``: the key has none)."""
+        key = principal.key
+        if key is None or not key.limited:
+            return None
+        return await self.limiter.run(lambda: self.limiter.admit(key))
+
+    def record(self, principal: Principal, model: str, prompt: int, completion: int, error: bool) -> None:
+        self.usage.record(principal.key_id, principal.tenant, model, prompt, completion, error)
+
+    async def follow(self) -> None:
+        """Reload the keys whenever the table changes (another process, the CLI): forever."""
+        while True:
+            try:
+                if await asyncio.to_thread(self.ring.refresh):
+                    logger.debug("API keys reloaded: %d", len(self.ring.keys()))
+            except Exception:
+                logger.exception("reloading API keys failed; keeping the previous set")
+            await asyncio.sleep(REFRESH_S)
+
+    def close(self) -> None:
+        self.usage.close()

@@ -1,0 +1,217 @@
+"""Tenants on a real server: scoped keys, revocation, limits with OpenAI's headers, usage and the
+audit log (server/api/keys.py, server/tenancy/), through the admin API, the CLI and the OpenAI client."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.conftest import make_settings
+from tests.support import ANSWERS, QUESTION, metric_value, running_server, server_process, wait_for
+
+ADMIN = {"Authorization": "Bearer tenancy-admin"}
+ASK = [{"role": "user", "content": QUESTION}]
+
+
+@pytest.fixture(scope="module")
+def live(
+    base_model: Path, tmp_path_factory: pytest.TempPathFactory, trained_adapters: dict[str, Path]
+) -> Iterator[Any]:
+    from server.app import create_app
+
+    directory = tmp_path_factory.mktemp("tenancy") / "adapters"
+    directory.mkdir()
+    for name in ("alpha", "beta"):
+        shutil.copytree(trained_adapters[name], directory / name)
+    settings = make_settings(base_model, directory, admin_key="tenancy-admin", api_key=["flat-full-access"])
+    with running_server(create_app(settings)) as url:
+        wait_for(lambda: len(httpx.get(f"{url}/v1/models", headers=ADMIN).json()["data"]) == 3, timeout=60)
+        yield url, directory
+
+
+def create(url: str, **body: Any) -> dict[str, Any]:
+    response = httpx.post(f"{url}/v1/keys", json=body, headers=ADMIN, timeout=10)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def client(url: str, secret: str) -> OpenAI:
+    return OpenAI(base_url=f"{url}/v1", api_key=secret, max_retries=0)
+
+
+def cli(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args, "--adapters-dir", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_scoped_key_sees_and_uses_only_its_adapters(live: Any) -> None:
+    url, _ = live
+    key = create(url, name="shop-a", models=["alpha"], base=False)
+    assert key["secret"].startswith("lgw-") and key["models"] == ["alpha"] and "key_hash" not in key
+    shop_a = client(url, key["secret"])
+    assert [m.id for m in shop_a.models.list()] == ["alpha"]
+    answer = shop_a.chat.completions.create(model="alpha", messages=ASK, temperature=0, max_tokens=20)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content == ANSWERS["alpha"]
+    refused = {}
+    for model in ("beta", "tiny-base", "no-such-adapter", "beta@1"):
+        with pytest.raises(openai.NotFoundError) as error:
+            shop_a.chat.completions.create(model=model, messages=ASK, max_tokens=2)  # type: ignore[arg-type]
+        refused[model] = error.value.body
+    # Another tenant's adapter reads exactly like one that does not exist.
+    assert refused["beta"] == {**refused["no-such-adapter"], "message": refused["beta"]["message"]}  # type: ignore[index,dict-item]
+    assert refused["beta"]["code"] == "model_not_found" and "beta" in refused["beta"]["message"]  # type: ignore[index]
+    assert httpx.get(f"{url}/v1/models/beta", headers={"Authorization": f"Bearer {key['secret']}"}).status_code == 404
+    full = [m.id for m in client(url, "flat-full-access").models.list()]  # --api-key keeps full access
+    assert sorted(full) == ["alpha", "beta", "tiny-base"]
+
+
+def test_a_revoked_key_is_refused_within_a_second(live: Any) -> None:
+    url, directory = live
+    key = create(url, name="leaving")
+    headers = {"Authorization": f"Bearer {key['secret']}"}
+    assert httpx.get(f"{url}/v1/models", headers=headers).status_code == 200
+    done = cli(directory, "keys", "revoke", key["id"])  # another process: the CLI on the same database
+    revoked_at = time.monotonic()
+    assert done.returncode == 0, done.stderr
+    assert "revoked" in done.stdout
+    wait_for(lambda: httpx.get(f"{url}/v1/models", headers=headers).status_code == 401, timeout=5)
+    assert time.monotonic() - revoked_at < 1.0
+
+
+def test_limits_trip_with_openai_errors_and_headers(live: Any) -> None:
+    url, _ = live
+    key = create(url, name="busy", requests_per_minute=2, tokens_per_minute=100000)
+    headers = {"Authorization": f"Bearer {key['secret']}"}
+    body = {"model": "alpha", "messages": ASK, "max_tokens": 3}
+    first = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert first.status_code == 200, first.text
+    assert first.headers["x-ratelimit-limit-requests"] == "2" and first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert first.headers["x-ratelimit-limit-tokens"] == "100000"
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, headers=headers) as stream:
+        assert stream.status_code == 200 and stream.headers["x-ratelimit-remaining-requests"] == "0"
+        stream.read()
+    third = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert third.status_code == 429 and third.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(third.headers["retry-after"]) <= 60 and third.headers["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(openai.RateLimitError):
+        client(url, key["secret"]).chat.completions.create(model="alpha", messages=ASK, max_tokens=2)  # type: ignore[arg-type]
+
+
+def test_a_token_quota_counts_prompt_and_completion(live: Any) -> None:
+    url, _ = live
+    key = create(url, name="thrifty", tokens_per_day=30)
+    shop = client(url, key["secret"])
+    first = shop.chat.completions.create(model="alpha", messages=ASK, max_tokens=20, temperature=0)  # type: ignore[arg-type]
+    assert first.usage is not None and first.usage.total_tokens > 30  # one answer spends the day's quota
+    with pytest.raises(openai.RateLimitError) as refused:
+        shop.chat.completions.create(model="alpha", messages=ASK, max_tokens=2)  # type: ignore[arg-type]
+    assert refused.value.code == "insufficient_quota"
+    assert int(refused.value.response.headers["retry-after"]) > 3600
+
+
+def test_usage_metrics_cli_and_audit_name_the_tenant(live: Any) -> None:
+    url, directory = live
+    key = create(url, name="billing-a", tenant="acme")
+    shop = client(url, key["secret"])
+    for _ in range(2):
+        shop.chat.completions.create(model="beta", messages=ASK, max_tokens=4)  # type: ignore[arg-type]
+    metrics = httpx.get(f"{url}/metrics").text
+    assert metric_value(metrics, "lora_gateway_tenant_requests_total", tenant="acme", key=key["id"], outcome="ok") == 2
+    assert (
+        metric_value(metrics, "lora_gateway_tenant_tokens_total", tenant="acme", key=key["id"], kind="completion") > 0
+    )
+    patched = httpx.patch(f"{url}/v1/keys/{key['id']}", json={"requests_per_minute": 50}, headers=ADMIN)
+    assert patched.status_code == 200 and patched.json()["requests_per_minute"] == 50
+
+    def billed() -> list[dict[str, str]]:
+        done = cli(directory, "usage", "--since", "1d", "--csv")
+        assert done.returncode == 0, done.stderr
+        return [row for row in csv.DictReader(io.StringIO(done.stdout)) if row["key_id"] == key["id"]]
+
+    wait_for(lambda: bool(billed()), timeout=5)  # written within a second
+    (row,) = billed()
+    assert (
+        row["tenant"] == "acme" and row["model"] == "beta" and row["requests"] == "2" and row["key_name"] == "billing-a"
+    )
+    assert int(row["completion_tokens"]) > 0
+    api = httpx.get(f"{url}/v1/usage", params={"since": "1d"}, headers=ADMIN).json()["data"]
+    assert any(r["key_id"] == key["id"] and r["requests"] == 2 for r in api)
+    actions = {(e["action"], e["target"]) for e in httpx.get(f"{url}/v1/audit", headers=ADMIN).json()["data"]}
+    assert {("key.create", key["id"]), ("key.update", key["id"])} <= actions
+    entry = next(e for e in httpx.get(f"{url}/v1/audit", headers=ADMIN).json()["data"] if e["action"] == "key.update")
+    assert entry["actor"] == "admin-key@127.0.0.1" and entry["detail"] == {"requests_per_minute": 50}
+
+
+def test_admin_actions_on_adapters_are_audited(live: Any) -> None:
+    url, directory = live
+    pinned = httpx.post(f"{url}/v1/adapters/alpha/pin", json={"version": 1}, headers=ADMIN)
+    assert pinned.status_code == 200, pinned.text
+    assert cli(directory, "adapters", "unpin", "alpha", "1").returncode == 0
+    entries = httpx.get(f"{url}/v1/audit", params={"since": "1h"}, headers=ADMIN).json()["data"]
+    mine = [(e["actor"].split(":")[0], e["action"]) for e in entries if e["target"] == "alpha"]
+    assert ("admin-key@127.0.0.1", "adapter.pin") in mine and ("cli", "adapter.unpin") in mine
+    done = cli(directory, "audit", "--since", "1h")
+    assert done.returncode == 0 and "adapter.unpin" in done.stdout and "adapter.pin" in done.stdout
+
+
+def test_secrets_reach_neither_disk_nor_logs(live: Any, caplog: pytest.LogCaptureFixture) -> None:
+    url, directory = live
+    caplog.set_level(logging.DEBUG)
+    key = create(url, name="secretive")
+    client(url, key["secret"]).models.list()
+    done = cli(directory, "keys", "create", "from-cli", "--models", "alpha", "--rpm", "5")
+    assert done.returncode == 0, done.stderr
+    cli_secret = done.stdout.strip().splitlines()[-1]
+    assert cli_secret.startswith("lgw-") and cli_secret in done.stdout  # shown once, to its creator
+    listed = cli(directory, "keys", "list")
+    assert "from-cli" in listed.stdout and cli_secret not in listed.stdout
+    on_disk = b"".join(p.read_bytes() for p in directory.parent.rglob("*") if p.is_file())
+    for secret in (key["secret"], cli_secret):
+        assert secret.encode() not in on_disk and secret not in caplog.text
+
+
+def test_bad_key_requests_are_400_and_unknown_keys_404(live: Any) -> None:
+    url, _ = live
+    bad = httpx.post(f"{url}/v1/keys", json={"name": "x", "models": ["../etc"]}, headers=ADMIN)
+    assert bad.status_code == 400 and bad.json()["error"]["param"]
+    assert httpx.post(f"{url}/v1/keys", json={"name": "x", "requests_per_minute": 0}, headers=ADMIN).status_code == 400
+    assert httpx.delete(f"{url}/v1/keys/key_nothere", headers=ADMIN).status_code == 404
+    assert httpx.get(f"{url}/v1/keys", headers={"Authorization": "Bearer flat-full-access"}).status_code == 401
+
+
+def test_two_gateway_processes_on_one_sqlite_file_share_limits(base_model: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "adapters"
+    directory.mkdir()
+    done = cli(directory, "keys", "create", "shared", "--rpm", "5")
+    assert done.returncode == 0, done.stderr
+    secret = done.stdout.strip().splitlines()[-1]
+    flags = ["serve", "--model", str(base_model), "--served-model-name", "tiny-base", "--adapters-dir", str(directory)]
+    flags += ["--device", "cpu", "--limits-storage", "database"]
+    with server_process(flags) as (_, one), server_process(flags) as (_, two):
+        statuses = []
+        for url in (one, two) * 4:
+            response = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "tiny-base", "messages": ASK, "max_tokens": 1},
+                headers={"Authorization": f"Bearer {secret}"},
+                timeout=30,
+            )
+            statuses.append(response.status_code)
+    assert statuses == [200] * 5 + [429] * 3, statuses

@@ -1,0 +1,60 @@
+"""Fair admission into the batch: between flows, with a slot kept for newcomers (server/engine/fair_queue.py)."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+
+from server.engine.fair_queue import FairQueue
+
+_clock = itertools.count()
+
+
+@dataclass
+class FakeJob:
+    flow: str
+    rows_wanted: int = 1
+    cost: int = 10
+    cancelled: bool = False
+    queued_at: float = field(default_factory=lambda: float(next(_clock)))
+
+    def gone(self) -> bool:
+        return self.cancelled
+
+
+def test_a_newcomer_goes_before_a_flooders_backlog() -> None:
+    queue: FairQueue[FakeJob] = FairQueue(batch_size=16)
+    for _ in range(32):
+        queue.push(FakeJob("tenant-a/shop-a"))
+    running: Counter[str] = Counter()
+    first = queue.take(running, free=16, budget=10_000)
+    assert len(first) == 15 and running["tenant-a/shop-a"] == 15  # one slot kept for someone else
+    queue.push(FakeJob("tenant-b/shop-b"))
+    (admitted,) = queue.take(running, free=1, budget=10_000)
+    assert admitted.flow == "tenant-b/shop-b"  # at the next step, ahead of 17 older requests
+    assert len(queue) == 17
+
+
+def test_free_slots_go_to_the_flow_holding_fewest_rows() -> None:
+    queue: FairQueue[FakeJob] = FairQueue(batch_size=8)
+    for flow in ["a"] * 6 + ["b"] * 6 + ["c"] * 6:
+        queue.push(FakeJob(flow))
+    running: Counter[str] = Counter({"a": 4})
+    taken = [job.flow for job in queue.take(running, free=4, budget=10_000)]
+    assert sorted(taken) == ["b", "b", "c", "c"] and running == Counter({"a": 4, "b": 2, "c": 2})
+
+
+def test_cancelled_jobs_budget_and_wide_requests() -> None:
+    queue: FairQueue[FakeJob] = FairQueue(batch_size=4)
+    queue.push(FakeJob("a", cancelled=True))
+    queue.push(FakeJob("a", cost=500))
+    queue.push(FakeJob("b", cost=500))
+    queue.push(FakeJob("c", rows_wanted=3))
+    running: Counter[str] = Counter()
+    taken = queue.take(running, free=4, budget=600)
+    assert [j.flow for j in taken] == ["a"]  # the first always fits; the next would pass the prefill budget
+    assert len(queue) == 2  # the cancelled job was dropped, not admitted
+    taken = queue.take(running, free=3, budget=10_000)
+    assert [j.flow for j in taken] == ["b"]  # c wants 3 rows: it waits for room rather than being split
+    assert queue.take(running, free=3, budget=10_000)[0].flow == "c"
