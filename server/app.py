@@ -50,6 +50,7 @@ def build_engine(settings: Settings) -> Engine:
             max_model_len=settings.max_model_len,
             allow_long_context=settings.allow_long_context,
             max_queued=settings.max_queued_requests,
+            fair_admission=settings.fair_admission,
         )
     if settings.engine == "vllm":
         from .engine.vllm_engine import VllmEngine, VllmOptions
@@ -102,6 +103,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         ),
         gate_timeout=settings.eval_gate_timeout,
     )
+    if not settings.adapters_dir.is_dir():  # created, and followed like any other: publish into it at any time
+        settings.adapters_dir.mkdir(parents=True)  # now: the default database lives in it
+        logger.info(
+            "created the adapters directory %s; adapters published into it are served without a restart",
+            settings.adapters_dir,
+        )
     gateway = Gateway(
         settings=settings,
         engine=engine,

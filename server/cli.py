@@ -86,10 +86,19 @@ def serve(settings: Settings) -> None:
     if settings.engine != "remote" and missing_local_model(settings.model):
         raise SystemExit(f"lora-gateway: --model {settings.model}: no such directory")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         app = create_app(settings)
     except WeComConfigError as exc:
         raise SystemExit(f"lora-gateway: {exc}") from None
+    except SQLAlchemyError as exc:  # an unreachable or malformed --database; its password never printed
+        reason = first_line(exc)
+        if settings.database:
+            reason = reason.replace(settings.database, _masked_url(settings.database))
+        raise SystemExit(f"lora-gateway: --database: {reason}") from None
+    except OSError as exc:  # the adapters directory (and the default database in it) cannot be made
+        raise SystemExit(f"lora-gateway: {first_line(exc)}") from None
     run(
         app,
         host=settings.host,
@@ -97,6 +106,15 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level,
         shutdown_timeout=settings.shutdown_timeout,
     )
+
+
+def _masked_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not even a URL: show its scheme at most
+        return url.split(":", 1)[0] + ":***"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -267,6 +285,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"loss curve: {config.run_dir / 'training_loss.png'}")
     if result.published_to:
+        from .tenancy.audit import audit_cli
+
+        audit_cli(result.published_to.parent, "adapter.publish", config.name, trained=str(result.adapter_dir))
         serves = "once its eval gate passes" if config.eval_set else "now"
         if config.canary is not None:  # a split: the version serving before keeps the rest
             serves += (

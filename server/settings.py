@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         description="Requests of one tenant on one model waiting for the local engine's batch; "
         "past this, 503 queue_full with Retry-After.",
     )
+    fair_admission: bool = Field(
+        default=True,
+        description="Admit waiting requests fairly between tenants and models, one batch slot kept for a newcomer "
+        "(off: first come, first served).",
+    )
     max_model_len: int | None = Field(
         default=None, ge=16, description="Context window, prompt + completion (default: the model's)."
     )

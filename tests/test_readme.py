@@ -121,7 +121,18 @@ def test_every_marked_block_is_checked() -> None:
 
 # The loop blocks train `shop-support` v2 (on all its data and one correction) and promote it; the gate
 # block publishes refused files over it in the demo's directory: it goes last.
-IN_ORDER = ["ask-three", "train-and-ask", "sdk", "tools", "eval-compare", "loop-feedback", "loop-canary", "gate"]
+# "keys" comes last: once a key exists the demo server requires one.
+IN_ORDER = [
+    "ask-three",
+    "train-and-ask",
+    "sdk",
+    "tools",
+    "eval-compare",
+    "loop-feedback",
+    "loop-canary",
+    "gate",
+    "keys",
+]
 
 
 @pytest.mark.parametrize("name", IN_ORDER)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..errors import ModelNotFound
 from ..evaluation.judge import DEFAULT_RUBRIC
 from ..registry.addressing import matches, split_address
-from .deps import GatewayDep, require_api_key
+from .deps import GatewayDep, PrincipalDep, require_api_key
 
 page = APIRouter()
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -40,15 +40,17 @@ async def playground() -> HTMLResponse:
 
 
 @router.get("/v1/playground/models")
-async def models(gateway: GatewayDep) -> dict[str, Any]:
+async def models(gateway: GatewayDep, principal: PrincipalDep) -> dict[str, Any]:
     """What the pickers offer: the base, each adapter, and each adapter's other kept versions
-    (``shop@3``), so a version can be compared with the one serving before it is promoted."""
+    (``shop@3``), so a version can be compared with the one serving before it is promoted; for a
+    scoped key, only what it may use."""
     registry = gateway.registry
+    base = registry.base_model_id
 
     def listing() -> list[str]:
-        ids = [registry.base_model_id]
+        ids = [base] if principal.may_use(base, base) else []
         for entry in registry.entries():
-            if entry.active is not None:
+            if entry.active is not None and principal.may_use(entry.name, base):
                 ids.append(entry.name)
                 ids += [f"{entry.name}@{v.number}" for v in registry.store.versions(entry.name)]
         return ids

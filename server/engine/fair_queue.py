@@ -38,10 +38,11 @@ T = TypeVar("T", bound=Queued)
 
 
 class FairQueue(Generic[T]):
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, fair: bool = True) -> None:
         self.batch_size = batch_size
+        self.fair = fair  # False: first come, first served (every slot usable by one flow)
         # The most rows one flow may hold while others might come: one slot is kept for them.
-        self.flow_cap = batch_size - 1 if batch_size >= 4 else batch_size
+        self.flow_cap = batch_size - 1 if fair and batch_size >= 4 else batch_size
         self._flows: OrderedDict[str, deque[T]] = OrderedDict()
         self._size = 0
 
@@ -105,7 +106,7 @@ class FairQueue(Generic[T]):
             holds = running[flow]
             if head.rows_wanted > free or (holds and holds + head.rows_wanted > self.flow_cap):
                 continue
-            rank = (holds, head.queued_at)
+            rank = (holds if self.fair else 0, head.queued_at)
             if best is None or rank < best:
                 best, best_flow = rank, flow
         return best_flow

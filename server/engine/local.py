@@ -72,6 +72,7 @@ class LocalEngine(Engine):
         allow_long_context: bool = False,
         prefill_token_budget: int = 8192,
         max_queued: int = 256,
+        fair_admission: bool = True,
     ) -> None:
         self.model_path = model
         self._device_setting = device
@@ -95,7 +96,7 @@ class LocalEngine(Engine):
 
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
-        self._waiting: FairQueue[Job] = FairQueue(max_batch_size)
+        self._waiting: FairQueue[Job] = FairQueue(max_batch_size, fair_admission)
         self._commands: deque[tuple[Callable[[], None], Future[None]]] = deque()
         self._stopping = False
         self._thread: threading.Thread | None = None

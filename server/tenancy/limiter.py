@@ -2,7 +2,7 @@
 
 Counting is the ``limits`` library's (the one behind Flask-Limiter and SlowAPI): fixed windows
 that start at a key's first request in them. Where the counters live is ``--limits-storage``:
-``memory`` (the default: one gateway process, microseconds per check) or ``database`` (the
+``memory`` (the default: one gateway process, microseconds per check; ``window_storage.py``) or ``database`` (the
 gateway's database, ``window_storage.py``: every process sharing the database shares the windows;
 about a millisecond per check on SQLite, run off the event loop). Concurrency is counted per process.
 
@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute, RateLimitItemPerMonth
-from limits.storage import MemoryStorage, Storage
+from limits.storage import Storage
 from limits.strategies import FixedWindowRateLimiter
 
 from ..errors import QuotaExceeded, RateLimited
 from .keys import ApiKey
+from .window_storage import ProcessStorage
 
 T = TypeVar("T")
 _CHARGE_EVERY = 16  # tokens: a stream is charged in steps this size (and at its end)
@@ -64,8 +65,8 @@ def duration(seconds: float) -> str:
 
 class Limiter:
     def __init__(self, storage: Storage | None = None) -> None:
-        self.storage = storage or MemoryStorage()
-        self.blocking = not isinstance(self.storage, MemoryStorage)  # a database: keep it off the event loop
+        self.storage = storage or ProcessStorage()
+        self.blocking = not isinstance(self.storage, ProcessStorage)  # a database: keep it off the event loop
         self._strategy = FixedWindowRateLimiter(self.storage)
         self._running: Counter[str] = Counter()
         self._lock = threading.Lock()

@@ -1,13 +1,17 @@
-"""A storage for the ``limits`` library in the gateway's database, so that several gateway
-processes (one SQLite file on one host, or PostgreSQL anywhere) count against the same windows.
+"""Storages for the ``limits`` library's fixed windows: in the gateway's database, so that several
+gateway processes (one SQLite file on one host, or PostgreSQL anywhere) count against the same
+windows, and in the process.
 
-``limits`` ships Redis, Memcached, MongoDB and in-memory storages but none in SQL; this one is the
-fixed-window half of its ``Storage`` interface, one statement per call: an upsert that starts a new
-window when the old one has ended, atomic in both databases.
+``limits`` ships Redis, Memcached, MongoDB and in-memory storages but none in SQL; ``DatabaseStorage``
+is the fixed-window half of its ``Storage`` interface, one statement per call: an upsert that
+starts a new window when the old one has ended, atomic in both databases. ``ProcessStorage`` is the
+same in a dict: ``limits``' own ``MemoryStorage`` starts a timer thread to expire keys whenever it
+counts, which costs a tenth of a millisecond per request on the gateway's hot path.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 from limits.storage import Storage
@@ -79,3 +83,51 @@ class DatabaseStorage(Storage):
             return int(
                 connection.execute(delete(rate_windows).where(rate_windows.c.expiry <= time.time())).rowcount or 0
             )
+
+
+class ProcessStorage(Storage):
+    """Fixed windows in this process: a dict and a lock, expired windows dropped as it grows."""
+
+    STORAGE_SCHEME = ["lora-gateway-process"]
+    _SWEEP_AT = 10_000
+
+    def __init__(self) -> None:
+        super().__init__(None, wrap_exceptions=False)
+        self._windows: dict[str, list[float]] = {}  # key -> [count, expiry]
+        self._lock = threading.Lock()
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return ValueError
+
+    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        now = time.time()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None or window[1] <= now:
+                if len(self._windows) >= self._SWEEP_AT:
+                    self._windows = {k: w for k, w in self._windows.items() if w[1] > now}
+                window = self._windows[key] = [0, now + expiry]
+            window[0] += amount
+            return int(window[0])
+
+    def get(self, key: str) -> int:
+        window = self._windows.get(key)
+        return int(window[0]) if window is not None and window[1] > time.time() else 0
+
+    def get_expiry(self, key: str) -> float:
+        now = time.time()
+        window = self._windows.get(key)
+        return window[1] if window is not None and window[1] > now else now
+
+    def check(self) -> bool:
+        return True
+
+    def reset(self) -> int | None:
+        with self._lock:
+            count, self._windows = len(self._windows), {}
+        return count
+
+    def clear(self, key: str) -> None:
+        with self._lock:
+            self._windows.pop(key, None)

@@ -53,7 +53,10 @@ def fuzz_url(
     directory = tmp_path_factory.mktemp("fuzz-adapters")
     for name, path in trained_adapters.items():
         shutil.copytree(path, directory / name)
-    app = create_app(make_settings(base_model, directory, admin_key="fuzz-admin", max_model_len=64))
+    # The admin key is also an --api-key: the fuzzer creates API keys through the admin API, after
+    # which a key is required, and one header must reach chat and admin operations alike.
+    settings = make_settings(base_model, directory, admin_key="fuzz-admin", api_key=["fuzz-admin"], max_model_len=64)
+    app = create_app(settings)
     with running_server(app) as url:
         yield url
 
@@ -190,7 +193,7 @@ def _send(fuzz_url: str, body: dict[str, Any]) -> int:
         "POST",
         f"{fuzz_url}/v1/chat/completions",
         content=_dumps(body),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **ADMIN},
         timeout=60,
     ) as response:
         text = "".join(response.iter_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from server.database import open_engine
 from server.errors import QuotaExceeded, RateLimited
 from server.tenancy.keys import ApiKey
 from server.tenancy.limiter import Limiter, duration
-from server.tenancy.window_storage import DatabaseStorage
+from server.tenancy.window_storage import DatabaseStorage, ProcessStorage
 
 
 def key(**limits: int) -> ApiKey:
@@ -77,12 +78,18 @@ def test_two_limiters_on_one_database_share_the_windows(tmp_path: Path) -> None:
     assert one.headers(k)["x-ratelimit-remaining-requests"] == "0"
 
 
-def test_a_database_window_restarts_when_it_ends(tmp_path: Path) -> None:
-    storage = DatabaseStorage(open_engine(f"sqlite:///{tmp_path / 'g.db'}"))
+@pytest.mark.parametrize("where", ["database", "process"])
+def test_a_window_restarts_when_it_ends(tmp_path: Path, where: str) -> None:
+    storage = (
+        DatabaseStorage(open_engine(f"sqlite:///{tmp_path / 'g.db'}")) if where == "database" else ProcessStorage()
+    )
     assert storage.incr("w", 60, 5) == 5 and storage.incr("w", 60, 2) == 7 and storage.get("w") == 7
+    assert storage.get_expiry("w") > time.time() + 50
     assert storage.incr("ended", -1, 3) == 3  # a window that has already ended
+    assert storage.get("ended") == 0
     assert storage.incr("ended", 60, 4) == 4 and storage.get("ended") == 4  # starts over
-    assert storage.purge() == 0 and storage.check()
+    storage.clear("w")
+    assert storage.get("w") == 0 and storage.check()
 
 
 def test_reset_durations_read_as_openai_writes_them() -> None:

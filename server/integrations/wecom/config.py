@@ -53,6 +53,11 @@ class BotConfig(BaseModel):
         'e.g. {"👍": 1, "👎": -1} (needs the gateway\'s --feedback).',
     )
     feedback_reply: str = "Thank you for your feedback."
+    key: str | None = Field(
+        default=None,
+        description="A stored API key (id, prefix or name: `lora-gateway keys`) whose tenant this bot is: its "
+        "scope, limits and usage apply to the bot's answers (default: full access, counted as no tenant).",
+    )
 
     @field_validator("token")
     @classmethod

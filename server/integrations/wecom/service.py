@@ -24,10 +24,11 @@ from typing import Any, Literal
 
 from ...api.protocol import ChatCompletionRequest, ChatMessage
 from ...completions import complete
-from ...errors import ContextLengthExceeded, GatewayError, NotFound
+from ...errors import ContextLengthExceeded, GatewayError, NotFound, Unauthorized
 from ...feedback import Rating
 from ...feedback.recording import record
 from ...gateway import Gateway
+from ...tenancy.service import ANYONE, Principal
 from .api import AppCredentials, WeComApi, WeComApiError
 from .config import BotConfig, WeComSettings
 from .crypto import WeComCrypto
@@ -271,6 +272,7 @@ class WeComService:
                         default_max_tokens=config.max_tokens,
                         source="wecom",
                         completion=completion,
+                        principal=self._principal(config),
                     )
                     break
                 except ContextLengthExceeded:
@@ -287,6 +289,16 @@ class WeComService:
         if config.history_turns and text:
             self._conversations.put(speaker, (*history, (content, text))[-config.history_turns :])
         return text
+
+    def _principal(self, config: BotConfig) -> Principal:
+        """The tenant a bot answers as (its ``key``); a key that is gone or revoked stops the bot
+        (its users get the apology, the log says why) rather than serve it without limits."""
+        if config.key is None:
+            return ANYONE
+        for key in self.gateway.tenancy.ring.keys():
+            if config.key in (key.id, key.prefix, key.name) and key.usable():
+                return Principal(key)
+        raise Unauthorized(f"the bot's key {config.key!r} is not a usable API key (revoked, disabled or unknown)")
 
     @staticmethod
     def _request(config: BotConfig, history: Conversation, content: str, user: str) -> ChatCompletionRequest:
