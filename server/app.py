@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from .admission import AdapterGate
 from .api import admin, chat, feedback, keys, models, ops, playground
 from .api.errors import count_refusal, install_error_handlers
 from .api.limits import BodyLimitMiddleware
@@ -121,6 +122,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         ),
         admin_keys=[settings.admin_key.get_secret_value().encode()] if settings.admin_key else [],
     )
+    if settings.engine == "vllm":  # the embedded engine admits fairly in its batch; remote upstreams each schedule
+        gateway.adapter_gate = AdapterGate(
+            settings.max_loras,
+            settings.max_queued_requests,
+            lambda adapter, seconds: metrics.queue_time.labels(adapter.partition("@")[0]).observe(seconds),
+        )
     metrics.watch_engine(engine.health, lambda: len(registry.active_versions()), engine.peak_memory_bytes)
     wecom = _wecom_service(settings, gateway)
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -34,92 +33,14 @@ from .engine.base import GenerationDelta, GenerationRequest
 from .errors import EngineError, EngineUnavailable, GatewayError, ModelNotFound, UpstreamLost
 from .feedback import Conversation
 from .gateway import Gateway
-from .metrics import UNKNOWN_MODEL, GatewayMetrics
+from .metrics import UNKNOWN_MODEL
+from .observing import Observer, Usage
 from .registry.addressing import split_address
 from .tenancy.limiter import Ticket
 from .tenancy.service import ANYONE, Principal
 
 logger = logging.getLogger(__name__)
 _RETRIES_AFTER_UPSTREAM_LOSS = 2  # a non-streaming answer whose upstream died is started over elsewhere
-
-
-class Observer:
-    """Metrics for one request: tokens, time to first token, latency, outcome."""
-
-    def __init__(
-        self,
-        metrics: GatewayMetrics,
-        model: str,
-        version: str = "",
-        outcome: Callable[[bool], None] | None = None,
-        spent: Callable[[int, int, bool], None] | None = None,
-    ) -> None:
-        self.metrics = metrics
-        self.model = model
-        self.version = version  # the adapter version's number; "" for the base
-        self._outcome = outcome  # told (server_error) when a version under a split finishes
-        self._spent = spent  # told (prompt, completion tokens, failed) once: the key's usage
-        self.started = time.perf_counter()
-        self._first_token_seen = False
-        self.tokens = (0, 0)  # prompt, completion so far
-
-    def _account(self, failed: bool) -> None:
-        if self._spent is not None:
-            spent, self._spent = self._spent, None
-            spent(*self.tokens, failed)
-
-    def delta(self, delta: GenerationDelta) -> None:
-        if delta.queued_seconds is not None:
-            self.metrics.queue_time.labels(self.model).observe(delta.queued_seconds)
-        if not self._first_token_seen and delta.completion_tokens:
-            self._first_token_seen = True
-            self.metrics.ttft.labels(self.model, self.version).observe(time.perf_counter() - self.started)
-
-    def success(self, usage: UsageInfo) -> None:
-        labels = (self.model, self.version)
-        self.metrics.requests.labels(*labels, "200").inc()
-        self.metrics.prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
-        self.metrics.completion_tokens.labels(*labels).inc(usage.completion_tokens)
-        self.metrics.e2e.labels(*labels).observe(time.perf_counter() - self.started)
-        if self._outcome is not None:
-            self._outcome(False)
-        self.tokens = (usage.prompt_tokens, usage.completion_tokens)
-        self._account(False)
-
-    def failure(self, error: GatewayError) -> None:
-        self.metrics.record_error(self.model, error.status_code, error.error_type, self.version)
-        error.counted_as = self.model
-        if self._outcome is not None:
-            self._outcome(error.status_code >= 500)
-        self._account(True)
-
-    def aborted(self) -> None:
-        self.metrics.aborted.labels(self.model, self.version).inc()
-        self._account(False)
-
-
-class _Usage:
-    """Adds up usage across choices: the prompt counts once, completions once per choice."""
-
-    def __init__(self, n: int) -> None:
-        self.prompt_tokens = 0
-        self._completion = [0] * n
-
-    def add(self, delta: GenerationDelta) -> None:
-        self.prompt_tokens = delta.prompt_tokens or self.prompt_tokens
-        self._completion[delta.index] = delta.completion_tokens
-
-    @property
-    def total(self) -> tuple[int, int]:
-        return self.prompt_tokens, sum(self._completion)
-
-    def info(self) -> UsageInfo:
-        completion = sum(self._completion)
-        return UsageInfo(
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=completion,
-            total_tokens=self.prompt_tokens + completion,
-        )
 
 
 @dataclass
@@ -203,11 +124,15 @@ async def admit(
             scope.callback(ticket.release)
             scope.push_async_callback(_final_charge, ticket, tokens)
         lease = await scope.enter_async_context(gateway.registry.lease(body.model, end_user))
+        flow = f"{principal.tenant}/{split_address(body.model)[0]}"
+        if gateway.adapter_gate is not None and lease.adapter is not None:
+            slot = f"{lease.adapter.name}@{lease.adapter.version}"
+            await scope.enter_async_context(gateway.adapter_gate.admit(slot, flow))
         generation = to_generation_request(
             body, lease, gateway.settings.max_n, default_max_tokens or gateway.settings.default_max_tokens
         )
         # Fair admission (the embedded engine): each tenant on each model is one flow.
-        generation = dataclasses.replace(generation, flow=f"{principal.tenant}/{split_address(body.model)[0]}")
+        generation = dataclasses.replace(generation, flow=flow)
         if gateway.boot_error is not None:  # never half-alive: a gateway that failed to start serves nothing
             raise EngineUnavailable(f"The gateway could not start: {gateway.boot_error}")
         health = gateway.engine.health()
@@ -271,7 +196,7 @@ async def _final_charge(ticket: Ticket, tokens: _Tokens) -> None:
 
 
 async def _observed(
-    gateway: Gateway, admitted: _Admitted, usage: _Usage, deltas: AsyncIterator[GenerationDelta]
+    gateway: Gateway, admitted: _Admitted, usage: Usage, deltas: AsyncIterator[GenerationDelta]
 ) -> AsyncIterator[GenerationDelta]:
     """The one delta loop: shutdown check, metrics and usage for every delta of every request."""
     async for delta in deltas:
@@ -337,7 +262,7 @@ async def _complete(
 ) -> ChatCompletionResponse:
     sampling = admitted.generation.sampling
     choices = [Choice(sampling.logprobs is not None) for _ in range(sampling.n)]
-    usage = _Usage(sampling.n)
+    usage = Usage(sampling.n)
     async with contextlib.aclosing(gateway.engine.generate(admitted.generation)) as deltas:  # type: ignore[type-var]
         async for delta in _observed(gateway, admitted, usage, deltas):
             choices[delta.index].add(delta)
@@ -384,7 +309,7 @@ class CompletionStream:
         admitted = self._admitted
         chunk_id, created, n = completion_id(), now(), admitted.generation.sampling.n
         want_logprobs = admitted.generation.sampling.logprobs is not None
-        usage = _Usage(n)
+        usage = Usage(n)
 
         def chunk(choices: list[ChatCompletionChunkChoice], usage: UsageInfo | None = None) -> ChatCompletionChunk:
             return ChatCompletionChunk(

@@ -8,7 +8,7 @@ first, then OpenAI's defaults), ``Choice`` (a whole answer's choice, assembled f
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .api.protocol import (
     ChatCompletionChoice,
@@ -30,7 +30,9 @@ from .api.protocol import (
 from .engine import base as engine
 from .engine.base import GenerationDelta, GenerationRequest, OutputFormat, SamplingOptions, ToolSpec
 from .errors import InvalidRequest
-from .registry.records import Lease
+
+if TYPE_CHECKING:  # the registry imports this module (its eval gate converts requests)
+    from .registry.records import Lease
 
 
 def to_generation_request(

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .admission import AdapterGate
 from .engine.base import Engine
 from .evaluation.ratings import DatabaseRatings, RatingStore
 from .feedback import FeedbackStore
@@ -34,6 +35,8 @@ class Gateway:
     watcher: AdapterWatcher | None = None  # set once the base is loaded
     # The playground's blind ratings (None: --no-playground): the feedback database with --feedback
     ratings: RatingStore | DatabaseRatings | None = None
+    # vLLM's LoRA slots, admitted fairly between tenants (None: the engine admits fairly itself)
+    adapter_gate: AdapterGate | None = None
     feedback: FeedbackStore | None = None  # captured conversations and their ratings (None: --feedback off)
     # /v1/models serialized once per registry change, with paths (admin keys) and without, per scoped key
     models_json: dict[tuple[bool, str], tuple[object, bytes]] = field(default_factory=dict)

@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     max_queued_requests: int = Field(
         default=256,
         ge=1,
-        description="Requests of one tenant on one model waiting for the local engine's batch; "
-        "past this, 503 queue_full with Retry-After.",
+        description="Requests of one tenant on one model waiting for the local engine's batch (vllm: for a "
+        "LoRA slot); past this, 503 queue_full with Retry-After.",
     )
     fair_admission: bool = Field(
         default=True,

@@ -78,26 +78,9 @@ class Limiter:
         """Count one request of ``key``, or raise 429 (``RateLimited``, ``QuotaExceeded``) with
         ``Retry-After`` and the ``x-ratelimit-*`` headers."""
         requests, tokens = _windows(key)
-        now = time.time()
         for window in tokens:
             if not self._strategy.test(window.item, key.id, window.name):
-                reset = self._strategy.get_window_stats(window.item, key.id, window.name).reset_time
-                error: RateLimited
-                if window.name == "tokens":
-                    error = RateLimited(
-                        f"Rate limit reached for {key.name} on tokens per min: limit {window.item.amount}. "
-                        f"Please try again in {duration(reset - now)}.",
-                        retry_after=reset - now,
-                    )
-                else:
-                    period = "day" if window.name == "tokens_per_day" else "month"
-                    error = QuotaExceeded(
-                        f"You exceeded the token quota of {key.name} for this {period} ({window.item.amount} "
-                        f"tokens); it renews in {duration(reset - now)}.",
-                        retry_after=reset - now,
-                    )
-                error.headers = self.headers(key)
-                raise error
+                raise self._refusal(key, window)
         if key.max_concurrent is not None:
             with self._lock:
                 if self._running[key.id] >= key.max_concurrent:
@@ -110,15 +93,30 @@ class Limiter:
                 self._running[key.id] += 1
         if requests is not None and not self._strategy.hit(requests.item, key.id, requests.name):
             self._release(key)
-            reset = self._strategy.get_window_stats(requests.item, key.id, requests.name).reset_time
-            error = RateLimited(
-                f"Rate limit reached for {key.name} on requests per min: limit {requests.item.amount}. "
-                f"Please try again in {duration(reset - now)}.",
-                retry_after=reset - now,
-            )
-            error.headers = self.headers(key)
-            raise error
+            raise self._refusal(key, requests)
         return Ticket(self, key, tokens, self.headers(key))
+
+    def _refusal(self, key: ApiKey, window: _Window) -> RateLimited:
+        """The 429 for a spent ``window``: a minute limit, or a daily or monthly quota."""
+        wait = self._strategy.get_window_stats(window.item, key.id, window.name).reset_time - time.time()
+        limit = window.item.amount
+        error: RateLimited
+        if window.name in ("requests", "tokens"):
+            per = "requests" if window.name == "requests" else "tokens"
+            error = RateLimited(
+                f"Rate limit reached for {key.name} on {per} per min: limit {limit}. "
+                f"Please try again in {duration(wait)}.",
+                retry_after=wait,
+            )
+        else:
+            period = "day" if window.name == "tokens_per_day" else "month"
+            error = QuotaExceeded(
+                f"You exceeded the token quota of {key.name} for this {period} ({limit} tokens); "
+                f"it renews in {duration(wait)}.",
+                retry_after=wait,
+            )
+        error.headers = self.headers(key)
+        return error
 
     def headers(self, key: ApiKey) -> dict[str, str]:
         """OpenAI's ``x-ratelimit-*`` for the minute windows ``key`` has."""

@@ -1,0 +1,91 @@
+"""What one request tells the metrics and its key's usage: tokens, time to first token, latency,
+queue time and outcome (``Observer``), and its usage added up across choices (``Usage``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .api.protocol import UsageInfo
+from .engine.base import GenerationDelta
+from .errors import GatewayError
+from .metrics import GatewayMetrics
+
+
+class Observer:
+    """Metrics for one request: tokens, time to first token, latency, outcome."""
+
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        model: str,
+        version: str = "",
+        outcome: Callable[[bool], None] | None = None,
+        spent: Callable[[int, int, bool], None] | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.model = model
+        self.version = version  # the adapter version's number; "" for the base
+        self._outcome = outcome  # told (server_error) when a version under a split finishes
+        self._spent = spent  # told (prompt, completion tokens, failed) once: the key's usage
+        self.started = time.perf_counter()
+        self._first_token_seen = False
+        self.tokens = (0, 0)  # prompt, completion so far
+
+    def _account(self, failed: bool) -> None:
+        if self._spent is not None:
+            spent, self._spent = self._spent, None
+            spent(*self.tokens, failed)
+
+    def delta(self, delta: GenerationDelta) -> None:
+        if delta.queued_seconds is not None:
+            self.metrics.queue_time.labels(self.model).observe(delta.queued_seconds)
+        if not self._first_token_seen and delta.completion_tokens:
+            self._first_token_seen = True
+            self.metrics.ttft.labels(self.model, self.version).observe(time.perf_counter() - self.started)
+
+    def success(self, usage: UsageInfo) -> None:
+        labels = (self.model, self.version)
+        self.metrics.requests.labels(*labels, "200").inc()
+        self.metrics.prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
+        self.metrics.completion_tokens.labels(*labels).inc(usage.completion_tokens)
+        self.metrics.e2e.labels(*labels).observe(time.perf_counter() - self.started)
+        if self._outcome is not None:
+            self._outcome(False)
+        self.tokens = (usage.prompt_tokens, usage.completion_tokens)
+        self._account(False)
+
+    def failure(self, error: GatewayError) -> None:
+        self.metrics.record_error(self.model, error.status_code, error.error_type, self.version)
+        error.counted_as = self.model
+        if self._outcome is not None:
+            self._outcome(error.status_code >= 500)
+        self._account(True)
+
+    def aborted(self) -> None:
+        self.metrics.aborted.labels(self.model, self.version).inc()
+        self._account(False)
+
+
+class Usage:
+    """Adds up usage across choices: the prompt counts once, completions once per choice."""
+
+    def __init__(self, n: int) -> None:
+        self.prompt_tokens = 0
+        self._completion = [0] * n
+
+    def add(self, delta: GenerationDelta) -> None:
+        self.prompt_tokens = delta.prompt_tokens or self.prompt_tokens
+        self._completion[delta.index] = delta.completion_tokens
+
+    @property
+    def total(self) -> tuple[int, int]:
+        return self.prompt_tokens, sum(self._completion)
+
+    def info(self) -> UsageInfo:
+        completion = sum(self._completion)
+        return UsageInfo(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=self.prompt_tokens + completion,
+        )
