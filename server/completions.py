@@ -138,8 +138,10 @@ async def admit(
         health = gateway.engine.health()
         if not health.ready:
             raise EngineUnavailable(health.unavailable or "The model is still loading; try again shortly.")
-    except GatewayError as error:
+    except BaseException as error:  # a refusal, or the client gone while waiting for a slot: free what is held
         await scope.aclose()
+        if not isinstance(error, GatewayError):
+            raise
         model = UNKNOWN_MODEL if isinstance(error, ModelNotFound) else body.model
         gateway.metrics.record_error(model, error.status_code, error.error_type)
         error.counted_as = model

@@ -158,3 +158,30 @@ def test_the_vllm_engine_path_admits_a_second_adapter_before_a_floods_backlog(ba
     with running_server(app) as url:
         asyncio.run(scenario(url))
     assert engine.started == ["alpha", "beta", "alpha", "alpha", "alpha"]  # beta before alpha's later requests
+
+
+def test_a_client_that_leaves_while_queued_holds_nothing(base_model, adapters_dir) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    from server.app import create_app
+    from tests.conftest import make_settings
+    from tests.support import running_server, wait_for
+
+    engine = SlowEngine(1.0)
+    app = create_app(make_settings(base_model, adapters_dir, engine="vllm", max_loras=1), engine)  # type: ignore[arg-type]
+    gateway = app.state.gateway
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    with running_server(app) as url:
+
+        async def scenario() -> None:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                alpha = asyncio.create_task(client.post("/v1/chat/completions", json={**body, "model": "alpha"}))
+                await asyncio.sleep(0.2)
+                with pytest.raises(httpx.ReadTimeout):  # beta waits for alpha's slot; its client gives up
+                    await client.post("/v1/chat/completions", json={**body, "model": "beta"}, timeout=0.3)
+                assert (await alpha).status_code == 200
+
+        asyncio.run(scenario())
+        wait_for(lambda: gateway.adapter_gate.in_flight() == {} and gateway.adapter_gate.waiting == 0)
+        wait_for(lambda: not gateway.registry._residency._in_use)  # no lease left behind (private: no accessor)
+    assert engine.started == ["alpha"]
