@@ -47,8 +47,9 @@ def open_engine(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=10000")
             cursor.close()
 
-    import server.feedback.schema  # noqa: F401  (every store's tables, registered on ``metadata``)
-    import server.tenancy.schema  # noqa: F401
+    # Every store's tables, registered on ``metadata`` (relative: the package installs as lora_gateway).
+    from .feedback import schema as _feedback_tables  # noqa: F401
+    from .tenancy import schema as _tenancy_tables  # noqa: F401
 
     metadata.create_all(engine)
     return engine
