@@ -95,6 +95,13 @@ class Unauthorized(GatewayError):
     error_type = "authentication_error"
     default_code = "invalid_api_key"
 
+    # OpenAI's words, for every place that checks a key (the admin key, --api-key, stored keys).
+    MISSING = (
+        "You didn't provide an API key. You need to provide your API key in an Authorization header "
+        "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+    )
+    WRONG = "Incorrect API key provided."
+
 
 class PermissionDenied(GatewayError):
     status_code = 403

@@ -20,12 +20,9 @@ def check_bearer(request: Request, keys: list[bytes]) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented:
-        raise Unauthorized(
-            "You didn't provide an API key. You need to provide your API key in an Authorization header "
-            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-        )
+        raise Unauthorized(Unauthorized.MISSING)
     if not presented_one_of(request, keys):
-        raise Unauthorized("Incorrect API key provided.")
+        raise Unauthorized(Unauthorized.WRONG)
 
 
 def presented_one_of(request: Request, keys: list[bytes]) -> bool:

@@ -67,10 +67,7 @@ class Tenancy:
         scheme, _, presented = authorization.partition(" ")
         presented = presented.strip()
         if scheme.lower() != "bearer" or not presented:
-            raise Unauthorized(
-                "You didn't provide an API key. You need to provide your API key in an Authorization header "
-                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-            )
+            raise Unauthorized(Unauthorized.MISSING)
         candidate = presented.encode("utf-8", "surrogatepass")
         flat = False
         for key in self.flat_keys:
@@ -79,7 +76,7 @@ class Tenancy:
             return ANYONE
         stored = self.ring.authenticate(presented)
         if stored is None:
-            raise Unauthorized("Incorrect API key provided.")
+            raise Unauthorized(Unauthorized.WRONG)
         return Principal(stored)
 
     async def admit(self, principal: Principal) -> Ticket | None:
