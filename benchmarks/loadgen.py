@@ -4,9 +4,10 @@
         --num-prompts 64 --concurrency 8 --max-tokens 128 --result-json out.json
 
 Each request streams (``stream_options.include_usage``) so time to first token and inter-token
-latencies are measured on the wire. Metric names follow vLLM's benchmark: request and output-token
-throughput; mean / median / p99 of TTFT, TPOT (time per output token after the first), ITL
-(inter-token latency) and E2E latency, in milliseconds.
+latencies are measured on the wire; ``--no-stream`` sends plain requests (whose TTFT is their whole
+latency). Metric names follow vLLM's benchmark: request and output-token throughput; mean / median
+/ p99 of TTFT, TPOT (time per output token after the first), ITL (inter-token latency) and E2E
+latency, in milliseconds.
 """
 
 from __future__ import annotations
@@ -47,16 +48,23 @@ class RequestResult:
 
 
 async def one_request(
-    http: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int, headers: dict[str, str]
+    http: httpx.AsyncClient,
+    url: str,
+    model: str,
+    prompt: str,
+    max_tokens: int,
+    headers: dict[str, str],
+    stream: bool = True,
 ) -> RequestResult:
-    body = {
+    body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
     }
+    if not stream:
+        return await _one_answer(http, url, body, headers)
+    body.update(stream=True, stream_options={"include_usage": True})
     result = RequestResult(model=model, ok=False)
     start = last = time.perf_counter()
     try:
@@ -94,6 +102,26 @@ async def one_request(
     return result
 
 
+async def _one_answer(
+    http: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> RequestResult:
+    """A non-streaming request: its time to first token is its whole latency."""
+    result = RequestResult(model=body["model"], ok=False)
+    start = time.perf_counter()
+    try:
+        response = await http.post(url, json=body, headers=headers)
+        if response.status_code != 200:
+            result.error = f"HTTP {response.status_code}: {response.content[:200]!r}"
+            return result
+        usage = response.json()["usage"]
+        result.e2e = result.ttft = time.perf_counter() - start
+        result.prompt_tokens, result.output_tokens = usage["prompt_tokens"], usage["completion_tokens"]
+        result.ok = result.output_tokens > 0
+    except httpx.HTTPError as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    return result
+
+
 def _stats(values: list[float], name: str) -> dict[str, float]:
     if not values:
         return {f"mean_{name}_ms": 0.0, f"median_{name}_ms": 0.0, f"p99_{name}_ms": 0.0}
@@ -114,6 +142,7 @@ async def run(
     max_tokens: int,
     api_key: str | None = None,
     prompts: list[str] | None = None,
+    stream: bool = True,
 ) -> dict[str, Any]:
     """Send ``num_prompts`` requests, at most ``concurrency`` at a time, models round-robin."""
     prompts = prompts or DEFAULT_PROMPTS
@@ -126,7 +155,7 @@ async def run(
         async def bounded(i: int) -> RequestResult:
             async with gate:
                 return await one_request(
-                    http, url, models[i % len(models)], prompts[i % len(prompts)], max_tokens, headers
+                    http, url, models[i % len(models)], prompts[i % len(prompts)], max_tokens, headers, stream
                 )
 
         started = time.perf_counter()
@@ -140,6 +169,7 @@ async def run(
         "num_prompts": num_prompts,
         "concurrency": concurrency,
         "max_tokens": max_tokens,
+        "stream": stream,
         "completed": len(done),
         "failed": len(results) - len(done),
         "errors": sorted({r.error for r in results if r.error})[:5],
@@ -176,10 +206,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--no-stream", dest="stream", action="store_false", help="Plain JSON answers.")
     parser.add_argument("--result-json", type=Path, default=None)
     args = parser.parse_args()
     summary = asyncio.run(
-        run(args.base_url, args.models, args.num_prompts, args.concurrency, args.max_tokens, args.api_key)
+        run(
+            args.base_url,
+            args.models,
+            args.num_prompts,
+            args.concurrency,
+            args.max_tokens,
+            args.api_key,
+            stream=args.stream,
+        )
     )
     print(format_summary(", ".join(args.models), summary))
     if args.result_json:

@@ -179,6 +179,22 @@ class Settings(BaseSettings):
         description="On Ctrl-C/SIGTERM: seconds running requests may finish before their streams are ended.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Server processes. Only 1: each would load the model and keep its own adapters, "
+        "watcher and WeCom state (README, Performance).",
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _one_worker(cls, value: int) -> int:
+        if value > 1:
+            raise ValueError(
+                "one process per gateway: each worker would load the model again and keep its own adapter "
+                "registry, watcher and WeCom state; run more gateways (--engine remote) or more vLLM replicas"
+            )
+        return value
 
     @field_validator("api_key", "base_model_alias", "upstream", mode="before")
     @classmethod

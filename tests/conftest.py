@@ -84,3 +84,17 @@ def client(gateway_url: str):  # type: ignore[no-untyped-def]
 
     with OpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0, timeout=60) as c:
         yield c
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the README test's demo now if it will run, so it trains while the other tests run."""
+    if any(item.nodeid.startswith("tests/test_readme.py::test_the_readme_demo") for item in session.items):
+        from tests import readme_demo
+
+        readme_demo.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests import readme_demo
+
+    readme_demo.stop()

@@ -15,15 +15,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, wait_ready
+from tests import readme_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- docs-test: (?P<name>[\w-]+) -->\n```(?P<lang>\w+)\n(?P<code>.*?)```", re.S)
@@ -34,31 +32,15 @@ def readme_blocks() -> dict[str, tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
-    """`lora-gateway demo` from scratch, in a directory laid out like a checkout."""
-    work = tmp_path_factory.mktemp("checkout")
-    (work / ".venv").symlink_to(Path(sys.executable).parents[1])
-    (work / "examples").symlink_to(ROOT / "examples")
-    port = free_port()
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [str(work / ".venv" / "bin" / "lora-gateway"), "demo", "--port", str(port)],
-            cwd=work,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-        def still_running() -> None:
-            if process.poll() is not None:
-                log.seek(0)
-                raise AssertionError(f"the demo exited: {log.read().decode(errors='replace')[-3000:]}")
-
-        try:
-            wait_ready(f"http://127.0.0.1:{port}", 900, still_running)
-            yield work, port
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+def demo() -> Iterator[tuple[Path, int]]:
+    """`lora-gateway demo` from scratch, in a directory laid out like a checkout: started when the
+    session's collection ended (``tests/readme_demo.py``), so its training overlaps other tests."""
+    running = readme_demo.start()
+    try:
+        running.ready(900)
+        yield running.work, running.port
+    finally:
+        readme_demo.stop()
 
 
 def run_block(name: str, work: Path, port: int) -> tuple[str, str]:

@@ -27,7 +27,7 @@ from .auth import check_bearer
 from .deps import GatewayDep, audit, get_gateway
 
 
-def require_admin_key(request: Request) -> None:
+async def require_admin_key(request: Request) -> None:
     keys = get_gateway(request).admin_keys
     if not keys:
         raise PermissionDenied("The admin API is disabled; start the server with --admin-key to enable it.")

@@ -16,7 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from ..completions import CompletionStream, answered_by, complete, open_stream
 from .deps import GatewayDep, PrincipalDep
-from .protocol import ChatCompletionRequest, ChatCompletionResponse
+from .protocol import ChatCompletionRequest
 
 router = APIRouter()
 T = TypeVar("T")
@@ -30,8 +30,8 @@ USER_HEADER = "X-User-Id"
 
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, response: Response, gateway: GatewayDep, principal: PrincipalDep
-) -> Response | ChatCompletionResponse:
+    body: ChatCompletionRequest, request: Request, gateway: GatewayDep, principal: PrincipalDep
+) -> Response:
     user = request.headers.get(USER_HEADER)
     if body.stream:
         stream = await open_stream(gateway, body, user, principal)
@@ -46,11 +46,12 @@ async def create_chat_completion(
         )
     except _ClientGone:
         return Response(status_code=499)
-    response.headers.update(limits)
+    headers = dict(limits)
     version = answered_by(completion.system_fingerprint)
     if version:
-        response.headers[VERSION_HEADER] = version
-    return completion
+        headers[VERSION_HEADER] = version
+    # Serialised by pydantic's core in one call: FastAPI would walk the object in Python first.
+    return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
 
 
 async def _sse(stream: CompletionStream) -> AsyncIterator[str]:

@@ -110,7 +110,7 @@ async def ask(client: httpx.AsyncClient, target: Target, item: EvalItem, samplin
             if response.status_code != 200:
                 detail = (await response.aread()).decode(errors="replace")[:300]
                 raise RuntimeError(f"HTTP {response.status_code}: {detail}")
-            async for delta in deltas(response):
+            async for delta in deltas(response.aiter_bytes()):
                 if delta.text and ttft is None:
                     ttft = time.perf_counter() - started
                 text += delta.text

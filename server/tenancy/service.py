@@ -4,21 +4,23 @@ its limits, its usage and the audit log, over the gateway's database."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
 from ..errors import Unauthorized
 from .audit import AuditLog
-from .keys import ApiKey, KeyRing, KeyStore
+from .bearer import bearer_token, one_of
+from .keys import KEY_PREFIX, ApiKey, KeyRing, KeyStore
 from .limiter import Limiter, Ticket
 from .usage import UsageLog
 from .window_storage import DatabaseStorage
 
 logger = logging.getLogger(__name__)
 REFRESH_S = 0.5  # a change to the keys table (a revocation) is in force within this
+RECHECK_S = 0.1  # at most one extra reload per this, for keys of ours the ring does not know yet
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Tenancy:
         self.limiter = Limiter(DatabaseStorage(engine) if limits_storage == "database" else None)
         self.usage = UsageLog(engine)
         self.audit = AuditLog(engine)
+        self._recheck_lock = asyncio.Lock()
+        self._rechecked = 0.0
 
     @property
     def closed(self) -> bool:
@@ -64,20 +68,38 @@ class Tenancy:
         SHA-256 of what was presented (``keys.py``)."""
         if not self.closed:
             return ANYONE
-        scheme, _, presented = authorization.partition(" ")
-        presented = presented.strip()
-        if scheme.lower() != "bearer" or not presented:
+        presented = bearer_token(authorization)
+        if presented is None:
             raise Unauthorized(Unauthorized.MISSING)
-        candidate = presented.encode("utf-8", "surrogatepass")
-        flat = False
-        for key in self.flat_keys:
-            flat |= hmac.compare_digest(candidate, key)
-        if flat:
+        if one_of(presented, self.flat_keys):
             return ANYONE
         stored = self.ring.authenticate(presented)
         if stored is None:
             raise Unauthorized(Unauthorized.WRONG)
         return Principal(stored)
+
+    async def identify(self, authorization: str) -> Principal:
+        """``authenticate``, but a key of ours (``lgw-...``) not known yet makes the ring reload first.
+
+        So a key works on its first request, not half a second after ``keys create``, and the first
+        key created turns an open server into a closed one for the request that presents it. The
+        reload is throttled (one per ``RECHECK_S``, shared by requests that arrive together), so
+        made-up keys cost the database a cheap query a few times a second at most."""
+        presented = bearer_token(authorization)
+        looks_ours = presented is not None and presented.startswith(KEY_PREFIX)
+        if looks_ours and (not self.closed or self.ring.authenticate(presented or "") is None):
+            await self._recheck()
+        return self.authenticate(authorization)
+
+    async def _recheck(self) -> None:
+        async with self._recheck_lock:
+            if time.monotonic() - self._rechecked < RECHECK_S:
+                return
+            try:
+                await asyncio.to_thread(self.ring.refresh)
+            except Exception:
+                logger.exception("reloading API keys failed; keeping the previous set")
+            self._rechecked = time.monotonic()
 
     async def admit(self, principal: Principal) -> Ticket | None:
         """Count a request against its key's limits (``None``: the key has none)."""

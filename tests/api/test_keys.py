@@ -95,6 +95,32 @@ def test_a_revoked_key_is_refused_within_a_second(live: Any) -> None:
     assert time.monotonic() - revoked_at < 1.0
 
 
+def test_a_key_made_by_another_process_works_on_its_first_request(live: Any, base_model: Path, tmp_path: Path) -> None:
+    """No waiting for the half-second reload: a key of ours the ring does not know makes it reload."""
+    url, directory = live
+    done = cli(directory, "keys", "create", "newcomer", "--models", "beta", "--no-base")
+    assert done.returncode == 0, done.stderr
+    newcomer = client(url, done.stdout.strip().splitlines()[-1])
+    assert [m.id for m in newcomer.models.list()] == ["beta"]  # at once, from the CLI's process
+    # An open server: the first key created closes it for the very request that presents it.
+    open_dir = tmp_path / "adapters"
+    shutil.copytree(directory / "alpha", open_dir / "alpha")
+    with running_server(create_app_for(base_model, open_dir)) as open_url:
+        wait_for(lambda: len(httpx.get(f"{open_url}/v1/models").json()["data"]) == 2, timeout=60)
+        done = cli(open_dir, "keys", "create", "first", "--models", "alpha", "--no-base")
+        assert done.returncode == 0, done.stderr
+        assert [m.id for m in client(open_url, done.stdout.strip().splitlines()[-1]).models.list()] == ["alpha"]
+        with pytest.raises(openai.AuthenticationError):
+            client(open_url, "lgw-made-up").models.list()
+        wait_for(lambda: httpx.get(f"{open_url}/v1/models").status_code == 401, timeout=2)
+
+
+def create_app_for(base_model: Path, directory: Path) -> Any:
+    from server.app import create_app
+
+    return create_app(make_settings(base_model, directory))
+
+
 def test_limits_trip_with_openai_errors_and_headers(live: Any) -> None:
     url, _ = live
     key = create(url, name="busy", requests_per_minute=2, tokens_per_minute=100000)

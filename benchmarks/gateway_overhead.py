@@ -1,0 +1,301 @@
+"""What the gateway adds to a request: its HTTP path beside a bare upstream, and beside LiteLLM.
+
+    .venv/bin/python benchmarks/gateway_overhead.py [--requests 2000] [--litellm /path/to/litellm]
+
+Starts ``upstream_standin.py`` (a FastAPI app answering a fixed text at once), a gateway with
+``--engine remote`` in front of it, a gateway on the embedded engine's HTTP path with an engine
+that answers instantly (``standin.py``), and, given ``--litellm`` (the ``litellm`` command of a
+LiteLLM proxy installed in its own venv; nothing is installed into ours), LiteLLM's proxy in front
+of the same upstream. Each is driven by ``loadgen.py`` at concurrency 1 and 16, streaming and not,
+with a warm-up excluded; then the gateways' resident memory is read before and after
+``--leak-requests`` more requests. All processes share this machine's cores, so only ratios taken
+in one run mean anything. Results: ``benchmarks/results/gateway_overhead.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS, ROOT, machine  # noqa: E402
+from benchmarks.loadgen import run  # noqa: E402
+from server.offline_model import TinyModelSpec, build_tiny_model, is_built  # noqa: E402
+
+MODEL = "bench-base"
+KEY = "sk-bench-overhead-0123456789abcdef"  # every target checks it (the stand-in upstream ignores it)
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{url}: the process exited ({process.returncode})")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not become ready")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+class Targets:
+    """The processes under test, each by name: its base URL and its process."""
+
+    def __init__(self, work: Path, litellm: str | None) -> None:
+        self.work = work
+        self.litellm = litellm
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.urls: dict[str, str] = {}
+
+    def start(self) -> None:
+        base = self.work / "base"
+        if not is_built(base, TinyModelSpec()):
+            build_tiny_model(base)
+        upstream = free_port()
+        self._spawn(
+            "direct",
+            [sys.executable, str(HERE / "upstream_standin.py"), "--port", str(upstream), "--model", MODEL],
+            upstream,
+            "/v1/models",
+        )
+        common = ["--model", str(base), "--served-model-name", MODEL, "--log-level", "warning", "--api-key", KEY]
+        port = free_port()
+        self._spawn(
+            "gateway-remote",
+            [sys.executable, "-m", "server", "serve", "--engine", "remote", "--upstream", self.urls["direct"]]
+            + [*common, "--adapters-dir", str(self.work / "adapters-remote"), "--port", str(port)],
+            port,
+            "/ready",
+        )
+        port = free_port()
+        self._spawn(
+            "gateway-standin",
+            [sys.executable, str(HERE / "standin.py"), *common]
+            + ["--adapters-dir", str(self.work / "adapters-standin"), "--port", str(port)],
+            port,
+            "/ready",
+        )
+        if self.litellm:
+            config = self.work / "litellm.yaml"
+            config.write_text(
+                "model_list:\n"
+                f"  - model_name: {MODEL}\n"
+                "    litellm_params:\n"
+                f"      model: openai/{MODEL}\n"
+                f"      api_base: {self.urls['direct']}/v1\n"
+                "      api_key: none\n"
+                "litellm_settings:\n  telemetry: false\n"
+                f"general_settings:\n  master_key: {KEY}\n"
+            )
+            port = free_port()
+            self._spawn(
+                "litellm",
+                [self.litellm, "--config", str(config), "--port", str(port), "--host", "127.0.0.1"],
+                port,
+                "/health/liveliness",
+            )
+
+    def _spawn(self, name: str, command: list[str], port: int, probe: str) -> None:
+        environment = {**os.environ, "LITELLM_LOG": "ERROR", "HF_HUB_OFFLINE": "1"}
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.processes[name] = process
+        self.urls[name] = f"http://127.0.0.1:{port}"
+        wait_ready(self.urls[name] + probe, process)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def measure(url: str, requests: int, warmup: int, concurrency: int, stream: bool) -> dict[str, Any]:
+    asyncio.run(run(url, [MODEL], warmup, concurrency, 16, KEY, stream=stream))
+    summary = asyncio.run(run(url, [MODEL], requests, concurrency, 16, KEY, stream=stream))
+    if summary["failed"]:
+        raise SystemExit(f"{url}: {summary['failed']} requests failed: {summary['errors']}")
+    return summary
+
+
+def leak_check(targets: Targets, names: list[str], requests: int) -> dict[str, dict[str, float]]:
+    """Resident memory of each gateway after a warm-up, and after ``requests`` more (half streamed)."""
+    found = {}
+    for name in names:
+        url, pid = targets.urls[name], targets.processes[name].pid
+        warmup = min(2000, max(requests // 10, 1))  # caches, pools and allocator arenas filled first
+        asyncio.run(run(url, [MODEL], warmup, 16, 16, KEY, stream=True))
+        asyncio.run(run(url, [MODEL], warmup, 16, 16, KEY, stream=False))
+        before = rss_bytes(pid)
+        for stream in (True, False):
+            done = asyncio.run(run(url, [MODEL], requests // 2, 16, 16, KEY, stream=stream))
+            if done["failed"]:
+                raise SystemExit(f"{name}: {done['failed']} requests failed in the memory run: {done['errors']}")
+        after = rss_bytes(pid)
+        found[name] = {"rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20, "growth": after / before - 1}
+        print(f"  {name}: RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB after {requests} requests")
+    return found
+
+
+def ratios(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for mode in ("plain", "stream"):
+        key = f"{mode}-c16"
+        direct, remote = results["direct"][key], results["gateway-remote"][key]
+        out[f"remote_vs_direct_rps_{mode}_c16"] = remote["request_throughput"] / direct["request_throughput"]
+        if "litellm" in results:
+            out[f"remote_vs_litellm_rps_{mode}_c16"] = (
+                remote["request_throughput"] / results["litellm"][key]["request_throughput"]
+            )
+    one_direct, one_remote = results["direct"]["plain-c1"], results["gateway-remote"]["plain-c1"]
+    out["added_p50_ms_plain_c1"] = one_remote["median_e2el_ms"] - one_direct["median_e2el_ms"]
+    out["added_p99_ms_plain_c1"] = one_remote["p99_e2el_ms"] - one_direct["p99_e2el_ms"]
+    out["added_ttft_p50_ms_stream_c1"] = (
+        results["gateway-remote"]["stream-c1"]["median_ttft_ms"] - results["direct"]["stream-c1"]["median_ttft_ms"]
+    )
+    return out
+
+
+def report(summary: dict[str, Any]) -> str:
+    results, r = summary["results"], summary["ratios"]
+    lines = [
+        "# Gateway overhead",
+        "",
+        f"One run, {summary['machine']['cpus']} cores, every process on this machine (loopback); "
+        f"{summary['requests']} requests per cell after {summary['warmup']} of warm-up, 16 output tokens, "
+        "one model. `direct`: the upstream stand-in alone; `gateway-remote`: `--engine remote` in front of it; "
+        "`gateway-standin`: the embedded engine's HTTP path with an engine that answers at once"
+        + (
+            f"; `litellm`: LiteLLM {summary['litellm_version']}'s proxy in front of the same upstream."
+            if "litellm" in results
+            else "."
+        ),
+        "",
+        "| target | req/s plain c1 | req/s plain c16 | req/s stream c1 | req/s stream c16 "
+        "| p50 / p99 ms plain c1 | TTFT p50 ms stream c1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, cells in results.items():
+        rps = {cell: values["request_throughput"] for cell, values in cells.items()}
+        lines.append(
+            f"| {name} | {rps['plain-c1']:.0f} | {rps['plain-c16']:.0f} "
+            f"| {rps['stream-c1']:.0f} | {rps['stream-c16']:.0f} "
+            f"| {cells['plain-c1']['median_e2el_ms']:.2f} / {cells['plain-c1']['p99_e2el_ms']:.2f} "
+            f"| {cells['stream-c1']['median_ttft_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        f"- Remote gateway vs direct upstream at concurrency 16: **{r['remote_vs_direct_rps_plain_c16']:.2f}×** "
+        f"plain, **{r['remote_vs_direct_rps_stream_c16']:.2f}×** streaming (target ≥ 0.5×).",
+    ]
+    if "remote_vs_litellm_rps_plain_c16" in r:
+        lines.append(
+            f"- Remote gateway vs LiteLLM's proxy at concurrency 16: **{r['remote_vs_litellm_rps_plain_c16']:.1f}×** "
+            f"plain, **{r['remote_vs_litellm_rps_stream_c16']:.1f}×** streaming (target ≥ 5×)."
+        )
+    lines.append(
+        f"- Added at concurrency 1, plain: **{r['added_p50_ms_plain_c1']:.2f} ms p50**, "
+        f"**{r['added_p99_ms_plain_c1']:.2f} ms p99** (targets ≤ 1 and ≤ 3 ms); first token of a stream: "
+        f"**{r['added_ttft_p50_ms_stream_c1']:.2f} ms p50** (target ≤ 1 ms)."
+    )
+    for name, memory in summary.get("memory", {}).items():
+        lines.append(
+            f"- {name}: resident memory {memory['rss_before_mb']:.1f} → {memory['rss_after_mb']:.1f} MiB after "
+            f"{summary['leak_requests']:,} more requests ({100 * memory['growth']:+.1f} %, target ≤ 5 %)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def litellm_version(command: str) -> str:
+    python = Path(command).parent / "python"
+    try:
+        done = subprocess.run(
+            [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return done.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000, help="Measured requests per cell.")
+    parser.add_argument("--warmup", type=int, default=200, help="Requests sent first, not measured.")
+    parser.add_argument("--leak-requests", type=int, default=100_000, help="0 skips the memory check.")
+    parser.add_argument("--litellm", default=None, help="The `litellm` command of a separately installed proxy.")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="Where the JSON and markdown go.")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="overhead-") as scratch:
+        targets = Targets(Path(scratch), args.litellm)
+        try:
+            targets.start()
+            results: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in targets.urls}
+            for stream in (False, True):
+                for concurrency in (1, 16):
+                    cell = f"{'stream' if stream else 'plain'}-c{concurrency}"
+                    for name, url in targets.urls.items():
+                        results[name][cell] = measure(url, args.requests, args.warmup, concurrency, stream)
+                        print(f"  {name:16} {cell:10} {results[name][cell]['request_throughput']:8.0f} req/s")
+            memory = {}
+            if args.leak_requests:
+                memory = leak_check(targets, ["gateway-remote", "gateway-standin"], args.leak_requests)
+        finally:
+            targets.stop()
+    summary: dict[str, Any] = {
+        "benchmark": "gateway_overhead",
+        "machine": machine(),
+        "requests": args.requests,
+        "warmup": args.warmup,
+        "leak_requests": args.leak_requests,
+        "results": results,
+        "ratios": ratios(results),
+        "memory": memory,
+    }
+    if args.litellm:
+        summary["litellm_version"] = litellm_version(args.litellm)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gateway_overhead.json").write_text(json.dumps(summary, indent=2))
+    text = report(summary)
+    (args.out / "gateway_overhead.md").write_text(text)
+    print(text)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
