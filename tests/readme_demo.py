@@ -1,9 +1,9 @@
 """`lora-gateway demo` for the README test, started as soon as the session knows it will run it.
 
 The demo trains three adapters (minutes of CPU). Started when collection ends, at the lowest CPU
-priority, it trains on whatever the other tests leave idle (they mostly keep one core busy), so
-it is ready or nearly by the time ``tests/test_readme.py`` runs, instead of adding its minutes to
-the session. Its priority is raised back once it serves, where the system allows it.
+priority and on one thread, it trains on the core the other tests leave idle (they mostly keep one
+busy), so it is ready or nearly by the time ``tests/test_readme.py`` runs, instead of adding its
+minutes to the session. Its priority is raised back once it serves, where the system allows it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class BackgroundDemo:
         self.process = subprocess.Popen(
             [str(work / ".venv" / "bin" / "lora-gateway"), "demo", "--port", str(self.port)],
             cwd=work,
+            # One thread: two would wait on each other whenever a test takes one of the two cores.
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
             stdout=self.log,
             stderr=subprocess.STDOUT,
             preexec_fn=lambda: os.nice(_LOWEST),  # noqa: PLW1509 (nothing but a nice() before exec)
