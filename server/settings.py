@@ -192,7 +192,7 @@ class Settings(BaseSettings):
         if value > 1:
             raise ValueError(
                 "one process per gateway: each worker would load the model again and keep its own adapter "
-                "registry, watcher and WeCom state; run more gateways (--engine remote) or more vLLM replicas"
+                "registry, watcher and WeCom state; scale with more vLLM replicas behind one gateway (--engine remote)"
             )
         return value
 

@@ -319,6 +319,21 @@ def test_help_is_plain_text_and_serve_requires_a_model() -> None:
     assert missing.returncode == 2 and "--model" in missing.stderr
 
 
+def test_more_than_one_worker_is_refused_with_the_reason(tmp_path: Path) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "server", "serve", "--model", str(tmp_path), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("lora-gateway: invalid settings: --workers: ") and "load the model again" in line
+    from server.cli import _settings_from, build_parser
+
+    assert _settings_from(build_parser().parse_args(["serve", "--model", "m", "--workers", "1"])).workers == 1
+
+
 def test_boolean_settings_are_switches() -> None:
     from server.cli import _settings_from, build_parser
 
