@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -75,16 +76,33 @@ def start_gateway(base: Path, adapters: Path, port: int, *extra: str) -> subproc
         *extra,
     ]
     process = subprocess.Popen(command, cwd=ROOT)
-    deadline = time.monotonic() + 300
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/ready", process)
+    except SystemExit:
+        process.terminate()
+        raise
+    return process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    """Poll ``url`` until it answers 200; ``SystemExit`` if ``process`` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{url}: the process exited ({process.returncode})")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return process
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    process.terminate()
-    raise SystemExit("gateway did not become ready")
+    raise SystemExit(f"{url} did not become ready")
 
 
 def machine() -> dict[str, object]:

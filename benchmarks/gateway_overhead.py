@@ -21,43 +21,18 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, ROOT, machine  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, free_port, machine, wait_ready  # noqa: E402
 from benchmarks.loadgen import run  # noqa: E402
 from server.offline_model import TinyModelSpec, build_tiny_model, is_built  # noqa: E402
 
 MODEL = "bench-base"
 KEY = "sk-bench-overhead-0123456789abcdef"  # every target checks it (the stand-in upstream ignores it)
 HERE = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{url}: the process exited ({process.returncode})")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"{url} did not become ready")
 
 
 def rss_bytes(pid: int) -> int:

@@ -183,7 +183,7 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         description="Server processes. Only 1: each would load the model and keep its own adapters, "
-        "watcher and WeCom state (README, Performance).",
+        "watcher and WeCom state (README: The gateway's own cost).",
     )
 
     @field_validator("workers")

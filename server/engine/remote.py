@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 # What an upstream call can fail with: a connection refused, reset or closed, a malformed answer,
 # a timeout (aiohttp's own read timeout is an asyncio.TimeoutError too).
 _HTTP_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+_JSON = {"Content-Type": "application/json"}  # chat bodies are encoded once, by us
 _VERSIONED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.v\d+")  # the names upstream_name() gives
 
 
@@ -341,9 +342,6 @@ class RemoteEngine(Engine):
         if self._client is None:
             raise EngineUnavailable("The remote engine is not started.")
         return self._client
-
-
-_JSON = {"Content-Type": "application/json"}
 
 
 def _chat_body(request: GenerationRequest, model: str) -> dict[str, Any]:
