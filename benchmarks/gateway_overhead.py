@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/gateway_overhead.py [--requests 2000] [--litellm /path/to/litellm]
 
 Starts ``upstream_standin.py`` (a FastAPI app answering a fixed text at once), a gateway with
-``--engine remote`` in front of it, a gateway on the embedded engine's HTTP path with an engine
-that answers instantly (``standin.py``), and, given ``--litellm`` (the ``litellm`` command of a
+``--engine remote`` in front of it, ``bare_proxy.py`` in front of it (the floor: a pass-through
+proxy on the same Python stack doing none of a gateway's work), a gateway on the embedded engine's
+HTTP path with an engine that answers instantly (``standin.py``), and, given ``--litellm`` (the ``litellm`` command of a
 LiteLLM proxy installed in its own venv; nothing is installed into ours), LiteLLM's proxy in front
 of the same upstream. Each is driven by ``loadgen.py`` at concurrency 1 and 16, streaming and not,
 with a warm-up excluded; then the gateways' resident memory is read before and after
@@ -68,6 +69,13 @@ class Targets:
             "gateway-remote",
             [sys.executable, "-m", "server", "serve", "--engine", "remote", "--upstream", self.urls["direct"]]
             + [*common, "--adapters-dir", str(self.work / "adapters-remote"), "--port", str(port)],
+            port,
+            "/ready",
+        )
+        port = free_port()
+        self._spawn(
+            "bare-proxy",
+            [sys.executable, str(HERE / "bare_proxy.py"), "--upstream", self.urls["direct"], "--port", str(port)],
             port,
             "/ready",
         )
@@ -161,6 +169,12 @@ def ratios(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
     out["added_ttft_p50_ms_stream_c1"] = (
         results["gateway-remote"]["stream-c1"]["median_ttft_ms"] - results["direct"]["stream-c1"]["median_ttft_ms"]
     )
+    if "bare-proxy" in results:  # the floor: what a pass-through on the same stack adds
+        floor = results["bare-proxy"]
+        out["floor_added_p50_ms_plain_c1"] = floor["plain-c1"]["median_e2el_ms"] - one_direct["median_e2el_ms"]
+        out["floor_added_ttft_p50_ms_stream_c1"] = (
+            floor["stream-c1"]["median_ttft_ms"] - results["direct"]["stream-c1"]["median_ttft_ms"]
+        )
     return out
 
 
@@ -172,7 +186,8 @@ def report(summary: dict[str, Any]) -> str:
         f"One run, {summary['machine']['cpus']} cores, every process on this machine (loopback); "
         f"{summary['requests']} requests per cell after {summary['warmup']} of warm-up, 16 output tokens, "
         "one model. `direct`: the upstream stand-in alone; `gateway-remote`: `--engine remote` in front of it; "
-        "`gateway-standin`: the embedded engine's HTTP path with an engine that answers at once"
+        "`bare-proxy`: the floor, a pass-through on the same stack (uvicorn, Starlette, aiohttp) doing none of "
+        "a gateway's work; `gateway-standin`: the embedded engine's HTTP path with an engine that answers at once"
         + (
             f"; `litellm`: LiteLLM {summary['litellm_version']}'s proxy in front of the same upstream."
             if "litellm" in results
@@ -206,6 +221,13 @@ def report(summary: dict[str, Any]) -> str:
         f"**{r['added_p99_ms_plain_c1']:.2f} ms p99** (targets ≤ 1 and ≤ 3 ms); first token of a stream: "
         f"**{r['added_ttft_p50_ms_stream_c1']:.2f} ms p50** (target ≤ 1 ms)."
     )
+    if "floor_added_p50_ms_plain_c1" in r:
+        lines.append(
+            f"- The floor, a pass-through proxy on the same stack, adds **{r['floor_added_p50_ms_plain_c1']:.2f} ms "
+            f"p50** plain and **{r['floor_added_ttft_p50_ms_stream_c1']:.2f} ms** to the first token at concurrency 1: "
+            "the rest of the gateway's figure is its own work (validation, keys, routing, metrics) and its asking "
+            "the upstream for a stream even for a plain answer (which failover and stall detection need)."
+        )
     for name, memory in summary.get("memory", {}).items():
         lines.append(
             f"- {name}: resident memory {memory['rss_before_mb']:.1f} → {memory['rss_after_mb']:.1f} MiB after "

@@ -21,13 +21,17 @@ def test_the_overhead_benchmark_runs_and_writes_its_ratios(tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "gateway_overhead.json").read_text())
-    assert set(summary["results"]) == {"direct", "gateway-remote", "gateway-standin"}  # no LiteLLM given
+    assert set(summary["results"]) == {"direct", "gateway-remote", "bare-proxy", "gateway-standin"}  # no LiteLLM
     for cells in summary["results"].values():
         assert set(cells) == {"plain-c1", "plain-c16", "stream-c1", "stream-c16"}
         assert all(cell["completed"] == 12 and cell["failed"] == 0 for cell in cells.values())
     # Every answer came through the gateways with its usage: 7 completion tokens from the stand-in.
     remote = summary["results"]["gateway-remote"]
     assert remote["plain-c16"]["total_output_tokens"] == remote["stream-c16"]["total_output_tokens"] == 12 * 7
-    assert {"remote_vs_direct_rps_plain_c16", "added_p50_ms_plain_c1"} <= set(summary["ratios"])
+    floor = summary["results"]["bare-proxy"]  # the pass-through relays the upstream's answers untouched
+    assert floor["plain-c1"]["total_output_tokens"] == floor["stream-c1"]["total_output_tokens"] == 12 * 7
+    assert {"remote_vs_direct_rps_plain_c16", "added_p50_ms_plain_c1", "floor_added_p50_ms_plain_c1"} <= set(
+        summary["ratios"]
+    )
     assert set(summary["memory"]) == {"gateway-remote", "gateway-standin"}
     assert "Remote gateway vs direct upstream" in (tmp_path / "gateway_overhead.md").read_text()
