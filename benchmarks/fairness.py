@@ -90,9 +90,10 @@ async def tenant_b(url: str, key: str, seconds: float, flood: int, flood_key: st
     """B's TTFTs, one request a second, while ``flood`` workers of A keep ``shop-a`` busy; and A's
     answers per second meanwhile."""
     context = multiprocessing.get_context("spawn")
-    served, stop = context.Value("i", 0), context.Event()
-    flooder = context.Process(target=flood_process, args=(url, flood_key, flood, served, stop), daemon=True)
+    served, stop = context.Value("i", 0), context.Event()  # A's answers (0 without a flood), its end
+    flooder = None
     if flood:
+        flooder = context.Process(target=flood_process, args=(url, flood_key, flood, served, stop), daemon=True)
         flooder.start()
         await asyncio.sleep(5)  # the flood is established: the batch is full and requests wait
     try:
@@ -105,7 +106,7 @@ async def tenant_b(url: str, key: str, seconds: float, flood: int, flood_key: st
             rate = (served.value - before) / (time.perf_counter() - started_at)
     finally:
         stop.set()
-        if flood:
+        if flooder is not None:
             flooder.join(timeout=120)
     return times, rate
 

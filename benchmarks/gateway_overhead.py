@@ -4,13 +4,14 @@
 
 Starts ``upstream_standin.py`` (a FastAPI app answering a fixed text at once), a gateway with
 ``--engine remote`` in front of it, ``bare_proxy.py`` in front of it (the floor: a pass-through
-proxy on the same Python stack doing none of a gateway's work), a gateway on the embedded engine's
-HTTP path with an engine that answers instantly (``standin.py``), and, given ``--litellm`` (the ``litellm`` command of a
-LiteLLM proxy installed in its own venv; nothing is installed into ours), LiteLLM's proxy in front
-of the same upstream. Each is driven by ``loadgen.py`` at concurrency 1 and 16, streaming and not,
-with a warm-up excluded; then the gateways' resident memory is read before and after
-``--leak-requests`` more requests. All processes share this machine's cores, so only ratios taken
-in one run mean anything. Results: ``benchmarks/results/gateway_overhead.json`` and ``.md``.
+proxy on the same Python stack doing none of a gateway's work), a gateway on the embedded
+engine's HTTP path with an engine that answers instantly (``standin.py``), and, given
+``--litellm`` (the ``litellm`` command of a LiteLLM proxy installed in its own venv; nothing is
+installed into ours), LiteLLM's proxy in front of the same upstream. Each is driven by
+``loadgen.py`` at concurrency 1 and 16, streaming and not, with a warm-up excluded; then the
+gateways' resident memory is read before and after ``--leak-requests`` more requests. All
+processes share this machine's cores, so only ratios taken in one run mean anything. Results:
+``benchmarks/results/gateway_overhead.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -225,8 +226,7 @@ def report(summary: dict[str, Any]) -> str:
         lines.append(
             f"- The floor, a pass-through proxy on the same stack, adds **{r['floor_added_p50_ms_plain_c1']:.2f} ms "
             f"p50** plain and **{r['floor_added_ttft_p50_ms_stream_c1']:.2f} ms** to the first token at concurrency 1: "
-            "the rest of the gateway's figure is its own work (validation, keys, routing, metrics) and its asking "
-            "the upstream for a stream even for a plain answer (which failover and stall detection need)."
+            "the rest of the gateway's figure is its own work (validation, keys, routing, metrics)."
         )
     for name, memory in summary.get("memory", {}).items():
         lines.append(

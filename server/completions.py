@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from .api.protocol import (
 )
 from .conversion import Choice, chunk_choices, to_generation_request
 from .engine.base import GenerationDelta, GenerationRequest
-from .errors import EngineError, EngineUnavailable, GatewayError, ModelNotFound, UpstreamLost
+from .errors import EngineError, EngineUnavailable, GatewayError, ModelNotFound
 from .feedback import Conversation
 from .gateway import Gateway
 from .metrics import UNKNOWN_MODEL
@@ -38,9 +37,6 @@ from .observing import Observer, Usage
 from .registry.addressing import split_address
 from .tenancy.limiter import Ticket
 from .tenancy.service import ANYONE, Principal
-
-logger = logging.getLogger(__name__)
-_RETRIES_AFTER_UPSTREAM_LOSS = 2  # a non-streaming answer whose upstream died is started over elsewhere
 
 
 @dataclass
@@ -231,26 +227,19 @@ async def complete(
     ``completion`` sets the answer's id (an integration that gave its user a feedback id before
     the answer existed); ``source`` is kept with the conversation when feedback capture is on.
     ``principal`` is who asks (scope, limits, usage); ``headers`` receives its ``x-ratelimit-*``.
-    Cancelling the call stops the generation and counts the request as aborted. An upstream lost
-    mid-answer (remote engine) is retried elsewhere when nothing reached the caller (no ``on_text``).
+    Cancelling the call stops the generation and counts the request as aborted. Without ``on_text``
+    an engine that ``answers_whole`` produces the answer in one piece (the remote engine asks its
+    upstream for a plain answer, and fails over itself until one arrives whole).
     """
     admitted = await admit(gateway, body, default_max_tokens, user, source, principal)
     if headers is not None:
         headers.update(admitted.headers)
+    if on_text is None and gateway.engine.answers_whole:  # nobody follows the text: take it in one piece
+        admitted.generation = dataclasses.replace(admitted.generation, whole=True)
+        admitted.observer.times_first_token = False
     async with admitted.scope:
         try:
-            retries = 0
-            while True:
-                try:
-                    return await _complete(gateway, admitted, on_text, completion)
-                except UpstreamLost:
-                    retries += 1
-                    if on_text is not None or retries > _RETRIES_AFTER_UPSTREAM_LOSS:
-                        raise
-                    logger.warning(
-                        "request %s: its upstream was lost mid-answer; retrying on another",
-                        admitted.generation.request_id,
-                    )
+            return await _complete(gateway, admitted, on_text, completion)
         except GatewayError as error:
             admitted.observer.failure(error)
             raise

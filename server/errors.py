@@ -24,7 +24,7 @@ route ever chooses a status code by reading an error message.
     ├── RateLimited               429 rate_limit_error, code "rate_limit_exceeded" (Retry-After)
     │   └── QuotaExceeded         429 insufficient_quota                (tenancy: a key's token quota)
     ├── EngineError               500 server_error (one request failed; the engine lives on)
-    │   └── UpstreamLost          502, code "upstream_lost" (remote: an upstream failed mid-answer)
+    │   └── UpstreamLost          502, code "upstream_lost" (remote: an upstream failed mid-stream)
     └── EngineUnavailable         503 server_error (not loaded yet, or shutting down)
         └── Overloaded            503, code "queue_full" (Retry-After: the engine's queue is full)
 """
@@ -159,8 +159,8 @@ class EngineError(GatewayError):
 
 
 class UpstreamLost(EngineError):
-    """An upstream failed after it had started answering. Nothing of a non-streaming request has
-    reached its client yet, so the gateway retries it on another upstream (``server.completions``)."""
+    """An upstream failed after it had started streaming an answer, part of which its client may
+    have. (A non-streaming answer arrives whole, so the remote engine fails it over instead.)"""
 
     status_code = 502
     default_code = "upstream_lost"

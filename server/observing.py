@@ -29,7 +29,8 @@ class Observer:
         self._outcome = outcome  # told (server_error) when a version under a split finishes
         self._spent = spent  # told (prompt, completion tokens, failed) once: the key's usage
         self.started = time.perf_counter()
-        self._first_token_seen = False
+        # Until the first token is timed; False from the start for an answer that arrives whole.
+        self.times_first_token = True
         self.tokens = (0, 0)  # prompt, completion so far
 
     def _account(self, failed: bool) -> None:
@@ -40,8 +41,8 @@ class Observer:
     def delta(self, delta: GenerationDelta) -> None:
         if delta.queued_seconds is not None:
             self.metrics.queue_time.labels(self.model).observe(delta.queued_seconds)
-        if not self._first_token_seen and delta.completion_tokens:
-            self._first_token_seen = True
+        if self.times_first_token and delta.completion_tokens:
+            self.times_first_token = False
             self.metrics.ttft.labels(self.model, self.version).observe(time.perf_counter() - self.started)
 
     def success(self, usage: UsageInfo) -> None:

@@ -35,13 +35,13 @@ class Settings(BaseSettings):
     upstream_first_byte_timeout: float = Field(
         default=10.0,
         gt=0,
-        description="remote: seconds an upstream has to answer a request "
-        "before it is ejected and the request goes to the next.",
+        description="remote: seconds an upstream has to start a streamed answer "
+        "before the request goes to the next (a plain answer has none: health checks catch a frozen one).",
     )
     upstream_stall_timeout: float = Field(
         default=30.0,
         gt=0,
-        description="remote: seconds an answering upstream may stay silent before it is considered lost.",
+        description="remote: seconds a streaming upstream may stay silent before it is considered lost.",
     )
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")

@@ -94,6 +94,9 @@ class GenerationRequest:
     output_format: OutputFormat | None = None
     chat_template: str | None = None  # the adapter's own template (its profile), else the tokenizer's
     flow: str = ""  # whose request, on which model: the embedded engine admits flows fairly
+    # The caller takes the answer whole (a non-streaming request): an engine that ``answers_whole``
+    # may then produce it in one piece at its end rather than token by token.
+    whole: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,9 @@ class Engine(abc.ABC):
 
     #: The context window the engine enforces (prompt + completion), when it knows it.
     max_model_len: int | None = None
+    #: ``generate`` answers a ``whole`` request in one piece, at its end (so its first token cannot
+    #: be timed): the remote engine asks its upstream for a plain JSON answer instead of a stream.
+    answers_whole: bool = False
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -19,11 +19,18 @@ every request and owns the registry; upstreams only run models.
   busy (its ``/v1/models`` answers), it stays. The last upstream left is given ``stall_timeout``,
   like any silence mid-answer, rather than the deadline: under load, giving up on it would turn a
   slow answer into a failure; and if every other one fails, the request goes back to the first that
-  was only slow, without the deadline. So a request waits on a dead upstream at most
+  was only slow, without the deadline. So a streamed request waits on a dead upstream at most
   ``first_byte_timeout`` while another is available, and at most ``stall_timeout`` on the last one.
 - Streaming: upstream SSE chunks are turned into deltas as they arrive (nothing is buffered), and
   closing our stream closes the upstream request, which vLLM aborts. An upstream lost mid-answer is
-  ``UpstreamLost``, which the chat path retries elsewhere when nothing reached the client yet.
+  ``UpstreamLost``: the client already has part of the answer, so its stream ends with an error.
+- Plain answers: a non-streaming request is asked of the upstream plainly (``"stream": false``):
+  one JSON body rather than an event per token, less work for the gateway and for vLLM's API
+  server alike. It arrives when it is all generated, so it has no first-byte deadline and no stall
+  bound: an upstream that freezes under it is caught by its health check, whose ejection cancels
+  the wait, and the request goes to the next upstream. That check is the periodic one, or a probe
+  sent once the answer is ``first_byte_timeout`` late (busy upstreams pass it and are waited on).
+  One lost before its answer arrived whole is ejected and the request goes on to the next, too.
 - HTTP: aiohttp, for every call to upstreams. Measured with py-spy on the gateway path
   (``benchmarks/gateway_overhead.py``), httpx spent about 1.5 ms of CPU on each streamed answer and
   aiohttp (its parser is C) about 0.5 ms: on a proxy that is most of what a request costs.
@@ -42,15 +49,18 @@ from typing import Any
 
 import aiohttp
 
-from ..errors import EngineError, EngineUnavailable, GatewayError, InvalidRequest, UpstreamLost
+from ..errors import EngineError, EngineUnavailable, UpstreamLost
 from .base import AdapterRef, Engine, EngineHealth, GenerationDelta, GenerationRequest
-from .sse import deltas
+from .openai_wire import chat_body, deltas, upstream_error, whole_deltas
 
 logger = logging.getLogger(__name__)
 # What an upstream call can fail with: a connection refused, reset or closed, a malformed answer,
 # a timeout (aiohttp's own read timeout is an asyncio.TimeoutError too).
 _HTTP_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 _JSON = {"Content-Type": "application/json"}  # chat bodies are encoded once, by us
+# A plain answer arrives when it is all generated, which may take minutes: no read bound (a frozen
+# upstream is caught by its health check instead, which cancels the wait).
+_WHOLE = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=None)
 _VERSIONED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.v\d+")  # the names upstream_name() gives
 
 
@@ -67,6 +77,8 @@ class Upstream:
     loaded: set[str] = field(default_factory=set)  # upstream names of adapters registered there
     max_model_len: int | None = None
     last_failure: str | None = None
+    # Plain answers being waited for here: ejecting the upstream cancels them, and they fail over.
+    waiting: set[asyncio.Task[bytes]] = field(default_factory=set)
 
 
 class _NoAnswer(Exception):
@@ -79,6 +91,8 @@ class _NoAnswer(Exception):
 
 
 class RemoteEngine(Engine):
+    answers_whole = True  # a non-streaming request is asked of the upstream plainly (see the module)
+
     def __init__(
         self,
         urls: list[str],
@@ -95,6 +109,7 @@ class RemoteEngine(Engine):
         self.base_model_id = base_model_id
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._health_interval = health_interval
+        self._check_timeout = 5.0  # a health check waits this long for /v1/models
         self._first_byte_timeout = first_byte_timeout
         self._stall_timeout = stall_timeout
         self._adapters: dict[int, AdapterRef] = {}  # every version the registry wants loaded
@@ -169,10 +184,10 @@ class RemoteEngine(Engine):
             self._probes[upstream.url] = task
             task.add_done_callback(lambda _: self._probes.pop(upstream.url, None))
 
-    async def _check(self, upstream: Upstream, *, timeout: float = 5.0) -> None:
+    async def _check(self, upstream: Upstream, *, timeout: float | None = None) -> None:
         """Healthy = answers /v1/models with our base, holding exactly the adapters we want there."""
         try:
-            models = await self._models(upstream, timeout)
+            models = await self._models(upstream, timeout or self._check_timeout)
         except (*_HTTP_ERRORS, ValueError, KeyError, TypeError) as exc:
             self._eject(upstream, f"health check failed ({type(exc).__name__})")
             return
@@ -209,6 +224,8 @@ class RemoteEngine(Engine):
         if upstream.healthy:
             logger.warning("upstream %s ejected: %s", upstream.url, why)
         upstream.healthy, upstream.last_failure = False, why
+        for call in upstream.waiting:
+            call.cancel()
 
     # ------------------------------------------------------------------ adapters
 
@@ -267,7 +284,7 @@ class RemoteEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         model = upstream_name(request.adapter) if request.adapter else None
-        body = _chat_body(request, model or self.base_model_id)
+        body = chat_body(request, model or self.base_model_id)
         candidates = self._candidates(model)
         if not candidates:
             raise EngineUnavailable(
@@ -283,6 +300,10 @@ class RemoteEngine(Engine):
             upstream.in_flight += 1
             started = False
             try:
+                if request.whole:
+                    for delta in whole_deltas(await self._whole(upstream, body)):
+                        yield delta
+                    return
                 async with self._answer(upstream, body, None if last else self._first_byte_timeout) as response:
                     async for delta in deltas(response.content.iter_any()):
                         started = True
@@ -303,9 +324,10 @@ class RemoteEngine(Engine):
                 self._eject(upstream, f"lost mid-answer ({type(exc).__name__})")
                 if started:  # the caller has text from it: only the caller can decide to start over
                     raise UpstreamLost(f"The upstream failed mid-answer ({type(exc).__name__}).") from exc
-                failures.append(f"{upstream.url}: lost before its first token ({type(exc).__name__})")
+                before = "its answer arrived" if request.whole else "its first token"
+                failures.append(f"{upstream.url}: lost before {before} ({type(exc).__name__})")
                 logger.warning(
-                    "upstream %s lost before its first token (%s); failing over", upstream.url, type(exc).__name__
+                    "upstream %s lost before %s (%s); failing over", upstream.url, before, type(exc).__name__
                 )
             finally:
                 upstream.in_flight -= 1
@@ -328,7 +350,7 @@ class RemoteEngine(Engine):
             raise _NoAnswer(f"unreachable ({type(exc).__name__})", unreachable=True) from None
         try:
             if response.status != 200:
-                raise _upstream_error(response.status, await response.read())
+                raise upstream_error(response.status, await response.read())
             yield response
         finally:
             # Read to the end, the connection goes back to the pool; closed early (the client left,
@@ -338,50 +360,35 @@ class RemoteEngine(Engine):
             else:
                 response.close()
 
+    async def _whole(self, upstream: Upstream, body: dict[str, Any]) -> bytes:
+        """The upstream's plain answer, however long it takes to generate, unless the upstream is
+        ejected meanwhile (its health check failed: frozen or gone), which cancels the wait. Not
+        there within the first-byte deadline, the upstream is probed at once (busy or frozen?)
+        rather than at its next periodic check."""
+        call = asyncio.ensure_future(self._post_whole(upstream, body))
+        upstream.waiting.add(call)
+        probe = asyncio.get_running_loop().call_later(self._first_byte_timeout, self._probe, upstream)
+        try:
+            return await call
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not call.cancelled() or (current is not None and current.cancelling()):
+                raise  # our own caller was cancelled (the client left): not a failover
+            raise _NoAnswer(upstream.last_failure or "ejected", unreachable=True) from None
+        finally:
+            probe.cancel()
+            upstream.waiting.discard(call)
+
+    async def _post_whole(self, upstream: Upstream, body: dict[str, Any]) -> bytes:
+        async with self._require_client().post(
+            f"{upstream.url}/v1/chat/completions", data=json.dumps(body).encode(), headers=_JSON, timeout=_WHOLE
+        ) as response:
+            payload = await response.read()
+        if response.status != 200:
+            raise upstream_error(response.status, payload)
+        return payload
+
     def _require_client(self) -> aiohttp.ClientSession:
         if self._client is None:
             raise EngineUnavailable("The remote engine is not started.")
         return self._client
-
-
-def _chat_body(request: GenerationRequest, model: str) -> dict[str, Any]:
-    options = request.sampling
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": list(request.messages),
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "n": options.n,
-        "presence_penalty": options.presence_penalty,
-        "frequency_penalty": options.frequency_penalty,
-    }
-    if options.max_tokens is not None:
-        body["max_tokens"] = options.max_tokens
-    if options.seed is not None:
-        body["seed"] = options.seed
-    if options.stop:
-        body["stop"] = list(options.stop)
-    if request.tools is not None:  # vLLM parses the calls (--enable-auto-tool-choice --tool-call-parser hermes)
-        body["tools"] = list(request.tools.tools)
-        body["tool_choice"] = request.tools.openai_choice()
-        body["parallel_tool_calls"] = request.tools.parallel
-    if request.output_format is not None:
-        body["response_format"] = request.output_format.as_openai()
-    if options.logprobs is not None:
-        body["logprobs"] = True
-        body["top_logprobs"] = options.logprobs
-    if request.chat_template is not None:  # an adapter profile's template: vLLM's chat_template field
-        body["chat_template"] = request.chat_template
-    return body
-
-
-def _upstream_error(status: int, body: bytes) -> GatewayError:
-    try:
-        message = json.loads(body)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = body[:300].decode(errors="replace")
-    if 400 <= status < 500:
-        return InvalidRequest(f"The upstream refused the request: {message}")
-    return EngineError(f"The upstream failed ({status}): {message}")

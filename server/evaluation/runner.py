@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from ..engine.sse import deltas
+from ..engine.openai_wire import deltas
 from .testset import EvalItem
 
 

@@ -2,11 +2,13 @@
 
 It speaks the parts of vLLM's API the remote engine uses (``/v1/models`` with adapters as children
 of the base, ``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``, streaming chat completions),
-and answers every chat by streaming ``answer`` word by word, after ``delay`` seconds (a busy
-upstream), or fails the way a test asks: the connection dropped after ``die_after`` chunks (a
-killed or crashed upstream, mid-answer). A request with ``tools`` is answered, as ``vllm serve
---enable-auto-tool-choice --tool-call-parser hermes`` streams it, with one call of the first tool
-(name first, then the arguments in two pieces); ``logprobs`` come with every content chunk.
+and answers every chat with ``answer``, after ``delay`` seconds (a busy upstream): streamed word
+by word, or whole for ``"stream": false``. It fails the way a test asks: the connection dropped
+after ``die_after`` chunks (a killed or crashed upstream, mid-answer; a whole answer is dropped
+half sent, or before a byte for 0), or ``frozen`` (every endpoint stops answering until it is
+False again, as a SIGSTOPped process). A request with ``tools`` is answered, as ``vllm serve
+--enable-auto-tool-choice --tool-call-parser hermes`` does, with one call of the first tool (streamed:
+name first, then the arguments in two pieces); ``logprobs`` come with every content token.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class FakeVllm:
     answer: str = "Fake: hello from the stand-in upstream."
     die_after: int | None = None  # chunks sent before the connection is dropped; None: never
     delay: float = 0.0  # seconds before the response starts (a busy upstream: queueing, prefill)
+    frozen: bool = False
     loaded: set[str] = field(default_factory=set)
     chats: int = 0
     dropped: int = 0
@@ -47,6 +50,7 @@ class FakeVllm:
 
         @app.get("/v1/models")
         async def models() -> dict[str, Any]:
+            await self._thaw()
             cards = [{"id": self.base, "object": "model", "max_model_len": 4096, "parent": None}]
             cards += [{"id": name, "object": "model", "parent": self.base} for name in sorted(self.loaded)]
             return {"object": "list", "data": cards}
@@ -72,6 +76,9 @@ class FakeVllm:
             self.chats += 1
             self.bodies.append(body)
             await asyncio.sleep(self.delay)
+            await self._thaw()
+            if not body.get("stream"):
+                return StreamingResponse(self._whole(body), media_type="application/json")
             if body.get("tools"):
                 return StreamingResponse(self._tool_call(body), media_type="text/event-stream")
             return StreamingResponse(
@@ -80,12 +87,41 @@ class FakeVllm:
 
         return app
 
+    async def _thaw(self) -> None:
+        while self.frozen:
+            await asyncio.sleep(0.02)
+
+    async def _whole(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """A plain answer as vLLM sends it, as a body in two halves (so it can be dropped half sent)."""
+        words = self.answer.split(" ")
+        message: dict[str, Any] = {"role": "assistant", "content": self.answer, "tool_calls": []}
+        choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+        if body.get("tools"):
+            function = {"name": body["tools"][0]["function"]["name"], "arguments": '{"order_id": "A1001"}'}
+            message.update(content=None, tool_calls=[{"id": CALL_ID, "type": "function", "function": function}])
+            choice["finish_reason"] = "tool_calls"
+        elif body.get("logprobs"):
+            pieces = [word if i == 0 else " " + word for i, word in enumerate(words)]
+            choice["logprobs"] = {
+                "content": [
+                    {"token": p, "logprob": -0.25, "bytes": list(p.encode()), "top_logprobs": []} for p in pieces
+                ]
+            }
+        usage = {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}
+        answer = {"id": "c", "object": "chat.completion", "model": body["model"], "choices": [choice], "usage": usage}
+        payload = json.dumps(answer).encode()
+        for half, piece in enumerate((payload[: len(payload) // 2], payload[len(payload) // 2 :])):
+            if self.die_after is not None and half >= self.die_after:
+                self.dropped += 1
+                raise _Dropped()
+            yield piece
+
     async def _tool_call(self, body: dict[str, Any]) -> AsyncIterator[str]:
         name = body["tools"][0]["function"]["name"]
         pieces = [
             {
                 "index": 0,
-                "id": "chatcmpl-tool-upstream1",
+                "id": CALL_ID,
                 "type": "function",
                 "function": {"name": name, "arguments": ""},
             },

@@ -123,8 +123,9 @@ def test_remote_engine_over_two_upstreams(
             assert results == [ANSWERS["alpha"]] * 16
             assert served_by(ports[0], "alpha.v1") > 0 and served_by(ports[1], "alpha.v1") > 0
 
-            # One upstream frozen (SIGSTOP): it misses the first-byte deadline, is ejected, and every
-            # request is answered by the other; the client's 30 s timeout catches any that would wait.
+            # One upstream frozen (SIGSTOP): its health check fails, it is ejected (a plain answer
+            # waiting on it goes to the other), and every request is answered by the other; the
+            # client's 30 s timeout catches any that would wait.
             second.send_signal(signal.SIGSTOP)
             try:
                 with OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30) as patient:
@@ -136,7 +137,7 @@ def test_remote_engine_over_two_upstreams(
             wait_for(lambda: httpx.get(f"{url}/ready").json()["engine"] == "2/2 upstreams healthy", timeout=30)
 
             # One upstream killed mid-load: requests fail over to the other, none hangs, none fails
-            # (a non-streaming answer cut mid-way is started over on the other upstream).
+            # (a plain answer arrives whole or not at all: one lost is asked of the other upstream).
             results.clear()
             threads = [threading.Thread(target=load, args=(6,)) for _ in range(3)]
             for t in threads:
@@ -203,13 +204,29 @@ def gateway_over(fakes: list[FakeVllm], base_model: Path, adapters_dir: Path, **
         urls = [stack.enter_context(running_server(fake.app())) for fake in fakes]
         app = create_app(make_settings(base_model, adapters_dir, engine="remote", upstream=urls, **settings))
         app.state.gateway.engine._health_interval = 0.2
+        app.state.gateway.engine._check_timeout = 0.5
         yield stack.enter_context(running_server(app))
 
 
-def test_a_non_streaming_answer_cut_mid_way_is_retried_on_another_upstream(
+def streamed(url: str, **body: object) -> str:
+    """The text of a streamed answer of ``alpha`` to ASK (asserting it succeeded)."""
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/chat/completions",
+        json={"model": "alpha", "messages": ASK, "stream": True, **body},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert events[-1] == "[DONE]" and "error" not in chunks[-1], events[-2:]
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+
+
+def test_a_non_streaming_answer_lost_half_sent_is_asked_of_another_upstream(
     base_model: Path, adapters_dir: Path
 ) -> None:
-    dying, healthy = FakeVllm("tiny-base", die_after=2), FakeVllm("tiny-base")
+    dying, healthy = FakeVllm("tiny-base", die_after=1), FakeVllm("tiny-base")
     with (
         gateway_over([dying, healthy], base_model, adapters_dir) as url,
         OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client,
@@ -219,6 +236,45 @@ def test_a_non_streaming_answer_cut_mid_way_is_retried_on_another_upstream(
         ]
         assert answers == [healthy.answer] * 6  # never the dying one's half answer, never an error
         assert dying.dropped >= 1
+        assert all(body["stream"] is False and "stream_options" not in body for body in healthy.bodies)
+
+
+def test_a_plain_answer_waiting_on_an_upstream_that_freezes_goes_to_the_other(
+    base_model: Path, adapters_dir: Path
+) -> None:
+    """No deadline on a plain answer (it comes when it is all generated): the frozen upstream's
+    health check fails, the ejection cancels the wait, and the other upstream answers."""
+    fakes = [FakeVllm("tiny-base", delay=1.0, answer="From A."), FakeVllm("tiny-base", delay=1.0, answer="From B.")]
+    with gateway_over(fakes, base_model, adapters_dir, upstream_first_byte_timeout=0.3) as url:
+        replies: list[httpx.Response] = []
+        asking = threading.Thread(
+            target=lambda: replies.append(
+                httpx.post(f"{url}/v1/chat/completions", json={"model": "alpha", "messages": ASK}, timeout=30)
+            )
+        )
+        asking.start()
+        wait_for(lambda: sum(f.chats for f in fakes) == 1, timeout=10)
+        frozen, other = fakes if fakes[0].chats else fakes[::-1]
+        frozen.frozen = True  # while it "generates": it never answers, nor its health check
+        try:
+            asking.join(timeout=30)
+            assert replies and replies[0].status_code == 200, replies
+            assert replies[0].json()["choices"][0]["message"]["content"] == other.answer
+            assert (frozen.chats, other.chats) == (1, 1)
+            assert httpx.get(f"{url}/ready").json()["engine"] == "1/2 upstreams healthy"
+        finally:
+            frozen.frozen = False
+        wait_for(lambda: httpx.get(f"{url}/ready").json()["engine"] == "2/2 upstreams healthy", timeout=10)
+
+
+def test_a_busy_upstream_is_waited_on_for_a_plain_answer(base_model: Path, adapters_dir: Path) -> None:
+    """Slower than the first-byte deadline, which bounds streams only: asked once, answered, kept."""
+    slow = [FakeVllm("tiny-base", delay=1.0, answer="Slow but alive."), FakeVllm("tiny-base", delay=1.0)]
+    with gateway_over(slow, base_model, adapters_dir, upstream_first_byte_timeout=0.3) as url:
+        response = httpx.post(f"{url}/v1/chat/completions", json={"model": "alpha", "messages": ASK}, timeout=30)
+        assert response.status_code == 200, response.text
+        assert sum(f.chats for f in slow) == 1
+        assert httpx.get(f"{url}/ready").json()["engine"] == "2/2 upstreams healthy"
 
 
 def test_a_stream_cut_mid_way_ends_with_an_error_event_and_done(base_model: Path, adapters_dir: Path) -> None:
@@ -309,10 +365,10 @@ def test_an_unreadable_base_config_stops_the_gateway_coherently(adapters_dir: Pa
     assert fake.chats == 0  # nothing was proxied
 
 
-def test_busy_upstreams_are_not_ejected_and_the_request_still_gets_its_answer(
+def test_busy_upstreams_are_not_ejected_and_the_stream_still_gets_its_answer(
     base_model: Path, adapters_dir: Path
 ) -> None:
-    """Both take longer than the first-byte deadline to start answering: the request fails over
+    """Both take longer than the first-byte deadline to start streaming: the request fails over
     from the first, then goes back to it without the deadline, and both stay in the rotation
     (their health probes answer: busy, not frozen)."""
     slow = [
@@ -320,9 +376,7 @@ def test_busy_upstreams_are_not_ejected_and_the_request_still_gets_its_answer(
         FakeVllm("tiny-base", delay=1.0, answer="Slow but alive."),
     ]
     with gateway_over(slow, base_model, adapters_dir, upstream_first_byte_timeout=0.3) as url:
-        response = httpx.post(f"{url}/v1/chat/completions", json={"model": "alpha", "messages": ASK}, timeout=30)
-        assert response.status_code == 200, response.text
-        assert response.json()["choices"][0]["message"]["content"] == "Slow but alive."
+        assert streamed(url) == "Slow but alive."
         assert sum(f.chats for f in slow) == 3  # first, second (both past the deadline), first again
         wait_for(lambda: httpx.get(f"{url}/ready").json()["engine"] == "2/2 upstreams healthy", timeout=5)
 
@@ -335,9 +389,7 @@ def test_a_slow_upstream_is_tried_again_when_the_other_drops_before_answering(
     slow, dropping = FakeVllm("tiny-base", delay=0.8, answer="Slow but alive."), FakeVllm("tiny-base", die_after=0)
     with gateway_over([slow, dropping], base_model, adapters_dir, upstream_first_byte_timeout=0.3) as url:
         for _ in range(4):
-            response = httpx.post(f"{url}/v1/chat/completions", json={"model": "alpha", "messages": ASK}, timeout=30)
-            assert response.status_code == 200, response.text
-            assert response.json()["choices"][0]["message"]["content"] == "Slow but alive."
+            assert streamed(url) == "Slow but alive."
         assert dropping.dropped >= 1
 
 

@@ -1,4 +1,6 @@
-"""vLLM's OpenAI-compatible SSE stream, turned into engine deltas as each event arrives.
+"""The OpenAI chat wire format as vLLM upstreams speak it: the body we send (``chat_body``), and
+their answers as engine deltas, streamed as each event arrives (``deltas``) or plain, whole
+(``whole_deltas``); their error bodies as our errors (``upstream_error``).
 
 Tool-call pieces (ids included) and logprobs are passed on as the upstream sent them: vLLM's own
 tool parser and logprobs are the answer, not something to redo here.
@@ -10,8 +12,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..errors import EngineError
-from .base import GenerationDelta, TokenLogprob, ToolCallDelta, TopLogprob
+from ..errors import EngineError, GatewayError, InvalidRequest
+from .base import GenerationDelta, GenerationRequest, TokenLogprob, ToolCallDelta, TopLogprob
 
 _FINISH = ("stop", "length", "tool_calls")
 
@@ -70,6 +72,41 @@ async def deltas(body: AsyncIterator[bytes]) -> AsyncIterator[GenerationDelta]:
         yield GenerationDelta(index, "", reason, prompt_tokens, counts.get(index, 0))  # type: ignore[arg-type]
 
 
+def whole_deltas(payload: bytes) -> list[GenerationDelta]:
+    """A plain (``"stream": false``) chat completion -> one final delta per choice. The usage counts
+    completion tokens for all choices together: the last choice takes what the others leave, each
+    of the others its logprobs' count (all it is known by), so the sum is exact."""
+    try:
+        answer = json.loads(payload)
+        choices = sorted(answer["choices"], key=lambda choice: choice["index"])
+        usage = answer.get("usage") or {}
+        prompt_tokens, left = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        out = []
+        for position, choice in enumerate(choices):
+            message = choice.get("message") or {}
+            logprobs = _logprobs(choice.get("logprobs"))
+            own = left if position == len(choices) - 1 else min(left, len(logprobs or ()))
+            left -= own
+            reason = choice.get("finish_reason")
+            out.append(
+                GenerationDelta(
+                    choice["index"],
+                    message.get("content") or "",
+                    reason if reason in _FINISH else "stop",
+                    prompt_tokens,
+                    own,
+                    tool_calls=tuple(
+                        _tool_call({**call, "index": number})
+                        for number, call in enumerate(message.get("tool_calls") or ())
+                    ),
+                    logprobs=logprobs,
+                )
+            )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EngineError(f"The upstream sent a malformed answer ({type(exc).__name__}).") from None
+    return out
+
+
 def _tool_call(piece: dict[str, Any]) -> ToolCallDelta:
     function = piece.get("function") or {}
     return ToolCallDelta(
@@ -95,3 +132,47 @@ def _logprobs(value: dict[str, Any] | None) -> tuple[TokenLogprob, ...] | None:
         )
         for entry in value["content"]
     )
+
+
+def chat_body(request: GenerationRequest, model: str) -> dict[str, Any]:
+    options = request.sampling
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": list(request.messages),
+        "stream": not request.whole,
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+        "n": options.n,
+        "presence_penalty": options.presence_penalty,
+        "frequency_penalty": options.frequency_penalty,
+    }
+    if not request.whole:
+        body["stream_options"] = {"include_usage": True}
+    if options.max_tokens is not None:
+        body["max_tokens"] = options.max_tokens
+    if options.seed is not None:
+        body["seed"] = options.seed
+    if options.stop:
+        body["stop"] = list(options.stop)
+    if request.tools is not None:  # vLLM parses the calls (--enable-auto-tool-choice --tool-call-parser hermes)
+        body["tools"] = list(request.tools.tools)
+        body["tool_choice"] = request.tools.openai_choice()
+        body["parallel_tool_calls"] = request.tools.parallel
+    if request.output_format is not None:
+        body["response_format"] = request.output_format.as_openai()
+    if options.logprobs is not None:
+        body["logprobs"] = True
+        body["top_logprobs"] = options.logprobs
+    if request.chat_template is not None:  # an adapter profile's template: vLLM's chat_template field
+        body["chat_template"] = request.chat_template
+    return body
+
+
+def upstream_error(status: int, body: bytes) -> GatewayError:
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = body[:300].decode(errors="replace")
+    if 400 <= status < 500:
+        return InvalidRequest(f"The upstream refused the request: {message}")
+    return EngineError(f"The upstream failed ({status}): {message}")
