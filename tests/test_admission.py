@@ -84,6 +84,7 @@ class SlowEngine:
     Answers after ``seconds``; records the order requests started."""
 
     max_model_len = 4096
+    answers_whole = False  # streams, as vLLM's engine does
 
     def __init__(self, seconds: float) -> None:
         self.seconds, self.started = seconds, []
