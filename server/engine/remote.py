@@ -284,7 +284,7 @@ class RemoteEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         model = upstream_name(request.adapter) if request.adapter else None
-        body = chat_body(request, model or self.base_model_id)
+        body = json.dumps(chat_body(request, model or self.base_model_id)).encode()  # once, whoever answers
         candidates = self._candidates(model)
         if not candidates:
             raise EngineUnavailable(
@@ -335,12 +335,11 @@ class RemoteEngine(Engine):
 
     @contextlib.asynccontextmanager
     async def _answer(
-        self, upstream: Upstream, body: dict[str, Any], deadline: float | None
+        self, upstream: Upstream, body: bytes, deadline: float | None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The upstream's streaming response, once its headers arrived (within ``deadline`` if set;
         the client's read timeout, ``stall_timeout``, bounds the wait either way)."""
-        client = self._require_client()
-        sending = client.post(f"{upstream.url}/v1/chat/completions", data=json.dumps(body).encode(), headers=_JSON)
+        sending = self._post_chat(upstream, body)
         try:
             response = await (sending if deadline is None else asyncio.wait_for(sending, deadline))
         except asyncio.TimeoutError as exc:  # our deadline, or aiohttp's read timeout (the stall bound)
@@ -360,7 +359,7 @@ class RemoteEngine(Engine):
             else:
                 response.close()
 
-    async def _whole(self, upstream: Upstream, body: dict[str, Any]) -> bytes:
+    async def _whole(self, upstream: Upstream, body: bytes) -> bytes:
         """The upstream's plain answer, however long it takes to generate, unless the upstream is
         ejected meanwhile (its health check failed: frozen or gone), which cancels the wait. Not
         there within the first-byte deadline, the upstream is probed at once (busy or frozen?)
@@ -379,14 +378,21 @@ class RemoteEngine(Engine):
             probe.cancel()
             upstream.waiting.discard(call)
 
-    async def _post_whole(self, upstream: Upstream, body: dict[str, Any]) -> bytes:
-        async with self._require_client().post(
-            f"{upstream.url}/v1/chat/completions", data=json.dumps(body).encode(), headers=_JSON, timeout=_WHOLE
-        ) as response:
+    async def _post_whole(self, upstream: Upstream, body: bytes) -> bytes:
+        async with await self._post_chat(upstream, body, timeout=_WHOLE) as response:
             payload = await response.read()
         if response.status != 200:
             raise upstream_error(response.status, payload)
         return payload
+
+    async def _post_chat(
+        self, upstream: Upstream, body: bytes, timeout: aiohttp.ClientTimeout | None = None
+    ) -> aiohttp.ClientResponse:
+        """The one chat call both answer shapes make (``body`` is JSON already), under the
+        session's timeouts unless given others; returns once the response headers arrived."""
+        client = self._require_client()
+        url = f"{upstream.url}/v1/chat/completions"
+        return await client.post(url, data=body, headers=_JSON, timeout=timeout or client.timeout)
 
     def _require_client(self) -> aiohttp.ClientSession:
         if self._client is None:
