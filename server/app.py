@@ -166,6 +166,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     )
     install_error_handlers(app, metrics)
     app.include_router(chat.router)
+    document = app.openapi
+    app.openapi = lambda: chat.add_schemas(document())  # type: ignore[method-assign]
     app.include_router(models.router)
     app.include_router(ops.router)
     app.include_router(admin.router)

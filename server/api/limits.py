@@ -41,8 +41,9 @@ class BodyLimitMiddleware:
             await self._reject(scope, receive, send)
             return
         try:
-            body = await asyncio.wait_for(self._read(receive), self.timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.timeout):  # in this task: wait_for would start another (3.11)
+                body = await self._read(receive)
+        except TimeoutError:
             error = RequestTimeout(f"The request body was not received within {self.timeout:g} s.")
             await self._refuse(error, scope, receive, send)
             return

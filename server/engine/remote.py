@@ -341,8 +341,9 @@ class RemoteEngine(Engine):
         the client's read timeout, ``stall_timeout``, bounds the wait either way)."""
         sending = self._post_chat(upstream, body)
         try:
-            response = await (sending if deadline is None else asyncio.wait_for(sending, deadline))
-        except asyncio.TimeoutError as exc:  # our deadline, or aiohttp's read timeout (the stall bound)
+            async with asyncio.timeout(deadline):  # None: no deadline
+                response = await sending
+        except TimeoutError as exc:  # our deadline, or aiohttp's read timeout (the stall bound)
             waited = f"within {deadline:g} s" if deadline is not None else f"({type(exc).__name__})"
             raise _NoAnswer(f"no answer {waited}", unreachable=False) from None
         except aiohttp.ClientError as exc:

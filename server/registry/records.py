@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .splits import Split
 
 
-class AdapterState(str, enum.Enum):
+class AdapterState(enum.StrEnum):
     READY = "ready"  # an active version serves requests
     INCOMPLETE = "incomplete"  # files still arriving; nothing served yet
     REJECTED = "rejected"  # the files are invalid; nothing served

@@ -167,11 +167,26 @@ def test_a_streaming_client_that_leaves_stops_its_generation(gateway_app, gatewa
 
 
 def test_a_non_streaming_client_that_leaves_stops_its_generation(gateway_app, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Seen decoding, then the client leaves (its connection closes): the generation stops and
+    counts as aborted."""
+    aborted_before = metric_value(httpx.get(f"{gateway_url}/metrics").text, "lora_gateway_requests_aborted_total")
+
+    async def leave_while_decoding() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            asking = asyncio.ensure_future(client.post(f"{gateway_url}/v1/chat/completions", json=SLOW_ALPHA))
+            deadline = time.monotonic() + 10
+            while _running(gateway_url) != 1:
+                assert time.monotonic() < deadline and not asking.done(), "the request never ran"
+                await asyncio.sleep(0.02)
+            asking.cancel()  # httpx closes the connection of a cancelled request
+            with pytest.raises(asyncio.CancelledError):
+                await asking
+
     with slow_requests(gateway_app, 0.2):
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{gateway_url}/v1/chat/completions", json=SLOW_ALPHA, timeout=0.5)
-        assert _running(gateway_url) == 1
+        asyncio.run(leave_while_decoding())
         _wait_idle(gateway_url)
+    text = httpx.get(f"{gateway_url}/metrics").text
+    assert metric_value(text, "lora_gateway_requests_aborted_total") == aborted_before + 1
 
 
 def test_health_and_new_requests_answer_during_a_long_generation(client, gateway_app, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
