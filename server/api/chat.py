@@ -39,7 +39,8 @@ _DOCUMENTED = {"requestBody": {"required": True, "content": {"application/json":
 async def create_chat_completion(request: Request) -> Response:
     """The key is checked first (a wrong key learns nothing about the body), then the body. Both by
     hand rather than as FastAPI parameters: pydantic parses the bytes in one call, where FastAPI's
-    dependency and body machinery costs this, the hottest route, a third of a millisecond."""
+    dependency and body machinery (JSON decoding, then validation of the decoded objects) cost
+    this, the hottest route, about 0.1 ms more per request (measured under load)."""
     gateway = get_gateway(request)
     principal = await require_api_key(request)
     body = await chat_request(request)
