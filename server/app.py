@@ -165,9 +165,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         refused=lambda path, error: count_refusal(metrics, path, error),
     )
     install_error_handlers(app, metrics)
-    app.include_router(chat.router)
-    document = app.openapi
-    app.openapi = lambda: chat.add_schemas(document())  # type: ignore[method-assign]
+    chat.install(app)
     app.include_router(models.router)
     app.include_router(ops.router)
     app.include_router(admin.router)

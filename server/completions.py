@@ -131,9 +131,9 @@ async def admit(
         generation = dataclasses.replace(generation, flow=flow)
         if gateway.boot_error is not None:  # never half-alive: a gateway that failed to start serves nothing
             raise EngineUnavailable(f"The gateway could not start: {gateway.boot_error}")
-        health = gateway.engine.health()
-        if not health.ready:
-            raise EngineUnavailable(health.unavailable or "The model is still loading; try again shortly.")
+        unavailable = gateway.engine.unavailable()
+        if unavailable is not None:
+            raise EngineUnavailable(unavailable)
     except BaseException as error:  # a refusal, or the client gone while waiting for a slot: free what is held
         await scope.aclose()
         if not isinstance(error, GatewayError):

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from server.admission import AdapterGate
+from server.engine.base import Engine
 from server.errors import Overloaded
 
 
@@ -78,13 +79,12 @@ def test_the_queue_is_bounded_per_flow_and_a_cancelled_wait_leaves_no_trace() ->
     asyncio.run(scenario())
 
 
-class SlowEngine:
+class SlowEngine(Engine):
     """vLLM's scheduling with one LoRA slot, as far as order goes: a request for the adapter in the
     slot runs at once, another waits until the slot is empty (so a steady flood keeps it out).
     Answers after ``seconds``; records the order requests started."""
 
     max_model_len = 4096
-    answers_whole = False  # streams, as vLLM's engine does
 
     def __init__(self, seconds: float) -> None:
         self.seconds, self.started = seconds, []

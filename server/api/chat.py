@@ -6,11 +6,12 @@ client goes away.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -18,9 +19,9 @@ from pydantic import ValidationError
 from ..completions import CompletionStream, answered_by, complete, open_stream
 from .deps import get_gateway, require_api_key
 from .disconnects import CancelOnDisconnect, EventStream
+from .errors import CHAT_PATH
 from .protocol import ChatCompletionRequest
 
-router = APIRouter()
 DONE = "data: [DONE]\n\n"  # OpenAI's end of a stream
 
 
@@ -35,7 +36,6 @@ _BODY = {"$ref": "#/components/schemas/ChatCompletionRequest"}
 _DOCUMENTED = {"requestBody": {"required": True, "content": {"application/json": {"schema": _BODY}}}}
 
 
-@router.post("/v1/chat/completions", response_model=None, openapi_extra=_DOCUMENTED)
 async def create_chat_completion(request: Request) -> Response:
     """The key is checked first (a wrong key learns nothing about the body), then the body. Both by
     hand rather than as FastAPI parameters: pydantic parses the bytes in one call, where FastAPI's
@@ -89,6 +89,16 @@ async def chat_request(request: Request) -> ChatCompletionRequest:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
+def install(app: FastAPI) -> None:
+    """The route on the app itself, ahead of the others: an included router would add two layers
+    of FastAPI's routing to every request of the hottest route."""
+    app.add_api_route(
+        CHAT_PATH, create_chat_completion, methods=["POST"], response_model=None, openapi_extra=_DOCUMENTED
+    )
+    document = app.openapi
+    app.openapi = lambda: add_schemas(document())  # type: ignore[method-assign]
+
+
 def add_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
     """``openapi`` (FastAPI's document) with the chat body's schemas among its components."""
     schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -103,8 +113,10 @@ async def _sse(stream: CompletionStream) -> AsyncIterator[str]:
     follows either). Without ``include_usage`` the ``usage`` field is absent; with it, null on
     every chunk but the last."""
     omit = None if stream.include_usage else {"usage"}
-    async for item in stream.chunks():
-        if isinstance(item, Exception):
-            yield f"data: {json.dumps(item.to_dict())}\n\n"
-        else:
-            yield f"data: {item.model_dump_json(exclude=omit)}\n\n"
+    # Closed with us, so a client leaving mid-send ends the completion (and its lease) at once.
+    async with contextlib.aclosing(stream.chunks()) as chunks:  # type: ignore[type-var]
+        async for item in chunks:
+            if isinstance(item, Exception):
+                yield f"data: {json.dumps(item.to_dict())}\n\n"
+            else:
+                yield f"data: {item.model_dump_json(exclude=omit)}\n\n"

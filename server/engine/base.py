@@ -152,6 +152,9 @@ class EngineHealth:
     unavailable: str = ""  # when not ready although started: why, in words a client can act on
 
 
+LOADING = "The model is still loading; try again shortly."
+
+
 class Engine(abc.ABC):
     """Implemented by ``local`` (transformers + peft), ``vllm`` and ``remote`` engines."""
 
@@ -184,6 +187,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def health(self) -> EngineHealth:
         """Cheap, non-blocking snapshot for /ready and metrics."""
+
+    def unavailable(self) -> str | None:
+        """None while the engine takes requests; else why, in words a client can act on. Asked on
+        every request, so engines override it to answer without a whole ``health()`` snapshot
+        (which lists every loaded adapter)."""
+        health = self.health()
+        return None if health.ready else (health.unavailable or LOADING)
 
     def peak_memory_bytes(self) -> int | None:
         """The engine's peak memory, read when metrics are scraped (never per request); None where

@@ -39,6 +39,7 @@ from ..errors import (
 )
 from . import kv_batch
 from .base import (
+    LOADING,
     AdapterRef,
     Engine,
     EngineHealth,
@@ -175,6 +176,9 @@ class LocalEngine(Engine):
             waiting_requests=waiting,
             loaded_adapters=sorted(self._peft_names.values()),
         )
+
+    def unavailable(self) -> str | None:
+        return None if self._ready else LOADING
 
     def peak_memory_bytes(self) -> int:
         """CUDA's peak allocation on a GPU; this process's peak RSS on CPU."""

@@ -167,6 +167,11 @@ class RemoteEngine(Engine):
             unavailable=unavailable,
         )
 
+    def unavailable(self) -> str | None:
+        if self._client is not None and any(u.healthy for u in self.upstreams):
+            return None
+        return super().unavailable()
+
     async def _watch_health(self) -> None:
         """Never ends but by cancellation: a check that fails unexpectedly is logged and retried."""
         while True:

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import EngineError, EngineUnavailable
 from .base import (
+    LOADING,
     AdapterRef,
     Engine,
     EngineHealth,
@@ -227,6 +228,9 @@ class VllmEngine(Engine):
             running_requests=self._running,
             loaded_adapters=[r.lora_name for r in self._loras.values()],
         )
+
+    def unavailable(self) -> str | None:
+        return None if self._engine is not None else LOADING
 
     def render_prompt(self, messages: tuple[dict[str, Any], ...]) -> list[int]:
         return render_chat(self._tokenizer, messages)

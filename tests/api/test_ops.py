@@ -63,16 +63,14 @@ def test_ready_is_503_until_the_engine_has_loaded(base_model, shared_adapters_di
     gateway = app.state.gateway
     transport = httpx.ASGITransport(app=app)
 
-    async def probe() -> tuple[int, int, int]:
+    async def probe() -> tuple[int, int, int, str]:
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
             health = (await http.get("/health")).status_code
             ready = (await http.get("/ready")).status_code
-            chat = (
-                await http.post(
-                    "/v1/chat/completions", json={"model": "tiny-base", "messages": [{"role": "user", "content": "hi"}]}
-                )
-            ).status_code
-            return health, ready, chat
+            chat = await http.post(
+                "/v1/chat/completions", json={"model": "tiny-base", "messages": [{"role": "user", "content": "hi"}]}
+            )
+            return health, ready, chat.status_code, chat.json()["error"]["message"]
 
     assert not gateway.booted.is_set()
-    assert asyncio.run(probe()) == (200, 503, 503)
+    assert asyncio.run(probe()) == (200, 503, 503, "The model is still loading; try again shortly.")
