@@ -261,7 +261,7 @@ class LocalEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         if not self._ready:
-            raise EngineUnavailable("The model is still loading; try again shortly.")
+            raise EngineUnavailable(LOADING)
         tools = request.tools.tools if request.tools is not None else ()
         prompt_ids = await render_off_loop(
             self._tokenizer, request.messages, self.max_model_len or 0, tools, request.chat_template
