@@ -50,7 +50,7 @@ from typing import Any
 import aiohttp
 
 from ..errors import EngineError, EngineUnavailable, UpstreamLost
-from .base import AdapterRef, Engine, EngineHealth, GenerationDelta, GenerationRequest
+from .base import LOADING, AdapterRef, Engine, EngineHealth, GenerationDelta, GenerationRequest
 from .openai_wire import chat_body, deltas, upstream_error, whole_deltas
 
 logger = logging.getLogger(__name__)
@@ -152,25 +152,23 @@ class RemoteEngine(Engine):
 
     def health(self) -> EngineHealth:
         healthy = [u for u in self.upstreams if u.healthy]
-        unavailable = ""
-        if self._client is not None and not healthy:
-            unavailable = (
-                "No upstream is reachable right now ("
-                + "; ".join(f"{u.url}: {u.last_failure or 'down'}" for u in self.upstreams)
-                + "); try again shortly."
-            )
         return EngineHealth(
             ready=bool(healthy) and self._client is not None,
             detail=f"{len(healthy)}/{len(self.upstreams)} upstreams healthy",
             running_requests=sum(u.in_flight for u in self.upstreams),
             loaded_adapters=[upstream_name(a) for a in self._adapters.values()],
-            unavailable=unavailable,
+            unavailable=self._unreachable() if self._client is not None and not healthy else "",
         )
 
     def unavailable(self) -> str | None:
-        if self._client is not None and any(u.healthy for u in self.upstreams):
-            return None
-        return super().unavailable()
+        if self._client is None:
+            return LOADING
+        return None if any(u.healthy for u in self.upstreams) else self._unreachable()
+
+    def _unreachable(self) -> str:
+        """Why no upstream takes requests, each one's last failure named."""
+        failures = "; ".join(f"{u.url}: {u.last_failure or 'down'}" for u in self.upstreams)
+        return f"No upstream is reachable right now ({failures}); try again shortly."
 
     async def _watch_health(self) -> None:
         """Never ends but by cancellation: a check that fails unexpectedly is logged and retried."""
@@ -292,9 +290,7 @@ class RemoteEngine(Engine):
         body = json.dumps(chat_body(request, model or self.base_model_id)).encode()  # once, whoever answers
         candidates = self._candidates(model)
         if not candidates:
-            raise EngineUnavailable(
-                self.health().unavailable or "No upstream is reachable right now; try again shortly."
-            )
+            raise EngineUnavailable(self.unavailable() or self._unreachable())
         failures: list[str] = []
         queue, slow = list(candidates), list[Upstream]()
         while queue or slow:
