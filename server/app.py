@@ -48,6 +48,7 @@ def build_engine(settings: Settings) -> Engine:
             device=settings.device,
             dtype=settings.dtype,
             max_batch_size=settings.max_batch_size,
+            max_prefill_tokens=settings.max_prefill_tokens,
             max_model_len=settings.max_model_len,
             allow_long_context=settings.allow_long_context,
             max_queued=settings.max_queued_requests,

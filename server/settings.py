@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="Inference API key (repeat the flag, or comma-separate in the env var). None: no auth.",
     )
     max_batch_size: int = Field(default=16, ge=1, description="Sequences decoded together (local engine).")
+    max_prefill_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Prompt tokens the local engine prefills in one step (default: 128 on CPU, 2048 on a GPU); "
+        "smaller: a newcomer waits less behind a burst of prompts.",
+    )
     max_queued_requests: int = Field(
         default=256,
         ge=1,

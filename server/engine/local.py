@@ -18,6 +18,7 @@ The event loop never runs model code: requests talk to the worker through thread
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import resource
 import threading
@@ -55,6 +56,13 @@ from .rows import Job, Row, RowSteps
 
 logger = logging.getLogger(__name__)
 
+# Prompt tokens prefilled in one step (``--max-prefill-tokens``; a longer prompt still goes alone). A
+# step holds up every running stream and every newcomer until it ends, so it is kept short where
+# compute is scarce: on two CPU cores a burst of 14 short prompts prefilled at once took 175 ms of
+# everybody's time, 4 at a time about 45 ms (``benchmarks/fairness.py``). A GPU prefills many tokens
+# in the time of a decode step; 2048 is vLLM's own budget per step for its API server on most GPUs.
+CPU_PREFILL_TOKENS = 128
+GPU_PREFILL_TOKENS = 2048
 BASE_ROW = ""  # rows on the base model carry no adapter name
 _DONE = object()  # end-of-stream marker sent from the worker to a request's queue
 
@@ -71,7 +79,7 @@ class LocalEngine(Engine):
         max_batch_size: int = 16,
         max_model_len: int | None = None,
         allow_long_context: bool = False,
-        prefill_token_budget: int = 8192,
+        max_prefill_tokens: int | None = None,
         max_queued: int = 256,
         fair_admission: bool = True,
     ) -> None:
@@ -82,13 +90,15 @@ class LocalEngine(Engine):
         self.max_queued = max_queued  # requests of one flow waiting for the batch; past it, 503 queue_full
         self._max_model_len_setting = max_model_len
         self._allow_long_context = allow_long_context
-        self._prefill_token_budget = prefill_token_budget
+        self._max_prefill_setting = max_prefill_tokens
+        self.max_prefill_tokens = max_prefill_tokens or GPU_PREFILL_TOKENS  # resolved for the device by _load
         self.max_model_len: int | None = None
 
         self._model: Any = None  # a transformers model, wrapped in a PeftModel once an adapter loads
         self._tokenizer: Any = None
         self._device = torch.device("cpu")
         self._eos_ids: set[int] = set()
+        self._cache_arg = "past_key_values"  # the forward's name for the KV cache (set by _load)
         self._steps: RowSteps  # set by _load: how each row turns logits into output
         self._peft_names: dict[int, str] = {}  # adapter_id -> name inside the PeftModel
         self._lora: BatchedLora | None = None  # once an adapter is loaded
@@ -140,6 +150,12 @@ class LocalEngine(Engine):
             raise EngineError(f"The tokenizer of {self.model_path} has no chat template.")
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
         self._model = model.to(self._device).eval()  # type: ignore[arg-type]  # transformers' .to stub
+        # transformers renamed the forward's ``past_key_values`` to ``cache`` (5.2x; the old name goes
+        # in 5.40) and vLLM's pin holds an older one: pass whichever this transformers takes.
+        forward = inspect.signature(type(model).forward).parameters
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
+        gpu = self._device.type == "cuda"
+        self.max_prefill_tokens = self._max_prefill_setting or (GPU_PREFILL_TOKENS if gpu else CPU_PREFILL_TOKENS)
 
         config = self._model.config
         native_len = getattr(config, "max_position_embeddings", None)
@@ -322,7 +338,8 @@ class LocalEngine(Engine):
 
     def _admit_waiting(self) -> None:
         """Prefill waiting jobs into the free slots, fairly between flows (``fair_queue.py``), within
-        the prefill token budget."""
+        ``max_prefill_tokens``: a burst is admitted over several steps, so whoever arrives during it
+        waits for one bounded prefill rather than the whole burst's."""
         free = self.max_batch_size - len(self._rows)
         if free <= 0:
             return
@@ -330,7 +347,7 @@ class LocalEngine(Engine):
         for row in self._rows:
             running[row.job.flow] += 1
         with self._lock:
-            admitted = self._waiting.take(running, free, self._prefill_token_budget)
+            admitted = self._waiting.take(running, free, self.max_prefill_tokens)
         if not admitted:
             return
         now = time.perf_counter()
@@ -397,11 +414,11 @@ class LocalEngine(Engine):
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_arg: cache},
         )
-        return out.logits[:, -1, :].float(), out.past_key_values
+        return out.logits[:, -1, :].float(), getattr(out, self._cache_arg)
 
     def _emit(self, rows: list[Row], logits: Any) -> None:
         """Sample one token per row and send each job the text its rows produced this step."""

@@ -196,3 +196,62 @@ def test_a_request_that_fails_at_admission_fails_alone(
     good_alpha, bad, good_beta = loop.run_until_complete(scenario())
     assert isinstance(bad, EngineError)
     assert good_alpha[0][0] == ANSWERS["alpha"] and good_beta[0][0] == ANSWERS["beta"]  # type: ignore[index]
+
+
+def test_a_burst_is_prefilled_within_max_prefill_tokens(engine: LocalEngine, loop: asyncio.AbstractEventLoop) -> None:
+    """Requests that queued together are prefilled in steps of at most ``max_prefill_tokens`` (so a
+    newcomer waits for one short prefill, not a whole burst's); a budget that holds them all admits
+    them in one step. The CPU default is the small one."""
+    import threading
+
+    from server.engine.local import CPU_PREFILL_TOKENS
+
+    assert engine.max_prefill_tokens == CPU_PREFILL_TOKENS
+    cost = len(engine.render_prompt(ASK))
+    prefilled: list[int] = []
+    prefill = engine._prefill
+
+    def recording(jobs: list) -> tuple:  # type: ignore[type-arg]
+        prefilled.append(len(jobs))
+        return prefill(jobs)
+
+    async def burst(budget: int) -> list[int]:
+        engine.max_prefill_tokens = budget
+        prefilled.clear()
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            held.set()
+            release.wait(30)
+
+        holding = asyncio.ensure_future(engine._run_in_worker(hold))  # the worker waits: the burst queues whole
+        await asyncio.to_thread(held.wait, 30)
+        answers = [asyncio.ensure_future(collect(engine, request(m))) for m in ("alpha", "beta", "alpha", "beta")]
+        while len(engine._waiting) < 4:
+            await asyncio.sleep(0.01)
+        release.set()
+        await holding
+        for answer, model in zip(await asyncio.gather(*answers), ("alpha", "beta", "alpha", "beta"), strict=True):
+            assert answer[0][0] == ANSWERS[model]
+        return list(prefilled)
+
+    engine._prefill = recording  # type: ignore[method-assign]
+    try:
+        assert loop.run_until_complete(burst(2 * cost)) == [2, 2]
+        assert loop.run_until_complete(burst(4 * cost)) == [4]
+    finally:
+        del engine._prefill
+        engine.max_prefill_tokens = CPU_PREFILL_TOKENS
+
+
+def test_the_kv_cache_is_passed_under_the_name_this_transformers_takes(
+    engine: LocalEngine, loop: asyncio.AbstractEventLoop
+) -> None:
+    """transformers 5.2x renamed ``past_key_values`` to ``cache`` and warns on the old name (removed in
+    5.40); vLLM's pin holds a transformers that knows only the old one. No deprecated name is used."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the worker's forward would fail the request
+        texts, _ = loop.run_until_complete(collect(engine, request("alpha")))
+    assert texts[0] == ANSWERS["alpha"]
