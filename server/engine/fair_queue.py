@@ -7,6 +7,9 @@ own FIFO, and a free batch slot goes to the waiting flow that holds the fewest r
 the flow whose head waited longest), which is deficit round-robin with a quantum of one row.
 One slot is kept from the busiest flow whenever the batch has four or more: a newcomer then
 starts at the next decoding step instead of waiting for one of the flooder's answers to end.
+A newcomer is also prefilled on its own: when a flow that holds no rows is admitted, that step's
+prefill takes only other such flows, and the flooder's next requests wait one step. A prefill
+holds up everybody, so this keeps the newcomer's own wait to its own prompt.
 The queue is bounded per flow (the engine refuses a flow's request past its bound), so a flooder
 fills only its own queue and is refused while the others are still admitted.
 """
@@ -68,15 +71,16 @@ class FairQueue(Generic[T]):
     def take(self, running: Counter[str], free: int, budget: int) -> list[T]:
         """Jobs to admit into ``free`` batch slots within ``budget`` prefill tokens (the first job
         always fits), given the rows each flow runs now (updated in place). Jobs whose client left
-        are dropped on the way."""
+        are dropped on the way. If the first job's flow runs no rows yet, only such flows are taken."""
         chosen: list[T] = []
         self._drop_gone()
+        newcomers = {flow for flow in self._flows if not running[flow]} if self.fair else set()
         while free > 0 and self._size:
             flow = self._next_flow(running, free)
             if flow is None:
                 break
             job = self._flows[flow][0]
-            if chosen and job.cost > budget:
+            if chosen and (job.cost > budget or (chosen[0].flow in newcomers and flow not in newcomers)):
                 break
             self._flows[flow].popleft()
             self._size -= 1

@@ -58,3 +58,15 @@ def test_cancelled_jobs_budget_and_wide_requests() -> None:
     taken = queue.take(running, free=3, budget=10_000)
     assert [j.flow for j in taken] == ["b"]  # c wants 3 rows: it waits for room rather than being split
     assert queue.take(running, free=3, budget=10_000)[0].flow == "c"
+
+
+def test_a_newcomer_is_prefilled_apart_from_flows_already_running() -> None:
+    """A prefill holds up everybody: a newcomer's step takes only newcomers, and the flooder's next
+    requests go in the step after. First come first served keeps no such rule."""
+    for fair, expected in ((True, [["b", "b", "c"], ["a", "a"]]), (False, [["a", "a", "b", "b", "c"]])):
+        queue: FairQueue[FakeJob] = FairQueue(batch_size=16, fair=fair)
+        for flow in ["a", "a", "b", "b", "c"]:
+            queue.push(FakeJob(flow))
+        running: Counter[str] = Counter({"a": 10})
+        steps = [[job.flow for job in queue.take(running, free=5, budget=10_000)] for _ in range(2)]
+        assert [sorted(step) for step in steps if step] == expected
