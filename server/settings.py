@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     )
     fair_admission: bool = Field(
         default=True,
-        description="Admit waiting requests fairly between tenants and models, one batch slot kept for a newcomer "
-        "(off: first come, first served).",
+        description="Admit waiting requests fairly between tenants and models, one batch slot kept for a newcomer, "
+        "whose prefill goes alone (off: first come, first served).",
     )
     max_model_len: int | None = Field(
         default=None, ge=16, description="Context window, prompt + completion (default: the model's)."
