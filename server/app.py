@@ -11,12 +11,13 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 
 from .admission import AdapterGate
 from .api import admin, chat, feedback, keys, models, ops, playground
-from .api.errors import count_refusal, install_error_handlers
+from .api.errors import ErrorResponder, count_refusal, install_error_handlers
 from .api.limits import BodyLimitMiddleware
 from .database import database_url, open_engine
 from .engine.base import Engine
@@ -157,16 +158,18 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             await asyncio.to_thread(gateway.tenancy.close)
             await engine.stop()
 
-    app = FastAPI(title="lora-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = chat.GatewayApp(title="lora-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
-    app.add_middleware(
-        BodyLimitMiddleware,
-        max_bytes=settings.max_request_bytes,
-        timeout=settings.body_timeout,
-        refused=lambda path, error: count_refusal(metrics, path, error),
-    )
-    install_error_handlers(app, metrics)
+    body_limit: dict[str, Any] = {
+        "max_bytes": settings.max_request_bytes,
+        "timeout": settings.body_timeout,
+        "refused": lambda path, error: count_refusal(metrics, path, error),
+    }
+    app.add_middleware(BodyLimitMiddleware, **body_limit)
+    respond = ErrorResponder(metrics)
+    install_error_handlers(app, respond)
     chat.install(app)
+    app.chat_endpoint = BodyLimitMiddleware(chat.ChatEndpoint(respond), **body_limit)
     app.include_router(models.router)
     app.include_router(ops.router)
     app.include_router(admin.router)

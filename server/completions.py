@@ -291,6 +291,7 @@ class CompletionStream:
     ) -> None:
         self._gateway, self._admitted, self._deltas, self._first = gateway, admitted, deltas, first
         self.include_usage = include_usage
+        self.choices = admitted.generation.sampling.n  # ``chunks`` starts with one role chunk for each
         self.version = admitted.version
         self.headers = admitted.headers
 

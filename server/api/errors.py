@@ -84,33 +84,37 @@ def count_refusal(metrics: GatewayMetrics, path: str, error: GatewayError) -> No
         error.counted_as = UNKNOWN_MODEL
 
 
-def install_error_handlers(app: FastAPI, metrics: GatewayMetrics) -> None:
-    def answer(request: Request, error: GatewayError, *, close: bool = False) -> JSONResponse:
-        count_refusal(metrics, request.url.path, error)
+class ErrorResponder:
+    """Any failure of a request -> its OpenAI-shaped response, counted. FastAPI's exception handlers
+    call it, and so does the chat route's own entry (``api.chat.ChatEndpoint``), so both answer a
+    failure alike."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def __call__(self, exc: Exception, method: str, path: str) -> JSONResponse:
+        close = False
+        if isinstance(exc, GatewayError):
+            error = exc
+        elif isinstance(exc, RequestValidationError):
+            error = from_validation_error(exc)
+        elif isinstance(exc, StarletteHTTPException):
+            if exc.status_code == 404:
+                error = NotFound(f"Unknown route: {method} {path}")
+            else:
+                error = GatewayError(str(exc.detail))
+                error.status_code, error.error_type = exc.status_code, "invalid_request_error"
+        else:
+            logger.error("unhandled error on %s", path, exc_info=exc)
+            # The server closes the connection after an unhandled error: say so in the response.
+            error, close = EngineError("The server had an error while processing your request."), True
+        count_refusal(self.metrics, path, error)
         return error_response(error, close=close)
 
-    async def on_gateway_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, GatewayError)
-        return answer(request, exc)
 
-    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        return answer(request, from_validation_error(exc))
+def install_error_handlers(app: FastAPI, respond: ErrorResponder) -> None:
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return respond(exc, request.method, request.url.path)
 
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 404:
-            return answer(request, NotFound(f"Unknown route: {request.method} {request.url.path}"))
-        error = GatewayError(str(exc.detail))
-        error.status_code, error.error_type = exc.status_code, "invalid_request_error"
-        return answer(request, error)
-
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s", request.url.path)
-        # The server closes the connection after an unhandled error: say so in the response.
-        return answer(request, EngineError("The server had an error while processing your request."), close=True)
-
-    app.add_exception_handler(GatewayError, on_gateway_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
+    for kind in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, handler)

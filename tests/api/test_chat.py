@@ -206,3 +206,90 @@ def test_health_and_new_requests_answer_during_a_long_generation(client, gateway
             short.choices[0].message.content
         )
         assert _running(gateway_url) == 1  # the long request is still decoding beside it
+
+
+REFUSALS = {  # what each sends, and the status it gets
+    "malformed JSON": ({"authorization": "Bearer right-key"}, b'{"model": "alpha",', 400),
+    "a wrong key": ({"authorization": "Bearer wrong-key"}, b'{"model": "alpha", "messages": []}', 401),
+    "an unknown model": (
+        {"authorization": "Bearer right-key"},
+        b'{"model": "no-such-adapter", "messages": [{"role": "user", "content": "hi"}]}',
+        404,
+    ),
+    "a body over the limit": ({"authorization": "Bearer right-key"}, b'{"model": "' + b"a" * 4096 + b'"}', 413),
+    "an unexpected error": ({"authorization": "Bearer right-key"}, b'{"model": "alpha", "messages": []}', 500),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_the_chat_entry_answers_as_fastapis_own_route_does(  # type: ignore[no-untyped-def]
+    base_model, adapters_dir, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``GatewayApp`` takes the chat route past FastAPI's middleware and routing; FastAPI's route for
+    it is still there. Both answer each refusal alike (status, body, headers), and the entry is
+    what a chat request meets: FastAPI's middleware stack is not even built by it."""
+    from fastapi import FastAPI
+
+    from server.app import create_app
+    from tests.conftest import make_settings
+
+    app = create_app(make_settings(base_model, adapters_dir, api_key=["right-key"], max_request_bytes=2048))
+    if case == "an unexpected error":
+
+        async def broken(authorization: str) -> None:
+            raise RuntimeError("internal detail")
+
+        app.state.gateway.tenancy.identify = broken
+
+    async def through_fastapi(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await FastAPI.__call__(app, scope, receive, send)
+
+    async def ask(entry) -> httpx.Response:  # type: ignore[no-untyped-def]
+        transport = httpx.ASGITransport(app=entry, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            return await http.post("/v1/chat/completions", content=body, headers=headers)
+
+    headers, body, status = REFUSALS[case]
+    answers = []
+    for entry in (app, through_fastapi):
+        response = asyncio.run(ask(entry))
+        answer = response.json()
+        assert response.status_code == status, answer
+        assert set(answer["error"]) == {"message", "type", "param", "code"}
+        shown = {name: response.headers.get(name) for name in ("connection", "www-authenticate", "content-type")}
+        answers.append((answer, shown))
+        if entry is app:
+            assert app.middleware_stack is None  # FastAPI's stack was not needed
+    assert answers[0] == answers[1]
+    if case == "an unexpected error":
+        assert answers[0][1]["connection"] == "close"
+        assert "internal detail" not in str(answers[0][0])
+        assert sum("unhandled error on /v1/chat/completions" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_the_role_chunks_go_out_in_one_write_with_the_first_piece_of_the_answer() -> None:
+    """Each event the route yields is one write: the role chunk of each choice waits for the event
+    after it (already there when a stream opens), so a client wakes once for its first token."""
+    from server.api.chat import _sse
+    from server.api.protocol import ChatCompletionChunk, ChatCompletionChunkChoice, DeltaMessage
+
+    def chunk(index: int, **delta: str) -> ChatCompletionChunk:
+        choice = ChatCompletionChunkChoice(index=index, delta=DeltaMessage(**delta))  # type: ignore[arg-type]
+        return ChatCompletionChunk(id="chatcmpl-1", created=0, model="alpha", choices=[choice])
+
+    class TwoChoices:  # what _sse reads of a CompletionStream
+        include_usage, choices = False, 2
+
+        async def chunks(self):  # type: ignore[no-untyped-def]
+            for index in range(2):
+                yield chunk(index, role="assistant", content="")
+            for piece in ("Your", " order"):
+                yield chunk(0, content=piece)
+
+    async def events() -> list[str]:
+        return [event async for event in _sse(TwoChoices())]  # type: ignore[arg-type]
+
+    first, second = asyncio.run(events())
+    assert first.count("data: ") == 3
+    assert first.count('"role":"assistant"') == 2 and '"content":"Your"' in first
+    assert second.count("data: ") == 1 and '"content":" order"' in second
