@@ -129,8 +129,8 @@ class GatewayApp(FastAPI):
 
 
 def install(app: FastAPI) -> None:
-    """The route on the app itself, ahead of the others: an included router would add two layers
-    of FastAPI's routing to every request of the hottest route."""
+    """FastAPI's route for the chat path, which ``/openapi.json`` documents; requests reach it only
+    where ``GatewayApp`` does not take them first (an app that has no ``chat_endpoint``)."""
     app.add_api_route(
         CHAT_PATH, create_chat_completion, methods=["POST"], response_model=None, openapi_extra=_DOCUMENTED
     )
