@@ -1,6 +1,6 @@
 """What the gateway adds to a request: its HTTP path beside a bare upstream, and beside LiteLLM.
 
-    .venv/bin/python benchmarks/gateway_overhead.py [--requests 2000] [--litellm /path/to/litellm]
+    .venv/bin/python benchmarks/gateway_overhead.py [--requests 2000] [--rounds 4] [--litellm /path/to/litellm]
 
 Starts ``upstream_standin.py`` (a FastAPI app answering a fixed text at once), a gateway with
 ``--engine remote`` in front of it, ``bare_proxy.py`` in front of it (the floor: a pass-through
@@ -8,7 +8,9 @@ proxy on the same Python stack doing none of a gateway's work), a gateway on the
 engine's HTTP path with an engine that answers instantly (``standin.py``), and, given
 ``--litellm`` (the ``litellm`` command of a LiteLLM proxy installed in its own venv; nothing is
 installed into ours), LiteLLM's proxy in front of the same upstream. Each is driven by
-``loadgen.py`` at concurrency 1 and 16, streaming and not, with a warm-up excluded; then the
+``loadgen.py`` at concurrency 1 and 16, streaming and not, with a warm-up excluded; each cell's
+requests are sent in ``--rounds`` turns, every target one share per turn, so a slow spell of the
+shared machine hits every target alike rather than whichever was being measured. Then the
 gateways' resident memory is read before and after ``--leak-requests`` more requests. All
 processes share this machine's cores, so only ratios taken in one run mean anything. Results:
 ``benchmarks/results/gateway_overhead.json`` and ``.md``.
@@ -29,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, ROOT, free_port, machine, wait_ready  # noqa: E402
-from benchmarks.loadgen import run  # noqa: E402
+from benchmarks.loadgen import pooled, run  # noqa: E402
 from server.offline_model import TinyModelSpec, build_tiny_model, is_built  # noqa: E402
 
 MODEL = "bench-base"
@@ -127,12 +129,22 @@ class Targets:
                 process.kill()
 
 
-def measure(url: str, requests: int, warmup: int, concurrency: int, stream: bool) -> dict[str, Any]:
-    asyncio.run(run(url, [MODEL], warmup, concurrency, 16, KEY, stream=stream))
-    summary = asyncio.run(run(url, [MODEL], requests, concurrency, 16, KEY, stream=stream))
-    if summary["failed"]:
-        raise SystemExit(f"{url}: {summary['failed']} requests failed: {summary['errors']}")
-    return summary
+def measure(
+    urls: dict[str, str], requests: int, warmup: int, concurrency: int, stream: bool, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """One cell for every target: a warm-up each, then ``rounds`` turns in which each target gets
+    its share of ``requests`` in turn, pooled per target."""
+    for url in urls.values():
+        asyncio.run(run(url, [MODEL], warmup, concurrency, 16, KEY, stream=stream))
+    parts: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
+    for turn in range(rounds):
+        share = requests // rounds + (1 if turn < requests % rounds else 0)
+        for name, url in urls.items():
+            part = asyncio.run(run(url, [MODEL], share, concurrency, 16, KEY, stream=stream, keep=True))
+            if part["failed"]:
+                raise SystemExit(f"{name}: {part['failed']} requests failed: {part['errors']}")
+            parts[name].append(part)
+    return {name: pooled(found) for name, found in parts.items()}
 
 
 def leak_check(targets: Targets, names: list[str], requests: int) -> dict[str, dict[str, float]]:
@@ -185,7 +197,8 @@ def report(summary: dict[str, Any]) -> str:
         "# Gateway overhead",
         "",
         f"One run, {summary['machine']['cpus']} cores, every process on this machine (loopback); "
-        f"{summary['requests']} requests per cell after {summary['warmup']} of warm-up, 16 output tokens, "
+        f"{summary['requests']} requests per cell after {summary['warmup']} of warm-up, sent in "
+        f"{summary.get('rounds', 1)} turns (each target one share per turn), 16 output tokens, "
         "one model. `direct`: the upstream stand-in alone; `gateway-remote`: `--engine remote` in front of it; "
         "`bare-proxy`: the floor, a pass-through on the same stack (uvicorn, Starlette, aiohttp) doing none of "
         "a gateway's work; `gateway-standin`: the embedded engine's HTTP path with an engine that answers at once"
@@ -254,6 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000, help="Measured requests per cell.")
     parser.add_argument("--warmup", type=int, default=200, help="Requests sent first, not measured.")
+    parser.add_argument("--rounds", type=int, default=4, help="Turns each cell's requests are sent in.")
     parser.add_argument("--leak-requests", type=int, default=100_000, help="0 skips the memory check.")
     parser.add_argument("--litellm", default=None, help="The `litellm` command of a separately installed proxy.")
     parser.add_argument("--out", type=Path, default=RESULTS, help="Where the JSON and markdown go.")
@@ -266,9 +280,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for stream in (False, True):
                 for concurrency in (1, 16):
                     cell = f"{'stream' if stream else 'plain'}-c{concurrency}"
-                    for name, url in targets.urls.items():
-                        results[name][cell] = measure(url, args.requests, args.warmup, concurrency, stream)
-                        print(f"  {name:16} {cell:10} {results[name][cell]['request_throughput']:8.0f} req/s")
+                    found = measure(targets.urls, args.requests, args.warmup, concurrency, stream, args.rounds)
+                    for name, pooled_cell in found.items():
+                        results[name][cell] = pooled_cell
+                        print(f"  {name:16} {cell:10} {pooled_cell['request_throughput']:8.0f} req/s")
             memory = {}
             if args.leak_requests:
                 memory = leak_check(targets, ["gateway-remote", "gateway-standin"], args.leak_requests)
@@ -279,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine(),
         "requests": args.requests,
         "warmup": args.warmup,
+        "rounds": args.rounds,
         "leak_requests": args.leak_requests,
         "results": results,
         "ratios": ratios(results),

@@ -143,8 +143,11 @@ async def run(
     api_key: str | None = None,
     prompts: list[str] | None = None,
     stream: bool = True,
+    keep: bool = False,
 ) -> dict[str, Any]:
-    """Send ``num_prompts`` requests, at most ``concurrency`` at a time, models round-robin."""
+    """Send ``num_prompts`` requests, at most ``concurrency`` at a time, models round-robin.
+    ``keep``: the summary also holds each answer's time to first token and latency in seconds
+    (``ttft_s``, ``e2el_s``), so runs can be pooled (``pooled``)."""
     prompts = prompts or DEFAULT_PROMPTS
     url = base_url.rstrip("/") + "/v1/chat/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -183,6 +186,22 @@ async def run(
     summary.update(_stats(tpot, "tpot"))
     summary.update(_stats([x for r in done for x in r.itl], "itl"))
     summary.update(_stats([r.e2e for r in done], "e2el"))
+    if keep:
+        summary["ttft_s"], summary["e2el_s"] = [r.ttft for r in done], [r.e2e for r in done]
+    return summary
+
+
+def pooled(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several ``run(keep=True)`` summaries of one target as one: counts and time added up,
+    latencies taken over every answer (the per-answer lists are left out)."""
+    summary: dict[str, Any] = {key: parts[0][key] for key in ("models", "concurrency", "max_tokens", "stream")}
+    for key in ("num_prompts", "completed", "failed", "duration_s", "total_input_tokens", "total_output_tokens"):
+        summary[key] = sum(part[key] for part in parts)
+    summary["errors"] = sorted({error for part in parts for error in part["errors"]})[:5]
+    summary["request_throughput"] = summary["completed"] / summary["duration_s"]
+    summary["output_throughput"] = summary["total_output_tokens"] / summary["duration_s"]
+    summary.update(_stats([x for part in parts for x in part["ttft_s"]], "ttft"))
+    summary.update(_stats([x for part in parts for x in part["e2el_s"]], "e2el"))
     return summary
 
 

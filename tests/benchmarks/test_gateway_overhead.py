@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_overhead_benchmark_runs_and_writes_its_ratios(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "benchmarks/gateway_overhead.py", "--requests", "12", "--warmup", "2"]
+        [sys.executable, "benchmarks/gateway_overhead.py", "--requests", "12", "--warmup", "2", "--rounds", "5"]
         + ["--leak-requests", "40", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
@@ -21,6 +21,7 @@ def test_the_overhead_benchmark_runs_and_writes_its_ratios(tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "gateway_overhead.json").read_text())
+    assert summary["rounds"] == 5  # 12 requests in five turns: shares of 3, 3, 2, 2, 2, added up below
     assert set(summary["results"]) == {"direct", "gateway-remote", "bare-proxy", "gateway-standin"}  # no LiteLLM
     for cells in summary["results"].values():
         assert set(cells) == {"plain-c1", "plain-c16", "stream-c1", "stream-c16"}
