@@ -85,6 +85,7 @@ BOTS: dict[str, dict[str, Any]] = {
         "encoding_aes_key": _aes_key(),
         "temperature": 0,
         "max_tokens": 12,
+        "apology": APOLOGY,
         "history_turns": 2,
     },
     # Served by a gateway whose context (40 tokens) is far below the default max_tokens (1024).
@@ -428,7 +429,8 @@ def test_history_turns_send_the_users_last_exchanges_along(url: str, wecom_app) 
 
     The first question is the one ``alpha`` memorised, so its answer is known; the later ones carry
     history, so their answers are whatever the model says: the expected prompts are built from
-    what the user saw (an empty answer is not remembered), never from a guess of the model's output.
+    what the user saw, never from a guess of the model's output. An answer that renders empty is
+    shown as the apology, and an apology is not remembered.
     """
     prompts: list[tuple[dict[str, str], ...]] = []
 
@@ -447,7 +449,7 @@ def test_history_turns_send_the_users_last_exchanges_along(url: str, wecom_app) 
     assert answers[0] and ANSWERS["alpha"].startswith(answers[0])  # what alpha was trained to say (cut at 12 tokens)
 
     def history(*turns: int) -> tuple[dict[str, str], ...]:
-        remembered = [i for i in turns if answers[i]][-2:]
+        remembered = [i for i in turns if answers[i] != APOLOGY][-2:]
         return tuple(
             m
             for i in remembered
