@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, ROOT, free_port, machine, wait_ready  # noqa: E402
-from benchmarks.loadgen import pooled, run  # noqa: E402
+from benchmarks.loadgen import RequestResult, run, send, summarize  # noqa: E402
 from server.offline_model import TinyModelSpec, build_tiny_model, is_built  # noqa: E402
 
 MODEL = "bench-base"
@@ -133,18 +133,22 @@ def measure(
     urls: dict[str, str], requests: int, warmup: int, concurrency: int, stream: bool, rounds: int
 ) -> dict[str, dict[str, Any]]:
     """One cell for every target: a warm-up each, then ``rounds`` turns in which each target gets
-    its share of ``requests`` in turn, pooled per target."""
+    its share of ``requests`` in turn, summarized per target over all its turns."""
     for url in urls.values():
         asyncio.run(run(url, [MODEL], warmup, concurrency, 16, KEY, stream=stream))
-    parts: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
+    results: dict[str, list[RequestResult]] = {name: [] for name in urls}
+    durations = dict.fromkeys(urls, 0.0)
     for turn in range(rounds):
         share = requests // rounds + (1 if turn < requests % rounds else 0)
         for name, url in urls.items():
-            part = asyncio.run(run(url, [MODEL], share, concurrency, 16, KEY, stream=stream, keep=True))
-            if part["failed"]:
-                raise SystemExit(f"{name}: {part['failed']} requests failed: {part['errors']}")
-            parts[name].append(part)
-    return {name: pooled(found) for name, found in parts.items()}
+            sent, duration = asyncio.run(send(url, [MODEL], share, concurrency, 16, KEY, stream=stream))
+            failed = [r for r in sent if not r.ok]
+            if failed:
+                errors = sorted({r.error for r in failed if r.error})[:5]
+                raise SystemExit(f"{name}: {len(failed)} requests failed: {errors}")
+            results[name] += sent
+            durations[name] += duration
+    return {name: summarize(results[name], durations[name], [MODEL], concurrency, 16, stream) for name in urls}
 
 
 def leak_check(targets: Targets, names: list[str], requests: int) -> dict[str, dict[str, float]]:

@@ -134,7 +134,7 @@ def _stats(values: list[float], name: str) -> dict[str, float]:
     }
 
 
-async def run(
+async def send(
     base_url: str,
     models: list[str],
     num_prompts: int,
@@ -143,11 +143,9 @@ async def run(
     api_key: str | None = None,
     prompts: list[str] | None = None,
     stream: bool = True,
-    keep: bool = False,
-) -> dict[str, Any]:
-    """Send ``num_prompts`` requests, at most ``concurrency`` at a time, models round-robin.
-    ``keep``: the summary also holds each answer's time to first token and latency in seconds
-    (``ttft_s``, ``e2el_s``), so runs can be pooled (``pooled``)."""
+) -> tuple[list[RequestResult], float]:
+    """Send ``num_prompts`` requests, at most ``concurrency`` at a time, models round-robin: each
+    request's result and the seconds they took together."""
     prompts = prompts or DEFAULT_PROMPTS
     url = base_url.rstrip("/") + "/v1/chat/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -164,12 +162,20 @@ async def run(
         started = time.perf_counter()
         results = await asyncio.gather(*(bounded(i) for i in range(num_prompts)))
         duration = time.perf_counter() - started
+    return list(results), duration
+
+
+def summarize(
+    results: list[RequestResult], duration: float, models: list[str], concurrency: int, max_tokens: int, stream: bool
+) -> dict[str, Any]:
+    """Throughput and latency statistics of ``results``, sent in ``duration`` seconds (one ``send``,
+    or several of one target added up)."""
     done = [r for r in results if r.ok]
     output = sum(r.output_tokens for r in done)
     tpot = [(r.e2e - r.ttft) / (r.output_tokens - 1) for r in done if r.output_tokens > 1]
     summary: dict[str, Any] = {
         "models": models,
-        "num_prompts": num_prompts,
+        "num_prompts": len(results),
         "concurrency": concurrency,
         "max_tokens": max_tokens,
         "stream": stream,
@@ -186,23 +192,23 @@ async def run(
     summary.update(_stats(tpot, "tpot"))
     summary.update(_stats([x for r in done for x in r.itl], "itl"))
     summary.update(_stats([r.e2e for r in done], "e2el"))
-    if keep:
-        summary["ttft_s"], summary["e2el_s"] = [r.ttft for r in done], [r.e2e for r in done]
     return summary
 
 
-def pooled(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several ``run(keep=True)`` summaries of one target as one: counts and time added up,
-    latencies taken over every answer (the per-answer lists are left out)."""
-    summary: dict[str, Any] = {key: parts[0][key] for key in ("models", "concurrency", "max_tokens", "stream")}
-    for key in ("num_prompts", "completed", "failed", "duration_s", "total_input_tokens", "total_output_tokens"):
-        summary[key] = sum(part[key] for part in parts)
-    summary["errors"] = sorted({error for part in parts for error in part["errors"]})[:5]
-    summary["request_throughput"] = summary["completed"] / summary["duration_s"]
-    summary["output_throughput"] = summary["total_output_tokens"] / summary["duration_s"]
-    summary.update(_stats([x for part in parts for x in part["ttft_s"]], "ttft"))
-    summary.update(_stats([x for part in parts for x in part["e2el_s"]], "e2el"))
-    return summary
+async def run(
+    base_url: str,
+    models: list[str],
+    num_prompts: int,
+    concurrency: int,
+    max_tokens: int,
+    api_key: str | None = None,
+    prompts: list[str] | None = None,
+    stream: bool = True,
+) -> dict[str, Any]:
+    """Send ``num_prompts`` requests, at most ``concurrency`` at a time, models round-robin, and
+    summarize them."""
+    results, duration = await send(base_url, models, num_prompts, concurrency, max_tokens, api_key, prompts, stream)
+    return summarize(results, duration, models, concurrency, max_tokens, stream)
 
 
 def format_summary(title: str, s: dict[str, Any]) -> str:
