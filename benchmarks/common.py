@@ -107,3 +107,21 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300)
 
 def machine() -> dict[str, object]:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(stolen, all) CPU ticks since boot from ``/proc/stat`` (Linux), or None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    except OSError:
+        return None
+    ticks = [int(field) for field in fields]  # user nice system idle iowait irq softirq steal
+    return ticks[7], sum(ticks)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of this virtual machine's CPU time its host gave to other guests between two
+    ``cpu_ticks()``: on a shared host, latency tails follow it, whatever the code does."""
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])

@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/fairness.py [--seconds 120] [--rounds 4] [--flood 32] [--requests 2000]
 
 1. Fairness (local engine, the benchmark model, two adapters): tenant B sends one streaming request
-   a second to ``shop-b``; its time to first token is measured alone and while tenant A floods
-   ``shop-a`` at concurrency ``--flood``, in ``--rounds`` alternating blocks (so drift on a shared
-   machine hits both alike), then with ``--no-fair-admission`` (a second gateway), first come first
-   served. Target (issue 15): B's p99 TTFT with A <= 2x without.
+   a second to ``shop-b``; its time to first token (to the first chunk with text, what its user
+   sees) is measured alone and while tenant A floods ``shop-a`` at concurrency ``--flood``, in
+   ``--rounds`` alternating blocks (so drift on a shared machine hits both alike, and the host's
+   steal time of each phase is reported), then with ``--no-fair-admission`` (a second gateway),
+   first come first served. Target (issue 15): B's p99 TTFT with A <= 2x without.
 2. Key overhead (the stand-in engine, which answers instantly, so only the gateway's work is timed):
    ``--requests`` requests at concurrency 1 with an ``--api-key`` key and with a stored key that has
    request and token limits, in alternating blocks. Target: the p50 difference <= 0.3 ms.
@@ -36,7 +37,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import RESULTS, ROOT, machine, prepare, start_gateway  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, cpu_ticks, machine, prepare, start_gateway, steal_share  # noqa: E402
 
 ASK = [{"role": "user", "content": "Where is my order?"}]
 
@@ -86,9 +87,11 @@ def flood_process(url: str, key: str, concurrency: int, served: Synchronized[int
     asyncio.run(_flood(url, key, concurrency, served, stop))
 
 
-async def tenant_b(url: str, key: str, seconds: float, flood: int, flood_key: str) -> tuple[list[float], float]:
-    """B's TTFTs, one request a second, while ``flood`` workers of A keep ``shop-a`` busy; and A's
-    answers per second meanwhile."""
+async def tenant_b(
+    url: str, key: str, seconds: float, flood: int, flood_key: str
+) -> tuple[list[float], float, float | None]:
+    """B's TTFTs, one request a second, while ``flood`` workers of A keep ``shop-a`` busy; A's
+    answers per second meanwhile; and the host's steal share meanwhile (``common.steal_share``)."""
     context = multiprocessing.get_context("spawn")
     served, stop = context.Value("i", 0), context.Event()  # A's answers (0 without a flood), its end
     flooder = None
@@ -98,18 +101,19 @@ async def tenant_b(url: str, key: str, seconds: float, flood: int, flood_key: st
         await asyncio.sleep(5)  # the flood is established: the batch is full and requests wait
     try:
         async with httpx.AsyncClient(base_url=url, timeout=300) as client:
-            times, before, started_at = [], served.value, time.perf_counter()
+            times, before, started_at, ticks = [], served.value, time.perf_counter(), cpu_ticks()
             for _ in range(int(seconds)):
                 started = time.perf_counter()
                 times.append(await ttft(client, key, "shop-b"))
                 await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - started)))
             rate = (served.value - before) / (time.perf_counter() - started_at)
+            steal = steal_share(ticks, cpu_ticks())
     finally:
         stop.set()
         if flooder is not None:
             flooder.join(timeout=120)
             await asyncio.sleep(1)  # the flood's last answers drain before whatever is measured next
-    return times, rate
+    return times, rate, steal
 
 
 def p(values: list[float], q: float) -> float:
@@ -225,6 +229,10 @@ def wrong_key_timing(work: Path, tries: int = 20000) -> dict[str, float]:
     return {"tries": tries, "median_ns_right_length": right, "median_ns_short": wrong, "difference_ns": right - wrong}
 
 
+def _pct(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.1f} %"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=120, help="B's requests (one a second) in each phase.")
@@ -249,20 +257,24 @@ def main() -> None:
     try:
         asyncio.run(tenant_b(url, key_b, 3, 0, key_a))  # warm-up: both adapters loaded, not counted
         alone, crowded, rates = [], [], []
+        steals: dict[str, list[float]] = {"alone": [], "with_flood": []}
         for _ in range(args.rounds):  # alternating blocks: a slow spell of the host hits both alike
-            times, _ = asyncio.run(tenant_b(url, key_b, args.seconds / args.rounds, 0, key_a))
+            times, _, steal = asyncio.run(tenant_b(url, key_b, args.seconds / args.rounds, 0, key_a))
             alone += times
-            times, rate = asyncio.run(tenant_b(url, key_b, args.seconds / args.rounds, args.flood, key_a))
+            steals["alone"] += [steal] if steal is not None else []
+            times, rate, steal = asyncio.run(tenant_b(url, key_b, args.seconds / args.rounds, args.flood, key_a))
             crowded += times
+            steals["with_flood"] += [steal] if steal is not None else []
             rates.append(rate)
         flood_served = statistics.mean(rates)
+        steal_pct = {phase: 100 * statistics.mean(v) if v else None for phase, v in steals.items()}
     finally:
         server.terminate()
         server.wait(timeout=60)
     server = start_gateway(base, directory, args.port, "--no-fair-admission")
     try:
         asyncio.run(tenant_b(url, key_b, 3, 0, key_a))
-        fifo, fifo_served = asyncio.run(tenant_b(url, key_b, args.seconds, args.flood, key_a))
+        fifo, fifo_served, _ = asyncio.run(tenant_b(url, key_b, args.seconds, args.flood, key_a))
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -287,6 +299,7 @@ def main() -> None:
             "p99_ratio": ratio,
             "p50_ratio": p(crowded, 0.5) / p(alone, 0.5),
             "target_p99_ratio": 2.0,
+            "host_steal_percent": steal_pct,
         },
         "key_overhead": {**overhead, "added_p50_ms": added, "target_added_p50_ms": 0.3},
         "wrong_keys": timing,
@@ -313,6 +326,9 @@ def main() -> None:
         "",
         f"p99 with A / without: **{ratio:.2f}x** (target <= 2x), p50 {f['p50_ratio']:.2f}x. A got "
         f"{flood_served:.1f} answers/s meanwhile ({fifo_served:.1f} first come first served).",
+        "",
+        f"The host's steal time (CPU time it gave to other guests; latency tails follow it): "
+        f"{_pct(steal_pct['alone'])} while B ran alone, {_pct(steal_pct['with_flood'])} under the flood.",
         "",
         f"Key checks and limits: p50 {overhead['p50_ms_api_key']:.3f} ms with `--api-key`, "
         f"{overhead['p50_ms_stored_key_with_limits']:.3f} ms with a stored key with request and token limits: "

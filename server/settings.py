@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     fair_admission: bool = Field(
         default=True,
         description="Admit waiting requests fairly between tenants and models, one batch slot kept for a newcomer, "
-        "whose prefill goes alone (off: first come, first served).",
+        "whose prefill goes alone and whose first text goes first (off: first come, first served).",
     )
     max_model_len: int | None = Field(
         default=None, ge=16, description="Context window, prompt + completion (default: the model's)."

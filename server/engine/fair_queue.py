@@ -9,7 +9,13 @@ One slot is kept from the busiest flow whenever the batch has four or more: a ne
 starts at the next decoding step instead of waiting for one of the flooder's answers to end.
 A newcomer is also prefilled on its own: when a flow that holds no rows is admitted, that step's
 prefill takes only other such flows, and the flooder's next requests wait one step. A prefill
-holds up everybody, so this keeps the newcomer's own wait to its own prompt.
+holds up everybody, so this keeps the newcomer's own wait to its own prompt. For the same reason
+the engine then holds the busy flows' prefills (``take(..., newcomers_only=True)``) until the
+newcomer's first text is out, for a few of its tokens at most: a newcomer's first words may take
+several tokens (a character split over tokens), and a prefill of the flooder's next requests
+slipped in between them held each of those up a whole step (traced with ``benchmarks/fairness.py``;
+the engine also decodes those tokens apart on a CPU, ``LocalEngine._decode``). The flooder's free
+slots stay empty for those few steps; its queue keeps its order.
 The queue is bounded per flow (the engine refuses a flow's request past its bound), so a flooder
 fills only its own queue and is refused while the others are still admitted.
 """
@@ -68,15 +74,17 @@ class FairQueue(Generic[T]):
         self._flows.clear()
         self._size = 0
 
-    def take(self, running: Counter[str], free: int, budget: int) -> list[T]:
+    def take(self, running: Counter[str], free: int, budget: int, newcomers_only: bool = False) -> list[T]:
         """Jobs to admit into ``free`` batch slots within ``budget`` prefill tokens (the first job
         always fits), given the rows each flow runs now (updated in place). Jobs whose client left
-        are dropped on the way. If the first job's flow runs no rows yet, only such flows are taken."""
+        are dropped on the way. If the first job's flow runs no rows yet, only such flows are taken;
+        with ``newcomers_only`` (and fair admission), no other flow is taken at all."""
         chosen: list[T] = []
         self._drop_gone()
         newcomers = {flow for flow in self._flows if not running[flow]} if self.fair else set()
+        allowed = newcomers if self.fair and newcomers_only else None
         while free > 0 and self._size:
-            flow = self._next_flow(running, free)
+            flow = self._next_flow(running, free, allowed)
             if flow is None:
                 break
             job = self._flows[flow][0]
@@ -102,10 +110,12 @@ class FairQueue(Generic[T]):
             else:
                 del self._flows[flow]
 
-    def _next_flow(self, running: Counter[str], free: int) -> str | None:
+    def _next_flow(self, running: Counter[str], free: int, allowed: set[str] | None) -> str | None:
         best: tuple[int, float] | None = None
         best_flow = None
         for flow, jobs in self._flows.items():
+            if allowed is not None and flow not in allowed:
+                continue
             head = jobs[0]
             holds = running[flow]
             if head.rows_wanted > free or (holds and holds + head.rows_wanted > self.flow_cap):

@@ -1,17 +1,60 @@
-"""The embedded engine's running batch as tensors: the KV cache and the attention mask of its rows.
+"""The embedded engine's batches: rows decoded together, with the KV cache and attention mask of each.
 
-Rows join after their own prefill and leave when they finish, so the batch is reshaped between
+Rows join after their own prefill and leave when they finish, so a batch is reshaped between
 decode steps: ``keep_rows`` drops rows (and the leading columns no kept row uses), ``concat``
-appends a freshly prefilled batch, left-padding whichever side is shorter. Caches are
-transformers ``DynamicCache`` objects, read and rebuilt layer by layer across its versions.
+appends a freshly prefilled batch, left-padding whichever side is shorter. ``Batch`` keeps a
+batch's rows and tensors in step. Caches are transformers ``DynamicCache`` objects, read and
+rebuilt layer by layer across its versions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+
+@dataclass
+class Batch:
+    """Rows decoded together: row ``i`` is row ``i`` of ``cache`` and ``mask`` ([rows, positions],
+    left-padded). Empty: no rows, no tensors."""
+
+    rows: list[Any] = field(default_factory=list)
+    cache: Any = None
+    mask: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def keep(self, alive: Callable[[Any], bool], *, trim: bool = True) -> None:
+        """Drop the rows that are not ``alive`` (``trim``: and the columns no kept row uses)."""
+        keep = [i for i, row in enumerate(self.rows) if alive(row)]
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.clear()
+            return
+        assert self.mask is not None  # a batch with rows has tensors
+        self.cache, self.mask = keep_rows(self.cache, self.mask, keep, trim=trim)
+        self.rows = [self.rows[i] for i in keep]
+
+    def take_in(self, other: Batch) -> None:
+        """Append ``other``'s rows after this batch's; ``other`` is left empty."""
+        if not other.rows:
+            return
+        if not self.rows or self.mask is None:
+            self.rows, self.cache, self.mask = other.rows, other.cache, other.mask
+        else:
+            assert other.mask is not None
+            self.cache, self.mask = concat(self.cache, self.mask, other.cache, other.mask)
+            self.rows = self.rows + other.rows
+        other.clear()
+
+    def clear(self) -> None:
+        self.rows, self.cache, self.mask = [], None, None
 
 
 def keep_rows(cache: Any, mask: torch.Tensor, keep: list[int], *, trim: bool = True) -> tuple[Any, torch.Tensor]:

@@ -7,9 +7,11 @@ model and runs the scheduler loop:
 
 1. apply queued adapter loads/unloads (between steps, so no forward sees a half-loaded adapter);
 2. drop rows whose client went away, or that finished;
-3. admit waiting requests: prefill them together, left-padded, and merge their KV cache into the
-   running batch (continuous batching: no request waits for another to finish);
-4. decode one token for every running row and stream each row's new text to its request.
+3. admit waiting requests fairly (``fair_queue.py``): prefill them together, left-padded, and merge
+   their KV cache into the running batch (continuous batching: no request waits for another to finish);
+4. decode one token for every running row and stream each row's new text to its request. On a CPU,
+   where a step costs in proportion to its rows, a newcomer's rows step apart until their first
+   text is out (``_decode``).
 
 The event loop never runs model code: requests talk to the worker through thread-safe queues, so
 /health, /metrics and new requests are answered while a long generation runs.
@@ -38,7 +40,6 @@ from ..errors import (
     GatewayError,
     Overloaded,
 )
-from . import kv_batch
 from .base import (
     LOADING,
     AdapterRef,
@@ -49,6 +50,7 @@ from .base import (
 )
 from .fair_queue import FairQueue
 from .grammar import Grammars, grammar_key
+from .kv_batch import Batch
 from .logprobs import TokenBytes
 from .lora_batch import BatchedLora
 from .prompts import check_context, render_chat, render_off_loop
@@ -63,6 +65,10 @@ logger = logging.getLogger(__name__)
 # in the time of a decode step; 2048 is vLLM's own budget per step for its API server on most GPUs.
 CPU_PREFILL_TOKENS = 128
 GPU_PREFILL_TOKENS = 2048
+# A newcomer's first text goes before the busy flows (their prefills wait, ``fair_queue.py``; on a
+# CPU their steps wait too, ``_decode``) for this many of its tokens at most: its first characters
+# rarely take more than a handful, and the others are held up meanwhile.
+FIRST_TEXT_STEPS = 8
 BASE_ROW = ""  # rows on the base model carry no adapter name
 _DONE = object()  # end-of-stream marker sent from the worker to a request's queue
 
@@ -113,9 +119,10 @@ class LocalEngine(Engine):
         self._thread: threading.Thread | None = None
 
         # Batch state, touched only by the worker thread.
-        self._rows: list[Row] = []
-        self._cache: Any = None  # transformers Cache for the running rows
-        self._mask: torch.Tensor | None = None  # [rows, cached positions] attention mask, left-padded
+        self._batch = Batch()  # the running rows
+        self._fresh = Batch()  # newcomers' rows before their first text, stepped apart on a CPU (_decode)
+        self._fresh_apart = False  # set by _load: whether a step's cost grows with its rows (a CPU)
+        self._fresh_streak = 0  # steps in a row given to the newcomers
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -156,6 +163,7 @@ class LocalEngine(Engine):
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
         gpu = self._device.type == "cuda"
         self.max_prefill_tokens = self._max_prefill_setting or (GPU_PREFILL_TOKENS if gpu else CPU_PREFILL_TOKENS)
+        self._fresh_apart = self._device.type == "cpu"
 
         config = self._model.config
         native_len = getattr(config, "max_position_embeddings", None)
@@ -188,7 +196,7 @@ class LocalEngine(Engine):
         return EngineHealth(
             ready=self._ready,
             detail=self._detail,
-            running_requests=len({id(r.job) for r in self._rows}),
+            running_requests=len({id(r.job) for r in self._running_rows()}),
             waiting_requests=waiting,
             loaded_adapters=sorted(self._peft_names.values()),
         )
@@ -252,7 +260,7 @@ class LocalEngine(Engine):
         if peft_name is None:
             return
         with self._lock:
-            jobs = [row.job for row in self._rows] + list(self._waiting)
+            jobs = [row.job for row in self._running_rows()] + list(self._waiting)
         if any(job.peft_name == peft_name and not job.cancelled.is_set() for job in jobs):
             self._peft_names[adapter.adapter_id] = peft_name
             raise EngineError(f"Adapter {adapter.name} is still in use.")
@@ -322,7 +330,7 @@ class LocalEngine(Engine):
         with torch.inference_mode():
             while True:
                 with self._lock:
-                    while not (self._stopping or self._commands or self._waiting or self._rows):
+                    while not (self._stopping or self._commands or self._waiting or self._batch or self._fresh):
                         self._wakeup.wait()
                     if self._stopping:
                         break
@@ -332,38 +340,40 @@ class LocalEngine(Engine):
                     _run_command(fn, future)
                 self._drop_finished_rows()
                 self._admit_waiting()
-                if self._rows:
-                    self._decode_step()
+                self._decode()
         self._fail_everything(EngineUnavailable("The engine stopped."))
 
     def _admit_waiting(self) -> None:
         """Prefill waiting jobs into the free slots, fairly between flows (``fair_queue.py``), within
         ``max_prefill_tokens``: a burst is admitted over several steps, so whoever arrives during it
         waits for one bounded prefill rather than the whole burst's."""
-        free = self.max_batch_size - len(self._rows)
+        rows = self._running_rows()
+        free = self.max_batch_size - len(rows)
         if free <= 0:
             return
-        running: Counter[str] = Counter()
-        for row in self._rows:
-            running[row.job.flow] += 1
+        running: Counter[str] = Counter(row.job.flow for row in rows)
+        busy = set(running)
+        hold = any(row.awaits_first_text(FIRST_TEXT_STEPS) for row in rows)
         with self._lock:
-            admitted = self._waiting.take(running, free, self.max_prefill_tokens)
+            admitted = self._waiting.take(running, free, self.max_prefill_tokens, newcomers_only=hold)
         if not admitted:
             return
         now = time.perf_counter()
         for job in admitted:
             job.queued_seconds = now - job.queued_at
+            job.newcomer = self._waiting.fair and job.flow not in busy
         try:
-            rows, cache, mask = self._prefill(admitted)
+            batch = self._prefill(admitted)
         except Exception as exc:  # a failed prefill fails only the jobs it admitted
             logger.exception("prefill failed")
             for job in admitted:
                 self._fail_job(job, exc)
             return
-        if rows:
-            self._merge(rows, cache, mask)
+        batch.keep(lambda row: not (row.finished or row.job.failed), trim=False)
+        apart = self._fresh_apart and bool(self._batch) and all(job.newcomer for job in admitted)
+        (self._fresh if apart else self._batch).take_in(batch)
 
-    def _prefill(self, jobs: list[Job]) -> tuple[list[Row], Any, Any]:
+    def _prefill(self, jobs: list[Job]) -> Batch:
         rows: list[Row] = []
         prompts: list[list[int]] = []
         for job in jobs:
@@ -380,29 +390,43 @@ class LocalEngine(Engine):
             rows += job_rows
             prompts += [job.prompt_ids] * options.n
         if not rows:
-            return [], None, None
+            return Batch()
         width = max(len(p) for p in prompts)
         pad = self._tokenizer.pad_token_id or 0
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self._device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self._device)
         logits, cache = self._forward(input_ids, mask, [r.job.peft_name for r in rows], cache=None)
         self._emit(rows, logits)
-        return rows, cache, mask
+        return Batch(rows, cache, mask)
 
-    def _decode_step(self) -> None:
-        rows = self._rows
+    def _decode(self) -> None:
+        """One decode step. Newcomers' rows before their first text (``_fresh``, on a CPU) step
+        apart and first: their first words then take a few steps of their own rows, not of the
+        whole batch's (a character split over tokens may take several), while the running rows
+        wait that long, ``FIRST_TEXT_STEPS`` steps in a row at most. Then they join the batch."""
+        if self._fresh and not any(row.awaits_first_text(FIRST_TEXT_STEPS) for row in self._fresh.rows):
+            self._batch.take_in(self._fresh)
+        if self._fresh and (self._fresh_streak < FIRST_TEXT_STEPS or not self._batch):
+            self._fresh_streak += 1
+            self._decode_step(self._fresh)
+        elif self._batch:
+            self._fresh_streak = 0
+            self._decode_step(self._batch)
+
+    def _decode_step(self, batch: Batch) -> None:
+        rows = batch.rows
         tokens = torch.tensor([[r.last_token] for r in rows], device=self._device)
-        assert self._mask is not None  # a decode step runs only with rows, which have a mask
-        mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
+        assert batch.mask is not None  # a batch with rows has a mask
+        mask = torch.cat([batch.mask, batch.mask.new_ones((len(rows), 1))], dim=1)
         try:
-            logits, cache = self._forward(tokens, mask, [r.job.peft_name for r in rows], self._cache)
+            logits, cache = self._forward(tokens, mask, [r.job.peft_name for r in rows], batch.cache)
         except Exception as exc:  # the batch's forward failed: fail its rows, keep the engine
             logger.exception("decode step failed")
             for row in rows:
                 self._fail_job(row.job, exc)
-            self._rows, self._cache, self._mask = [], None, None
+            batch.clear()
             return
-        self._cache, self._mask = cache, mask
+        batch.cache, batch.mask = cache, mask
         self._emit(rows, logits)
 
     def _forward(self, input_ids: Any, mask: Any, peft_names: list[str], cache: Any) -> tuple[Any, Any]:
@@ -453,7 +477,7 @@ class LocalEngine(Engine):
         job.send(error)
 
     def _fail_everything(self, error: GatewayError) -> None:
-        for row in self._rows:
+        for row in self._running_rows():
             self._fail_job(row.job, error)
         with self._lock:
             for job in self._waiting:
@@ -462,34 +486,17 @@ class LocalEngine(Engine):
             for _fn, future in self._commands:
                 future.set_exception(error)
             self._commands.clear()
-        self._rows, self._cache, self._mask = [], None, None
+        self._batch.clear()
+        self._fresh.clear()
 
     # ------------------------------------------------------------------ batch bookkeeping
 
-    def _drop_finished_rows(self) -> None:
-        keep = [i for i, r in enumerate(self._rows) if not (r.finished or r.job.failed or r.job.cancelled.is_set())]
-        if len(keep) == len(self._rows):
-            return
-        if not keep:
-            self._rows, self._cache, self._mask = [], None, None
-            return
-        assert self._mask is not None
-        self._cache, self._mask = kv_batch.keep_rows(self._cache, self._mask, keep)
-        self._rows = [self._rows[i] for i in keep]
+    def _running_rows(self) -> list[Row]:
+        return self._batch.rows + self._fresh.rows
 
-    def _merge(self, rows: list[Row], cache: Any, mask: Any) -> None:
-        """Append freshly prefilled rows to the running batch."""
-        keep = [i for i, r in enumerate(rows) if not (r.finished or r.job.failed)]
-        if not keep:
-            return
-        if len(keep) != len(rows):
-            cache, mask = kv_batch.keep_rows(cache, mask, keep, trim=False)
-            rows = [rows[i] for i in keep]
-        if not self._rows or self._mask is None:
-            self._rows, self._cache, self._mask = rows, cache, mask
-            return
-        self._cache, self._mask = kv_batch.concat(self._cache, self._mask, cache, mask)
-        self._rows = self._rows + rows
+    def _drop_finished_rows(self) -> None:
+        for batch in (self._batch, self._fresh):
+            batch.keep(lambda row: not (row.finished or row.job.failed or row.job.cancelled.is_set()))
 
 
 def _run_command(fn: Callable[[], None], future: Future[None]) -> None:

@@ -42,6 +42,9 @@ class Job:
     failed: bool = False
     queued_at: float = field(default_factory=time.perf_counter)
     queued_seconds: float | None = None  # set when the batch admits it; reported with its first token
+    # Its flow held no rows when the batch admitted it: until its first text, the busy flows'
+    # prefills wait (``fair_queue.py``) and, on a CPU, its rows step apart (``LocalEngine._decode``).
+    newcomer: bool = False
 
     @property
     def flow(self) -> str:
@@ -82,6 +85,11 @@ class Row:
     last_token: int = 0
     finished: bool = False
     queue_reported: bool = False
+    answered: bool = False  # something (text, a call or the end) has gone to the job
+
+    def awaits_first_text(self, steps: int) -> bool:
+        """A newcomer's row before its first text, within its first ``steps`` tokens."""
+        return self.job.newcomer and not self.answered and not self.finished and self.generated < steps
 
 
 class RowSteps:
@@ -151,6 +159,7 @@ class RowSteps:
                     finish = "tool_calls"
         if not text and not calls and finish is None:
             return None
+        row.answered = True
         queued = None
         if row.index == 0 and not row.queue_reported:
             queued, row.queue_reported = row.job.queued_seconds, True

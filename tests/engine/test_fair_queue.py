@@ -70,3 +70,21 @@ def test_a_newcomer_is_prefilled_apart_from_flows_already_running() -> None:
         running: Counter[str] = Counter({"a": 10})
         steps = [[job.flow for job in queue.take(running, free=5, budget=10_000)] for _ in range(2)]
         assert [sorted(step) for step in steps if step] == expected
+
+
+def test_newcomers_only_holds_the_flows_already_running() -> None:
+    """While a newcomer's first text is not out, the engine asks for newcomers only: a running flow's
+    backlog waits (in order) even with free slots, another newcomer does not. First come first
+    served keeps no such rule."""
+    for fair, expected in ((True, ["c"]), (False, ["a", "a", "c"])):
+        queue: FairQueue[FakeJob] = FairQueue(batch_size=16, fair=fair)
+        for flow in ["a", "a", "c"]:
+            queue.push(FakeJob(flow))
+        running: Counter[str] = Counter({"a": 10, "b": 1})
+        taken = queue.take(running, free=5, budget=10_000, newcomers_only=True)
+        assert [job.flow for job in taken] == expected
+    queue = FairQueue(batch_size=16)
+    for flow in ["a", "a"]:
+        queue.push(FakeJob(flow))
+    assert queue.take(Counter({"a": 10}), free=5, budget=10_000, newcomers_only=True) == []
+    assert [job.flow for job in queue.take(Counter({"a": 10}), free=5, budget=10_000)] == ["a", "a"]

@@ -255,3 +255,85 @@ def test_the_kv_cache_is_passed_under_the_name_this_transformers_takes(
         warnings.simplefilter("error", FutureWarning)  # the worker's forward would fail the request
         texts, _ = loop.run_until_complete(collect(engine, request("alpha")))
     assert texts[0] == ANSWERS["alpha"]
+
+
+def test_a_newcomers_first_text_goes_before_the_busy_flows_next_prefills(
+    engine: LocalEngine, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Flow ``a`` keeps the batch full with a backlog, its sequences ending one after another; flow
+    ``b`` arrives, and its first characters take several tokens (simulated: its first tokens show
+    nothing, as a character split over tokens does). Until ``b``'s first text is out, none of
+    ``a``'s backlog is prefilled (each such prefill would hold ``b``'s first text up), and on a CPU
+    ``b``'s rows step apart from ``a``'s; then ``a`` steps and is admitted again."""
+    import dataclasses
+    import threading
+
+    from server.engine.kv_batch import Batch
+    from server.engine.local import FIRST_TEXT_STEPS
+
+    hidden = 4  # b's first tokens that show nothing
+    assert hidden < FIRST_TEXT_STEPS
+    prefills: list[tuple[list[str], bool]] = []  # flows prefilled, and whether b's first text was out
+    answered = threading.Event()
+    steps: list[tuple[list[str], bool]] = []  # flows of each decode step's rows, and the same
+    prefill, advance, decode_step = engine._prefill, engine._steps.advance, engine._decode_step
+
+    def recording(jobs: list) -> Batch:  # type: ignore[type-arg]
+        prefills.append(([job.flow for job in jobs], answered.is_set()))
+        return prefill(jobs)
+
+    def stepping(batch: Batch) -> None:
+        steps.append((sorted({row.job.flow for row in batch.rows}), answered.is_set()))
+        decode_step(batch)
+
+    def late(row, logits):  # type: ignore[no-untyped-def]
+        delta = advance(row, logits)
+        if row.job.flow == "b" and delta is not None:
+            if row.generated <= hidden and delta.finish_reason is None:
+                row.answered = False
+                return None
+            answered.set()
+        return delta
+
+    def ask(model: str, flow: str, max_tokens: int) -> GenerationRequest:
+        sampling = SamplingOptions(temperature=0, max_tokens=max_tokens)
+        return dataclasses.replace(request(model, sampling), flow=flow)
+
+    async def scenario() -> dict[int, str]:
+        # a: more than the batch holds, ending at different steps, so slots free up while b waits.
+        flood = [asyncio.ensure_future(collect(engine, ask("alpha", "a", 8 + i))) for i in range(20)]
+        while not engine._batch:
+            await asyncio.sleep(0.001)
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            held.set()
+            release.wait(30)
+
+        holding = asyncio.ensure_future(engine._run_in_worker(hold))  # between two of a's steps
+        await asyncio.to_thread(held.wait, 30)
+        newcomer = asyncio.ensure_future(collect(engine, ask("beta", "b", 30)))
+        while not any(job.flow == "b" for job in engine._waiting):
+            await asyncio.sleep(0.001)
+        release.set()
+        await holding
+        texts, _ = await newcomer
+        await asyncio.gather(*flood)
+        return texts
+
+    engine._prefill = recording  # type: ignore[method-assign]
+    engine._steps.advance = late  # type: ignore[method-assign]
+    engine._decode_step = stepping  # type: ignore[method-assign]
+    try:
+        texts = loop.run_until_complete(scenario())
+    finally:
+        del engine._prefill, engine._steps.advance, engine._decode_step
+    assert texts[0] and ANSWERS["beta"].endswith(texts[0])  # b's answer, less what its first tokens hid
+    start = next(i for i, (flows, _) in enumerate(prefills) if "b" in flows)
+    assert prefills[start][0] == ["b"]  # its prefill went alone
+    during = [flows for flows, out in prefills[start + 1 :] if not out]
+    assert during == [], f"a was prefilled before b's first text: {prefills}"
+    assert any("a" in flows for flows, out in prefills[start + 1 :] if out)  # and after it, a again
+    first = next(i for i, (flows, _) in enumerate(steps) if "b" in flows)
+    assert [flows for flows, out in steps[first:] if not out] == [["b"]] * hidden  # b's hidden tokens, apart
+    assert ["a", "b"] in [flows for flows, out in steps[first:] if out]  # then b joined a's batch
