@@ -1,8 +1,8 @@
 """The embedded engine: transformers + peft, continuous batching, one adapter per row.
 
-One copy of the base weights is wrapped in one ``PeftModel`` holding every loaded adapter; every
-row of a batch uses its own adapter (or the base), applied in one batched computation per layer by
-``server.engine.lora_batch`` rather than peft's per-adapter loop. A single worker thread owns the
+One copy of the base weights is wrapped in one ``PeftModel`` holding every loaded adapter
+(``peft_adapters.py``); every row of a batch uses its own adapter (or the base), applied in one
+batched computation per layer by ``server.engine.lora_batch`` rather than peft's per-adapter loop. A single worker thread owns the
 model and runs the scheduler loop:
 
 1. apply queued adapter loads/unloads (between steps, so no forward sees a half-loaded adapter);
@@ -25,7 +25,6 @@ import logging
 import resource
 import threading
 import time
-import warnings
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
@@ -52,7 +51,7 @@ from .fair_queue import FairQueue
 from .grammar import Grammars, grammar_key
 from .kv_batch import Batch
 from .logprobs import TokenBytes
-from .lora_batch import BatchedLora
+from .peft_adapters import PeftAdapters
 from .prompts import check_context, render_chat, render_off_loop
 from .rows import Job, Row, RowSteps
 
@@ -100,14 +99,12 @@ class LocalEngine(Engine):
         self.max_prefill_tokens = max_prefill_tokens or GPU_PREFILL_TOKENS  # resolved for the device by _load
         self.max_model_len: int | None = None
 
-        self._model: Any = None  # a transformers model, wrapped in a PeftModel once an adapter loads
+        self._adapters = PeftAdapters(None)  # the model and its adapters (set by _load)
         self._tokenizer: Any = None
         self._device = torch.device("cpu")
         self._eos_ids: set[int] = set()
         self._cache_arg = "past_key_values"  # the forward's name for the KV cache (set by _load)
         self._steps: RowSteps  # set by _load: how each row turns logits into output
-        self._peft_names: dict[int, str] = {}  # adapter_id -> name inside the PeftModel
-        self._lora: BatchedLora | None = None  # once an adapter is loaded
         self._ready = False
         self._detail = "not started"
 
@@ -156,7 +153,7 @@ class LocalEngine(Engine):
         if not self._tokenizer.chat_template:
             raise EngineError(f"The tokenizer of {self.model_path} has no chat template.")
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
-        self._model = model.to(self._device).eval()  # type: ignore[arg-type]  # transformers' .to stub
+        self._adapters = PeftAdapters(model.to(self._device).eval())  # type: ignore[arg-type]  # transformers' .to stub
         # transformers renamed the forward's ``past_key_values`` to ``cache`` (5.2x; the old name goes
         # in 5.40) and vLLM's pin holds an older one: pass whichever this transformers takes.
         forward = inspect.signature(type(model).forward).parameters
@@ -165,7 +162,7 @@ class LocalEngine(Engine):
         self.max_prefill_tokens = self._max_prefill_setting or (GPU_PREFILL_TOKENS if gpu else CPU_PREFILL_TOKENS)
         self._fresh_apart = self._device.type == "cpu"
 
-        config = self._model.config
+        config = model.config
         native_len = getattr(config, "max_position_embeddings", None)
         wanted = self._max_model_len_setting
         if wanted and native_len and wanted > native_len:
@@ -181,7 +178,7 @@ class LocalEngine(Engine):
             )
         self.max_model_len = wanted or native_len or 2048
         eos = [self._tokenizer.eos_token_id]
-        generation_eos = getattr(getattr(self._model, "generation_config", None), "eos_token_id", None)
+        generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos += generation_eos if isinstance(generation_eos, list) else [generation_eos]
         self._eos_ids = {int(t) for t in eos if t is not None}
         vocab_size = int(getattr(config, "vocab_size", 0) or len(self._tokenizer))
@@ -198,7 +195,7 @@ class LocalEngine(Engine):
             detail=self._detail,
             running_requests=len({id(r.job) for r in self._running_rows()}),
             waiting_requests=waiting,
-            loaded_adapters=sorted(self._peft_names.values()),
+            loaded_adapters=self._adapters.loaded(),
         )
 
     def unavailable(self) -> str | None:
@@ -229,54 +226,15 @@ class LocalEngine(Engine):
         await asyncio.wrap_future(future)
 
     def _load_adapter(self, adapter: AdapterRef) -> None:
-        from peft import PeftModel
-
-        if adapter.adapter_id in self._peft_names:
-            return
-        # peft names become attribute keys in ModuleDicts, so they may not contain dots.
-        peft_name = f"adapter_{adapter.adapter_id}"
-        if isinstance(self._model, PeftModel):
-            try:
-                self._model.load_adapter(adapter.path, adapter_name=peft_name, is_trainable=False)
-            except Exception:  # peft may have injected layers before failing: take them out again
-                if peft_name in self._model.peft_config:
-                    self._model.delete_adapter(peft_name)
-                raise
-        else:
-            self._model = PeftModel.from_pretrained(
-                self._model, adapter.path, adapter_name=peft_name, is_trainable=False
-            )
-        self._model.eval()
-        self._peft_names[adapter.adapter_id] = peft_name
-        try:
-            self._lora = self._lora or BatchedLora(self._model)
-            self._lora.add(peft_name)
-        except Exception:
-            self._unload_adapter(adapter)  # never keep an adapter the batch path cannot serve
-            raise
+        self._adapters.load(adapter)
 
     def _unload_adapter(self, adapter: AdapterRef) -> None:
-        peft_name = self._peft_names.pop(adapter.adapter_id, None)
-        if peft_name is None:
-            return
-        with self._lock:
-            jobs = [row.job for row in self._running_rows()] + list(self._waiting)
-        if any(job.peft_name == peft_name and not job.cancelled.is_set() for job in jobs):
-            self._peft_names[adapter.adapter_id] = peft_name
-            raise EngineError(f"Adapter {adapter.name} is still in use.")
-        if self._lora is not None:
-            self._lora.remove(peft_name)
-        if self._peft_names:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "active adapter deleted": we never use peft's active adapter
-                self._model.delete_adapter(peft_name)
-        else:
-            # peft cannot delete its last adapter; drop the wrapper and keep the base weights.
-            self._model = self._model.unload()
-            if self._lora is not None:
-                self._lora.close()
-                self._lora = None
-        logger.info("unloaded adapter %s (%s)", adapter.name, peft_name)
+        def in_use(peft_name: str) -> bool:
+            with self._lock:
+                jobs = [row.job for row in self._running_rows()] + list(self._waiting)
+            return any(job.peft_name == peft_name and not job.cancelled.is_set() for job in jobs)
+
+        self._adapters.unload(adapter, in_use)
 
     # ------------------------------------------------------------------ requests
 
@@ -296,7 +254,7 @@ class LocalEngine(Engine):
             grammar = await asyncio.to_thread(self._steps.grammars.compile, request)  # the batch keeps decoding
         peft_name = BASE_ROW
         if request.adapter is not None:
-            peft_name = self._peft_names.get(request.adapter.adapter_id, "")
+            peft_name = self._adapters.name_of(request.adapter)
             if not peft_name:
                 raise EngineUnavailable(f"Adapter {request.adapter.name} is not loaded.")
         loop = asyncio.get_running_loop()
@@ -432,9 +390,8 @@ class LocalEngine(Engine):
     def _forward(self, input_ids: Any, mask: Any, peft_names: list[str], cache: Any) -> tuple[Any, Any]:
         """One forward pass of the batch; returns last-position logits (float32) and the cache."""
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
-        if self._lora is not None:
-            self._lora.set_rows([self._lora.slot_of.get(name, 0) for name in peft_names], self._device)
-        out = self._model(
+        self._adapters.set_rows(peft_names, self._device)
+        out = self._adapters.model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
