@@ -2,8 +2,8 @@
 
 One copy of the base weights is wrapped in one ``PeftModel`` holding every loaded adapter
 (``peft_adapters.py``); every row of a batch uses its own adapter (or the base), applied in one
-batched computation per layer by ``server.engine.lora_batch`` rather than peft's per-adapter loop. A single worker thread owns the
-model and runs the scheduler loop:
+batched computation per layer by ``server.engine.lora_batch`` rather than peft's per-adapter loop.
+A single worker thread owns the model and runs the scheduler loop:
 
 1. apply queued adapter loads/unloads (between steps, so no forward sees a half-loaded adapter);
 2. drop rows whose client went away, or that finished;
