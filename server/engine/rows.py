@@ -84,7 +84,6 @@ class Row:
     generated: int = 0
     last_token: int = 0
     finished: bool = False
-    queue_reported: bool = False
     answered: bool = False  # something (text, a call or the end) has gone to the job
 
     def awaits_first_text(self, steps: int) -> bool:
@@ -159,10 +158,8 @@ class RowSteps:
                     finish = "tool_calls"
         if not text and not calls and finish is None:
             return None
+        queued = row.job.queued_seconds if row.index == 0 and not row.answered else None  # once, with the first
         row.answered = True
-        queued = None
-        if row.index == 0 and not row.queue_reported:
-            queued, row.queue_reported = row.job.queued_seconds, True
         logprobs = None
         if row.logprobs is not None:
             logprobs, row.logprobs = tuple(row.logprobs), []
