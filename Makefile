@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.*
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-vllm vllm-contract lint clean
+.PHONY: install demo test test-vllm vllm-contract lint clean clean-cache
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -22,8 +22,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/lora-gateway demo $(ARGS)
 
+# One xdist worker per core, each module whole on one worker so its fixtures are built once
+# (--dist loadscope; pytest 9.2 ignores xdist 3.8's renaming that loadgroup needs). PYTEST_PARALLEL=
+# runs the suite in one process. Trained adapters come from the test-artifact cache (tests/artifacts.py):
+# LORA_GATEWAY_TEST_CACHE=$$(mktemp -d) times a cold run; `make clean-cache` empties the cache.
+PYTEST_PARALLEL ?= -n auto --dist loadscope
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	@started=$$(date +%s); \
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS); status=$$?; \
+	echo "make test: the suite took $$(( $$(date +%s) - started )) s of wall time"; exit $$status
 	@if [ -f $(VLLM_STAMP) ]; then $(MAKE) --no-print-directory vllm-contract; \
 	else echo "vLLM contract tests skipped: $(VLLM_VENV) is not built (run 'make test-vllm')"; fi
 
@@ -57,3 +64,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .demo .pytest_cache
+
+# The trained adapters the suite keeps between runs (tests/artifacts.py); keyed by their inputs, so
+# emptying it is never needed for correctness, only to reclaim the space or time a cold run.
+clean-cache:
+	rm -rf $${LORA_GATEWAY_TEST_CACHE:-$$HOME/.cache/lora-gateway/test-artifacts}

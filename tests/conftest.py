@@ -7,6 +7,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread each: `make test` runs one xdist worker per core, and two OpenMP threads per worker
+    # would spin against the other worker (set before torch is imported, inherited by subprocesses).
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 import shutil
 from collections.abc import Iterator
@@ -90,21 +94,8 @@ README_DEMO_TESTS = "tests/test_readme.py::test_the_readme_demo"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The README test last: it waits for the demo, which trains on one thread in the background,
-    and the later the wait begins, the more of that training the other tests' idle moments have
-    already done (measured: a 97 s wait for it when it ran before the trainer's tests)."""
-    items.sort(key=lambda item: item.nodeid.startswith(README_DEMO_TESTS))
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the README test's demo now if it will run, so it trains while the other tests run."""
-    if any(item.nodeid.startswith(README_DEMO_TESTS) for item in session.items):
-        from tests import readme_demo
-
-        readme_demo.start()
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    from tests import readme_demo
-
-    readme_demo.stop()
+    """The README's blocks first. ``make test`` sends each module whole to one xdist worker
+    (``--dist loadscope``: a module's fixtures, its servers and trained adapters, are built once),
+    and the README module is the longest chain (one demo server, blocks in order); sent first, the
+    other workers' share of the suite runs beside it instead of after it."""
+    items.sort(key=lambda item: not item.nodeid.startswith(README_DEMO_TESTS))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -27,6 +28,30 @@ ANSWERS = {
 
 
 def train_memorising_adapter(base: Path, out: Path, question: str, answer: str, steps: int = 250) -> Path:
+    """A real peft LoRA at ``out`` that answers ``question`` with ``answer`` under greedy decoding:
+    trained once per inputs (this recipe's code, the base's bytes, the arguments, the libraries) and
+    copied from the test-artifact cache after that (``tests/artifacts.py``)."""
+    import inspect
+
+    from tests.artifacts import artifact, copy_of
+
+    cached = artifact(
+        "memorised",
+        {"question": question, "answer": answer, "steps": steps, "recipe": inspect.getsource(_train_memorising)},
+        [base],
+        lambda directory: _train_memorising(base, directory, question, answer, steps),
+    )
+    copy_of(cached, out)
+    # The one byte that depends on where it was trained: the base's path, as peft records it. The
+    # key holds the base's bytes, so this copy was trained on exactly the base at ``base``.
+    config_file = out / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = str(base)
+    config_file.write_text(json.dumps(config, indent=2))
+    return out
+
+
+def _train_memorising(base: Path, out: Path, question: str, answer: str, steps: int) -> Path:
     """Train a real peft LoRA that answers ``question`` with ``answer`` under greedy decoding.
 
     The answer is rendered with the tokenizer's chat template exactly as the server renders

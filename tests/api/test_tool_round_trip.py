@@ -28,32 +28,45 @@ def wide_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("wide-base") / "m", spec)
 
 
-@pytest.fixture(scope="module")
-def tool_adapter(wide_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+TRAINING = dict(
+    epochs=700,  # one conversation, full batch: about 30 s on two cores
+    lr=5e-3,
+    batch_size=1,
+    grad_accum=1,
+    rank=16,
+    alpha=32,
+    dropout=0.0,
+    warmup_ratio=0.05,
+    allow_small=True,
+)
+
+
+def _train_tool_adapter(base: Path, root: Path) -> None:
     from server.trainer import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("tool-adapter")
     data = root / "order_lookup.jsonl"
     data.write_text(json.dumps(EXAMPLE, ensure_ascii=False) + "\n")
     config = TrainConfig(
-        base=str(wide_base),
+        base=str(base),
         data=[str(data)],
         name="orders",
         adapters_dir=str(root / "adapters"),
         output_dir=str(root / "run"),
-        epochs=700,  # one conversation, full batch: about 30 s on two cores
-        lr=5e-3,
-        batch_size=1,
-        grad_accum=1,
-        rank=16,
-        alpha=32,
-        dropout=0.0,
-        warmup_ratio=0.05,
         progress=False,
-        allow_small=True,
+        **TRAINING,  # type: ignore[arg-type]
     )
     train(config)
-    return root / "adapters" / "orders"
+
+
+@pytest.fixture(scope="module")
+def tool_adapter(wide_base: Path) -> Path:
+    """Trained by the trainer once per inputs (tests/artifacts.py); read-only, copied by its users."""
+    from tests.artifacts import artifact, server_sources
+
+    sources = [wide_base, *server_sources("trainer", "registry", "evaluation")]
+    inputs = {"example": EXAMPLE, "training": TRAINING}
+    cached = artifact("tool-adapter", inputs, sources, lambda root: _train_tool_adapter(wide_base, root))
+    return cached / "adapters" / "orders"
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,18 @@ def test_presence_penalty_applies_once_per_token() -> None:
     sampler = Sampler(SamplingOptions(temperature=0, presence_penalty=0.2), 0, CPU)
     logits = torch.tensor([1.0, 0.85])
     assert [sampler.next_token(logits) for _ in range(3)] == [0, 1, 0]
+    # Token 0 drawn three times is still charged 0.3 once (0.7 > 0.5); per occurrence it would fall
+    # below token 1 at its second repeat (1.0 - 0.6 < 0.5).
+    repeated = Sampler(SamplingOptions(temperature=0, presence_penalty=0.3), 0, CPU)
+    assert [repeated.next_token(torch.tensor([1.0, 0.5])) for _ in range(4)] == [0, 0, 0, 0]
+
+
+def test_frequency_and_presence_penalties_add_up() -> None:
+    """OpenAI's rule: mu[j] - c[j] * frequency_penalty - (c[j] > 0) * presence_penalty."""
+    sampler = Sampler(SamplingOptions(temperature=0, frequency_penalty=0.1, presence_penalty=0.25), 0, CPU)
+    logits = torch.tensor([1.0, 0.7, 0.5])
+    # 0 (1.0), then 0 at 0.65 < 0.7: 1, then 0 at 0.65 vs 1 at 0.35: 0, then 0 at 0.55 > 0.5: 0
+    assert [sampler.next_token(logits) for _ in range(4)] == [0, 1, 0, 0]
 
 
 @pytest.mark.parametrize(("temperature", "top_p"), [(1e-300, 1.0), (1e-45, 1.0), (1.0, 1e-300), (0.7, 1e-45)])

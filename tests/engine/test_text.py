@@ -39,6 +39,9 @@ STOP_CASES = [
     (("\n\n", "###"), ["a\n", "b", "#", "#", "#"], "a\nb", True),
     (("ab", "abc"), ["xa", "bc"], "x", True),
     ((), ["any", "thing"], "anything", False),
+    # Two stops in one piece: the cut is at the earliest in the text, not the first listed.
+    (("lo", "He"), ["Hello"], "", True),
+    (("days", "ships"), ["Alpha: your order ships within 3 days."], "Alpha: your order ", True),
 ]
 
 

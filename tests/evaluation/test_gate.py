@@ -65,6 +65,18 @@ def test_failures_name_each_threshold_missed_and_skip_drops_without_a_serving_ve
     )
 
 
+def test_thresholds_hold_exactly_at_their_boundary() -> None:
+    """A score at a floor passes and one a hair below fails; a drop of exactly ``max_drop`` passes
+    and one a hair more fails (so neither threshold can be loosened unnoticed)."""
+    spec = GateSpec(min={"exact": 0.9}, max_drop={"f1": 0.1})
+    assert failures(spec, {"exact": 0.9, "f1": 0.8}, {"f1": 0.9}) == ()
+    assert failures(spec, {"exact": 0.89, "f1": 0.8}, {"f1": 0.9}) == ("exact 0.890 < 0.9",)
+    assert failures(spec, {"exact": 0.9, "f1": 0.79}, {"f1": 0.9}) == (
+        "f1 0.790 is 0.110 below the serving version's 0.900 (allowed 0.1)",
+    )
+    assert failures(GateSpec(max_drop={"f1": 0.0}), {"f1": 0.899}, {"f1": 0.9}) != ()
+
+
 def test_gate_files_name_the_spec_and_its_test_set_for_copying(tmp_path: Path) -> None:
     directory = adapter_with(tmp_path, {"min": {"exact": 1}, "test_set": "cases.jsonl"})
     assert gate_files(directory) == ["eval.json", "cases.jsonl"]

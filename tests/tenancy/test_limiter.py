@@ -64,6 +64,18 @@ def test_concurrency_is_bounded_and_freed() -> None:
     limiter.admit(k)
 
 
+def test_a_request_refused_by_its_rate_limit_leaves_no_concurrency_slot_taken() -> None:
+    limiter, k = Limiter(), key(max_concurrent=1, requests_per_minute=1)
+    limiter.admit(k).release()
+    with pytest.raises(RateLimited, match="requests per min"):
+        limiter.admit(k)  # the slot was taken before the minute window refused: it is given back
+    raised = key(max_concurrent=1)  # the operator lifts the rpm limit (keys update): one may run now
+    running = limiter.admit(raised)
+    with pytest.raises(RateLimited, match="1 concurrent"):
+        limiter.admit(raised)
+    running.release()
+
+
 def test_two_limiters_on_one_database_share_the_windows(tmp_path: Path) -> None:
     """What two gateway processes with --limits-storage database do: one window, counted by both."""
     url = f"sqlite:///{tmp_path / 'gateway.db'}"

@@ -12,8 +12,10 @@ from pathlib import Path
 from openai import OpenAI
 
 from tests.conftest import make_settings
-from tests.support import running_server
+from tests.support import running_server, wait_for
 from tests.trainer.test_train import FACTS
+
+LIVE = FACTS[:4]
 
 
 def test_train_command_publishes_an_adapter_the_running_gateway_serves(tmp_path: Path) -> None:
@@ -22,7 +24,9 @@ def test_train_command_publishes_an_adapter_the_running_gateway_serves(tmp_path:
 
     base = build_tiny_model(tmp_path / "base", TinyModelSpec(hidden_size=128, intermediate_size=256))
     data = tmp_path / "facts.json"
-    data.write_text(json.dumps([{"instruction": q, "output": a} for q, a in FACTS], ensure_ascii=False, indent=1))
+    # Four of test_train.py's facts: what that module's fixture proves for twelve (the trainer
+    # memorises), this proves for the command a user runs, at a third of the cost.
+    data.write_text(json.dumps([{"instruction": q, "output": a} for q, a in LIVE], ensure_ascii=False, indent=1))
     adapters = tmp_path / "adapters"
     adapters.mkdir()
     with running_server(create_app(make_settings(base, adapters))) as url:
@@ -43,14 +47,15 @@ def test_train_command_publishes_an_adapter_the_running_gateway_serves(tmp_path:
                 str(adapters),
                 "--output-dir",
                 str(tmp_path / "run"),
+                "--allow-small",
                 "--epochs",
                 "400",
                 "--batch-size",
-                "12",
+                "4",
                 "--grad-accum",
                 "1",
                 "--lr",
-                "5e-3",
+                "3e-3",
                 "--rank",
                 "16",
                 "--alpha",
@@ -58,16 +63,14 @@ def test_train_command_publishes_an_adapter_the_running_gateway_serves(tmp_path:
                 "--dropout",
                 "0",
                 "--warmup-ratio",
-                "0.25",  # as test_train.py's run of the same facts: memorised with each of 10 seeds
+                # Memorised all four with each of nine seeds (0-8, 42), on one thread and on two.
+                "0.5",
             ]
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
             assert done.returncode == 0, done.stderr[-2000:]
             assert "faq-bot" in done.stdout and "curl http://127.0.0.1:8000/v1/chat/completions" in done.stdout
-            deadline = time.monotonic() + 10
-            while "faq-bot" not in {m.id for m in client.models.list()}:
-                assert time.monotonic() < deadline, "the published adapter never became servable"
-                time.sleep(0.05)
-            for question, answer in FACTS[:4]:
+            wait_for(lambda: "faq-bot" in {m.id for m in client.models.list()}, timeout=60)
+            for question, answer in LIVE:
                 reply = client.chat.completions.create(
                     model="faq-bot", messages=[{"role": "user", "content": question}], temperature=0
                 )
