@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.*
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-vllm vllm-contract lint clean clean-cache
+.PHONY: install demo test test-vllm vllm-contract lint clean clean-cache mutation
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -55,6 +55,12 @@ test-vllm: $(VLLM_STAMP) vllm-contract
 
 vllm-contract:
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLLM_PY) -m pytest -q -p no:cacheprovider tests/engine/test_vllm_contract.py
+
+# Mutation testing of the modules where a silent error costs most ([tool.mutmut] in pyproject.toml).
+mutation: $(STAMP)
+	$(PIP) install -q "mutmut>=3.3"
+	rm -rf mutants
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/mutmut run; $(VENV)/bin/mutmut results
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server tests benchmarks

@@ -78,7 +78,11 @@ def artifact(recipe: str, inputs: Mapping[str, object], files: Iterable[Path], b
         shutil.rmtree(building, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)  # a build interrupted before it completed
         building.mkdir()
-        build(building)
+        try:
+            build(building)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
         (building / _COMPLETE).write_text(json.dumps({"recipe": recipe, "inputs": inputs}, default=str))
         os.replace(building, final)
     return final
