@@ -8,7 +8,7 @@ ARG VLLM_VERSION=v0.33.0
 FROM vllm/vllm-openai:${VLLM_VERSION}
 
 WORKDIR /opt/lora-gateway
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY server ./server
 COPY examples ./examples
 

@@ -143,3 +143,9 @@ def test_only_compose_v2_parses_the_file(
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert (_compose_v2() == ["docker-compose"]) is used
+
+
+def test_the_image_copies_every_file_pip_install_reads() -> None:
+    """`pip install .` in the image needs the build files too: setup.py finds the packages."""
+    copied = {word for line in DOCKERFILE.splitlines() if line.startswith("COPY") for word in line.split()[1:-1]}
+    assert {"pyproject.toml", "setup.py", "README.md", "server", "examples"} <= copied

@@ -36,9 +36,43 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+def isolated(site: Path) -> tuple[list[str], dict[str, str]]:
+    """(interpreter, environment) that see the unpacked wheel and the dependencies, and nothing of the
+    checkout: ``-S`` skips site-packages' ``.pth`` files, so the editable install's import finder
+    (which would supply any module the wheel lacks) never loads; the dependencies come by path."""
+    dependencies = [p for p in sys.path if p.endswith("site-packages")]
+    return [sys.executable, "-S"], {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *dependencies])}
+
+
 def run_installed(site: Path, code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    interpreter, env = isolated(site)
+    return subprocess.run([*interpreter, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_every_module_of_server_is_in_the_wheel_and_imports_without_the_checkout(
+    installed: Path, tmp_path: Path
+) -> None:
+    modules = sorted(
+        "lora_gateway." + ".".join(path.relative_to(ROOT / "server").with_suffix("").parts)
+        for path in (ROOT / "server").rglob("*.py")
+    )
+    modules = [m.removesuffix(".__init__").removesuffix(".__main__") for m in modules]
+    missing = [
+        m
+        for m in modules
+        if not (installed / Path(*m.split("."))).with_suffix(".py").is_file()
+        and not (installed / Path(*m.split(".")) / "__init__.py").is_file()
+    ]
+    assert missing == []
+    importable = [m for m in sorted(set(modules)) if m != "lora_gateway"]
+    result = run_installed(
+        installed,
+        "import importlib, sys\n"
+        + "".join(f"importlib.import_module({m!r})\n" for m in importable if "vllm_engine" not in m)
+        + "assert not any('__editable__' in repr(f) for f in sys.meta_path)\n",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_the_wheel_installs_as_lora_gateway_with_the_demo_data(installed: Path, tmp_path: Path) -> None:
@@ -60,12 +94,13 @@ def test_the_wheel_installs_as_lora_gateway_with_the_demo_data(installed: Path, 
     assert result.returncode == 0, result.stderr
     location, has_data = result.stdout.split()
     assert Path(location).is_relative_to(installed) and has_data == "True"
+    interpreter, env = isolated(installed)
     cli = subprocess.run(
-        [sys.executable, "-m", "lora_gateway", "adapters", "--help"],
+        [*interpreter, "-m", "lora_gateway", "adapters", "--help"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(installed)},
+        env=env,
     )
     assert cli.returncode == 0 and "rollback" in cli.stdout
 
