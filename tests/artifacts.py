@@ -75,8 +75,7 @@ def artifact(recipe: str, inputs: Mapping[str, object], files: Iterable[Path], b
         if (final / _COMPLETE).is_file():  # another worker built it while this one waited
             return final
         building = final.with_name(final.name + f".building-{os.getpid()}")
-        shutil.rmtree(building, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)  # a build interrupted before it completed
+        shutil.rmtree(building, ignore_errors=True)  # left by an earlier process with this pid
         building.mkdir()
         try:
             build(building)
@@ -89,8 +88,9 @@ def artifact(recipe: str, inputs: Mapping[str, object], files: Iterable[Path], b
 
 
 def copy_of(cached: Path, destination: Path) -> Path:
-    """A private, writable copy of a cached artifact (without the cache's own marker)."""
-    shutil.copytree(cached, destination, ignore=shutil.ignore_patterns(_COMPLETE))
+    """A private, writable copy of a cached artifact (without the cache's own marker), into
+    ``destination`` whether or not that directory exists yet."""
+    shutil.copytree(cached, destination, ignore=shutil.ignore_patterns(_COMPLETE), dirs_exist_ok=True)
     return destination
 
 

@@ -61,10 +61,7 @@ class Demo:
     def __init__(self) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="lora-gateway-readme-"))
         work = self.work
-        copy_of(trained_demo(), work / "checkout")
-        for entry in (work / "checkout").iterdir():
-            os.replace(entry, work / entry.name)
-        (work / "checkout").rmdir()
+        copy_of(trained_demo(), work)
         (work / ".venv").symlink_to(Path(sys.executable).parents[1])
         (work / "examples").symlink_to(ROOT / "examples")
         self.port = free_port()
