@@ -22,6 +22,7 @@ from .api.limits import BodyLimitMiddleware
 from .database import database_url, open_engine
 from .engine.base import Engine
 from .errors import first_line
+from .evaluation.judge import load_judges
 from .evaluation.ratings import PLAYGROUND_RATINGS, DatabaseRatings, RatingStore
 from .feedback import FeedbackStore
 from .gateway import Gateway
@@ -105,6 +106,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             split_aborted=lambda name, why: metrics.split_aborts.labels(name).inc(),
         ),
         gate_timeout=settings.eval_gate_timeout,
+        judges=load_judges(settings.judges),
     )
     if not settings.adapters_dir.is_dir():  # created, and followed like any other: publish into it at any time
         settings.adapters_dir.mkdir(parents=True)  # now: the default database lives in it

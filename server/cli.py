@@ -80,6 +80,7 @@ def serve(settings: Settings) -> None:
     """Run the gateway until Ctrl-C; a failed start-up (model, adapters dir, WeCom config) exits
     with status 1 and one line, never leaving a half-alive process behind."""
     from .app import create_app, missing_local_model
+    from .evaluation.judge import JudgesConfigError
     from .integrations.wecom.config import WeComConfigError
     from .serving import run
 
@@ -90,7 +91,7 @@ def serve(settings: Settings) -> None:
 
     try:
         app = create_app(settings)
-    except WeComConfigError as exc:
+    except (WeComConfigError, JudgesConfigError) as exc:
         raise SystemExit(f"lora-gateway: {exc}") from None
     except SQLAlchemyError as exc:  # an unreachable or malformed --database; its password never printed
         reason = first_line(exc)

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Upper bound in seconds on one adapter's eval gate run (its eval.json may set less).",
     )
+    judges: Path | None = Field(
+        default=None,
+        description='JSON file of the judges an eval.json may name: {"NAME": {"url", "model", "api_key_env"}} '
+        "(keys are read from those environment variables at start-up).",
+    )
     base_model_alias: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Other names of the base model that adapters may "

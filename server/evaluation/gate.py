@@ -7,7 +7,7 @@ default), so it is copied, versioned and published with the adapter like its pro
       "test_set": "eval_set.jsonl",
       "min": {"exact": 0.9, "judge": 8.0},
       "max_drop": {"judge": 0.3},
-      "judge": {"url": "https://judge.example/v1", "model": "qwen-max", "api_key_env": "JUDGE_KEY"},
+      "judge": "qwen-max",
       "max_tokens": 256,
       "timeout_s": 300
     }
@@ -16,7 +16,8 @@ default), so it is copied, versioned and published with the adapter like its pro
 than the version serving now by more than each value (skipped for a first version). Metrics are
 ``exact``, ``f1`` and ``rouge_l`` (``server.evaluation.metrics``, over items with a reference) and
 ``judge`` (the rubric judge's mean total, out of 10 with the default rubric). The judge is the
-served base model unless ``judge`` names an OpenAI-compatible endpoint. Answers are greedy
+served base model unless ``judge`` names one of the judges the operator configured (``--judges``):
+the file names a judge, never a URL or a key, because an adapter directory is data. Answers are greedy
 (temperature 0), so a gate's verdict is repeatable.
 
 This module is the pure part: the spec, and the decision from the scores. Asking the engine is the
@@ -38,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import AdapterRejected
 from ..jsonbounds import read_adapter_json
-from .judge import DEFAULT_RUBRIC, JudgeAsk, judge_with
+from .judge import DEFAULT_RUBRIC, JUDGE_NAME, JudgeAsk, judge_with
 from .metrics import scores as reference_scores
 from .testset import EvalItem, TestSetError, load_test_set
 
@@ -50,29 +51,25 @@ MAX_ITEMS = 500
 Metric = Literal["exact", "f1", "rouge_l", "judge"]
 
 
-class JudgeEndpoint(BaseModel):
-    """An OpenAI-compatible judge; its key is read from an environment variable, never from the file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url: str = Field(pattern=r"^https?://")
-    model: str = Field(min_length=1)
-    api_key_env: str | None = None
-
-    @property
-    def api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
-
-
 class GateSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    test_set: str = DEFAULT_TEST_SET
+    test_set: str = Field(default=DEFAULT_TEST_SET, max_length=255)
     min: dict[Metric, float] = Field(default_factory=dict)
     max_drop: dict[Metric, float] = Field(default_factory=dict)
-    judge: JudgeEndpoint | None = None
+    judge: str | None = Field(default=None, pattern=f"^{JUDGE_NAME.pattern}$")
     max_tokens: int = Field(default=256, ge=1, le=8192)
     timeout_s: float = Field(default=300.0, gt=0, le=3600)
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _a_name(cls, value: object) -> object:
+        if isinstance(value, dict):
+            raise ValueError(
+                "judge names one of the gateway's judges (its --judges file), never an endpoint: "
+                "an adapter directory cannot say where the gateway sends requests or keys"
+            )
+        return value
 
     @field_validator("test_set")
     @classmethod

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +133,56 @@ def parse_verdict(rubric: Rubric, content: str) -> Verdict:
 
 
 JUDGE_TIMEOUT = httpx.Timeout(300, connect=10)
+JUDGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""How an ``eval.json`` names one of the operator's judges."""
+
+
+@dataclass(frozen=True)
+class JudgeEndpoint:
+    """An OpenAI-compatible judge the operator configured (``--judges``): where it is and its key.
+
+    Only the operator's settings make one: an adapter directory is data, so its ``eval.json`` may
+    name a configured judge but never give a URL or say where a key comes from; otherwise publishing
+    a file could send a secret (or a request) anywhere the gateway can reach."""
+
+    url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+
+
+class JudgesConfigError(ValueError):
+    """The ``--judges`` file cannot be used; the message names the file and the entry."""
+
+
+def load_judges(path: str | Path | None) -> dict[str, JudgeEndpoint]:
+    """The operator's judges, ``{"NAME": {"url", "model", "api_key_env"?}}``, read once at start-up;
+    each key is read from its environment variable then, so a missing one stops the start, not a gate."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise JudgesConfigError(f"--judges {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise JudgesConfigError(f'--judges {path}: expected {{"NAME": {{"url", "model", "api_key_env"}}}}')
+    judges: dict[str, JudgeEndpoint] = {}
+    for name, entry in data.items():
+        where = f"--judges {path}: judge {name!r}"
+        if not JUDGE_NAME.fullmatch(name):
+            raise JudgesConfigError(f"{where}: a name is 1-64 letters, digits, '.', '_' or '-'")
+        if not isinstance(entry, dict) or set(entry) - {"url", "model", "api_key_env"}:
+            raise JudgesConfigError(f"{where}: expected the keys url, model and (optionally) api_key_env")
+        url, model, key_env = entry.get("url"), entry.get("model"), entry.get("api_key_env")
+        if not isinstance(url, str) or not re.match(r"https?://[^\s]+$", url):
+            raise JudgesConfigError(f"{where}: url must be an http(s) URL")
+        if not isinstance(model, str) or not model.strip():
+            raise JudgesConfigError(f"{where}: model must name the judge's model")
+        if key_env is not None and (not isinstance(key_env, str) or os.environ.get(key_env) is None):
+            raise JudgesConfigError(f"{where}: its key's environment variable {key_env!r} is not set")
+        judges[name] = JudgeEndpoint(url, model, os.environ[key_env] if key_env else None)
+    return judges
+
+
 JudgeAsk = Callable[[dict[str, Any]], Awaitable[str]]
 """Asks the judge one chat request (OpenAI's body, less ``model``) and returns its message content."""
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
@@ -30,7 +30,7 @@ from ..api.protocol import ChatCompletionRequest
 from ..conversion import to_generation_request
 from ..engine.base import Engine
 from ..evaluation.gate import Gate, GateOutcome, failures, score
-from ..evaluation.judge import JUDGE_MAX_TOKENS, JUDGE_TIMEOUT, JudgeAsk, http_judge
+from ..evaluation.judge import JUDGE_MAX_TOKENS, JUDGE_TIMEOUT, JudgeAsk, JudgeEndpoint, http_judge
 from ..evaluation.testset import EvalItem
 from .records import AdapterVersion, Lease
 from .residency import Residency
@@ -39,8 +39,17 @@ _REMEMBERED = 64  # serving versions' scores kept, per (weights, gate)
 
 
 class GateRunner:
-    def __init__(self, engine: Engine, residency: Residency, base_model_id: str, *, timeout_cap: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        residency: Residency,
+        base_model_id: str,
+        *,
+        timeout_cap: float,
+        judges: Mapping[str, JudgeEndpoint] | None = None,
+    ) -> None:
         self._engine = engine
+        self._judges = dict(judges or {})
         self._residency = residency
         self._base_model_id = base_model_id
         self._timeout_cap = timeout_cap
@@ -52,6 +61,10 @@ class GateRunner:
         started = time.perf_counter()
         timeout = min(gate.spec.timeout_s, self._timeout_cap)
         outcome = GateOutcome(candidate.version, candidate.sha256, {})
+        if gate.spec.uses_judge and gate.spec.judge is not None and gate.spec.judge not in self._judges:
+            known = ", ".join(sorted(self._judges)) or "none: start the gateway with --judges"
+            why = f"its judge {gate.spec.judge!r} is not one of this gateway's judges ({known})"
+            return dataclasses.replace(_failed(outcome, why), seconds=time.perf_counter() - started)
         try:
             async with asyncio.timeout(timeout), self._judge(gate) as judge:
                 scores, errors = await self._score(gate, candidate, judge)
@@ -64,7 +77,8 @@ class GateRunner:
                     scores,
                     current,
                     serving.version if current is not None and serving is not None else None,
-                    failures(gate.spec, scores, current),
+                    failures(gate.spec, scores, current)
+                    + ((f"the judge failed on {errors} of {len(gate.items)} answers",) if errors else ()),
                     judge_errors=errors,
                 )
         except TimeoutError:
@@ -96,8 +110,8 @@ class GateRunner:
 
     @contextlib.asynccontextmanager
     async def _judge(self, gate: Gate) -> AsyncIterator[JudgeAsk | None]:
-        """The gate's judge: its endpoint when it names one, else the served base model."""
-        endpoint = gate.spec.judge
+        """The gate's judge: the operator's judge it names, else the served base model."""
+        endpoint = self._judges.get(gate.spec.judge) if gate.spec.judge is not None else None
         if not gate.spec.uses_judge:
             yield None
         elif endpoint is not None:

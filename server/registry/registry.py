@@ -30,7 +30,7 @@ import itertools
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from typing import Any
 from ..engine.base import Engine
 from ..errors import ModelNotFound
 from ..evaluation.gate import GateOutcome
+from ..evaluation.judge import JudgeEndpoint
 from .addressing import KeptVersions, split_address
 from .base_model import BaseModelSpec
 from .gating import GateRunner
@@ -88,6 +89,7 @@ class AdapterRegistry:
         base_spec: BaseModelSpec | None = None,
         hooks: RegistryHooks | None = None,
         gate_timeout: float = 600.0,
+        judges: Mapping[str, JudgeEndpoint] | None = None,
     ) -> None:
         self._engine = engine
         self.base_model_id = base_model_id
@@ -98,7 +100,7 @@ class AdapterRegistry:
         self._hooks = hooks or RegistryHooks()
         self._residency = Residency(engine, max_loaded, self._hooks.loaded)
         self.rollouts = Rollouts(self, self._hooks.split_aborted)
-        self._gates = GateRunner(engine, self._residency, base_model_id, timeout_cap=gate_timeout)
+        self._gates = GateRunner(engine, self._residency, base_model_id, timeout_cap=gate_timeout, judges=judges)
         self._entries: dict[str, AdapterEntry] = {}
         self._ids = itertools.count(1)
         self._kept = KeptVersions(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def fake_judge(received: list[dict], garbage: bool = False) -> FastAPI:  # type:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> dict:  # type: ignore[type-arg]
         body = await request.json()
-        received.append(body)
+        received.append({**body, "_authorization": request.headers.get("authorization")})
         answer = body["messages"][-1]["content"].rsplit("The answer to judge:\n", 1)[-1]
         good = "99" in answer
         verdict = {
@@ -91,3 +92,33 @@ def test_a_rubric_file(tmp_path: Path) -> None:
     path.write_text('{"criteria": [{"name": "bad name", "max": 0}]}')
     with pytest.raises(RubricError):
         load_rubric(path)
+
+
+def test_the_operators_judges_file_reads_each_key_from_its_environment_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.evaluation.judge import JudgesConfigError, load_judges
+
+    monkeypatch.setenv("TEST_JUDGE_KEY", "s3cret")
+    path = tmp_path / "judges.json"
+    path.write_text(
+        json.dumps(
+            {"qwen-max": {"url": "https://judge.example/v1", "model": "qwen-max", "api_key_env": "TEST_JUDGE_KEY"}}
+        )
+    )
+    judges = load_judges(path)
+    assert judges["qwen-max"].api_key == "s3cret" and "s3cret" not in repr(judges)
+    assert load_judges(None) == {}
+    for bad, message in [
+        (
+            {"qwen": {"url": "https://j/v1", "model": "m", "api_key_env": "UNSET_JUDGE_KEY"}},
+            "'UNSET_JUDGE_KEY' is not set",
+        ),
+        ({"qwen": {"url": "file:///etc/passwd", "model": "m"}}, "url must be an http(s) URL"),
+        ({"../x": {"url": "https://j/v1", "model": "m"}}, "a name is 1-64"),
+        ({"qwen": {"url": "https://j/v1", "model": "m", "api_key": "inline"}}, "expected the keys"),
+        ([], "expected"),
+    ]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(JudgesConfigError, match=re.escape(message)):
+            load_judges(path)

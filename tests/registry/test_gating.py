@@ -91,21 +91,56 @@ def test_a_passing_gate_serves_and_a_failing_one_is_rejected_while_the_old_versi
     assert metric_value(metrics, "lora_gateway_adapters_rejected_total", reason="eval_gate_failed") == 1
 
 
-def test_the_judge_a_gate_names_scores_it_and_a_gate_that_runs_out_of_time_rejects(
+def test_the_operators_judge_a_gate_names_scores_it_with_the_operators_key(
+    base_model: Path, trained_adapters: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An eval.json names a judge; the URL and the key are the operator's (``--judges``). A file that
+    gives an endpoint of its own (the attack: the admin key sent to a URL of its choosing) is refused
+    before anything is asked, and a name the operator did not configure fails the gate unasked."""
+    from server.app import create_app
+
+    received: list[dict] = []  # type: ignore[type-arg]
+    monkeypatch.setenv("GATE_TEST_JUDGE_KEY", "judge-secret")
+    directory = tmp_path / "adapters"
+    directory.mkdir()
+    with running_server(fake_judge(received)) as judge:
+        judges = tmp_path / "judges.json"
+        entry = {"url": f"{judge}/v1", "model": "fake", "api_key_env": "GATE_TEST_JUDGE_KEY"}
+        down = {"url": "http://127.0.0.1:9/v1", "model": "down"}  # nothing listens on the discard port
+        judges.write_text(json.dumps({"house-judge": entry, "down": down}))
+        settings = make_settings(base_model, directory, admin_key="gate-admin", judges=judges)
+        with running_server(create_app(settings)) as url:
+            spec = {"min": {"judge": 8.0}, "judge": "house-judge"}
+            publish_adapter(with_gate(trained_adapters["alpha"], tmp_path / "judged", spec), "judged", directory)
+            attack = {
+                "min": {"judge": 0},
+                "judge": {"url": f"{judge}/v1", "model": "x", "api_key_env": "GATE_TEST_JUDGE_KEY"},
+            }
+            publish_adapter(with_gate(trained_adapters["alpha"], tmp_path / "attack", attack), "attack", directory)
+            unknown = {"min": {"judge": 0}, "judge": "elsewhere"}
+            publish_adapter(with_gate(trained_adapters["alpha"], tmp_path / "unknown", unknown), "unknown", directory)
+            failing = {"min": {"judge": 0}, "judge": "down"}
+            publish_adapter(with_gate(trained_adapters["alpha"], tmp_path / "failing", failing), "failing", directory)
+            for name in ("judged", "attack", "unknown", "failing"):
+                wait_for(lambda name=name: view(url, name).get("state") == "rejected", timeout=60)
+            judged, attacked, unnamed, failed = (view(url, n) for n in ("judged", "attack", "unknown", "failing"))
+    run = judged["last_gate_run"]
+    assert run["scores"] == {"judge": 5.0} and run["failures"] == ["judge 5.000 < 8"]  # no "99": the fake's 5
+    assert len(received) == 1 and received[0]["model"] == "fake"  # only the named judge was asked
+    assert received[0]["_authorization"] == "Bearer judge-secret"
+    assert ANSWERS["alpha"] in received[0]["messages"][-1]["content"]  # it judged the candidate's answer
+    assert attacked["rejected"]["reason"] == "bad_eval_spec" and "never an endpoint" in attacked["rejected"]["message"]
+    assert unnamed["last_gate_run"]["failures"] == [
+        "its judge 'elsewhere' is not one of this gateway's judges (down, house-judge)"
+    ]
+    # a judge that fails fails the gate, even with a floor of 0
+    assert failed["last_gate_run"]["failures"] == ["the judge failed on 1 of 1 answers"]
+
+
+def test_a_gate_that_runs_out_of_time_rejects(
     live: tuple[str, Path], trained_adapters: dict[str, Path], tmp_path: Path
 ) -> None:
     url, directory = live
-    received: list[dict] = []  # type: ignore[type-arg]
-    with running_server(fake_judge(received)) as judge:
-        spec = {"min": {"judge": 8.0}, "judge": {"url": f"{judge}/v1", "model": "fake"}}
-        publish_adapter(with_gate(trained_adapters["alpha"], tmp_path / "judged", spec), "judged", directory)
-        wait_for(lambda: "rejected" in view(url, "judged") and view(url, "judged")["rejected"], timeout=60)
-    run = view(url, "judged")["last_gate_run"]
-    assert run["scores"] == {"judge": 5.0} and run["failures"] == ["judge 5.000 < 8"]  # no "99": the fake's 5
-    assert len(received) == 1 and received[0]["model"] == "fake"
-    assert ANSWERS["alpha"] in received[0]["messages"][-1]["content"]  # it judged the candidate's answer
-    assert view(url, "judged")["state"] == "rejected"  # never served: no earlier version
-
     slow = {"min": {"exact": 1.0}, "timeout_s": 0.001}
     publish_adapter(with_gate(trained_adapters["alpha"], tmp_path / "slow", slow), "slow", directory)
     wait_for(lambda: view(url, "slow").get("state") == "rejected", timeout=60)
