@@ -8,6 +8,7 @@ Here both the size and the depth failures are a ``ValueError`` with a message a 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -56,3 +57,43 @@ def read_adapter_json(adapter_dir: Path, name: str, model: type[M], *, max_bytes
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "the file"
         raise AdapterRejected(reason, f"{where}: {field}: {first['msg']}.") from None
+
+
+# A ``\\uD800``-``\\uDFFF`` escape (either case): the only way a lone surrogate gets into parsed JSON.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def lone_surrogate_at(raw: bytes) -> str | None:
+    """The dotted path of the first string (value or key) in the JSON ``raw`` holding a lone
+    surrogate, "" for the document itself, or None when there is none (or ``raw`` is not JSON:
+    its parser says so). Python's decoder accepts ``"\\ud800"``, which no UTF-8 encoder, database
+    or tokenizer can take later; the bytes are searched first, so a clean body is never parsed here."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return None
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[str, object]] = [("", document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if not _encodable(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                where = f"{path}.{key}" if path else str(key)
+                if not _encodable(key):
+                    return path
+                stack.append((where, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.[{i}]" if path else f"[{i}]", item) for i, item in enumerate(value))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

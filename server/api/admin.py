@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidRequest, ModelNotFound, PermissionDenied
 from ..gateway import Gateway
+from ..jsonbounds import JSONRefused, loads_bounded
 from ..registry.history import describe as describe_version
 from ..registry.history import history
 from ..registry.names import is_valid_name
@@ -183,9 +184,9 @@ async def set_split(name: str, request: Request, gateway: GatewayDep) -> dict[st
     if not is_valid_name(name):
         raise InvalidRequest(f"{name!r} is not a valid adapter name.", param="name")
     try:
-        raw = await request.json()
-    except ValueError:
-        raise InvalidRequest("The body must be a JSON object.", code="bad_split") from None
+        raw = loads_bounded(await request.body(), max_bytes=64 * 1024, what="The body")
+    except JSONRefused as exc:
+        raise InvalidRequest(f"{exc}; it must be a JSON object.", code="bad_split") from None
     described = describe(gateway, await gateway.registry.rollouts.set_split(name, raw))
     await audit(request, "split.set", name, split=described["split"])
     return described

@@ -83,7 +83,7 @@ async def chat_request(request: Request) -> ChatCompletionRequest:
         if errors[0]["type"] == "json_invalid":
             try:
                 parsed = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
                 pass
             else:
                 try:

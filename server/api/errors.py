@@ -98,6 +98,8 @@ class ErrorResponder:
             error = exc
         elif isinstance(exc, RequestValidationError):
             error = from_validation_error(exc)
+        elif isinstance(exc, RecursionError):  # a body nested past Python's stack (FastAPI's json.loads)
+            error = InvalidRequest("The JSON body is nested too deeply.", code="invalid_json")
         elif isinstance(exc, StarletteHTTPException):
             if exc.status_code == 404:
                 error = NotFound(f"Unknown route: {method} {path}")

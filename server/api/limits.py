@@ -1,4 +1,4 @@
-"""ASGI middleware that must see every request: the body limit."""
+"""ASGI middleware that must see every request: the body limit, and text a UTF-8 encoder can take."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import GatewayError, RequestTimeout, RequestTooLarge
+from ..errors import GatewayError, InvalidRequest, RequestTimeout, RequestTooLarge
+from ..jsonbounds import lone_surrogate_at
 from .errors import error_response
 
 
@@ -17,7 +18,9 @@ class BodyLimitMiddleware:
     or one sent a byte at a time, would otherwise hold a connection and a task forever).
 
     The body is read here (bounded by the limit) and replayed to the app, so a chunked upload
-    cannot get past the check by omitting Content-Length.
+    cannot get past the check by omitting Content-Length. Here too, for every route at once, a JSON
+    string holding a lone surrogate (``"\\ud800"``: valid JSON, not valid text) is a 400 naming the
+    field: let through, it fails later, where one bad row can take others with it (a batch insert).
     """
 
     def __init__(
@@ -52,6 +55,12 @@ class BodyLimitMiddleware:
         if len(body) > self.max_bytes:
             await self._reject(scope, receive, send)
             return
+        bad_text = lone_surrogate_at(body)
+        if bad_text is not None:
+            field = bad_text or "body"
+            refusal = InvalidRequest(f"'{field}' is not valid Unicode text (it holds a lone surrogate).", param=field)
+            await self._refuse(refusal, scope, receive, send, close=False)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -81,7 +90,9 @@ class BodyLimitMiddleware:
         error = RequestTooLarge(f"Request body exceeds the limit of {self.max_bytes} bytes.")
         await self._refuse(error, scope, receive, send)
 
-    async def _refuse(self, error: GatewayError, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(
+        self, error: GatewayError, scope: Scope, receive: Receive, send: Send, *, close: bool = True
+    ) -> None:
         if self.refused is not None:
             self.refused(scope["path"], error)
-        await error_response(error, close=True)(scope, receive, send)
+        await error_response(error, close=close)(scope, receive, send)

@@ -23,6 +23,7 @@ from pydantic import (
 
 from .. import __version__
 from ..errors import InvalidRequest, UnsupportedParameter
+from .schema_limits import check_schemas
 
 # Identifies the serving stack, as OpenAI's fingerprint identifies its backend configuration.
 SYSTEM_FINGERPRINT = f"lora-gateway-{__version__}"
@@ -42,6 +43,7 @@ class TextContentPart(_Strict):
     text: str
 
 
+Identifier = Annotated[str, Field(max_length=256)]  # ids and user names: stored and logged, so bounded
 FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 
 
@@ -53,7 +55,7 @@ class FunctionCall(_Strict):
 class ToolCall(_Strict):
     """An assistant's call of a function tool, in a history message or in a response."""
 
-    id: str
+    id: Identifier
     type: Literal["function"] = "function"
     function: FunctionCall
 
@@ -63,10 +65,10 @@ class ChatMessage(_Strict):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContentPart] | None = None
-    name: str | None = None
+    name: Identifier | None = None
     refusal: str | None = None  # assistant history only
     tool_calls: list[ToolCall] | None = None  # assistant history only
-    tool_call_id: str | None = None  # tool messages: the call this message answers
+    tool_call_id: Identifier | None = None  # tool messages: the call this message answers
     function_call: dict[str, Any] | None = None  # deprecated by OpenAI: refused below
 
     def text(self) -> str:
@@ -131,7 +133,7 @@ class ChatCompletionRequest(_Strict):
     """``POST /v1/chat/completions`` body. Ranges are OpenAI's."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=256)
     # One tier here: "auto" and "default" are honoured as what this server does; others are refused.
     service_tier: str | None = None
     # Completions are never stored: store=true is refused, and so is metadata (which OpenAI keeps
@@ -139,9 +141,9 @@ class ChatCompletionRequest(_Strict):
     store: bool | None = None
     metadata: dict[str, str] | None = None
     # Accepted and without effect on generation (identifiers for OpenAI's abuse and cache systems).
-    user: str | None = None
-    safety_identifier: str | None = None
-    prompt_cache_key: str | None = None
+    user: Identifier | None = None
+    safety_identifier: Identifier | None = None
+    prompt_cache_key: Identifier | None = None
     prompt_cache_retention: str | None = None
     # Generation controls we implement.
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -259,6 +261,7 @@ def _check_tools(request: ChatCompletionRequest) -> None:
     names = [tool.function.name for tool in request.tools or ()]
     if len(set(names)) != len(names):
         raise InvalidRequest("`tools` holds two functions with the same name.", param="tools")
+    schemas: list[tuple[str, Any]] = []
     for k, tool in enumerate(request.tools or ()):
         parameters = tool.function.parameters
         if parameters is not None and parameters.get("type", "object") != "object":
@@ -266,6 +269,8 @@ def _check_tools(request: ChatCompletionRequest) -> None:
                 f"tools[{k}].function.parameters must be a JSON schema of type 'object'.",
                 param=f"tools.[{k}].function.parameters",
             )
+        if parameters is not None:
+            schemas.append((f"tools.[{k}].function.parameters", parameters))
     if not names:
         for field in ("tool_choice", "parallel_tool_calls"):
             if getattr(request, field) not in (None, "none"):  # "none" without tools changes nothing
@@ -282,6 +287,9 @@ def _check_tools(request: ChatCompletionRequest) -> None:
             "response_format.json_schema.schema is required: the JSON schema the output must follow.",
             param="response_format.json_schema.schema",
         )
+    if isinstance(response_format, ResponseFormatJsonSchema):
+        schemas.append(("response_format.json_schema.schema", response_format.json_schema.schema_))
+    check_schemas(schemas)
     constrained_output = response_format is not None and response_format.type != "text"
     if constrained_output and names and choice != "none":
         raise UnsupportedParameter(

@@ -21,13 +21,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import Integer, cast, delete, func, insert, select
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from ..database import open_engine
+from ..errors import first_line
 from .schema import conversations, feedback, playground_ratings
 
 logger = logging.getLogger(__name__)
 
 _MAX_PENDING = 10_000
+_UNREACHABLE = (OperationalError, InterfaceError, DisconnectionError)  # the database, not a row
 _BATCH_WAIT_S = 0.05
 
 
@@ -74,6 +77,7 @@ class FeedbackStore:
         self.retention_s = retention_days * 86400
         self.engine = open_engine(url)
         self.dropped = 0  # captures dropped because the database could not keep up
+        self.refused = 0  # captures the database refused, one by one (the others in their batch stored)
         self._pending: list[dict[str, Any]] = []
         self._lock = threading.Lock()  # guards _pending
         self._flushing = threading.Lock()  # one batch insert at a time, in capture order
@@ -100,13 +104,47 @@ class FeedbackStore:
         self._wake.set()
 
     def flush(self) -> None:
-        """Insert every pending conversation now (the writer does so within 50 ms anyway)."""
+        """Insert every pending conversation now (the writer does so within 50 ms anyway).
+
+        One transaction for the batch; if it fails, row by row, so a row the database refuses (bad
+        text, a duplicate id) is dropped alone and logged, never with the others. While the database
+        itself is unreachable the rows go back to the queue (bounded) for the writer to retry."""
         with self._flushing:
             with self._lock:
                 rows, self._pending = self._pending, []
-            if rows:
+            if not rows:
+                return
+            try:
                 with self.engine.begin() as connection:
                     connection.execute(insert(conversations), rows)
+                return
+            except _UNREACHABLE:
+                self._requeue(rows)
+                raise
+            except Exception:  # some row is bad (a driver's own error, too: UnicodeEncodeError): find it
+                pass
+            for i, row in enumerate(rows):
+                try:
+                    with self.engine.begin() as connection:
+                        connection.execute(insert(conversations), [row])
+                except _UNREACHABLE:
+                    self._requeue(rows[i:])
+                    raise
+                except Exception as exc:
+                    self.refused += 1
+                    logger.error(
+                        "feedback store: conversation %s not stored (%s); the others were",
+                        row.get("completion_id"),
+                        first_line(exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc),
+                    )
+
+    def _requeue(self, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._pending[:0] = rows
+            overflow = len(self._pending) - _MAX_PENDING
+            if overflow > 0:
+                del self._pending[:overflow]
+                self.dropped += overflow
 
     def add(self, completion_id: str, rating: Rating) -> Stored:
         """Store ``rating`` for a captured completion; ``LookupError`` when there is none (never

@@ -22,6 +22,7 @@ from .store import StoredVersion, VersionStore
 
 MIN_PREFIX = 6  # hex digits of a sha256 prefix, so a version number is never read as one
 _HEX = re.compile(r"[0-9a-f]+")
+_DECIMAL = re.compile(r"[0-9]+")  # ASCII: str.isdigit() also holds for "²", which int() refuses
 
 
 def split_address(model: str) -> tuple[str, str | None]:
@@ -32,7 +33,7 @@ def split_address(model: str) -> tuple[str, str | None]:
 
 def matches(number: int, sha256: str, ref: str) -> bool:
     ref = ref.lower()
-    if ref.isdigit() and len(ref) < MIN_PREFIX:
+    if _DECIMAL.fullmatch(ref) and len(ref) < MIN_PREFIX:
         return number == int(ref)
     return len(ref) >= MIN_PREFIX and bool(_HEX.fullmatch(ref)) and sha256.startswith(ref)
 

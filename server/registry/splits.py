@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -202,7 +204,7 @@ def parse_split(raw: object, where: str) -> SplitSpec:
             raise bad(f'"versions" must map 2 to {_MAX_VARIANTS} version numbers to percentages.')
         pairs = []
         for key, share in versions.items():
-            if not str(key).isdigit() or int(key) < 1:
+            if not isinstance(key, str) or not _VERSION_NUMBER.fullmatch(key):
                 raise bad(f"{key!r} is not a version number.")
             if not _is_int(share) or not 0 <= share <= 100:
                 raise bad(f"the share of version {key} must be a whole percentage 0-100, not {share!r}.")
@@ -218,7 +220,7 @@ def parse_split(raw: object, where: str) -> SplitSpec:
     if salt is not None and (not isinstance(salt, str) or not 0 < len(salt) <= 64):
         raise bad('"salt" must be a short string.')
     created = raw.get("created")
-    if created is not None and not isinstance(created, (int, float)):
+    if created is not None and (not _is_number(created) or not 0 <= created < 1e11):
         raise bad('"created" must be a time in seconds.')
     return SplitSpec(weights, canary, baseline, salt, created, _auto_abort(raw.get("auto_abort"), bad))
 
@@ -262,13 +264,13 @@ def _auto_abort(raw: object, bad: Any) -> AutoAbort | None:
     rates = {}
     for key in ("max_error_rate", "max_negative_rate"):
         value = raw.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or not 0 <= value <= 1):
+        if value is not None and (not _is_number(value) or not 0 <= value <= 1):
             raise bad(f'"auto_abort.{key}" must be a fraction between 0 and 1.')
         rates[key] = None if value is None else float(value)
     if rates["max_error_rate"] is None and rates["max_negative_rate"] is None:
         raise bad('"auto_abort" needs max_error_rate or max_negative_rate.')
     window, events = raw.get("window_s", 300), raw.get("min_events", 20)
-    if not isinstance(window, (int, float)) or not 1 <= window <= 7 * 86400:
+    if not _is_number(window) or not 1 <= window <= 7 * 86400:
         raise bad('"auto_abort.window_s" must be between 1 second and 7 days.')
     if not _is_int(events) or events < 1:
         raise bad('"auto_abort.min_events" must be a positive whole number.')
@@ -277,3 +279,11 @@ def _auto_abort(raw: object, bad: Any) -> AutoAbort | None:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float (JSON's NaN and Infinity, which Python reads, are not numbers here)."""
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)  # type: ignore[arg-type]
+
+
+_VERSION_NUMBER = re.compile(r"[1-9][0-9]{0,8}")  # ASCII digits only: int("²") fails and int("٣") is 3

@@ -15,7 +15,7 @@ Positive = Annotated[int, Field(ge=1)]
 class KeyLimits(BaseModel):
     """Every field optional: on update, only what is given changes (``null`` removes a limit)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     models: list[Annotated[str, StringConstraints(max_length=64)]] | None = Field(
         default=None, description='Adapter names and globs the key may use ("*": every adapter).', max_length=256
@@ -26,7 +26,14 @@ class KeyLimits(BaseModel):
     tokens_per_day: Positive | None = None
     tokens_per_month: Positive | None = None
     max_concurrent: Positive | None = None
-    expires: float | None = Field(default=None, description="UNIX time after which the key is refused.")
+    expires: float | None = Field(default=None, lt=1e11, description="UNIX time after which the key is refused.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _a_list(cls, value: object) -> object:
+        if value is None:  # an empty scope is a key that can use no adapter: say ["*"] or a list, never null
+            raise ValueError('give a list of adapter names or globs (["*"]: every adapter)')
+        return value
 
     @field_validator("models")
     @classmethod

@@ -205,3 +205,96 @@ def _send(fuzz_url: str, body: dict[str, Any]) -> int:
     else:
         assert json.loads(text)["object"] == "chat.completion"
     return response.status_code
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def _schema_format(schema: Any) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+
+def _string_bound(value: Any) -> dict[str, Any]:
+    return _schema_format({"type": "object", "properties": {"a": {"type": "string", "minLength": value}}})
+
+
+_CHAT = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+_DEEP_JSON = b'{"model": "alpha", "messages": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+# Each once answered a 5xx (or was taken without a word); each must be a 4xx naming its field.
+_ODD_VALUES: list[tuple[str, str, bytes, str | None]] = [
+    ("POST", "/v1/chat/completions", _dumps({**_CHAT, "model": "alpha@²"}), "model"),
+    ("POST", "/v1/chat/completions", _DEEP_JSON, None),
+    ("PUT", "/v1/adapters/alpha/split", b'{"versions": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", None),
+    ("PUT", "/v1/adapters/alpha/split", _dumps({"versions": {"1": 50, "²": 50}}), "split"),
+    ("PUT", "/v1/adapters/alpha/split", _dumps({"canary": 10, "created": float("nan")}), "split"),
+    ("POST", "/v1/chat/completions", _dumps({**_CHAT, "response_format": _schema_format(_nested(250))}), "schema"),
+    *(
+        ("POST", "/v1/chat/completions", _dumps({**_CHAT, "response_format": _string_bound(v)}), "minLength")
+        for v in (None, "3", [1], float("nan"), float("inf"))
+    ),
+    (
+        "POST",
+        "/v1/chat/completions",
+        _dumps({**_CHAT, "response_format": _schema_format({"enum": list(range(20_000))})}),
+        "schema",
+    ),
+    *(
+        ("POST", "/v1/chat/completions", _dumps({**_CHAT, field: "\ud800"}), field)
+        for field in ("user", "safety_identifier")
+    ),
+    (
+        "POST",
+        "/v1/chat/completions",
+        _dumps({**_CHAT, "tools": [{"type": "function", "function": {"name": "f", "description": "\udc00"}}]}),
+        "tools.[0].function.description",
+    ),
+    (
+        "POST",
+        "/v1/chat/completions",
+        _dumps(
+            {
+                **_CHAT,
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"a": {"type": "string", "description": "x\ud800"}},
+                            },
+                        },
+                    }
+                ],
+            }
+        ),
+        "tools.[0].function.parameters.properties.a.description",
+    ),
+    *(
+        ("POST", "/v1/keys", f'{{"name": "k", "expires": {v}}}'.encode(), "expires")
+        for v in ("NaN", "1e999", "Infinity")
+    ),
+    ("PATCH", "/v1/keys/nobody", _dumps({"models": None}), "models"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "param"),
+    _ODD_VALUES,
+    ids=[f"{m} {p} #{i}" for i, (m, p, _, _) in enumerate(_ODD_VALUES)],
+)
+def test_odd_values_are_a_4xx_naming_the_field(
+    fuzz_url: str, method: str, path: str, body: bytes, param: str | None
+) -> None:
+    response = httpx.request(
+        method, f"{fuzz_url}{path}", content=body, headers={"Content-Type": "application/json", **ADMIN}, timeout=60
+    )
+    assert 400 <= response.status_code < 500, response.text[:300]
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    if param is not None:
+        assert param in f"{error['param']} {error['message']}", error

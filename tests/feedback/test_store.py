@@ -86,6 +86,21 @@ def test_sqlite(tmp_path: Path) -> None:
         reopened.close()
 
 
+def test_a_row_the_database_refuses_is_dropped_alone_and_the_rest_of_its_batch_is_stored(tmp_path: Path) -> None:
+    """A lone surrogate (which the edge refuses; here it is put in directly) used to fail the batch
+    insert and take every other conversation in the batch with it."""
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
+    try:
+        store.capture(conversation("before"))
+        store.capture(conversation("bad", end_user="\ud800"))
+        store.capture(conversation("after"))
+        store.flush()
+        assert store.conversation("before") is not None and store.conversation("after") is not None
+        assert store.conversation("bad") is None and store.refused == 1
+    finally:
+        store.close()
+
+
 def test_periods_are_parsed_or_refused() -> None:
     assert parse_since("7d", 1_000_000) == 1_000_000 - 7 * 86400 and parse_since("30m", 100) == 100 - 1800
     for bad in ("7", "d", "-1d", "7y", ""):

@@ -45,6 +45,11 @@ def test_assignment_is_sticky_and_follows_the_shares() -> None:
         ({"versions": {"1": 90, "2": 10}, "auto_abort": {}}, "needs max_error_rate"),
         ({"versions": {"1": 90, "2": 10}, "shares": 1}, "unknown fields"),
         ([1, 2], "JSON object"),
+        ({"versions": {"1": 50, "²": 50}}, "not a version number"),  # isdigit() holds, int() fails
+        ({"versions": {"1": 50, "٣": 50}}, "not a version number"),  # int() reads it as 3
+        ({"versions": {"1": 90, "2": 10}, "created": float("nan")}, "a time in seconds"),
+        ({"versions": {"1": 90, "2": 10}, "created": float("inf")}, "a time in seconds"),
+        ({"versions": {"1": 90, "2": 10}, "auto_abort": {"max_error_rate": float("nan")}}, "a fraction"),
     ],
 )
 def test_bad_splits_say_what_is_wrong(raw: object, why: str) -> None:
