@@ -55,6 +55,7 @@ def build_engine(settings: Settings) -> Engine:
             allow_long_context=settings.allow_long_context,
             max_queued=settings.max_queued_requests,
             fair_admission=settings.fair_admission,
+            grammar_timeout=settings.grammar_timeout,
         )
     if settings.engine == "vllm":
         from .engine.vllm_engine import VllmEngine, VllmOptions

@@ -4,17 +4,20 @@ Ctrl-C (or SIGTERM from systemd, Docker, Kubernetes) stops accepting connections
 requests in flight ``--shutdown-timeout`` seconds to finish. Past that, every stream still running
 ends with an OpenAI error event and ``[DONE]`` (a non-streaming request gets a 503), so clients see
 a clean, retryable failure rather than a cut connection; then the process exits. A second Ctrl-C
-exits at once, quietly. A failed start-up ends the process with status 1 and one line.
+exits at once, quietly, once the captured conversations and usage counts still in memory are
+written (bounded: ``_SAVE_S``). A failed start-up ends the process with status 1 and one line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
 import signal
 import sys
+import threading
 from types import FrameType
 from typing import Any
 
@@ -26,6 +29,7 @@ from .gateway import Gateway
 logger = logging.getLogger(__name__)
 # uvicorn's own deadline, past ours: it cancels whatever did not end by then (a stalled engine).
 _BACKSTOP_S = 5.0
+_SAVE_S = 3.0  # what a second signal still waits for the pending rows to be written
 
 
 class GatewayServer(uvicorn.Server):
@@ -42,7 +46,8 @@ class GatewayServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit:  # the second signal: no more waiting, and no tracebacks
-            os.write(2, b"\nlora-gateway: stopped at once\n")
+            saved = save_pending(self.gateway, _SAVE_S)
+            os.write(2, b"\nlora-gateway: stopped at once" + (b"" if saved else b" (pending rows not saved)") + b"\n")
             os._exit(130 if sig == signal.SIGINT else 143)
         super().handle_exit(sig, frame)
         self.begin_shutdown()
@@ -63,6 +68,23 @@ class GatewayServer(uvicorn.Server):
 
     def _fatal(self, message: str) -> None:
         self.should_exit = True
+
+
+def save_pending(gateway: Gateway, timeout: float) -> bool:
+    """Write the conversations and usage counts held in memory, within ``timeout`` seconds (on a
+    thread of its own: the signal may have interrupted the thread that holds a store's lock).
+    True when everything was written."""
+    done = threading.Event()
+
+    def save() -> None:
+        with contextlib.suppress(Exception):
+            if gateway.feedback is not None:
+                gateway.feedback.flush()
+            gateway.tenancy.usage.flush()
+            done.set()
+
+    threading.Thread(target=save, name="save-pending", daemon=True).start()
+    return done.wait(timeout)
 
 
 def uvicorn_config(gateway_app: Any, *, host: str, port: int, log_level: str) -> uvicorn.Config:

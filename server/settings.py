@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         description="Admit waiting requests fairly between tenants and models, one batch slot kept for a newcomer, "
         "whose prefill goes alone and whose first text goes first (off: first come, first served).",
     )
+    grammar_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a request's JSON schema or tools may take to compile into a grammar (local engine); "
+        "longer: 400 grammar_too_complex.",
+    )
     max_model_len: int | None = Field(
         default=None, ge=16, description="Context window, prompt + completion (default: the model's)."
     )

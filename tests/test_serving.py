@@ -140,3 +140,27 @@ def test_a_second_ctrl_c_exits_at_once_and_quietly(base_model: Path, shared_adap
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_a_second_signal_still_writes_the_usage_and_conversations_held_in_memory(tmp_path: Path) -> None:
+    """``save_pending`` is what the second Ctrl-C runs before exiting: rows that the writers would
+    have written within a second are not lost with the process."""
+    from types import SimpleNamespace
+
+    from server.database import open_engine
+    from server.feedback import Conversation, FeedbackStore
+    from server.serving import save_pending
+    from server.tenancy.usage import UsageLog
+
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    usage, feedback = UsageLog(open_engine(url)), FeedbackStore(url)
+    try:
+        usage.record("key1", "shop", "alpha", 10, 5, False)
+        feedback.capture(Conversation("chatcmpl-1", "alpha", "alpha", 1, "ab" * 32, None, "api", [], "an answer"))
+        gateway = SimpleNamespace(feedback=feedback, tenancy=SimpleNamespace(usage=usage))
+        assert save_pending(gateway, 5.0) is True  # type: ignore[arg-type]
+        assert [(row.tenant, row.requests) for row in usage.report()] == [("shop", 1)]
+        assert feedback.conversation("chatcmpl-1") is not None
+    finally:
+        usage.close()
+        feedback.close()

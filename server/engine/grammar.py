@@ -16,20 +16,27 @@ engines constrain identically.
 
 Whitespace inside JSON is capped (``MAX_WHITESPACE``) so a model cannot spend its budget on
 indentation. The embedded engine compiles off the event loop and off its worker thread (the other
-rows keep decoding), and caches per grammar: a schema used again costs a dictionary lookup.
+rows keep decoding), on a thread of its own: never the pool the gateway's bookkeeping (feedback,
+keys, adapter loads) runs on, so abandoned compiles cannot starve it. At most
+``MAX_WAITING_COMPILES`` wait (then 503), a compile that has not started is dropped when its
+client goes away, and one that runs past ``--grammar-timeout`` is a 400 (it finishes in the
+background and is cached, so a retry is quick). The edge (``api.schema_limits``) bounds what a
+schema may hold, so a compile is short. A grammar is cached: a schema used again costs a lookup.
 Constrained output is also kept well-formed UTF-8 (``utf8``), which xgrammar alone does not ensure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, Overloaded
 from .base import GenerationRequest
 from .logprobs import TokenBytes
 from .tool_calls import CLOSE, OPEN
@@ -38,6 +45,7 @@ from .utf8 import ACCEPT, Utf8Masks
 logger = logging.getLogger(__name__)
 
 MAX_WHITESPACE = 2
+MAX_WAITING_COMPILES = 8  # grammars compiling or queued on the engine's compile thread; past it, 503
 _CACHE_SIZE = 256
 _LOCATION = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # xgrammar's "[17:17:28] /project/cpp/x.cc:4944: " prefix
 
@@ -107,10 +115,20 @@ class Grammars:
     """The embedded engine's compiler (one tokenizer), its cache, and per-row matchers."""
 
     def __init__(
-        self, tokenizer: Any, vocab_size: int, stop_ids: list[int], token_bytes: TokenBytes | None = None
+        self,
+        tokenizer: Any,
+        vocab_size: int,
+        stop_ids: list[int],
+        token_bytes: TokenBytes | None = None,
+        *,
+        timeout: float = 10.0,
     ) -> None:
         import xgrammar as xgr
 
+        self.timeout = timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-compile")
+        self._in_flight = 0  # submitted and not finished (running, queued, or cancelled but running)
+        self._counting = threading.Lock()
         self._xgr = xgr
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_ids)
         self._compiler = xgr.GrammarCompiler(info, max_threads=1)
@@ -120,8 +138,46 @@ class Grammars:
         token_bytes = token_bytes or TokenBytes(tokenizer)
         self.utf8 = Utf8Masks(token_bytes.uncached, len(tokenizer), vocab_size)
 
+    async def compiled(self, request: GenerationRequest) -> Any | None:
+        """The compiled grammar for ``request`` (None: unconstrained), compiled on the compile
+        thread; cancelling the caller (its client went away) drops a compile not yet started."""
+        key = grammar_key(request)
+        if key is None:
+            return None
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        with self._counting:
+            if self._in_flight >= MAX_WAITING_COMPILES:
+                raise Overloaded(
+                    f"{MAX_WAITING_COMPILES} JSON schemas or tool sets are being compiled; retry shortly.",
+                    retry_after=1,
+                )
+            self._in_flight += 1
+        future: Future[Any] = self._executor.submit(self.compile, request)
+        future.add_done_callback(self._finished)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except TimeoutError:
+            param = "response_format.json_schema.schema" if request.output_format is not None else "tools"
+            raise InvalidRequest(
+                f"The grammar for this request did not compile within {self.timeout:g} s; simplify the schema.",
+                param=param,
+                code="grammar_too_complex",
+            ) from None
+
+    def _finished(self, _: Future[Any]) -> None:
+        with self._counting:
+            self._in_flight -= 1
+
+    def close(self) -> None:
+        """Drop queued compiles; a running one ends on its own (the edge keeps it short)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
     def compile(self, request: GenerationRequest) -> Any | None:
-        """The compiled grammar for ``request`` (None: unconstrained). Blocking: call it in a thread."""
+        """The compiled grammar for ``request`` (None: unconstrained). Blocking: ``compiled`` runs
+        it on the compile thread."""
         key = grammar_key(request)
         if key is None:
             return None

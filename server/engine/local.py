@@ -87,8 +87,10 @@ class LocalEngine(Engine):
         max_prefill_tokens: int | None = None,
         max_queued: int = 256,
         fair_admission: bool = True,
+        grammar_timeout: float = 10.0,
     ) -> None:
         self.model_path = model
+        self._grammar_timeout = grammar_timeout
         self._device_setting = device
         self._dtype_setting = dtype
         self.max_batch_size = max_batch_size
@@ -139,6 +141,9 @@ class LocalEngine(Engine):
         with self._lock:
             self._stopping = True
             self._wakeup.notify_all()
+        steps: RowSteps | None = getattr(self, "_steps", None)  # unset when the model never loaded
+        if steps is not None:
+            steps.grammars.close()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
         self._ready = False
@@ -183,7 +188,9 @@ class LocalEngine(Engine):
         self._eos_ids = {int(t) for t in eos if t is not None}
         vocab_size = int(getattr(config, "vocab_size", 0) or len(self._tokenizer))
         token_bytes = TokenBytes(self._tokenizer)
-        grammars = Grammars(self._tokenizer, vocab_size, sorted(self._eos_ids), token_bytes)
+        grammars = Grammars(
+            self._tokenizer, vocab_size, sorted(self._eos_ids), token_bytes, timeout=self._grammar_timeout
+        )
         self._steps = RowSteps(self._tokenizer, self._eos_ids, grammars, token_bytes, self._device)
         logger.info("loaded %s on %s (%s), context %d", self.model_path, self._device, dtype, self.max_model_len)
 
@@ -251,7 +258,7 @@ class LocalEngine(Engine):
         check_context(len(prompt_ids), request.sampling.max_tokens, self.max_model_len or 0)
         grammar = None
         if grammar_key(request) is not None:
-            grammar = await asyncio.to_thread(self._steps.grammars.compile, request)  # the batch keeps decoding
+            grammar = await self._steps.grammars.compiled(request)  # on its own thread: the batch keeps decoding
         peft_name = BASE_ROW
         if request.adapter is not None:
             peft_name = self._adapters.name_of(request.adapter)
