@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -115,7 +116,8 @@ async def admit(
         end_user = body.user or body.safety_identifier or user
         if not principal.may_use(body.model, gateway.base_model_id):
             raise ModelNotFound(body.model)
-        ticket = await gateway.tenancy.admit(principal)
+        cap = default_max_tokens or gateway.settings.default_max_tokens or gateway.engine.max_model_len or 0
+        ticket = await gateway.tenancy.admit(principal, most_tokens(body, cap))
         if ticket is not None:
             scope.callback(ticket.release)
             scope.push_async_callback(_final_charge, ticket, tokens)
@@ -170,6 +172,21 @@ async def admit(
     )
 
 
+_TEMPLATE_TOKENS = 64  # a chat template's own text (Qwen2.5's default system prompt is about 20 tokens)
+_MESSAGE_TOKENS = 8  # each message's role markers
+
+
+def most_tokens(body: ChatCompletionRequest, default_cap: int) -> int:
+    """The most tokens ``body`` may use, reserved against its key's token windows at admission:
+    a byte-level tokenizer (Qwen's, GPT's) never makes more tokens than the text has bytes, so the
+    prompt's bytes plus the template's markers bound its tokens; plus the completion cap for each
+    choice. The real count is settled at the end; the unused rest is given back."""
+    prompt = _TEMPLATE_TOKENS + sum(len(m.text().encode("utf-8")) + _MESSAGE_TOKENS for m in body.messages)
+    for tool in body.tools or ():
+        prompt += len(json.dumps(tool.function.model_dump(exclude_none=True), ensure_ascii=False).encode("utf-8"))
+    return prompt + (body.completion_limit or default_cap) * (body.n or 1)
+
+
 def _spender(gateway: Gateway, principal: Principal, model: str) -> Callable[[int, int, bool], None]:
     """What a finished request tells about its key: usage (database) and per-tenant metrics."""
 
@@ -189,8 +206,9 @@ class _Tokens:
 
 
 async def _final_charge(ticket: Ticket, tokens: _Tokens) -> None:
-    if tokens.observer is not None:
-        await ticket.charge(sum(tokens.observer.tokens), final=True)
+    """Settle the reservation: what was used (nothing, for a request refused after admission)."""
+    used = sum(tokens.observer.tokens) if tokens.observer is not None else 0
+    await ticket.charge(used, final=True)
 
 
 async def _observed(

@@ -6,10 +6,13 @@ that start at a key's first request in them. Where the counters live is ``--limi
 gateway's database, ``window_storage.py``: every process sharing the database shares the windows;
 about a millisecond per check on SQLite, run off the event loop). Concurrency is counted per process.
 
-A request is admitted when its key's request window has room and none of its token windows is
-spent; its tokens (prompt + completion) are charged as they are generated, so a stream that runs
-past a window is stopped by the next request, not cut mid-answer. OpenAI's ``x-ratelimit-*``
-headers describe the minute windows after the request was counted.
+A request is admitted when its key's request window has room and each of its token windows can
+hold the most the request may use (its reservation: the prompt's bytes, which bound its tokens
+for a byte-level tokenizer, plus ``max_tokens`` for each choice), which is counted at once, atomically: 30
+parallel requests cannot all pass a window that holds 5 of them. What it really used is settled at
+the end (the rest given back; a prompt longer than its estimate charged as the tokens come), so a
+stream is never cut mid-answer. OpenAI's ``x-ratelimit-*`` headers describe the minute windows
+after the request was counted.
 """
 
 from __future__ import annotations
@@ -74,9 +77,10 @@ class Limiter:
     async def run(self, call: Callable[[], T]) -> T:
         return await asyncio.to_thread(call) if self.blocking else call()
 
-    def admit(self, key: ApiKey) -> Ticket:
-        """Count one request of ``key``, or raise 429 (``RateLimited``, ``QuotaExceeded``) with
-        ``Retry-After`` and the ``x-ratelimit-*`` headers."""
+    def admit(self, key: ApiKey, reserve: int = 0) -> Ticket:
+        """Count one request of ``key`` and reserve ``reserve`` tokens in each token window, or
+        raise 429 (``RateLimited``, ``QuotaExceeded``) with ``Retry-After`` and the
+        ``x-ratelimit-*`` headers, counting nothing."""
         requests, tokens = _windows(key)
         for window in tokens:
             if not self._strategy.test(window.item, key.id, window.name):
@@ -94,25 +98,45 @@ class Limiter:
         if requests is not None and not self._strategy.hit(requests.item, key.id, requests.name):
             self._release(key)
             raise self._refusal(key, requests)
-        return Ticket(self, key, tokens, self.headers(key))
+        reserved: list[_Window] = []
+        for window in tokens if reserve > 0 else []:
+            reserved.append(window)
+            if not self._strategy.hit(window.item, key.id, window.name, cost=reserve):
+                self.give_back(key, reserved, reserve)
+                if requests is not None:
+                    self.give_back(key, [requests], 1)
+                self._release(key)
+                raise self._refusal(key, window, reserve)
+        return Ticket(self, key, tokens, self.headers(key), charged=reserve if tokens else 0)
 
-    def _refusal(self, key: ApiKey, window: _Window) -> RateLimited:
-        """The 429 for a spent ``window``: a minute limit, or a daily or monthly quota."""
-        wait = self._strategy.get_window_stats(window.item, key.id, window.name).reset_time - time.time()
+    def _refusal(self, key: ApiKey, window: _Window, reserve: int = 0) -> RateLimited:
+        """The 429 for a spent ``window`` (or one without room for ``reserve`` tokens): a minute
+        limit, or a daily or monthly quota."""
+        stats = self._strategy.get_window_stats(window.item, key.id, window.name)
+        wait = stats.reset_time - time.time()
         limit = window.item.amount
         error: RateLimited
+        if reserve > limit:
+            error = RateLimited(
+                f"Request too large for {key.name}: it may use {reserve} tokens (its prompt's bytes plus "
+                f"max_tokens for each choice), above the limit of {limit}; lower max_tokens.",
+                retry_after=wait,
+            )
+            error.headers = self.headers(key)
+            return error
+        needs = f" This request may use {reserve} tokens and {stats.remaining} remain." if reserve else ""
         if window.name in ("requests", "tokens"):
             per = "requests" if window.name == "requests" else "tokens"
             error = RateLimited(
-                f"Rate limit reached for {key.name} on {per} per min: limit {limit}. "
+                f"Rate limit reached for {key.name} on {per} per min: limit {limit}.{needs} "
                 f"Please try again in {duration(wait)}.",
                 retry_after=wait,
             )
         else:
             period = "day" if window.name == "tokens_per_day" else "month"
             error = QuotaExceeded(
-                f"You exceeded the token quota of {key.name} for this {period} ({limit} tokens); "
-                f"it renews in {duration(wait)}.",
+                f"You exceeded the token quota of {key.name} for this {period} ({limit} tokens).{needs} "
+                f"It renews in {duration(wait)}.",
                 retry_after=wait,
             )
         error.headers = self.headers(key)
@@ -133,6 +157,14 @@ class Limiter:
     def charge(self, key: ApiKey, windows: list[_Window], tokens: int) -> None:
         for window in windows:
             self._strategy.hit(window.item, key.id, window.name, cost=tokens)
+
+    def give_back(self, key: ApiKey, windows: list[_Window], tokens: int) -> None:
+        """Return ``tokens`` to each window (a reservation that was not used); never below zero."""
+        for window in windows:
+            storage_key = window.item.key_for(key.id, window.name)
+            left = self.storage.incr(storage_key, window.item.get_expiry(), amount=-tokens)
+            if left < 0:  # the window renewed meanwhile: the reservation was not in it
+                self.storage.incr(storage_key, window.item.get_expiry(), amount=-left)
 
     def _release(self, key: ApiKey) -> None:
         if key.max_concurrent is None:
@@ -155,13 +187,16 @@ class Ticket:
     _released: bool = field(default=False, repr=False)
 
     async def charge(self, total_tokens: int, final: bool = False) -> None:
-        """Bring the charge up to ``total_tokens`` (prompt + completion so far); in steps while
-        streaming, exactly at the end."""
+        """Bring the charge up to ``total_tokens`` (prompt + completion so far): past the
+        reservation in steps while streaming; exactly at the end, the unused rest given back."""
         due = total_tokens - self.charged
-        if due <= 0 or not self.windows or (not final and due < _CHARGE_EVERY):
+        if not self.windows or due == 0 or (not final and due < _CHARGE_EVERY):
             return
         self.charged = total_tokens
-        await self.limiter.run(lambda: self.limiter.charge(self.key, self.windows, due))
+        if due > 0:
+            await self.limiter.run(lambda: self.limiter.charge(self.key, self.windows, due))
+        else:
+            await self.limiter.run(lambda: self.limiter.give_back(self.key, self.windows, -due))
 
     def release(self) -> None:
         if not self._released:

@@ -105,12 +105,13 @@ class Tenancy:
                 logger.exception("reloading API keys failed; keeping the previous set")
             self._rechecked = time.monotonic()
 
-    async def admit(self, principal: Principal) -> Ticket | None:
-        """Count a request against its key's limits (``None``: the key has none)."""
+    async def admit(self, principal: Principal, reserve: int = 0) -> Ticket | None:
+        """Count a request against its key's limits, reserving ``reserve`` tokens (``None``: the
+        key has no limits)."""
         key = principal.key
         if key is None or not key.limited:
             return None
-        return await self.limiter.run(lambda: self.limiter.admit(key))
+        return await self.limiter.run(lambda: self.limiter.admit(key, reserve))
 
     def record(self, principal: Principal, model: str, prompt: int, completion: int, error: bool) -> None:
         self.usage.record(principal.key_id, principal.tenant, model, prompt, completion, error)

@@ -144,13 +144,16 @@ def test_limits_trip_with_openai_errors_and_headers(live: Any) -> None:
 
 def test_a_token_quota_counts_prompt_and_completion(live: Any) -> None:
     url, _ = live
-    key = create(url, name="thrifty", tokens_per_day=30)
+    key = create(url, name="thrifty", tokens_per_day=120)
     shop = client(url, key["secret"])
     first = shop.chat.completions.create(model="alpha", messages=ASK, max_tokens=20, temperature=0)  # type: ignore[arg-type]
-    assert first.usage is not None and first.usage.total_tokens > 30  # one answer spends the day's quota
+    assert first.usage is not None and first.usage.prompt_tokens > 0 and first.usage.completion_tokens > 0
+    # It reserved its maximum (the prompt's bytes, the template, 20) and settled what it used: what
+    # is left no longer holds a second request of that size.
     with pytest.raises(openai.RateLimitError) as refused:
-        shop.chat.completions.create(model="alpha", messages=ASK, max_tokens=2)  # type: ignore[arg-type]
+        shop.chat.completions.create(model="alpha", messages=ASK, max_tokens=20)  # type: ignore[arg-type]
     assert refused.value.code == "insufficient_quota"
+    assert f"{120 - first.usage.total_tokens} remain" in str(refused.value)
     assert int(refused.value.response.headers["retry-after"]) > 3600
 
 
@@ -243,3 +246,28 @@ def test_two_gateway_processes_on_one_sqlite_file_share_limits(base_model: Path,
             )
             statuses.append(response.status_code)
     assert statuses == [200] * 5 + [429] * 3, statuses
+
+
+def test_parallel_requests_cannot_spend_more_than_the_quota(live: Any) -> None:
+    """30 requests at once with max_tokens 50 against 300 tokens a day: each reserves its maximum
+    at admission, so those that run can use no more than the quota (before: all 30 ran, 2,029
+    tokens); what they did not use comes back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = live
+    key = create(url, name="racer", tokens_per_day=600)
+    shop = client(url, key["secret"])
+
+    def one(_: int) -> int:
+        try:
+            answer = shop.chat.completions.create(model="alpha", messages=ASK, max_tokens=50)  # type: ignore[arg-type]
+        except openai.RateLimitError:
+            return 0
+        assert answer.usage is not None
+        return answer.usage.total_tokens
+
+    with ThreadPoolExecutor(30) as pool:
+        used = list(pool.map(one, range(30)))
+    answered = [u for u in used if u]
+    assert answered and len(answered) < 30
+    assert sum(answered) <= 600, used

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,6 +89,49 @@ def test_two_limiters_on_one_database_share_the_windows(tmp_path: Path) -> None:
         with pytest.raises(RateLimited):
             limiter.admit(k)
     assert one.headers(k)["x-ratelimit-remaining-requests"] == "0"
+
+
+@pytest.mark.parametrize("where", ["database", "process"])
+def test_parallel_requests_reserve_their_maximum_so_a_quota_admits_only_what_it_holds(
+    tmp_path: Path, where: str
+) -> None:
+    """30 requests at once, each of which may use 60 tokens, against 330 a day: 5 pass, on one
+    gateway or two sharing a database. Each settles what it really used; the rest comes back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if where == "database":
+        url = f"sqlite:///{tmp_path / 'gateway.db'}"
+        limiters = [Limiter(DatabaseStorage(open_engine(url))), Limiter(DatabaseStorage(open_engine(url)))]
+    else:
+        limiters = [Limiter()]
+    k = key(tokens_per_day=330, tokens_per_minute=1000)
+
+    def one(i: int) -> Any:
+        try:
+            return limiters[i % len(limiters)].admit(k, reserve=60)
+        except RateLimited as refused:  # the quota, or the minute window while others hold reservations
+            return refused
+
+    with ThreadPoolExecutor(30) as pool:
+        outcomes = list(pool.map(one, range(30)))
+    admitted = [o for o in outcomes if not isinstance(o, Exception)]
+    assert len(admitted) == 5
+    refusals = [str(o) for o in outcomes if isinstance(o, RateLimited)]
+    assert len(refusals) == 25 and any("This request may use 60 tokens and" in r for r in refusals), refusals
+    for ticket in admitted:
+        asyncio.run(ticket.charge(40, final=True))  # each used 40 of its 60: 100 come back
+    assert limiters[0].headers(k)["x-ratelimit-remaining-tokens"] == str(1000 - 200)
+    assert len([limiters[0].admit(k, reserve=50), limiters[0].admit(k, reserve=50)]) == 2  # 300 of 330
+    with pytest.raises(QuotaExceeded, match="may use 31 tokens and 30 remain"):
+        limiters[0].admit(k, reserve=31)
+
+
+def test_a_request_larger_than_its_window_is_refused_for_what_it_is() -> None:
+    limiter, k = Limiter(), key(tokens_per_minute=100, requests_per_minute=5)
+    with pytest.raises(RateLimited, match="Request too large for shop-a: it may use 500 tokens"):
+        limiter.admit(k, reserve=500)
+    assert limiter.headers(k)["x-ratelimit-remaining-requests"] == "5"  # nothing was counted
+    assert limiter.headers(k)["x-ratelimit-remaining-tokens"] == "100"
 
 
 @pytest.mark.parametrize("where", ["database", "process"])
