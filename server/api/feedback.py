@@ -15,7 +15,7 @@ from ..feedback import Rating
 from ..feedback.recording import record, store_of
 from ..feedback.report import parse_since, report
 from .admin import require_admin_key
-from .deps import GatewayDep, require_api_key
+from .deps import GatewayDep, PrincipalDep, require_api_key
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 admin = APIRouter(dependencies=[Depends(require_admin_key)])
@@ -45,8 +45,8 @@ def rating_of(body: FeedbackRequest, source: str = "api") -> Rating:
 
 
 @router.post("/v1/feedback")
-async def create_feedback(body: FeedbackRequest, gateway: GatewayDep) -> dict[str, Any]:
-    return await record(gateway, body.completion_id, rating_of(body))
+async def create_feedback(body: FeedbackRequest, gateway: GatewayDep, principal: PrincipalDep) -> dict[str, Any]:
+    return await record(gateway, body.completion_id, rating_of(body), principal)
 
 
 @admin.get("/v1/adapters/{name}/feedback")

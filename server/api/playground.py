@@ -97,10 +97,13 @@ class Ratings(BaseModel):
 
 
 @router.post("/v1/playground/ratings", status_code=201)
-async def save_ratings(body: Ratings, gateway: GatewayDep) -> dict[str, Any]:
-    """Keep each rated answer with the model and the version that wrote it."""
+async def save_ratings(body: Ratings, gateway: GatewayDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Keep each rated answer with the model and the version that wrote it. Scoped like
+    ``/v1/models``: a model outside the key's scope is the same 404 as one that does not exist."""
     registry, records = gateway.registry, []
     for rating in body.ratings:
+        if not principal.may_use(rating.model, registry.base_model_id):
+            raise ModelNotFound(rating.model)
         version = None
         if rating.model != registry.base_model_id:
             name, ref = split_address(rating.model)

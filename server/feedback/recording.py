@@ -11,7 +11,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound
-from .store import FeedbackStore, Rating
+from ..tenancy.service import ANYONE, Principal
+from .store import Conversation, FeedbackStore, Rating
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -26,11 +27,19 @@ def store_of(gateway: Gateway) -> FeedbackStore:
     return gateway.feedback
 
 
-async def record(gateway: Gateway, completion_id: str, rating: Rating) -> dict[str, Any]:
-    """Store ``rating`` of the answer ``completion_id``; ``NotFound`` when that answer is not kept."""
+async def record(gateway: Gateway, completion_id: str, rating: Rating, principal: Principal = ANYONE) -> dict[str, Any]:
+    """Store ``rating`` of the answer ``completion_id``; ``NotFound`` when that answer is not kept,
+    or when ``principal``'s key could not have asked for it (its scope: a key rates, and corrects,
+    only what it could have made; the same 404, so it learns nothing of other tenants' answers).
+    A canary's watch counts one vote per end user and answer: rating one answer twenty times is
+    one opinion."""
     store = store_of(gateway)
+
+    def may_rate(conversation: Conversation) -> bool:
+        return principal.may_use(conversation.model, gateway.base_model_id)
+
     try:
-        stored = await asyncio.to_thread(store.add, completion_id, rating)
+        stored = await asyncio.to_thread(store.add, completion_id, rating, may_rate)
     except LookupError:
         raise NotFound(
             f"No answer with id {completion_id!r} is kept: it was not captured (feedback capture was off, "
@@ -40,7 +49,8 @@ async def record(gateway: Gateway, completion_id: str, rating: Rating) -> dict[s
         ) from None
     conversation = stored.conversation
     entry = gateway.registry.get(conversation.adapter) if conversation.adapter else None
-    if entry is not None and entry.split is not None and conversation.version is not None:
+    counted = stored.first_vote
+    if counted and entry is not None and entry.split is not None and conversation.version is not None:
         gateway.registry.rollouts.watch.feedback(entry.split, conversation.version, rating.negative)
     return {
         "id": f"feedback-{stored.id}",

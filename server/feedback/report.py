@@ -11,13 +11,13 @@ WORST = 5
 
 def report(store: FeedbackStore, adapter: str, *, since: float | None = None, worst: int = WORST) -> dict[str, Any]:
     """``{"adapter", "versions": [{version, answered, feedback, positive, negative, negative_rate,
-    mean_stars}], "worst": [...]}``, newest version first; ``worst`` lists the lowest-rated answers
+    mean_stars, raters}], "worst": [...]}``, newest version first; ``worst`` lists the lowest-rated answers
     (thumbs down and 1-2 stars first) with their question, comment and correction."""
     counts = store.counts(adapter, since)
     served = store.served(adapter, since)
     versions = []
     for version in sorted({*counts, *served}, key=lambda v: -1 if v is None else v, reverse=True):
-        row = counts.get(version, {"count": 0, "negative": 0, "mean_stars": None})
+        row = counts.get(version, {"count": 0, "negative": 0, "mean_stars": None, "raters": 0})
         total, negative = row["count"], row["negative"]
         versions.append(
             {
@@ -28,6 +28,7 @@ def report(store: FeedbackStore, adapter: str, *, since: float | None = None, wo
                 "negative": negative,
                 "negative_rate": round(negative / total, 4) if total else None,
                 "mean_stars": None if row["mean_stars"] is None else round(float(row["mean_stars"]), 2),
+                "raters": row["raters"],
             }
         )
     rated = store.rated(adapter, since=since, negative=True)
@@ -54,14 +55,14 @@ def table(data: dict[str, Any]) -> str:
     lines = [
         f"Feedback on {data['adapter']}",
         "",
-        "| version | answered | feedback | positive | negative | negative rate | mean stars |",
-        "|---|---|---|---|---|---|---|",
+        "| version | answered | feedback | raters | positive | negative | negative rate | mean stars |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in data["versions"]:
         rate = "–" if row["negative_rate"] is None else f"{row['negative_rate']:.1%}"
         stars = "–" if row["mean_stars"] is None else f"{row['mean_stars']:.2f}"
         lines.append(
-            f"| {row['version']} | {row['answered']} | {row['feedback']} | {row['positive']} | "
+            f"| {row['version']} | {row['answered']} | {row['feedback']} | {row['raters']} | {row['positive']} | "
             f"{row['negative']} | {rate} | {stars} |"
         )
     if data["worst"]:

@@ -17,6 +17,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -69,6 +70,7 @@ class Stored:
     id: int
     rating: Rating
     conversation: Conversation
+    first_vote: bool = True  # this end user's first rating of this completion (a canary counts only that)
 
 
 class FeedbackStore:
@@ -146,9 +148,10 @@ class FeedbackStore:
                 del self._pending[:overflow]
                 self.dropped += overflow
 
-    def add(self, completion_id: str, rating: Rating) -> Stored:
+    def add(self, completion_id: str, rating: Rating, may_rate: Callable[[Conversation], bool] | None = None) -> Stored:
         """Store ``rating`` for a captured completion; ``LookupError`` when there is none (never
-        captured, or deleted by retention)."""
+        captured, or deleted by retention) or when ``may_rate`` says the rater could not have made it
+        (the same answer: whether someone else's completion exists is not theirs to learn)."""
         self.flush()
         with self.engine.begin() as connection:
             row = connection.execute(
@@ -157,11 +160,19 @@ class FeedbackStore:
             if row is None:
                 raise LookupError(completion_id)
             conversation = _conversation(row._mapping)
+            if may_rate is not None and not may_rate(conversation):
+                raise LookupError(completion_id)
+            end_user = rating.end_user or conversation.end_user
+            earlier = connection.execute(
+                select(func.count())
+                .select_from(feedback)
+                .where(feedback.c.completion_id == completion_id, _same_user(end_user))
+            ).scalar_one()
             values = {
                 "completion_id": completion_id,
                 "adapter": conversation.adapter,
                 "version": conversation.version,
-                "end_user": rating.end_user or conversation.end_user,
+                "end_user": end_user,
                 "rating": rating.rating,
                 "scale": rating.scale,
                 "negative": rating.negative,
@@ -171,7 +182,7 @@ class FeedbackStore:
                 "created": time.time(),
             }
             new_id = connection.execute(insert(feedback).values(values).returning(feedback.c.id)).scalar_one()
-        return Stored(int(new_id), rating, conversation)
+        return Stored(int(new_id), rating, conversation, first_vote=not earlier)
 
     def add_playground(self, records: list[dict[str, Any]]) -> None:
         """The playground's blind ratings (``evaluation/ratings.py`` reads them back)."""
@@ -250,13 +261,15 @@ class FeedbackStore:
         return out
 
     def counts(self, adapter: str, since: float | None = None) -> dict[int | None, dict[str, Any]]:
-        """Per version of ``adapter``: feedback count, negatives, and the mean of star ratings."""
+        """Per version of ``adapter``: feedback count, negatives, the mean of star ratings, and how
+        many distinct end users rated (one user's twenty ratings are not twenty opinions)."""
         query = (
             select(
                 feedback.c.version,
                 func.count(),
                 func.sum(cast(feedback.c.negative, Integer)),
                 func.avg(feedback.c.rating).filter(feedback.c.scale == "stars"),
+                func.count(feedback.c.end_user.distinct()),
             )
             .where(feedback.c.adapter == adapter)
             .group_by(feedback.c.version)
@@ -266,8 +279,8 @@ class FeedbackStore:
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return {
-            version: {"count": int(count), "negative": int(negative or 0), "mean_stars": stars}
-            for version, count, negative, stars in rows
+            version: {"count": int(count), "negative": int(negative or 0), "mean_stars": stars, "raters": int(raters)}
+            for version, count, negative, stars, raters in rows
         }
 
     def served(self, adapter: str, since: float | None = None) -> dict[int | None, int]:
@@ -282,6 +295,10 @@ class FeedbackStore:
         self.flush()
         with self.engine.connect() as connection:
             return {version: int(count) for version, count in connection.execute(query).all()}
+
+
+def _same_user(end_user: str | None) -> Any:
+    return feedback.c.end_user.is_(None) if end_user is None else feedback.c.end_user == end_user
 
 
 def _conversation(row: Any) -> Conversation:

@@ -71,6 +71,7 @@ def test_answers_are_rated_by_completion_id_streamed_or_not(live: tuple[str, Pat
             "negative": 2,
             "negative_rate": 0.6667,
             "mean_stars": 3.0,
+            "raters": 1,  # alice; the streamed answer's user is unknown
         }
     ]
     worst = report["worst"][0]

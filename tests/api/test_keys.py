@@ -36,7 +36,9 @@ def live(
     directory.mkdir()
     for name in ("alpha", "beta"):
         shutil.copytree(trained_adapters[name], directory / name)
-    settings = make_settings(base_model, directory, admin_key="tenancy-admin", api_key=["flat-full-access"])
+    settings = make_settings(
+        base_model, directory, admin_key="tenancy-admin", api_key=["flat-full-access"], feedback=True
+    )
     with running_server(create_app(settings)) as url:
         wait_for(lambda: len(httpx.get(f"{url}/v1/models", headers=ADMIN).json()["data"]) == 3, timeout=60)
         yield url, directory
@@ -271,3 +273,43 @@ def test_parallel_requests_cannot_spend_more_than_the_quota(live: Any) -> None:
     answered = [u for u in used if u]
     assert answered and len(answered) < 30
     assert sum(answered) <= 600, used
+
+
+def test_a_key_rates_only_answers_it_could_have_made_and_rates_only_models_it_may_use(live: Any) -> None:
+    """Key B (beta only) cannot rate, nor correct, key A's answer from alpha by its id, nor rate
+    alpha in the playground: the same 404 as for an answer or a model that does not exist."""
+    url, _ = live
+    a = create(url, name="shop-a-fb", models=["alpha"])
+    b = create(url, name="shop-b-fb", models=["beta"])
+    answer = client(url, a["secret"]).chat.completions.create(model="alpha", messages=ASK, max_tokens=2)  # type: ignore[arg-type]
+
+    def rate(secret: str) -> httpx.Response:
+        body = {"completion_id": answer.id, "rating": -1, "correction": "Poisoned."}
+        return httpx.post(f"{url}/v1/feedback", json=body, headers={"Authorization": f"Bearer {secret}"})
+
+    refused, unknown = (
+        rate(b["secret"]),
+        httpx.post(
+            f"{url}/v1/feedback",
+            json={"completion_id": "chatcmpl-nope", "rating": 1},
+            headers={"Authorization": f"Bearer {b['secret']}"},
+        ),
+    )
+    assert refused.status_code == unknown.status_code == 404
+    assert refused.json()["error"]["code"] == unknown.json()["error"]["code"] == "completion_not_found"
+    assert rate(a["secret"]).status_code == 200
+
+    scores = {"accuracy": 3, "politeness": 2, "completeness": 2, "proactivity": 1, "fluency": 2}
+
+    def rate_in_playground(model: str) -> httpx.Response:
+        rating = {"model": model, "question": "q", "answer": "a", "scores": scores, "position": 0}
+        return httpx.post(
+            f"{url}/v1/playground/ratings",
+            json={"session": "s", "ratings": [rating]},
+            headers={"Authorization": f"Bearer {b['secret']}"},
+        )
+
+    assert rate_in_playground("beta").status_code == 201
+    other, missing = rate_in_playground("alpha"), rate_in_playground("no-such-adapter")
+    assert other.status_code == missing.status_code == 404
+    assert other.json()["error"]["code"] == missing.json()["error"]["code"] == "model_not_found"

@@ -57,6 +57,7 @@ def exercise(store: FeedbackStore, tmp_path: Path) -> None:
         "negative": 1,
         "negative_rate": 0.5,
         "mean_stars": None,
+        "raters": 1,  # both ratings came from u1
     }
     assert by_version[2]["negative"] == 1 and by_version[2]["mean_stars"] == 3.5
     assert [w["completion_id"] for w in data["worst"]] == ["c0", "c3"]  # a thumbs down ranks as one star

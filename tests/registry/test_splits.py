@@ -299,3 +299,47 @@ def test_the_cli_splits_promotes_and_aborts_through_the_files_a_running_gateway_
     wait_for(lambda: serving(url) == 1 and adapter(url).get("split") is None, timeout=30)
     with pytest.raises(SystemExit, match="no traffic split"):
         main(["adapters", "abort", "shop", *where])
+
+
+def test_a_canary_counts_one_vote_per_end_user_and_answer(
+    base_model: Path, tmp_path: Path, trained_adapters: dict[str, Path]
+) -> None:
+    """One answer rated -1 twenty times by one user is one opinion (it used to meet min_events 20
+    alone and abort the canary); five users' votes on five answers are five."""
+    from server.app import create_app
+
+    directory = tmp_path / "adapters"
+    directory.mkdir()
+    with running_server(
+        create_app(make_settings(base_model, directory, admin_key="split-admin", feedback=True))
+    ) as url:
+        shutil.copytree(trained_adapters["alpha"], directory / "shop")
+        wait_for(lambda: serving(url) == 1, timeout=60)
+        publish_adapter(trained_adapters["beta"], "shop", directory)
+        wait_for(lambda: serving(url) == 2, timeout=60)
+        rule = {"max_negative_rate": 0.5, "window_s": 600, "min_events": 5}
+        body = {"versions": {"2": 50, "1": 50}, "auto_abort": rule}
+        assert httpx.put(f"{url}/v1/adapters/shop/split", json=body, headers=ADMIN).status_code == 200
+
+        def canary_answers(count: int, prefix: str) -> list[tuple[str, str]]:
+            found = []
+            for i in range(400):
+                ask = {"model": "shop", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+                response = httpx.post(f"{url}/v1/chat/completions", json={**ask, "user": f"{prefix}{i}"}, timeout=60)
+                if response.headers["x-adapter-version"] == "shop@1":  # the canary (v2 served before the split)
+                    found.append((response.json()["id"], f"{prefix}{i}"))
+                    if len(found) == count:
+                        return found
+            raise AssertionError("the split never sent a user to the canary")
+
+        (answer, user), *_ = canary_answers(1, "one-")
+        for _ in range(20):
+            rated = httpx.post(f"{url}/v1/feedback", json={"completion_id": answer, "rating": -1, "user": user})
+            assert rated.status_code == 200, rated.text
+        assert adapter(url).get("split") is not None  # one user's twenty votes did not abort it
+        for answer, user in canary_answers(4, "many-"):
+            httpx.post(f"{url}/v1/feedback", json={"completion_id": answer, "rating": -1, "user": user})
+        wait_for(lambda: adapter(url).get("split") is None, timeout=30)
+        report = httpx.get(f"{url}/v1/adapters/shop/feedback", headers=ADMIN).json()
+        canary = next(row for row in report["versions"] if row["version"] == 1)
+        assert canary["feedback"] == 24 and canary["raters"] == 5
