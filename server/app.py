@@ -154,6 +154,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                     pass
                 except Exception:  # a background task that had failed: said at shutdown, never swallowed
                     logger.exception("background task %s had failed", task.get_name())
+            await registry.stop_gates()
             if wecom is not None:
                 await wecom.close()
             if gateway.feedback is not None:

@@ -41,6 +41,7 @@ async def ready(gateway: GatewayDep) -> JSONResponse:
             "ready": states.count("ready"),
             "rejected": states.count("rejected"),
             "incomplete": states.count("incomplete"),
+            "gating": states.count("gating"),  # a first version under its eval gate: never holds readiness
             "loaded": registry.loaded_count,
             "watching": following,
             "watcher_failure": watcher.last_failure if watcher is not None else None,

@@ -3,8 +3,9 @@ alone changes (state transitions happen in ``registry.py`` only)."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 class AdapterState(enum.StrEnum):
     READY = "ready"  # an active version serves requests
     INCOMPLETE = "incomplete"  # files still arriving; nothing served yet
+    GATING = "gating"  # a first version's eval gate is running; nothing served yet
     REJECTED = "rejected"  # the files are invalid; nothing served
 
 
@@ -94,4 +96,5 @@ class AdapterEntry:
     restored: bool = False  # active came from the store because the directory's files were refused
     gate: GateOutcome | None = None  # the last eval gate run for this name (passed or failed)
     gating: int | None = None  # the version whose eval gate is running now
+    gate_task: asyncio.Task[None] | None = field(default=None, repr=False)  # that gate, run in the background
     split: Split | None = None  # shares of traffic between versions (canary, A/B); None: all to active

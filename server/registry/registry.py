@@ -216,6 +216,7 @@ class AdapterRegistry:
             if entry.checked and current == entry.fingerprint and not force:
                 return entry
             entry.fingerprint, entry.checked = current, True
+            self._cancel_gate(entry)  # a gate still running judged files that are no longer there
             try:
                 if not is_valid_name(name):
                     raise AdapterRejected(
@@ -224,7 +225,8 @@ class AdapterRegistry:
                 if current is None:
                     raise AdapterRejected("not_a_directory", f"{name}: not an adapter directory.")
                 await asyncio.to_thread(check_inside, path, self.adapters_dir)
-                await self._adopt(entry, await asyncio.to_thread(self._stage, name, path, current), split_from=path)
+                staged = await asyncio.to_thread(self._stage, name, path, current)
+                await self._adopt(entry, staged, split_from=path, gate_in_background=True)
             except AdapterIncomplete as exc:
                 if entry.active is None:
                     entry.state = AdapterState.INCOMPLETE
@@ -326,10 +328,16 @@ class AdapterRegistry:
         *,
         publish: bool = False,
         split_from: Path | None = None,
+        gate_in_background: bool = False,
     ) -> None:
         """Load the staged version, prove it, optionally write it into the directory, serve it,
         under the traffic split in ``split_from`` (none: the version takes all traffic). Caller
-        holds the name's lock. On failure the unproven copy goes and nothing else changes."""
+        holds the name's lock. On failure the unproven copy goes and nothing else changes.
+
+        With ``gate_in_background`` (what the directory brings: the watcher, the start-up scan, a
+        reload), a version's eval gate runs as a task of its own and this returns at once: a gate
+        whose judge hangs holds neither the scan, nor readiness, nor any other adapter. The
+        version serves (or is rejected) when its gate ends; newer files for the name cancel it."""
         stored, info = staged
         name = entry.name
         split, rewrite = await asyncio.to_thread(self._split_of, entry, stored.number, split_from)
@@ -359,10 +367,33 @@ class AdapterRegistry:
                     raise AdapterRejected(
                         "load_failed", f"{name}: the engine could not load it ({type(exc).__name__}: {exc})."
                     ) from exc
+                if info.gate is not None and gate_in_background:
+                    self._cancel_gate(entry)
+                    entry.gating = version.version
+                    if entry.active is None:
+                        entry.state = AdapterState.GATING
+                    task = asyncio.create_task(
+                        self._gate_then_serve(entry, stored, version, split, rewrite), name=f"eval-gate-{name}"
+                    )
+                    entry.gate_task = task
+                    return
                 gate = await self._run_gate(entry, stored, version) if info.gate is not None else None
                 await asyncio.to_thread(
                     self.store.prove, stored, self._protected(), self._proof(), gate.summary() if gate else None
                 )
+        await self._serve(entry, stored, version, split, rewrite, publish)
+
+    async def _serve(
+        self,
+        entry: AdapterEntry,
+        stored: StoredVersion,
+        version: AdapterVersion,
+        split: Split | None,
+        rewrite: bool,
+        publish: bool,
+    ) -> None:
+        """Make a proven ``version`` the one ``entry`` serves (the caller holds the name's lock)."""
+        name = entry.name
         if publish:
             await asyncio.to_thread(publish_adapter, stored.path, name, self.adapters_dir)  # the copy has no split
         if split is not None and (rewrite or publish):  # a canary, now in explicit form: a restart need not guess
@@ -388,6 +419,47 @@ class AdapterRegistry:
                 self._hooks.swapped()
                 await self._residency.retire(previous)
 
+    async def _gate_then_serve(
+        self, entry: AdapterEntry, stored: StoredVersion, version: AdapterVersion, split: Split | None, rewrite: bool
+    ) -> None:
+        """A background gate (``_adopt``): its verdict, then, under the name's lock, serve or refuse."""
+        try:
+            gate = await self._run_gate(entry, stored, version)
+        except AdapterRejected as exc:
+            async with self._lock(entry.name):
+                if entry.gate_task is asyncio.current_task():
+                    entry.gate_task = None
+                    self._reject(entry, exc)
+            return
+        except asyncio.CancelledError:  # newer files, a removal or shutdown: this candidate goes
+            if entry.gating != version.version:  # unless the newer files are this very copy again
+                self.store.discard(stored)
+            await self._residency.unload(version)
+            raise
+        async with self._lock(entry.name):
+            if entry.gate_task is not asyncio.current_task():  # superseded while the verdict came in
+                self.store.discard(stored)
+                await self._residency.unload(version)
+                return
+            entry.gate_task = None
+            try:
+                await asyncio.to_thread(self.store.prove, stored, self._protected(), self._proof(), gate.summary())
+                await self._serve(entry, stored, version, split, rewrite, publish=False)
+            except Exception as exc:
+                self._reject(entry, AdapterRejected("unreadable", f"{entry.name}: {type(exc).__name__}: {exc}."))
+
+    def _cancel_gate(self, entry: AdapterEntry) -> None:
+        task, entry.gate_task = entry.gate_task, None
+        if task is not None and not task.done():
+            task.cancel()
+
+    async def stop_gates(self) -> None:
+        """Cancel every gate still running (shutdown): their candidates are discarded."""
+        tasks = [e.gate_task for e in self._entries.values() if e.gate_task is not None]
+        for entry in self._entries.values():
+            self._cancel_gate(entry)
+        await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+
     async def _run_gate(self, entry: AdapterEntry, stored: StoredVersion, version: AdapterVersion) -> GateOutcome:
         """Run the version's eval gate against it and the version serving now (``gating.py``);
         a failure discards the candidate and raises, and the serving version goes on serving."""
@@ -397,7 +469,8 @@ class AdapterRegistry:
         try:
             outcome = await self._gates.run(version.info.gate, version, entry.active)
         finally:
-            entry.gating = None
+            if entry.gating == version.version:
+                entry.gating = None
         entry.gate = outcome
         self._hooks.gated(outcome)
         if not outcome.passed:
@@ -438,6 +511,8 @@ class AdapterRegistry:
 
     async def _unregister(self, name: str) -> None:
         entry = self._entries.pop(name, None)
+        if entry is not None:
+            self._cancel_gate(entry)
         self._kept.forget(name)
         self.revision += 1
         if entry is not None and entry.active is not None:

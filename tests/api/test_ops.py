@@ -22,6 +22,7 @@ def test_health_and_ready(gateway_url: str) -> None:
         "ready": 2,
         "rejected": 0,
         "incomplete": 0,
+        "gating": 0,
         "loaded": 2,
         "watching": True,
         "watcher_failure": None,

@@ -166,3 +166,41 @@ def test_live_requests_are_answered_by_the_serving_version_while_a_gate_runs(
     wait_for(lambda: view(url, "shop")["last_gate_run"] is not None, timeout=60)
     assert view(url, "shop")["last_gate_run"]["failures"] == ["did not finish within 8 s"]
     assert view(url, "shop")["gate_running"] is None and ask(url, "shop") == ANSWERS["alpha"]
+
+
+def test_a_gate_whose_judge_hangs_holds_neither_readiness_nor_other_adapters(
+    base_model: Path, trained_adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    """A gated adapter present at start-up whose judge never answers: /ready is 200 and alpha
+    answers while the gate runs (it used to hold the start-up scan for up to 600 s), the first
+    version's gate shows in /v1/adapters, and a reload answers at once."""
+    import asyncio
+    import threading
+
+    from fastapi import FastAPI
+
+    from server.app import create_app
+
+    hanging, released = FastAPI(), threading.Event()
+
+    @hanging.post("/v1/chat/completions")
+    async def never() -> None:
+        while not released.is_set():  # until the test ends
+            await asyncio.sleep(0.1)
+
+    directory = tmp_path / "adapters"
+    directory.mkdir()
+    shutil.copytree(trained_adapters["alpha"], directory / "alpha")
+    with_gate(trained_adapters["alpha"], directory / "slow", {"min": {"judge": 1}, "judge": "hangs"})
+    with running_server(hanging, probe="/openapi.json") as judge:
+        judges = tmp_path / "judges.json"
+        judges.write_text(json.dumps({"hangs": {"url": f"{judge}/v1", "model": "m"}}))
+        settings = make_settings(base_model, directory, admin_key="gate-admin", judges=judges)
+        with running_server(create_app(settings)) as url:  # /ready is 200 (running_server waits for it)
+            slow = view(url, "slow")
+            assert slow["state"] == "gating" and slow["gate_running"] == 1
+            assert ask(url, "alpha") == ANSWERS["alpha"]
+            reloaded = httpx.post(f"{url}/v1/adapters/slow/reload", headers=ADMIN, timeout=10)
+            assert reloaded.status_code == 200 and view(url, "slow")["gate_running"] == 1
+            assert httpx.get(f"{url}/ready").json()["adapters"]["gating"] == 1
+        released.set()
