@@ -76,6 +76,7 @@ class _Admitted:
                 source=self.source,
                 messages=[m.model_dump(exclude_none=True) for m in self.body.messages],
                 answer=answer,
+                tools=[t.model_dump(exclude_none=True) for t in self.body.tools] if self.body.tools else None,
             )
         )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
 DATABASE_FILE = ".gateway.db"  # in the adapters directory, unless --database names another database
@@ -52,4 +52,19 @@ def open_engine(url: str) -> Engine:
     from .tenancy import schema as _tenancy_tables  # noqa: F401
 
     metadata.create_all(engine)
+    _add_new_columns(engine)
     return engine
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Columns added to a table after a database was made (nullable ones only): ``create_all``
+    makes missing tables, never missing columns, so a database from an earlier release gets them
+    here, with ``ALTER TABLE ... ADD COLUMN``, which SQLite and PostgreSQL both take."""
+    present = inspect(engine)
+    with engine.begin() as connection:
+        for table in metadata.sorted_tables:
+            have = {column["name"] for column in present.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have and column.nullable:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))

@@ -26,7 +26,9 @@ from tests.support import free_port, wait_ready
 # What decides the trained demo directory's bytes: the demo's recipe, the model builder, the trainer
 # and the registry code that publishes, and the bundled datasets.
 DEMO_SOURCES = [
-    *server_sources("demo.py", "offline_model.py", "devices.py", "trainer", "registry", "evaluation"),
+    *server_sources(
+        "demo.py", "offline_model.py", "devices.py", "trainer", "registry", "evaluation", "engine/prompts.py"
+    ),
     ROOT / "examples",
 ]
 _BUILD = (

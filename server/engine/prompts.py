@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -70,8 +71,13 @@ def render_chat(
             code="tools_not_supported",
         )
     chat = [template_message(m) for m in messages]
+    literal = ControlTokens.of(tokenizer)
     text = tokenizer.apply_chat_template(
-        chat, tools=[dict(t) for t in tools] or None, chat_template=template, tokenize=False, add_generation_prompt=True
+        literal.hide(chat),
+        tools=[dict(t) for t in tools] or None,
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=True,
     )
     missing = [t["function"]["name"] for t in tools if t["function"]["name"] not in text]
     if missing:
@@ -81,7 +87,63 @@ def render_chat(
             param="tools",
             code="tools_not_supported",
         )
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    return literal.encode(text)
+
+
+class ControlTokens:
+    """Keeps a chat template's control tokens (``<|im_start|>``, ``<|im_end|>``) out of what users wrote.
+
+    A template's output is one string, and a tokenizer reads ``<|im_start|>system`` in it as the
+    control token wherever it stands: a user (or a correction fed back into training) could open a
+    fake system turn. So each control token's spelling in message text is swapped for a marker
+    before the template runs, and after it the marked spans are encoded as plain text
+    (``split_special_tokens``), as vLLM and transformers can do for a whole prompt; the template's
+    own control tokens stay control tokens. Serving and training encode through this alike."""
+
+    _MARK = "\ue000"  # a private-use character: a marker is MARK, the token's index, MARK
+
+    def __init__(self, tokenizer: Any, spellings: tuple[str, ...]) -> None:
+        self._tokenizer = tokenizer
+        self._spellings = (*spellings, self._MARK)  # a marker character a user typed is text too
+        self._find = re.compile("|".join(re.escape(s) for s in sorted(self._spellings, key=len, reverse=True)))
+        self._markers = re.compile(f"{self._MARK}(\\d+){self._MARK}")
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> ControlTokens:
+        return _control_tokens(tokenizer)
+
+    def hide(self, chat: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``chat`` with every control token's spelling in message text replaced by a marker."""
+        return [{**m, **{k: self._mark(v) for k, v in m.items() if k in ("content", "name")}} for m in chat]
+
+    def _mark(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._find.sub(lambda m: f"{self._MARK}{self._spellings.index(m.group())}{self._MARK}", value)
+        if isinstance(value, list):  # content parts
+            return [
+                {**part, "text": self._mark(part.get("text"))} if isinstance(part, dict) else part for part in value
+            ]
+        return value
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a rendered template: the marked spans as plain text, the rest as usual."""
+        ids: list[int] = []
+        position = 0
+        for marker in self._markers.finditer(text):
+            ids += self._tokenizer.encode(text[position : marker.start()], add_special_tokens=False)
+            literal = self._spellings[int(marker.group(1))]
+            ids += self._tokenizer.encode(literal, add_special_tokens=False, split_special_tokens=True)
+            position = marker.end()
+        ids += self._tokenizer.encode(text[position:], add_special_tokens=False)
+        return ids
+
+
+@functools.lru_cache(maxsize=8)
+def _control_tokens(tokenizer: Any) -> ControlTokens:
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return ControlTokens(
+        tokenizer, tuple(t.content for t in added.values() if getattr(t, "special", False) and t.content)
+    )
 
 
 def template_message(message: dict[str, Any]) -> dict[str, Any]:

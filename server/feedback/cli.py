@@ -76,6 +76,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         store.close()
     print(f"{done.corrected} corrected answers -> {done.dataset} (train on it: lora-gateway train --init-adapter ...)")
     print(f"{done.to_review} answers to review -> {done.review} (write each empty assistant answer, then train on it)")
+    for completion_id, why in done.left_out:
+        print(f"left out {completion_id}: train would refuse it ({why})")
     if done.expired:
         print(f"{done.expired} rated answers were past the retention period and could not be exported")
     return 0

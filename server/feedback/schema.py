@@ -27,6 +27,7 @@ conversations = Table(
     Column("source", String(16), nullable=False),  # api, wecom
     Column("messages", Text, nullable=False),  # the request's messages, JSON
     Column("answer", Text, nullable=False),  # the first choice's text
+    Column("tools", Text),  # the request's tools, JSON (None: it offered none)
     Column("created", Float, nullable=False),
     Index("conversations_created", "created"),
     Index("conversations_adapter", "adapter", "version"),

@@ -47,6 +47,7 @@ class Conversation:
     messages: list[dict[str, Any]]
     answer: str
     created: float = field(default_factory=time.time)
+    tools: list[dict[str, Any]] | None = None  # the tools the request offered, when it offered any
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class FeedbackStore:
         """Queue a conversation for the writer; never blocks on the database."""
         row = asdict(conversation)
         row["messages"] = json.dumps(row["messages"], ensure_ascii=False)
+        row["tools"] = json.dumps(row["tools"], ensure_ascii=False) if row["tools"] else None
         with self._lock:
             if len(self._pending) >= _MAX_PENDING:
                 del self._pending[0]
@@ -313,4 +315,5 @@ def _conversation(row: Any) -> Conversation:
         messages=json.loads(row["messages"]),
         answer=row["answer"],
         created=float(row["created"]),
+        tools=json.loads(row["tools"]) if row.get("tools") else None,
     )

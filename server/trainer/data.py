@@ -387,6 +387,17 @@ def _fill(message: Message, placeholders: dict[str, str]) -> Message:
     return replace(message, content=content)
 
 
+def problem_with(record: dict[str, Any]) -> str | None:
+    """Why ``train`` would refuse a record in the ``messages`` format, or None when it takes it
+    (what ``lora-gateway feedback export`` checks each line against before writing it)."""
+    try:
+        _check(_messages(record))
+        _tools(record)
+    except RecordError as exc:
+        return str(exc)
+    return None
+
+
 def _check(messages: list[Message]) -> None:
     if not any(m.role == "assistant" for m in messages):
         raise RecordError("no assistant message")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.prompts import template_message
+from ..engine.prompts import ControlTokens, template_message
 from .data import Conversation, Message
 
 IGNORE = -100
@@ -35,10 +35,11 @@ def _render(
 ) -> list[int]:
     """As serving renders prompts (``server.engine.prompts``): tools to the template, call arguments as objects."""
     chat = [template_message(m.as_openai()) for m in messages]
+    literal = ControlTokens.of(tokenizer)  # control tokens users wrote stay text, as when serving
     text = tokenizer.apply_chat_template(
-        chat, tools=list(tools) or None, tokenize=False, add_generation_prompt=generation_prompt
+        literal.hide(chat), tools=list(tools) or None, tokenize=False, add_generation_prompt=generation_prompt
     )
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    return literal.encode(text)
 
 
 def encode(tokenizer: Any, conversation: Conversation) -> Example:

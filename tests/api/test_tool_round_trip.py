@@ -63,7 +63,7 @@ def tool_adapter(wide_base: Path) -> Path:
     """Trained by the trainer once per inputs (tests/artifacts.py); read-only, copied by its users."""
     from tests.artifacts import artifact, server_sources
 
-    sources = [wide_base, *server_sources("trainer", "registry", "evaluation")]
+    sources = [wide_base, *server_sources("trainer", "registry", "evaluation", "engine/prompts.py")]
     inputs = {"example": EXAMPLE, "training": TRAINING}
     cached = artifact("tool-adapter", inputs, sources, lambda root: _train_tool_adapter(wide_base, root))
     return cached / "adapters" / "orders"

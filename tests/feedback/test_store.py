@@ -102,6 +102,64 @@ def test_a_row_the_database_refuses_is_dropped_alone_and_the_rest_of_its_batch_i
         store.close()
 
 
+def test_export_writes_only_what_train_accepts_names_the_rest_and_keeps_tools(tmp_path: Path) -> None:
+    from server.trainer.data import load_files
+
+    tool = {"type": "function", "function": {"name": "track", "parameters": {"type": "object", "properties": {}}}}
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
+    try:
+        refused_turn = [
+            {"role": "user", "content": "Can you hack it?"},
+            {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+            {"role": "user", "content": "Then where is my order?"},
+        ]
+        late_system = [
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": "Be terse."},
+            {"role": "user", "content": "where?"},
+        ]
+        store.capture(conversation("good", tools=[tool]))
+        store.capture(conversation("refusal", messages=refused_turn))
+        store.capture(conversation("blank"))
+        store.capture(conversation("late-system", messages=late_system))
+        store.add("good", Rating(-1, "thumbs", None, "It ships today."))
+        store.add("refusal", Rating(-1, "thumbs", None, "Order 7 ships today."))
+        store.add("blank", Rating(-1, "thumbs", None, "   \n "))
+        store.add("late-system", Rating(-1, "thumbs", None, "Here."))
+        done = export(store, "shop", tmp_path / "out")
+    finally:
+        store.close()
+    assert done.corrected == 2 and dict(done.left_out) == {
+        "blank": "message 2 (assistant) has empty content",
+        "late-system": "a system message may only come first",
+    }
+    dataset = load_files([done.dataset])
+    assert not dataset.errors and len(dataset.conversations) == 2  # train takes the whole file
+    by_answer = {c.messages[-1].content: c for c in dataset.conversations}
+    assert by_answer["It ships today."].tools[0]["function"]["name"] == "track"
+    assert by_answer["Order 7 ships today."].messages[1].content == "I can't help with that."
+
+
+def test_a_database_from_an_earlier_release_gets_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:  # conversations as wave 2 made it: no tools column
+        old.execute(
+            "CREATE TABLE conversations (completion_id VARCHAR(64) PRIMARY KEY, model VARCHAR(200) NOT NULL, "
+            "adapter VARCHAR(64), version INTEGER, sha256 VARCHAR(64), end_user VARCHAR(256), "
+            "source VARCHAR(16) NOT NULL, messages TEXT NOT NULL, answer TEXT NOT NULL, created FLOAT NOT NULL)"
+        )
+    store = FeedbackStore(f"sqlite:///{path}")
+    try:
+        tool = {"type": "function", "function": {"name": "track"}}
+        store.capture(conversation("c1", tools=[tool]))
+        kept = store.conversation("c1")
+        assert kept is not None and kept.tools == [tool]
+    finally:
+        store.close()
+
+
 def test_periods_are_parsed_or_refused() -> None:
     assert parse_since("7d", 1_000_000) == 1_000_000 - 7 * 86400 and parse_since("30m", 100) == 100 - 1800
     for bad in ("7", "d", "-1d", "7y", ""):
