@@ -381,6 +381,7 @@ class AdapterRegistry:
                 await asyncio.to_thread(
                     self.store.prove, stored, self._protected(), self._proof(), gate.summary() if gate else None
                 )
+                await self._residency.drop_deleted()
         await self._serve(entry, stored, version, split, rewrite, publish)
 
     async def _serve(
@@ -444,6 +445,7 @@ class AdapterRegistry:
             entry.gate_task = None
             try:
                 await asyncio.to_thread(self.store.prove, stored, self._protected(), self._proof(), gate.summary())
+                await self._residency.drop_deleted()
                 await self._serve(entry, stored, version, split, rewrite, publish=False)
             except Exception as exc:
                 self._reject(entry, AdapterRejected("unreadable", f"{entry.name}: {type(exc).__name__}: {exc}."))
@@ -497,8 +499,11 @@ class AdapterRegistry:
         return (("base", base), ("engine", type(self._engine).__name__))
 
     def _protected(self) -> set[Path]:
-        """Copies the store must not delete: everything this process serves, drains or holds."""
-        versions = [*self.active_versions(), *self._residency.held()]
+        """Copies the store must not delete (README: retention): the newest ``--keep-versions`` and
+        pinned ones are the store's own rule; besides them, what serves, what a split names, and
+        what answers or drains a request right now. A version left loaded after a ``NAME@N``
+        request or a split is not among them: it goes, and is unloaded."""
+        versions = [*self.active_versions(), *self._residency.busy()]
         splits = [self.store.path_of(e.name, n) for e in self._entries.values() if e.split for n in e.split.versions]
         return {Path(v.load_path) for v in versions} | set(splits)
 

@@ -50,8 +50,21 @@ class Residency:
         return list(self._draining.values())
 
     def held(self) -> list[AdapterVersion]:
-        """Versions loaded or draining (the store must keep their copies)."""
+        """Versions loaded or draining."""
         return [*self._loaded.values(), *self._draining.values()]
+
+    def busy(self) -> list[AdapterVersion]:
+        """Versions answering a request now, or draining (the store must keep their copies); a
+        version merely left loaded since its last request is not busy: retention may take it."""
+        in_use = [v for v in self._loaded.values() if self._in_use.get(v.adapter_id)]
+        return [*in_use, *self._draining.values()]
+
+    async def drop_deleted(self) -> None:
+        """Unload idle versions whose stored copy is gone (retention took it): they would only
+        hold a slot until the least recently used one is evicted."""
+        for version in list(self._loaded.values()):
+            if not self._in_use.get(version.adapter_id) and not Path(version.load_path).is_dir():
+                await self.unload(version)
 
     @property
     def loaded_count(self) -> int:

@@ -258,3 +258,29 @@ def test_start_up_removes_stale_unproven_copies_only(tmp_path: Path, trained_ada
     store.clean()
     assert not stale.path.exists() and fresh.path.exists() and not (directory / ".versions").exists()
     assert store.versions("shop") == []  # unproven copies are never what a restart serves
+
+
+def test_retention_takes_a_version_that_once_answered_a_request_and_unloads_it(
+    tmp_path: Path, trained_adapters: dict[str, Path]
+) -> None:
+    """--keep-versions 2: the newest two, pinned ones, and what serves or answers now are kept. A
+    version left loaded after a ``shop@1`` request used to stay until the engine evicted it (and
+    kept answering ``shop@1``)."""
+    directory = tmp_path / "adapters"
+    engine = RecordingEngine()
+    registry = make_registry(directory, engine, keep_versions=2)
+
+    async def scenario() -> None:
+        for i, variant in enumerate([{}, {"weights": _scaled}]):
+            await registry.install("shop", _copy(trained_adapters["alpha"], tmp_path / f"v{i}", **variant))  # type: ignore[arg-type]
+        async with registry.lease("shop@1") as lease:
+            assert lease.adapter is not None and lease.adapter.version == 1
+            old = lease.adapter
+        await registry.install("shop", _copy(trained_adapters["beta"], tmp_path / "v3"))
+        assert _kept_numbers(directory, "shop") == ["2", "3"]
+        assert any(ref.adapter_id == old.adapter_id for ref in engine.removed)  # unloaded, not left to LRU
+        with pytest.raises(ModelNotFound, match="kept: \\[3, 2\\]"):
+            async with registry.lease("shop@1"):
+                pass
+
+    asyncio.run(scenario())
