@@ -5,6 +5,7 @@ SQLAlchemy URL) where several gateways share keys, limits and feedback.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,11 @@ def open_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
     else:
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            file = Path(parsed.database).expanduser()
+            file.parent.mkdir(parents=True, exist_ok=True)
+            # Conversations, key hashes and usage: readable by the gateway's user only. SQLite gives
+            # its -wal and -shm files the database file's mode, so creating it 0600 covers them.
+            os.close(os.open(file, os.O_CREAT | os.O_WRONLY, 0o600))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
 
         @event.listens_for(engine, "connect")

@@ -11,6 +11,9 @@ model names and saves the rater's rubric scores here, into the rating store ``lo
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import re
 import time
 from functools import cache
 from importlib.resources import files
@@ -34,9 +37,32 @@ def _html() -> str:
     return (files(__package__) / "static" / "playground.html").read_text(encoding="utf-8")
 
 
+@cache
+def _headers() -> dict[str, str]:
+    """The page's own inline script and style, allowed by their hashes and nothing else: an
+    answer that smuggled markup in could run no script, load nothing and send nothing elsewhere."""
+    page = _html()
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+    policy = (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return {
+        "Cache-Control": "no-cache",
+        "X-Frame-Options": "DENY",
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+
+
 @page.get("/playground", response_class=HTMLResponse, include_in_schema=False)
 async def playground() -> HTMLResponse:
-    return HTMLResponse(_html(), headers={"Cache-Control": "no-cache", "X-Frame-Options": "DENY"})
+    return HTMLResponse(_html(), headers=_headers())
 
 
 @router.get("/v1/playground/models")

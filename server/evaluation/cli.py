@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,16 @@ def add_eval_parser(commands: Any) -> None:
         "or the feedback database's URL (a gateway run with --feedback keeps the playground's ratings there).",
     )
     p.set_defaults(func=run_eval)
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def run_name(name: str | None) -> str | None:
+    """``--name`` as one directory under ``--out``: ``../..`` or a path would write elsewhere."""
+    if name is not None and (not _RUN_NAME.fullmatch(name) or ".." in name):
+        raise SystemExit(f"eval: --name {name!r}: a run name is letters, digits, '.', '_' and '-' (one directory)")
+    return name
 
 
 def base_url(args: argparse.Namespace) -> str:
@@ -127,7 +138,7 @@ def _run(args: argparse.Namespace, versions: dict[str, str] | None = None) -> in
         print(f"eval: the test set has problems:\n{exc}", file=sys.stderr)
         return 2
     targets = _targets(args, versions)
-    name = args.name or time.strftime("eval-%Y%m%d-%H%M%S")
+    name = run_name(args.name) or time.strftime("eval-%Y%m%d-%H%M%S")
     out = Path(args.out) / name
     cache = AnswerCache(None if args.no_cache else Path(args.out) / ".cache" / "answers.jsonl")
     sampling = Sampling(temperature=args.temperature, max_tokens=args.max_tokens)
@@ -176,7 +187,7 @@ def _run(args: argparse.Namespace, versions: dict[str, str] | None = None) -> in
 def _import_ratings(args: argparse.Namespace) -> int:
     if not args.name:
         raise SystemExit("eval: --import-ratings needs --name: the run whose sheet was rated")
-    out = Path(args.out) / args.name
+    out = Path(args.out) / str(run_name(args.name))
     rubric = load_rubric(args.rubric)
     playground = [p for p in args.import_ratings if "://" in p or p.endswith(".jsonl")]
     try:

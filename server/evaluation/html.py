@@ -23,6 +23,12 @@ def _charts(models: list[dict[str, Any]]) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
+    # Model names are data (``--endpoint-model '$\\foo{$'``): never parsed as mathtext, which fails on them.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _draw(models)
+
+
+def _draw(models: list[dict[str, Any]]) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     names = [m["model"] for m in models]

@@ -45,11 +45,20 @@ def export_sheet(out: Path, answers: list[Answer], items: list[EvalItem], rubric
             opaque = secrets.token_hex(4)
             key[opaque] = {"model": answer.target, "item": answer.item}
             item = by_item[answer.item]
-            writer.writerow(
-                [opaque, item.question, item.reference or "", answer.text, *([""] * len(rubric.criteria)), ""]
-            )
+            texts = [item.question, item.reference or "", answer.text]
+            writer.writerow([opaque, *(spreadsheet_text(t) for t in texts), *([""] * len(rubric.criteria)), ""])
     (out / KEY).write_text(json.dumps(key, indent=1, ensure_ascii=False), encoding="utf-8")
     return out / SHEET
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(text: str) -> str:
+    """A cell a spreadsheet shows as text, never runs: a model's answer (or a question) that starts
+    like a formula (``=HYPERLINK(...)``, ``+cmd|...``) gets a leading apostrophe, as OWASP advises
+    against CSV injection."""
+    return f"'{text}" if text.startswith(_FORMULA_START) else text
 
 
 def trimmed_mean(values: list[float]) -> float:

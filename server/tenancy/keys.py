@@ -111,8 +111,12 @@ class KeyStore:
         return [_key(row._mapping) for row in rows]
 
     def find(self, ident: str) -> ApiKey:
-        """A key by id, prefix or name; ``LookupError`` when none or several match."""
-        matches = [k for k in self.all() if ident in (k.id, k.prefix, k.name)]
+        """A key by id, prefix or name, in that order of precedence (an id is unique, so a key whose
+        name happens to equal another key's id never blocks it); ``LookupError`` when none or
+        several match at the first level that matches at all."""
+        keys = self.all()
+        matches = [k for k in keys if k.id == ident] or [k for k in keys if k.prefix == ident]
+        matches = matches or [k for k in keys if k.name == ident]
         if len(matches) != 1:
             raise LookupError(
                 f"no key {ident!r}" if not matches else f"{len(matches)} keys match {ident!r}; use the id"

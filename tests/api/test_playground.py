@@ -57,6 +57,9 @@ def test_the_page_is_static_and_its_api_needs_the_key(served: tuple[str, Path]) 
     page = httpx.get(f"{url}/playground")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page.text)  # nothing from elsewhere
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'sha256-" in policy and "unsafe" not in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
     assert httpx.get(f"{url}/v1/playground/rubric").status_code == 401
     rubric = httpx.get(f"{url}/v1/playground/rubric", headers=AUTH).json()
     assert [c["name"] for c in rubric["criteria"]] == [c.name for c in DEFAULT_RUBRIC.criteria] and rubric[
@@ -117,13 +120,17 @@ def browser_page() -> Iterator:  # type: ignore[type-arg]
 
 
 def test_the_page_streams_two_models_side_by_side_and_saves_a_blind_rating(served, browser_page) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
     url, ratings = served
     page = browser_page
     page.goto(f"{url}/playground")
-    page.wait_for_function("document.getElementById('access-status').className === 'error'")  # no key yet: 401
+    # Locators, not wait_for_function: the page's Content-Security-Policy forbids evaluating strings,
+    # and Playwright's locators run outside the page's world.
+    expect(page.locator("#access-status")).to_have_class("error")  # no key yet: 401
     page.fill("#key", KEY)
     page.click("#connect")
-    page.wait_for_function("document.querySelectorAll('#pickers select option').length >= 6")  # 3 models, 2 pickers
+    page.locator("#pickers select option").nth(5).wait_for(state="attached")  # 3 models, 2 pickers
     selects = page.locator("#pickers select")
     selects.nth(0).select_option("alpha")
     selects.nth(1).select_option("beta")
@@ -132,7 +139,7 @@ def test_the_page_streams_two_models_side_by_side_and_saves_a_blind_rating(serve
     page.fill("#message", QUESTION)
 
     page.click("#send")
-    page.wait_for_function("[...document.querySelectorAll('.column')].every(c => c.dataset.done === 'true')")
+    expect(page.locator("#status")).to_have_text("done")  # "streaming…" since the click
     columns = page.locator(".column")
     assert columns.count() == 2
     for i, name in enumerate(("alpha", "beta")):
@@ -144,7 +151,7 @@ def test_the_page_streams_two_models_side_by_side_and_saves_a_blind_rating(serve
 
     page.check("#blind")
     page.click("#send")
-    page.wait_for_function("[...document.querySelectorAll('.column')].every(c => c.dataset.done === 'true')")
+    expect(page.locator("#status")).to_have_text("done: rate each answer, then save")
     titles = [columns.nth(i).locator("h2").inner_text() for i in range(2)]
     assert titles == ["Answer A", "Answer B"]  # names hidden (and the order shuffled)
     given = {}
@@ -157,7 +164,7 @@ def test_the_page_streams_two_models_side_by_side_and_saves_a_blind_rating(serve
             column.locator(f"input[name={name}]").fill(str(value))
     page.fill("#rater", "ana")
     page.click("#save-ratings")
-    page.wait_for_function("document.getElementById('saved').textContent === 'saved 2 ratings'")
+    expect(page.locator("#saved")).to_have_text("saved 2 ratings")
     revealed = {columns.nth(i).locator("h2").inner_text() for i in range(2)}
     assert revealed == {"Answer A — alpha", "Answer B — beta"} or revealed == {"Answer A — beta", "Answer B — alpha"}
 

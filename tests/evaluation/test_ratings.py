@@ -48,3 +48,25 @@ def test_a_foreign_or_bad_sheet_names_the_line(tmp_path: Path) -> None:
     bad.write_text("answer_id,accuracy,politeness,completeness,proactivity,fluency\nzzzz,1,1,1,1,1\n")
     with pytest.raises(RatingError, match=r"bad.csv:2: unknown answer_id"):
         import_sheets(tmp_path, [bad], DEFAULT_RUBRIC)
+
+
+def test_a_cell_that_starts_like_a_formula_is_text_in_the_sheet(tmp_path: Path) -> None:
+    hostile = [Answer("a", ITEMS[0].key, '=HYPERLINK("http://x","click")', 0.1, 0.5, 5)]
+    rows = list(csv.DictReader(export_sheet(tmp_path, hostile, ITEMS, DEFAULT_RUBRIC).open(encoding="utf-8-sig")))
+    assert rows[0]["answer"] == '\'=HYPERLINK("http://x","click")'
+
+
+def test_charts_show_model_names_that_look_like_mathtext() -> None:
+    from server.evaluation.html import _charts
+
+    models = [{"model": "$\\foo{$", "exact": 1.0, "ttft_p50_s": 0.1, "tokens_per_s": 3.0}]
+    assert len(_charts(models)) == 2  # matplotlib's mathtext would raise on the name
+
+
+def test_a_run_name_is_one_directory_under_out() -> None:
+    from server.evaluation.cli import run_name
+
+    assert run_name("shop-v2.1") == "shop-v2.1" and run_name(None) is None
+    for bad in ("../../..", "a/b", "..", ".hidden", ""):
+        with pytest.raises(SystemExit, match="a run name is"):
+            run_name(bad)

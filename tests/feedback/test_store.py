@@ -214,3 +214,16 @@ def test_postgresql(postgres_url: str, tmp_path: Path) -> None:
         exercise(store, tmp_path)
     finally:
         store.close()
+
+
+def test_the_database_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    import stat
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'gateway.db'}")
+    try:
+        store.capture(conversation("c1"))
+        store.flush()
+    finally:
+        store.close()
+    for path in tmp_path.glob("gateway.db*"):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path

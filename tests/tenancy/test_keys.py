@@ -111,3 +111,11 @@ def test_keys_are_found_by_id_prefix_or_name(tenancy: Tenancy) -> None:
     with pytest.raises(LookupError, match="2 keys match"):
         tenancy.store.find("shop-a")
     assert KeyStore(tenancy.store.engine).find(key.id).name == "shop-a"
+
+
+def test_a_key_named_like_another_keys_id_never_blocks_revoking_by_that_id(tenancy: Tenancy) -> None:
+    victim, _ = tenancy.store.create("shop-a")
+    tenancy.store.create(victim.id)  # a key whose name is the victim's id (and one named like its prefix)
+    tenancy.store.create(victim.prefix)
+    assert tenancy.store.revoke(victim.id).id == victim.id
+    assert tenancy.store.find(victim.prefix).id == victim.id  # a prefix outranks a name, too
