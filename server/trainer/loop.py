@@ -111,7 +111,7 @@ def train(config: TrainConfig) -> TrainResult:
     if init is not None:  # the existing adapter's weights, rank and targets, trainable again
         model = PeftModel.from_pretrained(model, str(init.path), is_trainable=True)
         targets = init.target_modules
-        print(f"continuing from {init.path} (rank {init.rank}, sha256 {init.sha256[:12]})")
+        print(f"continuing from {init.describe()}")
     else:
         targets = _target_modules(model, config.target_modules)
         nearest = nearest_vllm_rank(config.rank)

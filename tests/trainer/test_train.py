@@ -278,3 +278,28 @@ def test_init_adapter_names_are_resolved_or_refused_before_training(
     (adapters / "pickled" / "adapter_model.bin").write_bytes(b"x")
     with pytest.raises(TrainingError, match="safetensors only"):
         resolve_init_adapter("pickled", adapters)
+
+
+def test_init_adapter_by_name_continues_from_what_serves_not_from_refused_files(
+    tmp_path: Path, trained_adapters: dict[str, Path]
+) -> None:
+    """After a gate refused new files, NAME is the version still serving (the newest kept one),
+    not the refused files in the directory; once the files are a kept version, they are."""
+    import asyncio
+    import shutil
+
+    from server.registry.validation import WEIGHTS_FILE, file_sha256
+    from server.trainer.init_adapter import resolve_init_adapter
+    from tests.registry.test_registry import RecordingEngine, make_registry
+
+    adapters = tmp_path / "adapters"
+    registry = make_registry(adapters, RecordingEngine())
+    asyncio.run(registry.install("shop", trained_adapters["alpha"]))  # v1, proven and serving
+    serving = file_sha256(trained_adapters["alpha"] / WEIGHTS_FILE)
+    init = resolve_init_adapter("shop", adapters)
+    assert (init.version, init.sha256) == (1, serving) and "the files in" in init.why
+
+    shutil.copyfile(trained_adapters["beta"] / WEIGHTS_FILE, adapters / "shop" / WEIGHTS_FILE)  # refused files
+    init = resolve_init_adapter("shop", adapters)
+    assert (init.version, init.sha256) == (1, serving) and "never served" in init.why
+    assert "v1" in init.describe() and init.summary()["version"] == 1
