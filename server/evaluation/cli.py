@@ -180,8 +180,25 @@ def _run(args: argparse.Namespace, versions: dict[str, str] | None = None) -> in
         print(f"rating sheet: {sheet} (names hidden; import the raters' copies with --import-ratings)")
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"report: {out}/report.md, report.html, report.json, answers.jsonl")
-    failed = sum(m["errors"] for m in report["models"])
-    return 1 if failed == len(answers) else 0
+    return _verdict(report)
+
+
+def _verdict(report: dict[str, Any]) -> int:
+    """Say what came from the cache and why questions failed; a model that answered nothing fails
+    the run (exit 1), whatever the others did."""
+    for model in report["models"]:
+        if model["cached"]:
+            print(f"{model['model']}: {model['cached']} of {model['questions']} answers from the cache (same version)")
+        if model["errors"]:
+            print(
+                f"eval: {model['model']}: {model['errors']} of {model['questions']} questions failed: "
+                f"{model['error_reason']}",
+                file=sys.stderr,
+            )
+    silent = [m["model"] for m in report["models"] if m["questions"] and m["errors"] == m["questions"]]
+    if silent:
+        print(f"eval: failed: {', '.join(silent)} answered no question", file=sys.stderr)
+    return 1 if silent else 0
 
 
 def _import_ratings(args: argparse.Namespace) -> int:

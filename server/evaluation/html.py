@@ -93,8 +93,29 @@ def render(report: dict[str, Any], table_markdown: str) -> str:
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>Eval: {html.escape(report['name'])}</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}figure{display:inline-block}</style>"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}figure{display:inline-block}"
+        ".answers td{text-align:left;vertical-align:top;white-space:pre-wrap}</style>"
         f"</head><body><h1>Eval: {html.escape(report['name'])}</h1>"
         f"<p>{report['questions']} questions, {report['seconds']:.1f} s. Every answer and score: answers.jsonl.</p>"
-        f"{table}{figures}</body></html>"
+        f"{table}{figures}{_answers(report.get('answers') or [])}</body></html>"
+    )
+
+
+def _answers(answers: list[dict[str, Any]]) -> str:
+    """Every question with each model's answer and the reason given (the judge's, or the error),
+    so a reviewer reads what was scored without opening answers.jsonl."""
+    if not answers:
+        return ""
+    rows = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(str(cell or ''))}</td>"
+            for cell in (a["model"], a["question"], a["reference"], a["answer"], a["error"] or a["judge_reason"])
+        )
+        + "</tr>"
+        for a in answers
+    )
+    return (
+        "<h2>Answers</h2><table class='answers'><tr><th>model</th><th>question</th><th>reference</th>"
+        f"<th>answer</th><th>reason</th></tr>{rows}</table>"
     )

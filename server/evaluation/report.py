@@ -56,6 +56,7 @@ def summarize(
                 "version": target.version,
                 "questions": len(mine),
                 "errors": len(mine) - len(ok),
+                "error_reason": next((a.error for a in mine if a.error is not None), None),  # the first, as said
                 "with_reference": len(scored),
                 **{name: (statistics.fmean(s[name] for s in scored) if scored else None) for name in SCORES},
                 "ttft_p50_s": _percentile([a.ttft for a in ok if a.ttft is not None], 0.5),
@@ -114,6 +115,19 @@ def write_report(
         "models": summary,
         "retention": retention,
     }
+    report["answers"] = [
+        {
+            "model": answer.target,
+            "question": by_item[answer.item].question,
+            "reference": by_item[answer.item].reference,
+            "answer": answer.text,
+            "error": answer.error,
+            "judge_reason": verdicts[answer_id(answer)].reason or verdicts[answer_id(answer)].error
+            if verdicts and answer_id(answer) in verdicts
+            else None,
+        }
+        for answer in answers
+    ]
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     write_pages(out, report)
     return report
@@ -156,5 +170,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"{sampling['max_tokens']}; {report['seconds']:.1f} s. Scores are means over the questions with a "
         "reference (character level: Chinese-aware). Peak memory is the serving engine's (GPU allocations, or "
         "the process's RSS on CPU), shared by the models one gateway serves. Every answer and score: "
-        "`answers.jsonl`.\n\n" + header + rows
+        "`answers.jsonl`.\n\n" + header + rows + failures(report)
     )
+
+
+def failures(report: dict[str, Any]) -> str:
+    """Why models failed questions, in words (a dash in the table says nothing)."""
+    lines = [
+        f"- **{m['model']}**: {m['errors']} of {m['questions']} questions failed: {m['error_reason']}\n"
+        for m in report["models"]
+        if m["errors"]
+    ]
+    return "\n## Failures\n\n" + "".join(lines) if lines else ""

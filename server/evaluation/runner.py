@@ -1,10 +1,14 @@
 """Ask every model every question, concurrently, streamed (to time the first token), with a cache.
 
 A model is any OpenAI-compatible endpoint and model name: this gateway's base or adapters, or a
-team's current provider. Answers are cached by what determines them: the model *version* (the
-adapter's sha256 where the gateway can tell it, else the endpoint and name), the question and the
-sampling parameters. Adding a model to a comparison asks only that model; a new version of an
-adapter is asked again.
+team's current provider. Answers are cached by what determines them: the model *version*, the
+question and the sampling parameters. The version is the adapter's sha256 where the gateway can
+tell it (``--admin-key``); else it is what the endpoint says answered (the first answer's
+``model`` and ``system_fingerprint``, which name an adapter's version and weights on this
+gateway), learned by asking for one token first: an answer is never reused unless the version that
+wrote it is the one answering now, and an endpoint that names no version is never answered from
+the cache (the question costs one token per model and run). Adding a model to a comparison asks
+only that model; a new version is asked again.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,11 @@ class Target:
     model: str
     api_key: str | None = None
     version: str = ""  # what answers: a weights sha256, else "<base_url>#<model>"
+
+    @property
+    def version_known(self) -> bool:
+        """Whether ``version`` names the weights (else only the endpoint and the name do)."""
+        return bool(self.version) and "#" not in self.version
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class Answer:
     completion_tokens: int
     error: str | None = None
     cached: bool = False
+    answered_by: str | None = None  # the version the endpoint says answered (model#system_fingerprint)
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -105,19 +115,44 @@ async def ask(client: httpx.AsyncClient, target: Target, item: EvalItem, samplin
     headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
     started = time.perf_counter()
     text, ttft, tokens = "", None, 0
+    first: dict[str, Any] = {}
     try:
         async with client.stream("POST", f"{target.base_url}/chat/completions", json=body, headers=headers) as response:
             if response.status_code != 200:
-                detail = (await response.aread()).decode(errors="replace")[:300]
-                raise RuntimeError(f"HTTP {response.status_code}: {detail}")
-            async for delta in deltas(response.aiter_bytes()):
+                raise RuntimeError(f"HTTP {response.status_code}: {_error_message(await response.aread())}")
+            async for delta in deltas(_first_event(response.aiter_bytes(), first)):
                 if delta.text and ttft is None:
                     ttft = time.perf_counter() - started
                 text += delta.text
                 tokens = max(tokens, delta.completion_tokens)
     except Exception as exc:  # one failed question is reported in its row, never ends the run
         return Answer(target.label, item.key, text, ttft, time.perf_counter() - started, tokens, error=str(exc))
-    return Answer(target.label, item.key, text, ttft, time.perf_counter() - started, tokens)
+    fingerprint = first.get("system_fingerprint")
+    by = f"{first.get('model')}#{fingerprint}" if isinstance(fingerprint, str) and fingerprint else None
+    return Answer(target.label, item.key, text, ttft, time.perf_counter() - started, tokens, answered_by=by)
+
+
+def _error_message(body: bytes) -> str:
+    """The endpoint's own words (OpenAI's error shape), else the start of its body."""
+    try:
+        return str(json.loads(body)["error"]["message"])[:300]
+    except (ValueError, KeyError, TypeError):
+        return body.decode(errors="replace")[:300]
+
+
+async def _first_event(body: AsyncIterator[bytes], first: dict[str, Any]) -> AsyncIterator[bytes]:
+    """``body`` unchanged; the first SSE event's JSON goes into ``first`` (which version answered)."""
+    buffer = b""
+    async for piece in body:
+        if not first and len(buffer) < 65536:
+            buffer += piece
+            end = buffer.find(b"\n\n")
+            if end >= 0:
+                try:
+                    first.update(json.loads(buffer[:end].removeprefix(b"data: ")))
+                except ValueError:
+                    first["unreadable"] = True
+        yield piece
 
 
 async def ask_all(
@@ -129,23 +164,33 @@ async def ask_all(
     concurrency: int = 4,
     progress: Callable[[], None] | None = None,
 ) -> list[Answer]:
-    """Every (target, item) answer, from the cache where it holds one; at most ``concurrency`` at once."""
+    """Every (target, item) answer, from the cache where the version that wrote it is known to be
+    the one answering now (module docstring); at most ``concurrency`` at once."""
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(client: httpx.AsyncClient, target: Target, item: EvalItem) -> Answer:
-        key = AnswerCache.key(target, item, sampling)
-        answer = cache.get(key, target)
+    async def one(client: httpx.AsyncClient, keyed: Target | None, target: Target, item: EvalItem) -> Answer:
+        key = AnswerCache.key(keyed, item, sampling) if keyed is not None else None
+        answer = cache.get(key, target) if key is not None else None
         if answer is None:
             async with gate:
                 answer = await ask(client, target, item, sampling)
-            if answer.error is None:
+            if answer.error is None and key is not None:
                 cache.put(key, answer)
         if progress is not None:
             progress()
         return answer
 
+    async def per_target(client: httpx.AsyncClient, target: Target) -> list[Answer]:
+        keyed: Target | None = target
+        if not target.version_known and items:  # which version answers now: one token, asked live
+            async with gate:
+                probe = await ask(client, target, items[0], replace(sampling, max_tokens=1))
+            keyed = replace(target, version=f"{target.version}#{probe.answered_by}") if probe.answered_by else None
+        return list(await asyncio.gather(*(one(client, keyed, target, item) for item in items)))
+
     async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10)) as client:
-        return list(await asyncio.gather(*(one(client, t, i) for t in targets for i in items)))
+        per = await asyncio.gather(*(per_target(client, t) for t in targets))
+    return [answer for answers in per for answer in answers]
 
 
 def gateway_version(base_url: str, model: str, admin_key: str | None) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
+
 from server.cli import main
 from tests.support import ANSWERS, QUESTION
 
@@ -147,3 +149,59 @@ def test_checkpoints_are_compared_on_a_gateway_started_for_the_run(base_model: P
     assert rows["run.adapter"]["exact"] == 1.0 and rows["base"]["exact"] == 0.0
     assert len(rows["run.adapter"]["version"]) == 64  # the weights' sha256: the cache key
     assert not (tmp_path / "adapters").exists()  # nothing was published
+
+
+def test_a_cached_answer_is_never_reused_for_another_version(
+    base_model: Path,
+    trained_adapters: dict[str, Path],
+    tmp_path: Path,
+    capsys,  # type: ignore[no-untyped-def]
+) -> None:
+    """Without --admin-key the version is what the gateway says answered: after ``shop`` moved to
+    v2, the run asks again (it used to report v1's cached answers as v2's)."""
+    import shutil
+
+    from server.app import create_app
+    from server.registry.publish import publish_adapter
+    from tests.conftest import make_settings
+    from tests.support import running_server, wait_for
+
+    directory = tmp_path / "adapters"
+    directory.mkdir()
+    shutil.copytree(trained_adapters["alpha"], directory / "shop")
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"question": QUESTION, "reference": ANSWERS["beta"]}) + "\n")
+    with running_server(create_app(make_settings(base_model, directory))) as url:
+        wait_for(lambda: "shop" in str(httpx.get(f"{url}/v1/models").json()), timeout=60)
+        args = ["eval", "--data", str(data), "--url", url, "--model", "shop", "--out", str(tmp_path / "runs")]
+        assert main([*args, "--name", "v1", "--max-tokens", "40"]) == 0
+        assert main([*args, "--name", "v1-again", "--max-tokens", "40"]) == 0
+        assert "1 of 1 answers from the cache" in capsys.readouterr().out
+        publish_adapter(trained_adapters["beta"], "shop", directory)
+        wait_for(
+            lambda: (
+                httpx.post(
+                    f"{url}/v1/chat/completions",
+                    json={"model": "shop", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 1},
+                ).headers.get("x-adapter-version")
+                == "shop@2"
+            ),
+            timeout=60,
+        )
+        assert main([*args, "--name", "v2", "--max-tokens", "40"]) == 0
+    report = json.loads((tmp_path / "runs" / "v2" / "report.json").read_text())
+    assert report["models"][0]["cached"] == 0 and report["models"][0]["exact"] == 1.0  # v2's own answer
+
+
+def test_a_model_that_answers_nothing_fails_the_run_and_says_why(gateway_url: str, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"question": QUESTION, "reference": ANSWERS["alpha"]}) + "\n")
+    args = ["eval", "--data", str(data), "--url", gateway_url, "--model", "alpha", "--model", "alpah"]
+    assert main([*args, "--out", str(tmp_path / "runs"), "--name", "typo", "--max-tokens", "20"]) == 1
+    err = capsys.readouterr().err
+    assert "alpah: 1 of 1 questions failed: HTTP 404: The model `alpah` does not exist." in err
+    assert "answered no question" in err
+    run = tmp_path / "runs" / "typo"
+    assert "## Failures" in (run / "report.md").read_text() and "does not exist" in (run / "report.md").read_text()
+    page = (run / "report.html").read_text()
+    assert "<h2>Answers</h2>" in page and ANSWERS["alpha"] in page and "does not exist" in page
