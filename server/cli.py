@@ -141,9 +141,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_adapters_publish(args: argparse.Namespace) -> int:
     from .registry.publish import publish_adapter
+    from .registry.served import rejections
     from .registry.validation import AdapterIncomplete, AdapterRejected
 
     replaced = (Path(args.adapters_dir) / args.name).exists()
+    rejected_before = rejections(args.gateway) if args.wait else None
     try:
         target = publish_adapter(
             args.source, args.name, args.adapters_dir, validate=None if args.force else _publish_check(args)
@@ -153,16 +155,13 @@ def _cmd_adapters_publish(args: argparse.Namespace) -> int:
     from .tenancy.audit import audit_cli
 
     audit_cli(args.adapters_dir, "adapter.publish", args.name, source=str(args.source), forced=args.force)
-    print(
-        f"Published {args.name} to {target}; a running gateway watching "
-        f"{args.adapters_dir} serves it as model {args.name!r}."
-    )
+    print(f"Published {args.name} to {target}; a gateway watching {args.adapters_dir} serves it as {args.name!r}.")
     if replaced:
         print(
             f"It replaced the previous files of {args.name}; versions a gateway served are kept: "
             f"`lora-gateway adapters rollback {args.name}` brings the last one back."
         )
-    return 0
+    return _await_serving(args, args.name, target, rejected_before)
 
 
 def _publish_check(args: argparse.Namespace) -> Any:
@@ -263,6 +262,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     values["publish"] = not args.no_publish
     values["gate_min"], values["gate_max_drop"] = dict(args.gate_min or ()), dict(args.gate_max_drop or ())
     config = TrainConfig(**values)
+    from .registry.served import rejections
+
+    rejected_before = rejections(args.gateway) if args.wait and not args.no_publish else None
     try:
         result = train(config)
     except TrainingError as exc:
@@ -289,21 +291,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from .tenancy.audit import audit_cli
 
         audit_cli(result.published_to.parent, "adapter.publish", config.name, trained=str(result.adapter_dir))
-        serves = "once its eval gate passes" if config.eval_set else "now"
+        serves = "once its eval gate passes" if config.eval_set else "after it is validated and loaded"
         if config.canary is not None:  # a split: the version serving before keeps the rest
             serves += (
-                f" to {config.canary}% of users (a canary; `lora-gateway adapters promote {config.name}` or `abort`)"
+                f", to {config.canary}% of users (a canary; `lora-gateway adapters promote {config.name}` or `abort`)"
             )
-        print(
-            f"published as model {config.name!r} in {result.published_to.parent}; a running gateway serves it {serves}:"
-        )
+        print(f"published as model {config.name!r} in {result.published_to.parent}; a gateway serves it {serves}")
+        code = _await_serving(args, config.name, result.published_to, rejected_before)
         body = {"model": config.name, "messages": [{"role": "user", "content": "Hello"}]}
-        port = os.environ.get("LORA_GATEWAY_PORT", "8000")
         print(
-            f"  curl http://127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' "
+            f"  curl {args.gateway}/v1/chat/completions -H 'Content-Type: application/json' "
             f"-d '{json.dumps(body, ensure_ascii=False)}'"
         )
+        return code
     return 0
+
+
+def _await_serving(args: argparse.Namespace, name: str, published: Path, rejected_before: float | None) -> int:
+    """Say whether the gateway serves what was just written (``registry/served.py``): 1 when it
+    refused it, else 0."""
+    from .registry.served import wait_until_served
+    from .registry.validation import WEIGHTS_FILE, file_sha256
+
+    if not args.wait:
+        print(f"not waiting (--wait 0): {args.gateway}/v1/adapters (admin key) shows when it serves")
+        return 0
+    outcome = wait_until_served(
+        args.gateway, name, file_sha256(published / WEIGHTS_FILE), timeout=args.wait, rejected_before=rejected_before
+    )
+    print(outcome.message, file=sys.stderr if outcome.served is False else sys.stdout)
+    return 1 if outcome.served is False else 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -409,6 +426,21 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_wait_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gateway",
+        default=f"http://127.0.0.1:{os.environ.get('LORA_GATEWAY_PORT', '8000')}",
+        help="The running gateway to ask whether it serves what was published (its keys: LORA_GATEWAY_ADMIN_KEY, "
+        "LORA_GATEWAY_API_KEY) [default %(default)s, or LORA_GATEWAY_PORT].",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=600.0,
+        help="Seconds to wait until it serves the new files or refuses them (0: do not wait) [default 600].",
+    )
+
+
 def _threshold(text: str) -> tuple[str, float]:
     metric, _, value = text.partition("=")
     try:
@@ -441,6 +473,7 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
 
     p_train = commands.add_parser("train", help="Fine-tune a LoRA adapter and publish it into the adapters directory.")
     _add_train_flags(p_train)
+    _add_wait_flags(p_train)
     p_train.set_defaults(func=_cmd_train)
 
     p_export = commands.add_parser("export", help="Merge an adapter into its base and write a full model.")
@@ -486,6 +519,7 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     p_publish.add_argument(
         "--force", action="store_true", help="Publish without checking (the gateway still refuses a bad adapter)."
     )
+    _add_wait_flags(p_publish)
     p_publish.set_defaults(func=_cmd_adapters_publish)
     p_rollback = adapter_commands.add_parser(
         "rollback", help="Republish a kept version (default: the newest one unlike the current files)."

@@ -13,6 +13,7 @@ port changed. Their ``#`` comments are the documented output, and are checked:
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -50,7 +51,10 @@ def run_block(name: str, work: Path, port: int) -> tuple[str, str]:
     command = (
         ["bash", "-e", "-c", runnable] if lang == "bash" else [str(work / ".venv" / "bin" / "python"), "-c", runnable]
     )
-    result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600)
+    # The CLI asks the gateway at LORA_GATEWAY_PORT whether it serves what it published, as a user's
+    # shell asks the demo's 8000.
+    env = {**os.environ, "LORA_GATEWAY_PORT": str(port)}
+    result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, f"README block {name!r} failed:\n{result.stderr[-3000:]}"
     return code, result.stdout + result.stderr
 

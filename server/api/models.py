@@ -45,6 +45,8 @@ def _cards(gateway: Gateway, paths: bool, principal: Principal) -> list[ModelCar
                 root=version.path if paths else version.name,
                 parent=base,
                 max_model_len=max_len,
+                version=version.version,
+                sha256=version.sha256,
             )
         )
     return cards

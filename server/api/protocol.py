@@ -464,6 +464,10 @@ class ModelCard(BaseModel):
     root: str | None = None
     parent: str | None = None
     max_model_len: int | None = None
+    # Ours, for adapters: the version that answers the name, and its weights (what `train` and
+    # `adapters publish` watch for, without generating anything).
+    version: int | None = None
+    sha256: str | None = None
 
 
 class ModelList(BaseModel):

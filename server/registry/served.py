@@ -1,0 +1,101 @@
+"""After ``train`` or ``adapters publish`` wrote files: does a running gateway serve them yet?
+
+Writing the files is not serving them: the gateway's watcher settles, validates, loads and proves
+a version (and runs its eval gate) first, and may refuse it. So the CLI asks the gateway, when one
+answers, until it serves the new weights or refuses them, and only then says which:
+
+- served: the model card (``GET /v1/models/NAME``, an inference key or none) names the version
+  that answers the name and its weights' sha256; nothing is generated, so nothing is captured;
+- refused: with the admin key, ``GET /v1/adapters`` says so and why; without it, a rise in
+  ``lora_gateway_adapters_rejected_total`` on ``/metrics`` while the old weights keep answering.
+
+A gateway that does not answer is not waited for: the message says what will happen instead.
+Keys come from the environment the gateway itself reads (``LORA_GATEWAY_ADMIN_KEY``, the first of
+``LORA_GATEWAY_API_KEY``), so nothing secret goes on a command line.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+_POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    served: bool | None  # None: no gateway answered, or none decided in time
+    message: str
+
+
+def rejections(url: str) -> float | None:
+    """The gateway's count of refused adapter files (None when it does not answer)."""
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("lora_gateway_adapters_rejected_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_until_served(
+    url: str, name: str, sha256: str, *, timeout: float, rejected_before: float | None = None
+) -> Outcome:
+    """Poll the gateway at ``url`` until it serves ``name`` with weights ``sha256`` or refuses them."""
+    admin_key = os.environ.get("LORA_GATEWAY_ADMIN_KEY") or None
+    api_key = (os.environ.get("LORA_GATEWAY_API_KEY") or "").split(",")[0].strip() or None
+    try:
+        httpx.get(f"{url}/health", timeout=5)
+    except httpx.HTTPError:
+        return Outcome(None, f"no gateway answers at {url}; one that watches this directory serves it when it starts")
+    deadline = time.monotonic() + timeout
+    while True:
+        serving = _card(url, name, api_key)
+        if serving.get("sha256") == sha256:
+            version = f"{name}@{serving.get('version')}"
+            return Outcome(True, f"the gateway at {url} serves it now as {version} (sha256 {sha256[:12]})")
+        refused = _refusal(url, name, sha256, admin_key, rejected_before)
+        if refused is not None:
+            return Outcome(False, f"the gateway at {url} refused it: {refused}")
+        if time.monotonic() >= deadline:
+            why = "an eval gate may still be running" if serving else "it may have refused it"
+            where = "GET /v1/adapters (admin key)" if not admin_key else "GET /v1/adapters"
+            return Outcome(None, f"the gateway at {url} did not serve it within {timeout:g} s ({why}; {where} says)")
+        time.sleep(_POLL_S)
+
+
+def _card(url: str, name: str, api_key: str | None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(f"{url}/v1/models/{name}", headers=headers, timeout=10)
+        card = response.json() if response.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def _refusal(url: str, name: str, sha256: str, admin_key: str | None, rejected_before: float | None) -> str | None:
+    if admin_key:
+        try:
+            listed: list[dict[str, Any]] = httpx.get(
+                f"{url}/v1/adapters", headers={"Authorization": f"Bearer {admin_key}"}, timeout=10
+            ).json()["data"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
+        entry = next((a for a in listed if a.get("name") == name), None)
+        rejected = (entry or {}).get("rejected")
+        if entry is not None and rejected and entry.get("gate_running") is None and entry.get("sha256") != sha256:
+            if rejected.get("reason") != "incomplete":
+                return f"{rejected.get('reason')}: {rejected.get('message')}"
+        return None
+    now = rejections(url)
+    if rejected_before is not None and now is not None and now > rejected_before:
+        return "see the gateway's log, or GET /v1/adapters with the admin key, for why"
+    return None
