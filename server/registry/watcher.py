@@ -78,14 +78,22 @@ class AdapterWatcher:
                 step=20,
                 recursive=True,
                 ignore_permission_denied=True,
+                watch_filter=self._adapter_path,
             ):
                 for name in {self._top_level(Path(p)) for _change, p in changes}:
-                    if name and not name.startswith("."):  # staging, trash and snapshots
+                    if name:
                         self._schedule(name)
         finally:
             resync.cancel()
             for task in self._pending.values():
                 task.cancel()
+
+    def _adapter_path(self, _change: object, path: str) -> bool:
+        """Only adapters' files are news. The gateway's own state in the directory (``.gateway.db``
+        and its WAL, ``.kept``, staging and trash: every dot entry) is filtered out before watchfiles
+        reports or logs anything, so a database write never looks like a change to an adapter."""
+        name = self._top_level(Path(path))
+        return bool(name) and not name.startswith(".")  # type: ignore[union-attr]
 
     def _top_level(self, path: Path) -> str | None:
         try:

@@ -180,11 +180,18 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     try:
         key = tenancy.store.revoke(args.key)
         tenancy.audit.record(cli_actor(), "key.revoke", key.id, name=key.name)
+        usable = [k for k in tenancy.store.all() if not k.revoked and k.enabled]
     except LookupError as exc:
         raise SystemExit(f"lora-gateway: {exc.args[0]}") from None
     finally:
         tenancy.close()
     print(f"{key.id} ({key.name}) revoked; running gateways refuse it within a second.")
+    if not usable:
+        print(
+            "No usable key is left, and a gateway whose database has held keys keeps requiring one: every "
+            "request now gets 401 unless it presents an --api-key of the server. Create a key for your "
+            "clients (`lora-gateway keys create NAME`), or serve with --api-key."
+        )
     return 0
 
 

@@ -65,3 +65,42 @@ def test_ready_says_when_the_directory_is_not_followed(gateway_app, gateway_url:
         watcher.following, watcher.last_failure = True, None
     assert httpx.get(f"{gateway_url}/ready").status_code == 200
     assert metric_value(httpx.get(f"{gateway_url}/metrics").text, "lora_gateway_watcher_failures_total") == 0
+
+
+def test_the_gateways_own_state_in_the_directory_is_not_news(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Database writes (``.gateway.db`` and its WAL) and ``.kept`` used to wake the watcher and log
+    "changes detected" hundreds of times; only an adapter's files are followed."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="watchfiles")
+    registry = make_registry(tmp_path, RecordingEngine())
+    synced: list[str] = []
+
+    async def sync(name: str, **_: object) -> None:
+        synced.append(name)
+
+    registry.sync = sync  # type: ignore[method-assign, assignment]
+    watcher = AdapterWatcher(registry, settle=0.05)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(watcher.run())
+        await asyncio.sleep(0.5)
+        for i in range(20):
+            (tmp_path / ".gateway.db").write_bytes(b"x" * i)
+            (tmp_path / ".gateway.db-wal").write_bytes(b"y" * i)
+            (tmp_path / ".kept").mkdir(exist_ok=True)
+            (tmp_path / ".kept" / f"{i}").write_text("z")
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.6)
+        logged = [r for r in caplog.records if "detected" in r.getMessage()]  # watchfiles' "N changes detected"
+        assert synced == [] and not logged
+        (tmp_path / "shop").mkdir()
+        (tmp_path / "shop" / "adapter_config.json").write_text("{}")
+        for _ in range(100):
+            if synced:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert synced == ["shop"]

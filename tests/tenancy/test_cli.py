@@ -25,7 +25,8 @@ def test_keys_are_created_listed_updated_and_revoked(tmp_path: Path) -> None:
         key["requests_per_minute"] == 120 and key["enabled"] is False and key["expires"] > key["created"] + 29 * 86400
     )
     assert secret not in json.dumps(key) and key["prefix"] == secret[:12]
-    assert run("keys", "revoke", key["id"], *where).returncode == 0
+    revoked = run("keys", "revoke", key["id"], *where)
+    assert revoked.returncode == 0 and "No usable key is left" in revoked.stdout  # how to get back is said
     again = run("keys", "update", key["id"], "--enable", *where)
     assert again.returncode != 0 and "revoked" in again.stderr
     audit = run("audit", "--json", *where)
