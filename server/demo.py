@@ -19,7 +19,7 @@ from typing import Any
 
 from .offline_model import TinyModelSpec, build_tiny_model, is_built
 from .registry.base_model import BaseModelSpec
-from .registry.validation import file_sha256
+from .registry.validation import WEIGHTS_FILE, file_sha256
 
 DEMO_SPEC = TinyModelSpec(
     hidden_size=256,
@@ -107,6 +107,14 @@ def train_demo_adapters(base: Path, adapters_dir: Path, runs_dir: Path) -> list[
         problem = _not_the_demos(adapters_dir / adapter.name, adapter, fingerprint)
         if problem is None:
             continue
+        if problem != "trained on another base" and _served_version(adapters_dir, adapter.name) is not None:
+            # A version a gateway proved (yours: the feedback loop's, a promoted canary) is never
+            # trained over; files that were refused, or another base's, are.
+            number = _served_version(adapters_dir, adapter.name)
+            print(
+                f"{adapters_dir / adapter.name} is version {number}, which a gateway served ({problem}); kept as it is"
+            )
+            continue
         if (adapters_dir / adapter.name).exists():
             print(f"{adapters_dir / adapter.name} is not the demo's adapter ({problem}); training the demo's again")
         print(f"Training demo adapter {adapter.name!r} on examples/{adapter.data} ...")
@@ -125,6 +133,17 @@ def train_demo_adapters(base: Path, adapters_dir: Path, runs_dir: Path) -> list[
         print(f"  {adapter.name}: {result.steps} steps in {result.seconds:.0f}s, final loss {result.train_loss:.3f}")
         trained.append(adapter.name)
     return trained
+
+
+def _served_version(adapters_dir: Path, name: str) -> int | None:
+    """The kept (proven) version the directory's files are, if they are one."""
+    from .registry.store import VersionStore
+
+    weights = adapters_dir / name / WEIGHTS_FILE
+    if not weights.is_file():
+        return None
+    digest = file_sha256(weights)
+    return next((v.number for v in VersionStore(adapters_dir).versions(name) if v.sha256 == digest), None)
 
 
 def _not_the_demos(path: Path, adapter: DemoAdapter, base_fingerprint: str) -> str | None:

@@ -88,15 +88,16 @@ class VersionStore:
         return sorted(found, key=lambda v: v.number, reverse=True)
 
     def find(self, name: str, sha256: str, config: bytes, profile: bytes | None = None) -> StoredVersion | None:
-        """The proven version with these weights (by digest), this exact adapter_config.json and this
-        exact profile.json (None: without one)."""
+        """The proven version with these weights (by digest), this adapter_config.json and this
+        profile.json (None: without one), the JSON files compared by what they say (key order and
+        spacing differ between writers, and a file written again is the same version again)."""
         return next(
             (
                 v
                 for v in self.versions(name)
                 if v.sha256 == sha256
-                and _config_bytes(v.path) == config
-                and _file_bytes(v.path / PROFILE_FILE) == profile
+                and _same_json(_config_bytes(v.path), config)
+                and _same_json(_file_bytes(v.path / PROFILE_FILE), profile)
             ),
             None,
         )
@@ -228,6 +229,15 @@ def _write_marker(marker: Path, meta: dict[str, Any]) -> None:
     fsync_path(tmp)
     os.replace(tmp, marker)
     fsync_path(marker.parent)
+
+
+def _same_json(kept: bytes | None, given: bytes | None) -> bool:
+    if kept is None or given is None:
+        return kept is given
+    try:
+        return bool(json.loads(kept) == json.loads(given))
+    except ValueError:
+        return kept == given
 
 
 def _config_bytes(path: Path) -> bytes | None:
