@@ -26,13 +26,17 @@ if typing.TYPE_CHECKING:
 _SETTINGS_COMMANDS = ("serve", "demo")
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser, *, require_model: bool = True) -> None:
+def _add_settings_flags(
+    parser: argparse.ArgumentParser, *, require_model: bool = True, defaults: dict[str, Any] | None = None
+) -> None:
+    """``defaults``: where a command's defaults differ from ``serve``'s (the demo captures feedback)."""
     from .settings import Settings
 
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env = f"LORA_GATEWAY_{name.upper()}"
         default = None if field.is_required() else field.get_default(call_default_factory=True)
+        default = (defaults or {}).get(name, default)
         shown = "required" if field.is_required() else ("unset" if default in (None, []) else default)
         kwargs: dict[str, Any] = {
             "help": f"{field.description} [env {env}; default {shown}]",
@@ -225,6 +229,27 @@ def _cmd_adapters_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_adapters_list(args: argparse.Namespace) -> int:
+    """Every adapter name in the directory (and every name with kept versions), read from the
+    files: no gateway needed."""
+    from .registry.offline import listing
+
+    rows = listing(Path(args.adapters_dir))
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{'name':<24} {'directory':<22} {'kept':<16} {'pinned':<8} split")
+    for row in rows:
+        files = row["directory"]
+        shown = "-" if files is None else (f"v{files['version']}" if files["version"] else "not proven")
+        if files is not None and files["version"] is None:
+            shown += f" {files['sha256'][:8]}"
+        kept = ",".join(str(n) for n in row["kept"]) or "-"
+        pinned = ",".join(str(n) for n in row["pinned"]) or "-"
+        print(f"{row['name']:<24} {shown:<22} {kept:<16} {pinned:<8} {row['split'] or '-'}")
+    return 0
+
+
 def _cmd_adapters_pin(args: argparse.Namespace) -> int:
     from .registry.store import VersionStore
 
@@ -356,7 +381,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     )
     add("--no-publish", action="store_true", help="Only write the adapter under --output-dir.")
     add("--output-dir", default=None, help="Run directory [default runs/NAME].")
-    add("--format", default="auto", choices=["auto", "alpaca", "sharegpt", "messages", "query-response"])
+    add(
+        "--format",
+        default="auto",
+        choices=["auto", "alpaca", "sharegpt", "messages", "query-response"],
+        help="The --data files' format (auto: told from each file's records) [default auto].",
+    )
     add("--system", default=None, help="System prompt for records that have none.")
     add("--model-name", default=None, help="Fills {{NAME}} in the data.")
     add("--model-author", default=None, help="Fills {{AUTHOR}} in the data.")
@@ -392,8 +422,18 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Resume from CHECKPOINT, or the newest one in --output-dir.",
     )
-    add("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    add("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    add(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="Where to train (auto: cuda if any) [default auto].",
+    )
+    add(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="The base's dtype while training (auto: bfloat16 on a GPU that has it, else float32) [default auto].",
+    )
     add("--allow-small", action="store_true", help="Train on fewer than 10 examples.")
     add(
         "--eval-set",
@@ -468,7 +508,7 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     p_demo.add_argument("--demo-dir", default=".demo", help="Where the demo model is cached [default .demo].")
     p_demo.add_argument("--no-train", action="store_true", help="Serve without training the demo adapters.")
     if settings_flags:
-        _add_settings_flags(p_demo, require_model=False)
+        _add_settings_flags(p_demo, require_model=False, defaults={"feedback": True})
     p_demo.set_defaults(func=_cmd_demo)
 
     p_train = commands.add_parser("train", help="Fine-tune a LoRA adapter and publish it into the adapters directory.")
@@ -530,6 +570,12 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     )
     p_rollback.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
     p_rollback.set_defaults(func=_cmd_adapters_rollback)
+    p_list = adapter_commands.add_parser(
+        "list", help="Every adapter in the directory: which kept version its files are, kept and pinned versions."
+    )
+    p_list.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
+    p_list.add_argument("--json", action="store_true", help="As JSON.")
+    p_list.set_defaults(func=_cmd_adapters_list)
     p_history = adapter_commands.add_parser("history", help="The kept versions of an adapter, newest first.")
     p_history.add_argument("name")
     p_history.add_argument("--json", action="store_true", help="As JSON (what GET /v1/adapters/NAME/versions gives).")

@@ -19,7 +19,7 @@ from typing import Any
 
 from .offline_model import TinyModelSpec, build_tiny_model, is_built
 from .registry.base_model import BaseModelSpec
-from .registry.validation import WEIGHTS_FILE, file_sha256
+from .registry.validation import file_sha256
 
 DEMO_SPEC = TinyModelSpec(
     hidden_size=256,
@@ -137,13 +137,11 @@ def train_demo_adapters(base: Path, adapters_dir: Path, runs_dir: Path) -> list[
 
 def _served_version(adapters_dir: Path, name: str) -> int | None:
     """The kept (proven) version the directory's files are, if they are one."""
+    from .registry.offline import directory_version
     from .registry.store import VersionStore
 
-    weights = adapters_dir / name / WEIGHTS_FILE
-    if not weights.is_file():
-        return None
-    digest = file_sha256(weights)
-    return next((v.number for v in VersionStore(adapters_dir).versions(name) if v.sha256 == digest), None)
+    kept = directory_version(VersionStore(adapters_dir), name)
+    return kept.number if kept is not None else None
 
 
 def _not_the_demos(path: Path, adapter: DemoAdapter, base_fingerprint: str) -> str | None:

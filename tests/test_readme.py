@@ -102,7 +102,17 @@ def check(code: str, output: str) -> None:
 
 
 def test_every_marked_block_is_checked() -> None:
-    assert set(readme_blocks()) == set(IN_ORDER)
+    assert set(readme_blocks()) == {*IN_ORDER, "profile"}
+
+
+def test_the_readme_profile_example_is_a_profile_the_gateway_takes(tmp_path: Path) -> None:
+    from server.registry.profile import read_profile
+
+    lang, code = readme_blocks()["profile"]
+    assert lang == "json"
+    (tmp_path / "profile.json").write_text(code, encoding="utf-8")
+    profile = read_profile(tmp_path)
+    assert profile is not None and profile.tools and profile.tools[0].function.name == "get_order_status"
 
 
 # The loop blocks train `shop-support` v2 (on all its data and one correction) and promote it; the gate

@@ -23,7 +23,9 @@ def add_feedback_parser(commands: Any) -> None:
         sub.add_argument("name", help="Adapter name.")
         sub.add_argument("--since", default=None, help="Only feedback from the last period: 30m, 24h, 7d, 2w.")
         sub.add_argument(
-            "--db",
+            "--database",
+            "--db",  # its first name; --database, as everywhere else
+            dest="database",
             default=default_db,
             help="The gateway's --database URL [default: sqlite:///ADAPTERS_DIR/.gateway.db].",
         )
@@ -43,7 +45,7 @@ def _open(args: argparse.Namespace) -> tuple[Any, float | None]:
     from .report import parse_since
     from .store import FeedbackStore
 
-    url = database_url(args.db, args.adapters_dir)
+    url = database_url(args.database, args.adapters_dir)
     if missing_sqlite_file(url):
         raise SystemExit(f"lora-gateway: no feedback database at {url} (is the gateway started with --feedback?)")
     try:

@@ -8,6 +8,7 @@ The admin API (``rollout.py``) makes the same changes through the registry inste
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .profile import PROFILE_FILE
 from .publish import publish_adapter
@@ -29,6 +30,38 @@ def directory_version(store: VersionStore, name: str) -> StoredVersion | None:
         )
     except OSError:
         return None
+
+
+def listing(adapters_dir: Path) -> list[dict[str, Any]]:
+    """Per name (the directory's adapters, and names that only have kept versions): which kept
+    version its files are (``version`` None: files no gateway proved: new, or refused), the kept
+    and pinned version numbers, and its split's shares."""
+    store = VersionStore(adapters_dir)
+    names = {p.name for p in adapters_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    rows = []
+    for name in sorted(names | set(store.names())):
+        files: dict[str, Any] | None = None
+        if (adapters_dir / name / WEIGHTS_FILE).is_file():
+            current = directory_version(store, name)
+            files = {
+                "version": current.number if current else None,
+                "sha256": file_sha256(adapters_dir / name / WEIGHTS_FILE),
+            }
+        kept = store.versions(name)
+        try:
+            split = read_split_file(adapters_dir / name) if (adapters_dir / name).is_dir() else None
+        except AdapterRejected:
+            split = None
+        rows.append(
+            {
+                "name": name,
+                "directory": files,
+                "kept": [v.number for v in kept],
+                "pinned": [v.number for v in kept if v.pinned],
+                "split": " ".join(f"v{v}={p}%" for v, p in split.weights) if split and split.weights else None,
+            }
+        )
+    return rows
 
 
 def start_split(adapters_dir: Path, name: str, raw: object) -> Split:

@@ -281,6 +281,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([e.__dict__ for e in entries], indent=2))
         return 0
+    print(f"{'when (UTC)':<19}  {'who':<24} {'action':<16} {'target':<20} detail")
     for e in entries:
         when = dt.datetime.fromtimestamp(e.at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         print(f"{when}  {e.actor:<24} {e.action:<16} {e.target:<20} {json.dumps(e.detail, sort_keys=True)}")

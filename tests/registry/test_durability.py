@@ -284,3 +284,31 @@ def test_retention_takes_a_version_that_once_answered_a_request_and_unloads_it(
                 pass
 
     asyncio.run(scenario())
+
+
+def test_adapters_list_reads_every_name_from_the_files(tmp_path: Path, trained_adapters: dict[str, Path]) -> None:
+    import json as json_
+
+    from server.cli import main
+
+    directory = tmp_path / "adapters"
+    registry = make_registry(directory, RecordingEngine())
+    asyncio.run(registry.install("shop", _copy(trained_adapters["alpha"], tmp_path / "v1")))
+    asyncio.run(registry.install("shop", _copy(trained_adapters["beta"], tmp_path / "v2")))
+    _copy(trained_adapters["alpha"], directory / "fresh")  # never proven by a gateway
+    registry.store.set_pinned("shop", 1, True)
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["adapters", "list", "--adapters-dir", str(directory), "--json"]) == 0
+    rows = {row["name"]: row for row in json_.loads(out.getvalue())}
+    assert (
+        rows["shop"]["directory"]["version"] == 2 and rows["shop"]["kept"] == [2, 1] and rows["shop"]["pinned"] == [1]
+    )
+    assert rows["fresh"]["directory"]["version"] is None and rows["fresh"]["kept"] == []
+    table = io.StringIO()
+    with contextlib.redirect_stdout(table):
+        main(["adapters", "list", "--adapters-dir", str(directory)])
+    assert "not proven" in table.getvalue() and table.getvalue().splitlines()[0].startswith("name")
