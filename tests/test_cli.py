@@ -346,3 +346,46 @@ def test_boolean_settings_are_switches() -> None:
         is False
     )
     assert _settings_from(parser.parse_args(["serve", "--model", "m"])).allow_long_context is False
+
+
+# What a `--help` must not load: each costs from a tenth of a second (SQLAlchemy, httpx, FastAPI) to
+# seconds (torch). Issue 10 measured 0.08 s for `--help`; these modules took it back to 1.0-1.5 s.
+_HEAVY = ("sqlalchemy", "torch", "transformers", "httpx", "fastapi", "matplotlib", "server.registry.registry")
+_HELP_PROBE = """
+import sys
+from server.cli import main
+try:
+    main(sys.argv[1:] + ["--help"])
+except SystemExit:
+    pass
+heavy = sorted({m.split(".")[0] if not m.startswith("server.") else m for m in sys.modules} & set(HEAVY))
+print("LOADED", ",".join(heavy), len(sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["serve"],
+        ["demo"],
+        ["train"],
+        ["eval"],
+        ["adapters", "list"],
+        ["adapters", "publish"],
+        ["keys", "create"],
+        ["feedback", "report"],
+        ["usage"],
+        ["audit"],
+    ],
+    ids=lambda c: " ".join(c) or "top",
+)
+def test_help_loads_no_heavy_module(command: list[str]) -> None:
+    """A guard, not a timing: `--help` of every command imports none of the modules that made it slow
+    (and no more than a bounded number of modules in all). benchmarks/cli_startup.py times it."""
+    probe = _HELP_PROBE.replace("HEAVY", repr(_HEAVY))
+    done = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, timeout=60)
+    line = next(line for line in done.stdout.splitlines() if line.startswith("LOADED"))
+    _, heavy, count = line.split(" ")
+    assert heavy == "", f"`{' '.join(command)} --help` loads {heavy}"
+    assert int(count) < 400, f"`{' '.join(command)} --help` loads {count} modules"

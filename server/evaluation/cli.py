@@ -10,13 +10,11 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .judge import judge_all, load_rubric
-from .ratings import RatingError, export_sheet, import_playground, import_sheets, merge_ratings
-from .report import answer_id, write_pages, write_report
-from .runner import AnswerCache, Sampling, Target, ask_all, engine_peak_memory, gateway_version
-from .testset import TestSetError, load_test_set
+# The evaluation modules (httpx, the report's matplotlib) load when a command runs, not for --help.
+if TYPE_CHECKING:
+    from .runner import AnswerCache, Sampling, Target
 
 
 def add_eval_parser(commands: Any) -> None:
@@ -78,6 +76,8 @@ def base_url(args: argparse.Namespace) -> str:
 
 
 def _targets(args: argparse.Namespace, versions: dict[str, str] | None = None) -> list[Target]:
+    from .runner import Target, gateway_version
+
     base = base_url(args)
     known = versions or {}
     targets = [
@@ -131,6 +131,12 @@ def _run_on_local_gateway(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, versions: dict[str, str] | None = None) -> int:
     from tqdm import tqdm
+
+    from .judge import judge_all, load_rubric
+    from .ratings import export_sheet
+    from .report import answer_id, write_report
+    from .runner import AnswerCache, Sampling, ask_all, engine_peak_memory
+    from .testset import TestSetError, load_test_set
 
     try:
         items = load_test_set(args.data)
@@ -202,6 +208,10 @@ def _verdict(report: dict[str, Any]) -> int:
 
 
 def _import_ratings(args: argparse.Namespace) -> int:
+    from .judge import load_rubric
+    from .ratings import RatingError, import_playground, import_sheets, merge_ratings
+    from .report import write_pages
+
     if not args.name:
         raise SystemExit("eval: --import-ratings needs --name: the run whose sheet was rated")
     out = Path(args.out) / str(run_name(args.name))
@@ -229,6 +239,8 @@ def _import_ratings(args: argparse.Namespace) -> int:
 def _retention(args: argparse.Namespace, targets: list[Target], sampling: Sampling, cache: AnswerCache) -> Any:
     from ..demo import examples_dir
     from .retention import retention, served_base
+    from .runner import Target, gateway_version
+    from .testset import TestSetError, load_test_set
 
     path = args.retention_set or str(examples_dir() / "retention.jsonl")
     try:
