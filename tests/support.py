@@ -154,9 +154,16 @@ def running_server(app, *, ready_timeout: float = 60.0, probe: str = "/ready") -
 
 @contextlib.contextmanager
 def server_process(
-    args: list[str], *, port: int | None = None, env: dict[str, str] | None = None, timeout: float = 120.0
+    args: list[str],
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    command: list[str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``python -m server ARGS --port PORT`` as a user runs it; yields (process, url) once /ready.
+    """``python -m server ARGS --port PORT`` (or ``command ARGS ...``) as a user runs it; yields
+    (process, url) once /ready.
 
     Output goes to a temporary file (a pipe nobody reads could fill up and stall the server) and is
     shown if the process dies before it is ready.
@@ -165,10 +172,11 @@ def server_process(
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "server", *args, "--port", str(port)],
+            [*(command or [sys.executable, "-m", "server"]), *args, "--port", str(port)],
             env={**os.environ, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
+            cwd=cwd,
         )
 
         def still_running() -> None:

@@ -109,3 +109,27 @@ def test_the_installed_demo_builds_its_base_from_the_packaged_data(installed: Pa
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "demo" / "base" / "config.json").is_file()
     assert not list((tmp_path / "demo").glob(".base-building-*"))
+
+
+def test_lora_gateway_serve_from_the_wheel_answers_a_chat(
+    installed: Path, tmp_path: Path, base_model: Path, trained_adapters: dict[str, Path]
+) -> None:
+    """What the Docker image runs, from the wheel alone: `serve` starts, registers an adapter from a
+    watched directory, and answers a chat with what the adapter was trained to say."""
+    import shutil
+
+    from openai import OpenAI
+
+    from tests.support import ANSWERS, QUESTION, server_process, wait_for
+
+    adapters = tmp_path / "adapters"
+    shutil.copytree(trained_adapters["alpha"], adapters / "shop")
+    interpreter, env = isolated(installed)
+    args = ["serve", "--model", str(base_model), "--adapters-dir", str(adapters), "--device", "cpu"]
+    with server_process(args, command=[*interpreter, "-m", "lora_gateway"], env=env, cwd=tmp_path) as (_, url):
+        client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        wait_for(lambda: "shop" in {m.id for m in client.models.list().data}, timeout=60)
+        answer = client.chat.completions.create(
+            model="shop", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=40
+        )
+    assert answer.choices[0].message.content == ANSWERS["alpha"]
