@@ -5,6 +5,7 @@ SQLAlchemy URL) where several gateways share keys, limits and feedback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,10 @@ def open_engine(url: str) -> Engine:
             file.parent.mkdir(parents=True, exist_ok=True)
             # Conversations, key hashes and usage: readable by the gateway's user only. SQLite gives
             # its -wal and -shm files the database file's mode, so creating it 0600 covers them.
-            os.close(os.open(file, os.O_CREAT | os.O_WRONLY, 0o600))
+            # Only a file that is not there yet is opened here: closing any descriptor of a SQLite
+            # file drops every POSIX lock this process holds on it (another engine's reads with it).
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
 
         @event.listens_for(engine, "connect")

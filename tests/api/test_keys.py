@@ -313,3 +313,25 @@ def test_a_key_rates_only_answers_it_could_have_made_and_rates_only_models_it_ma
     other, missing = rate_in_playground("alpha"), rate_in_playground("no-such-adapter")
     assert other.status_code == missing.status_code == 404
     assert other.json()["error"]["code"] == missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_gateway_with_feedback_sees_keys_another_process_creates(base_model: Path, tmp_path: Path) -> None:
+    """With --feedback, a second store opens the same SQLite file in the gateway's process. Opening
+    it once closed a descriptor of the file, which drops every POSIX lock the process holds on it:
+    the key store then read a stale snapshot, and a key the CLI created stayed 401 for ever."""
+    from server.app import create_app
+
+    directory = tmp_path / "adapters"
+    directory.mkdir()
+    settings = make_settings(base_model, directory, admin_key="tenancy-admin", feedback=True)
+    with running_server(create_app(settings)) as url:
+        first = create(url, name="first")
+        headers = {"Authorization": f"Bearer {first['secret']}"}
+        chat = {"model": "tiny-base", "messages": ASK, "max_tokens": 2}
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat, headers=headers, timeout=60).status_code == 200
+        assert cli(directory, "keys", "revoke", first["id"]).returncode == 0
+        wait_for(lambda: httpx.get(f"{url}/v1/models", headers=headers).status_code == 401, timeout=30)
+        done = cli(directory, "keys", "create", "newcomer")
+        assert done.returncode == 0, done.stderr
+        newcomer = {"Authorization": f"Bearer {done.stdout.strip().splitlines()[-1]}"}
+        assert httpx.get(f"{url}/v1/models", headers=newcomer).status_code == 200
