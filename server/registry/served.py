@@ -57,7 +57,13 @@ def wait_until_served(
         return Outcome(None, f"no gateway answers at {url}; one that watches this directory serves it when it starts")
     deadline = time.monotonic() + timeout
     while True:
-        serving = _card(url, name, api_key)
+        serving = _card(url, name, api_key or admin_key)
+        if serving.get("refused") in (401, 403):
+            return Outcome(
+                None,
+                f"the gateway at {url} needs a key to say whether it serves it: set LORA_GATEWAY_API_KEY "
+                "(an inference key that may use it) or LORA_GATEWAY_ADMIN_KEY",
+            )
         if serving.get("sha256") == sha256:
             version = f"{name}@{serving.get('version')}"
             return Outcome(True, f"the gateway at {url} serves it now as {version} (sha256 {sha256[:12]})")
@@ -65,7 +71,7 @@ def wait_until_served(
         if refused is not None:
             return Outcome(False, f"the gateway at {url} refused it: {refused}")
         if time.monotonic() >= deadline:
-            why = "an eval gate may still be running" if serving else "it may have refused it"
+            why = "an eval gate may still be running" if serving.get("sha256") else "it may have refused it"
             where = "GET /v1/adapters (admin key)" if not admin_key else "GET /v1/adapters"
             return Outcome(None, f"the gateway at {url} did not serve it within {timeout:g} s ({why}; {where} says)")
         time.sleep(_POLL_S)
@@ -75,6 +81,8 @@ def _card(url: str, name: str, api_key: str | None) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         response = httpx.get(f"{url}/v1/models/{name}", headers=headers, timeout=10)
+        if response.status_code in (401, 403):
+            return {"refused": response.status_code}
         card = response.json() if response.status_code == 200 else {}
     except (httpx.HTTPError, ValueError):
         return {}

@@ -54,3 +54,13 @@ def test_served_or_refused_is_said_once_the_gateway_decides(
 def test_no_gateway_is_not_waited_for() -> None:
     outcome = wait_until_served(f"http://127.0.0.1:{free_port()}", "shop", "ab" * 32, timeout=600)
     assert outcome.served is None and "no gateway answers" in outcome.message
+
+
+def test_a_gateway_that_needs_a_key_is_not_waited_for(base_model: Path, tmp_path: Path) -> None:
+    from server.app import create_app
+
+    directory = tmp_path / "adapters"
+    directory.mkdir()
+    with running_server(create_app(make_settings(base_model, directory, api_key=["only-key"]))) as url:
+        outcome = wait_until_served(url, "shop", "ab" * 32, timeout=600)
+    assert outcome.served is None and "needs a key" in outcome.message
