@@ -18,9 +18,10 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:  # httpx loads when a judge is asked: `adapters publish` reads gates, never asks one
+    import httpx
 
 from .testset import EvalItem
 
@@ -132,7 +133,16 @@ def parse_verdict(rubric: Rubric, content: str) -> Verdict:
         return Verdict({}, 0.0, "", error=f"unusable judge answer ({exc}): {content[:200]!r}")
 
 
-JUDGE_TIMEOUT = httpx.Timeout(300, connect=10)
+JUDGE_TIMEOUT_S, JUDGE_CONNECT_S = 300.0, 10.0
+
+
+def judge_client() -> httpx.AsyncClient:
+    """An HTTP client for asking judges (a verdict may take minutes on a busy judge)."""
+    import httpx
+
+    return httpx.AsyncClient(timeout=httpx.Timeout(JUDGE_TIMEOUT_S, connect=JUDGE_CONNECT_S))
+
+
 JUDGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """How an ``eval.json`` names one of the operator's judges."""
 
@@ -247,6 +257,6 @@ async def judge_all(
     seed: int = 0,
 ) -> dict[str, Verdict]:
     """``judge_with`` a judge behind an OpenAI-compatible ``url``."""
-    async with httpx.AsyncClient(timeout=JUDGE_TIMEOUT) as client:
+    async with judge_client() as client:
         ask = http_judge(client, url, model, api_key)
         return await judge_with(ask, tasks, rubric, concurrency=concurrency, seed=seed)

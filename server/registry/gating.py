@@ -24,13 +24,11 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 
-import httpx
-
 from ..api.protocol import ChatCompletionRequest
 from ..conversion import to_generation_request
 from ..engine.base import Engine
 from ..evaluation.gate import Gate, GateOutcome, failures, score
-from ..evaluation.judge import JUDGE_MAX_TOKENS, JUDGE_TIMEOUT, JudgeAsk, JudgeEndpoint, http_judge
+from ..evaluation.judge import JUDGE_MAX_TOKENS, JudgeAsk, JudgeEndpoint, http_judge, judge_client
 from ..evaluation.testset import EvalItem
 from .records import AdapterVersion, Lease
 from .residency import Residency
@@ -115,7 +113,7 @@ class GateRunner:
         if not gate.spec.uses_judge:
             yield None
         elif endpoint is not None:
-            async with httpx.AsyncClient(timeout=JUDGE_TIMEOUT) as client:
+            async with judge_client() as client:
                 yield http_judge(client, endpoint.url, endpoint.model, endpoint.api_key)
         else:
 

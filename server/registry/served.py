@@ -17,11 +17,11 @@ Keys come from the environment the gateway itself reads (``LORA_GATEWAY_ADMIN_KE
 from __future__ import annotations
 
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 _POLL_S = 1.0
 
@@ -32,8 +32,23 @@ class Outcome:
     message: str
 
 
+def listening(url: str) -> bool:
+    """Whether anything accepts connections at ``url``: a socket, not an HTTP client, so a command
+    run with no gateway about pays microseconds, not httpx's import."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def rejections(url: str) -> float | None:
     """The gateway's count of refused adapter files (None when it does not answer)."""
+    if not listening(url):
+        return None
+    import httpx
+
     try:
         text = httpx.get(f"{url}/metrics", timeout=5).text
     except httpx.HTTPError:
@@ -51,9 +66,7 @@ def wait_until_served(
     """Poll the gateway at ``url`` until it serves ``name`` with weights ``sha256`` or refuses them."""
     admin_key = os.environ.get("LORA_GATEWAY_ADMIN_KEY") or None
     api_key = (os.environ.get("LORA_GATEWAY_API_KEY") or "").split(",")[0].strip() or None
-    try:
-        httpx.get(f"{url}/health", timeout=5)
-    except httpx.HTTPError:
+    if not listening(url):
         return Outcome(None, f"no gateway answers at {url}; one that watches this directory serves it when it starts")
     deadline = time.monotonic() + timeout
     while True:
@@ -78,6 +91,8 @@ def wait_until_served(
 
 
 def _card(url: str, name: str, api_key: str | None) -> dict[str, Any]:
+    import httpx
+
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         response = httpx.get(f"{url}/v1/models/{name}", headers=headers, timeout=10)
@@ -90,6 +105,8 @@ def _card(url: str, name: str, api_key: str | None) -> dict[str, Any]:
 
 
 def _refusal(url: str, name: str, sha256: str, admin_key: str | None, rejected_before: float | None) -> str | None:
+    import httpx
+
     if admin_key:
         try:
             listed: list[dict[str, Any]] = httpx.get(
