@@ -78,12 +78,12 @@ def lone_surrogate_at(raw: bytes) -> str | None:
     while stack:
         path, value = stack.pop()
         if isinstance(value, str):
-            if not _encodable(value):
+            if not is_unicode_text(value):
                 return path
         elif isinstance(value, dict):
             for key, item in value.items():
                 where = f"{path}.{key}" if path else str(key)
-                if not _encodable(key):
+                if not is_unicode_text(key):
                     return path
                 stack.append((where, item))
         elif isinstance(value, list):
@@ -91,7 +91,8 @@ def lone_surrogate_at(raw: bytes) -> str | None:
     return None
 
 
-def _encodable(text: str) -> bool:
+def is_unicode_text(text: str) -> bool:
+    """JSON's \\ud800 escapes decode to lone surrogates, which no tokenizer (nor UTF-8) can encode."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -23,6 +23,7 @@ from pydantic import (
 
 from .. import __version__
 from ..errors import InvalidRequest, UnsupportedParameter
+from ..jsonbounds import is_unicode_text
 from .schema_limits import check_schemas
 
 # Identifies the serving stack, as OpenAI's fingerprint identifies its backend configuration.
@@ -196,7 +197,7 @@ class ChatCompletionRequest(_Strict):
         _check_tools(self)
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest("`top_logprobs` requires `logprobs` to be true.", param="top_logprobs")
-        if not all(_is_unicode_text(s) for s in self.stop_sequences):
+        if not all(is_unicode_text(s) for s in self.stop_sequences):
             raise InvalidRequest("`stop` is not valid Unicode text (it holds a lone surrogate).", param="stop")
         return self
 
@@ -214,7 +215,7 @@ class ChatCompletionRequest(_Strict):
 
 def _check_message(i: int, message: ChatMessage) -> None:
     param = f"messages.[{i}]"
-    if not _is_unicode_text(message.text()) or not _is_unicode_text(message.name or ""):
+    if not is_unicode_text(message.text()) or not is_unicode_text(message.name or ""):
         raise InvalidRequest(
             f"messages[{i}] is not valid Unicode text (it holds a lone surrogate).", param=f"{param}.content"
         )
@@ -297,15 +298,6 @@ def _check_tools(request: ChatCompletionRequest) -> None:
             "a tool call or a JSON document here, not a choice between both.",
             param="response_format",
         )
-
-
-def _is_unicode_text(text: str) -> bool:
-    """JSON's \\ud800 escapes decode to lone surrogates, which no tokenizer (nor UTF-8) can encode."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _refuse_unsupported(request: ChatCompletionRequest) -> None:

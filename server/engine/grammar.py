@@ -34,6 +34,7 @@ import re
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidRequest, Overloaded
@@ -111,6 +112,11 @@ def grammar_key(request: GenerationRequest) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Hit:
+    compiled: Any  # None: a grammar that does not compile, served unconstrained
+
+
 class Grammars:
     """The embedded engine's compiler (one tokenizer), its cache, and per-row matchers."""
 
@@ -144,10 +150,8 @@ class Grammars:
         key = grammar_key(request)
         if key is None:
             return None
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+        if (hit := self._cached(key)) is not None:
+            return hit.compiled
         with self._counting:
             if self._in_flight >= MAX_WAITING_COMPILES:
                 raise Overloaded(
@@ -167,6 +171,14 @@ class Grammars:
                 code="grammar_too_complex",
             ) from None
 
+    def _cached(self, key: str) -> _Hit | None:
+        """The cache's entry for ``key`` (its grammar may be None: served unconstrained), or None."""
+        with self._lock:
+            if key not in self._cache:
+                return None
+            self._cache.move_to_end(key)
+            return _Hit(self._cache[key])
+
     def _finished(self, _: Future[Any]) -> None:
         with self._counting:
             self._in_flight -= 1
@@ -181,10 +193,8 @@ class Grammars:
         key = grammar_key(request)
         if key is None:
             return None
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+        if (hit := self._cached(key)) is not None:
+            return hit.compiled
         tag = output_tag(request)
         assert tag is not None  # a request with a grammar key has a tag
         try:

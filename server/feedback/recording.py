@@ -49,8 +49,7 @@ async def record(gateway: Gateway, completion_id: str, rating: Rating, principal
         ) from None
     conversation = stored.conversation
     entry = gateway.registry.get(conversation.adapter) if conversation.adapter else None
-    counted = stored.first_vote
-    if counted and entry is not None and entry.split is not None and conversation.version is not None:
+    if stored.first_vote and entry is not None and entry.split is not None and conversation.version is not None:
         gateway.registry.rollouts.watch.feedback(entry.split, conversation.version, rating.negative)
     return {
         "id": f"feedback-{stored.id}",

@@ -378,10 +378,7 @@ class AdapterRegistry:
                     entry.gate_task = task
                     return
                 gate = await self._run_gate(entry, stored, version) if info.gate is not None else None
-                await asyncio.to_thread(
-                    self.store.prove, stored, self._protected(), self._proof(), gate.summary() if gate else None
-                )
-                await self._residency.drop_deleted()
+                await self._prove(stored, gate)
         await self._serve(entry, stored, version, split, rewrite, publish)
 
     async def _serve(
@@ -444,11 +441,16 @@ class AdapterRegistry:
                 return
             entry.gate_task = None
             try:
-                await asyncio.to_thread(self.store.prove, stored, self._protected(), self._proof(), gate.summary())
-                await self._residency.drop_deleted()
+                await self._prove(stored, gate)
                 await self._serve(entry, stored, version, split, rewrite, publish=False)
             except Exception as exc:
                 self._reject(entry, AdapterRejected("unreadable", f"{entry.name}: {type(exc).__name__}: {exc}."))
+
+    async def _prove(self, stored: StoredVersion, gate: GateOutcome | None) -> None:
+        """Mark ``stored`` proven (with its gate's outcome), apply retention, and unload what it took."""
+        summary = gate.summary() if gate else None
+        await asyncio.to_thread(self.store.prove, stored, self._protected(), self._proof(), summary)
+        await self._residency.drop_deleted()
 
     def _cancel_gate(self, entry: AdapterEntry) -> None:
         task, entry.gate_task = entry.gate_task, None
@@ -460,7 +462,7 @@ class AdapterRegistry:
         tasks = [e.gate_task for e in self._entries.values() if e.gate_task is not None]
         for entry in self._entries.values():
             self._cancel_gate(entry)
-        await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run_gate(self, entry: AdapterEntry, stored: StoredVersion, version: AdapterVersion) -> GateOutcome:
         """Run the version's eval gate against it and the version serving now (``gating.py``);

@@ -49,10 +49,6 @@ class Residency:
     def draining(self) -> list[AdapterVersion]:
         return list(self._draining.values())
 
-    def held(self) -> list[AdapterVersion]:
-        """Versions loaded or draining."""
-        return [*self._loaded.values(), *self._draining.values()]
-
     def busy(self) -> list[AdapterVersion]:
         """Versions answering a request now, or draining (the store must keep their copies); a
         version merely left loaded since its last request is not busy: retention may take it."""

@@ -115,10 +115,10 @@ def _refusal(url: str, name: str, sha256: str, admin_key: str | None, rejected_b
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return None
         entry = next((a for a in listed if a.get("name") == name), None)
-        rejected = (entry or {}).get("rejected")
-        if entry is not None and rejected and entry.get("gate_running") is None and entry.get("sha256") != sha256:
-            if rejected.get("reason") != "incomplete":
-                return f"{rejected.get('reason')}: {rejected.get('message')}"
+        rejected = (entry or {}).get("rejected") or {}
+        decided = entry is not None and entry.get("gate_running") is None and entry.get("sha256") != sha256
+        if decided and rejected.get("reason") not in (None, "incomplete"):
+            return f"{rejected.get('reason')}: {rejected.get('message')}"
         return None
     now = rejections(url)
     if rejected_before is not None and now is not None and now > rejected_before:

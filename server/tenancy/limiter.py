@@ -115,30 +115,28 @@ class Limiter:
         stats = self._strategy.get_window_stats(window.item, key.id, window.name)
         wait = stats.reset_time - time.time()
         limit = window.item.amount
-        error: RateLimited
-        if reserve > limit:
-            error = RateLimited(
-                f"Request too large for {key.name}: it may use {reserve} tokens (its prompt's bytes plus "
-                f"max_tokens for each choice), above the limit of {limit}; lower max_tokens.",
-                retry_after=wait,
-            )
-            error.headers = self.headers(key)
-            return error
         needs = f" This request may use {reserve} tokens and {stats.remaining} remain." if reserve else ""
-        if window.name in ("requests", "tokens"):
-            per = "requests" if window.name == "requests" else "tokens"
-            error = RateLimited(
-                f"Rate limit reached for {key.name} on {per} per min: limit {limit}.{needs} "
-                f"Please try again in {duration(wait)}.",
-                retry_after=wait,
+        kind: type[RateLimited] = RateLimited
+        if reserve > limit:
+            message = (
+                f"Request too large for {key.name}: it may use {reserve} tokens (its prompt's bytes plus "
+                f"max_tokens for each choice), above the limit of {limit}; lower max_tokens."
+            )
+        elif window.name in ("requests", "tokens"):
+            message = (
+                f"Rate limit reached for {key.name} on {window.name} per min: limit {limit}.{needs} "
+                f"Please try again in {duration(wait)}."
             )
         else:
             period = "day" if window.name == "tokens_per_day" else "month"
-            error = QuotaExceeded(
-                f"You exceeded the token quota of {key.name} for this {period} ({limit} tokens).{needs} "
-                f"It renews in {duration(wait)}.",
-                retry_after=wait,
+            kind, message = (
+                QuotaExceeded,
+                (
+                    f"You exceeded the token quota of {key.name} for this {period} ({limit} tokens).{needs} "
+                    f"It renews in {duration(wait)}."
+                ),
             )
+        error = kind(message, retry_after=wait)
         error.headers = self.headers(key)
         return error
 
