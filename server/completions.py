@@ -1,7 +1,7 @@
 """One chat completion, whoever asks for it: the HTTP route (``api/chat.py``) and integrations (WeCom).
 
 Transport-agnostic: lease the model (``admit``), convert the request to engine terms
-(``server.conversion``, pure functions), run the engine, observe metrics (``Observer``), and
+(``server.openai.conversion``, pure functions), run the engine, observe metrics (``Observer``), and
 assemble OpenAI's result, whole (``complete``) or as chunks (``open_stream``). The route only adds
 HTTP: SSE framing and client disconnects. Every delta of every request goes through one loop
 (``_observed``), so shutdown, metrics and usage are handled the same for both shapes.
@@ -17,7 +17,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from .api.protocol import (
+from .engine.base import GenerationDelta, GenerationRequest
+from .errors import EngineError, EngineUnavailable, GatewayError, ModelNotFound
+from .feedback import Conversation
+from .gateway import Gateway
+from .metrics import UNKNOWN_MODEL
+from .observing import Observer, Usage
+from .openai.conversion import Choice, chunk_choices, to_generation_request
+from .openai.protocol import (
     SYSTEM_FINGERPRINT,
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
@@ -28,13 +35,6 @@ from .api.protocol import (
     completion_id,
     now,
 )
-from .conversion import Choice, chunk_choices, to_generation_request
-from .engine.base import GenerationDelta, GenerationRequest
-from .errors import EngineError, EngineUnavailable, GatewayError, ModelNotFound
-from .feedback import Conversation
-from .gateway import Gateway
-from .metrics import UNKNOWN_MODEL
-from .observing import Observer, Usage
 from .registry.addressing import split_address
 from .tenancy.limiter import Ticket
 from .tenancy.service import ANYONE, Principal

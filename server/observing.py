@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .api.protocol import UsageInfo
 from .engine.base import GenerationDelta
 from .errors import GatewayError
 from .metrics import GatewayMetrics
+from .openai.protocol import UsageInfo
 
 
 class Observer:

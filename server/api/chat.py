@@ -21,10 +21,10 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..completions import CompletionStream, answered_by, complete, open_stream
+from ..openai.protocol import ChatCompletionRequest
 from .deps import get_gateway, require_api_key
 from .disconnects import CancelOnDisconnect, EventStream
 from .errors import CHAT_PATH, ErrorResponder
-from .protocol import ChatCompletionRequest
 
 DONE = "data: [DONE]\n\n"  # OpenAI's end of a stream
 

@@ -12,10 +12,10 @@ from fastapi.responses import Response
 
 from ..errors import ModelNotFound
 from ..gateway import Gateway
+from ..openai.protocol import ModelCard, ModelList
 from ..tenancy.service import Principal
 from .auth import presented_one_of
 from .deps import GatewayDep, require_inference_or_admin_key
-from .protocol import ModelCard, ModelList
 
 router = APIRouter(dependencies=[Depends(require_inference_or_admin_key)])
 

@@ -16,6 +16,18 @@ from typing import Any, Literal
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 
+def finish_reason(reason: str | None, *, tool_called: bool = False) -> FinishReason | None:
+    """The one rule for why a choice ended, whichever engine ran it: None while it runs; ``length``
+    when ``max_tokens`` cut it; ``tool_calls`` when it stopped after calling a tool; every other end
+    (a stop string, end of sequence, an upstream's ``abort`` or a reason we do not know) is ``stop``,
+    since OpenAI's clients accept only these three."""
+    if reason is None:
+        return None
+    if reason == "length":
+        return "length"
+    return "tool_calls" if tool_called or reason == "tool_calls" else "stop"
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """Per-request sampling, already validated and defaulted by the API layer."""

@@ -20,7 +20,7 @@ rows keep decoding), on a thread of its own: never the pool the gateway's bookke
 keys, adapter loads) runs on, so abandoned compiles cannot starve it. At most
 ``MAX_WAITING_COMPILES`` wait (then 503), a compile that has not started is dropped when its
 client goes away, and one that runs past ``--grammar-timeout`` is a 400 (it finishes in the
-background and is cached, so a retry is quick). The edge (``api.schema_limits``) bounds what a
+background and is cached, so a retry is quick). The edge (``openai.schema_limits``) bounds what a
 schema may hold, so a compile is short. A grammar is cached: a schema used again costs a lookup.
 Constrained output is also kept well-formed UTF-8 (``utf8``), which xgrammar alone does not ensure.
 """

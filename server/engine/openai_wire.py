@@ -13,16 +13,22 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..errors import EngineError, GatewayError, InvalidRequest
-from .base import GenerationDelta, GenerationRequest, TokenLogprob, ToolCallDelta, TopLogprob
-
-_FINISH = ("stop", "length", "tool_calls")
+from .base import (
+    FinishReason,
+    GenerationDelta,
+    GenerationRequest,
+    TokenLogprob,
+    ToolCallDelta,
+    TopLogprob,
+    finish_reason,
+)
 
 
 async def deltas(body: AsyncIterator[bytes]) -> AsyncIterator[GenerationDelta]:
     """Upstream SSE chunks -> deltas, one event at a time as they arrive. ``body`` is the response
     body as it is received, in pieces of any size (whichever HTTP client reads it)."""
     counts: dict[int, int] = {}
-    finish: dict[int, str] = {}
+    finish: dict[int, FinishReason | None] = {}
     prompt_tokens = 0
     buffer = b""
     # Bytes, not text: an event ends at a blank line whatever its encoding, and ``json.loads``
@@ -52,7 +58,7 @@ async def deltas(body: AsyncIterator[bytes]) -> AsyncIterator[GenerationDelta]:
                 for index in ordered:
                     own = left if index == ordered[-1] else counts.get(index, 0)
                     left -= own
-                    yield GenerationDelta(index, "", finish[index], prompt_tokens, own)  # type: ignore[arg-type]
+                    yield GenerationDelta(index, "", finish[index], prompt_tokens, own)
                 finish.clear()
                 continue
             for choice in chunk.get("choices", []):
@@ -67,9 +73,9 @@ async def deltas(body: AsyncIterator[bytes]) -> AsyncIterator[GenerationDelta]:
                         index, content, None, prompt_tokens, counts[index], tool_calls=calls, logprobs=logprobs
                     )
                 if choice.get("finish_reason"):
-                    finish[index] = choice["finish_reason"] if choice["finish_reason"] in _FINISH else "stop"
+                    finish[index] = finish_reason(choice["finish_reason"])
     for index, reason in finish.items():  # an upstream that sent no usage chunk
-        yield GenerationDelta(index, "", reason, prompt_tokens, counts.get(index, 0))  # type: ignore[arg-type]
+        yield GenerationDelta(index, "", reason, prompt_tokens, counts.get(index, 0))
 
 
 def whole_deltas(payload: bytes) -> list[GenerationDelta]:
@@ -92,7 +98,7 @@ def whole_deltas(payload: bytes) -> list[GenerationDelta]:
                 GenerationDelta(
                     choice["index"],
                     message.get("content") or "",
-                    reason if reason in _FINISH else "stop",
+                    finish_reason(reason or "stop"),  # a whole answer has ended
                     prompt_tokens,
                     own,
                     tool_calls=tuple(

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import EngineError
-from .base import GenerationDelta, GenerationRequest, TokenLogprob
+from .base import GenerationDelta, GenerationRequest, TokenLogprob, finish_reason
 from .grammar import Grammars
 from .logprobs import TokenBytes, token_logprob
 from .sampling import Sampler
@@ -154,8 +154,6 @@ class RowSteps:
             if finish is not None:
                 tail, more = row.tool_calls.finish()
                 text, calls = text + tail, calls + more
-                if finish == "stop" and row.tool_calls.called:
-                    finish = "tool_calls"
         if not text and not calls and finish is None:
             return None
         queued = row.job.queued_seconds if row.index == 0 and not row.answered else None  # once, with the first
@@ -166,7 +164,7 @@ class RowSteps:
         return GenerationDelta(
             index=row.index,
             text=text,
-            finish_reason=finish,  # type: ignore[arg-type]
+            finish_reason=finish_reason(finish, tool_called=row.tool_calls is not None and row.tool_calls.called),
             prompt_tokens=len(row.job.prompt_ids),
             completion_tokens=row.generated,
             tool_calls=tuple(calls),

@@ -33,6 +33,7 @@ from .base import (
     SamplingOptions,
     TokenLogprob,
     ToolCallDelta,
+    finish_reason,
 )
 from .grammar import output_tag, refusal
 from .logprobs import TokenBytes
@@ -264,13 +265,11 @@ class VllmEngine(Engine):
                         continue
                     text = choice.text[len(sent[i]) :]  # vLLM's outputs are cumulative by default
                     sent[i] = choice.text
-                    reason = choice.finish_reason if choice.finish_reason in ("stop", "length") else None
                     finished[i] = choice.finish_reason is not None
                     calls: list[ToolCallDelta] = []
                     if parsers:
                         text, calls = parsers[i].feed(text)
-                        if reason == "stop" and parsers[i].called:
-                            reason = "tool_calls"
+                    reason = finish_reason(choice.finish_reason, tool_called=bool(parsers) and parsers[i].called)
                     logprobs = None
                     if options.logprobs is not None and self._token_bytes is not None:
                         start = logprobs_sent[i]

@@ -3,7 +3,7 @@
 The registry calls ``GateRunner.run`` once the candidate is loaded and before it is proven or made
 active (``registry._adopt``), holding only that name's lock: the version serving now keeps
 answering, and other names publish meanwhile. The gate asks the engine directly, the way a request
-would be asked (the candidate's profile applied by ``server.conversion``), one question at a time,
+would be asked (the candidate's profile applied by ``server.openai.conversion``), one question at a time,
 so it takes one slot of the engine's batch and never the capacity live traffic needs; it is not
 counted in the request metrics. A run is bounded by the spec's ``timeout_s`` and the server's
 ``--eval-gate-timeout``; one that runs out, or cannot ask at all, fails (a gate never lets an
@@ -24,12 +24,12 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 
-from ..api.protocol import ChatCompletionRequest
-from ..conversion import to_generation_request
 from ..engine.base import Engine
 from ..evaluation.gate import Gate, GateOutcome, failures, score
 from ..evaluation.judge import JUDGE_MAX_TOKENS, JudgeAsk, JudgeEndpoint, http_judge, judge_client
 from ..evaluation.testset import EvalItem
+from ..openai.conversion import to_generation_request
+from ..openai.protocol import ChatCompletionRequest
 from .records import AdapterVersion, Lease
 from .residency import Residency
 

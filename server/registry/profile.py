@@ -26,7 +26,8 @@ from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..api.protocol import (
+from ..jsonbounds import read_adapter_json
+from ..openai.protocol import (
     MAX_TOOLS,
     ChatCompletionRequest,
     ChatCompletionTool,
@@ -34,7 +35,6 @@ from ..api.protocol import (
     NamedToolChoice,
     ResponseFormat,
 )
-from ..jsonbounds import read_adapter_json
 
 PROFILE_FILE = "profile.json"
 MAX_PROFILE_BYTES = 256 * 1024

@@ -65,6 +65,11 @@ class Lease:
     def ref(self) -> AdapterRef | None:
         return None if self.adapter is None else adapter_ref(self.adapter)
 
+    @property
+    def profile(self) -> AdapterProfile | None:
+        """The adapter's request defaults (its ``profile.json``); None for the base model."""
+        return None if self.adapter is None else self.adapter.info.profile
+
 
 def adapter_ref(version: AdapterVersion) -> AdapterRef:
     """What the engine is told of a version: its durable copy, under an id never reused."""

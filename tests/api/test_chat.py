@@ -274,7 +274,7 @@ def test_the_role_chunks_go_out_in_one_write_with_the_first_piece_of_the_answer(
     """Each event the route yields is one write: the role chunk of each choice waits for the event
     after it (already there when a stream opens), so a client wakes once for its first token."""
     from server.api.chat import _sse
-    from server.api.protocol import ChatCompletionChunk, ChatCompletionChunkChoice, DeltaMessage
+    from server.openai.protocol import ChatCompletionChunk, ChatCompletionChunkChoice, DeltaMessage
 
     def chunk(index: int, **delta: str) -> ChatCompletionChunk:
         choice = ChatCompletionChunkChoice(index=index, delta=DeltaMessage(**delta))  # type: ignore[arg-type]

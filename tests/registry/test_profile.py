@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.api.protocol import ChatCompletionRequest
 from server.errors import AdapterRejected
+from server.openai.protocol import ChatCompletionRequest
 from server.registry.profile import PROFILE_FILE, AdapterProfile, read_profile
 from tests.conftest import make_settings
 from tests.support import ANSWERS, QUESTION, running_server, wait_for

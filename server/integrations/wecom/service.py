@@ -22,12 +22,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from ...api.protocol import ChatCompletionRequest, ChatMessage
 from ...completions import complete
 from ...errors import ContextLengthExceeded, GatewayError, NotFound, Unauthorized
 from ...feedback import Rating
 from ...feedback.recording import record
 from ...gateway import Gateway
+from ...openai.protocol import ChatCompletionRequest, ChatMessage
 from ...tenancy.service import ANYONE, Principal
 from .api import AppCredentials, WeComApi, WeComApiError
 from .config import BotConfig, WeComSettings

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from .. import __version__
+from ..engine.base import FinishReason  # one vocabulary, and one rule for it (engine.base.finish_reason)
 from ..errors import InvalidRequest, UnsupportedParameter
 from ..jsonbounds import is_unicode_text
 from .schema_limits import check_schemas
@@ -333,8 +334,6 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
 # ---------------------------------------------------------------------------------------------
 # Responses
 # ---------------------------------------------------------------------------------------------
-
-FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 def completion_id() -> str:

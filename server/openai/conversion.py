@@ -8,9 +8,12 @@ first, then OpenAI's defaults), ``Choice`` (a whole answer's choice, assembled f
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .api.protocol import (
+from ..engine import base as engine
+from ..engine.base import AdapterRef, GenerationDelta, GenerationRequest, OutputFormat, SamplingOptions, ToolSpec
+from ..errors import InvalidRequest
+from .protocol import (
     ChatCompletionChoice,
     ChatCompletionChunkChoice,
     ChatCompletionMessage,
@@ -27,20 +30,33 @@ from .api.protocol import (
     ToolCall,
     TopLogprob,
 )
-from .engine import base as engine
-from .engine.base import GenerationDelta, GenerationRequest, OutputFormat, SamplingOptions, ToolSpec
-from .errors import InvalidRequest
 
-if TYPE_CHECKING:  # the registry imports this module (its eval gate converts requests)
-    from .registry.records import Lease
+
+class RequestDefaults(Protocol):
+    """What an adapter's profile (``server.registry.profile``) sets for the requests it answers."""
+
+    max_tokens: int | None
+    chat_template: str | None
+
+    def apply_to(self, body: ChatCompletionRequest) -> ChatCompletionRequest: ...
+
+
+class Target(Protocol):
+    """Where a request goes (the registry's ``Lease``): the engine's adapter, and its defaults."""
+
+    @property
+    def ref(self) -> AdapterRef | None: ...
+
+    @property
+    def profile(self) -> RequestDefaults | None: ...
 
 
 def to_generation_request(
-    body: ChatCompletionRequest, lease: Lease, max_n: int, default_max_tokens: int | None = None
+    body: ChatCompletionRequest, lease: Target, max_n: int, default_max_tokens: int | None = None
 ) -> GenerationRequest:
     """OpenAI request -> engine request: the adapter's profile fills what the request left unset
     (``server.registry.profile``), then OpenAI's defaults (temperature 1, top_p 1, n 1)."""
-    profile = lease.adapter.info.profile if lease.adapter is not None else None
+    profile = lease.profile
     if profile is not None:
         body = profile.apply_to(body)
         default_max_tokens = profile.max_tokens or default_max_tokens

@@ -1,4 +1,4 @@
-"""OpenAI requests to engine terms, engine deltas to OpenAI shapes (server/conversion.py), the pure
+"""OpenAI requests to engine terms, engine deltas to OpenAI shapes (server/openai/conversion.py), the pure
 part of the one completion path (server/completions.py), which tests/api (HTTP) and
 tests/integrations (WeCom) exercise end to end."""
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.api.protocol import ChatCompletionRequest
-from server.conversion import Choice, chunk_choices, to_generation_request
 from server.errors import InvalidRequest
+from server.openai.conversion import Choice, chunk_choices, to_generation_request
+from server.openai.protocol import ChatCompletionRequest
 from server.registry import Lease
 
 
