@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from benchmarks.common import RESULTS, ROOT, machine  # noqa: E402
 from server.cli import main  # noqa: E402
+from server.datasets.conversations import load_files  # noqa: E402
 from server.demo import DEMO_ADAPTERS, examples_dir, prepare_demo, train_demo_adapters  # noqa: E402
-from server.trainer.data import load_files  # noqa: E402
 
 MODELS = ("base", "shop-support", "identity")
 

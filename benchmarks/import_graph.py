@@ -31,6 +31,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("foundation", ["errors", "jsonbounds", "devices", "settings", "terms", "offline_model"]),
     ("engine", ["engine"]),
     ("openai", ["openai"]),
+    ("datasets", ["datasets"]),
     ("storage", ["database"]),
     ("registry", ["registry"]),
     ("trainer", ["trainer"]),
@@ -38,7 +39,20 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("feedback", ["feedback"]),
     ("evaluation", ["evaluation"]),
     ("channels", ["channels"]),
-    ("serving", ["conversion", "admission", "metrics", "observing", "gateway", "completions", "connections", "serving"]),
+    (
+        "serving",
+        [
+            "conversion",
+            "admission",
+            "metrics",
+            "observing",
+            "gateway",
+            "completions",
+            "connections",
+            "serving",
+            "recording",
+        ],
+    ),
     (
         "entry",
         [

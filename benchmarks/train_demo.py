@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from benchmarks.common import RESULTS, ROOT, machine  # noqa: E402
+from server.datasets.conversations import load_files  # noqa: E402
 from server.demo import DEMO_ADAPTERS, DEMO_TRAINING, examples_dir, prepare_demo  # noqa: E402
 from server.trainer import TrainConfig, train  # noqa: E402
-from server.trainer.data import load_files  # noqa: E402
 
 
 def exact_answers(base: Path, adapter: Path, conversations: list) -> tuple[int, int]:  # type: ignore[type-arg]

@@ -23,7 +23,8 @@ from .database import database_url, open_engine
 from .engine.base import Engine
 from .errors import first_line
 from .evaluation.judge import load_judges
-from .evaluation.ratings import PLAYGROUND_RATINGS, DatabaseRatings, RatingStore
+from .evaluation.proving import GateRunner
+from .evaluation.ratings import DatabaseRatings, RatingStore
 from .feedback import FeedbackStore
 from .gateway import Gateway
 from .integrations.wecom.config import WeComConfigError, load_wecom_settings
@@ -33,9 +34,11 @@ from .metrics import GatewayMetrics
 from .registry import AdapterRegistry
 from .registry.base_model import BaseModelSpec
 from .registry.registry import RegistryHooks
+from .registry.rollout import Rollouts
 from .registry.watcher import AdapterWatcher
 from .settings import Settings
 from .tenancy.service import Tenancy
+from .terms.layout import PLAYGROUND_RATINGS
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +107,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             loaded=metrics.adapter_load_seconds.observe,
             swapped=metrics.adapter_swaps.inc,
             gated=metrics.record_gate,
-            split_aborted=lambda name, why: metrics.split_aborts.labels(name).inc(),
         ),
-        gate_timeout=settings.eval_gate_timeout,
-        judges=load_judges(settings.judges),
+        prove=GateRunner(
+            engine, settings.base_model_id, timeout_cap=settings.eval_gate_timeout, judges=load_judges(settings.judges)
+        ).run,
     )
     if not settings.adapters_dir.is_dir():  # created, and followed like any other: publish into it at any time
         settings.adapters_dir.mkdir(parents=True)  # now: the default database lives in it
@@ -119,6 +122,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         settings=settings,
         engine=engine,
         registry=registry,
+        rollouts=Rollouts(registry, lambda name, why: metrics.split_aborts.labels(name).inc()),
         metrics=metrics,
         tenancy=Tenancy(
             open_engine(database_url(settings.database, settings.adapters_dir)),

@@ -172,7 +172,8 @@ def _publish_check(args: argparse.Namespace) -> Any:
     """What can be checked without a gateway: format, headers, rank, DoRA/bias, finite weights, and
     the shapes against the base (``--base``, or the base the adapter names when it is a local model)."""
     from .registry.base_model import BaseModelSpec
-    from .registry.validation import WEIGHTS_FILE, check_finite, declared_base, inspect_adapter
+    from .registry.validation import check_finite, declared_base, inspect_adapter
+    from .terms.layout import WEIGHTS_FILE
 
     def check(staged: Path) -> None:
         base_name = args.base or declared_base(staged)
@@ -336,7 +337,8 @@ def _await_serving(args: argparse.Namespace, name: str, published: Path, rejecte
     """Say whether the gateway serves what was just written (``registry/served.py``): 1 when it
     refused it, else 0."""
     from .registry.served import wait_until_served
-    from .registry.validation import WEIGHTS_FILE, file_sha256
+    from .registry.validation import file_sha256
+    from .terms.layout import WEIGHTS_FILE
 
     if not args.wait:
         print(f"not waiting (--wait 0): {args.gateway}/v1/adapters (admin key) shows when it serves")
@@ -349,9 +351,10 @@ def _await_serving(args: argparse.Namespace, name: str, published: Path, rejecte
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .terms.layout import CONFIG_FILE
     from .trainer.export import export_merged
 
-    if not (Path(args.adapter) / "adapter_config.json").is_file():
+    if not (Path(args.adapter) / CONFIG_FILE).is_file():
         raise SystemExit(f"lora-gateway export: --adapter {args.adapter}: no adapter_config.json there")
     try:
         out = export_merged(args.base, args.adapter, args.out, dtype=args.dtype)
@@ -482,13 +485,13 @@ def _add_wait_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _threshold(text: str) -> tuple[str, float]:
+    from .terms.scores import METRICS
+
     metric, _, value = text.partition("=")
     try:
         return metric.strip(), float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not METRIC=NUMBER (metrics: exact, f1, rouge_l, judge)"
-        ) from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not METRIC=NUMBER (metrics: {', '.join(METRICS)})") from None
 
 
 def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:

@@ -35,9 +35,9 @@ from .openai.protocol import (
     completion_id,
     now,
 )
-from .registry.addressing import split_address
 from .tenancy.limiter import Ticket
 from .tenancy.service import ANYONE, Principal
+from .terms.address import ModelAddress, fingerprint, split_address
 
 
 @dataclass
@@ -64,13 +64,13 @@ class _Admitted:
         """Keep the conversation for feedback (``--feedback``): queued, never waited on."""
         if gateway.feedback is None or self.body is None:
             return
-        name, _, number = (self.version or "").partition("@")
+        address = ModelAddress.parse(self.version or "")
         gateway.feedback.capture(
             Conversation(
                 completion_id=completion,
                 model=self.model,
-                adapter=name or None,
-                version=int(number) if number else None,
+                adapter=address.name or None,
+                version=address.number,
                 sha256=self.sha256 or None,
                 end_user=self.end_user,
                 source=self.source,
@@ -83,14 +83,9 @@ class _Admitted:
     @property
     def fingerprint(self) -> str:
         """OpenAI's ``system_fingerprint``: which adapter version (and weights) answered."""
-        return SYSTEM_FINGERPRINT if self.version is None else f"{self.version}-{self.sha256[:12]}"
-
-
-def answered_by(fingerprint: str | None) -> str | None:
-    """The ``name@N`` a ``system_fingerprint`` of ours names; None for the base model's."""
-    if not fingerprint or "@" not in fingerprint:
-        return None
-    return fingerprint.rsplit("-", 1)[0]
+        return (
+            SYSTEM_FINGERPRINT if self.version is None else fingerprint(ModelAddress.parse(self.version), self.sha256)
+        )
 
 
 async def admit(
@@ -149,7 +144,7 @@ async def admit(
     version = lease.adapter
     outcome = None
     if version is not None and lease.split is not None and lease.split.auto_abort is not None:
-        split, number, watch = lease.split, version.version, gateway.registry.rollouts.watch
+        split, number, watch = lease.split, version.version, gateway.rollouts.watch
         outcome = lambda server_error: watch.request(split, number, server_error)  # noqa: E731
     observer = Observer(
         gateway.metrics,
@@ -164,7 +159,7 @@ async def admit(
         observer,
         scope,
         body.model,
-        None if version is None else f"{version.name}@{version.version}",
+        None if version is None else str(ModelAddress.of(version.name, version.version)),
         "" if version is None else version.sha256,
         body,
         end_user,

@@ -20,6 +20,7 @@ from typing import Any
 from .offline_model import TinyModelSpec, build_tiny_model, is_built
 from .registry.base_model import BaseModelSpec
 from .registry.validation import file_sha256
+from .terms.layout import METADATA_FILE
 
 DEMO_SPEC = TinyModelSpec(
     hidden_size=256,
@@ -148,7 +149,7 @@ def _not_the_demos(path: Path, adapter: DemoAdapter, base_fingerprint: str) -> s
     """Why ``path`` is not what the demo trains (None when it is): judged by its training metadata
     (base fingerprint, dataset digest, settings), not by a path string."""
     try:
-        meta = json.loads((path / "training_metadata.json").read_text(encoding="utf-8"))
+        meta = json.loads((path / METADATA_FILE).read_text(encoding="utf-8"))
         settings = meta["hyperparameters"]
         datasets = [d["sha256"] for d in meta["datasets"]]
     except (OSError, ValueError, KeyError, TypeError):

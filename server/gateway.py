@@ -13,6 +13,7 @@ from .evaluation.ratings import DatabaseRatings, RatingStore
 from .feedback import FeedbackStore
 from .metrics import GatewayMetrics
 from .registry import AdapterRegistry
+from .registry.rollout import Rollouts
 from .registry.watcher import AdapterWatcher
 from .settings import Settings
 from .tenancy.service import Tenancy
@@ -23,6 +24,7 @@ class Gateway:
     settings: Settings
     engine: Engine
     registry: AdapterRegistry
+    rollouts: Rollouts  # traffic splits over the registry: canaries, promotion, automatic abort
     metrics: GatewayMetrics
     tenancy: Tenancy  # API keys (--api-key and stored ones), their limits, usage, the audit log
     admin_keys: list[bytes] = field(default_factory=list)

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from .engine.base import EngineHealth
 
 if TYPE_CHECKING:
-    from .evaluation.gate import GateOutcome
+    from .registry.gate_spec import GateOutcome
 
 UNKNOWN_MODEL = "unknown"
 MAX_TENANT_SERIES = 1000

@@ -253,7 +253,8 @@ def test_rollback_command_republishes_a_kept_version(
     base_model: Path, tmp_path: Path, trained_adapters: dict[str, Path]
 ) -> None:
     """The gateway keeps what it served; the command brings the last one back while it runs."""
-    from server.registry.validation import WEIGHTS_FILE, file_sha256
+    from server.registry.validation import file_sha256
+    from server.terms.layout import WEIGHTS_FILE
 
     directory = tmp_path / "adapters"
     publish = ["adapters", "publish", "--name", "shop", "--adapters-dir", str(directory)]

@@ -187,7 +187,7 @@ async def set_split(name: str, request: Request, gateway: GatewayDep) -> dict[st
         raw = loads_bounded(await request.body(), max_bytes=64 * 1024, what="The body")
     except JSONRefused as exc:
         raise InvalidRequest(f"{exc}; it must be a JSON object.", code="bad_split") from None
-    described = describe(gateway, await gateway.registry.rollouts.set_split(name, raw))
+    described = describe(gateway, await gateway.rollouts.set_split(name, raw))
     await audit(request, "split.set", name, split=described["split"])
     return described
 
@@ -197,7 +197,7 @@ async def promote_split(
     name: str, request: Request, gateway: GatewayDep, body: PromoteRequest | None = None
 ) -> dict[str, Any]:
     """End the split in favour of one version, which then takes all traffic."""
-    described = describe(gateway, await gateway.registry.rollouts.promote(name, body.version if body else None))
+    described = describe(gateway, await gateway.rollouts.promote(name, body.version if body else None))
     await audit(request, "split.promote", name, version=described["active_version"])
     return described
 
@@ -205,7 +205,7 @@ async def promote_split(
 @router.post("/v1/adapters/{name}/abort")
 async def abort_split(name: str, request: Request, gateway: GatewayDep) -> dict[str, Any]:
     """End the split and send all traffic back to its baseline (the version that served before it)."""
-    described = describe(gateway, await gateway.registry.rollouts.abort(name))
+    described = describe(gateway, await gateway.rollouts.abort(name))
     await audit(request, "split.abort", name, version=described["active_version"])
     return described
 

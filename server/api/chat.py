@@ -20,8 +20,9 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..completions import CompletionStream, answered_by, complete, open_stream
+from ..completions import CompletionStream, complete, open_stream
 from ..openai.protocol import ChatCompletionRequest
+from ..terms.address import answered_by
 from .deps import get_gateway, require_api_key
 from .disconnects import CancelOnDisconnect, EventStream
 from .errors import CHAT_PATH, ErrorResponder
@@ -65,7 +66,7 @@ async def create_chat_completion(request: Request) -> Response:
     headers = dict(limits)
     version = answered_by(completion.system_fingerprint)
     if version:
-        headers[VERSION_HEADER] = version
+        headers[VERSION_HEADER] = str(version)
     # Serialised by pydantic's core in one call: FastAPI would walk the object in Python first.
     return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
 

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidRequest
 from ..feedback import Rating
-from ..feedback.recording import record, store_of
 from ..feedback.report import parse_since, report
+from ..recording import record, store_of
 from .admin import require_admin_key
 from .deps import GatewayDep, PrincipalDep, require_api_key
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import ModelNotFound
 from ..evaluation.judge import DEFAULT_RUBRIC
-from ..registry.addressing import matches, split_address
+from ..terms.address import matches, split_address
 from .deps import GatewayDep, PrincipalDep, require_api_key
 
 page = APIRouter()

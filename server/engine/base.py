@@ -15,6 +15,10 @@ from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
+# The LoRA ranks vLLM can serve (its --max-lora-rank accepts these only): the vLLM engine checks its
+# setting against them and the trainer rounds a rank to the nearest, so an adapter trained here serves there.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
 
 def finish_reason(reason: str | None, *, tool_called: bool = False) -> FinishReason | None:
     """The one rule for why a choice ended, whichever engine ran it: None while it runs; ``length``

@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import EngineError, EngineUnavailable
 from .base import (
     LOADING,
+    VLLM_LORA_RANKS,
     AdapterRef,
     Engine,
     EngineHealth,
@@ -40,9 +41,6 @@ from .logprobs import TokenBytes
 from .prompts import check_context, render_chat, render_off_loop
 
 logger = logging.getLogger(__name__)
-
-# vLLM refuses any other --max-lora-rank.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _run_on_local_gateway(args: argparse.Namespace) -> int:
     """``--base``: serve the base and the named adapters or checkpoint directories for this run only."""
-    from ..registry.validation import WEIGHTS_FILE, file_sha256
+    from ..registry.validation import file_sha256
+    from ..terms.layout import WEIGHTS_FILE
     from .local_gateway import local_gateway, served_name
 
     adapters: dict[str, Path] = {}
@@ -132,11 +133,11 @@ def _run_on_local_gateway(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, versions: dict[str, str] | None = None) -> int:
     from tqdm import tqdm
 
+    from ..datasets.testset import TestSetError, load_test_set
     from .judge import judge_all, load_rubric
     from .ratings import export_sheet
     from .report import answer_id, write_report
     from .runner import AnswerCache, Sampling, ask_all, engine_peak_memory
-    from .testset import TestSetError, load_test_set
 
     try:
         items = load_test_set(args.data)
@@ -237,10 +238,10 @@ def _import_ratings(args: argparse.Namespace) -> int:
 
 
 def _retention(args: argparse.Namespace, targets: list[Target], sampling: Sampling, cache: AnswerCache) -> Any:
+    from ..datasets.testset import TestSetError, load_test_set
     from ..demo import examples_dir
     from .retention import retention, served_base
     from .runner import Target, gateway_version
-    from .testset import TestSetError, load_test_set
 
     path = args.retention_set or str(examples_dir() / "retention.jsonl")
     try:

@@ -12,6 +12,8 @@ import html
 import io
 from typing import Any
 
+from ..terms.scores import REFERENCE_METRICS
+
 
 def _png(figure: Any) -> str:
     buffer = io.BytesIO()
@@ -37,7 +39,7 @@ def _draw(models: list[dict[str, Any]]) -> list[tuple[str, str]]:
     series = {c: [(m.get("judge_criteria") or {}).get(c) or 0 for m in models] for c in criteria}
     title = "Judge rubric, mean per criterion"
     if not criteria:
-        series = {k: [(m.get(k) or 0) for m in models] for k in ("exact", "f1", "rouge_l")}
+        series = {k: [(m.get(k) or 0) for m in models] for k in REFERENCE_METRICS}
         title = "Reference scores"
     figure, axis = plt.subplots(figsize=(max(5, 1.6 * len(names) * max(1, len(series)) / 3), 3.2))
     width = 0.8 / max(1, len(series))

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # httpx loads when a judge is asked: `adapters publish` reads gates, never asks one
     import httpx
 
-from .testset import EvalItem
+from ..datasets.testset import EvalItem
+from ..terms.scores import JUDGE_NAME
 
 REASON_CHARS = 128
 JUDGE_MAX_TOKENS = 600  # the scores and a reason of REASON_CHARS, even at 3 tokens a character
@@ -143,7 +144,6 @@ def judge_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(JUDGE_TIMEOUT_S, connect=JUDGE_CONNECT_S))
 
 
-JUDGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """How an ``eval.json`` names one of the operator's judges."""
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import httpx
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "profile.json")
+from ..terms.layout import SERVED_FILES
+
 _NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -52,7 +53,7 @@ def local_gateway(base: str, adapters: dict[str, Path], *, device: str = "auto",
         directory.mkdir()
         for name, source in adapters.items():
             (directory / name).mkdir()
-            for file in ADAPTER_FILES:
+            for file in SERVED_FILES:
                 if (source / file).is_file():
                     shutil.copyfile(source / file, directory / name / file)
         settings = Settings(model=base, adapters_dir=directory, served_model_name="base", device=device)  # type: ignore[arg-type]

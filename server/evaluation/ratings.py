@@ -19,9 +19,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..datasets.testset import EvalItem
 from .judge import Rubric
 from .runner import Answer
-from .testset import EvalItem
 
 if TYPE_CHECKING:
     from ..feedback.store import FeedbackStore
@@ -101,8 +101,6 @@ def import_sheets(out: Path, sheets: list[Path], rubric: Rubric) -> dict[str, An
 
 
 # ---------------------------------------------------------------------------- the playground's ratings
-
-PLAYGROUND_RATINGS = ".ratings.jsonl"  # default: in the adapters directory (ignored by the watcher)
 
 
 class RatingStore:

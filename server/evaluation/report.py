@@ -10,12 +10,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..datasets.testset import EvalItem
+from ..terms.scores import REFERENCE_METRICS
 from .judge import Verdict
 from .metrics import scores
 from .runner import Answer, Sampling, Target
-from .testset import EvalItem
 
-SCORES = ("exact", "f1", "rouge_l")
+SCORES: tuple[str, ...] = REFERENCE_METRICS  # the table is server.terms.scores
 
 
 def _percentile(values: list[float], q: float) -> float | None:

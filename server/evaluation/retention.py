@@ -13,9 +13,10 @@ from typing import Any
 
 import httpx
 
+from ..datasets.testset import EvalItem
+from ..terms.scores import RETAINED_METRICS
 from .metrics import scores
 from .runner import AnswerCache, Sampling, Target, ask_all
-from .testset import EvalItem
 
 
 def served_base(base_url: str, api_key: str | None) -> str | None:
@@ -41,12 +42,12 @@ async def retention(
         ]
         scored = [s for s in scored if s]
         means[target.label] = {
-            k: (statistics.fmean(s[k] for s in scored) if scored else None) for k in ("f1", "rouge_l")
+            k: (statistics.fmean(s[k] for s in scored) if scored else None) for k in RETAINED_METRICS
         }
     rows = {}
     for label, mean in means.items():
         row: dict[str, float | None] = dict(mean)
-        for k in ("f1", "rouge_l"):
+        for k in RETAINED_METRICS:
             own, ref = mean[k], means[base.label][k]
             row[f"{k}_vs_base"] = None if own is None or ref is None else own - ref
         rows[label] = row

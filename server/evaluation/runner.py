@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
+from ..datasets.testset import EvalItem
 from ..engine.openai_wire import deltas
-from .testset import EvalItem
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..trainer.data import problem_with
+from ..datasets.conversations import problem_with
 from .store import Conversation, FeedbackStore
 
 DATASET, REVIEW = "dataset.jsonl", "review.jsonl"

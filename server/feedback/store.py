@@ -25,8 +25,8 @@ from sqlalchemy import Integer, cast, delete, func, insert, select
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from ..database import open_engine
+from ..database.tables import conversations, feedback, playground_ratings
 from ..errors import first_line
-from .schema import conversations, feedback, playground_ratings
 
 logger = logging.getLogger(__name__)
 

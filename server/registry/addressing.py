@@ -1,4 +1,5 @@
-"""Requests that name a version: ``shop@3`` (its number) or ``shop@1a2b3c4d`` (a sha256 prefix).
+"""Requests that name a version: ``shop@3`` (its number) or ``shop@1a2b3c4d`` (a sha256 prefix;
+the address itself is ``server.terms.address``).
 
 Most requests take whatever version of a name is active; some must reach one version: an eval
 comparing two, a support agent reproducing what a customer saw, a canary checked by hand. A kept
@@ -11,31 +12,14 @@ kept copy goes (retention), after which the address is a 404 like any unknown mo
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ModelNotFound
+from ..terms.address import matches
 from .records import AdapterEntry, AdapterInfo, AdapterVersion
 from .store import StoredVersion, VersionStore
-
-MIN_PREFIX = 6  # hex digits of a sha256 prefix, so a version number is never read as one
-_HEX = re.compile(r"[0-9a-f]+")
-_DECIMAL = re.compile(r"[0-9]+")  # ASCII: str.isdigit() also holds for "²", which int() refuses
-
-
-def split_address(model: str) -> tuple[str, str | None]:
-    """``("shop", "3")`` for ``shop@3``; ``("shop", None)`` for a plain name."""
-    name, at, ref = model.partition("@")
-    return name, (ref if at else None)
-
-
-def matches(number: int, sha256: str, ref: str) -> bool:
-    ref = ref.lower()
-    if _DECIMAL.fullmatch(ref) and len(ref) < MIN_PREFIX:
-        return number == int(ref)
-    return len(ref) >= MIN_PREFIX and bool(_HEX.fullmatch(ref)) and sha256.startswith(ref)
 
 
 class KeptVersions:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from ..terms.layout import CONFIG_FILE, WEIGHTS_FILE
 from .base_model import BaseModelSpec
 from .records import AdapterInfo
-from .validation import WEIGHTS_FILE, AdapterRejected, inspect_adapter
+from .validation import AdapterRejected, inspect_adapter
 from .weights_file import check_finite, read_header
 
 _PREFIX = "base_model.model."
@@ -63,7 +64,7 @@ _CACHE_SIZE = 256
 
 def _peft_shapes(path: Path, base: BaseModelSpec) -> dict[str, tuple[int, ...]]:
     """Cached by config text and base: tenants trained with one recipe share one skeleton build."""
-    key = ((path / "adapter_config.json").read_text(encoding="utf-8", errors="replace"), base.fingerprint)
+    key = ((path / CONFIG_FILE).read_text(encoding="utf-8", errors="replace"), base.fingerprint)
     shapes = _shapes_cache.get(key)
     if shapes is None:
         shapes = _build_peft_shapes(path, base)

@@ -11,9 +11,8 @@ import json
 import time
 from typing import Any
 
+from ..terms.layout import METADATA_FILE
 from .store import StoredVersion, VersionStore
-
-METADATA_FILE = "training_metadata.json"
 
 
 def history(store: VersionStore, name: str) -> list[dict[str, Any]]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .profile import PROFILE_FILE
+from ..terms.layout import CONFIG_FILE, PROFILE_FILE, WEIGHTS_FILE
 from .publish import publish_adapter
 from .splits import Split, parse_split, read_split_file, write_split_file
 from .store import StoredVersion, VersionStore
-from .validation import CONFIG_FILE, WEIGHTS_FILE, AdapterRejected, file_sha256
+from .validation import AdapterRejected, file_sha256
 
 
 def directory_version(store: VersionStore, name: str) -> StoredVersion | None:

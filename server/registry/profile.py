@@ -35,8 +35,8 @@ from ..openai.protocol import (
     NamedToolChoice,
     ResponseFormat,
 )
+from ..terms.layout import PROFILE_FILE
 
-PROFILE_FILE = "profile.json"
 MAX_PROFILE_BYTES = 256 * 1024
 
 

@@ -18,20 +18,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from ..evaluation.gate import gate_files
+from ..errors import AdapterRejected
+from ..terms.layout import CONFIG_FILE, EXTRA_FILES, STAGING_PREFIX, WEIGHTS_FILE
+from .durable import fsync_path
+from .gate_spec import gate_files
 from .names import is_valid_name
-from .profile import PROFILE_FILE
-from .validation import CONFIG_FILE, SPLIT_FILE, WEIGHTS_FILE, AdapterRejected
-
-# Files an adapter directory may carry besides its config, weights and eval gate.
-EXTRA_FILES = (
-    "README.md",
-    "training_metadata.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    PROFILE_FILE,
-    SPLIT_FILE,  # a canary published with its weights (``train --canary``)
-)
 
 
 def publish_adapter(
@@ -52,7 +43,7 @@ def publish_adapter(
     if not (source / CONFIG_FILE).is_file() or not (source / WEIGHTS_FILE).is_file():
         raise AdapterRejected("missing_files", f"{source} must contain {CONFIG_FILE} and {WEIGHTS_FILE}.")
     root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".staging-{name}-{uuid.uuid4().hex[:8]}"
+    staging = root / f"{STAGING_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         for file in (CONFIG_FILE, WEIGHTS_FILE, *EXTRA_FILES, *gate_files(source)):
@@ -91,14 +82,6 @@ def remove_adapter(name: str, adapters_dir: str | Path) -> bool:
     else:
         shutil.rmtree(trash, ignore_errors=True)
     return True
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _RENAME_EXCHANGE = 2

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..engine.base import AdapterRef
 
 if TYPE_CHECKING:
-    from ..evaluation.gate import Gate, GateOutcome
+    from .gate_spec import Gate, GateOutcome
     from .profile import AdapterProfile
     from .splits import Split
 

@@ -30,24 +30,23 @@ import itertools
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..engine.base import Engine
 from ..errors import ModelNotFound
-from ..evaluation.gate import GateOutcome
-from ..evaluation.judge import JudgeEndpoint
-from .addressing import KeptVersions, split_address
+from ..terms.address import split_address
+from ..terms.layout import README_FILE
+from .addressing import KeptVersions
 from .base_model import BaseModelSpec
-from .gating import GateRunner
+from .gate_spec import Gate, GateOutcome
 from .names import is_valid_name
 from .publish import publish_adapter
 from .records import AdapterEntry, AdapterInfo, AdapterState, AdapterVersion, Fingerprint, Lease, fingerprint
 from .residency import Residency
-from .rollout import Rollouts
 from .splits import Split, split_in, write_split_file
 from .staging import check_stored, stage
 from .store import StoredVersion, VersionStore
@@ -61,7 +60,7 @@ from .validation import (
 logger = logging.getLogger(__name__)
 
 # Top-level files that may live in the adapters directory without being reported.
-IGNORED_FILES = {"README.md"}
+IGNORED_FILES = {README_FILE}
 
 
 @dataclass
@@ -72,7 +71,13 @@ class RegistryHooks:
     loaded: Callable[[float], None] = lambda seconds: None
     swapped: Callable[[], None] = lambda: None
     gated: Callable[[GateOutcome], None] = lambda outcome: None
-    split_aborted: Callable[[str, str], None] = lambda name, why: None
+
+
+Hold = Callable[["AdapterVersion"], AbstractAsyncContextManager[None]]
+# The eval gate's run, given by the gateway (``server.evaluation.proving``): the gate, the candidate,
+# the version serving now, and ``held`` to keep a version loaded while it is asked. Injected, so the
+# registry serves versions without knowing how they are judged (as ``RegistryHooks`` keeps metrics out).
+Prove = Callable[[Gate, AdapterVersion, "AdapterVersion | None", Hold], Awaitable[GateOutcome]]
 
 
 class AdapterRegistry:
@@ -88,8 +93,7 @@ class AdapterRegistry:
         keep_versions: int = 5,
         base_spec: BaseModelSpec | None = None,
         hooks: RegistryHooks | None = None,
-        gate_timeout: float = 600.0,
-        judges: Mapping[str, JudgeEndpoint] | None = None,
+        prove: Prove | None = None,
     ) -> None:
         self._engine = engine
         self.base_model_id = base_model_id
@@ -99,8 +103,7 @@ class AdapterRegistry:
         self._limits: dict[str, Any] = {"max_lora_rank": max_lora_rank, "max_bytes": max_adapter_bytes}  # validation's
         self._hooks = hooks or RegistryHooks()
         self._residency = Residency(engine, max_loaded, self._hooks.loaded)
-        self.rollouts = Rollouts(self, self._hooks.split_aborted)
-        self._gates = GateRunner(engine, self._residency, base_model_id, timeout_cap=gate_timeout, judges=judges)
+        self._prove_step = prove
         self._entries: dict[str, AdapterEntry] = {}
         self._ids = itertools.count(1)
         self._kept = KeptVersions(
@@ -464,14 +467,31 @@ class AdapterRegistry:
             self._cancel_gate(entry)
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    @asynccontextmanager
+    async def held(self, version: AdapterVersion) -> AsyncIterator[None]:
+        """``version`` loaded (evicting an idle one if need be) and kept so while the block runs:
+        what a gate asks it must not be evicted by another name's load mid-gate."""
+        self._residency.acquire(version)
+        try:
+            await self._residency.ensure_loaded(version, evict=True)
+            yield
+        finally:
+            self._residency.release(version)
+
     async def _run_gate(self, entry: AdapterEntry, stored: StoredVersion, version: AdapterVersion) -> GateOutcome:
-        """Run the version's eval gate against it and the version serving now (``gating.py``);
-        a failure discards the candidate and raises, and the serving version goes on serving."""
-        assert version.info.gate is not None
+        """Run the version's eval gate against it and the version serving now (the ``prove`` step the
+        gateway gave, ``server.evaluation.proving``); a failure discards the candidate and raises,
+        and the serving version goes on serving. Without a prove step a gate cannot pass."""
+        gate = version.info.gate
+        assert gate is not None
         logger.info("adapter %s v%d: running its eval gate", entry.name, version.version)
         entry.gating = version.version
         try:
-            outcome = await self._gates.run(version.info.gate, version, entry.active)
+            if self._prove_step is None:
+                why = "this registry runs no eval gates (no prove step)"
+                outcome = GateOutcome(version.version, version.sha256, {}, failures=(why,))
+            else:
+                outcome = await self._prove_step(gate, version, entry.active, self.held)
         finally:
             if entry.gating == version.version:
                 entry.gating = None

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from ..engine.base import Engine
 from ..errors import EngineUnavailable
+from ..terms.layout import WEIGHTS_FILE
 from .records import AdapterVersion, adapter_ref
-from .validation import WEIGHTS_FILE
 
 logger = logging.getLogger(__name__)
 

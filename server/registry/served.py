@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..terms.address import ModelAddress
+
 _POLL_S = 1.0
 
 
@@ -78,7 +80,7 @@ def wait_until_served(
                 "(an inference key that may use it) or LORA_GATEWAY_ADMIN_KEY",
             )
         if serving.get("sha256") == sha256:
-            version = f"{name}@{serving.get('version')}"
+            version = f"{ModelAddress(name, str(serving.get('version')))}"
             return Outcome(True, f"the gateway at {url} serves it now as {version} (sha256 {sha256[:12]})")
         refused = _refusal(url, name, sha256, admin_key, rejected_before)
         if refused is not None:

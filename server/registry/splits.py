@@ -34,9 +34,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import AdapterRejected
 from ..jsonbounds import JSONRefused, loads_bounded
-from .publish import fsync_path
-from .validation import SPLIT_FILE, AdapterRejected
+from ..terms.layout import SPLIT_FILE
+from .durable import fsync_path
 
 BUCKETS = 10_000
 _MAX_VARIANTS = 8

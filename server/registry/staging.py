@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..terms.layout import CONFIG_FILE, PROFILE_FILE, WEIGHTS_FILE
 from .base_model import BaseModelSpec
 from .dry_run import check_adapter
-from .profile import PROFILE_FILE
 from .records import AdapterInfo, Fingerprint, fingerprint
 from .store import StoredVersion, VersionStore
-from .validation import CONFIG_FILE, WEIGHTS_FILE, AdapterIncomplete, AdapterRejected, file_sha256, inspect_adapter
+from .validation import AdapterIncomplete, AdapterRejected, file_sha256, inspect_adapter
 
 
 def stage(

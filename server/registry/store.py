@@ -30,15 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .profile import PROFILE_FILE
-from .publish import fsync_path
-from .validation import CONFIG_FILE, SPLIT_FILE
+from ..terms.layout import CONFIG_FILE, LEGACY_SNAPSHOTS, PROFILE_FILE, SPLIT_FILE, STORE_DIR
+from .durable import fsync_path
 
 logger = logging.getLogger(__name__)
 
-STORE_DIR = ".kept"
 MARKER = "kept.json"
-LEGACY_SNAPSHOTS = ".versions"
 _UNPROVEN_GRACE_S = 3600  # per-process hard-link snapshots of earlier releases
 
 

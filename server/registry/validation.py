@@ -20,19 +20,16 @@ import math
 from pathlib import Path
 
 from ..errors import AdapterIncomplete, AdapterRejected
-from ..evaluation.gate import read_gate
 from ..jsonbounds import JSONRefused, loads_bounded
+from ..terms.layout import CONFIG_FILE, METADATA_FILE, PICKLE_FILES, WEIGHTS_FILE
 from .base_model import BaseModelSpec
+from .gate_spec import read_gate
 from .profile import read_profile
 from .records import AdapterInfo
 from .weights_file import check_finite, read_header, still_arriving
 
 __all__ = ["AdapterIncomplete", "AdapterRejected", "check_finite", "inspect_adapter", "read_header"]
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-SPLIT_FILE = "split.json"  # a traffic split of the name (splits.py): routing state, not part of a version
-PICKLE_FILES = ("adapter_model.bin", "pytorch_model.bin")
 FLOAT_DTYPES = ("F16", "BF16", "F32")
 
 
@@ -103,7 +100,6 @@ def _missing(path: Path, name: str, other: Path) -> None:
     raise AdapterIncomplete(f"{path.name}: waiting for {name}.")
 
 
-METADATA_FILE = "training_metadata.json"
 _MAX_METADATA_BYTES = 1 << 20
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
-from .schema import audit_log
+from ..database.tables import audit_log
 
 logger = logging.getLogger(__name__)
 

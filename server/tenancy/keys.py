@@ -24,8 +24,8 @@ from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
 
-from ..registry.addressing import split_address
-from .schema import api_keys
+from ..database.tables import api_keys
+from ..terms.address import split_address
 
 logger = logging.getLogger(__name__)
 

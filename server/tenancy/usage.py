@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .schema import usage
+from ..database.tables import usage
 
 logger = logging.getLogger(__name__)
 _FLUSH_S = 1.0

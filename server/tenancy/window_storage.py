@@ -19,7 +19,7 @@ from sqlalchemy import Engine, case, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from .schema import rate_windows
+from ..database.tables import rate_windows
 
 
 class DatabaseStorage(Storage):

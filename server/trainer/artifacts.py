@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..engine.vllm_engine import VLLM_LORA_RANKS
+from ..engine.base import VLLM_LORA_RANKS
 from ..registry.validation import file_sha256
+from ..terms.layout import METADATA_FILE
 
 if TYPE_CHECKING:
     from .config import TrainConfig, TrainResult
     from .init_adapter import InitAdapter
-
-METADATA_FILE = "training_metadata.json"
 
 
 def nearest_vllm_rank(rank: int) -> int:
@@ -121,9 +120,9 @@ def write_metadata(
     import transformers
 
     from .. import __version__
+    from ..datasets.conversations import sampled_file
     from ..registry.base_model import canonical_base_name
-    from .data import sampled_file
-    from .loop import config_summary
+    from .config import config_summary
 
     metadata = {
         "name": config.name,

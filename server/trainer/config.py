@@ -3,10 +3,11 @@ flags (and answer ``--help``) without importing the training stack."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .data import Format
+from ..datasets.conversations import Format
 
 
 class TrainingError(Exception):
@@ -77,3 +78,10 @@ class TrainResult:
     seconds: float
     tokens_per_second: float
     counts: dict[str, int] = field(default_factory=dict)
+
+
+def config_summary(config: TrainConfig) -> dict[str, Any]:
+    """The run's settings as the training record keeps them (the progress callback left out)."""
+    summary = asdict(config)
+    summary.pop("progress", None)
+    return summary

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..registry.profile import PROFILE_FILE
 from ..registry.store import VersionStore
-from ..registry.validation import CONFIG_FILE, WEIGHTS_FILE, file_sha256
+from ..registry.validation import file_sha256
+from ..terms.address import ModelAddress
+from ..terms.layout import CONFIG_FILE, PROFILE_FILE, WEIGHTS_FILE
 from .config import TrainingError
 
 
@@ -59,13 +60,14 @@ def resolve_init_adapter(spec: str, adapters_dir: str | Path) -> InitAdapter:
     """The adapter ``spec`` names (a path, ``NAME@N``, or ``NAME``), checked: safetensors weights
     and a plain LoRA config; ``TrainingError`` saying what was looked for otherwise."""
     root = Path(adapters_dir)
-    name, at, number = spec.partition("@")
+    address = ModelAddress.parse(spec)
+    name, number = address.name, address.number
     version: int | None = None
     why = ""
     if Path(spec).expanduser().is_dir():
         path = Path(spec).expanduser()
-    elif at and number.isascii() and number.isdigit():
-        kept = VersionStore(root).get(name, int(number))
+    elif number is not None:
+        kept = VersionStore(root).get(name, number)
         if kept is None:
             numbers = [v.number for v in VersionStore(root).versions(name)] or "none"
             raise TrainingError(f"--init-adapter {spec}: no kept version {number} of {name!r}; kept: {numbers}")

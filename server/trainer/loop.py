@@ -14,20 +14,19 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..datasets.conversations import load_files
 from ..devices import resolve_device, resolve_dtype
-from ..evaluation.gate import plan_gate, write_gate
 from ..registry.base_model import BaseModelSpec, canonical_base_name
 from ..registry.dry_run import check_adapter
-from ..registry.validation import SPLIT_FILE
+from ..registry.gate_spec import plan_gate, write_gate
+from ..terms.layout import CONFIG_FILE, SPLIT_FILE, WEIGHTS_FILE
 from .artifacts import RunLog, checkpoint_dirs, nearest_vllm_rank, write_metadata
 from .config import TrainConfig, TrainingError, TrainingInterrupted, TrainResult
-from .data import load_files
 from .init_adapter import resolve_init_adapter
 from .template import IGNORE, Example, fit
 
@@ -342,7 +341,7 @@ def _resume(config: TrainConfig, run_dir: Path, model: Any, optimizer: Any, sche
         path = Path(str(config.resume))
     if not (path / "trainer_state.json").is_file():
         raise TrainingError(f"--resume: {path} is not a checkpoint of this trainer")
-    set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+    set_peft_model_state_dict(model, load_file(path / WEIGHTS_FILE))
     # Our own file, but still loaded without unpickling arbitrary objects.
     state = torch.load(path / "trainer_state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
@@ -362,7 +361,7 @@ def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
 def _record_base(adapter_dir: Path, base: str) -> None:
     """Record the base as what it is (a local model's absolute path), not as typed, so the adapter
     is accepted wherever the gateway runs from."""
-    path = adapter_dir / "adapter_config.json"
+    path = adapter_dir / CONFIG_FILE
     adapter_config = json.loads(path.read_text())
     adapter_config["base_model_name_or_path"] = canonical_base_name(base)
     path.write_text(json.dumps(adapter_config, indent=2))
@@ -384,9 +383,3 @@ def _publish(config: TrainConfig, adapter_dir: Path, base: BaseModelSpec) -> Pat
             file=sys.stderr,
         )
     return target
-
-
-def config_summary(config: TrainConfig) -> dict[str, Any]:
-    summary = asdict(config)
-    summary.pop("progress", None)
-    return summary

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..datasets.conversations import Conversation, Message
 from ..engine.prompts import ControlTokens, template_message
-from .data import Conversation, Message
 
 IGNORE = -100
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI, Request
 
+from server.datasets.testset import EvalItem
 from server.evaluation.judge import DEFAULT_RUBRIC, RubricError, judge_all, load_rubric, parse_verdict
-from server.evaluation.testset import EvalItem
 from tests.support import running_server
 
 ITEM = EvalItem(({"role": "user", "content": "满多少包邮？"},), "满99元包邮。", "Must name the threshold.", "t:1")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from server.datasets.testset import EvalItem
 from server.evaluation.judge import DEFAULT_RUBRIC
 from server.evaluation.ratings import RatingError, export_sheet, import_sheets, trimmed_mean
 from server.evaluation.runner import Answer
-from server.evaluation.testset import EvalItem
 
 ITEMS = [EvalItem(({"role": "user", "content": f"q{i}"},), f"r{i}", None, f"t:{i}") for i in range(2)]
 ANSWERS = [Answer(model, item.key, f"{model} says {item.key}", 0.1, 0.5, 5) for model in ("a", "b") for item in ITEMS]

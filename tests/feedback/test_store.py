@@ -103,7 +103,7 @@ def test_a_row_the_database_refuses_is_dropped_alone_and_the_rest_of_its_batch_i
 
 
 def test_export_writes_only_what_train_accepts_names_the_rest_and_keeps_tools(tmp_path: Path) -> None:
-    from server.trainer.data import load_files
+    from server.datasets.conversations import load_files
 
     tool = {"type": "function", "function": {"name": "track", "parameters": {"type": "object", "properties": {}}}}
     store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")

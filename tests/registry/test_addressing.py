@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.registry.addressing import matches, split_address
 from server.registry.publish import publish_adapter
+from server.terms.address import matches, split_address
 from tests.conftest import make_settings
 from tests.support import ANSWERS, QUESTION, running_server, wait_for
 

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from server.errors import ModelNotFound
 from server.registry import AdapterState
 from server.registry.base_model import BaseModelSpec
-from server.registry.store import STORE_DIR
-from server.registry.validation import WEIGHTS_FILE, AdapterRejected, file_sha256
+from server.registry.validation import AdapterRejected, file_sha256
+from server.terms.layout import STORE_DIR, WEIGHTS_FILE
 from tests.registry.test_registry import RecordingEngine, make_registry
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from server.errors import AdapterRejected
 from server.openai.protocol import ChatCompletionRequest
-from server.registry.profile import PROFILE_FILE, AdapterProfile, read_profile
+from server.registry.profile import AdapterProfile, read_profile
+from server.terms.layout import PROFILE_FILE
 from tests.conftest import make_settings
 from tests.support import ANSWERS, QUESTION, running_server, wait_for
 

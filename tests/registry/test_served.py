@@ -11,7 +11,8 @@ import pytest
 
 from server.registry.publish import publish_adapter
 from server.registry.served import rejections, wait_until_served
-from server.registry.validation import WEIGHTS_FILE, file_sha256
+from server.registry.validation import file_sha256
+from server.terms.layout import WEIGHTS_FILE
 from tests.conftest import make_settings
 from tests.support import free_port, running_server
 

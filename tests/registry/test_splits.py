@@ -15,7 +15,7 @@ import pytest
 from server.errors import AdapterRejected
 from server.registry.publish import publish_adapter
 from server.registry.splits import parse_split
-from server.registry.validation import SPLIT_FILE
+from server.terms.layout import SPLIT_FILE
 from tests.conftest import make_settings
 from tests.support import ANSWERS, QUESTION, engine_hook, metric_value, running_server, wait_for
 

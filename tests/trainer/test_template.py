@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.trainer.data import Conversation, Message
+from server.datasets.conversations import Conversation, Message
 from server.trainer.template import IGNORE, encode, fit
 
 

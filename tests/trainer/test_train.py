@@ -234,7 +234,7 @@ def test_an_eval_set_is_checked_before_training_and_published_as_the_adapters_ga
     small_base: Path, facts_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from server.cli import main
-    from server.evaluation.gate import read_gate
+    from server.registry.gate_spec import read_gate
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "Free shipping?", "reference": "Above 99 yuan."}\n{"question": ""}\n')
@@ -288,7 +288,8 @@ def test_init_adapter_by_name_continues_from_what_serves_not_from_refused_files(
     import asyncio
     import shutil
 
-    from server.registry.validation import WEIGHTS_FILE, file_sha256
+    from server.registry.validation import file_sha256
+    from server.terms.layout import WEIGHTS_FILE
     from server.trainer.init_adapter import resolve_init_adapter
     from tests.registry.test_registry import RecordingEngine, make_registry
 

@@ -25,9 +25,9 @@ from typing import Any, Literal
 from ...completions import complete
 from ...errors import ContextLengthExceeded, GatewayError, NotFound, Unauthorized
 from ...feedback import Rating
-from ...feedback.recording import record
 from ...gateway import Gateway
 from ...openai.protocol import ChatCompletionRequest, ChatMessage
+from ...recording import record
 from ...tenancy.service import ANYONE, Principal
 from .api import AppCredentials, WeComApi, WeComApiError
 from .config import BotConfig, WeComSettings

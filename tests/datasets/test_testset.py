@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.evaluation.testset import TestSetError, load_test_set
+from server.datasets.testset import TestSetError, load_test_set
 
 
 def test_a_training_file_is_a_test_set_of_its_own_answers(tmp_path: Path) -> None:

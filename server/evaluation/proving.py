@@ -1,4 +1,6 @@
-"""Run an adapter version's eval gate on the engine, before the version takes traffic.
+"""Run an adapter version's eval gate on the engine, before the version takes traffic: the
+registry's ``prove`` step, which the gateway gives it (``create_app``), so the registry never
+imports evaluation.
 
 The registry calls ``GateRunner.run`` once the candidate is loaded and before it is proven or made
 active (``registry._adopt``), holding only that name's lock: the version serving now keeps
@@ -24,14 +26,15 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 
+from ..datasets.testset import EvalItem
 from ..engine.base import Engine
-from ..evaluation.gate import Gate, GateOutcome, failures, score
-from ..evaluation.judge import JUDGE_MAX_TOKENS, JudgeAsk, JudgeEndpoint, http_judge, judge_client
-from ..evaluation.testset import EvalItem
 from ..openai.conversion import to_generation_request
 from ..openai.protocol import ChatCompletionRequest
-from .records import AdapterVersion, Lease
-from .residency import Residency
+from ..registry.gate_spec import Gate, GateOutcome, failures
+from ..registry.records import AdapterVersion, Lease
+from ..registry.registry import Hold
+from .gate import score
+from .judge import JUDGE_MAX_TOKENS, JudgeAsk, JudgeEndpoint, http_judge, judge_client
 
 _REMEMBERED = 64  # serving versions' scores kept, per (weights, gate)
 
@@ -40,7 +43,6 @@ class GateRunner:
     def __init__(
         self,
         engine: Engine,
-        residency: Residency,
         base_model_id: str,
         *,
         timeout_cap: float,
@@ -48,14 +50,16 @@ class GateRunner:
     ) -> None:
         self._engine = engine
         self._judges = dict(judges or {})
-        self._residency = residency
         self._base_model_id = base_model_id
         self._timeout_cap = timeout_cap
         self._serving_scores: OrderedDict[tuple[str, str], dict[str, float]] = OrderedDict()
 
-    async def run(self, gate: Gate, candidate: AdapterVersion, serving: AdapterVersion | None) -> GateOutcome:
+    async def run(
+        self, gate: Gate, candidate: AdapterVersion, serving: AdapterVersion | None, hold: Hold
+    ) -> GateOutcome:
         """The candidate's outcome on ``gate`` (and the serving version's scores, when the gate
-        compares with it); never raises for what the models answer."""
+        compares with it); never raises for what the models answer. ``hold`` keeps a version
+        loaded while it is asked (the registry's ``held``)."""
         started = time.perf_counter()
         timeout = min(gate.spec.timeout_s, self._timeout_cap)
         outcome = GateOutcome(candidate.version, candidate.sha256, {})
@@ -65,10 +69,10 @@ class GateRunner:
             return dataclasses.replace(_failed(outcome, why), seconds=time.perf_counter() - started)
         try:
             async with asyncio.timeout(timeout), self._judge(gate) as judge:
-                scores, errors = await self._score(gate, candidate, judge)
+                scores, errors = await self._score(gate, candidate, judge, hold)
                 current = None
                 if serving is not None and gate.spec.max_drop:
-                    current = await self._serving(gate, serving, judge)
+                    current = await self._serving(gate, serving, judge, hold)
                 outcome = GateOutcome(
                     candidate.version,
                     candidate.sha256,
@@ -85,26 +89,26 @@ class GateRunner:
             outcome = _failed(outcome, f"could not run ({type(exc).__name__}: {exc})")
         return dataclasses.replace(outcome, seconds=time.perf_counter() - started)
 
-    async def _serving(self, gate: Gate, serving: AdapterVersion, judge: JudgeAsk | None) -> dict[str, float]:
+    async def _serving(
+        self, gate: Gate, serving: AdapterVersion, judge: JudgeAsk | None, hold: Hold
+    ) -> dict[str, float]:
         key = (serving.sha256 + serving.load_path, _digest(gate))
         if key not in self._serving_scores:
-            self._serving_scores[key] = (await self._score(gate, serving, judge))[0]
+            self._serving_scores[key] = (await self._score(gate, serving, judge, hold))[0]
             while len(self._serving_scores) > _REMEMBERED:
                 self._serving_scores.popitem(last=False)
         return self._serving_scores[key]
 
-    async def _score(self, gate: Gate, version: AdapterVersion, judge: JudgeAsk | None) -> tuple[dict[str, float], int]:
-        self._residency.acquire(version)  # held: another name's load must not evict it mid-gate
-        try:
-            await self._residency.ensure_loaded(version, evict=True)
+    async def _score(
+        self, gate: Gate, version: AdapterVersion, judge: JudgeAsk | None, hold: Hold
+    ) -> tuple[dict[str, float], int]:
+        async with hold(version):  # another name's load must not evict it mid-gate
 
             async def ask(item: EvalItem) -> str:
                 body = {"model": version.name, "messages": list(item.messages), "temperature": 0}
                 return await self._answer(body, Lease(version.name, version), gate.spec.max_tokens)
 
             return await score(gate, ask, judge)
-        finally:
-            self._residency.release(version)
 
     @contextlib.asynccontextmanager
     async def _judge(self, gate: Gate) -> AsyncIterator[JudgeAsk | None]:

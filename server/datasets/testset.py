@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..trainer.data import Dataset, load_files
+from .conversations import Dataset, load_files
 
 
 @dataclass(frozen=True)

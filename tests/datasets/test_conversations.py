@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.trainer.data import Message, load_files
+from server.datasets.conversations import Message, load_files
 
 SYSTEM = "You are Acme's assistant."
 EXPECTED = (

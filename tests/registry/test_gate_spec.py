@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from server.errors import AdapterRejected
-from server.evaluation.gate import GateSpec, failures, gate_files, read_gate
+from server.registry.gate_spec import GateSpec, failures, gate_files, read_gate
 
 
 def adapter_with(tmp_path: Path, spec: object, test_set: str | None = '{"question": "q?", "reference": "a"}\n') -> Path:

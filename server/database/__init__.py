@@ -10,12 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 
-DATABASE_FILE = ".gateway.db"  # in the adapters directory, unless --database names another database
-
-metadata = MetaData()  # every table of every store: one create_all makes the whole schema
+from ..terms.layout import DATABASE_FILE
+from .tables import metadata
 
 
 def database_url(url: str | None, adapters_dir: Path | str) -> str:
@@ -55,10 +54,6 @@ def open_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=10000")
             cursor.close()
-
-    # Every store's tables, registered on ``metadata`` (relative: the package installs as lora_gateway).
-    from .feedback import schema as _feedback_tables  # noqa: F401
-    from .tenancy import schema as _tenancy_tables  # noqa: F401
 
     metadata.create_all(engine)
     _add_new_columns(engine)

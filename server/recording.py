@@ -1,7 +1,9 @@
 """Store one rating, whoever gives it: the HTTP API, a WeCom bot, the playground.
 
 One function so that every source gets the same 404 for an answer that is not kept and tells the
-canary watch (``registry/rollout.py``) the same way, whichever way the rating came in.
+canary watch (``registry/rollout.py``) the same way, whichever way the rating came in. It sits
+beside the completion path, above the feedback package, because it reaches the gateway's parts
+(the feedback store, the registry, the rollouts).
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NotFound
-from ..tenancy.service import ANYONE, Principal
-from .store import Conversation, FeedbackStore, Rating
+from .errors import NotFound
+from .feedback.store import Conversation, FeedbackStore, Rating
+from .tenancy.service import ANYONE, Principal
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from .gateway import Gateway
 
 
 def store_of(gateway: Gateway) -> FeedbackStore:
@@ -50,7 +52,7 @@ async def record(gateway: Gateway, completion_id: str, rating: Rating, principal
     conversation = stored.conversation
     entry = gateway.registry.get(conversation.adapter) if conversation.adapter else None
     if stored.first_vote and entry is not None and entry.split is not None and conversation.version is not None:
-        gateway.registry.rollouts.watch.feedback(entry.split, conversation.version, rating.negative)
+        gateway.rollouts.watch.feedback(entry.split, conversation.version, rating.negative)
     return {
         "id": f"feedback-{stored.id}",
         "object": "feedback",
