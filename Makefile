@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.*
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-vllm vllm-contract lint clean clean-cache mutation
+.PHONY: install demo test test-vllm vllm-contract lint docs clean clean-cache mutation
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -63,10 +63,15 @@ mutation: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/mutmut run; $(VENV)/bin/mutmut results
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check server tests benchmarks
-	$(VENV)/bin/ruff format --check server tests benchmarks
+	$(VENV)/bin/ruff check server tests benchmarks docs/hooks.py
+	$(VENV)/bin/ruff format --check server tests benchmarks docs/hooks.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
+
+# The documentation site (docs/, MkDocs with the Material theme) on http://127.0.0.1:8001.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .demo .pytest_cache

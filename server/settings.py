@@ -224,3 +224,22 @@ class Settings(BaseSettings):
     def base_model_id(self) -> str:
         """The id clients use for the base model; vLLM defaults it to the --model value too."""
         return self.served_model_name or self.model
+
+
+def markdown_table() -> str:
+    """The settings as the docs' table (flag, env var, default, meaning), built from the fields
+    themselves so that it cannot drift from them; ``docs/hooks.py`` puts it into the operations page."""
+    rows = ["| flag | env var | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        flags = f"`{flag}` / `--no-{flag[2:]}`" if field.annotation is bool else f"`{flag}`"
+        if field.is_required():
+            default = "*(required)*"
+        elif field.default_factory is not None or field.default in (None, []):
+            default = "*(unset)*"
+        else:
+            value = field.default
+            default = f"`{str(value).lower() if isinstance(value, bool) else value}`"
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| {flags} | `LORA_GATEWAY_{name.upper()}` | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"

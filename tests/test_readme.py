@@ -1,4 +1,4 @@
-"""The README's demo, run as written against `lora-gateway demo` (what `make demo` runs).
+"""The README's and the docs' examples, run as written against `lora-gateway demo` (what `make demo` runs).
 
 Blocks marked ``<!-- docs-test: NAME -->`` are run as they are, in a directory laid out like a
 checkout (``.venv``, ``examples``; the demo writes ``.demo``, ``adapters``, ``runs``), with only the
@@ -27,8 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- docs-test: (?P<name>[\w-]+) -->\n```(?P<lang>\w+)\n(?P<code>.*?)```", re.S)
 
 
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def readme_blocks() -> dict[str, tuple[str, str]]:
-    return {m["name"]: (m["lang"], m["code"]) for m in BLOCK.finditer((ROOT / "README.md").read_text())}
+    """Every marked block of the README and the docs site, by name (a name used twice fails)."""
+    found: dict[str, tuple[str, str]] = {}
+    for document in DOCUMENTS:
+        for m in BLOCK.finditer(document.read_text()):
+            assert m["name"] not in found, f"docs-test {m['name']!r} is marked twice"
+            found[m["name"]] = (m["lang"], m["code"])
+    return found
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ a bad file is reported once, not once per event.
 
 Every change is all-or-nothing. A version is copied into the durable store (``store.py``),
 validated there (headers, then a dry-run load: ``dry_run.py``), loaded into the engine, put
-through its eval gate when it carries one (``gating.py``), and only then made active and
+through its eval gate when it carries one (the ``prove`` step it is given), and only then made active and
 *proven*; a failure at any step leaves the directory, the active version and the store as they
 were, so "ready" means "a request will succeed". The version it replaces is retired: unloaded at
 once if idle, else *draining* until its last request releases it.

@@ -11,7 +11,7 @@ write the same file, and a restart comes back to the same split. Two forms are a
   rewrites the file in the explicit form, so a restart does not have to guess which version was
   "before".
 
-Either may add ``"auto_abort"`` (off unless present): see ``canary_watch.py``.
+Either may add ``"auto_abort"`` (off unless present): see ``CanaryWatch`` in ``rollout.py``.
 
 Assignment is sticky per end user: the user's id, hashed with the split's ``salt``, picks a bucket
 out of 10,000, and buckets are handed to versions by cumulative share. The same user therefore

@@ -1,4 +1,4 @@
-"""Reading training data (server/trainer/data.py): four formats, one conversation; bad records by line."""
+"""Reading training data (server/datasets/conversations.py): four formats, one conversation; bad records by line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Test sets (server/evaluation/testset.py): trainer formats and question records, bad lines by number."""
+"""Test sets (server/datasets/testset.py): trainer formats and question records, bad lines by number."""
 
 from __future__ import annotations
 
