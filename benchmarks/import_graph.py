@@ -38,7 +38,6 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("tenancy", ["tenancy"]),
     ("feedback", ["feedback"]),
     ("evaluation", ["evaluation"]),
-    ("channels", ["channels"]),
     (
         "serving",
         [
@@ -53,6 +52,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "recording",
         ],
     ),
+    ("channels", ["channels"]),
     (
         "entry",
         [

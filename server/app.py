@@ -27,9 +27,7 @@ from .evaluation.proving import GateRunner
 from .evaluation.ratings import DatabaseRatings, RatingStore
 from .feedback import FeedbackStore
 from .gateway import Gateway
-from .integrations.wecom.config import WeComConfigError, load_wecom_settings
-from .integrations.wecom.routes import router as wecom_router
-from .integrations.wecom.service import WeComService
+from .integrations import configured
 from .metrics import GatewayMetrics
 from .registry import AdapterRegistry
 from .registry.base_model import BaseModelSpec
@@ -38,6 +36,7 @@ from .registry.rollout import Rollouts
 from .registry.watcher import AdapterWatcher
 from .settings import Settings
 from .tenancy.service import Tenancy
+from .terms.address import ModelAddress
 from .terms.layout import PLAYGROUND_RATINGS
 
 logger = logging.getLogger(__name__)
@@ -131,14 +130,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         ),
         admin_keys=[settings.admin_key.get_secret_value().encode()] if settings.admin_key else [],
     )
-    if settings.engine == "vllm":  # the embedded engine admits fairly in its batch; remote upstreams each schedule
+    if engine.adapter_slots is not None:  # an engine that batches few adapters and admits them first come
         gateway.adapter_gate = AdapterGate(
-            settings.max_loras,
+            engine.adapter_slots,
             settings.max_queued_requests,
-            lambda adapter, seconds: metrics.queue_time.labels(adapter.partition("@")[0]).observe(seconds),
+            lambda adapter, seconds: metrics.queue_time.labels(ModelAddress.parse(adapter).name).observe(seconds),
         )
     metrics.watch_engine(engine.health, lambda: len(registry.active_versions()), engine.peak_memory_bytes)
-    wecom = _wecom_service(settings, gateway)
+    integrations = configured(settings, gateway)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -146,6 +145,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         if gateway.feedback is not None:
             tasks.append(asyncio.create_task(_purge_feedback(gateway.feedback)))
         gateway.background = tasks
+        for integration in integrations:
+            await integration.start()
         try:
             yield
         finally:
@@ -159,8 +160,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 except Exception:  # a background task that had failed: said at shutdown, never swallowed
                     logger.exception("background task %s had failed", task.get_name())
             await registry.stop_gates()
-            if wecom is not None:
-                await wecom.close()
+            for integration in integrations:
+                await integration.close()
             if gateway.feedback is not None:
                 await asyncio.to_thread(gateway.feedback.close)
             await asyncio.to_thread(gateway.tenancy.close)
@@ -195,21 +196,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             gateway.ratings = RatingStore(settings.ratings_file or settings.adapters_dir / PLAYGROUND_RATINGS)
         app.include_router(playground.page)
         app.include_router(playground.router)
-    if wecom is not None:
-        app.state.wecom = wecom
-        app.include_router(wecom_router)
+    for integration in integrations:
+        setattr(app.state, integration.name, integration)
+        app.include_router(integration.router)
     return app
-
-
-def _wecom_service(settings: Settings, gateway: Gateway) -> WeComService | None:
-    """The WeCom bots, when any are configured (by --wecom-config or LORA_GATEWAY_WECOM_* env vars)."""
-    wecom_settings = load_wecom_settings(settings.wecom_config)
-    if not wecom_settings.bots:
-        if settings.wecom_config is not None:
-            raise WeComConfigError(f"{settings.wecom_config} defines no bots")
-        return None
-    logger.info("WeCom bots: %s", ", ".join(f"/wecom/{name}" for name in wecom_settings.bots))
-    return WeComService(wecom_settings, gateway)
 
 
 def missing_local_model(model: str) -> bool:

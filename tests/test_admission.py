@@ -85,6 +85,7 @@ class SlowEngine(Engine):
     Answers after ``seconds``; records the order requests started."""
 
     max_model_len = 4096
+    adapter_slots = 1  # as VllmEngine with --max-loras 1: the gateway admits fairly in front of it
 
     def __init__(self, seconds: float) -> None:
         self.seconds, self.started = seconds, []

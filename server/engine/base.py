@@ -211,6 +211,14 @@ class Engine(abc.ABC):
         health = self.health()
         return None if health.ready else (health.unavailable or LOADING)
 
+    @property
+    def adapter_slots(self) -> int | None:
+        """Adapters this engine batches at once when it admits requests first come, first served
+        (vLLM's ``--max-loras``): the gateway then queues requests fairly in front of it
+        (``server.admission``). None for an engine that admits fairly itself (the embedded one, in
+        its batch) or schedules elsewhere (remote upstreams)."""
+        return None
+
     def peak_memory_bytes(self) -> int | None:
         """The engine's peak memory, read when metrics are scraped (never per request); None where
         this process cannot see it (vLLM's engine core and remote upstreams run elsewhere)."""

@@ -220,6 +220,12 @@ class VllmEngine(Engine):
         self._loras.pop(adapter.adapter_id, None)
         await self._require().remove_lora(adapter.adapter_id)
 
+    @property
+    def adapter_slots(self) -> int | None:
+        """vLLM batches ``max_loras`` adapters and admits first come, first served: the gateway
+        queues fairly in front of it."""
+        return self.options.max_loras
+
     def health(self) -> EngineHealth:
         return EngineHealth(
             ready=self._engine is not None,

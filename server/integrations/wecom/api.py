@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from .text import split_utf8
+from ...channels.text import split_utf8
 
 logger = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from server.channels.text import answer_text
 from server.integrations.wecom.config import BotConfig
 from server.integrations.wecom.crypto import ReceiveIdMismatch
 from server.integrations.wecom.service import STREAM_CONTENT_BYTES, Bot, StreamAnswer
-from server.integrations.wecom.text import answer_text
 
 KEY = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"
 

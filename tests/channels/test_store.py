@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from server.integrations.wecom.store import ExpiringStore
+from server.channels.store import ExpiringStore
 
 
 class Clock:

@@ -1,15 +1,15 @@
-"""Cut answers to WeCom's byte limits without breaking a character.
+"""Cut answers to a chat app's byte limits without breaking a character.
 
-WeCom counts UTF-8 bytes (2048 for a text message, 20480 for an AI-bot stream), and a Chinese
-character is three of them, so counting characters would overflow; cutting inside a character would
-show a replacement glyph.
+Chat apps count UTF-8 bytes (WeCom: 2048 for a text message, 20480 for an AI-bot stream), and a
+Chinese character is three of them, so counting characters would overflow; cutting inside a
+character would show a replacement glyph.
 """
 
 from __future__ import annotations
 
 
 def answer_text(raw: str) -> str:
-    """What a WeCom user is shown of a model's raw output (and what a conversation remembers).
+    """What a chat app's user is shown of a model's raw output (and what a conversation remembers).
 
     Surrounding whitespace is dropped. Applied to the growing raw text of a stream, each result is
     a prefix of the next one, so polls of an AI-bot stream only ever extend what they showed, and

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.integrations.wecom.text import split_utf8, truncate_utf8
+from server.channels.text import split_utf8, truncate_utf8
 
 
 @pytest.mark.parametrize(
