@@ -239,12 +239,6 @@ async def _boot(gateway: Gateway) -> None:
         await gateway.engine.start()
         aliases = [*settings.base_model_alias, *([settings.served_model_name] if settings.served_model_name else [])]
         registry.base_spec = await asyncio.to_thread(BaseModelSpec.from_pretrained, settings.model, aliases)
-        if not registry.adapters_dir.is_dir():  # created, and followed like any other: publish into it at any time
-            registry.adapters_dir.mkdir(parents=True)
-            logger.info(
-                "created the adapters directory %s; adapters published into it are served without a restart",
-                registry.adapters_dir,
-            )
         gateway.watcher = AdapterWatcher(registry, poll=settings.watch_poll)
         gateway.background.append(asyncio.create_task(gateway.watcher.supervise(gateway.metrics.watcher_failures.inc)))
         await registry.scan()

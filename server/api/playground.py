@@ -92,7 +92,9 @@ async def rubric() -> dict[str, Any]:
     }
 
 
-class Rating(BaseModel):
+class RubricRating(BaseModel):
+    """One blind rubric score from the playground (a user's thumbs or stars are ``feedback.Rating``)."""
+
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=256)
@@ -104,7 +106,7 @@ class Rating(BaseModel):
     position: int = Field(ge=0, le=3)  # the blind column it was shown in
 
     @model_validator(mode="after")
-    def _on_the_rubric(self) -> Rating:
+    def _on_the_rubric(self) -> RubricRating:
         expected = {c.name: c.max for c in DEFAULT_RUBRIC.criteria}
         if set(self.scores) != set(expected):
             raise ValueError(f"scores must rate exactly {sorted(expected)}")
@@ -119,7 +121,7 @@ class Ratings(BaseModel):
 
     session: str = Field(min_length=1, max_length=64)
     rater: str | None = Field(default=None, max_length=64)
-    ratings: list[Rating] = Field(min_length=1, max_length=4)
+    ratings: list[RubricRating] = Field(min_length=1, max_length=4)
 
 
 @router.post("/v1/playground/ratings", status_code=201)

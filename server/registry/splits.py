@@ -34,6 +34,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
 from ..errors import AdapterRejected
 from ..jsonbounds import JSONRefused, loads_bounded
 from ..terms.layout import SPLIT_FILE
@@ -182,48 +184,128 @@ def split_in(
     return split, spec.canary is not None or spec.salt is None or spec.baseline is None
 
 
-def parse_split(raw: object, where: str) -> SplitSpec:
-    """Check a split's JSON (a file or an API body); ``AdapterRejected("bad_split")`` saying why."""
+class _AutoAbortFile(BaseModel):
+    """``auto_abort`` in a split file or request."""
 
-    def bad(message: str) -> AdapterRejected:
-        return AdapterRejected("bad_split", param="split", message=f"{where}: {message}")
+    model_config = ConfigDict(extra="forbid")
 
-    if not isinstance(raw, dict):
-        raise bad("a split must be a JSON object.")
-    unknown = set(raw) - {"versions", "canary", "baseline", "salt", "created", "auto_abort"}
-    if unknown:
-        raise bad(f"unknown fields {sorted(unknown)}.")
-    versions, canary = raw.get("versions"), raw.get("canary")
-    if (versions is None) == (canary is None):
-        raise bad('give either "versions" ({"5": 90, "6": 10}) or "canary" (a percentage), not both.')
-    weights = None
-    if canary is not None:
-        if not _is_int(canary) or not 0 < canary < 100:
-            raise bad(f'"canary" must be a whole percentage between 1 and 99, not {canary!r}.')
-    else:
+    max_error_rate: float | None = None
+    max_negative_rate: float | None = None
+    window_s: float = 300.0
+    min_events: int = 20
+
+    @field_validator("max_error_rate", "max_negative_rate", mode="before")
+    @classmethod
+    def _fraction(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None and (not _is_number(value) or not 0 <= value <= 1):  # type: ignore[operator]
+            raise ValueError(f'"auto_abort.{info.field_name}" must be a fraction between 0 and 1')
+        return value
+
+    @field_validator("window_s", mode="before")
+    @classmethod
+    def _window(cls, value: object) -> object:
+        if not _is_number(value) or not 1 <= value <= 7 * 86400:  # type: ignore[operator]
+            raise ValueError('"auto_abort.window_s" must be between 1 second and 7 days')
+        return value
+
+    @field_validator("min_events", mode="before")
+    @classmethod
+    def _events(cls, value: object) -> object:
+        if not _is_int(value) or value < 1:  # type: ignore[operator]
+            raise ValueError('"auto_abort.min_events" must be a positive whole number')
+        return value
+
+    @model_validator(mode="after")
+    def _a_rate(self) -> _AutoAbortFile:
+        if self.max_error_rate is None and self.max_negative_rate is None:
+            raise ValueError('"auto_abort" needs max_error_rate or max_negative_rate')
+        return self
+
+
+class _SplitFile(BaseModel):
+    """A split file's (or an admin request's) JSON: explicit shares or a canary percentage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    versions: dict[str, int] | None = None
+    canary: int | None = None
+    baseline: int | None = None
+    salt: str | None = Field(default=None, min_length=1, max_length=64)
+    created: float | None = None
+    auto_abort: _AutoAbortFile | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, raw: object) -> object:
+        if not isinstance(raw, dict):
+            raise ValueError("a split must be a JSON object")
+        unknown = set(raw) - set(cls.model_fields)
+        if unknown:
+            raise ValueError(f"unknown fields {sorted(unknown)}")
+        if (raw.get("versions") is None) == (raw.get("canary") is None):
+            raise ValueError('give either "versions" ({"5": 90, "6": 10}) or "canary" (a percentage), not both')
+        return raw
+
+    @field_validator("versions", mode="before")
+    @classmethod
+    def _shares(cls, versions: object) -> object:
+        if versions is None:
+            return None
         if not isinstance(versions, dict) or not 2 <= len(versions) <= _MAX_VARIANTS:
-            raise bad(f'"versions" must map 2 to {_MAX_VARIANTS} version numbers to percentages.')
-        pairs = []
+            raise ValueError(f'"versions" must map 2 to {_MAX_VARIANTS} version numbers to percentages')
         for key, share in versions.items():
             if not isinstance(key, str) or not _VERSION_NUMBER.fullmatch(key):
-                raise bad(f"{key!r} is not a version number.")
+                raise ValueError(f"{key!r} is not a version number")
             if not _is_int(share) or not 0 <= share <= 100:
-                raise bad(f"the share of version {key} must be a whole percentage 0-100, not {share!r}.")
-            pairs.append((int(key), int(share)))
-        total = sum(share for _, share in pairs)
-        if total != 100:
-            raise bad(f"the shares must sum to 100, not {total}.")
-        weights = tuple(pairs)
-    baseline = raw.get("baseline")
-    if baseline is not None and not _is_int(baseline):
-        raise bad('"baseline" must be a version number.')
-    salt = raw.get("salt")
-    if salt is not None and (not isinstance(salt, str) or not 0 < len(salt) <= 64):
-        raise bad('"salt" must be a short string.')
-    created = raw.get("created")
-    if created is not None and (not _is_number(created) or not 0 <= created < 1e11):
-        raise bad('"created" must be a time in seconds.')
-    return SplitSpec(weights, canary, baseline, salt, created, _auto_abort(raw.get("auto_abort"), bad))
+                raise ValueError(f"the share of version {key} must be a whole percentage 0-100, not {share!r}")
+        if (total := sum(versions.values())) != 100:
+            raise ValueError(f"the shares must sum to 100, not {total}")
+        return versions
+
+    @field_validator("canary", mode="before")
+    @classmethod
+    def _canary(cls, canary: object) -> object:
+        if canary is not None and (not _is_int(canary) or not 0 < canary < 100):  # type: ignore[operator]
+            raise ValueError(f'"canary" must be a whole percentage between 1 and 99, not {canary!r}')
+        return canary
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _baseline(cls, baseline: object) -> object:
+        if baseline is not None and not _is_int(baseline):
+            raise ValueError('"baseline" must be a version number')
+        return baseline
+
+    @field_validator("created", mode="before")
+    @classmethod
+    def _created(cls, created: object) -> object:
+        if created is not None and (not _is_number(created) or not 0 <= created < 1e11):  # type: ignore[operator]
+            raise ValueError('"created" must be a time in seconds')
+        return created
+
+
+def parse_split(raw: object, where: str) -> SplitSpec:
+    """Check a split's JSON (a file or an API body); ``AdapterRejected("bad_split")`` saying why."""
+    try:
+        checked = _SplitFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+        field = ".".join(str(part) for part in first["loc"])
+        where = f"{where}: {field}" if field else where
+        raise AdapterRejected("bad_split", param="split", message=f"{where}: {message}.") from None
+    weights = None if checked.versions is None else tuple((int(k), v) for k, v in checked.versions.items())
+    abort = checked.auto_abort
+    return SplitSpec(
+        weights,
+        checked.canary,
+        checked.baseline,
+        checked.salt,
+        checked.created,
+        None
+        if abort is None
+        else AutoAbort(abort.max_error_rate, abort.max_negative_rate, abort.window_s, abort.min_events),
+    )
 
 
 def read_split_file(directory: Path) -> SplitSpec | None:
@@ -255,27 +337,6 @@ def write_split_file(directory: Path, split: Split | None) -> None:
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(directory)
-
-
-def _auto_abort(raw: object, bad: Any) -> AutoAbort | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict) or set(raw) - {"max_error_rate", "max_negative_rate", "window_s", "min_events"}:
-        raise bad('"auto_abort" takes max_error_rate, max_negative_rate, window_s and min_events.')
-    rates = {}
-    for key in ("max_error_rate", "max_negative_rate"):
-        value = raw.get(key)
-        if value is not None and (not _is_number(value) or not 0 <= value <= 1):
-            raise bad(f'"auto_abort.{key}" must be a fraction between 0 and 1.')
-        rates[key] = None if value is None else float(value)
-    if rates["max_error_rate"] is None and rates["max_negative_rate"] is None:
-        raise bad('"auto_abort" needs max_error_rate or max_negative_rate.')
-    window, events = raw.get("window_s", 300), raw.get("min_events", 20)
-    if not _is_number(window) or not 1 <= window <= 7 * 86400:
-        raise bad('"auto_abort.window_s" must be between 1 second and 7 days.')
-    if not _is_int(events) or events < 1:
-        raise bad('"auto_abort.min_events" must be a positive whole number.')
-    return AutoAbort(rates["max_error_rate"], rates["max_negative_rate"], float(window), int(events))
 
 
 def _is_int(value: object) -> bool:
