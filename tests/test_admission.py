@@ -185,5 +185,5 @@ def test_a_client_that_leaves_while_queued_holds_nothing(base_model, adapters_di
 
         asyncio.run(scenario())
         wait_for(lambda: gateway.adapter_gate.in_flight() == {} and gateway.adapter_gate.waiting == 0)
-        wait_for(lambda: not gateway.registry._residency._in_use)  # no lease left behind (private: no accessor)
+        wait_for(lambda: not gateway.registry.holders())  # no lease left behind
     assert engine.started == ["alpha"]

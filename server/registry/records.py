@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 
 class AdapterState(enum.StrEnum):
+    """A name's state (``AdapterEntry.state``); each of its versions has its own
+    (``residency.VersionState``: staged, proving, active, draining, retired)."""
+
     READY = "ready"  # an active version serves requests
     INCOMPLETE = "incomplete"  # files still arriving; nothing served yet
     GATING = "gating"  # a first version's eval gate is running; nothing served yet
@@ -92,7 +95,6 @@ class AdapterEntry:
     """Everything known about one adapter name (mutable; owned by the registry)."""
 
     name: str
-    state: AdapterState
     active: AdapterVersion | None = None
     last_error: str | None = None  # why the directory's current files are not what is served
     rejected_reason: str | None = None
@@ -103,3 +105,12 @@ class AdapterEntry:
     gating: int | None = None  # the version whose eval gate is running now
     gate_task: asyncio.Task[None] | None = field(default=None, repr=False)  # that gate, run in the background
     split: Split | None = None  # shares of traffic between versions (canary, A/B); None: all to active
+
+    @property
+    def state(self) -> AdapterState:
+        """What the name's state is, read from what it holds (never set, so it cannot disagree)."""
+        if self.active is not None:
+            return AdapterState.READY
+        if self.gate_task is not None:
+            return AdapterState.GATING
+        return AdapterState.REJECTED if self.rejected_reason is not None else AdapterState.INCOMPLETE

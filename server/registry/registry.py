@@ -7,8 +7,8 @@ a bad file is reported once, not once per event.
 
 Every change is all-or-nothing. A version is copied into the durable store (``store.py``),
 validated there (headers, then a dry-run load: ``dry_run.py``), loaded into the engine, put
-through its eval gate when it carries one (the ``prove`` step it is given), and only then made active and
-*proven*; a failure at any step leaves the directory, the active version and the store as they
+through its eval gate when it carries one (the ``prove`` step it is given), and only then made
+active and *proven*; a failure at any step leaves the directory, the active version and the store as they
 were, so "ready" means "a request will succeed". The version it replaces is retired: unloaded at
 once if idle, else *draining* until its last request releases it.
 
@@ -19,13 +19,21 @@ step as the version it comes with, so a canary never takes all traffic, not even
 first, and only then written into the directory. At start, a name whose directory files are
 refused or half-written is served from its newest proven version, and says so.
 
-Which versions the engine holds (at most ``max_loaded``, least recently used evicted) and which
-requests hold them is ``residency.py``'s.
+Which versions the engine holds (at most ``max_loaded``, least recently used evicted), which
+requests hold them, and each version's life-cycle state (staged, proving, active, draining,
+retired) are ``residency.py``'s; a name's state is read from its entry (``records.py``). Why a
+version arrives (``Arrival``: the directory, an install, a rollback, a restore) decides how it is
+adopted.
+
+This module is past the ~400 lines the rest keep to, on purpose: every change of what a name
+serves happens here, under that name's lock, and the lock discipline is easier to check in one
+file than across several.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import logging
 import time
@@ -45,8 +53,8 @@ from .base_model import BaseModelSpec
 from .gate_spec import Gate, GateOutcome
 from .names import is_valid_name
 from .publish import publish_adapter
-from .records import AdapterEntry, AdapterInfo, AdapterState, AdapterVersion, Fingerprint, Lease, fingerprint
-from .residency import Residency
+from .records import AdapterEntry, AdapterInfo, AdapterVersion, Fingerprint, Lease, fingerprint
+from .residency import Residency, VersionState
 from .splits import Split, split_in, write_split_file
 from .staging import check_stored, stage
 from .store import StoredVersion, VersionStore
@@ -71,6 +79,19 @@ class RegistryHooks:
     loaded: Callable[[float], None] = lambda seconds: None
     swapped: Callable[[], None] = lambda: None
     gated: Callable[[GateOutcome], None] = lambda outcome: None
+
+
+class Arrival(enum.Enum):
+    """Why a version is being adopted, which decides how (``_adopt``)."""
+
+    DIRECTORY = "directory"  # new files in the directory: gated in the background, split from the files
+    INSTALL = "install"  # the admin API's load: proven first, then written into the directory
+    ROLLBACK = "rollback"  # a kept version again: written back into the directory
+    RESTORE = "restore"  # start-up: the newest proven version, while the directory's files are refused
+
+    @property
+    def publishes(self) -> bool:
+        return self in (Arrival.INSTALL, Arrival.ROLLBACK)
 
 
 Hold = Callable[["AdapterVersion"], AbstractAsyncContextManager[None]]
@@ -136,6 +157,14 @@ class AdapterRegistry:
 
     def draining(self) -> list[AdapterVersion]:
         return self._residency.draining()
+
+    def holders(self) -> dict[int, int]:
+        """adapter_id -> requests (and gates) holding that version now."""
+        return self._residency.held()
+
+    def version_state(self, version: AdapterVersion) -> VersionState | None:
+        """A version's life-cycle state while the engine keeps a record of it (``residency``)."""
+        return self._residency.state(version)
 
     @property
     def loaded_count(self) -> int:
@@ -214,7 +243,7 @@ class AdapterRegistry:
                 return None
             if path.is_file() and name in IGNORED_FILES:
                 return None
-            entry = self._entries.setdefault(name, AdapterEntry(name, AdapterState.INCOMPLETE))
+            entry = self._entries.setdefault(name, AdapterEntry(name))
             current = fingerprint(path)
             if entry.checked and current == entry.fingerprint and not force:
                 return entry
@@ -229,11 +258,13 @@ class AdapterRegistry:
                     raise AdapterRejected("not_a_directory", f"{name}: not an adapter directory.")
                 await asyncio.to_thread(check_inside, path, self.adapters_dir)
                 staged = await asyncio.to_thread(self._stage, name, path, current)
-                await self._adopt(entry, staged, split_from=path, gate_in_background=True)
+                await self._adopt(entry, staged, Arrival.DIRECTORY, split_from=path)
             except AdapterIncomplete as exc:
-                if entry.active is None:
-                    entry.state = AdapterState.INCOMPLETE
-                entry.last_error, entry.checked = str(exc), False  # looked at again by the next rescan
+                entry.last_error, entry.rejected_reason, entry.checked = (
+                    str(exc),
+                    None,
+                    False,
+                )  # looked at again by the next rescan
                 logger.debug("adapter %s incomplete: %s", name, exc)
             except AdapterRejected as exc:
                 self._reject(entry, exc)
@@ -253,9 +284,9 @@ class AdapterRegistry:
         directory as ``name`` and serve it. Raises ``AdapterRejected``/``AdapterIncomplete``, in
         which case neither the directory nor what is served changed."""
         async with self._lock(name):
-            entry = self._entries.get(name) or AdapterEntry(name, AdapterState.INCOMPLETE)
+            entry = self._entries.get(name) or AdapterEntry(name)
             stored = await asyncio.to_thread(self._stage, name, source, fingerprint(source))
-            await self._adopt(entry, stored, publish=True, split_from=source)
+            await self._adopt(entry, stored, Arrival.INSTALL, split_from=source)
             self._entries[name] = entry
             return entry
 
@@ -263,13 +294,13 @@ class AdapterRegistry:
         """Serve a kept version of ``name`` again (``number``, or the newest one unlike the version
         served now) and write its files back into the directory."""
         async with self._lock(name):
-            entry = self._entries.get(name) or AdapterEntry(name, AdapterState.INCOMPLETE)
+            entry = self._entries.get(name) or AdapterEntry(name)
             serving = Path(entry.active.load_path) if entry.active else None
             try:
                 choice = await asyncio.to_thread(self.store.rollback_target, name, number, serving)
             except LookupError as exc:
                 raise ModelNotFound(name, exc.args[0]) from None
-            await self._adopt(entry, await asyncio.to_thread(self._check_stored, choice), publish=True)
+            await self._adopt(entry, await asyncio.to_thread(self._check_stored, choice), Arrival.ROLLBACK)
             self._entries[name] = entry
             return entry
 
@@ -291,7 +322,7 @@ class AdapterRegistry:
             refused, reason = entry.last_error, entry.rejected_reason
             for kept in await asyncio.to_thread(self.store.versions, entry.name):
                 try:
-                    await self._adopt(entry, await asyncio.to_thread(self._check_stored, kept))
+                    await self._adopt(entry, await asyncio.to_thread(self._check_stored, kept), Arrival.RESTORE)
                 except (AdapterRejected, AdapterIncomplete) as exc:
                     logger.warning(
                         "adapter %s: kept version %d cannot be served either: %s", entry.name, kept.number, exc
@@ -328,61 +359,63 @@ class AdapterRegistry:
         self,
         entry: AdapterEntry,
         staged: tuple[StoredVersion, AdapterInfo],
-        *,
-        publish: bool = False,
+        arrival: Arrival,
         split_from: Path | None = None,
-        gate_in_background: bool = False,
     ) -> None:
-        """Load the staged version, prove it, optionally write it into the directory, serve it,
-        under the traffic split in ``split_from`` (none: the version takes all traffic). Caller
-        holds the name's lock. On failure the unproven copy goes and nothing else changes.
+        """Load the staged version, prove it, write it into the directory when ``arrival`` says
+        so, and serve it under the traffic split in ``split_from`` (none: it takes all traffic).
+        Caller holds the name's lock. On failure the unproven copy goes and nothing else changes.
 
-        With ``gate_in_background`` (what the directory brings: the watcher, the start-up scan, a
-        reload), a version's eval gate runs as a task of its own and this returns at once: a gate
-        whose judge hangs holds neither the scan, nor readiness, nor any other adapter. The
-        version serves (or is rejected) when its gate ends; newer files for the name cancel it."""
+        What the directory brings (``Arrival.DIRECTORY``: the watcher, the start-up scan, a reload)
+        runs its eval gate as a task of its own and this returns at once: a gate whose judge hangs
+        holds neither the scan, nor readiness, nor any other adapter. The version serves (or is
+        rejected) when its gate ends; newer files for the name cancel it."""
         stored, info = staged
-        name = entry.name
         split, rewrite = await asyncio.to_thread(self._split_of, entry, stored.number, split_from)
+        version = self._version_of(entry, stored, info)
+        proven_here = stored.proven and stored.proven_on == self._proof()  # loads on demand
+        if version is not entry.active and not proven_here:
+            await self._load_candidate(version, stored)
+            if info.gate is not None and arrival is Arrival.DIRECTORY:
+                self._cancel_gate(entry)
+                entry.gating = version.version
+                entry.gate_task = asyncio.create_task(
+                    self._gate_then_serve(entry, stored, version, split, rewrite), name=f"eval-gate-{entry.name}"
+                )
+                return
+            gate = await self._run_gate(entry, stored, version) if info.gate is not None else None
+            await self._prove(stored, gate)
+        await self._serve(entry, stored, version, split, rewrite, publish=arrival.publishes)
+
+    def _version_of(self, entry: AdapterEntry, stored: StoredVersion, info: AdapterInfo) -> AdapterVersion:
+        """The version a staged copy becomes: the one serving when its files are the same again (a
+        re-publish, a rollback's files), else a new one under an id never used before."""
         if entry.active is not None and entry.active.load_path == str(stored.path):
-            version = entry.active  # the same files again (a re-publish, or a rollback's files)
-        else:
-            version = AdapterVersion(
-                name=name,
-                adapter_id=next(self._ids),
-                version=stored.number,
-                path=str((self.adapters_dir / name).absolute()),
-                load_path=str(stored.path),
-                info=info,
-                created=int(time.time()),
-                sha256=stored.sha256,
-            )
-            if not (
-                stored.proven and stored.proven_on == self._proof()
-            ):  # proven on this base and engine: loads on demand
-                try:
-                    await self._residency.ensure_loaded(version, evict=True)
-                except Exception as exc:
-                    self.store.discard(stored)
-                    await self._residency.unload(version)
-                    if isinstance(exc, AdapterRejected):
-                        raise
-                    raise AdapterRejected(
-                        "load_failed", f"{name}: the engine could not load it ({type(exc).__name__}: {exc})."
-                    ) from exc
-                if info.gate is not None and gate_in_background:
-                    self._cancel_gate(entry)
-                    entry.gating = version.version
-                    if entry.active is None:
-                        entry.state = AdapterState.GATING
-                    task = asyncio.create_task(
-                        self._gate_then_serve(entry, stored, version, split, rewrite), name=f"eval-gate-{name}"
-                    )
-                    entry.gate_task = task
-                    return
-                gate = await self._run_gate(entry, stored, version) if info.gate is not None else None
-                await self._prove(stored, gate)
-        await self._serve(entry, stored, version, split, rewrite, publish)
+            return entry.active
+        return AdapterVersion(
+            name=entry.name,
+            adapter_id=next(self._ids),
+            version=stored.number,
+            path=str((self.adapters_dir / entry.name).absolute()),
+            load_path=str(stored.path),
+            info=info,
+            created=int(time.time()),
+            sha256=stored.sha256,
+        )
+
+    async def _load_candidate(self, version: AdapterVersion, stored: StoredVersion) -> None:
+        """Stage ``version`` and load it; a failure discards it (and its unproven copy) and refuses."""
+        self._residency.stage(version)
+        try:
+            await self._residency.ensure_loaded(version, evict=True)
+        except Exception as exc:
+            self.store.discard(stored)
+            await self._residency.discard(version)
+            if isinstance(exc, AdapterRejected):
+                raise
+            raise AdapterRejected(
+                "load_failed", f"{version.name}: the engine could not load it ({type(exc).__name__}: {exc})."
+            ) from exc
 
     async def _serve(
         self,
@@ -405,8 +438,9 @@ class AdapterRegistry:
             self.revision += 1
             if split is not None:
                 logger.info("adapter %s: traffic split %s (baseline v%d)", name, dict(split.weights), split.baseline)
+        self._residency.activate(version)
         previous, entry.active, entry.split = entry.active, version, split
-        entry.state, entry.last_error, entry.rejected_reason, entry.restored = AdapterState.READY, None, None, False
+        entry.last_error, entry.rejected_reason, entry.restored = None, None, False
         if previous is not version:
             self.revision += 1
             logger.info(
@@ -435,18 +469,19 @@ class AdapterRegistry:
         except asyncio.CancelledError:  # newer files, a removal or shutdown: this candidate goes
             if entry.gating != version.version:  # unless the newer files are this very copy again
                 self.store.discard(stored)
-            await self._residency.unload(version)
+            await self._residency.discard(version)
             raise
         async with self._lock(entry.name):
             if entry.gate_task is not asyncio.current_task():  # superseded while the verdict came in
                 self.store.discard(stored)
-                await self._residency.unload(version)
+                await self._residency.discard(version)
                 return
             entry.gate_task = None
             try:
                 await self._prove(stored, gate)
                 await self._serve(entry, stored, version, split, rewrite, publish=False)
             except Exception as exc:
+                await self._residency.discard(version)
                 self._reject(entry, AdapterRejected("unreadable", f"{entry.name}: {type(exc).__name__}: {exc}."))
 
     async def _prove(self, stored: StoredVersion, gate: GateOutcome | None) -> None:
@@ -486,6 +521,7 @@ class AdapterRegistry:
         assert gate is not None
         logger.info("adapter %s v%d: running its eval gate", entry.name, version.version)
         entry.gating = version.version
+        self._residency.proving(version)
         try:
             if self._prove_step is None:
                 why = "this registry runs no eval gates (no prove step)"
@@ -499,7 +535,7 @@ class AdapterRegistry:
         self._hooks.gated(outcome)
         if not outcome.passed:
             self.store.discard(stored)
-            await self._residency.unload(version)
+            await self._residency.discard(version)
             raise AdapterRejected("eval_gate_failed", f"{entry.name} v{version.version}: {outcome.describe()}.")
         logger.info("adapter %s v%d: %s", entry.name, version.version, outcome.describe())
         return outcome
@@ -532,8 +568,6 @@ class AdapterRegistry:
     def _reject(self, entry: AdapterEntry, exc: AdapterRejected) -> None:
         logger.warning("adapter rejected: %s%s", exc, " (the previous version keeps serving)" if entry.active else "")
         entry.last_error, entry.rejected_reason = str(exc), exc.reason
-        if entry.active is None:
-            entry.state = AdapterState.REJECTED
         self._hooks.rejected(exc.reason)
 
     async def _unregister(self, name: str) -> None:
