@@ -197,6 +197,7 @@ def measure(root: Path) -> dict[str, object]:
         "cycles": graph.cycles(),
         "unplaced": graph.unplaced(),
         "largest_modules": sorted(sizes.items(), key=lambda item: -item[1])[:10],
+        "over_400_lines": sorted((module, size) for module, size in sizes.items() if size > 400),
     }
 
 
@@ -218,6 +219,9 @@ def main() -> None:
             f"| {len(data['arrows_up'])} | {len(data['cycles'])} |"  # type: ignore[arg-type]
         )
     lines += ["", "Floors, bottom to top: " + ", ".join(result["after"]["floors"]) + "."]  # type: ignore[arg-type]
+    for label, data in result.items():
+        over = ", ".join(f"`{m}` ({n})" for m, n in data["over_400_lines"])  # type: ignore[attr-defined]
+        lines.append(f"- {label}, modules over 400 lines: {over or 'none'}")
     for label, data in result.items():
         for arrow in data["arrows_up"]:  # type: ignore[attr-defined]
             lines.append(f"- {label}, runs up: `{arrow}`")
