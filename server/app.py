@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from .admission import AdapterGate
-from .api import admin, chat, feedback, keys, models, ops, playground
+from .api import admin, chat, feedback, keys, models, ops, playground, responses
 from .api.errors import ErrorResponder, count_refusal, install_error_handlers
 from .api.limits import BodyLimitMiddleware
 from .database import database_url, open_engine
@@ -180,6 +180,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     chat.install(app)
     app.chat_endpoint = BodyLimitMiddleware(chat.ChatEndpoint(respond), **body_limit)
     app.include_router(models.router)
+    app.include_router(responses.router)
     app.include_router(ops.router)
     app.include_router(admin.router)
     app.include_router(keys.router)

@@ -302,8 +302,10 @@ class CompletionStream:
         deltas: AsyncIterator[GenerationDelta],
         first: GenerationDelta | None,
         include_usage: bool,
+        completion: str | None = None,
     ) -> None:
         self._gateway, self._admitted, self._deltas, self._first = gateway, admitted, deltas, first
+        self._completion = completion  # the answer's id, when the caller chose it (a response's)
         self.include_usage = include_usage
         self.choices = admitted.generation.sampling.n  # ``chunks`` starts with one role chunk for each
         self.version = admitted.version
@@ -313,7 +315,7 @@ class CompletionStream:
         """Role first, content pieces, then an empty delta with the finish_reason; with
         ``include_usage`` one last chunk with no choices carries the usage."""
         admitted = self._admitted
-        chunk_id, created, n = completion_id(), now(), admitted.generation.sampling.n
+        chunk_id, created, n = self._completion or completion_id(), now(), admitted.generation.sampling.n
         want_logprobs = admitted.generation.sampling.logprobs is not None
         usage = Usage(n)
 
@@ -355,10 +357,14 @@ class CompletionStream:
 
 
 async def open_stream(
-    gateway: Gateway, body: ChatCompletionRequest, user: str | None = None, principal: Principal = ANYONE
+    gateway: Gateway,
+    body: ChatCompletionRequest,
+    user: str | None = None,
+    principal: Principal = ANYONE,
+    completion: str | None = None,
 ) -> CompletionStream:
     """Admit the request and start it; raises (with the right status) anything that fails before
-    its first delta."""
+    its first delta. ``completion`` sets the answer's id (the Responses API's ``resp_...``)."""
     admitted = await admit(gateway, body, user=user, principal=principal)
     deltas = gateway.engine.generate(admitted.generation)
     try:
@@ -371,7 +377,7 @@ async def open_stream(
         await admitted.scope.aclose()
         raise
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return CompletionStream(gateway, admitted, deltas, first, include_usage)
+    return CompletionStream(gateway, admitted, deltas, first, include_usage, completion)
 
 
 async def _prepend(

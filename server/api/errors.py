@@ -74,12 +74,13 @@ def from_validation_error(exc: RequestValidationError) -> InvalidRequest:
 
 
 CHAT_PATH = "/v1/chat/completions"
+RESPONSES_PATH = "/v1/responses"
 
 
 def count_refusal(metrics: GatewayMetrics, path: str, error: GatewayError) -> None:
     """Count a failed chat request that the completion path has not counted (it was refused
     before a completion began: bad JSON, a bad key, a body too large), under ``model="unknown"``."""
-    if path == CHAT_PATH and error.counted_as is None:
+    if path in (CHAT_PATH, RESPONSES_PATH) and error.counted_as is None:
         metrics.record_error(UNKNOWN_MODEL, error.status_code, error.error_type)
         error.counted_as = UNKNOWN_MODEL
 
