@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from .admission import AdapterGate
 from .api import admin, chat, feedback, keys, models, ops, playground, responses
-from .api.errors import ErrorResponder, count_refusal, install_error_handlers
+from .api.errors import CHAT_PATH, RESPONSES_PATH, ErrorResponder, count_refusal, install_error_handlers
 from .api.limits import BodyLimitMiddleware
 from .database import database_url, open_engine
 from .engine.base import Engine
@@ -178,7 +178,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     respond = ErrorResponder(metrics)
     install_error_handlers(app, respond)
     chat.install(app)
-    app.chat_endpoint = BodyLimitMiddleware(chat.ChatEndpoint(respond), **body_limit)
+    app.fast_endpoints = {
+        path: BodyLimitMiddleware(chat.FastEndpoint(handler, path, respond), **body_limit)
+        for path, handler in ((CHAT_PATH, chat.create_chat_completion), (RESPONSES_PATH, responses.create_response))
+    }
     app.include_router(models.router)
     app.include_router(responses.router)
     app.include_router(ops.router)

@@ -3,7 +3,7 @@
 integrations; this module frames it as JSON or as server-sent events, and stops generating when a
 client goes away.
 
-The route is reached through ``ChatEndpoint``, ahead of FastAPI's middleware and routing (see
+The route is reached through a ``FastEndpoint``, ahead of FastAPI's middleware and routing (see
 ``GatewayApp``); it is also FastAPI's route, for ``/openapi.json`` and any path the entry misses.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -94,44 +94,46 @@ async def chat_request(request: Request) -> ChatCompletionRequest:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
-class ChatEndpoint:
-    """The chat route as a plain ASGI app, for ``GatewayApp`` to call ahead of FastAPI's stack.
+class FastEndpoint:
+    """A hot route as a plain ASGI app, for ``GatewayApp`` to call ahead of FastAPI's stack.
 
     Profiled under load, FastAPI's middleware and routing (its telemetry and body-limit layers,
     the exception and exit-stack middleware, the router, the request-response wrappers) were a
-    quarter of the event loop's time on this route, which needs none of them: it reads its key
-    and body itself and has no dependencies. Failures are answered by the same ``ErrorResponder``
-    as FastAPI's exception handlers; the body limit is ours, which wraps this app too."""
+    quarter of the event loop's time on the chat route, which needs none of them: it reads its key
+    and body itself and has no dependencies (so does ``/v1/responses``). Failures are answered by
+    the same ``ErrorResponder`` as FastAPI's exception handlers; the body limit is ours, which
+    wraps this app too."""
 
-    def __init__(self, respond: ErrorResponder) -> None:
-        self.respond = respond
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]], path: str, respond: ErrorResponder) -> None:
+        self.handler, self.path, self.respond = handler, path, respond
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            response = await create_chat_completion(Request(scope, receive, send))
+            response = await self.handler(Request(scope, receive, send))
         except Exception as exc:  # answered as FastAPI's handlers would (an unexpected one: a 500, logged)
-            response = self.respond(exc, "POST", CHAT_PATH)
+            response = self.respond(exc, "POST", self.path)
         await response(scope, receive, send)
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, with ``POST /v1/chat/completions`` sent straight to ``chat_endpoint`` (see
-    ``ChatEndpoint``); every other request goes through FastAPI as usual."""
+    """FastAPI, with the hot ``POST`` routes (chat, responses) sent straight to their
+    ``fast_endpoints`` (see ``FastEndpoint``); every other request goes through FastAPI as usual."""
 
-    chat_endpoint: ASGIApp | None = None
+    fast_endpoints: dict[str, ASGIApp]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self.chat_endpoint
-        if scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST" and endpoint:
-            scope["app"] = self  # as Starlette sets it: the route finds the gateway on the app's state
-            await endpoint(scope, receive, send)
-            return
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = getattr(self, "fast_endpoints", {}).get(scope["path"])
+            if endpoint is not None:
+                scope["app"] = self  # as Starlette sets it: the route finds the gateway on the app's state
+                await endpoint(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:
     """FastAPI's route for the chat path, which ``/openapi.json`` documents; requests reach it only
-    where ``GatewayApp`` does not take them first (an app that has no ``chat_endpoint``)."""
+    where ``GatewayApp`` does not take them first (an app that has no ``fast_endpoints``)."""
     app.add_api_route(
         CHAT_PATH, create_chat_completion, methods=["POST"], response_model=None, openapi_extra=_DOCUMENTED
     )

@@ -87,7 +87,7 @@ def count_refusal(metrics: GatewayMetrics, path: str, error: GatewayError) -> No
 
 class ErrorResponder:
     """Any failure of a request -> its OpenAI-shaped response, counted. FastAPI's exception handlers
-    call it, and so does the chat route's own entry (``api.chat.ChatEndpoint``), so both answer a
+    call it, and so does the chat route's own entry (``api.chat.FastEndpoint``), so both answer a
     failure alike."""
 
     def __init__(self, metrics: GatewayMetrics) -> None:

@@ -389,6 +389,7 @@ class ResponseEvents:
         self._text: dict[str, Any] | None = None  # the message item being written
         self._calls: dict[int, dict[str, Any]] = {}  # tool call index -> its item
         self._finish: str | None = None
+        self._echo = request.echo()  # the same settings in every response shell: made once
 
     def _event(self, kind: str, **fields: Any) -> str:
         event = {"type": kind, "sequence_number": self._sequence, **fields}
@@ -406,7 +407,7 @@ class ResponseEvents:
             "model": self.model,
             "output": [],
             "usage": None,
-            **self.request.echo(),
+            **self._echo,
         }
 
     def start(self) -> list[str]:

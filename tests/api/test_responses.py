@@ -28,6 +28,11 @@ TOOL = {
 }
 
 
+# One call, greedy: sampled freely, a random model may call again and again until the token limit.
+ONE_CALL = {"tools": [TOOL], "tool_choice": "required", "parallel_tool_calls": False, "temperature": 0}
+ONE_CALL["max_output_tokens"] = 200
+
+
 def test_an_adapter_answers_through_the_responses_api(client) -> None:  # type: ignore[no-untyped-def]
     response = client.responses.create(model="alpha", input=QUESTION, temperature=0, max_output_tokens=40)
     assert response.object == "response" and response.id.startswith("resp_")
@@ -71,9 +76,7 @@ def test_the_stream_helper_assembles_the_typed_events(client) -> None:  # type: 
 
 
 def test_a_function_tool_is_called_with_valid_arguments_and_its_output_answered(client) -> None:  # type: ignore[no-untyped-def]
-    asked = client.responses.create(
-        model="alpha", input="Where is my order?", tools=[TOOL], tool_choice="required", max_output_tokens=60
-    )
+    asked = client.responses.create(model="alpha", input="Where is my order?", **ONE_CALL)
     calls = [item for item in asked.output if item.type == "function_call"]
     assert calls and calls[0].name == "get_order_status"
     arguments = json.loads(calls[0].arguments)  # constrained decoding: always the schema's shape
@@ -88,9 +91,7 @@ def test_a_function_tool_is_called_with_valid_arguments_and_its_output_answered(
 
 
 def test_a_streamed_tool_call_arrives_as_argument_deltas(client) -> None:  # type: ignore[no-untyped-def]
-    with client.responses.stream(
-        model="beta", input="Where is my order?", tools=[TOOL], tool_choice="required", max_output_tokens=60
-    ) as stream:
+    with client.responses.stream(model="beta", input="Where is my order?", **ONE_CALL) as stream:
         kinds = [event.type for event in stream]
         final = stream.get_final_response()
     call = next(item for item in final.output if item.type == "function_call")
