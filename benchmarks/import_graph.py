@@ -50,6 +50,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "connections",
             "serving",
             "recording",
+            "responses_store",
         ],
     ),
     ("channels", ["channels"]),

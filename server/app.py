@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -34,6 +34,7 @@ from .registry.base_model import BaseModelSpec
 from .registry.registry import RegistryHooks
 from .registry.rollout import Rollouts
 from .registry.watcher import AdapterWatcher
+from .responses_store import ResponseStore
 from .settings import Settings
 from .tenancy.service import Tenancy
 from .terms.address import ModelAddress
@@ -136,6 +137,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             settings.max_queued_requests,
             lambda adapter, seconds: metrics.queue_time.labels(ModelAddress.parse(adapter).name).observe(seconds),
         )
+    gateway.responses = ResponseStore(gateway.tenancy.engine, settings.responses_retention_days)
     metrics.watch_engine(engine.health, lambda: len(registry.active_versions()), engine.peak_memory_bytes)
     integrations = configured(settings, gateway)
 
@@ -143,7 +145,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(_boot(gateway)), asyncio.create_task(gateway.tenancy.follow())]
         if gateway.feedback is not None:
-            tasks.append(asyncio.create_task(_purge_feedback(gateway.feedback)))
+            tasks.append(
+                asyncio.create_task(_purge_hourly("feedback", "captured conversations", gateway.feedback.purge))
+            )
+        if gateway.responses is not None:
+            tasks.append(asyncio.create_task(_purge_hourly("responses", "stored responses", gateway.responses.purge)))
         gateway.background = tasks
         for integration in integrations:
             await integration.start()
@@ -219,15 +225,15 @@ def describe_failure(exc: BaseException, model: str) -> str:
     return first_line(exc)
 
 
-async def _purge_feedback(store: FeedbackStore) -> None:
-    """Delete captured conversations past their retention: at start, then hourly."""
+async def _purge_hourly(what: str, rows: str, purge: Callable[[], int]) -> None:
+    """Delete ``rows`` past their retention: at start, then hourly."""
     while True:
         try:
-            purged = await asyncio.to_thread(store.purge)
+            purged = await asyncio.to_thread(purge)
             if purged:
-                logger.info("feedback: %d conversations past the retention period deleted", purged)
+                logger.info("%s: %d %s past the retention period deleted", what, purged, rows)
         except Exception:
-            logger.exception("feedback: deleting expired conversations failed; retrying in an hour")
+            logger.exception("%s: deleting expired %s failed; retrying in an hour", what, rows)
         await asyncio.sleep(3600)
 
 

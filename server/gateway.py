@@ -15,6 +15,7 @@ from .metrics import GatewayMetrics
 from .registry import AdapterRegistry
 from .registry.rollout import Rollouts
 from .registry.watcher import AdapterWatcher
+from .responses_store import ResponseStore
 from .settings import Settings
 from .tenancy.service import Tenancy
 
@@ -40,6 +41,7 @@ class Gateway:
     # vLLM's LoRA slots, admitted fairly between tenants (None: the engine admits fairly itself)
     adapter_gate: AdapterGate | None = None
     feedback: FeedbackStore | None = None  # captured conversations and their ratings (None: --feedback off)
+    responses: ResponseStore | None = None  # stored responses (/v1/responses with store)
     # /v1/models serialized once per registry change, with paths (admin keys) and without, per scoped key
     models_json: dict[tuple[bool, str], tuple[object, bytes]] = field(default_factory=dict)
 

@@ -186,6 +186,11 @@ class Settings(BaseSettings):
     feedback_retention_days: float = Field(
         default=30.0, gt=0, description="Captured conversations are deleted after this many days."
     )
+    responses_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Stored responses (POST /v1/responses with store, the default) are deleted after this many days.",
+    )
     wecom_config: Path | None = Field(
         default=None,
         description="YAML or JSON file of WeCom bots (see README, WeCom); env LORA_GATEWAY_WECOM_* adds to it.",

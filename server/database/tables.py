@@ -127,3 +127,21 @@ rate_windows = Table(
     Column("count", BigInteger, nullable=False),
     Column("expiry", Float, nullable=False),  # when this window ends
 )
+
+# Responses
+
+# ``responses``: what ``POST /v1/responses`` stored (``store``, OpenAI's default), for
+# ``GET``/``DELETE /v1/responses/{id}`` and ``previous_response_id``; only the key that made a
+# response reaches it. ``conversation`` is the whole exchange up to and including its output, as
+# Responses input items, so continuing one is one read. Deleted after the retention period.
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("key_id", String(16), nullable=False),  # "" for --api-key keys and open servers
+    Column("model", String(256), nullable=False),
+    Column("response", Text, nullable=False),  # the response object, JSON
+    Column("conversation", Text, nullable=False),  # input items then output items, JSON
+    Column("created", Float, nullable=False),
+    Index("responses_created", "created"),
+)

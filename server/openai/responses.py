@@ -11,9 +11,9 @@ helpers assemble (``ResponseEvents``).
 
 What this gateway does not offer is refused by name with a 400, never ignored: built-in tools
 (web search, file search, computer use, ...), ``background``, ``reasoning``, ``prompt``
-templates, input images and files, ``conversation``, and stored state (``store: true``,
-``previous_response_id``): a response is not kept, so it cannot be fetched or continued; a client
-sends the whole conversation as ``input``, as it does on chat.
+templates, input images and files, and ``conversation`` objects. A response is stored unless
+``store`` is false (OpenAI's default; ``server.responses_store``), so ``previous_response_id``
+continues it and ``GET``/``DELETE /v1/responses/{id}`` reach it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
 from ..errors import InvalidRequest, UnsupportedParameter
 from .protocol import ChatCompletionRequest, ChatCompletionResponse
@@ -137,8 +137,6 @@ _UNSUPPORTED = {
     "reasoning": "reasoning items and effort are not offered",
     "prompt": "stored prompt templates are not offered",
     "conversation": "stored conversations are not offered: send the whole conversation as `input`",
-    "previous_response_id": "responses are not stored on this gateway, so none can be continued: "
-    "send the whole conversation as `input`",
     "max_tool_calls": "`max_tool_calls` is not offered",
     "prompt_cache_key": None,  # a hint only: accepted and ignored, as a cache miss would be
     "prompt_cache_retention": None,
@@ -187,12 +185,6 @@ class ResponsesRequest(BaseModel):
             value = getattr(self, field)
             if why is not None and value not in (None, False):
                 raise UnsupportedParameter(f"`{field}`: {why}.", param=field)
-        if self.store:
-            raise UnsupportedParameter(
-                "`store`: responses are not stored on this gateway (it keeps no conversation state); "
-                "send `store: false`, or leave it out, and send the whole conversation as `input`.",
-                param="store",
-            )
         for name in self.include or ():
             if name != "message.output_text.logprobs":
                 raise UnsupportedParameter(f"`include`: {name!r} is not offered.", param="include")
@@ -202,13 +194,22 @@ class ResponsesRequest(BaseModel):
     def wants_logprobs(self) -> bool:
         return "message.output_text.logprobs" in (self.include or ()) or bool(self.top_logprobs)
 
-    def to_chat(self) -> ChatCompletionRequest:
-        """The chat request this is answered as: the same model, messages, tools and limits."""
+    @property
+    def stored(self) -> bool:
+        """Whether the response is kept (``store``: OpenAI's default is true)."""
+        return self.store is not False
+
+    def input_items(self) -> list[InputMessage | FunctionCall | FunctionCallOutput]:
+        return [InputMessage(role="user", content=self.input)] if isinstance(self.input, str) else list(self.input)
+
+    def to_chat(self, previous: list[dict[str, Any]] | None = None) -> ChatCompletionRequest:
+        """The chat request this is answered as: the same model, messages, tools and limits, after
+        the conversation of ``previous_response_id`` (its items, stored) when there is one."""
         messages: list[dict[str, Any]] = []
         if self.instructions:
             messages.append({"role": "system", "content": self.instructions})
-        items = [InputMessage(role="user", content=self.input)] if isinstance(self.input, str) else self.input
-        for item in items:
+        earlier = _ITEMS.validate_python(previous) if previous else []
+        for item in [*earlier, *self.input_items()]:
             if isinstance(item, InputMessage):
                 role = "system" if item.role == "developer" else item.role
                 messages.append({"role": role, "content": item.text()})
@@ -274,8 +275,8 @@ class ResponsesRequest(BaseModel):
             "max_output_tokens": self.max_output_tokens,
             "metadata": self.metadata or {},
             "parallel_tool_calls": True if self.parallel_tool_calls is None else self.parallel_tool_calls,
-            "previous_response_id": None,
-            "store": False,
+            "previous_response_id": self.previous_response_id,
+            "store": self.stored,
             "temperature": 1.0 if self.temperature is None else self.temperature,
             "text": (self.text or TextConfig()).model_dump(by_alias=True, exclude_none=True),
             "tool_choice": (
@@ -293,6 +294,17 @@ class ResponsesRequest(BaseModel):
             "reasoning": None,
             "service_tier": "default",
         }
+
+
+_ITEMS: TypeAdapter[list[InputItem]] = TypeAdapter(list[InputItem])
+
+
+def conversation(
+    previous: list[dict[str, Any]] | None, request: ResponsesRequest, output: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The whole exchange a stored response keeps: what came before, this input, this output."""
+    mine = [item.model_dump(mode="json", by_alias=True, exclude_none=True) for item in request.input_items()]
+    return [*(previous or []), *mine, *output]
 
 
 def response_id() -> str:
@@ -536,6 +548,7 @@ class ResponseEvents:
         response["output"] = [{k: v for k, v in item.items() if k != "output_index"} for item in self._output]
         usage = getattr(self, "_usage", None)
         response["usage"] = _usage(usage.prompt_tokens, usage.completion_tokens) if usage else _usage(0, 0)
+        self.final = response
         events.append(self._event("response.incomplete" if cut else "response.completed", response=response))
         return events
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from pydantic import BaseModel, Field
 
+from server.errors import NotFound
 from tests.support import ANSWERS, QUESTION
 
 TOOL = {
@@ -115,8 +116,6 @@ def test_responses_parse_fills_a_pydantic_model(client) -> None:  # type: ignore
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"previous_response_id": "resp_1"}, "previous_response_id"),
-        ({"store": True}, "store"),
         ({"background": True}, "background"),
         ({"tools": [{"type": "web_search"}]}, "tools"),
         ({"include": ["file_search_call.results"]}, "include"),
@@ -135,3 +134,52 @@ def test_what_is_not_offered_is_a_400_naming_the_field(gateway_url: str, extra: 
 def test_an_unknown_model_is_the_same_404_as_on_chat(gateway_url: str) -> None:
     response = httpx.post(f"{gateway_url}/v1/responses", json={"model": "nobody", "input": "hi"}, timeout=30)
     assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_stored_response_is_fetched_continued_and_deleted(client, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
+    first = client.responses.create(model="alpha", input=QUESTION, temperature=0, max_output_tokens=40)
+    assert first.output_text == ANSWERS["alpha"]
+    fetched = client.responses.retrieve(first.id)
+    assert fetched.id == first.id and fetched.output_text == first.output_text and fetched.store is True
+    # Continued: the earlier question and answer come first, so the prompt holds all of them.
+    second = client.responses.create(
+        model="alpha", input=QUESTION, previous_response_id=first.id, temperature=0, max_output_tokens=5
+    )
+    assert second.previous_response_id == first.id
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    client.responses.delete(first.id)
+    for method in ("GET", "DELETE"):
+        gone = httpx.request(method, f"{gateway_url}/v1/responses/{first.id}", timeout=30)
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "response_not_found"
+    continued = httpx.post(
+        f"{gateway_url}/v1/responses",
+        json={"model": "alpha", "input": QUESTION, "previous_response_id": first.id},
+        timeout=30,
+    )
+    assert continued.status_code == 404 and continued.json()["error"]["param"] == "response_id"
+
+
+def test_store_false_keeps_nothing_and_a_stream_is_stored_when_it_completes(client, gateway_url: str) -> None:  # type: ignore[no-untyped-def]
+    unstored = client.responses.create(model="beta", input=QUESTION, store=False, max_output_tokens=5)
+    assert unstored.store is False
+    assert httpx.get(f"{gateway_url}/v1/responses/{unstored.id}", timeout=30).status_code == 404
+    with client.responses.stream(model="beta", input=QUESTION, temperature=0, max_output_tokens=40) as stream:
+        final = stream.get_final_response()
+    assert client.responses.retrieve(final.id).output_text == ANSWERS["beta"]
+
+
+def test_a_stored_response_is_reachable_by_the_key_that_made_it_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from server.database import open_engine
+    from server.responses_store import ResponseStore
+
+    store = ResponseStore(open_engine(f"sqlite:///{tmp_path / 'g.db'}"), retention_days=30)
+    store.put("key-a", {"id": "resp_1", "model": "alpha", "output": []}, [{"role": "user", "content": "hi"}])
+    assert store.get("key-a", "resp_1")["id"] == "resp_1"
+    assert store.conversation("key-a", "resp_1") == [{"role": "user", "content": "hi"}]
+    for other in ("key-b", ""):
+        with pytest.raises(NotFound):
+            store.get(other, "resp_1")
+    expired = ResponseStore(store.engine, retention_days=1e-9)
+    with pytest.raises(NotFound):
+        expired.get("key-a", "resp_1")
+    assert expired.purge() == 1
