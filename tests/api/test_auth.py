@@ -39,7 +39,9 @@ def test_right_key_is_accepted(secured_url: str) -> None:
 )
 def test_missing_or_wrong_key_is_401(secured_url: str, header: str | None) -> None:
     headers = {"Authorization": header} if header is not None else {}
-    for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/v1/models/alpha")):
+    routes = [("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/v1/models/alpha")]
+    routes += [("POST", "/v1/responses"), ("GET", "/v1/responses/resp_0"), ("DELETE", "/v1/responses/resp_0")]
+    for method, path in routes:
         response = httpx.request(
             method, f"{secured_url}{path}", headers=headers, json={"model": "alpha", "messages": []}
         )

@@ -129,3 +129,17 @@ def test_playground_ratings_land_in_the_feedback_database_that_eval_imports(live
     assert not (directory / ".ratings.jsonl").exists()  # not in a file of its own: beside users' ratings
     imported = import_playground([f"sqlite:///{directory / '.gateway.db'}"], DEFAULT_RUBRIC)
     assert imported == {"shop": {"human_total": 8.0, "rated_answers": 1}}
+
+
+def test_responses_are_rated_by_their_response_id_streamed_or_not(live: tuple[str, Path]) -> None:
+    """The Responses API captures like chat: the response id is the answer's id feedback names."""
+    url, _ = live
+    client = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+    answer = client.responses.create(model="shop", input=QUESTION, temperature=0, user="alice")
+    assert answer.output_text == ANSWERS["alpha"]
+    with client.responses.stream(model="shop", input=QUESTION, temperature=0, user="bob") as stream:
+        streamed = stream.get_final_response()
+    for rid, rating in ((answer.id, 1), (streamed.id, -1)):
+        stored = rate(url, completion_id=rid, rating=rating)
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["completion_id"] == rid and stored.json()["adapter"] == "shop"
