@@ -183,3 +183,30 @@ def test_a_stored_response_is_reachable_by_the_key_that_made_it_only(tmp_path) -
     with pytest.raises(NotFound):
         expired.get("key-a", "resp_1")
     assert expired.purge() == 1
+
+
+def test_instructions_json_object_logprobs_and_metadata(client) -> None:  # type: ignore[no-untyped-def]
+    plain = client.responses.create(model="alpha", input=QUESTION, temperature=0, max_output_tokens=40)
+    instructed = client.responses.create(
+        model="alpha", input=QUESTION, instructions="Answer briefly.", temperature=0, max_output_tokens=5
+    )
+    assert instructed.instructions == "Answer briefly."
+    assert instructed.usage.input_tokens > plain.usage.input_tokens  # the system message went first
+    document = client.responses.create(
+        model="beta", input="An order as JSON.", text={"format": {"type": "json_object"}}, max_output_tokens=200
+    )
+    if document.status == "completed":  # a document cut by the limit is incomplete, never invalid
+        assert isinstance(json.loads(document.output_text), dict)
+    scored = client.responses.create(
+        model="alpha",
+        input=QUESTION,
+        temperature=0,
+        max_output_tokens=40,
+        top_logprobs=2,
+        include=["message.output_text.logprobs"],
+        metadata={"ticket": "T-1"},
+    )
+    part = scored.output[0].content[0]
+    assert "".join(entry.token for entry in part.logprobs) == ANSWERS["alpha"]
+    assert all(len(entry.top_logprobs) == 2 for entry in part.logprobs)
+    assert scored.metadata == {"ticket": "T-1"}
