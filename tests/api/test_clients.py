@@ -114,3 +114,31 @@ def test_langchain_openai_binds_tools_and_structured_output(gateway_url: str, us
     assert set(message.tool_calls[0]["args"]) == {"order_id"}
     ticket = llm.with_structured_output(Ticket, method="json_schema").invoke("Where is A1001?")
     assert isinstance(ticket, Ticket)
+
+
+def test_an_openai_agent_continues_from_its_previous_response(gateway_url: str) -> None:
+    """The Agents SDK's server-side conversation: the second run sends only the new input and
+    ``previous_response_id``; the gateway's stored conversation supplies the rest."""
+    from agents import Agent, ModelSettings, Runner, set_tracing_disabled
+    from agents.models.openai_responses import OpenAIResponsesModel
+    from openai import AsyncOpenAI
+
+    set_tracing_disabled(True)
+
+    async def scenario() -> tuple[object, object, str | None]:
+        async with AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0) as client:
+            model = OpenAIResponsesModel(model="alpha", openai_client=client)
+            agent = Agent(
+                name="triage",
+                instructions="Classify.",
+                model=model,
+                output_type=Ticket,
+                model_settings=ModelSettings(max_tokens=200, temperature=0),
+            )
+            first = await Runner.run(agent, "Where is A1001?")
+            second = await Runner.run(agent, "And A1002?", previous_response_id=first.last_response_id)
+            stored = await client.responses.retrieve(second.last_response_id or "")
+            return first.final_output, second.final_output, stored.previous_response_id
+
+    first, second, previous = asyncio.run(scenario())
+    assert isinstance(first, Ticket) and isinstance(second, Ticket) and previous is not None
