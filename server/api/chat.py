@@ -12,22 +12,24 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..completions import CompletionStream, complete, open_stream
-from ..openai.protocol import ChatCompletionRequest
+from ..openai.protocol import ChatCompletionRequest, ChatCompletionResponse
+from ..tenancy.service import Principal
 from ..terms.address import answered_by
 from .deps import get_gateway, require_api_key
 from .disconnects import CancelOnDisconnect, EventStream
 from .errors import CHAT_PATH, ErrorResponder
 
 DONE = "data: [DONE]\n\n"  # OpenAI's end of a stream
+Body = TypeVar("Body", bound=BaseModel)
 
 
 # Which adapter version answered (``name@N``; absent for the base), beside ``system_fingerprint``.
@@ -48,37 +50,57 @@ async def create_chat_completion(request: Request) -> Response:
     this, the hottest route, about 0.1 ms more per request (measured under load)."""
     gateway = get_gateway(request)
     principal = await require_api_key(request)
-    body = await chat_request(request)
+    body = await validated_body(request, ChatCompletionRequest)
     user = request.headers.get(USER_HEADER)
     if body.stream:
         stream = await open_stream(gateway, body, user, principal)
-        headers = {"Cache-Control": "no-cache", **stream.headers}
-        if stream.version:
-            headers[VERSION_HEADER] = stream.version
-        return EventStream(_sse(stream), end=DONE, headers=headers)
-    limits: dict[str, str] = {}  # the key's x-ratelimit-* headers, filled at admission
-    # A stream ends when its client leaves (EventStream); a plain answer would go on for nobody.
-    watch = CancelOnDisconnect(request.receive)
-    async with watch:
-        completion = await complete(gateway, body, user=user, principal=principal, headers=limits)
-    if watch.gone:
+        return EventStream(_sse(stream), end=DONE, headers=stream_headers(stream))
+    answered = await whole_completion(request, body, user, principal)
+    if answered is None:
         return Response(status_code=499)
-    headers = dict(limits)
-    version = answered_by(completion.system_fingerprint)
-    if version:
-        headers[VERSION_HEADER] = str(version)
+    completion, headers = answered
     # Serialised by pydantic's core in one call: FastAPI would walk the object in Python first.
     return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
 
 
-async def chat_request(request: Request) -> ChatCompletionRequest:
-    """The validated body; a problem is FastAPI's ``RequestValidationError``, answered like any other.
+def stream_headers(stream: CompletionStream) -> dict[str, str]:
+    """A stream's headers: the key's ``x-ratelimit-*`` and which adapter version answers."""
+    headers = {"Cache-Control": "no-cache", **stream.headers}
+    if stream.version:
+        headers[VERSION_HEADER] = stream.version
+    return headers
+
+
+async def whole_completion(
+    request: Request,
+    body: ChatCompletionRequest,
+    user: str | None,
+    principal: Principal,
+    completion: str | None = None,
+) -> tuple[ChatCompletionResponse, dict[str, str]] | None:
+    """A plain (not streamed) answer and its headers; None when the client left meanwhile (a
+    stream ends when its client leaves, in ``EventStream``; a plain answer would go on for nobody)."""
+    limits: dict[str, str] = {}  # the key's x-ratelimit-* headers, filled at admission
+    watch = CancelOnDisconnect(request.receive)
+    async with watch:
+        answer = await complete(
+            get_gateway(request), body, user=user, principal=principal, headers=limits, completion=completion
+        )
+    if watch.gone:
+        return None
+    version = answered_by(answer.system_fingerprint)
+    return answer, {**limits, **({VERSION_HEADER: str(version)} if version else {})}
+
+
+async def validated_body(request: Request, model: type[Body]) -> Body:
+    """The body validated as ``model``; a problem is FastAPI's ``RequestValidationError``, answered
+    like any other. Shared by the chat and responses routes.
 
     pydantic's JSON parser refuses a lone surrogate escape (``\\ud800``) as bad JSON; Python's
     accepts it, so such a body is parsed again and refused by the field that holds it."""
     raw = await request.body()
     try:
-        return ChatCompletionRequest.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         if errors[0]["type"] == "json_invalid":
@@ -88,7 +110,7 @@ async def chat_request(request: Request) -> ChatCompletionRequest:
                 pass
             else:
                 try:
-                    return ChatCompletionRequest.model_validate(parsed)
+                    return model.model_validate(parsed)
                 except ValidationError as again:
                     errors = again.errors(include_url=False)
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None

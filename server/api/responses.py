@@ -14,24 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 
-from ..completions import CompletionStream, complete, open_stream
+from ..completions import CompletionStream, open_stream
 from ..errors import NotFound
 from ..gateway import Gateway
 from ..openai.responses import ResponseEvents, ResponsesRequest, conversation, response_from_chat, response_id
 from ..responses_store import ResponseStore
-from ..terms.address import answered_by
-from .chat import USER_HEADER, VERSION_HEADER
+from .chat import USER_HEADER, stream_headers, validated_body, whole_completion
 from .deps import get_gateway, require_api_key
-from .disconnects import CancelOnDisconnect, EventStream
+from .disconnects import EventStream
 from .errors import RESPONSES_PATH
 
 router = APIRouter()
@@ -42,7 +38,7 @@ ResponseId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^resp_[0
 async def create_response(request: Request) -> Response:
     gateway = get_gateway(request)
     principal = await require_api_key(request)
-    body = await _body(request)
+    body = await validated_body(request, ResponsesRequest)
     store = _store(gateway)
     previous = None
     if body.previous_response_id is not None:
@@ -58,20 +54,11 @@ async def create_response(request: Request) -> Response:
 
     if body.stream:
         stream = await open_stream(gateway, chat, user, principal, completion=rid)
-        headers = {"Cache-Control": "no-cache", **stream.headers}
-        if stream.version:
-            headers[VERSION_HEADER] = stream.version
-        return EventStream(_events(stream, body, rid, keep), end="", headers=headers)
-    limits: dict[str, str] = {}
-    watch = CancelOnDisconnect(request.receive)
-    async with watch:
-        completion = await complete(gateway, chat, user=user, principal=principal, headers=limits, completion=rid)
-    if watch.gone:
+        return EventStream(_events(stream, body, rid, keep), end="", headers=stream_headers(stream))
+    answered = await whole_completion(request, chat, user, principal, completion=rid)
+    if answered is None:
         return Response(status_code=499)
-    headers = dict(limits)
-    version = answered_by(completion.system_fingerprint)
-    if version:
-        headers[VERSION_HEADER] = str(version)
+    completion, headers = answered
     result = response_from_chat(body, completion, rid)
     await keep(result)
     return JSONResponse(result, headers=headers)
@@ -95,25 +82,6 @@ def _store(gateway: Gateway) -> ResponseStore:
     if gateway.responses is None:  # only a gateway built without create_app
         raise NotFound("Responses are not stored on this gateway.", code="response_not_found")
     return gateway.responses
-
-
-async def _body(request: Request) -> ResponsesRequest:
-    raw = await request.body()
-    try:
-        return ResponsesRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        if errors[0]["type"] == "json_invalid":  # a lone surrogate escape: refused by its field
-            try:
-                parsed = json.loads(raw)
-            except (ValueError, RecursionError):
-                pass
-            else:
-                try:
-                    return ResponsesRequest.model_validate(parsed)
-                except ValidationError as again:
-                    errors = again.errors(include_url=False)
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
 async def _events(

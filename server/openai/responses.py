@@ -327,6 +327,21 @@ def _logprobs(chat_logprobs: Any) -> list[dict[str, Any]] | None:
     ]
 
 
+def _message_item(rid: str, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "message", "id": f"msg_{rid[5:]}", "role": "assistant", "status": status, "content": content}
+
+
+def _call_item(rid: str, index: int, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": f"fc_{rid[5:]}_{index}",
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
 def output_items(completion: ChatCompletionResponse, rid: str) -> list[dict[str, Any]]:
     """The first choice of a chat completion as Responses output items: its text as one
     ``message`` (when it said anything), then each tool call as a ``function_call``."""
@@ -338,20 +353,9 @@ def output_items(completion: ChatCompletionResponse, rid: str) -> list[dict[str,
         logprobs = _logprobs(choice.logprobs)
         if logprobs is not None:
             part["logprobs"] = logprobs
-        items.append(
-            {"type": "message", "id": f"msg_{rid[5:]}", "role": "assistant", "status": "completed", "content": [part]}
-        )
+        items.append(_message_item(rid, "completed", [part]))
     for number, call in enumerate(message.tool_calls or ()):
-        items.append(
-            {
-                "type": "function_call",
-                "id": f"fc_{rid[5:]}_{number}",
-                "call_id": call.id,
-                "name": call.function.name,
-                "arguments": call.function.arguments,
-                "status": "completed",
-            }
-        )
+        items.append(_call_item(rid, number, call.id, call.function.name, call.function.arguments, "completed"))
     return items
 
 
@@ -399,7 +403,10 @@ class ResponseEvents:
         self._sequence = 0
         self._output: list[dict[str, Any]] = []
         self._text: dict[str, Any] | None = None  # the message item being written
-        self._calls: dict[int, dict[str, Any]] = {}  # tool call index -> its item
+        self._text_index = 0  # its place in the output
+        self._usage: Any = None  # the chat stream's usage, from its last chunk
+        self.final: dict[str, Any] = {}  # the whole response, once ``finish`` made it
+        self._calls: dict[int, tuple[int, dict[str, Any]]] = {}  # tool call index -> (output index, item)
         self._finish: str | None = None
         self._echo = request.echo()  # the same settings in every response shell: made once
 
@@ -448,16 +455,9 @@ class ResponseEvents:
     def _text_delta(self, text: str, logprobs: list[dict[str, Any]]) -> list[str]:
         events = []
         if self._text is None:
-            self._text = {
-                "type": "message",
-                "id": f"msg_{self.rid[5:]}",
-                "role": "assistant",
-                "status": "in_progress",
-                "content": [],
-            }
-            index = len(self._output)
+            self._text = _message_item(self.rid, "in_progress", [])
+            index = self._text_index = len(self._output)
             self._output.append(self._text)
-            self._text_index = index
             events.append(self._event("response.output_item.added", output_index=index, item=dict(self._text)))
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             events.append(
@@ -487,21 +487,15 @@ class ResponseEvents:
 
     def _call_delta(self, call: Any) -> list[str]:
         events = []
-        item = self._calls.get(call.index)
-        if item is None:
-            item = {
-                "type": "function_call",
-                "id": f"fc_{self.rid[5:]}_{call.index}",
-                "call_id": call.id or f"call_{uuid.uuid4().hex[:24]}",
-                "name": call.function.name if call.function and call.function.name else "",
-                "arguments": "",
-                "status": "in_progress",
-            }
-            item["output_index"] = len(self._output)
-            self._calls[call.index] = item
+        if call.index not in self._calls:
+            name = call.function.name if call.function and call.function.name else ""
+            item = _call_item(self.rid, call.index, call.id or f"call_{uuid.uuid4().hex[:24]}", name, "", "in_progress")
+            self._calls[call.index] = (len(self._output), item)
             self._output.append(item)
-            shown = {k: v for k, v in item.items() if k != "output_index"}
-            events.append(self._event("response.output_item.added", output_index=item["output_index"], item=shown))
+            events.append(
+                self._event("response.output_item.added", output_index=len(self._output) - 1, item=dict(item))
+            )
+        place, item = self._calls[call.index]
         piece = call.function.arguments if call.function and call.function.arguments else ""
         if piece:
             item["arguments"] += piece
@@ -509,7 +503,7 @@ class ResponseEvents:
                 self._event(
                     "response.function_call_arguments.delta",
                     item_id=item["id"],
-                    output_index=item["output_index"],
+                    output_index=place,
                     delta=piece,
                 )
             )
@@ -529,24 +523,23 @@ class ResponseEvents:
             events.append(
                 self._event("response.output_item.done", output_index=self._text_index, item=dict(self._text))
             )
-        for item in self._calls.values():
+        for place, item in self._calls.values():
             item["status"] = "completed"
             events.append(
                 self._event(
                     "response.function_call_arguments.done",
                     item_id=item["id"],
-                    output_index=item["output_index"],
+                    output_index=place,
                     arguments=item["arguments"],
                     name=item["name"],
                 )
             )
-            shown = {k: v for k, v in item.items() if k != "output_index"}
-            events.append(self._event("response.output_item.done", output_index=item["output_index"], item=shown))
+            events.append(self._event("response.output_item.done", output_index=place, item=dict(item)))
         cut = self._finish == "length"
         response = self._shell("incomplete" if cut else "completed")
         response["incomplete_details"] = {"reason": "max_output_tokens"} if cut else None
-        response["output"] = [{k: v for k, v in item.items() if k != "output_index"} for item in self._output]
-        usage = getattr(self, "_usage", None)
+        response["output"] = list(self._output)
+        usage = self._usage
         response["usage"] = _usage(usage.prompt_tokens, usage.completion_tokens) if usage else _usage(0, 0)
         self.final = response
         events.append(self._event("response.incomplete" if cut else "response.completed", response=response))

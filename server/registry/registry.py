@@ -54,7 +54,7 @@ from .gate_spec import Gate, GateOutcome
 from .names import is_valid_name
 from .publish import publish_adapter
 from .records import AdapterEntry, AdapterInfo, AdapterVersion, Fingerprint, Lease, fingerprint
-from .residency import Residency, VersionState
+from .residency import Residency
 from .splits import Split, split_in, write_split_file
 from .staging import check_stored, stage
 from .store import StoredVersion, VersionStore
@@ -160,11 +160,7 @@ class AdapterRegistry:
 
     def holders(self) -> dict[int, int]:
         """adapter_id -> requests (and gates) holding that version now."""
-        return self._residency.held()
-
-    def version_state(self, version: AdapterVersion) -> VersionState | None:
-        """A version's life-cycle state while the engine keeps a record of it (``residency``)."""
-        return self._residency.state(version)
+        return self._residency.holders()
 
     @property
     def loaded_count(self) -> int:

@@ -102,7 +102,7 @@ class Residency:
     def draining(self) -> list[AdapterVersion]:
         return [r.version for r in self._residents.values() if r.state is VersionState.DRAINING]
 
-    def held(self) -> dict[int, int]:
+    def holders(self) -> dict[int, int]:
         """adapter_id -> requests (and gates) holding it, for versions held now."""
         return {id_: r.holders for id_, r in self._residents.items() if r.holders}
 
@@ -192,8 +192,8 @@ class Residency:
             task = asyncio.get_running_loop().create_task(self._retire_now(resident))
             self._unloads.add(task)
             task.add_done_callback(self._unloads.discard)
-        elif not resident.loaded and resident.state is VersionState.ACTIVE:
-            self._forget_idle(resident)  # never loaded (its load failed): nothing to keep
+        else:
+            self._forget_idle(resident)  # an active version never loaded (its load failed): nothing to keep
         self._signal_idle()
 
     def _forget_idle(self, resident: Resident) -> None:

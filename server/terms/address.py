@@ -46,9 +46,9 @@ class ModelAddress:
         """Whether the ref names the version ``number`` with weights ``sha256``."""
         if self.ref is None:
             return False
+        if self.number is not None:
+            return number == self.number
         ref = self.ref.lower()
-        if _DECIMAL.fullmatch(ref) and len(ref) < MIN_PREFIX:
-            return number == int(ref)
         return len(ref) >= MIN_PREFIX and bool(_HEX.fullmatch(ref)) and sha256.startswith(ref)
 
 

@@ -5,7 +5,7 @@ every document valid, so the assertions are on structure. Versions tested are in
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pytest
 from pydantic import BaseModel, Field
@@ -16,6 +16,19 @@ class Ticket(BaseModel):
 
     intent: Literal["refund", "track", "other"]
     order_id: str = Field(max_length=8)
+
+
+def _triage_agent(model: object) -> Any:
+    """An Agents SDK agent whose answer is a ``Ticket`` (greedy, bounded)."""
+    from agents import Agent, ModelSettings
+
+    return Agent(
+        name="triage",
+        instructions="Classify.",
+        model=model,  # type: ignore[arg-type]
+        output_type=Ticket,
+        model_settings=ModelSettings(max_tokens=200, temperature=0),
+    )
 
 
 @pytest.mark.parametrize("api", ["responses", "chat_completions"])
@@ -38,13 +51,7 @@ def test_an_openai_agent_returns_its_output_type_and_calls_its_tool(gateway_url:
         async with AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0) as client:
             kind = OpenAIResponsesModel if api == "responses" else OpenAIChatCompletionsModel
             model = kind(model="alpha", openai_client=client)
-            structured = Agent(
-                name="triage",
-                instructions="Classify.",
-                model=model,
-                output_type=Ticket,
-                model_settings=ModelSettings(max_tokens=200, temperature=0),
-            )
+            structured = _triage_agent(model)
             tooled = Agent(
                 name="lookup",
                 instructions="Use the tool.",
@@ -119,7 +126,7 @@ def test_langchain_openai_binds_tools_and_structured_output(gateway_url: str, us
 def test_an_openai_agent_continues_from_its_previous_response(gateway_url: str) -> None:
     """The Agents SDK's server-side conversation: the second run sends only the new input and
     ``previous_response_id``; the gateway's stored conversation supplies the rest."""
-    from agents import Agent, ModelSettings, Runner, set_tracing_disabled
+    from agents import Runner, set_tracing_disabled
     from agents.models.openai_responses import OpenAIResponsesModel
     from openai import AsyncOpenAI
 
@@ -128,13 +135,7 @@ def test_an_openai_agent_continues_from_its_previous_response(gateway_url: str) 
     async def scenario() -> tuple[object, object, str | None]:
         async with AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key="unused", max_retries=0) as client:
             model = OpenAIResponsesModel(model="alpha", openai_client=client)
-            agent = Agent(
-                name="triage",
-                instructions="Classify.",
-                model=model,
-                output_type=Ticket,
-                model_settings=ModelSettings(max_tokens=200, temperature=0),
-            )
+            agent = _triage_agent(model)
             first = await Runner.run(agent, "Where is A1001?")
             second = await Runner.run(agent, "And A1002?", previous_response_id=first.last_response_id)
             stored = await client.responses.retrieve(second.last_response_id or "")
