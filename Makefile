@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.*
+INSTRUCTOR_SPEC ?= instructor==1.17.*
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-vllm vllm-contract lint docs clean clean-cache mutation
@@ -15,6 +16,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps "$(INSTRUCTOR_SPEC)"  # its jiter cap would downgrade openai (docs/api.md)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -109,8 +109,13 @@ def _tool_spec(body: ChatCompletionRequest) -> ToolSpec | None:
 
 
 def _output_format(body: ChatCompletionRequest) -> OutputFormat | None:
+    """The format the answer's text must follow. None where there is no text to constrain: a
+    request that forces a tool call (``required`` or one function) answers with the call, as on
+    OpenAI, where ``response_format`` shapes text and never a call's arguments."""
     fmt = body.response_format
     if fmt is None or fmt.type == "text":
+        return None
+    if body.tools and (body.tool_choice == "required" or isinstance(body.tool_choice, NamedToolChoice)):
         return None
     if isinstance(fmt, ResponseFormatJsonSchema):
         schema = fmt.json_schema

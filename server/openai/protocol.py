@@ -293,10 +293,11 @@ def _check_tools(request: ChatCompletionRequest) -> None:
         schemas.append(("response_format.json_schema.schema", response_format.json_schema.schema_))
     check_schemas(schemas)
     constrained_output = response_format is not None and response_format.type != "text"
-    if constrained_output and names and choice != "none":
+    if constrained_output and names and choice in (None, "auto"):
         raise UnsupportedParameter(
-            '`response_format` with `tools` is supported only with `tool_choice: "none"`: the answer is either '
-            "a tool call or a JSON document here, not a choice between both.",
+            '`response_format` with `tools` the model may call needs `tool_choice` "none" (the answer is the '
+            'JSON document), "required" or one function (the answer is a call, which the format does not '
+            "constrain): here the answer is either a tool call or a JSON document, not a choice between both.",
             param="response_format",
         )
 

@@ -143,3 +143,21 @@ def test_an_openai_agent_continues_from_its_previous_response(gateway_url: str) 
 
     first, second, previous = asyncio.run(scenario())
     assert isinstance(first, Ticket) and isinstance(second, Ticket) and previous is not None
+
+
+@pytest.mark.parametrize("mode", ["TOOLS", "JSON_SCHEMA", "RESPONSES_TOOLS"])
+def test_instructor_returns_its_response_model(client: Any, mode: str) -> None:
+    """instructor's tool-calling mode (a forced function call), its structured-output mode
+    (``response_format`` json_schema) and its Responses mode (a forced call on ``/v1/responses``)."""
+    import instructor
+
+    patched = instructor.from_openai(client, mode=getattr(instructor.Mode, mode))
+    ticket = patched.chat.completions.create(
+        model="alpha",
+        response_model=Ticket,
+        messages=[{"role": "user", "content": "Where is A1001?"}],
+        max_retries=0,
+        temperature=0,
+        **({"max_output_tokens": 200} if mode == "RESPONSES_TOOLS" else {"max_tokens": 200}),
+    )
+    assert isinstance(ticket, Ticket)

@@ -114,6 +114,24 @@ def test_a_named_function_is_the_one_called(client) -> None:  # type: ignore[no-
         assert response.choices[0].message.content is None  # a forced call leaves no room for text
 
 
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "refund"}}])
+def test_a_forced_call_with_a_response_format_answers_with_the_call(client, choice: object) -> None:  # type: ignore[no-untyped-def]
+    """instructor's Responses mode sends both: the format shapes text, and a forced call has none."""
+    response = client.chat.completions.create(
+        model="tiny-base",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice=choice,
+        parallel_tool_calls=False,
+        response_format={"type": "json_object"},
+        temperature=0,
+        max_tokens=120,
+    )
+    calls = response.choices[0].message.tool_calls
+    assert len(calls) == 1 and response.choices[0].finish_reason == "tool_calls"
+    _check_call(calls[0])
+
+
 def test_streamed_tool_calls_arrive_as_openai_sends_them(gateway_url: str, validate) -> None:  # type: ignore[no-untyped-def]
     """Name first (with id and type), then argument fragments under the same index; reassembled,
     they equal the non-streamed answer to the same seed."""
