@@ -28,7 +28,7 @@ from benchmarks.common import RESULTS, ROOT  # noqa: E402
 # Bottom to top. A package sits on one floor; the modules named apart (a package's command line, a
 # helper that starts a whole gateway) are entry points that live inside the package they serve.
 FLOORS: list[tuple[str, list[str]]] = [
-    ("foundation", ["errors", "jsonbounds", "devices", "settings", "terms", "offline_model"]),
+    ("foundation", ["errors", "jsonbounds", "devices", "settings", "terms", "offline_model", "stats"]),
     ("engine", ["engine"]),
     ("openai", ["openai"]),
     ("datasets", ["datasets"]),

@@ -134,9 +134,10 @@ def _run(args: argparse.Namespace, versions: dict[str, str] | None = None) -> in
     from tqdm import tqdm
 
     from ..datasets.testset import TestSetError, load_test_set
+    from .compare import answer_id
     from .judge import judge_all, load_rubric
     from .ratings import export_sheet
-    from .report import answer_id, write_report
+    from .report import write_report
     from .runner import AnswerCache, Sampling, ask_all, engine_peak_memory
 
     try:

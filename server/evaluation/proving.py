@@ -33,7 +33,7 @@ from ..openai.protocol import ChatCompletionRequest
 from ..registry.gate_spec import Gate, GateOutcome, failures
 from ..registry.records import AdapterVersion, Lease
 from ..registry.registry import Hold
-from .gate import score
+from .gate import changes, means, score
 from .judge import JUDGE_MAX_TOKENS, JudgeAsk, JudgeEndpoint, http_judge, judge_client
 
 _REMEMBERED = 64  # serving versions' scores kept, per (weights, gate)
@@ -52,7 +52,7 @@ class GateRunner:
         self._judges = dict(judges or {})
         self._base_model_id = base_model_id
         self._timeout_cap = timeout_cap
-        self._serving_scores: OrderedDict[tuple[str, str], dict[str, float]] = OrderedDict()
+        self._serving_scores: OrderedDict[tuple[str, str], dict[str, list[float]]] = OrderedDict()
 
     async def run(
         self, gate: Gate, candidate: AdapterVersion, serving: AdapterVersion | None, hold: Hold
@@ -69,19 +69,21 @@ class GateRunner:
             return dataclasses.replace(_failed(outcome, why), seconds=time.perf_counter() - started)
         try:
             async with asyncio.timeout(timeout), self._judge(gate) as judge:
-                scores, errors = await self._score(gate, candidate, judge, hold)
-                current = None
+                per_item, errors = await self._score(gate, candidate, judge, hold)
+                scores, current, moved = means(per_item), None, {}
                 if serving is not None and gate.spec.max_drop:
-                    current = await self._serving(gate, serving, judge, hold)
+                    serving_items = await self._serving(gate, serving, judge, hold)
+                    current, moved = means(serving_items), changes(per_item, serving_items)
                 outcome = GateOutcome(
                     candidate.version,
                     candidate.sha256,
                     scores,
                     current,
                     serving.version if current is not None and serving is not None else None,
-                    failures(gate.spec, scores, current)
+                    failures(gate.spec, scores, current, moved)
                     + ((f"the judge failed on {errors} of {len(gate.items)} answers",) if errors else ()),
                     judge_errors=errors,
+                    changes=moved,
                 )
         except TimeoutError:
             outcome = _failed(outcome, f"did not finish within {timeout:g} s")
@@ -91,7 +93,7 @@ class GateRunner:
 
     async def _serving(
         self, gate: Gate, serving: AdapterVersion, judge: JudgeAsk | None, hold: Hold
-    ) -> dict[str, float]:
+    ) -> dict[str, list[float]]:
         key = (serving.sha256 + serving.load_path, _digest(gate))
         if key not in self._serving_scores:
             self._serving_scores[key] = (await self._score(gate, serving, judge, hold))[0]
@@ -101,7 +103,7 @@ class GateRunner:
 
     async def _score(
         self, gate: Gate, version: AdapterVersion, judge: JudgeAsk | None, hold: Hold
-    ) -> tuple[dict[str, float], int]:
+    ) -> tuple[dict[str, list[float]], int]:
         async with hold(version):  # another name's load must not evict it mid-gate
 
             async def ask(item: EvalItem) -> str:

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from ..datasets.testset import EvalItem
-from ..terms.scores import REFERENCE_METRICS
+from ..terms.scores import LABELS, REFERENCE_METRICS
+from . import compare
+from .compare import answer_id
 from .judge import Verdict
 from .metrics import scores
 from .runner import Answer, Sampling, Target
@@ -26,10 +28,6 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def answer_id(answer: Answer) -> str:
-    return f"{answer.target}\x00{answer.item}"
-
-
 def summarize(
     targets: list[Target],
     items: list[EvalItem],
@@ -41,6 +39,7 @@ def summarize(
     served each target (models on one gateway share one engine, so they share the figure)."""
     by_item = {item.key: item for item in items}
     verdicts = verdicts or {}
+    per_item = compare.item_scores(items, answers, verdicts)
     rows = []
     for target in targets:
         mine = [a for a in answers if a.target == target.label]
@@ -71,6 +70,7 @@ def summarize(
                     name: statistics.fmean(v.scores[name] for v in good) for name in (good[0].scores if good else {})
                 },
                 "judge_errors": len(judged) - len(good),
+                "intervals": compare.mean_intervals(per_item.get(target.label, {})),
             }
         )
     return rows
@@ -114,6 +114,7 @@ def write_report(
         "sampling": asdict(sampling),
         "seconds": seconds,
         "models": summary,
+        "comparisons": compare.compare(targets, compare.item_scores(items, answers, verdicts)),
         "retention": retention,
     }
     report["answers"] = [
@@ -171,8 +172,26 @@ def markdown(report: dict[str, Any]) -> str:
         f"{sampling['max_tokens']}; {report['seconds']:.1f} s. Scores are means over the questions with a "
         "reference (character level: Chinese-aware). Peak memory is the serving engine's (GPU allocations, or "
         "the process's RSS on CPU), shared by the models one gateway serves. Every answer and score: "
-        "`answers.jsonl`.\n\n" + header + rows + failures(report)
+        "`answers.jsonl`.\n\n"
+        + header
+        + rows
+        + intervals(report)
+        + compare.markdown(report.get("comparisons") or [])
+        + failures(report)
     )
+
+
+def intervals(report: dict[str, Any]) -> str:
+    """Each model's means with their 95 % bootstrap intervals (the table above shows the means)."""
+    lines = []
+    for m in report["models"]:
+        shown = [
+            f"{LABELS[metric]} {v['estimate']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+            for metric, v in (m.get("intervals") or {}).items()
+        ]
+        if shown:
+            lines.append(f"- **{m['model']}**: " + "; ".join(shown) + "\n")
+    return "\nMeans with 95 % bootstrap intervals:\n\n" + "".join(lines) if lines else ""
 
 
 def failures(report: dict[str, Any]) -> str:

@@ -7,13 +7,19 @@ default), so it is copied, versioned and published with the adapter like its pro
       "test_set": "eval_set.jsonl",
       "min": {"exact": 0.9, "judge": 8.0},
       "max_drop": {"judge": 0.3},
+      "max_drop_on": "interval",
       "judge": "qwen-max",
       "max_tokens": 256,
       "timeout_s": 300
     }
 
 ``min``: the candidate's mean score must reach each value. ``max_drop``: it must not score lower
-than the version serving now by more than each value (skipped for a first version). Metrics are
+than the version serving now by more than each value (skipped for a first version). Both versions
+answer the same items, so the change is paired, and by default (``"max_drop_on": "interval"``) the
+*lower bound* of its 95 % paired bootstrap interval is held to ``max_drop``: a version passes only
+when the data show it is at most that much worse, never on a lucky draw of items (a small test
+set gives a wide interval: use more items, or a larger ``max_drop``). ``"max_drop_on": "mean"``
+holds the point estimate instead, as gates written before intervals did. Metrics are
 ``exact``, ``f1`` and ``rouge_l`` (``server.evaluation.metrics``, over items with a reference) and
 ``judge`` (the rubric judge's mean total, out of 10 with the default rubric). The judge is the
 served base model unless ``judge`` names one of the judges the operator configured (``--judges``):
@@ -34,13 +40,14 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..datasets.testset import EvalItem, TestSetError, load_test_set
 from ..errors import AdapterRejected
 from ..jsonbounds import read_adapter_json
+from ..stats import Interval
 from ..terms.layout import DEFAULT_TEST_SET, GATE_FILE
 from ..terms.scores import JUDGE_METRIC, JUDGE_NAME, METRICS, REFERENCE_METRICS, Metric
 
@@ -55,6 +62,7 @@ class GateSpec(BaseModel):
     test_set: str = Field(default=DEFAULT_TEST_SET, max_length=255)
     min: dict[Metric, float] = Field(default_factory=dict)
     max_drop: dict[Metric, float] = Field(default_factory=dict)
+    max_drop_on: Literal["interval", "mean"] = "interval"
     judge: str | None = Field(default=None, pattern=f"^{JUDGE_NAME.pattern}$")
     max_tokens: int = Field(default=256, ge=1, le=8192)
     timeout_s: float = Field(default=300.0, gt=0, le=3600)
@@ -117,6 +125,7 @@ class GateOutcome:
     seconds: float = 0.0
     judge_errors: int = 0
     notes: tuple[str, ...] = field(default=())
+    changes: dict[str, Interval] = field(default_factory=dict)  # paired, candidate minus serving
 
     @property
     def passed(self) -> bool:
@@ -130,6 +139,7 @@ class GateOutcome:
             "scores": {k: round(v, 4) for k, v in self.scores.items()},
             "current_version": self.current_version,
             "current_scores": None if self.current is None else {k: round(v, 4) for k, v in self.current.items()},
+            "changes": {k: v.summary() for k, v in self.changes.items()},
             "failures": list(self.failures),
             "judge_errors": self.judge_errors,
             "seconds": round(self.seconds, 2),
@@ -218,18 +228,36 @@ def write_gate(adapter_dir: Path, test_set: str | Path, gate: Gate) -> None:
     (adapter_dir / GATE_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
 
-def failures(spec: GateSpec, scores: dict[str, float], current: dict[str, float] | None) -> tuple[str, ...]:
-    """Every threshold ``scores`` misses, in words; empty when the gate passes."""
+def failures(
+    spec: GateSpec,
+    scores: dict[str, float],
+    current: dict[str, float] | None,
+    changes: dict[str, Interval] | None = None,
+) -> tuple[str, ...]:
+    """Every threshold ``scores`` misses, in words; empty when the gate passes. ``changes``: the
+    paired interval of each metric's change from the serving version, which ``max_drop`` holds
+    by its lower bound unless the spec says ``mean``."""
     missed = [
         f"{metric} {scores.get(metric, 0.0):.3f} < {floor:g}"
         for metric, floor in sorted(spec.min.items())
         if scores.get(metric, 0.0) < floor - 1e-9
     ]
-    if current is not None:
-        missed += [
-            f"{metric} {scores.get(metric, 0.0):.3f} is {current[metric] - scores.get(metric, 0.0):.3f} below "
-            f"the serving version's {current[metric]:.3f} (allowed {drop:g})"
-            for metric, drop in sorted(spec.max_drop.items())
-            if metric in current and current[metric] - scores.get(metric, 0.0) > drop + 1e-9
-        ]
+    if current is None:
+        return tuple(missed)
+    for metric, drop in sorted(spec.max_drop.items()):
+        if metric not in current:
+            continue
+        score = scores.get(metric, 0.0)
+        point = current[metric] - score
+        change = (changes or {}).get(metric) if spec.max_drop_on == "interval" else None
+        side = "below" if point >= 0 else "above"
+        said = f"{metric} {score:.3f} is {abs(point):.3f} {side} the serving version's {current[metric]:.3f}"
+        if change is None:
+            if point > drop + 1e-9:
+                missed.append(f"{said} (allowed {drop:g})")
+        elif -change.low > drop + 1e-9:
+            missed.append(
+                f"{said}, and its 95 % paired interval [{change.low:+.3f}, {change.high:+.3f}] reaches "
+                f"{-change.low:.3f} below (allowed {drop:g})"
+            )
     return tuple(missed)

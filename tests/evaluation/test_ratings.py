@@ -60,7 +60,16 @@ def test_charts_show_model_names_that_look_like_mathtext() -> None:
     from server.evaluation.html import _charts
 
     models = [{"model": "$\\foo{$", "exact": 1.0, "ttft_p50_s": 0.1, "tokens_per_s": 3.0}]
-    assert len(_charts(models)) == 2  # matplotlib's mathtext would raise on the name
+    comparisons = [
+        {
+            "model": "$\\foo{$",
+            "baseline": "$x",
+            "metric": "exact",
+            "difference": {"estimate": 0.2, "low": 0.1, "high": 0.3},
+            "significant": True,
+        }
+    ]
+    assert len(_charts(models, comparisons)) == 3  # matplotlib's mathtext would raise on the name
 
 
 def test_a_run_name_is_one_directory_under_out() -> None:

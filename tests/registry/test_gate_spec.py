@@ -86,3 +86,26 @@ def test_gate_files_name_the_spec_and_its_test_set_for_copying(tmp_path: Path) -
     (directory / "eval.json").write_text(json.dumps({"test_set": "../../etc/passwd"}))
     assert gate_files(directory) == ["eval.json"]  # never a path outside the adapter
     assert gate_files(tmp_path) == []
+
+
+def test_max_drop_holds_the_lower_bound_of_the_paired_interval_by_default() -> None:
+    """A point estimate inside the allowance does not pass on luck when the interval reaches past
+    it; a tight interval around the same estimate passes; ``max_drop_on: mean`` keeps the old rule."""
+    from server.stats import Interval, paired_bootstrap
+
+    spec = GateSpec(max_drop={"f1": 0.1})
+    assert spec.max_drop_on == "interval"
+    wide = {"f1": Interval(-0.05, -0.2, 0.1)}
+    assert failures(spec, {"f1": 0.85}, {"f1": 0.9}, wide) == (
+        "f1 0.850 is 0.050 below the serving version's 0.900, and its 95 % paired interval "
+        "[-0.200, +0.100] reaches 0.200 below (allowed 0.1)",
+    )
+    assert failures(spec, {"f1": 0.85}, {"f1": 0.9}, {"f1": Interval(-0.05, -0.08, -0.02)}) == ()
+    assert failures(GateSpec(max_drop={"f1": 0.1}, max_drop_on="mean"), {"f1": 0.85}, {"f1": 0.9}, wide) == ()
+    # Many items, each a little worse: the interval is tight, and it is what decides.
+    serving = [0.9] * 50
+    candidate = [0.9 - 0.04 * (i % 2) for i in range(50)]
+    assert failures(spec, {"f1": 0.88}, {"f1": 0.9}, {"f1": paired_bootstrap(serving, candidate)}) == ()
+    # A few items, one much worse: the mean drop is 0.06, but the interval reaches 0.18.
+    few = paired_bootstrap([0.9] * 5, [0.9, 0.9, 0.9, 0.9, 0.6])
+    assert failures(spec, {"f1": 0.84}, {"f1": 0.9}, {"f1": few}) != ()
