@@ -51,6 +51,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "serving",
             "recording",
             "responses_store",
+            "output_checks",
         ],
     ),
     ("channels", ["channels"]),

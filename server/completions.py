@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
@@ -22,7 +23,7 @@ from .errors import EngineError, EngineUnavailable, GatewayError, ModelNotFound
 from .feedback import Conversation
 from .gateway import Gateway
 from .metrics import UNKNOWN_MODEL
-from .observing import Observer, Usage
+from .observing import Observer, SplitOutcome, Usage
 from .openai.conversion import Choice, chunk_choices, to_generation_request
 from .openai.protocol import (
     SYSTEM_FINGERPRINT,
@@ -35,6 +36,7 @@ from .openai.protocol import (
     completion_id,
     now,
 )
+from .output_checks import OutputChecker
 from .tenancy.limiter import Ticket
 from .tenancy.service import ANYONE, Principal
 from .terms.address import ModelAddress, fingerprint, split_address
@@ -142,16 +144,19 @@ async def admit(
         _spender(gateway, principal, model)(0, 0, True)
         raise
     version = lease.adapter
-    outcome = None
-    if version is not None and lease.split is not None and lease.split.auto_abort is not None:
-        split, number, watch = lease.split, version.version, gateway.rollouts.watch
-        outcome = lambda server_error: watch.request(split, number, server_error)  # noqa: E731
+    outcome: SplitOutcome | None = None
+    if version is not None and lease.split is not None:  # a split's evidence (registry/evidence.py)
+        outcome = functools.partial(gateway.rollouts.watch.request, lease.split, version.version)
+    checker = None
+    if OutputChecker.wanted(generation.tools, generation.output_format):
+        checker = OutputChecker(generation.tools, generation.output_format)
     observer = Observer(
         gateway.metrics,
         body.model,
         "" if version is None else str(version.version),
         outcome,
         _spender(gateway, principal, body.model),
+        checker,
     )
     tokens.observer = observer
     return _Admitted(

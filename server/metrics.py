@@ -108,6 +108,13 @@ class GatewayMetrics:
             buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
             registry=r,
         )
+        self.output_checks = Counter(
+            "lora_gateway_output_checks",
+            "Answers that asked for tools or a JSON response_format, by model, adapter version and outcome "
+            "(ok, malformed_tool_call, cut_tool_call, malformed_json, cut_json).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
         self.split_aborts = Counter(
             "lora_gateway_split_aborts",
             "Traffic splits aborted (back to their baseline version), by adapter name.",

@@ -10,6 +10,11 @@ from .engine.base import GenerationDelta
 from .errors import GatewayError
 from .metrics import GatewayMetrics
 from .openai.protocol import UsageInfo
+from .output_checks import OutputChecker
+
+# Told when a request under a traffic split ends: (server error, seconds when answered, whether
+# its output check failed, None when the request asked for neither tools nor JSON).
+SplitOutcome = Callable[[bool, float | None, bool | None], None]
 
 
 class Observer:
@@ -20,13 +25,15 @@ class Observer:
         metrics: GatewayMetrics,
         model: str,
         version: str = "",
-        outcome: Callable[[bool], None] | None = None,
+        outcome: SplitOutcome | None = None,
         spent: Callable[[int, int, bool], None] | None = None,
+        checker: OutputChecker | None = None,
     ) -> None:
         self.metrics = metrics
         self.model = model
         self.version = version  # the adapter version's number; "" for the base
-        self._outcome = outcome  # told (server_error) when a version under a split finishes
+        self._outcome = outcome  # told when a version under a split finishes
+        self._checker = checker  # tool calls and JSON documents, checked when the answer is whole
         self._spent = spent  # told (prompt, completion tokens, failed) once: the key's usage
         self.started = time.perf_counter()
         # Until the first token is timed; False from the start for an answer that arrives whole.
@@ -39,6 +46,8 @@ class Observer:
             spent(*self.tokens, failed)
 
     def delta(self, delta: GenerationDelta) -> None:
+        if self._checker is not None:
+            self._checker.delta(delta)
         if delta.queued_seconds is not None:
             self.metrics.queue_time.labels(self.model).observe(delta.queued_seconds)
         if self.times_first_token and delta.completion_tokens:
@@ -50,9 +59,14 @@ class Observer:
         self.metrics.requests.labels(*labels, "200").inc()
         self.metrics.prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
         self.metrics.completion_tokens.labels(*labels).inc(usage.completion_tokens)
-        self.metrics.e2e.labels(*labels).observe(time.perf_counter() - self.started)
+        seconds = time.perf_counter() - self.started
+        self.metrics.e2e.labels(*labels).observe(seconds)
+        checked = None
+        if self._checker is not None:
+            checked = self._checker.outcome()
+            self.metrics.output_checks.labels(*labels, checked.value).inc()
         if self._outcome is not None:
-            self._outcome(False)
+            self._outcome(False, seconds, None if checked is None else checked.bad)
         self.tokens = (usage.prompt_tokens, usage.completion_tokens)
         self._account(False)
 
@@ -60,7 +74,7 @@ class Observer:
         self.metrics.record_error(self.model, error.status_code, error.error_type, self.version)
         error.counted_as = self.model
         if self._outcome is not None:
-            self._outcome(error.status_code >= 500)
+            self._outcome(error.status_code >= 500, None, None)
         self._account(True)
 
     def aborted(self) -> None:

@@ -52,7 +52,9 @@ async def record(gateway: Gateway, completion_id: str, rating: Rating, principal
     conversation = stored.conversation
     entry = gateway.registry.get(conversation.adapter) if conversation.adapter else None
     if stored.first_vote and entry is not None and entry.split is not None and conversation.version is not None:
-        gateway.rollouts.watch.feedback(entry.split, conversation.version, rating.negative)
+        # One opinion per end user (their mean); an answer rated without one counts as its own user.
+        user = stored.rating.end_user or conversation.end_user or f"answer:{completion_id}"
+        gateway.rollouts.watch.feedback(entry.split, conversation.version, rating.negative, user, rating.score)
     return {
         "id": f"feedback-{stored.id}",
         "object": "feedback",

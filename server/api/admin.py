@@ -192,6 +192,18 @@ async def set_split(name: str, request: Request, gateway: GatewayDep) -> dict[st
     return described
 
 
+@router.get("/v1/adapters/{name}/split")
+async def split_report(name: str, gateway: GatewayDep) -> dict[str, Any]:
+    """The split's evidence: each metric per version with its interval against the baseline, the
+    rules, and the verdict that ended it (``registry/evidence.py``); the last verdict is kept after."""
+    if not is_valid_name(name):
+        raise InvalidRequest(f"{name!r} is not a valid adapter name.", param="name")
+    entry = gateway.registry.get(name)
+    if entry is None:
+        raise ModelNotFound(name)
+    return gateway.rollouts.watch.report(entry.split, name)
+
+
 @router.post("/v1/adapters/{name}/promote")
 async def promote_split(
     name: str, request: Request, gateway: GatewayDep, body: PromoteRequest | None = None

@@ -24,6 +24,7 @@ class EvalItem:
     reference: str | None
     rubric: str | None
     source: str  # FILE:LINE
+    tags: tuple[str, ...] = ()  # slices the report breaks scores down by (a question record's ``tags``)
 
     @property
     def question(self) -> str:
@@ -34,6 +35,9 @@ class EvalItem:
     def key(self) -> str:
         """A stable id of the question itself (not of where it was read)."""
         return hashlib.sha256(json.dumps(self.messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+MAX_TAGS, MAX_TAG_CHARS = 16, 64
 
 
 class TestSetError(ValueError):
@@ -111,9 +115,21 @@ def _question_records(path: Path) -> tuple[list[EvalItem], list[str]]:
         ):
             errors.append(f"{where}: `reference` and `rubric` must be strings")
             continue
+        tags = record.get("tags", [])
+        if isinstance(tags, str):
+            tags = [tags]
+        if (
+            not isinstance(tags, list)
+            or len(tags) > MAX_TAGS
+            or not all(isinstance(t, str) and 0 < len(t.strip()) <= MAX_TAG_CHARS for t in tags)
+        ):
+            errors.append(
+                f"{where}: `tags` must be a list of at most {MAX_TAGS} non-empty strings of {MAX_TAG_CHARS} characters"
+            )
+            continue
         messages: list[dict[str, Any]] = []
         if isinstance(record.get("system"), str):
             messages.append({"role": "system", "content": record["system"]})
         messages.append({"role": "user", "content": record["question"]})
-        items.append(EvalItem(tuple(messages), reference, rubric, where))
+        items.append(EvalItem(tuple(messages), reference, rubric, where, tuple(t.strip() for t in tags)))
     return items, errors

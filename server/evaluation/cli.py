@@ -43,11 +43,21 @@ def add_eval_parser(commands: Any) -> None:
     add("--judge-url", default=None, help="An OpenAI-compatible endpoint (.../v1) whose model scores the answers.")
     add("--judge-model", default=None, help="The judge model (the gateway's own base works).")
     add("--judge-key", default=os.environ.get("EVAL_JUDGE_API_KEY"), help="API key for the judge.")
+    add(
+        "--pairwise",
+        action="store_true",
+        help="Also ask the judge which of two models' answers is better, each pair twice (positions swapped).",
+    )
     add("--rubric", default=None, help="Rubric file (JSON) [default: accuracy 3, politeness 2, completeness 2, ...].")
     add("--retention", action="store_true", help="Also ask a general set of the base and every model: what was lost.")
     add("--retention-set", default=None, metavar="FILE", help="The general set [default examples/retention.jsonl].")
     add("--base", default=None, help="Start a gateway for this run on this base (Hub id or path) instead of --url.")
-    add("--adapters-dir", default="adapters", help="With --base: where named --model adapters are [default adapters].")
+    add(
+        "--adapters-dir",
+        default="adapters",
+        help="Where named --model adapters are: served with --base, and their training records read for the "
+        "leakage check [default adapters].",
+    )
     add("--device", default="auto", choices=["auto", "cpu", "cuda"], help="With --base: the engine's device.")
     add("--rating-sheet", action="store_true", help="Also write a blind rating sheet (CSV) for human raters.")
     add(
@@ -136,6 +146,7 @@ def _run(args: argparse.Namespace, versions: dict[str, str] | None = None) -> in
     from ..datasets.testset import TestSetError, load_test_set
     from .compare import answer_id
     from .judge import judge_all, load_rubric
+    from .leakage import check as check_leakage
     from .ratings import export_sheet
     from .report import write_report
     from .runner import AnswerCache, Sampling, ask_all, engine_peak_memory
@@ -164,6 +175,11 @@ def _run(args: argparse.Namespace, versions: dict[str, str] | None = None) -> in
         verdicts = asyncio.run(
             judge_all(tasks, rubric, url=judge_url, model=args.judge_model, api_key=args.judge_key or args.api_key)
         )
+    pairwise = None
+    if args.pairwise:
+        if not args.judge_model:
+            raise SystemExit("eval: --pairwise needs a judge (--judge-model, and --judge-url for another endpoint)")
+        pairwise = _pairwise(args, targets, items, answers)
     kept = None
     if args.retention or args.retention_set:
         kept = _retention(args, targets, sampling, cache)
@@ -182,6 +198,8 @@ def _run(args: argparse.Namespace, versions: dict[str, str] | None = None) -> in
         verdicts,
         retention=kept,
         memory=memory,
+        pairwise=pairwise,
+        leakage=check_leakage(Path(args.adapters_dir), [t.model for t in targets], items) or None,
     )
     if args.rating_sheet:
         sheet = export_sheet(out, answers, items, load_rubric(args.rubric))
@@ -189,6 +207,21 @@ def _run(args: argparse.Namespace, versions: dict[str, str] | None = None) -> in
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"report: {out}/report.md, report.html, report.json, answers.jsonl")
     return _verdict(report)
+
+
+def _pairwise(args: argparse.Namespace, targets: list[Any], items: list[Any], answers: list[Any]) -> dict[str, Any]:
+    from .judge import http_judge, judge_client
+    from .pairwise import judge_pairs, summarize
+
+    labels = [t.label for t in targets]
+    judge_url = (args.judge_url or base_url(args)).rstrip("/")
+
+    async def run() -> Any:
+        async with judge_client() as client:
+            ask = http_judge(client, judge_url, args.judge_model, args.judge_key or args.api_key)
+            return await judge_pairs(ask, labels, items, answers, concurrency=args.concurrency)
+
+    return summarize(labels, asyncio.run(run()))
 
 
 def _verdict(report: dict[str, Any]) -> int:
@@ -232,10 +265,27 @@ def _import_ratings(args: argparse.Namespace) -> int:
     (out / "human_scores.json").write_text(json.dumps(human, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for model in report["models"]:
         model["human_total"] = human.get(model["model"], {}).get("human_total")
+    if sheets:
+        report["agreement"] = _agreement(out, sheets, rubric)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     write_pages(out, report)
     print((out / "report.md").read_text(encoding="utf-8"))
     return 0
+
+
+def _agreement(out: Path, sheets: list[Path], rubric: Any) -> dict[str, Any]:
+    """Judge–human and inter-rater agreement over the answers the sheets rated."""
+    from .agreement import agreement
+    from .ratings import rating_key, sheet_totals
+
+    judge: dict[tuple[str, str], float] = {}
+    answers = out / "answers.jsonl"
+    for line in answers.read_text(encoding="utf-8").splitlines() if answers.is_file() else []:
+        record = json.loads(line)
+        verdict = record.get("judge")
+        if verdict and verdict.get("error") is None:
+            judge[(record["model"], record["item"])] = float(verdict["total"])
+    return agreement(sheet_totals(out, sheets, rubric), rating_key(out), judge, rubric.total)
 
 
 def _retention(args: argparse.Namespace, targets: list[Target], sampling: Sampling, cache: AnswerCache) -> Any:

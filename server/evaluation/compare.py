@@ -119,3 +119,41 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
             f"[{d['low']:+.3f}, {d['high']:+.3f}] | {p} | {mde} | {row['verdict']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def slices(
+    targets: Sequence[Target], items: Sequence[EvalItem], table: Mapping[str, Mapping[str, Mapping[str, float]]]
+) -> list[dict[str, Any]]:
+    """Per tag (a slice of the items carrying it, at least two): each model's mean per metric and,
+    past the first model, the paired difference from it with its interval."""
+    tags = sorted({tag for item in items for tag in item.tags})
+    rows = []
+    for tag in tags:
+        keys = {item.key for item in items if tag in item.tags}
+        if len(keys) < 2:
+            continue
+        sliced = {label: {k: v for k, v in per.items() if k in keys} for label, per in table.items()}
+        means = {
+            t.label: {
+                metric: round(sum(vals) / len(vals), 4)
+                for metric in METRICS
+                if (vals := [row[metric] for row in sliced.get(t.label, {}).values() if metric in row])
+            }
+            for t in targets
+        }
+        rows.append({"tag": tag, "items": len(keys), "means": means, "comparisons": compare(targets, sliced)})
+    return rows
+
+
+def slices_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return ""
+    lines = ["\n## By slice (items' `tags`)\n", "| slice | items | model | metric | mean | against the first model |"]
+    lines.append("|---|---|---|---|---|---|")
+    for row in rows:
+        verdicts = {(c["model"], c["metric"]): c["verdict"] for c in row["comparisons"]}
+        for model, means in row["means"].items():
+            for metric, mean in means.items():
+                said = verdicts.get((model, metric), "–")
+                lines.append(f"| {row['tag']} | {row['items']} | {model} | {LABELS[metric]} | {mean:.3f} | {said} |")
+    return "\n".join(lines) + "\n"

@@ -123,6 +123,8 @@ def _tables(text: str) -> str:
             rows = []
         if line.startswith("## "):
             out.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.strip() and not line.startswith("# "):  # the notes under a table: rankings, position bias
+            out.append(f"<p>{html.escape(line.strip())}</p>")
     return "".join(out)
 
 

@@ -67,13 +67,32 @@ def trimmed_mean(values: list[float]) -> float:
     return statistics.fmean(ordered[1:-1] if len(ordered) >= 3 else ordered)
 
 
-def import_sheets(out: Path, sheets: list[Path], rubric: Rubric) -> dict[str, Any]:
-    """Per model: the mean over its answers of the raters' trimmed mean total (and per criterion)."""
+def rating_key(out: Path) -> dict[str, dict[str, str]]:
+    """Which model wrote which answer of the sheet (``answer_id``: ``{"model", "item"}``)."""
     try:
-        key = json.loads((out / KEY).read_text(encoding="utf-8"))
+        return dict(json.loads((out / KEY).read_text(encoding="utf-8")))
     except (OSError, ValueError) as exc:
         raise RatingError(f"{out}: no rating key ({exc}); export the sheet from this run first") from None
-    totals: dict[str, list[float]] = {}
+
+
+def import_sheets(out: Path, sheets: list[Path], rubric: Rubric) -> dict[str, Any]:
+    """Per model: the mean over its answers of the raters' trimmed mean total (and per criterion)."""
+    key = rating_key(out)
+    totals = {opaque: list(by_rater.values()) for opaque, by_rater in sheet_totals(out, sheets, rubric).items()}
+    per_model: dict[str, list[float]] = {}
+    for opaque, raters in totals.items():
+        per_model.setdefault(key[opaque]["model"], []).append(trimmed_mean(raters))
+    result = {
+        model: {"human_total": statistics.fmean(scores), "rated_answers": len(scores)}
+        for model, scores in per_model.items()
+    }
+    return result
+
+
+def sheet_totals(out: Path, sheets: list[Path], rubric: Rubric) -> dict[str, dict[str, float]]:
+    """``{answer_id: {rater: total}}``: each sheet is one rater (named by its file)."""
+    key = rating_key(out)
+    totals: dict[str, dict[str, float]] = {}
     for sheet in sheets:
         with sheet.open(encoding="utf-8-sig", newline="") as file:
             for line, row in enumerate(csv.DictReader(file), start=2):
@@ -89,15 +108,8 @@ def import_sheets(out: Path, sheets: list[Path], rubric: Rubric) -> dict[str, An
                     raise RatingError(f"{sheet}:{line}: scores must be whole numbers") from None
                 if any(not 0 <= v <= c.max for v, c in zip(values, rubric.criteria, strict=True)):
                     raise RatingError(f"{sheet}:{line}: a score is outside its range")
-                totals.setdefault(opaque, []).append(float(sum(values)))
-    per_model: dict[str, list[float]] = {}
-    for opaque, raters in totals.items():
-        per_model.setdefault(key[opaque]["model"], []).append(trimmed_mean(raters))
-    result = {
-        model: {"human_total": statistics.fmean(scores), "rated_answers": len(scores)}
-        for model, scores in per_model.items()
-    }
-    return result
+                totals.setdefault(opaque, {})[str(sheet)] = float(sum(values))
+    return totals
 
 
 # ---------------------------------------------------------------------------- the playground's ratings

@@ -13,9 +13,12 @@ from typing import Any
 from ..datasets.testset import EvalItem
 from ..terms.scores import LABELS, REFERENCE_METRICS
 from . import compare
+from .agreement import markdown as agreement_markdown
 from .compare import answer_id
 from .judge import Verdict
+from .leakage import markdown as leakage_markdown
 from .metrics import scores
+from .pairwise import markdown as pairwise_markdown
 from .runner import Answer, Sampling, Target
 
 SCORES: tuple[str, ...] = REFERENCE_METRICS  # the table is server.terms.scores
@@ -87,6 +90,8 @@ def write_report(
     verdicts: dict[str, Verdict] | None = None,
     retention: dict[str, Any] | None = None,
     memory: dict[str, int | None] | None = None,
+    pairwise: dict[str, Any] | None = None,
+    leakage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     by_item = {item.key: item for item in items}
@@ -108,13 +113,17 @@ def write_report(
             }
             file.write(json.dumps(record, ensure_ascii=False) + "\n")
     summary = summarize(targets, items, answers, verdicts, memory)
+    per_item = compare.item_scores(items, answers, verdicts)
     report = {
         "name": name,
         "questions": len(items),
         "sampling": asdict(sampling),
         "seconds": seconds,
         "models": summary,
-        "comparisons": compare.compare(targets, compare.item_scores(items, answers, verdicts)),
+        "comparisons": compare.compare(targets, per_item),
+        "slices": compare.slices(targets, items, per_item),
+        "pairwise": pairwise,
+        "leakage": leakage,
         "retention": retention,
     }
     report["answers"] = [
@@ -177,6 +186,10 @@ def markdown(report: dict[str, Any]) -> str:
         + rows
         + intervals(report)
         + compare.markdown(report.get("comparisons") or [])
+        + compare.slices_markdown(report.get("slices") or [])
+        + pairwise_markdown(report.get("pairwise"))
+        + leakage_markdown(report.get("leakage"))
+        + agreement_markdown(report.get("agreement"))
         + failures(report)
     )
 

@@ -63,6 +63,11 @@ class Rating:
     def negative(self) -> bool:
         return self.rating < 0 if self.scale == "thumbs" else self.rating <= 2
 
+    @property
+    def score(self) -> float:
+        """The rating from 0 (worst) to 1 (best): thumbs down 0, up 1; stars 1-5 evenly between."""
+        return float(self.rating > 0) if self.scale == "thumbs" else (self.rating - 1) / 4
+
 
 @dataclass(frozen=True)
 class Stored:

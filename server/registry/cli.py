@@ -268,6 +268,18 @@ def add_split_parsers(adapter_commands: Any, default_dir: str) -> None:
     )
     p_promote.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
     p_promote.set_defaults(func=_cmd_end)
+    p_report = adapter_commands.add_parser(
+        "split-report",
+        help="A running gateway's evidence on a split: each metric per version with its interval, and the verdict.",
+    )
+    p_report.add_argument("name")
+    p_report.add_argument(
+        "--gateway",
+        default=f"http://127.0.0.1:{os.environ.get('LORA_GATEWAY_PORT', '8000')}",
+        help="The running gateway (its admin key: LORA_GATEWAY_ADMIN_KEY) [default %(default)s].",
+    )
+    p_report.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    p_report.set_defaults(func=_cmd_split_report)
     p_abort = adapter_commands.add_parser("abort", help="End the split: its baseline takes all traffic again.")
     p_abort.add_argument("name")
     p_abort.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
@@ -319,4 +331,28 @@ def _cmd_end(args: argparse.Namespace) -> int:
 
     audit_cli(args.adapters_dir, f"split.{args.adapters_command}", args.name, version=version)
     print(f"{args.name}: the split {'was aborted' if abort else 'ended'}; version {version} takes all traffic.")
+    return 0
+
+
+def _cmd_split_report(args: argparse.Namespace) -> int:
+    """The split report comes from the gateway: the evidence is counted in its memory."""
+    import httpx
+
+    from .evidence import table
+
+    key = os.environ.get("LORA_GATEWAY_ADMIN_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = f"{args.gateway.rstrip('/')}/v1/adapters/{args.name}/split"
+    try:
+        response = httpx.get(url, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"lora-gateway: no gateway answered at {args.gateway}: {exc}") from None
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise SystemExit(f"lora-gateway: {args.gateway} answered {response.status_code}: {message}")
+    data = response.json()
+    print(json.dumps(data, indent=2) if args.json else table(data))
     return 0

@@ -6,9 +6,10 @@ while offline) and a restart all agree. Ending a split is one of two moves the r
 makes safely: the chosen version is the directory's (the split file goes) or a kept one (it is
 republished, as a rollback: proven first, then written into the directory).
 
-``CanaryWatch`` is the optional automatic abort: per split, it counts each version's requests and
-server errors, and its feedback and negative feedback, over a sliding window, and aborts the
-split when a version other than the baseline goes past a threshold of the split's ``auto_abort``.
+``CanaryWatch`` ends a split by itself when its rules say so: the fixed thresholds of
+``auto_abort`` (each version's share of server errors or negative feedback over a sliding window),
+and verdicts by evidence (``auto_abort`` and ``auto_promote`` margins: ``evidence.py``). It counts
+every split's evidence, ruled or not, so the split report can show it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequest, ModelNotFound
+from .evidence import MAX_USERS, SplitEvidence
 from .records import AdapterEntry
 from .splits import Split, parse_split, write_split_file
 
@@ -36,7 +38,7 @@ class Rollouts:
     ) -> None:
         self._registry = registry
         self._on_abort = on_abort
-        self.watch = CanaryWatch(self._auto_abort)
+        self.watch = CanaryWatch(self._auto_abort, self._auto_promote)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def set_split(self, name: str, raw: object) -> AdapterEntry:
@@ -115,14 +117,26 @@ class Rollouts:
         return entry.split
 
     def _auto_abort(self, name: str, salt: str, why: str) -> None:
+        self._end_later(name, salt, "abort", lambda: self.abort(name, why))
+
+    def _auto_promote(self, name: str, salt: str, version: int, why: str) -> None:
+        def promote() -> Awaitable[AdapterEntry]:
+            logger.warning("adapter %s: split promoted automatically (%s); v%d takes all traffic", name, why, version)
+            return self.promote(name, version)
+
+        self._end_later(name, salt, "promotion", promote)
+
+    def _end_later(self, name: str, salt: str, what: str, end: Callable[[], Awaitable[AdapterEntry]]) -> None:
+        """End the split ``salt`` of ``name`` off the request's path (it publishes, under the name's lock)."""
+
         async def run() -> None:
             entry = self._registry.get(name)
             if entry is None or entry.split is None or entry.split.salt != salt:
                 return  # ended (or replaced) meanwhile
             try:
-                await self.abort(name, why)
+                await end()
             except Exception:
-                logger.exception("adapter %s: the automatic abort failed", name)
+                logger.exception("adapter %s: the automatic %s failed", name, what)
 
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
@@ -145,20 +159,82 @@ class _Window:
 
 
 class CanaryWatch:
-    """Counts what ``auto_abort`` needs; cheap enough for every request (a deque append)."""
+    """Counts what a split's rules need, cheap enough for every request: the fixed-rate windows
+    of ``auto_abort`` (a deque append) and each version's evidence (``evidence.py``: running
+    sums, and an interval only when a sample reaches its next look)."""
 
-    def __init__(self, abort: Callable[[str, str, str], None]) -> None:
+    def __init__(
+        self,
+        abort: Callable[[str, str, str], None],
+        promote: Callable[[str, str, int, str], None] = lambda name, salt, version, why: None,
+    ) -> None:
         self._abort = abort
+        self._promote = promote
         self._windows: dict[tuple[str, str, int, str], _Window] = {}
-        self._fired: set[str] = set()  # salts of splits already being aborted
+        self._fired: set[str] = set()  # salts of splits already being ended
+        self._evidence: dict[str, tuple[str, SplitEvidence]] = {}  # name: (salt, its evidence)
+        self.verdicts: dict[str, dict[str, Any]] = {}  # name: the last verdict by evidence, kept after the split
 
-    def request(self, split: Split | None, version: int, server_error: bool) -> None:
-        if split is not None and split.auto_abort is not None and split.auto_abort.max_error_rate is not None:
+    def request(
+        self, split: Split, version: int, server_error: bool, seconds: float | None, malformed: bool | None
+    ) -> None:
+        """One request of ``version`` under ``split`` ended: a server error, or answered in
+        ``seconds``; ``malformed``: whether its tool calls or JSON failed their check, None when it
+        asked for neither (``server.output_checks``)."""
+        evidence = self.evidence(split)
+        arm = evidence.arm(version)
+        if arm is not None:
+            arm.requests += 1
+            arm.errors += server_error
+            if seconds is not None:
+                arm.latency = arm.latency.add(seconds)
+            if malformed is not None:
+                arm.checked += 1
+                arm.malformed += malformed
+            self._decide(split, evidence)
+        if split.auto_abort is not None and split.auto_abort.max_error_rate is not None:
             self._count(split, version, "errors", server_error, split.auto_abort.max_error_rate)
 
-    def feedback(self, split: Split | None, version: int, negative: bool) -> None:
-        if split is not None and split.auto_abort is not None and split.auto_abort.max_negative_rate is not None:
+    def feedback(self, split: Split, version: int, negative: bool, user: str, score: float) -> None:
+        """A first rating by ``user`` of an answer of ``version``: ``score`` from 0 (worst) to 1."""
+        evidence = self.evidence(split)
+        arm = evidence.arm(version)
+        if arm is not None and (user in arm.users or len(arm.users) < MAX_USERS):
+            total, count = arm.users.get(user, (0.0, 0))
+            arm.users[user] = (total + score, count + 1)
+            self._decide(split, evidence)
+        if split.auto_abort is not None and split.auto_abort.max_negative_rate is not None:
             self._count(split, version, "negative feedback", negative, split.auto_abort.max_negative_rate)
+
+    def evidence(self, split: Split) -> SplitEvidence:
+        """The evidence of ``split`` (a new split of the same name starts afresh)."""
+        found = self._evidence.get(split.name)
+        if found is None or found[0] != split.salt:
+            found = (split.salt, SplitEvidence(split.baseline, split.versions))
+            self._evidence[split.name] = found
+        return found[1]
+
+    def report(self, split: Split | None, name: str) -> dict[str, Any]:
+        """Each metric per version with its interval, the rules, and the verdict (when one was reached)."""
+        data: dict[str, Any] = {"name": name, "split": None if split is None else split.summary()}
+        if split is not None:
+            data.update(self.evidence(split).report())
+        data["last_verdict"] = self.verdicts.get(name)
+        return data
+
+    def _decide(self, split: Split, evidence: SplitEvidence) -> None:
+        abort = split.auto_abort.evidence if split.auto_abort is not None else None
+        if (abort is None and split.auto_promote is None) or split.salt in self._fired:
+            return
+        verdict = evidence.decide(abort, split.auto_promote)
+        if verdict is None:
+            return
+        self._fired.add(split.salt)
+        self.verdicts[split.name] = verdict.summary()
+        if verdict.action == "abort":
+            self._abort(split.name, split.salt, verdict.describe())
+        else:
+            self._promote(split.name, split.salt, verdict.version, verdict.describe())
 
     def _count(self, split: Split, version: int, what: str, bad: bool, limit: float) -> None:
         rule = split.auto_abort

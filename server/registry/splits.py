@@ -11,7 +11,12 @@ write the same file, and a restart comes back to the same split. Two forms are a
   rewrites the file in the explicit form, so a restart does not have to guess which version was
   "before".
 
-Either may add ``"auto_abort"`` (off unless present): see ``CanaryWatch`` in ``rollout.py``.
+Either may add ``"auto_abort"`` and ``"auto_promote"`` (off unless present): fixed rate
+thresholds over a window (``CanaryWatch`` in ``rollout.py``), and verdicts by evidence, the
+difference between versions with its interval (``evidence.py``)::
+
+    "auto_abort": {"margins": {"feedback": 0.05, "error_rate": 0.01}, "min_sample": 30},
+    "auto_promote": {"margins": {"feedback": 0.0}, "min_sample": 30, "confidence": 0.95}
 
 Assignment is sticky per end user: the user's id, hashed with the split's ``salt``, picks a bucket
 out of 10,000, and buckets are handed to versions by cumulative share. The same user therefore
@@ -40,6 +45,7 @@ from ..errors import AdapterRejected
 from ..jsonbounds import JSONRefused, loads_bounded
 from ..terms.layout import SPLIT_FILE
 from .durable import fsync_path
+from .evidence import EvidenceRule, parse_margins
 
 BUCKETS = 10_000
 _MAX_VARIANTS = 8
@@ -54,6 +60,7 @@ class AutoAbort:
     max_negative_rate: float | None = None  # negative feedback / feedback
     window_s: float = 300.0
     min_events: int = 20  # requests (or feedback) in the window before a rate counts
+    evidence: EvidenceRule | None = None  # abort when a version is surely worse by a margin
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -61,6 +68,7 @@ class AutoAbort:
             "max_negative_rate": self.max_negative_rate,
             "window_s": self.window_s,
             "min_events": self.min_events,
+            **(self.evidence.summary() if self.evidence is not None else {}),
         }
 
 
@@ -74,6 +82,7 @@ class Split:
     salt: str
     created: float
     auto_abort: AutoAbort | None = None
+    auto_promote: EvidenceRule | None = None  # promote when a version is surely better by a margin
 
     @property
     def versions(self) -> tuple[int, ...]:
@@ -100,6 +109,7 @@ class Split:
             "salt": self.salt,
             "created": self.created,
             **({"auto_abort": self.auto_abort.summary()} if self.auto_abort else {}),
+            **({"auto_promote": self.auto_promote.summary()} if self.auto_promote else {}),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -116,6 +126,7 @@ class SplitSpec:
     salt: str | None = None
     created: float | None = None
     auto_abort: AutoAbort | None = None
+    auto_promote: EvidenceRule | None = None
 
     def resolve(self, name: str, directory_version: int, serving: int | None, kept: set[int]) -> Split:
         """A ``Split`` of versions that exist (``kept`` plus the directory's); ``AdapterRejected``
@@ -150,6 +161,7 @@ class SplitSpec:
             self.salt or secrets.token_hex(8),
             self.created or time.time(),
             self.auto_abort,
+            self.auto_promote,
         )
 
 
@@ -174,9 +186,10 @@ def split_in(
         current.salt,
         current.baseline,
     ):
-        return (
-            current if spec.auto_abort == current.auto_abort else replace(current, auto_abort=spec.auto_abort)
-        ), False
+        rules = (spec.auto_abort, spec.auto_promote)
+        if rules == (current.auto_abort, current.auto_promote):
+            return current, False
+        return replace(current, auto_abort=spec.auto_abort, auto_promote=spec.auto_promote), False
     numbers = kept()
     if serving is None or serving == number:
         serving = max((n for n in numbers if n < number), default=serving)
@@ -184,10 +197,56 @@ def split_in(
     return split, spec.canary is not None or spec.salt is None or spec.baseline is None
 
 
-class _AutoAbortFile(BaseModel):
-    """``auto_abort`` in a split file or request."""
+class _EvidenceFile(BaseModel):
+    """The evidence part of ``auto_abort``, and ``auto_promote``: margins, sample, confidence."""
 
     model_config = ConfigDict(extra="forbid")
+
+    margins: dict[str, Any] | None = None
+    min_sample: int = 30
+    confidence: float = 0.95
+
+    @field_validator("margins", mode="before")
+    @classmethod
+    def _margins(cls, value: object) -> object:
+        if value is not None and (not isinstance(value, dict) or not value):
+            raise ValueError('margins map metrics to margins, e.g. {"feedback": 0.05}')
+        if value is not None:
+            parse_margins(value, "margins")
+        return value
+
+    @field_validator("min_sample", mode="before")
+    @classmethod
+    def _sample(cls, value: object) -> object:
+        if not _is_int(value) or not 2 <= value <= 10_000_000:  # type: ignore[operator]
+            raise ValueError("min_sample must be a whole number from 2")
+        return value
+
+    @field_validator("confidence", mode="before")
+    @classmethod
+    def _confidence(cls, value: object) -> object:
+        if not _is_number(value) or not 0.5 <= value < 1:  # type: ignore[operator]
+            raise ValueError("confidence must be at least 0.5 and below 1, e.g. 0.95")
+        return value
+
+    def rule(self) -> EvidenceRule | None:
+        if not self.margins:
+            return None
+        return EvidenceRule(parse_margins(self.margins, "margins"), self.min_sample, self.confidence)
+
+
+class _AutoPromoteFile(_EvidenceFile):
+    """``auto_promote`` in a split file or request: margins are required."""
+
+    @model_validator(mode="after")
+    def _has_margins(self) -> _AutoPromoteFile:
+        if not self.margins:
+            raise ValueError('"auto_promote" needs margins, e.g. {"margins": {"feedback": 0.0}}')
+        return self
+
+
+class _AutoAbortFile(_EvidenceFile):
+    """``auto_abort`` in a split file or request."""
 
     max_error_rate: float | None = None
     max_negative_rate: float | None = None
@@ -217,8 +276,8 @@ class _AutoAbortFile(BaseModel):
 
     @model_validator(mode="after")
     def _a_rate(self) -> _AutoAbortFile:
-        if self.max_error_rate is None and self.max_negative_rate is None:
-            raise ValueError('"auto_abort" needs max_error_rate or max_negative_rate')
+        if self.max_error_rate is None and self.max_negative_rate is None and not self.margins:
+            raise ValueError('"auto_abort" needs max_error_rate, max_negative_rate or margins')
         return self
 
 
@@ -233,6 +292,7 @@ class _SplitFile(BaseModel):
     salt: str | None = Field(default=None, min_length=1, max_length=64)
     created: float | None = None
     auto_abort: _AutoAbortFile | None = None
+    auto_promote: _AutoPromoteFile | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -304,7 +364,8 @@ def parse_split(raw: object, where: str) -> SplitSpec:
         checked.created,
         None
         if abort is None
-        else AutoAbort(abort.max_error_rate, abort.max_negative_rate, abort.window_s, abort.min_events),
+        else AutoAbort(abort.max_error_rate, abort.max_negative_rate, abort.window_s, abort.min_events, abort.rule()),
+        None if checked.auto_promote is None else checked.auto_promote.rule(),
     )
 
 

@@ -285,3 +285,27 @@ def test_a_template_without_tools_is_a_clear_400(tmp_path, base_model) -> None: 
     with pytest.raises(InvalidRequest) as refused:
         render_chat(tokenizer, ({"role": "user", "content": "hi"},), (ORDER_TOOL,))
     assert refused.value.param == "tools" and "does not support tools" in str(refused.value)
+
+
+def test_output_checks_count_whole_and_cut_answers_per_model(gateway_url: str, client) -> None:  # type: ignore[no-untyped-def]
+    """A forced call is whole (constrained); a JSON answer given 2 tokens is cut inside the document
+    (its one required key alone is longer)."""
+    from tests.support import metric_value
+
+    def count(outcome: str) -> float:
+        text = httpx.get(f"{gateway_url}/metrics").text
+        return metric_value(text, "lora_gateway_output_checks_total", model="tiny-base", outcome=outcome)
+
+    ok, cut = count("ok"), count("cut_json")
+    client.chat.completions.create(
+        model="tiny-base", messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=120
+    )
+    schema = {
+        "type": "object",
+        "properties": {"order_identifier": {"type": "string"}},
+        "required": ["order_identifier"],
+    }
+    document = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}
+    client.chat.completions.create(model="tiny-base", messages=ASK, response_format=document, max_tokens=2)
+    client.chat.completions.create(model="tiny-base", messages=ASK, max_tokens=2)  # neither: not checked
+    assert (count("ok") - ok, count("cut_json") - cut) == (1, 1)

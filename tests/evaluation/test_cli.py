@@ -94,7 +94,10 @@ def test_the_judge_and_the_rating_sheet_through_the_cli(gateway_url: str, tmp_pa
     imported = ["--import-ratings", str(filled), "--import-ratings", str(playground)]
     assert main(["eval", "--out", str(tmp_path / "runs"), "--name", "judged", *imported]) == 0
     assert json.loads((run / "human_scores.json").read_text()) == {"beta": {"human_total": 8.0, "rated_answers": 2}}
-    assert json.loads((run / "report.json").read_text())["models"][0]["human_total"] == 8.0
+    imported_report = json.loads((run / "report.json").read_text())
+    assert imported_report["models"][0]["human_total"] == 8.0
+    assert imported_report["agreement"]["raters"] == 1  # one answer, one rater: nothing to correlate yet
+    assert imported_report["agreement"]["judge_human"] is None
 
 
 def test_retention_compares_each_model_with_the_base(gateway_url: str, tmp_path: Path) -> None:

@@ -67,3 +67,36 @@ def test_the_report_shows_intervals_in_every_format(tmp_path: Path) -> None:
     assert "- **tuned**: exact 0.833 [" in page
     html = (tmp_path / "report.html").read_text()
     assert "Difference from base (paired, 95 % intervals)" in html and "with 95 % intervals" in html
+
+
+def test_items_with_tags_are_reported_by_slice(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    items = [replace(item, tags=("refund",) if i < 10 else ("shipping",)) for i, item in enumerate(_items(20))]
+    answers = _answers("base", items, set(range(10, 20))) + _answers("tuned", items, set(range(20)))
+    report = write_report(tmp_path, "run", TARGETS, items, answers, Sampling(), 1.0)
+    by_tag = {row["tag"]: row for row in report["slices"]}
+    assert by_tag["refund"]["means"]["base"]["exact"] == 0.0 and by_tag["refund"]["means"]["tuned"]["exact"] == 1.0
+    assert by_tag["shipping"]["means"]["base"]["exact"] == 1.0
+    refund = {c["metric"]: c for c in by_tag["refund"]["comparisons"]}["exact"]
+    assert refund["significant"] and refund["difference"]["estimate"] == 1.0
+    assert "| refund | 10 | tuned | exact | 1.000 | +1.00 exact [1.00, 1.00] |" in (tmp_path / "report.md").read_text()
+
+
+def test_test_set_tags_are_read_and_checked(tmp_path: Path) -> None:
+    import pytest
+
+    from server.datasets.testset import TestSetError, load_test_set
+
+    good = tmp_path / "good.jsonl"
+    good.write_text(
+        json.dumps({"question": "q", "tags": ["refund", "vip"]})
+        + "\n"
+        + json.dumps({"question": "r", "tags": "vip"})
+        + "\n"
+    )
+    assert [item.tags for item in load_test_set([good])] == [("refund", "vip"), ("vip",)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q"}) + "\n" + json.dumps({"question": "q", "tags": [1]}) + "\n")
+    with pytest.raises(TestSetError, match="bad.jsonl:2: `tags` must be a list"):
+        load_test_set([bad])

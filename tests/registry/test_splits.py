@@ -343,3 +343,61 @@ def test_a_canary_counts_one_vote_per_end_user_and_answer(
         report = httpx.get(f"{url}/v1/adapters/shop/feedback", headers=ADMIN).json()
         canary = next(row for row in report["versions"] if row["version"] == 1)
         assert canary["feedback"] == 24 and canary["raters"] == 5
+
+
+def test_a_split_ends_by_evidence_and_its_report_says_why(
+    base_model: Path,
+    tmp_path: Path,
+    trained_adapters: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Users of the canary rate it up and users of the baseline rate theirs down: at the first look
+    (8 raters on each side) the canary is better beyond doubt and is promoted by itself; the split
+    report (admin API and CLI) shows each version's metrics with intervals, then the verdict."""
+    from server.app import create_app
+    from server.cli import main
+
+    directory = tmp_path / "adapters"
+    directory.mkdir()
+    settings = make_settings(base_model, directory, admin_key="split-admin", feedback=True)
+    with running_server(create_app(settings)) as url:
+        shutil.copytree(trained_adapters["alpha"], directory / "shop")
+        wait_for(lambda: serving(url) == 1, timeout=60)
+        publish_adapter(trained_adapters["beta"], "shop", directory)
+        wait_for(lambda: serving(url) == 2, timeout=60)
+        rules = {
+            "auto_promote": {"margins": {"feedback": 0.0}, "min_sample": 8},
+            "auto_abort": {"margins": {"error_rate": 0.5}},
+        }
+        body = {"versions": {"2": 50, "1": 50}, **rules}
+        assert httpx.put(f"{url}/v1/adapters/shop/split", json=body, headers=ADMIN).status_code == 200
+        rated = Counter[str]()
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for i in range(200):
+                ask = {
+                    "model": "shop",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 1,
+                    "user": f"u{i}",
+                }
+                answer = client.post("/v1/chat/completions", json=ask)
+                version = answer.headers["x-adapter-version"]
+                if i == 4:  # under way: the report counts both versions, no verdict yet
+                    report = client.get("/v1/adapters/shop/split", headers=ADMIN).json()
+                    assert {row["version"] for row in report["versions"]} == {1, 2} and report["verdict"] is None
+                    assert report["versions"][1]["metrics"]["latency_s"]["sample"] >= 1
+                rating = 1 if version == "shop@1" else -1
+                client.post("/v1/feedback", json={"completion_id": answer.json()["id"], "rating": rating})
+                rated[version] += 1
+                if adapter(url).get("split") is None:
+                    break
+        wait_for(lambda: serving(url) == 1 and adapter(url).get("split") is None, timeout=30)
+        assert min(rated.values()) >= 8
+        report = httpx.get(f"{url}/v1/adapters/shop/split", headers=ADMIN).json()
+        verdict = report["last_verdict"]
+        assert (verdict["action"], verdict["version"], verdict["metric"]) == ("promote", 1, "feedback")
+        assert verdict["interval"]["low"] > 0 and report["split"] is None
+        monkeypatch.setenv("LORA_GATEWAY_ADMIN_KEY", "split-admin")
+        assert main(["adapters", "split-report", "shop", "--gateway", url]) == 0
+        assert "verdict: promote: v1: feedback better than the baseline by more than 0" in capsys.readouterr().out
