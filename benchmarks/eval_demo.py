@@ -6,7 +6,8 @@ Runs eval exactly as a user would (``eval --base``: a gateway started for the ru
 demo base and the demo adapters (those ``make demo`` wrote into ``--adapters-dir``, trained there
 as ``make demo`` does when missing), twice: on the shop's questions (``examples/customer_service.jsonl``)
 and on the identity questions (``examples/self_cognition.json`` with the demo's name and author
-filled in), the first with ``--retention`` and the base as the judge (``--judge-model base``).
+filled in), the first with ``--retention`` and the base as the judge (``--judge-model base``,
+pointwise and ``--pairwise``).
 Records each report's table and the wall time.
 
 Results: ``benchmarks/results/eval_demo.json`` and ``.md``.
@@ -77,7 +78,7 @@ def main_() -> None:
             run(
                 "shop-questions",
                 examples_dir() / "customer_service.jsonl",
-                *(base, adapters, out, "--retention", "--judge-model", "base"),
+                *(base, adapters, out, "--retention", "--judge-model", "base", "--pairwise"),
             ),
             run("identity-questions", identity_set(scratch_dir), base, adapters, out),
         ]

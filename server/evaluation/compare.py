@@ -95,8 +95,9 @@ def verdict(row: Mapping[str, Any]) -> str:
     if row["significant"]:
         return f"{difference['estimate']:+.2f} {label} [{difference['low']:.2f}, {difference['high']:.2f}]"
     detectable = row["min_detectable"]
-    can = f" can only detect ≥ {detectable:.2f}" if detectable else " shows none"
-    return f"no detectable difference in {label} (n = {row['n']}{can})"
+    if not detectable:  # every item scored the same for both models
+        return f"no difference in {label} on any of the {row['n']} items"
+    return f"no detectable difference in {label} (n = {row['n']} can only detect ≥ {detectable:.2f})"
 
 
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:

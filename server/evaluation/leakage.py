@@ -85,7 +85,14 @@ def markdown(data: dict[str, Any] | None) -> str:
         line = f"- **{model}**: {len(flagged)} of {found['items']} items"
         if flagged:
             exact = sum(1 for f in flagged if f["match"] == "exact")
-            line += f" ({exact} exact, {len(flagged) - exact} near): " + ", ".join(f["item"] for f in flagged[:10])
+            shown = (_short(f["item"]) for f in flagged[:10])
+            line += f" ({exact} exact, {len(flagged) - exact} near): " + ", ".join(shown)
             line += " …" if len(flagged) > 10 else ""
         lines.append(line + ("; not checked: " + "; ".join(found["unchecked"]) if found["unchecked"] else ""))
     return "\n".join(lines) + "\n"
+
+
+def _short(source: str) -> str:
+    """``FILE:LINE`` with the file's name only (the whole path is in report.json)."""
+    path, _, line = source.rpartition(":")
+    return f"{Path(path).name}:{line}" if path else source
