@@ -38,6 +38,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("tenancy", ["tenancy"]),
     ("feedback", ["feedback"]),
     ("evaluation", ["evaluation"]),
+    ("finetune", ["finetune"]),
     (
         "serving",
         [
@@ -70,6 +71,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "feedback.cli",
             "evaluation.cli",
             "evaluation.local_gateway",
+            "finetune.cli",
         ],
     ),
 ]

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from .admission import AdapterGate
-from .api import admin, chat, feedback, keys, models, ops, playground, responses
+from .api import admin, chat, feedback, fine_tuning, keys, models, ops, playground, responses
 from .api.errors import CHAT_PATH, RESPONSES_PATH, ErrorResponder, count_refusal, install_error_handlers
 from .api.limits import BodyLimitMiddleware
 from .database import database_url, open_engine
@@ -26,6 +26,8 @@ from .evaluation.judge import load_judges
 from .evaluation.proving import GateRunner
 from .evaluation.ratings import DatabaseRatings, RatingStore
 from .feedback import FeedbackStore
+from .finetune.service import FineTuning
+from .finetune.store import FineTuningStore
 from .gateway import Gateway
 from .integrations import configured
 from .metrics import GatewayMetrics
@@ -38,7 +40,7 @@ from .responses_store import ResponseStore
 from .settings import Settings
 from .tenancy.service import Tenancy
 from .terms.address import ModelAddress
-from .terms.layout import PLAYGROUND_RATINGS
+from .terms.layout import FINE_TUNING_DIR, PLAYGROUND_RATINGS
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +140,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             lambda adapter, seconds: metrics.queue_time.labels(ModelAddress.parse(adapter).name).observe(seconds),
         )
     gateway.responses = ResponseStore(gateway.tenancy.engine, settings.responses_retention_days)
+    if settings.fine_tuning:
+        from .devices import resolve_device  # torch: only a gateway that trains needs it here
+
+        store = FineTuningStore(gateway.tenancy.engine, settings.adapters_dir / FINE_TUNING_DIR)
+        gateway.fine_tuning = FineTuning(store, settings, registry, str(resolve_device(settings.device)))
     metrics.watch_engine(engine.health, lambda: len(registry.active_versions()), engine.peak_memory_bytes)
     integrations = configured(settings, gateway)
 
@@ -150,6 +157,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             )
         if gateway.responses is not None:
             tasks.append(asyncio.create_task(_purge_hourly("responses", "stored responses", gateway.responses.purge)))
+        if gateway.fine_tuning is not None:
+            tasks.append(asyncio.create_task(gateway.fine_tuning.run(), name="fine-tuning queue"))
         gateway.background = tasks
         for integration in integrations:
             await integration.start()
@@ -179,6 +188,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         "max_bytes": settings.max_request_bytes,
         "timeout": settings.body_timeout,
         "refused": lambda path, error: count_refusal(metrics, path, error),
+        # an upload's multipart framing on top of the file; ten minutes to send it
+        "uploads": {"/v1/files": (settings.max_file_bytes + 64 * 1024, 600.0)} if settings.fine_tuning else None,
     }
     app.add_middleware(BodyLimitMiddleware, **body_limit)
     respond = ErrorResponder(metrics)
@@ -195,6 +206,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(feedback.router)
     app.include_router(feedback.admin)
+    app.include_router(fine_tuning.router)
     if settings.feedback:
         gateway.feedback = FeedbackStore(
             database_url(settings.database, settings.adapters_dir), retention_days=settings.feedback_retention_days

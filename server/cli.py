@@ -159,18 +159,26 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     p_demo.add_argument("--demo-dir", default=".demo", help="Where the demo model is cached [default .demo].")
     p_demo.add_argument("--no-train", action="store_true", help="Serve without training the demo adapters.")
     if settings_flags:
-        _add_settings_flags(p_demo, require_model=False, defaults={"feedback": True})
+        _add_settings_flags(p_demo, require_model=False, defaults={"feedback": True, "fine_tuning": True})
     p_demo.set_defaults(func=_cmd_demo)
 
     # Every package adds its own commands; this file only assembles them (each imports its
     # libraries when its command runs, so --help stays fast).
     from .evaluation.cli import add_eval_parser
     from .feedback.cli import add_feedback_parser
+    from .finetune.cli import add_jobs_parser
     from .registry.cli import add_adapters_parser
     from .tenancy.cli import add_tenancy_parsers
     from .trainer.cli import add_trainer_parsers
 
-    for add in (add_trainer_parsers, add_eval_parser, add_feedback_parser, add_tenancy_parsers, add_adapters_parser):
+    for add in (
+        add_trainer_parsers,
+        add_eval_parser,
+        add_feedback_parser,
+        add_tenancy_parsers,
+        add_adapters_parser,
+        add_jobs_parser,
+    ):
         add(commands)
     return parser
 

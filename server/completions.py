@@ -112,14 +112,19 @@ async def admit(
     tokens = _Tokens()
     try:
         end_user = body.user or body.safety_identifier or user
-        if not principal.may_use(body.model, gateway.base_model_id):
+        leased = body.model
+        alias = gateway.fine_tuning.resolve(body.model) if gateway.fine_tuning is not None else None
+        if alias is not None:  # ``ft:BASE:SUFFIX:JOB``: the adapter its job published, its key's own
+            leased = alias[0]
+        owns = alias is not None and (principal.key is None or alias[1] == principal.key_id)
+        if not owns and not principal.may_use(leased, gateway.base_model_id):
             raise ModelNotFound(body.model)
         cap = default_max_tokens or gateway.settings.default_max_tokens or gateway.engine.max_model_len or 0
         ticket = await gateway.tenancy.admit(principal, most_tokens(body, cap))
         if ticket is not None:
             scope.callback(ticket.release)
             scope.push_async_callback(_final_charge, ticket, tokens)
-        lease = await scope.enter_async_context(gateway.registry.lease(body.model, end_user))
+        lease = await scope.enter_async_context(gateway.registry.lease(leased, end_user))
         flow = f"{principal.tenant}/{split_address(body.model)[0]}"
         if gateway.adapter_gate is not None and lease.adapter is not None:
             slot = f"{lease.adapter.name}@{lease.adapter.version}"

@@ -11,6 +11,7 @@ from .admission import AdapterGate
 from .engine.base import Engine
 from .evaluation.ratings import DatabaseRatings, RatingStore
 from .feedback import FeedbackStore
+from .finetune.service import FineTuning
 from .metrics import GatewayMetrics
 from .registry import AdapterRegistry
 from .registry.rollout import Rollouts
@@ -42,6 +43,7 @@ class Gateway:
     adapter_gate: AdapterGate | None = None
     feedback: FeedbackStore | None = None  # captured conversations and their ratings (None: --feedback off)
     responses: ResponseStore | None = None  # stored responses (/v1/responses with store)
+    fine_tuning: FineTuning | None = None  # the fine-tuning API's files, jobs and queue (--fine-tuning)
     # /v1/models serialized once per registry change, with paths (admin keys) and without, per scoped key
     models_json: dict[tuple[bool, str], tuple[object, bytes]] = field(default_factory=dict)
 

@@ -191,6 +191,36 @@ class Settings(BaseSettings):
         gt=0,
         description="Stored responses (POST /v1/responses with store, the default) are deleted after this many days.",
     )
+    fine_tuning: bool = Field(
+        default=False,
+        description="Offer OpenAI's fine-tuning API (/v1/files, /v1/fine_tuning/jobs) over the trainer: one job at a "
+        "time, published like `train` (see docs, Fine-tuning through the API).",
+    )
+    fine_tuning_device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda|cuda:[0-9]{1,2})$",
+        description="Where jobs train: cpu (at low priority), cuda (the serving GPU, within "
+        "--fine-tuning-gpu-memory-fraction), cuda:N (a second GPU), or auto (cpu beside a CPU engine; on a GPU, "
+        "cuda when a memory fraction is set).",
+    )
+    fine_tuning_gpu_memory_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="The share of the serving GPU's memory a job may use (the engine keeps the rest).",
+    )
+    fine_tuning_active_jobs: int = Field(
+        default=2, ge=1, le=100, description="Queued and running fine-tuning jobs one key may have at once."
+    )
+    fine_tuning_daily_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Training tokens one key's jobs may use in 24 hours, counted as each job's file bytes times "
+        "its epochs (a byte-level tokenizer makes no more tokens than bytes); default: no limit.",
+    )
+    max_file_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="The largest file POST /v1/files takes, in bytes."
+    )
     wecom_config: Path | None = Field(
         default=None,
         description="YAML or JSON file of WeCom bots (see README, WeCom); env LORA_GATEWAY_WECOM_* adds to it.",

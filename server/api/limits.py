@@ -29,30 +29,33 @@ class BodyLimitMiddleware:
         max_bytes: int,
         timeout: float = 30.0,
         refused: Callable[[str, GatewayError], None] | None = None,
+        uploads: dict[str, tuple[int, float]] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.refused = refused  # told (path, error) of each refusal, for the metrics
+        self.uploads = uploads or {}  # path: (max bytes, timeout) of routes that take files (POST /v1/files)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        max_bytes, timeout = self.uploads.get(scope["path"], (self.max_bytes, self.timeout))
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             await self._reject(scope, receive, send)
             return
         try:
-            async with asyncio.timeout(self.timeout):  # in this task: wait_for would start another (3.11)
-                body = await self._read(receive)
+            async with asyncio.timeout(timeout):  # in this task: wait_for would start another (3.11)
+                body = await self._read(receive, max_bytes)
         except TimeoutError:
             error = RequestTimeout(f"The request body was not received within {self.timeout:g} s.")
             await self._refuse(error, scope, receive, send)
             return
         if body is None:  # the client went away
             return
-        if len(body) > self.max_bytes:
+        if len(body) > max_bytes:
             await self._reject(scope, receive, send)
             return
         bad_text = lone_surrogate_at(body)
@@ -72,7 +75,7 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _read(self, receive: Receive) -> bytes | None:
+    async def _read(self, receive: Receive, max_bytes: int) -> bytes | None:
         """The whole body, or as much as passes the limit (then refused); None on disconnect."""
         chunks: list[bytes] = []
         size = 0
@@ -83,11 +86,12 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             chunks.append(chunk)
-            if size > self.max_bytes or not message.get("more_body", False):
+            if size > max_bytes or not message.get("more_body", False):
                 return b"".join(chunks)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = RequestTooLarge(f"Request body exceeds the limit of {self.max_bytes} bytes.")
+        limit = self.uploads.get(scope["path"], (self.max_bytes, self.timeout))[0]
+        error = RequestTooLarge(f"Request body exceeds the limit of {limit} bytes.")
         await self._refuse(error, scope, receive, send)
 
     async def _refuse(

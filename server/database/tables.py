@@ -145,3 +145,60 @@ responses = Table(
     Column("created", Float, nullable=False),
     Index("responses_created", "created"),
 )
+
+# Fine-tuning (the OpenAI fine-tuning API over the trainer: server.finetune). Uploaded files live on
+# disk under the fine-tuning directory; these rows say whose they are. Times are UNIX seconds.
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(64), primary_key=True),  # file-...
+    Column("key_id", String(16), nullable=False),  # the key that uploaded it ("" for --api-key keys and open servers)
+    Column("filename", String(256), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("examples", Integer, nullable=False),  # conversations the trainer's reader found in it
+    Column("created", Float, nullable=False),
+)
+
+fine_tuning_jobs = Table(
+    "fine_tuning_jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),  # ftjob-...
+    Column("key_id", String(16), nullable=False),
+    Column("model", String(256), nullable=False),  # the base id, or the adapter training continues from
+    Column("adapter", String(64), nullable=False),  # the adapter name it publishes
+    Column("fine_tuned_model", String(320), nullable=False),  # ft:BASE:SUFFIX:JOB, set when it succeeds
+    Column("status", String(24), nullable=False),
+    Column("error", Text),  # {"code", "message", "param"}, JSON
+    Column("request", Text, nullable=False),  # the create request as validated, JSON
+    Column("trained_tokens", BigInteger),
+    Column("created", Float, nullable=False),
+    Column("finished", Float),
+    Index("fine_tuning_jobs_key", "key_id", "created"),
+    Index("fine_tuning_jobs_status", "status"),
+)
+
+fine_tuning_events = Table(
+    "fine_tuning_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("level", String(8), nullable=False),  # info, warn, error
+    Column("type", String(16), nullable=False),  # message, metrics
+    Column("message", Text, nullable=False),
+    Column("data", Text),  # JSON
+    Index("fine_tuning_events_job", "job_id", "id"),
+)
+
+fine_tuning_checkpoints = Table(
+    "fine_tuning_checkpoints",
+    metadata,
+    Column("id", String(64), primary_key=True),  # ftckpt-...
+    Column("job_id", String(64), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("metrics", Text, nullable=False),  # JSON
+    Column("created", Float, nullable=False),
+    Index("fine_tuning_checkpoints_job", "job_id", "step"),
+)

@@ -157,6 +157,19 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
             help=f"[default {getattr(defaults, flag)}]",
         )
     add("--target-modules", default=defaults.target_modules, help="all-linear, or comma-separated module names.")
+    add(
+        "--val-data",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="A validation file (its loss is logged at each epoch's end); repeat for several. Replaces --val-split.",
+    )
+    add(
+        "--gpu-memory-fraction",
+        type=float,
+        default=None,
+        help="Use at most this share of the GPU's memory (training beside a serving engine).",
+    )
     add("--save-steps", type=int, default=None, help="Checkpoint every N optimizer steps.")
     add("--save-total-limit", type=int, default=None, help="Keep only the newest N checkpoints.")
     add("--max-steps", type=int, default=None, help="Stop after N steps (the schedule still spans all epochs).")

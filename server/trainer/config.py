@@ -45,11 +45,13 @@ class TrainConfig:
     max_length: int = 2048
     warmup_ratio: float = 0.1
     val_split: float = 0.0
+    val_data: list[str] = field(default_factory=list)  # validation files (val_split is then not used)
     seed: int = 42
     save_steps: int | None = None
     save_total_limit: int | None = None
     resume: str | None = None  # a checkpoint directory, or "latest"
     device: str = "auto"
+    gpu_memory_fraction: float | None = None  # at most this share of the GPU (beside a serving engine)
     dtype: str = "auto"
     allow_small: bool = False
     max_steps: int | None = None  # stop early (for smoke tests); the schedule still spans all epochs

@@ -90,7 +90,10 @@ def train(config: TrainConfig) -> TrainResult:
         examples.append(example)
     if not examples:
         raise TrainingError(f"no example fits in --max-length {config.max_length}")
-    train_set, val_set = _split(examples, config.val_split, config.seed)
+    if config.val_data:  # a validation file of its own: every training example trains
+        train_set, val_set = examples, _validation_examples(config, tokenizer, placeholders)
+    else:
+        train_set, val_set = _split(examples, config.val_split, config.seed)
     counts = {
         "records": len(dataset.conversations),
         "truncated": truncated,
@@ -105,6 +108,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     # 3. Model: the base in the serving dtype, with a plain LoRA that vLLM can serve.
     device = resolve_device(config.device)
+    if config.gpu_memory_fraction is not None and device.type == "cuda":  # beside a serving engine
+        torch.cuda.set_per_process_memory_fraction(config.gpu_memory_fraction, device)
     dtype = resolve_dtype(config.dtype, device)
     model = AutoModelForCausalLM.from_pretrained(config.base, dtype=dtype).to(device)  # type: ignore[arg-type]
     if init is not None:  # the existing adapter's weights, rank and targets, trainable again
@@ -247,6 +252,17 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 # ----------------------------------------------------------------------------------- helpers
+
+
+def _validation_examples(config: TrainConfig, tokenizer: Any, placeholders: dict[str, str]) -> list[Example]:
+    """The ``--val-data`` files' examples, held to the training data's rules."""
+    dataset = load_files(
+        config.val_data, format=config.format, system=config.system, placeholders=placeholders, seed=config.seed
+    )
+    if dataset.errors:
+        raise TrainingError("bad validation data:\n" + "\n".join(dataset.errors))
+    fitted = [fit(tokenizer, conversation, config.max_length)[0] for conversation in dataset.conversations]
+    return [example for example in fitted if example is not None]
 
 
 def _split(examples: list[Example], val_split: float, seed: int) -> tuple[list[Example], list[Example]]:
