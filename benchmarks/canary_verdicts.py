@@ -42,7 +42,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import RESULTS, ROOT, free_port, machine, start_gateway  # noqa: E402
+from benchmarks.common import ROOT, free_port, machine, start_gateway, write_results  # noqa: E402
 from server.datasets.testset import load_test_set  # noqa: E402
 from server.demo import examples_dir, prepare_demo, train_demo_adapters  # noqa: E402
 from server.evaluation.metrics import char_f1  # noqa: E402
@@ -235,8 +235,6 @@ def main() -> None:
         "equal_http": {"runs": args.equal_runs, "ended": false_http},
         "equal_simulated": {"runs": args.simulated, "p_up": round(p_up, 3), **simulated, "false_rate": rate.summary()},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "canary_verdicts.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     users_worse = [r["users"] for r in results["worse"]]
     users_better = [r["users"] for r in results["better"]]
     lines = [
@@ -261,8 +259,7 @@ def main() -> None:
         "the design bound is 2.5 % per direction.",
         "",
     ]
-    (RESULTS / "canary_verdicts.md").write_text("\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    write_results("canary_verdicts", summary, lines)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -125,3 +127,11 @@ def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -
     if before is None or after is None or after[1] == before[1]:
         return None
     return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def write_results(name: str, result: dict[str, Any], lines: list[str]) -> None:
+    """``results/NAME.json`` (the figures) and ``results/NAME.md`` (``lines``), then the summary printed."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))

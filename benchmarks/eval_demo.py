@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import RESULTS, ROOT, machine  # noqa: E402
+from benchmarks.common import ROOT, machine, write_results  # noqa: E402
 from server.cli import main  # noqa: E402
 from server.datasets.conversations import load_files  # noqa: E402
 from server.demo import DEMO_ADAPTERS, examples_dir, prepare_demo, train_demo_adapters  # noqa: E402
@@ -83,8 +83,6 @@ def main_() -> None:
             run("identity-questions", identity_set(scratch_dir), base, adapters, out),
         ]
     result = {"machine": machine(), "models": list(MODELS), "runs": runs}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "eval_demo.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     lines = [
         "# `lora-gateway eval` on the demo: base vs shop-support vs identity",
         "",
@@ -98,8 +96,7 @@ def main_() -> None:
     for r in runs:
         table = r["table"].split("\n", 2)[2]  # without the report's own heading
         lines += [f"## {r['name']} ({r['seconds']:.1f} s for the whole run)", "", table.strip(), ""]
-    (RESULTS / "eval_demo.md").write_text("\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    write_results("eval_demo", result, lines)
 
 
 if __name__ == "__main__":

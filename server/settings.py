@@ -209,6 +209,12 @@ class Settings(BaseSettings):
         lt=1,
         description="The share of the serving GPU's memory a job may use (the engine keeps the rest).",
     )
+    fine_tuning_nice: int = Field(
+        default=19,
+        ge=0,
+        le=19,
+        description="The niceness of a job training on the CPU (19: serving always comes first).",
+    )
     fine_tuning_active_jobs: int = Field(
         default=2, ge=1, le=100, description="Queued and running fine-tuning jobs one key may have at once."
     )

@@ -313,7 +313,7 @@ class FineTuning:
             return "cuda", env, 0
         if wanted == "cuda":
             return "cuda", env, 0
-        return "cpu", env, 19
+        return "cpu", env, self.settings.fine_tuning_nice
 
     async def _await_serving(self, job: Job, run_dir: Path, trained_tokens: int | None) -> None:
         """Success once the registry serves the trained weights; failure with its reason if refused."""

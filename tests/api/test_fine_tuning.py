@@ -1,6 +1,7 @@
 """OpenAI's fine-tuning API over the trainer, through the real openai SDK against a real server:
 upload, create, events, the trained model answering; a bad file by line; refusals; cancel; and a
-restart with a job queued and one running."""
+restart with a job queued and one running. Jobs train at niceness 0 here: at 19 (the default) the
+suite's own workers would starve them."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def trainer_gateway(base_model: Path, tmp_path: Path) -> Iterator[tuple[str, Pat
     from server.app import create_app
 
     directory = tmp_path / "adapters"
-    with running_server(create_app(make_settings(base_model, directory, fine_tuning=True))) as url:
+    with running_server(create_app(make_settings(base_model, directory, fine_tuning=True, fine_tuning_nice=0))) as url:
         yield url, directory
 
 
@@ -120,7 +121,7 @@ def test_cancel_mid_run_and_a_restart_keeps_the_queue(base_model: Path, tmp_path
     queued one is still queued and the running one resumes; a cancel stops it mid-run."""
     from server.app import create_app
 
-    settings = make_settings(base_model, tmp_path / "adapters", fine_tuning=True)
+    settings = make_settings(base_model, tmp_path / "adapters", fine_tuning=True, fine_tuning_nice=0)
     with running_server(create_app(settings)) as url:
         client = _client(url)
         file = client.files.create(file=("gamma.jsonl", _lines()), purpose="fine-tune")
@@ -161,7 +162,12 @@ def test_files_and_jobs_belong_to_their_key_and_jobs_are_bounded_per_key(base_mo
 
     admin = {"Authorization": "Bearer ft-admin"}
     settings = make_settings(
-        base_model, tmp_path / "adapters", fine_tuning=True, admin_key="ft-admin", fine_tuning_active_jobs=1
+        base_model,
+        tmp_path / "adapters",
+        fine_tuning=True,
+        admin_key="ft-admin",
+        fine_tuning_active_jobs=1,
+        fine_tuning_nice=0,
     )
     with running_server(create_app(settings)) as url:
         secrets = [
@@ -206,3 +212,30 @@ def test_the_jobs_command_lists_shows_and_follows(
     assert f"-> ft:tiny-base:ft:{job.id}" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="already succeeded"):
         main(["jobs", "cancel", job.id, "--gateway", url])
+
+
+@pytest.mark.parametrize(
+    ("engine", "overrides", "device", "visible", "nice"),
+    [
+        ("cpu", {}, "cpu", None, 19),  # beside a CPU engine: the lowest priority
+        ("cuda", {}, "cpu", None, 19),  # on a GPU engine without a memory share: never on its card
+        ("cuda", {"fine_tuning_gpu_memory_fraction": 0.3}, "cuda", None, 0),
+        ("cuda", {"fine_tuning_device": "cuda:1"}, "cuda", "1", 0),  # a second card
+    ],
+)
+def test_where_a_job_trains(
+    base_model: Path,
+    tmp_path: Path,
+    engine: str,
+    overrides: dict[str, Any],
+    device: str,
+    visible: str | None,
+    nice: int,
+) -> None:
+    from server.finetune.service import FineTuning
+
+    service = FineTuning.__new__(FineTuning)  # only the device policy: no store, no registry
+    service.settings = make_settings(base_model, tmp_path, fine_tuning=True, **overrides)
+    service.engine_device = engine
+    chosen, env, niceness = service._device()
+    assert (chosen, env.get("CUDA_VISIBLE_DEVICES"), niceness) == (device, visible, nice)
