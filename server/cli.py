@@ -23,6 +23,7 @@ if typing.TYPE_CHECKING:
 
 # Commands whose flags come from Settings (pydantic-settings costs ~0.1 s to import: others skip it).
 _SETTINGS_COMMANDS = ("serve", "demo")
+DEMO_DEFAULTS = ("feedback", "fine_tuning")  # on in the demo, off in serve
 
 
 def _add_settings_flags(
@@ -130,10 +131,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import prepare_demo, train_demo_adapters
 
     model_dir = prepare_demo(args.demo_dir)
-    # The demo captures conversations so the feedback loop can be tried on it (--no-feedback: off).
-    feedback = {} if "feedback" in vars(args) or "LORA_GATEWAY_FEEDBACK" in os.environ else {"feedback": True}
+    # The demo captures conversations, so the feedback loop can be tried on it, and offers the
+    # fine-tuning API (--no-feedback, --no-fine-tuning: off).
+    demo_on = {
+        name: True
+        for name in DEMO_DEFAULTS
+        if name not in vars(args) and f"LORA_GATEWAY_{name.upper()}" not in os.environ
+    }
     settings = _settings_from(
-        args, model=str(model_dir), served_model_name=getattr(args, "served_model_name", "demo-base"), **feedback
+        args, model=str(model_dir), served_model_name=getattr(args, "served_model_name", "demo-base"), **demo_on
     )
     if not args.no_train:
         train_demo_adapters(model_dir, settings.adapters_dir, Path(args.demo_dir) / "runs")
@@ -159,7 +165,7 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     p_demo.add_argument("--demo-dir", default=".demo", help="Where the demo model is cached [default .demo].")
     p_demo.add_argument("--no-train", action="store_true", help="Serve without training the demo adapters.")
     if settings_flags:
-        _add_settings_flags(p_demo, require_model=False, defaults={"feedback": True, "fine_tuning": True})
+        _add_settings_flags(p_demo, require_model=False, defaults=dict.fromkeys(DEMO_DEFAULTS, True))
     p_demo.set_defaults(func=_cmd_demo)
 
     # Every package adds its own commands; this file only assembles them (each imports its
