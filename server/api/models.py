@@ -3,6 +3,7 @@
 ``root`` is where a model's files live, as vLLM reports it; filesystem paths are shown to admin keys
 only (an inference key, or no key on an open server, sees the model's id there instead). A key
 scoped to some adapters sees only those (and the base if it may use it): the rest do not exist for it.
+A fine-tuning job's ``ft:`` name is listed beside its adapter for the key that made the job.
 """
 
 from __future__ import annotations
@@ -34,21 +35,25 @@ def _cards(gateway: Gateway, paths: bool, principal: Principal) -> list[ModelCar
                 id=base, created=gateway.started, root=gateway.settings.model if paths else base, max_model_len=max_len
             )
         )
+    aliases: dict[str, list[str]] = {}  # adapter: the ``ft:`` names of the jobs that made it, for this key
+    for name, (adapter, owner) in (gateway.fine_tuning.aliases if gateway.fine_tuning else {}).items():
+        if principal.key is None or owner == principal.key_id or principal.may_use(adapter, base):
+            aliases.setdefault(adapter, []).append(name)
     for version in gateway.registry.active_versions():
-        if not principal.may_use(version.name, base):
-            continue
-        # As vLLM does: adapters name the base in ``parent`` and their path in ``root``.
-        cards.append(
-            ModelCard(
-                id=version.name,
-                created=version.created,
-                root=version.path if paths else version.name,
-                parent=base,
-                max_model_len=max_len,
-                version=version.version,
-                sha256=version.sha256,
+        ids = [version.name] if principal.may_use(version.name, base) else []
+        for model_id in ids + aliases.get(version.name, []):
+            # As vLLM does: adapters name the base in ``parent`` and their path in ``root``.
+            cards.append(
+                ModelCard(
+                    id=model_id,
+                    created=version.created,
+                    root=version.path if paths else model_id,
+                    parent=base,
+                    max_model_len=max_len,
+                    version=version.version,
+                    sha256=version.sha256,
+                )
             )
-        )
     return cards
 
 
@@ -58,7 +63,8 @@ async def list_models(request: Request, gateway: GatewayDep) -> Response:
     call would cost more than everything else this endpoint does."""
     paths, principal = _is_admin(request, gateway), request.state.principal
     scope = (paths, principal.key.id if principal.key else "")  # one cached list per key: they are few
-    key = (gateway.registry.revision, gateway.engine.max_model_len, principal.key)
+    aliases = len(gateway.fine_tuning.aliases) if gateway.fine_tuning else 0  # fine-tuned names only grow
+    key = (gateway.registry.revision, gateway.engine.max_model_len, principal.key, aliases)
     cached = gateway.models_json.get(scope)
     if cached is None or cached[0] != key:
         body = ModelList(data=_cards(gateway, paths, principal)).model_dump_json().encode()
