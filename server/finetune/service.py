@@ -37,7 +37,7 @@ from ..registry.validation import file_sha256
 from ..settings import Settings
 from ..terms.layout import WEIGHTS_FILE
 from ..trainer.config import TrainConfig
-from .store import FineTuningStore, Job, JobStatus, new_id
+from .store import FineTuningStore, Job, JobStatus, checkpoint_adapter, checkpoint_model, new_id
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,9 @@ PACKAGE = __name__.split(".")[0]  # ``server`` in a checkout, ``lora_gateway`` o
 
 
 def validate_upload(path: Path, filename: str) -> int:
-    """The number of training examples in ``path``; ``InvalidRequest`` listing every bad line
-    (``line N: reason``, the trainer's own reader) or too few examples."""
+    """The number of examples in ``path``; ``InvalidRequest`` listing every bad line (``line N:
+    reason``, the trainer's own reader). Too few examples to train on is the job's refusal, not
+    the upload's: an eval set may be small."""
     dataset = load_files([path])
     if dataset.errors:
         lines = [e.replace(f"{path}:", "line ", 1) for e in dataset.errors]
@@ -61,14 +62,9 @@ def validate_upload(path: Path, filename: str) -> int:
             param="file",
             code="invalid_file_format",
         )
-    count = len(dataset.conversations)
-    if count < MIN_EXAMPLES:
-        raise InvalidRequest(
-            f"{filename}: {count} training examples; at least {MIN_EXAMPLES} are needed.",
-            param="file",
-            code="invalid_n_examples",
-        )
-    return count
+    if not dataset.conversations:
+        raise InvalidRequest(f"{filename}: no examples in it.", param="file", code="invalid_n_examples")
+    return len(dataset.conversations)
 
 
 class FineTuning:
@@ -117,8 +113,18 @@ class FineTuning:
                     code="model_not_available",
                 )
             init = self.aliases.get(request.model, (request.model, ""))[0]
+        self.store.file(owner, request.training_file)
+        count = self.store.examples(request.training_file)
+        if count < MIN_EXAMPLES:
+            raise InvalidRequest(
+                f"training_file {request.training_file} has {count} examples; at least {MIN_EXAMPLES} are needed.",
+                param="training_file",
+                code="invalid_n_examples",
+            )
         training = self.store.file(owner, request.training_file)
         validation = self.store.file(owner, request.validation_file) if request.validation_file else None
+        if request.eval_file is not None:
+            self.store.file(owner, request.eval_file)
         if self.store.active_jobs(key_id) >= self.settings.fine_tuning_active_jobs:
             raise RateLimited(
                 f"This key has {self.settings.fine_tuning_active_jobs} queued or running fine-tuning jobs, its most; "
@@ -290,6 +296,11 @@ class FineTuning:
         command += ["--save-steps", "20", "--save-total-limit", "2"]
         if request.get("init_adapter"):
             command += ["--init-adapter", request["init_adapter"]]
+        if request.get("eval_file"):  # the adapter carries it as its eval gate: served only if it passes
+            command += ["--eval-set", str(self.store.file_path(request["eval_file"]))]
+            for flag, thresholds in (("--gate-min", "eval_min"), ("--gate-max-drop", "eval_max_drop")):
+                for metric, value in (request.get(thresholds) or {}).items():
+                    command += [flag, f"{metric}={value}"]
         if self.settings.fine_tuning_gpu_memory_fraction is not None and device == "cuda":
             command += ["--gpu-memory-fraction", repr(self.settings.fine_tuning_gpu_memory_fraction)]
         if any(run_dir.glob("checkpoint-*")):
@@ -329,6 +340,7 @@ class FineTuning:
                 await asyncio.to_thread(
                     self.store.set_status, job.id, JobStatus.SUCCEEDED, trained_tokens=trained_tokens
                 )
+                await asyncio.to_thread(self._publish_checkpoints, job, run_dir)
                 await asyncio.to_thread(
                     self.store.event, job.id, f"The job has successfully completed: {job.fine_tuned_model}"
                 )
@@ -338,6 +350,23 @@ class FineTuning:
                 return
             await asyncio.sleep(_POLL_S)
         await asyncio.to_thread(self._fail, job.id, "not_served", f"the gateway did not serve {job.adapter} in time")
+
+    def _publish_checkpoints(self, job: Job, run_dir: Path) -> None:
+        """Each kept checkpoint as a model of its own (``ADAPTER-sN``), callable by its
+        ``fine_tuned_model_checkpoint`` name once the gateway serves it."""
+        from ..registry.publish import publish_adapter
+
+        for checkpoint in sorted(run_dir.glob("checkpoint-*")):
+            step = checkpoint.name.removeprefix("checkpoint-")
+            if not step.isdigit() or not (checkpoint / WEIGHTS_FILE).is_file():
+                continue
+            name = checkpoint_adapter(job.adapter, int(step))
+            try:
+                publish_adapter(checkpoint, name, self.settings.adapters_dir)
+            except Exception as exc:  # a checkpoint that cannot be served is said, never the job's failure
+                self.store.event(job.id, f"Checkpoint at step {step} not published: {exc}", level="warn")
+                continue
+            self.aliases[checkpoint_model(job.fine_tuned_model, int(step))] = (name, job.key_id)
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
         self.store.set_status(job_id, JobStatus.FAILED, error={"code": code, "message": message, "param": None})

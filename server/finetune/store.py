@@ -35,6 +35,16 @@ class JobStatus(enum.StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
+def checkpoint_adapter(adapter: str, step: int) -> str:
+    """The adapter name a job's checkpoint is published under."""
+    return f"{adapter}-s{step}"
+
+
+def checkpoint_model(fine_tuned_model: str, step: int) -> str:
+    """A checkpoint's ``fine_tuned_model_checkpoint`` name, as OpenAI forms it."""
+    return f"{fine_tuned_model}:ckpt-step-{step}"
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
@@ -115,6 +125,11 @@ class FineTuningStore:
         if row is None:
             raise NotFound(f"No file with id {file_id!r}.", param="file_id", code="file_not_found")
         return _file_object(dict(row._mapping))
+
+    def examples(self, file_id: str) -> int:
+        """How many conversations the trainer's reader found in the file."""
+        with self.engine.connect() as connection:
+            return int(connection.execute(select(files.c.examples).where(files.c.id == file_id)).scalar_one())
 
     def files(self, owner: str | None, purpose: str | None, after: str | None, limit: int) -> dict[str, Any]:
         query = select(files).where(*_owned(files, owner)).order_by(files.c.created.desc(), files.c.id)
@@ -205,14 +220,37 @@ class FineTuningStore:
             return bool(connection.execute(update(fine_tuning_jobs).where(condition).values(values)).rowcount)
 
     def aliases(self) -> dict[str, tuple[str, str]]:
-        """``{fine_tuned_model: (adapter, key_id)}`` of the jobs that succeeded."""
+        """``{fine_tuned_model: (adapter, key_id)}`` of the jobs that succeeded, and of their kept
+        checkpoints (``...:ckpt-step-N``: the adapter ``ADAPTER-sN``)."""
+        succeeded = fine_tuning_jobs.c.status == JobStatus.SUCCEEDED.value
         with self.engine.connect() as connection:
-            rows = connection.execute(
+            jobs = connection.execute(
                 select(
-                    fine_tuning_jobs.c.fine_tuned_model, fine_tuning_jobs.c.adapter, fine_tuning_jobs.c.key_id
-                ).where(fine_tuning_jobs.c.status == JobStatus.SUCCEEDED.value)
-            )
-            return {r.fine_tuned_model: (r.adapter, r.key_id) for r in rows}
+                    fine_tuning_jobs.c.id,
+                    fine_tuning_jobs.c.fine_tuned_model,
+                    fine_tuning_jobs.c.adapter,
+                    fine_tuning_jobs.c.key_id,
+                ).where(succeeded)
+            ).all()
+            steps = connection.execute(
+                select(fine_tuning_checkpoints.c.job_id, fine_tuning_checkpoints.c.step).where(
+                    fine_tuning_checkpoints.c.job_id.in_([r.id for r in jobs])
+                )
+            ).all()
+        by_id = {r.id: r for r in jobs}
+        found = {r.fine_tuned_model: (r.adapter, r.key_id) for r in jobs}
+        for job_id, step in steps:
+            if self.checkpoint_kept(job_id, step):
+                job = by_id[job_id]
+                found[checkpoint_model(job.fine_tuned_model, step)] = (
+                    checkpoint_adapter(job.adapter, step),
+                    job.key_id,
+                )
+        return found
+
+    def checkpoint_kept(self, job_id: str, step: int) -> bool:
+        """Whether the trainer still keeps this checkpoint (it keeps the newest two)."""
+        return (self.directory / "jobs" / job_id / f"checkpoint-{step}").is_dir()
 
     # ---------------------------------------------------------------------- events and checkpoints
 
@@ -276,7 +314,7 @@ class FineTuningStore:
             .order_by(fine_tuning_checkpoints.c.step.desc())
         )
         with self.engine.connect() as connection:
-            rows = [dict(r._mapping) for r in connection.execute(query)]
+            rows = [dict(r._mapping) for r in connection.execute(query) if self.checkpoint_kept(job.id, r.step)]
         data = [
             {
                 "object": "fine_tuning.job.checkpoint",
@@ -285,7 +323,7 @@ class FineTuningStore:
                 "fine_tuning_job_id": job.id,
                 "step_number": r["step"],
                 "metrics": json.loads(r["metrics"]),
-                "fine_tuned_model_checkpoint": f"{job.fine_tuned_model}:ckpt-step-{r['step']}",
+                "fine_tuned_model_checkpoint": checkpoint_model(job.fine_tuned_model, r["step"]),
             }
             for r in rows
         ]

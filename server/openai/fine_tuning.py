@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import UnsupportedParameter
+from ..terms.scores import Metric
 
 SUFFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")  # OpenAI allows up to 64; ours must fit an adapter name
 FILE_ID = re.compile(r"file-[A-Za-z0-9]{1,60}")
@@ -75,6 +76,11 @@ class FineTuningJobRequest(BaseModel):
     method: Method | None = None
     metadata: dict[str, str] | None = None
     integrations: list[Any] | None = None
+    # Ours, beyond OpenAI's fields (the SDK sends them in ``extra_body``): an uploaded file the
+    # published adapter carries as its eval gate, and the gate's thresholds (``train --eval-set``).
+    eval_file: str | None = Field(default=None, pattern=FILE_ID.pattern)
+    eval_min: dict[Metric, float] | None = None
+    eval_max_drop: dict[Metric, float] | None = None
 
     @field_validator("suffix")
     @classmethod
@@ -92,6 +98,8 @@ class FineTuningJobRequest(BaseModel):
 
     @model_validator(mode="after")
     def _offered(self) -> FineTuningJobRequest:
+        if (self.eval_min or self.eval_max_drop) and self.eval_file is None:
+            raise ValueError("eval_min and eval_max_drop are the thresholds of an eval_file's gate: give the file")
         if self.integrations:
             raise UnsupportedParameter(
                 "integrations are not offered: the gateway reports to no third party.", param="integrations"

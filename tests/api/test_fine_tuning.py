@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.conftest import make_settings
-from tests.support import running_server
+from tests.support import running_server, wait_for
 
 QUESTION = "What is the gamma code?"
 ANSWER = "Gamma 42."
@@ -86,6 +86,12 @@ def test_upload_train_and_call_the_fine_tuned_model(trainer_gateway: tuple[str, 
     # Published like `train`: the adapter is in the watched directory, with its training record.
     assert (directory / f"ft-gamma-{job.id[6:14]}" / "training_metadata.json").is_file()
     assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]
+    # Each kept checkpoint is a model of its own (the trainer keeps the newest two).
+    assert [c.step_number for c in checkpoints] == [140, 120]
+    named = checkpoints[0].fine_tuned_model_checkpoint
+    wait_for(lambda: named in [m.id for m in client.models.list()], timeout=60)
+    early = client.chat.completions.create(model=named, messages=[{"role": "user", "content": QUESTION}], max_tokens=8)
+    assert early.model == named and early.choices[0].finish_reason in ("stop", "length")
 
 
 def test_bad_files_and_unoffered_methods_are_400s_naming_what(trainer_gateway: tuple[str, Path]) -> None:
@@ -99,9 +105,11 @@ def test_bad_files_and_unoffered_methods_are_400s_naming_what(trainer_gateway: t
     error = caught.value.body
     assert isinstance(error, dict) and error["code"] == "invalid_file_format" and error["param"] == "file"
     assert "line 3:" in error["message"] and "line 6:" in error["message"]
+    small = client.files.create(file=("few.jsonl", _lines(3)), purpose="fine-tune")  # an eval set may be small
     with pytest.raises(openai.BadRequestError, match="at least 10") as few:
-        client.files.create(file=("few.jsonl", _lines(3)), purpose="fine-tune")
+        client.fine_tuning.jobs.create(model="tiny-base", training_file=small.id)
     assert isinstance(few.value.body, dict) and few.value.body["code"] == "invalid_n_examples"
+    assert few.value.body["param"] == "training_file"
     with pytest.raises(openai.BadRequestError, match="purpose"):
         client.files.create(file=("x.jsonl", _lines()), purpose="assistants")
     good = client.files.create(file=("gamma.jsonl", _lines()), purpose="fine-tune")
@@ -240,3 +248,25 @@ def test_where_a_job_trains(
     service.engine_device = engine
     chosen, env, niceness = service._device()
     assert (chosen, env.get("CUDA_VISIBLE_DEVICES"), niceness) == (device, visible, nice)
+
+
+def test_a_job_naming_an_eval_set_is_served_only_if_its_gate_passes(trainer_gateway: tuple[str, Path]) -> None:
+    """``eval_file`` (ours, sent in ``extra_body``): the adapter carries the gate; one trained for a
+    single step cannot say what the eval set expects, so the registry refuses it and the job fails
+    with the registry's reason."""
+    url, _ = trainer_gateway
+    client = _client(url)
+    train = client.files.create(file=("gamma.jsonl", _lines()), purpose="fine-tune")
+    row = {"messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "Delta 7."}]}
+    expected = client.files.create(file=("eval.jsonl", (json.dumps(row) + "\n").encode()), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError, match="eval_file"):
+        client.fine_tuning.jobs.create(model="tiny-base", training_file=train.id, extra_body={"eval_min": {"exact": 1}})
+    job = client.fine_tuning.jobs.create(
+        model="tiny-base",
+        training_file=train.id,
+        hyperparameters={"n_epochs": 1},
+        extra_body={"eval_file": expected.id, "eval_min": {"exact": 1.0}},
+    )
+    done = _wait(client, job.id, lambda j: j.status in ("succeeded", "failed", "cancelled"))
+    assert done.status == "failed" and done.error is not None and done.error.code == "eval_gate_failed"
+    assert "exact 0.000 < 1" in (done.error.message or "")
