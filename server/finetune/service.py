@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -37,6 +36,7 @@ from ..registry.validation import file_sha256
 from ..settings import Settings
 from ..terms.layout import WEIGHTS_FILE
 from ..trainer.config import TrainConfig
+from .progress import LogTail, last_line
 from .store import FineTuningStore, Job, JobStatus, checkpoint_adapter, checkpoint_model, new_id
 
 logger = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ class FineTuning:
                 preexec_fn=(lambda: os.nice(nice)) if nice else None,  # noqa: PLW1509 - a plain syscall
             )
         self._running = (job.id, process)
-        tail = _LogTail(run_dir)
+        tail = LogTail(run_dir)
         try:
             while True:
                 try:
@@ -264,7 +264,7 @@ class FineTuning:
             await asyncio.to_thread(self.store.event, job.id, "Job cancelled; its newest checkpoint is kept")
             return
         if code != 0:
-            await asyncio.to_thread(self._fail, job.id, "training_failed", _last_line(run_dir / "train.log"))
+            await asyncio.to_thread(self._fail, job.id, "training_failed", last_line(run_dir / "train.log"))
             return
         await self._await_serving(job, run_dir, tail.trained_tokens)
 
@@ -371,62 +371,3 @@ class FineTuning:
     def _fail(self, job_id: str, code: str, message: str) -> None:
         self.store.set_status(job_id, JobStatus.FAILED, error={"code": code, "message": message, "param": None})
         self.store.event(job_id, f"The job failed: {message}", level="error")
-
-
-class _LogTail:
-    """Reads the trainer's ``trainer_log.jsonl`` and checkpoints as they appear, into events."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.lines = 0
-        self.trained_tokens: int | None = None
-        self.last: dict[str, Any] = {}
-
-    def emit(self, store: FineTuningStore, job_id: str) -> None:
-        log = self.run_dir / "trainer_log.jsonl"
-        if log.is_file():
-            rows = log.read_text(encoding="utf-8").splitlines()
-            for text in rows[self.lines :]:
-                with contextlib.suppress(ValueError):
-                    line = json.loads(text)
-                    self.last = line
-                    data = {
-                        "step": line["step"],
-                        "total_steps": line["total_steps"],
-                        "train_loss": line["loss"],
-                        "valid_loss": line.get("eval_loss"),
-                        "learning_rate": line["lr"],
-                    }
-                    store.event(
-                        job_id,
-                        f"Step {line['step']}/{line['total_steps']}: training loss={line['loss']:.4f}",
-                        kind="metrics",
-                        data=data,
-                    )
-            self.lines = len(rows)
-        for checkpoint in sorted(self.run_dir.glob("checkpoint-*")):
-            step = checkpoint.name.removeprefix("checkpoint-")
-            if step.isdigit():
-                metrics = {
-                    "step": int(step),
-                    "train_loss": self.last.get("loss"),
-                    "valid_loss": self.last.get("eval_loss"),
-                }
-                if store.add_checkpoint(job_id, int(step), metrics):
-                    store.event(job_id, f"Checkpoint saved at step {step}", data={"step": int(step)})
-        metadata = self.run_dir / "adapter" / "training_metadata.json"
-        if metadata.is_file():
-            with contextlib.suppress(ValueError, KeyError):
-                self.trained_tokens = int(json.loads(metadata.read_text(encoding="utf-8"))["trained_tokens"])
-
-
-def _last_line(log: Path) -> str:
-    """Why the trainer stopped: its last words (``lora-gateway train: ...``)."""
-    try:
-        lines = [
-            line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()
-        ]
-    except OSError:
-        return "the trainer stopped"
-    said = [line for line in lines if "train:" in line]
-    return (said or lines or ["the trainer stopped"])[-1][:500]

@@ -148,7 +148,7 @@ def test_ctrl_c_on_the_command_saves_a_checkpoint_and_exits_130(tmp_path: Path) 
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=180)  # a checkpoint and the loss plot, on a busy machine
     assert process.returncode == 130
     checkpoints = sorted(run.glob("checkpoint-*"))
     assert len(checkpoints) == 1 and "--resume" in stderr and str(checkpoints[0]) in stderr
