@@ -18,6 +18,7 @@ from ..errors import InvalidRequest, NotFound
 from ..finetune.service import FineTuning
 from ..gateway import Gateway
 from ..openai.fine_tuning import FineTuningJobRequest
+from ..tenancy.service import ANYONE, Principal
 from .auth import presented_one_of
 from .chat import validated_body
 from .deps import get_gateway, require_api_key
@@ -26,19 +27,19 @@ router = APIRouter()
 
 
 class Caller:
-    """Who asks: the key whose rows are created (``key_id``) and whose rows it sees (``owner``;
-    None for the admin key, which sees all)."""
+    """Who asks: the key whose rows are created (``key_id``), whose rows it sees (``owner``; None
+    for the admin key, which sees all), and the models it may use (``principal``)."""
 
-    def __init__(self, key_id: str, owner: str | None) -> None:
-        self.key_id, self.owner = key_id, owner
+    def __init__(self, principal: Principal, owner: str | None) -> None:
+        self.principal, self.key_id, self.owner = principal, principal.key_id, owner
 
 
 async def _caller(request: Request) -> Caller:
     gateway = get_gateway(request)
     if gateway.admin_keys and presented_one_of(request, gateway.admin_keys):
-        return Caller("", None)
+        return Caller(ANYONE, None)
     principal = await require_api_key(request)
-    return Caller(principal.key_id, principal.key_id)
+    return Caller(principal, principal.key_id)
 
 
 CallerDep = Annotated[Caller, Depends(_caller)]
@@ -96,7 +97,13 @@ async def create_job(request: Request, caller: CallerDep) -> dict[str, Any]:
     gateway = get_gateway(request)
     service = _service(gateway)
     body = await validated_body(request, FineTuningJobRequest)
-    served = [entry.name for entry in gateway.registry.entries() if entry.active is not None]
+    base = gateway.base_model_id
+    # What training may continue from: adapters this key may call, and its own fine-tuned models.
+    served = [
+        entry.name
+        for entry in gateway.registry.entries()
+        if entry.active is not None and caller.principal.may_use(entry.name, base)
+    ]
     served += [name for name, (_, owner) in service.aliases.items() if caller.owner in (None, owner)]
     job = await asyncio.to_thread(service.create, caller.key_id, caller.owner, body, served)
     return job.openai()

@@ -113,7 +113,7 @@ class FineTuning:
                     code="model_not_available",
                 )
             init = self.aliases.get(request.model, (request.model, ""))[0]
-        self.store.file(owner, request.training_file)
+        training = self.store.file(owner, request.training_file)
         count = self.store.examples(request.training_file)
         if count < MIN_EXAMPLES:
             raise InvalidRequest(
@@ -121,7 +121,6 @@ class FineTuning:
                 param="training_file",
                 code="invalid_n_examples",
             )
-        training = self.store.file(owner, request.training_file)
         validation = self.store.file(owner, request.validation_file) if request.validation_file else None
         if request.eval_file is not None:
             self.store.file(owner, request.eval_file)
@@ -153,6 +152,7 @@ class FineTuning:
             "init_adapter": init,
             "validation_file": validation["id"] if validation else None,
             "budget_tokens": training["bytes"] * resolved["n_epochs"],
+            "batch_size_auto": settings.batch_size == "auto",  # the trainer's micro-batches and accumulation
         }
         self._check_daily_tokens(key_id, record["budget_tokens"])
         job = self.store.add_job(key_id, request.model, adapter, f"ft:{base}:{suffix}:{job_id}", record)
@@ -279,14 +279,9 @@ class FineTuning:
             command += ["--val-data", str(self.store.file_path(request["validation_file"]))]
         command += ["--name", job.adapter, "--adapters-dir", str(self.settings.adapters_dir)]
         command += ["--output-dir", str(run_dir), "--wait", "0", "--device", device]
-        command += [
-            "--epochs",
-            str(settings["n_epochs"]),
-            "--batch-size",
-            str(settings["batch_size"]),
-            "--grad-accum",
-            "1",
-        ]
+        command += ["--epochs", str(settings["n_epochs"])]
+        if not request.get("batch_size_auto"):  # that many examples a step, in one forward pass
+            command += ["--batch-size", str(settings["batch_size"]), "--grad-accum", "1"]
         command += [
             "--lr",
             repr(defaults.lr * settings["learning_rate_multiplier"]),

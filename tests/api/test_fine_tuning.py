@@ -162,12 +162,19 @@ def test_cancel_mid_run_and_a_restart_keeps_the_queue(base_model: Path, tmp_path
         assert messages[0] == "Job cancelled; its newest checkpoint is kept"
 
 
-def test_files_and_jobs_belong_to_their_key_and_jobs_are_bounded_per_key(base_model: Path, tmp_path: Path) -> None:
+def test_files_and_jobs_belong_to_their_key_and_jobs_are_bounded_per_key(
+    base_model: Path, tmp_path: Path, trained_adapters: dict[str, Path]
+) -> None:
     """Another key gets the 404 an unknown id gets; the admin key sees all; a key's queued and
-    running jobs are capped (429)."""
+    running jobs are capped (429); training continues only from an adapter the key may call."""
+    import shutil
+
     import httpx
 
     from server.app import create_app
+
+    (tmp_path / "adapters").mkdir()
+    shutil.copytree(trained_adapters["alpha"], tmp_path / "adapters" / "alpha")
 
     admin = {"Authorization": "Bearer ft-admin"}
     settings = make_settings(
@@ -183,7 +190,12 @@ def test_files_and_jobs_belong_to_their_key_and_jobs_are_bounded_per_key(base_mo
             httpx.post(f"{url}/v1/keys", json={"name": n, "models": ["*"]}, headers=admin).json()["secret"]
             for n in ("ana", "bo")
         ]
+        carol_key = {"name": "carol", "models": ["carol-*"]}
+        carol = _client(url, httpx.post(f"{url}/v1/keys", json=carol_key, headers=admin).json()["secret"])
         ana, bo = _client(url, secrets[0]), _client(url, secrets[1])
+        own = carol.files.create(file=("gamma.jsonl", _lines()), purpose="fine-tune")
+        with pytest.raises(openai.BadRequestError, match="neither the served base"):
+            carol.fine_tuning.jobs.create(model="alpha", training_file=own.id)  # not carol's to read
         file = ana.files.create(file=("gamma.jsonl", _lines()), purpose="fine-tune")
         with pytest.raises(openai.NotFoundError):
             bo.files.retrieve(file.id)
