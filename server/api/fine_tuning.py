@@ -8,14 +8,17 @@ An inference key sees only its own files and jobs; the admin key sees all of the
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from ..errors import InvalidRequest, NotFound
 from ..finetune.service import FineTuning
+from ..finetune.store import FineTuningStore
 from ..gateway import Gateway
 from ..openai.fine_tuning import FineTuningJobRequest
 from ..tenancy.service import ANYONE, Principal
@@ -24,6 +27,7 @@ from .chat import validated_body
 from .deps import get_gateway, require_api_key
 
 router = APIRouter()
+_STREAM_POLL_S = 0.5
 
 
 class Caller:
@@ -131,13 +135,35 @@ async def cancel_job(job_id: str, request: Request, caller: CallerDep) -> dict[s
     return job.openai()
 
 
-@router.get("/v1/fine_tuning/jobs/{job_id}/events")
+@router.get("/v1/fine_tuning/jobs/{job_id}/events", response_model=None)
 async def job_events(
-    job_id: str, request: Request, caller: CallerDep, after: str | None = None, limit: Limit = 20
-) -> dict[str, Any]:
+    job_id: str,
+    request: Request,
+    caller: CallerDep,
+    after: str | None = None,
+    limit: Limit = 20,
+    stream: bool = False,
+) -> dict[str, Any] | StreamingResponse:
+    """A page of events, newest first (OpenAI's list); with ``stream=true``, every event oldest
+    first as server-sent events while they happen, until the job ends (``data: [DONE]``)."""
     store = _service(get_gateway(request)).store
     await asyncio.to_thread(store.job, caller.owner, job_id)
-    return await asyncio.to_thread(store.events, job_id, after, limit)
+    if not stream:
+        return await asyncio.to_thread(store.events, job_id, after, limit)
+    return StreamingResponse(_event_stream(store, job_id, request), media_type="text/event-stream")
+
+
+async def _event_stream(store: FineTuningStore, job_id: str, request: Request) -> AsyncIterator[bytes]:
+    sent = 0  # the number of the newest event sent
+    while True:
+        finished = (await asyncio.to_thread(store.job, None, job_id)).status.finished
+        for event in await asyncio.to_thread(store.events_since, job_id, sent):
+            sent = int(event["id"].removeprefix("ftevent-"))
+            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+        if finished or await request.is_disconnected():
+            yield b"data: [DONE]\n\n"
+            return
+        await asyncio.sleep(_STREAM_POLL_S)
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")

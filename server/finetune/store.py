@@ -271,24 +271,21 @@ class FineTuningStore:
         """Newest first, as OpenAI lists them; ``after`` an event id (``ftevent-N``)."""
         query = select(fine_tuning_events).where(fine_tuning_events.c.job_id == job_id)
         if after is not None:
-            number = int(after.removeprefix("ftevent-")) if after.removeprefix("ftevent-").isdigit() else 0
-            query = query.where(fine_tuning_events.c.id < number)
+            query = query.where(fine_tuning_events.c.id < _event_number(after))
         query = query.order_by(fine_tuning_events.c.id.desc()).limit(limit + 1)
         with self.engine.connect() as connection:
             rows = [dict(r._mapping) for r in connection.execute(query)]
-        data = [
-            {
-                "object": "fine_tuning.job.event",
-                "id": f"ftevent-{r['id']}",
-                "created_at": int(r["created"]),
-                "level": r["level"],
-                "message": r["message"],
-                "type": r["type"],
-                "data": None if r["data"] is None else json.loads(r["data"]),
-            }
-            for r in rows[:limit]
-        ]
-        return {"object": "list", "data": data, "has_more": len(rows) > limit}
+        return {"object": "list", "data": [_event(r) for r in rows[:limit]], "has_more": len(rows) > limit}
+
+    def events_since(self, job_id: str, newest_seen: int) -> list[dict[str, Any]]:
+        """Every event after the one numbered ``newest_seen``, oldest first (a stream's next part)."""
+        query = (
+            select(fine_tuning_events)
+            .where(fine_tuning_events.c.job_id == job_id, fine_tuning_events.c.id > newest_seen)
+            .order_by(fine_tuning_events.c.id)
+        )
+        with self.engine.connect() as connection:
+            return [_event(dict(r._mapping)) for r in connection.execute(query)]
 
     def add_checkpoint(self, job_id: str, step: int, metrics: dict[str, Any]) -> bool:
         """Record the checkpoint at ``step`` once; whether it is new."""
@@ -340,6 +337,23 @@ def _page(data: list[dict[str, Any]], after: str | None, limit: int) -> dict[str
         ids = [d["id"] for d in data]
         data = data[ids.index(after) + 1 :] if after in ids else []
     return {"object": "list", "data": data[:limit], "has_more": len(data) > limit}
+
+
+def _event_number(event_id: str) -> int:
+    number = event_id.removeprefix("ftevent-")
+    return int(number) if number.isdigit() else 0
+
+
+def _event(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "object": "fine_tuning.job.event",
+        "id": f"ftevent-{row['id']}",
+        "created_at": int(row["created"]),
+        "level": row["level"],
+        "message": row["message"],
+        "type": row["type"],
+        "data": None if row["data"] is None else json.loads(row["data"]),
+    }
 
 
 def _file_object(row: dict[str, Any]) -> dict[str, Any]:

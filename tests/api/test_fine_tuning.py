@@ -224,6 +224,17 @@ def test_the_jobs_command_lists_shows_and_follows(
     client = _client(url)
     file = client.files.create(file=("gamma.jsonl", _lines()), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model="tiny-base", training_file=file.id, hyperparameters={"n_epochs": 1})
+    import httpx
+
+    streamed = []  # ?stream=true: every event, oldest first, as it happens, then [DONE]
+    with httpx.stream("GET", f"{url}/v1/fine_tuning/jobs/{job.id}/events?stream=true", timeout=120) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                streamed.append(line[6:])
+    assert streamed[-1] == "[DONE]"
+    messages = [json.loads(event)["message"] for event in streamed[:-1]]
+    assert messages[0] == f"Created fine-tuning job: {job.id}" and messages[-1].startswith("The job has successfully")
+    assert "Fine-tuning job started" in messages and any(m.startswith("Step 1/") for m in messages)
     assert main(["jobs", "events", job.id, "--follow", "--gateway", url]) == 0
     out = capsys.readouterr().out
     assert f"Created fine-tuning job: {job.id}" in out and "The job has successfully completed" in out
