@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,11 @@ def add_trainer_parsers(commands: Any) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..registry.validation import AdapterIncomplete, AdapterRejected
     from . import TrainConfig, TrainingError, TrainingInterrupted, train
+
+    # Ctrl-C (SIGINT) saves a checkpoint, even when whoever started us ignored or blocked it (a
+    # process manager, a gateway's fine-tuning queue): a child inherits both, and would train on.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     values = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}

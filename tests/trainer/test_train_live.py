@@ -141,6 +141,8 @@ def test_ctrl_c_on_the_command_saves_a_checkpoint_and_exits_130(tmp_path: Path) 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Started with SIGINT ignored, as some process managers start children: Ctrl-C must still stop it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509
     )
     log = run / "trainer_log.jsonl"
     deadline = time.monotonic() + 120
