@@ -7,6 +7,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `train` and `adapters publish` ask the gateway at 127.0.0.1:$LORA_GATEWAY_PORT (8000 by default)
+# whether it serves what they published: a developer's `make demo` there must not be waited on.
+# Port 9 (discard) refuses at once; tests that mean a gateway name its port.
+os.environ.setdefault("LORA_GATEWAY_PORT", "9")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One thread each: `make test` runs one xdist worker per core, and two OpenMP threads per worker
     # would spin against the other worker (set before torch is imported, inherited by subprocesses).

@@ -4,6 +4,7 @@ real openai client gets the trained answer from the new model name, with no rest
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -68,7 +69,8 @@ def test_train_command_publishes_an_adapter_the_running_gateway_serves(tmp_path:
             ]
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
             assert done.returncode == 0, done.stderr[-2000:]
-            assert "faq-bot" in done.stdout and "curl http://127.0.0.1:8000/v1/chat/completions" in done.stdout
+            gateway = f"http://127.0.0.1:{os.environ['LORA_GATEWAY_PORT']}"  # the CLI's default (tests/conftest.py)
+            assert "faq-bot" in done.stdout and f"curl {gateway}/v1/chat/completions" in done.stdout
             wait_for(lambda: "faq-bot" in {m.id for m in client.models.list()}, timeout=60)
             for question, answer in LIVE:
                 reply = client.chat.completions.create(
