@@ -175,6 +175,7 @@ fine_tuning_jobs = Table(
     Column("trained_tokens", BigInteger),
     Column("created", Float, nullable=False),
     Column("finished", Float),
+    Column("runner", String(300)),  # HOST:PID of the gateway training it (several gateways share a database)
     Index("fine_tuning_jobs_key", "key_id", "created"),
     Index("fine_tuning_jobs_status", "status"),
 )

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -46,6 +47,26 @@ _SHOWN_ERRORS = 20
 _POLL_S = 0.5
 _SERVE_TIMEOUT_S = 900.0  # validation, loading and an eval gate after the child published
 PACKAGE = __name__.split(".")[0]  # ``server`` in a checkout, ``lora_gateway`` once installed
+
+
+RUNNER = f"{socket.gethostname()}:{os.getpid()}"  # who trains a job: this gateway process
+
+
+def _orphaned(runner: str | None) -> bool:
+    """Whether a running job's gateway is gone: one on this host whose process is no longer there
+    (a job another host's gateway runs is that gateway's to resume)."""
+    host, _, pid = (runner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return runner is None  # taken before runners were recorded: this gateway's to resume
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # a live process of another user
+        return False
+    return False
 
 
 def validate_upload(path: Path, filename: str) -> int:
@@ -200,13 +221,15 @@ class FineTuning:
     # ----------------------------------------------------------------------------------- queue
 
     async def run(self) -> None:
-        """The queue, for the gateway's life: jobs left running by a restart are queued again
-        first, then the oldest queued job trains, one at a time."""
-        for job in await asyncio.to_thread(self.store.jobs, None, JobStatus.RUNNING):
-            await asyncio.to_thread(self.store.set_status, job.id, JobStatus.QUEUED)
+        """The queue, for the gateway's life: jobs this host's gateway left running when it
+        stopped are queued again first, then the oldest queued job trains, one at a time."""
+        for job_id, runner in await asyncio.to_thread(self.store.runners, JobStatus.RUNNING):
+            if not _orphaned(runner):
+                continue  # another gateway on the shared database is training it
+            await asyncio.to_thread(self.store.set_status, job_id, JobStatus.QUEUED, expect=(JobStatus.RUNNING,))
             await asyncio.to_thread(
                 self.store.event,
-                job.id,
+                job_id,
                 "The gateway restarted during training; the job resumes from its newest checkpoint",
             )
         while True:
@@ -226,8 +249,11 @@ class FineTuning:
                 await asyncio.to_thread(self._fail, job.id, "internal_error", f"{type(exc).__name__}: {exc}")
 
     async def _train(self, job: Job) -> None:
-        if not await asyncio.to_thread(self.store.set_status, job.id, JobStatus.RUNNING, expect=(JobStatus.QUEUED,)):
-            return  # cancelled meanwhile
+        taken = await asyncio.to_thread(
+            self.store.set_status, job.id, JobStatus.RUNNING, expect=(JobStatus.QUEUED,), runner=RUNNER
+        )
+        if not taken:
+            return  # cancelled meanwhile, or another gateway on the shared database took it
         run_dir = self.store.directory / "jobs" / job.id
         run_dir.mkdir(parents=True, exist_ok=True)
         command, env, nice = self._command(job, run_dir)

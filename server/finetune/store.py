@@ -204,9 +204,14 @@ class FineTuningStore:
         error: dict[str, Any] | None = None,
         trained_tokens: int | None = None,
         expect: tuple[JobStatus, ...] | None = None,
+        runner: str | None = None,
     ) -> bool:
-        """Move a job to ``status`` (only from one of ``expect``, when given); whether it moved."""
+        """Move a job to ``status`` (only from one of ``expect``, when given); whether it moved.
+        The move is one conditional UPDATE, so of several gateways sharing the database only one
+        takes a queued job."""
         values: dict[str, Any] = {"status": status.value}
+        if runner is not None:
+            values["runner"] = runner
         if error is not None:
             values["error"] = json.dumps(error)
         if trained_tokens is not None:
@@ -218,6 +223,16 @@ class FineTuningStore:
             condition = and_(condition, fine_tuning_jobs.c.status.in_([s.value for s in expect]))
         with self.engine.begin() as connection:
             return bool(connection.execute(update(fine_tuning_jobs).where(condition).values(values)).rowcount)
+
+    def runners(self, status: JobStatus) -> list[tuple[str, str | None]]:
+        """(job id, the HOST:PID that took it) of the jobs in ``status``."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(fine_tuning_jobs.c.id, fine_tuning_jobs.c.runner).where(
+                    fine_tuning_jobs.c.status == status.value
+                )
+            )
+            return [(r.id, r.runner) for r in rows]
 
     def aliases(self) -> dict[str, tuple[str, str]]:
         """``{fine_tuned_model: (adapter, key_id)}`` of the jobs that succeeded, and of their kept
