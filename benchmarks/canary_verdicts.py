@@ -42,7 +42,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import ROOT, free_port, machine, start_gateway, write_results  # noqa: E402
+from benchmarks.common import ROOT, free_port, machine, start_gateway, wait_until, write_results  # noqa: E402
 from server.datasets.testset import load_test_set  # noqa: E402
 from server.demo import examples_dir, prepare_demo, train_demo_adapters  # noqa: E402
 from server.evaluation.metrics import char_f1  # noqa: E402
@@ -73,18 +73,6 @@ def weights_only(source: Path, target: Path, metadata: dict[str, str] | None = N
 
         save_file(load_file(target / "adapter_model.safetensors"), target / "adapter_model.safetensors", metadata)
     return target
-
-
-def wait(condition: Any, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("timed out")
 
 
 def adapter(url: str) -> dict[str, Any]:
@@ -127,7 +115,7 @@ def run_split(
     verdict = report["last_verdict"] if report["split"] is None else None
     if report["split"] is not None:  # no verdict: the operator ends it
         client.post(f"/v1/adapters/{NAME}/abort", headers=ADMIN)
-        wait(lambda: adapter(url).get("split") is None)
+        wait_until(lambda: adapter(url).get("split") is None, 300)
     return {
         "versions": list(versions),
         "users": asked,
@@ -193,7 +181,7 @@ def main() -> None:
         ]
         for number, source in enumerate(versions, start=1):
             publish_adapter(source, NAME, directory)
-            wait(lambda n=number: adapter(url).get("active_version") == n)
+            wait_until(lambda n=number: adapter(url).get("active_version") == n, 300)
         rng = random.Random(0)
         results: dict[str, list[dict[str, Any]]] = {"worse": [], "better": [], "equal": []}
         with httpx.Client(base_url=url, timeout=120) as client:

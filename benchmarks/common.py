@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,19 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300)
             pass
         time.sleep(0.2)
     raise SystemExit(f"{url} did not become ready")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> None:
+    """Poll ``condition`` (a gateway not answering yet counts as false); ``SystemExit`` past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(interval)
+    raise SystemExit("timed out waiting for the gateway")
 
 
 def machine() -> dict[str, object]:

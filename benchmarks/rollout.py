@@ -32,7 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import RESULTS, ROOT, machine, prepare  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, machine, prepare, wait_until  # noqa: E402
 from server.registry.publish import publish_adapter  # noqa: E402
 
 ADMIN = {"Authorization": "Bearer bench-admin"}
@@ -58,20 +58,8 @@ def start(base: Path, directory: Path, port: int, database: str) -> subprocess.P
         "warning",
     ]
     process = subprocess.Popen(command, cwd=ROOT)
-    wait(lambda: httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200, 120)
+    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200, 120)
     return process
-
-
-def wait(condition, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("timed out waiting for the gateway")
 
 
 def serving(url: str) -> int | None:
@@ -142,9 +130,9 @@ def main() -> None:
     server = start(base, directory, args.port, f"sqlite:///{work / 'feedback.db'}")
     url = f"http://127.0.0.1:{args.port}"
     try:
-        wait(lambda: serving(url) == 1, 60)
+        wait_until(lambda: serving(url) == 1, 60)
         publish_adapter(sources / "shop-b", "shop", directory)
-        wait(lambda: serving(url) == 2, 60)
+        wait_until(lambda: serving(url) == 2, 60)
         blocks = 8
         per_block = max(1, args.requests // blocks)
         plain: list[float] = []

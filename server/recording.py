@@ -53,7 +53,7 @@ async def record(gateway: Gateway, completion_id: str, rating: Rating, principal
     entry = gateway.registry.get(conversation.adapter) if conversation.adapter else None
     if stored.first_vote and entry is not None and entry.split is not None and conversation.version is not None:
         # One opinion per end user (their mean); an answer rated without one counts as its own user.
-        user = stored.rating.end_user or conversation.end_user or f"answer:{completion_id}"
+        user = stored.end_user or f"answer:{completion_id}"
         gateway.rollouts.watch.feedback(entry.split, conversation.version, rating.negative, user, rating.score)
     return {
         "id": f"feedback-{stored.id}",

@@ -97,6 +97,14 @@ def paired_bootstrap(
     return Interval(estimate, float(low), float(high), confidence)
 
 
+def bootstrap_mean(
+    values: Sequence[float], *, resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
+) -> Interval:
+    """The mean of ``values`` with a percentile bootstrap interval (the paired bootstrap of their
+    difference from zero)."""
+    return paired_bootstrap([0.0] * len(values), values, resamples=resamples, confidence=confidence, seed=seed)
+
+
 @dataclass(frozen=True)
 class McNemar:
     """Items only ``a`` got right (``a_only``), only ``b`` got right (``b_only``), the exact p."""

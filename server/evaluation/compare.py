@@ -50,7 +50,7 @@ def mean_intervals(per_item: Mapping[str, Mapping[str, float]]) -> dict[str, dic
     for metric in METRICS:
         values = [row[metric] for row in per_item.values() if metric in row]
         if len(values) >= 2:
-            result[metric] = stats.paired_bootstrap([0.0] * len(values), values).summary()
+            result[metric] = stats.bootstrap_mean(values).summary()
     return result
 
 

@@ -159,7 +159,7 @@ def summarize(labels: Sequence[str], comparisons: Sequence[Comparison]) -> dict[
                 "win_rate": stats.wilson(wins, n).summary(),
                 "tie_rate": stats.wilson(ties, n).summary(),
                 "loss_rate": stats.wilson(losses, n).summary(),
-                "score": stats.paired_bootstrap([0.0] * n, points).summary(),
+                "score": stats.bootstrap_mean(points).summary(),
                 "flips": sum(1 for c in decided if c.flipped),
                 "unusable": sum(1 for c in comparisons if (c.a, c.b) == (a, b) and c.winner is None),
             }

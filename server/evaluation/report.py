@@ -37,12 +37,15 @@ def summarize(
     answers: list[Answer],
     verdicts: dict[str, Verdict] | None = None,
     memory: dict[str, int | None] | None = None,
+    per_item: dict[str, dict[str, dict[str, float]]] | None = None,
 ) -> list[dict[str, Any]]:
     """One summary per target, in the order given. ``memory``: the peak memory of the engine that
-    served each target (models on one gateway share one engine, so they share the figure)."""
+    served each target (models on one gateway share one engine, so they share the figure);
+    ``per_item``: ``compare.item_scores`` when the caller has it already."""
     by_item = {item.key: item for item in items}
     verdicts = verdicts or {}
-    per_item = compare.item_scores(items, answers, verdicts)
+    if per_item is None:
+        per_item = compare.item_scores(items, answers, verdicts)
     rows = []
     for target in targets:
         mine = [a for a in answers if a.target == target.label]
@@ -112,8 +115,8 @@ def write_report(
                 "judge": asdict(verdicts[answer_id(answer)]) if verdicts and answer_id(answer) in verdicts else None,
             }
             file.write(json.dumps(record, ensure_ascii=False) + "\n")
-    summary = summarize(targets, items, answers, verdicts, memory)
-    per_item = compare.item_scores(items, answers, verdicts)
+    per_item = compare.item_scores(items, answers, verdicts)  # once: the summary, comparisons and slices
+    summary = summarize(targets, items, answers, verdicts, memory, per_item)
     report = {
         "name": name,
         "questions": len(items),

@@ -77,6 +77,7 @@ class Stored:
     rating: Rating
     conversation: Conversation
     first_vote: bool = True  # this end user's first rating of this completion (a canary counts only that)
+    end_user: str | None = None  # who rated: the rating's user, else the one who asked
 
 
 class FeedbackStore:
@@ -189,7 +190,7 @@ class FeedbackStore:
                 "created": time.time(),
             }
             new_id = connection.execute(insert(feedback).values(values).returning(feedback.c.id)).scalar_one()
-        return Stored(int(new_id), rating, conversation, first_vote=not earlier)
+        return Stored(int(new_id), rating, conversation, first_vote=not earlier, end_user=end_user)
 
     def add_playground(self, records: list[dict[str, Any]]) -> None:
         """The playground's blind ratings (``evaluation/ratings.py`` reads them back)."""

@@ -17,46 +17,52 @@ class LogTail:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.lines = 0
+        self.offset = 0  # bytes of the log read so far: each poll reads only what the trainer added
+        self.checkpoints: set[int] = set()  # steps already recorded
         self.trained_tokens: int | None = None
         self.last: dict[str, Any] = {}
 
     def emit(self, store: FineTuningStore, job_id: str) -> None:
-        log = self.run_dir / "trainer_log.jsonl"
-        if log.is_file():
-            rows = log.read_text(encoding="utf-8").splitlines()
-            for text in rows[self.lines :]:
-                with contextlib.suppress(ValueError):
-                    line = json.loads(text)
-                    self.last = line
-                    data = {
-                        "step": line["step"],
-                        "total_steps": line["total_steps"],
-                        "train_loss": line["loss"],
-                        "valid_loss": line.get("eval_loss"),
-                        "learning_rate": line["lr"],
-                    }
-                    store.event(
-                        job_id,
-                        f"Step {line['step']}/{line['total_steps']}: training loss={line['loss']:.4f}",
-                        kind="metrics",
-                        data=data,
-                    )
-            self.lines = len(rows)
+        for line in self._new_lines():
+            self.last = line
+            data = {
+                "step": line["step"],
+                "total_steps": line["total_steps"],
+                "train_loss": line["loss"],
+                "valid_loss": line.get("eval_loss"),
+                "learning_rate": line["lr"],
+            }
+            message = f"Step {line['step']}/{line['total_steps']}: training loss={line['loss']:.4f}"
+            store.event(job_id, message, kind="metrics", data=data)
         for checkpoint in sorted(self.run_dir.glob("checkpoint-*")):
             step = checkpoint.name.removeprefix("checkpoint-")
-            if step.isdigit():
-                metrics = {
-                    "step": int(step),
-                    "train_loss": self.last.get("loss"),
-                    "valid_loss": self.last.get("eval_loss"),
-                }
-                if store.add_checkpoint(job_id, int(step), metrics):
-                    store.event(job_id, f"Checkpoint saved at step {step}", data={"step": int(step)})
+            if not step.isdigit() or int(step) in self.checkpoints:
+                continue
+            self.checkpoints.add(int(step))
+            metrics = {"step": int(step), "train_loss": self.last.get("loss"), "valid_loss": self.last.get("eval_loss")}
+            if store.add_checkpoint(job_id, int(step), metrics):
+                store.event(job_id, f"Checkpoint saved at step {step}", data={"step": int(step)})
         metadata = self.run_dir / "adapter" / "training_metadata.json"
-        if metadata.is_file():
+        if self.trained_tokens is None and metadata.is_file():
             with contextlib.suppress(ValueError, KeyError):
                 self.trained_tokens = int(json.loads(metadata.read_text(encoding="utf-8"))["trained_tokens"])
+
+    def _new_lines(self) -> list[dict[str, Any]]:
+        """The log lines the trainer finished writing since the last poll (a half-written last
+        line waits for the next)."""
+        try:
+            with (self.run_dir / "trainer_log.jsonl").open("rb") as file:
+                file.seek(self.offset)
+                added = file.read()
+        except FileNotFoundError:
+            return []
+        whole = added[: added.rfind(b"\n") + 1]
+        self.offset += len(whole)
+        lines = []
+        for text in whole.splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(text))
+        return lines
 
 
 def last_line(log: Path) -> str:

@@ -204,9 +204,11 @@ def _cmd_adapters_remove(args: argparse.Namespace) -> int:
 
 
 def add_wait_flags(parser: argparse.ArgumentParser) -> None:
+    from .served import default_gateway
+
     parser.add_argument(
         "--gateway",
-        default=f"http://127.0.0.1:{os.environ.get('LORA_GATEWAY_PORT', '8000')}",
+        default=default_gateway(),
         help="The running gateway to ask whether it serves what was published (its keys: LORA_GATEWAY_ADMIN_KEY, "
         "LORA_GATEWAY_API_KEY) [default %(default)s, or LORA_GATEWAY_PORT].",
     )
@@ -236,6 +238,8 @@ def await_serving(args: argparse.Namespace, name: str, published: Path, rejected
 
 
 def add_split_parsers(adapter_commands: Any, default_dir: str) -> None:
+    from .served import default_gateway
+
     p_split = adapter_commands.add_parser(
         "split",
         help="Split a name's traffic between kept versions, sticky per end user (a canary, an A/B test).",
@@ -275,7 +279,7 @@ def add_split_parsers(adapter_commands: Any, default_dir: str) -> None:
     p_report.add_argument("name")
     p_report.add_argument(
         "--gateway",
-        default=f"http://127.0.0.1:{os.environ.get('LORA_GATEWAY_PORT', '8000')}",
+        default=default_gateway(),
         help="The running gateway (its admin key: LORA_GATEWAY_ADMIN_KEY) [default %(default)s].",
     )
     p_report.add_argument("--json", action="store_true", help="Print the report as JSON.")
@@ -336,23 +340,9 @@ def _cmd_end(args: argparse.Namespace) -> int:
 
 def _cmd_split_report(args: argparse.Namespace) -> int:
     """The split report comes from the gateway: the evidence is counted in its memory."""
-    import httpx
-
     from .evidence import table
+    from .served import ask, cli_keys
 
-    key = os.environ.get("LORA_GATEWAY_ADMIN_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    url = f"{args.gateway.rstrip('/')}/v1/adapters/{args.name}/split"
-    try:
-        response = httpx.get(url, headers=headers, timeout=10)
-    except httpx.HTTPError as exc:
-        raise SystemExit(f"lora-gateway: no gateway answered at {args.gateway}: {exc}") from None
-    if response.status_code != 200:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:200]
-        raise SystemExit(f"lora-gateway: {args.gateway} answered {response.status_code}: {message}")
-    data = response.json()
+    data = ask(args.gateway, "GET", f"/v1/adapters/{args.name}/split", cli_keys()[0], timeout=10)
     print(json.dumps(data, indent=2) if args.json else table(data))
     return 0

@@ -28,6 +28,37 @@ from ..terms.address import ModelAddress
 _POLL_S = 1.0
 
 
+def default_gateway() -> str:
+    """Where the CLI looks for a running gateway: ``127.0.0.1:$LORA_GATEWAY_PORT`` (8000)."""
+    return f"http://127.0.0.1:{os.environ.get('LORA_GATEWAY_PORT', '8000')}"
+
+
+def cli_keys() -> tuple[str | None, str | None]:
+    """(admin key, inference key) from the environment the gateway itself reads."""
+    admin_key = os.environ.get("LORA_GATEWAY_ADMIN_KEY") or None
+    api_key = (os.environ.get("LORA_GATEWAY_API_KEY") or "").split(",")[0].strip() or None
+    return admin_key, api_key
+
+
+def ask(gateway: str, method: str, path: str, key: str | None, timeout: float = 30) -> Any:
+    """One request of a command to a running gateway: its JSON, or ``SystemExit`` with one line
+    saying why not (no gateway there, or its own words for a refusal)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.request(method, f"{gateway.rstrip('/')}{path}", headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"lora-gateway: no gateway answered at {gateway}: {exc}") from None
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200]
+        raise SystemExit(f"lora-gateway: {gateway} answered {response.status_code}: {message}")
+    return response.json()
+
+
 @dataclass(frozen=True)
 class Outcome:
     served: bool | None  # None: no gateway answered, or none decided in time
@@ -66,8 +97,7 @@ def wait_until_served(
     url: str, name: str, sha256: str, *, timeout: float, rejected_before: float | None = None
 ) -> Outcome:
     """Poll the gateway at ``url`` until it serves ``name`` with weights ``sha256`` or refuses them."""
-    admin_key = os.environ.get("LORA_GATEWAY_ADMIN_KEY") or None
-    api_key = (os.environ.get("LORA_GATEWAY_API_KEY") or "").split(",")[0].strip() or None
+    admin_key, api_key = cli_keys()
     if not listening(url):
         return Outcome(None, f"no gateway answers at {url}; one that watches this directory serves it when it starts")
     deadline = time.monotonic() + timeout
