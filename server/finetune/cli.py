@@ -72,6 +72,9 @@ def _describe(job: dict[str, Any]) -> str:
 def _events(args: argparse.Namespace, call: Any) -> int:
     seen: set[str] = set()
     while True:
+        # The status first: a finished job has written its last event (finetune/service.py), so the
+        # page read after it holds that event.
+        finished = call("GET", f"/{args.job_id}")["status"] in ("succeeded", "failed", "cancelled")
         events = list(reversed(call("GET", f"/{args.job_id}/events?limit=100")["data"]))
         for event in events:
             if event["id"] not in seen:
@@ -81,6 +84,6 @@ def _events(args: argparse.Namespace, call: Any) -> int:
                     if args.json
                     else f"{time.strftime('%H:%M:%S', time.localtime(event['created_at']))} {event['message']}"
                 )
-        if not args.follow or call("GET", f"/{args.job_id}")["status"] in ("succeeded", "failed", "cancelled"):
+        if not args.follow or finished:
             return 0
         time.sleep(1)

@@ -286,8 +286,8 @@ class FineTuning:
             self._running = None
         if job.id in self._cancelled:
             self._cancelled.discard(job.id)
-            await asyncio.to_thread(self.store.set_status, job.id, JobStatus.CANCELLED)
             await asyncio.to_thread(self.store.event, job.id, "Job cancelled; its newest checkpoint is kept")
+            await asyncio.to_thread(self.store.set_status, job.id, JobStatus.CANCELLED)
             return
         if code != 0:
             await asyncio.to_thread(self._fail, job.id, "training_failed", last_line(run_dir / "train.log"))
@@ -358,12 +358,13 @@ class FineTuning:
             entry = self.registry.get(job.adapter)
             if entry is not None and entry.active is not None and entry.active.sha256 == sha256:
                 self.aliases[job.fine_tuned_model] = (job.adapter, job.key_id)
-                await asyncio.to_thread(
-                    self.store.set_status, job.id, JobStatus.SUCCEEDED, trained_tokens=trained_tokens
-                )
                 await asyncio.to_thread(self._publish_checkpoints, job, run_dir)
+                # The last event before the status: a client that sees a job finished sees all its events.
                 await asyncio.to_thread(
                     self.store.event, job.id, f"The job has successfully completed: {job.fine_tuned_model}"
+                )
+                await asyncio.to_thread(
+                    self.store.set_status, job.id, JobStatus.SUCCEEDED, trained_tokens=trained_tokens
                 )
                 return
             if entry is not None and entry.rejected_reason is not None and entry.active is None:
@@ -390,5 +391,5 @@ class FineTuning:
             self.aliases[checkpoint_model(job.fine_tuned_model, int(step))] = (name, job.key_id)
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
-        self.store.set_status(job_id, JobStatus.FAILED, error={"code": code, "message": message, "param": None})
         self.store.event(job_id, f"The job failed: {message}", level="error")
+        self.store.set_status(job_id, JobStatus.FAILED, error={"code": code, "message": message, "param": None})
