@@ -14,7 +14,7 @@ COPY examples ./examples
 
 # hadolint ignore=DL3013
 RUN python3 -m pip freeze > /tmp/vllm-image-constraints.txt \
- && python3 -m pip install --no-cache-dir --constraint /tmp/vllm-image-constraints.txt . \
+ && python3 -m pip install --no-cache-dir --constraint /tmp/vllm-image-constraints.txt ".[sources]" \
  && python3 -c "import lora_gateway, vllm, peft; print('lora-gateway on vLLM', vllm.__version__)" \
  && rm /tmp/vllm-image-constraints.txt
 

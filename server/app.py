@@ -35,6 +35,9 @@ from .registry import AdapterRegistry
 from .registry.base_model import BaseModelSpec
 from .registry.registry import RegistryHooks
 from .registry.rollout import Rollouts
+from .registry.source_watch import SourceWatcher
+from .registry.sources import SourceConfig, SourceConfigError, SourceURL
+from .registry.validation import AdapterRejected
 from .registry.watcher import AdapterWatcher
 from .responses_store import ResponseStore
 from .settings import Settings
@@ -93,6 +96,31 @@ def build_engine(settings: Settings) -> Engine:
     raise ValueError(f"unknown engine {settings.engine!r}")
 
 
+def source_config(settings: Settings) -> SourceConfig:
+    """Where adapters may be fetched from (``registry.sources``): the operator's settings only.
+    ``SourceConfigError`` (one line) when a prefix or the watched source is no URL this can fetch."""
+    schemes = tuple(s.lower() for s in settings.source_schemes)
+    for flag, url in [
+        *(("--adapter-sources", u) for u in settings.adapter_sources),
+        ("--adapters-source", settings.adapters_source),
+    ]:
+        if url is None:
+            continue
+        try:
+            parsed = SourceURL.parse(url, prefix=True)
+        except AdapterRejected as exc:
+            raise SourceConfigError(f"{flag}: {exc}") from None
+        if parsed.scheme not in schemes:
+            raise SourceConfigError(f"{flag}: {parsed.scheme}:// is not among --source-schemes ({', '.join(schemes)})")
+    return SourceConfig(
+        allowed=tuple(settings.adapter_sources),
+        schemes=schemes,
+        options=settings.source_options,
+        timeout=settings.source_timeout,
+        max_bytes=settings.max_adapter_bytes,
+    )
+
+
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     engine = engine or build_engine(settings)
     metrics = GatewayMetrics()
@@ -132,6 +160,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             settings.limits_storage,
         ),
         admin_keys=[settings.admin_key.get_secret_value().encode()] if settings.admin_key else [],
+        sources=source_config(settings),
     )
     if engine.adapter_slots is not None:  # an engine that batches few adapters and admits them first come
         gateway.adapter_gate = AdapterGate(
@@ -264,6 +293,16 @@ async def _boot(gateway: Gateway) -> None:
         gateway.watcher = AdapterWatcher(registry, poll=settings.watch_poll)
         gateway.background.append(asyncio.create_task(gateway.watcher.supervise(gateway.metrics.watcher_failures.inc)))
         await registry.scan()
+        if settings.adapters_source:
+            gateway.source_watcher = SourceWatcher(
+                settings.adapters_source,
+                settings.adapters_dir,
+                gateway.sources,
+                interval=settings.adapters_source_interval,
+                check=registry.inspect,
+                on_failure=lambda name: gateway.metrics.adapters_rejected.labels("source").inc(),
+            )
+            gateway.background.append(asyncio.create_task(gateway.source_watcher.run(), name="adapters source"))
     except Exception as exc:
         gateway.boot_error = f"start-up failed: {describe_failure(exc, settings.model)}"
         logger.error("%s", gateway.boot_error)

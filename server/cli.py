@@ -86,6 +86,7 @@ def serve(settings: Settings) -> None:
     from .app import create_app, missing_local_model
     from .evaluation.judge import JudgesConfigError
     from .integrations.wecom.config import WeComConfigError
+    from .registry.sources import SourceConfigError
     from .serving import run
 
     if settings.engine != "remote" and missing_local_model(settings.model):
@@ -95,7 +96,7 @@ def serve(settings: Settings) -> None:
 
     try:
         app = create_app(settings)
-    except (WeComConfigError, JudgesConfigError) as exc:
+    except (WeComConfigError, JudgesConfigError, SourceConfigError) as exc:
         raise SystemExit(f"lora-gateway: {exc}") from None
     except SQLAlchemyError as exc:  # an unreachable or malformed --database; its password never printed
         reason = first_line(exc)

@@ -15,6 +15,8 @@ from .finetune.service import FineTuning
 from .metrics import GatewayMetrics
 from .registry import AdapterRegistry
 from .registry.rollout import Rollouts
+from .registry.source_watch import SourceWatcher
+from .registry.sources import SourceConfig
 from .registry.watcher import AdapterWatcher
 from .responses_store import ResponseStore
 from .settings import Settings
@@ -37,6 +39,8 @@ class Gateway:
     started: int = field(default_factory=lambda: int(time.time()))
     background: list[asyncio.Task[None]] = field(default_factory=list)
     watcher: AdapterWatcher | None = None  # set once the base is loaded
+    sources: SourceConfig = field(default_factory=SourceConfig)  # where adapters may be fetched from, and how
+    source_watcher: SourceWatcher | None = None  # --adapters-source, once the base is loaded
     # The playground's blind ratings (None: --no-playground): the feedback database with --feedback
     ratings: RatingStore | DatabaseRatings | None = None
     # vLLM's LoRA slots, admitted fairly between tenants (None: the engine admits fairly itself)

@@ -130,6 +130,31 @@ class Settings(BaseSettings):
     max_adapter_bytes: int = Field(
         default=2 * 1024**3, ge=1, description="Adapters whose weights exceed this are refused."
     )
+    adapter_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="URL prefixes (s3://BUCKET/PREFIX, hf://ORG/) an admin's /v1/load_lora_adapter may fetch "
+        "adapters from (repeat, or comma-separate). None: local paths only.",
+    )
+    adapters_source: str | None = Field(
+        default=None,
+        description="A remote location (s3://BUCKET/PREFIX) whose sub-folders are adapters: polled, and each new "
+        "version published into --adapters-dir, so a fleet of gateways follows one bucket.",
+    )
+    adapters_source_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between two looks at --adapters-source."
+    )
+    source_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["s3", "hf"],
+        description="URL schemes adapters may come from (s3, hf, or any fsspec protocol whose driver is installed).",
+    )
+    source_options: dict[str, dict[str, str | int | float | bool]] = Field(
+        default_factory=dict,
+        description='fsspec options per scheme, as JSON: {"s3": {"endpoint_url": "http://minio:9000"}}. '
+        "Credentials come from the environment (AWS_*, HF_TOKEN), or here.",
+    )
+    source_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds to connect or read while fetching one adapter file from a source."
+    )
     max_request_bytes: int = Field(default=2 * 1024**2, ge=1024, description="Request bodies above this get 413.")
     body_timeout: float = Field(
         default=30.0, gt=0, description="Seconds a client may take to send a request body; slower ones get 408."
@@ -254,11 +279,20 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("api_key", "base_model_alias", "upstream", mode="before")
+    @field_validator("api_key", "base_model_alias", "upstream", "adapter_sources", "source_schemes", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("source_options", mode="before")
+    @classmethod
+    def _json_options(cls, value: object) -> object:
+        if isinstance(value, str):  # the flag, as the env var: JSON
+            import json
+
+            return json.loads(value) if value.strip() else {}
         return value
 
     @property

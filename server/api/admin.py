@@ -9,6 +9,7 @@ one source of truth and a restart comes back to the same state.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from ..registry.history import history
 from ..registry.names import is_valid_name
 from ..registry.publish import remove_adapter
 from ..registry.records import AdapterEntry
+from ..registry.sources import fetch_to_staging, is_remote
 from .auth import check_bearer
 from .deps import GatewayDep, audit, get_gateway
 
@@ -43,7 +45,11 @@ class LoadLoraAdapterRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     lora_name: str = Field(max_length=200)
-    lora_path: str = Field(max_length=4096, description="A directory the server can read; symlinks are followed.")
+    lora_path: str = Field(
+        max_length=4096,
+        description="A directory the server can read (symlinks are followed), or a URL under one of the "
+        "gateway's --adapter-sources (s3://..., hf://ORG/REPO[@REVISION]).",
+    )
     load_inplace: bool = False
 
 
@@ -235,6 +241,15 @@ async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request, gate
             param="lora_name",
             code="adapter_exists",
         )
+    if is_remote(body.lora_path):  # s3://, hf://: fetched into staging, then exactly a local install
+        staged = await asyncio.to_thread(
+            fetch_to_staging, body.lora_path, registry.adapters_dir, gateway.sources, requested=True
+        )
+        try:
+            await registry.install(body.lora_name, staged)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staged, True)
+        return await _installed(request, gateway, body.lora_name, body.lora_path)
     try:  # resolved once: a symlink is followed here, and its target's files are what gets copied
         source = Path(body.lora_path).resolve(strict=True)
         is_dir = source.is_dir()
@@ -248,10 +263,14 @@ async def load_lora_adapter(body: LoadLoraAdapterRequest, request: Request, gate
             f"No adapter directory at lora_path {shown!r} ({reason}).", param="lora_path", code="bad_lora_path"
         )
     await registry.install(body.lora_name, source)  # AdapterRejected/AdapterIncomplete: 400, nothing changed
-    entry = registry.get(body.lora_name)
+    return await _installed(request, gateway, body.lora_name, str(source))
+
+
+async def _installed(request: Request, gateway: Gateway, name: str, source: str) -> str:
+    entry = gateway.registry.get(name)
     version = entry.active.version if entry and entry.active else None
-    await audit(request, "adapter.publish", body.lora_name, source=str(source), version=version)
-    return f"Success: LoRA adapter '{body.lora_name}' added successfully."
+    await audit(request, "adapter.publish", name, source=source, version=version)
+    return f"Success: LoRA adapter '{name}' added successfully."
 
 
 @router.post("/v1/unload_lora_adapter", response_class=PlainTextResponse)

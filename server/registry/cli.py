@@ -9,6 +9,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,11 @@ def add_adapters_parser(commands: Any) -> None:
     p_publish = adapter_commands.add_parser(
         "publish", help="Copy an adapter into the directory atomically (new version if NAME exists)."
     )
-    p_publish.add_argument("source", help="Directory with adapter_config.json and adapter_model.safetensors.")
+    p_publish.add_argument(
+        "source",
+        help="Directory with adapter_config.json and adapter_model.safetensors, or a URL: s3://BUCKET/PREFIX "
+        "(any enabled fsspec scheme), hf://ORG/REPO[@REVISION][/FOLDER]; credentials from the environment.",
+    )
     p_publish.add_argument("--name", required=True, help="Model id to publish it as.")
     p_publish.add_argument("--adapters-dir", default=default_dir, help=f"Watched directory [default {default_dir}].")
     p_publish.add_argument(
@@ -75,9 +81,10 @@ def _cmd_adapters_publish(args: argparse.Namespace) -> int:
     replaced = (Path(args.adapters_dir) / args.name).exists()
     rejected_before = rejections(args.gateway) if args.wait else None
     try:
-        target = publish_adapter(
-            args.source, args.name, args.adapters_dir, validate=None if args.force else _publish_check(args)
-        )
+        with _local(args.source, Path(args.adapters_dir)) as source:
+            target = publish_adapter(
+                source, args.name, args.adapters_dir, validate=None if args.force else _publish_check(args)
+            )
     except (AdapterRejected, AdapterIncomplete) as exc:
         raise SystemExit(f"lora-gateway: not published: {exc}") from None
     from ..tenancy.audit import audit_cli
@@ -90,6 +97,19 @@ def _cmd_adapters_publish(args: argparse.Namespace) -> int:
             f"`lora-gateway adapters rollback {args.name}` brings the last one back."
         )
     return await_serving(args, args.name, target, rejected_before)
+
+
+@contextmanager
+def _local(source: str, adapters_dir: Path) -> Iterator[Path]:
+    """``source`` as a local directory: a URL (s3://, hf://) is fetched into staging first."""
+    from .sources import config_from_env, fetched, is_remote
+
+    if not is_remote(source):
+        yield Path(source)
+        return
+    print(f"Fetching {source} ...", file=sys.stderr)
+    with fetched(source, adapters_dir, config_from_env(), requested=False) as staged:
+        yield staged
 
 
 def _publish_check(args: argparse.Namespace) -> Any:

@@ -152,6 +152,11 @@ class AdapterRegistry:
     def get(self, name: str) -> AdapterEntry | None:
         return self._entries.get(name)
 
+    def inspect(self, path: Path) -> AdapterInfo:
+        """The header checks a version passes before it is copied in (format, rank, size, shapes
+        against the served base): what a remote source's files must pass before they are published."""
+        return inspect_adapter(path, **self._limits, base=self.base_spec)
+
     def is_loaded(self, version: AdapterVersion) -> bool:
         return self._residency.is_loaded(version)
 

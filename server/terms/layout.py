@@ -38,6 +38,7 @@ LEGACY_SNAPSHOTS = ".versions"  # an earlier release's store, read once and move
 STAGING_PREFIX = ".staging-"  # a publish being copied in, renamed into place when whole
 DATABASE_FILE = ".gateway.db"  # the default database, unless --database names another
 PLAYGROUND_RATINGS = ".ratings.jsonl"  # the playground's blind ratings without a database
+SOURCE_STATE_FILE = ".source.json"  # what a watched remote source put here (registry.source_watch)
 FINE_TUNING_DIR = ".fine-tuning"  # uploaded files and fine-tuning jobs' run directories (server.finetune)
 
 
