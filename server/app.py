@@ -33,6 +33,7 @@ from .integrations import configured
 from .metrics import GatewayMetrics
 from .registry import AdapterRegistry
 from .registry.base_model import BaseModelSpec
+from .registry.bases import ServedBase
 from .registry.registry import RegistryHooks
 from .registry.rollout import Rollouts
 from .registry.source_watch import SourceWatcher
@@ -53,18 +54,28 @@ def build_engine(settings: Settings) -> Engine:
     if settings.engine == "local":
         from .engine.local import LocalEngine
 
-        return LocalEngine(
-            settings.model,
-            device=settings.device,
-            dtype=settings.dtype,
-            max_batch_size=settings.max_batch_size,
-            max_prefill_tokens=settings.max_prefill_tokens,
-            max_model_len=settings.max_model_len,
-            allow_long_context=settings.allow_long_context,
-            max_queued=settings.max_queued_requests,
-            fair_admission=settings.fair_admission,
-            grammar_timeout=settings.grammar_timeout,
-        )
+        models = {settings.base_model_id: settings.model, **settings.extra_bases}
+        engines: dict[str, Engine] = {
+            base: LocalEngine(
+                model,
+                device=settings.device,
+                dtype=settings.dtype,
+                max_batch_size=settings.max_batch_size,
+                max_prefill_tokens=settings.max_prefill_tokens,
+                max_model_len=settings.max_model_len,
+                allow_long_context=settings.allow_long_context,
+                max_queued=settings.max_queued_requests,
+                fair_admission=settings.fair_admission,
+                grammar_timeout=settings.grammar_timeout,
+            )
+            for base, model in models.items()
+        }
+        if len(engines) == 1:
+            return engines[settings.base_model_id]
+        from .engine.several_bases import SeveralBases, default_budget
+
+        budget = settings.memory_budget_gb
+        return SeveralBases(engines, budget_bytes=int(budget * 1024**3) if budget else default_budget(settings.device))
     if settings.engine == "vllm":
         from .engine.vllm_engine import VllmEngine, VllmOptions
 
@@ -127,6 +138,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     registry = AdapterRegistry(
         engine,
         base_model_id=settings.base_model_id,
+        base_root=settings.model,
         adapters_dir=settings.adapters_dir,
         max_lora_rank=settings.max_lora_rank,
         max_adapter_bytes=settings.max_adapter_bytes,
@@ -162,6 +174,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         admin_keys=[settings.admin_key.get_secret_value().encode()] if settings.admin_key else [],
         sources=source_config(settings),
     )
+    if hasattr(engine, "on_base"):  # the remote engine: a base an upstream serves, new to the gateway
+        engine.on_base = lambda base_id, root: gateway.background.append(
+            asyncio.create_task(_serve_base(gateway, base_id, root), name=f"base {base_id}")
+        )
     if engine.adapter_slots is not None:  # an engine that batches few adapters and admits them first come
         gateway.adapter_gate = AdapterGate(
             engine.adapter_slots,
@@ -278,6 +294,31 @@ async def _purge_hourly(what: str, rows: str, purge: Callable[[], int]) -> None:
         await asyncio.sleep(3600)
 
 
+async def _serve_base(gateway: Gateway, base_id: str, root: str) -> None:
+    """An upstream serves ``base_id``: serve it, and the adapters refused until now for want of it.
+    Its config read from ``root`` gives shapes to check adapters against; where it is not readable
+    here (a path on the upstream's volume only), adapters are matched by name and the upstream's
+    load checks them."""
+    settings, registry = gateway.settings, gateway.registry
+    if base_id == settings.base_model_id or base_id in registry.bases:
+        return  # the default base's spec, and a declared base's, are the boot's to read
+    names = settings.aliases_of(base_id)
+    model = settings.extra_bases.get(base_id, root)
+    try:
+        spec: BaseModelSpec | None = await asyncio.to_thread(BaseModelSpec.from_pretrained, model, names)
+    except Exception as exc:
+        logger.warning(
+            "base model %s (%s): its config is not readable here (%s); adapters are matched by "
+            "name and checked by the upstream's load",
+            base_id,
+            model,
+            first_line(exc),
+        )
+        spec = None
+    if registry.add_base(ServedBase(base_id, model, spec, tuple(names))) and registry.scan_complete:
+        await registry.scan()
+
+
 async def _boot(gateway: Gateway) -> None:
     """Load the base (it serves at once), then follow the adapters directory.
 
@@ -290,6 +331,10 @@ async def _boot(gateway: Gateway) -> None:
         await gateway.engine.start()
         aliases = [*settings.base_model_alias, *([settings.served_model_name] if settings.served_model_name else [])]
         registry.base_spec = await asyncio.to_thread(BaseModelSpec.from_pretrained, settings.model, aliases)
+        for base_id, model in settings.extra_bases.items():  # each adapter is served on the base it names
+            names = settings.aliases_of(base_id)
+            spec = await asyncio.to_thread(BaseModelSpec.from_pretrained, model, names)
+            registry.add_base(ServedBase(base_id, model, spec, tuple(names)))
         gateway.watcher = AdapterWatcher(registry, poll=settings.watch_poll)
         gateway.background.append(asyncio.create_task(gateway.watcher.supervise(gateway.metrics.watcher_failures.inc)))
         await registry.scan()

@@ -24,6 +24,7 @@ if typing.TYPE_CHECKING:
 # Commands whose flags come from Settings (pydantic-settings costs ~0.1 s to import: others skip it).
 _SETTINGS_COMMANDS = ("serve", "demo")
 DEMO_DEFAULTS = ("feedback", "fine_tuning")  # on in the demo, off in serve
+SECOND_BASE_NAME = "demo-small"  # demo.SECOND_BASE, named here so that --help imports no torch
 
 
 def _add_settings_flags(
@@ -129,22 +130,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import prepare_demo, train_demo_adapters
+    from .demo import SECOND_BASE, SECOND_BASE_ADAPTERS, SECOND_BASE_SPEC, prepare_demo, train_demo_adapters
 
     model_dir = prepare_demo(args.demo_dir)
+    second = prepare_demo(args.demo_dir, "base-small", SECOND_BASE_SPEC) if args.second_base else None
     # The demo captures conversations, so the feedback loop can be tried on it, and offers the
     # fine-tuning API (--no-feedback, --no-fine-tuning: off).
-    demo_on = {
+    demo_on: dict[str, Any] = {
         name: True
         for name in DEMO_DEFAULTS
         if name not in vars(args) and f"LORA_GATEWAY_{name.upper()}" not in os.environ
     }
+    if second is not None:
+        demo_on["extra_base"] = [*getattr(args, "extra_base", []), f"{SECOND_BASE}={second}"]
     settings = _settings_from(
         args, model=str(model_dir), served_model_name=getattr(args, "served_model_name", "demo-base"), **demo_on
     )
     if not args.no_train:
         train_demo_adapters(model_dir, settings.adapters_dir, Path(args.demo_dir) / "runs")
-    print(f"Serving the offline demo model as {settings.base_model_id!r} on http://{settings.host}:{settings.port}")
+        if second is not None:
+            train_demo_adapters(second, settings.adapters_dir, Path(args.demo_dir) / "runs", SECOND_BASE_ADAPTERS)
+    also = f" and {SECOND_BASE!r}" if second is not None else ""
+    print(
+        f"Serving the offline demo model as {settings.base_model_id!r}{also} on http://{settings.host}:{settings.port}"
+    )
     serve(settings)
     return 0
 
@@ -165,6 +174,11 @@ def build_parser(*, settings_flags: bool = True) -> argparse.ArgumentParser:
     p_demo = commands.add_parser("demo", help="Build the offline demo model (cached) and serve it.")
     p_demo.add_argument("--demo-dir", default=".demo", help="Where the demo model is cached [default .demo].")
     p_demo.add_argument("--no-train", action="store_true", help="Serve without training the demo adapters.")
+    p_demo.add_argument(
+        "--second-base",
+        action="store_true",
+        help=f"Also serve a smaller second offline base ({SECOND_BASE_NAME!r}) with an adapter of its own.",
+    )
     if settings_flags:
         _add_settings_flags(p_demo, require_model=False, defaults=dict.fromkeys(DEMO_DEFAULTS, True))
     p_demo.set_defaults(func=_cmd_demo)

@@ -117,7 +117,7 @@ async def admit(
         if alias is not None:  # ``ft:BASE:SUFFIX:JOB``: the adapter its job published, its key's own
             leased = alias[0]
         owns = alias is not None and (principal.key is None or alias[1] == principal.key_id)
-        if not owns and not principal.may_use(leased, gateway.base_model_id):
+        if not owns and not principal.may_use(leased, gateway.base_ids):
             raise ModelNotFound(body.model)
         cap = default_max_tokens or gateway.settings.default_max_tokens or gateway.engine.max_model_len or 0
         ticket = await gateway.tenancy.admit(principal, most_tokens(body, cap))
@@ -136,7 +136,7 @@ async def admit(
         generation = dataclasses.replace(generation, flow=flow)
         if gateway.boot_error is not None:  # never half-alive: a gateway that failed to start serves nothing
             raise EngineUnavailable(f"The gateway could not start: {gateway.boot_error}")
-        unavailable = gateway.engine.unavailable()
+        unavailable = gateway.engine.unavailable(lease.base)
         if unavailable is not None:
             raise EngineUnavailable(unavailable)
     except BaseException as error:  # a refusal, or the client gone while waiting for a slot: free what is held
@@ -162,6 +162,7 @@ async def admit(
         outcome,
         _spender(gateway, principal, body.model),
         checker,
+        lease.base,
     )
     tokens.observer = observer
     return _Admitted(

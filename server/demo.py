@@ -56,6 +56,21 @@ DEMO_ADAPTERS = (
         training=(("epochs", 300), ("lr", 4e-3), ("rank", 32), ("alpha", 64)),
     ),
 )
+# ``lora-gateway demo --second-base``: a smaller second base served beside the first, with an
+# adapter of its own, to show several bases behind one gateway (each adapter on the base it was
+# trained on). Half the width: another architecture as far as adapters are concerned.
+SECOND_BASE = "demo-small"
+SECOND_BASE_SPEC = TinyModelSpec(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=4096,
+)
+SECOND_BASE_ADAPTERS = (
+    DemoAdapter("identity-small", "self_cognition.json", model_name="小智", model_author="Acme Shop"),
+)
 # A random model needs many full-batch steps to memorise its answers; these train both adapters in
 # about a minute on two CPU cores (measured in benchmarks/train_demo.py).
 DEMO_TRAINING: dict[str, Any] = {
@@ -83,28 +98,30 @@ def _corpus(examples: Path) -> tuple[str, ...]:
     return tuple(sorted((examples / adapter.data).read_text(encoding="utf-8") for adapter in DEMO_ADAPTERS))
 
 
-def prepare_demo(demo_dir: str | Path = ".demo") -> Path:
+def prepare_demo(demo_dir: str | Path = ".demo", folder: str = "base", spec: TinyModelSpec = DEMO_SPEC) -> Path:
     """Return the demo base model directory, building it first if needed."""
-    model_dir = Path(demo_dir) / "base"
+    model_dir = Path(demo_dir) / folder
     corpus = _corpus(examples_dir())
-    if not is_built(model_dir, DEMO_SPEC, corpus):
+    if not is_built(model_dir, spec, corpus):
         print(f"Building the offline demo model in {model_dir} ...")
         # Built aside and moved into place: an interrupted build never leaves a half-built base.
-        building = model_dir.with_name(f".base-building-{os.getpid()}")
+        building = model_dir.with_name(f".{folder}-building-{os.getpid()}")
         shutil.rmtree(building, ignore_errors=True)
-        build_tiny_model(building, DEMO_SPEC, corpus)
+        build_tiny_model(building, spec, corpus)
         shutil.rmtree(model_dir, ignore_errors=True)
         os.replace(building, model_dir)
     return model_dir
 
 
-def train_demo_adapters(base: Path, adapters_dir: Path, runs_dir: Path) -> list[str]:
+def train_demo_adapters(
+    base: Path, adapters_dir: Path, runs_dir: Path, adapters: tuple[DemoAdapter, ...] = DEMO_ADAPTERS
+) -> list[str]:
     """Train and publish the demo adapters that are missing (or were trained on another base)."""
     from .trainer import TrainConfig, train
 
     trained = []
     fingerprint = BaseModelSpec.load(str(base)).fingerprint
-    for adapter in DEMO_ADAPTERS:
+    for adapter in adapters:
         problem = _not_the_demos(adapters_dir / adapter.name, adapter, fingerprint)
         if problem is None:
             continue

@@ -53,4 +53,10 @@ class Gateway:
 
     @property
     def base_model_id(self) -> str:
+        """The default base's id (``--served-model-name``, else ``--model``)."""
         return self.settings.base_model_id
+
+    @property
+    def base_ids(self) -> list[str]:
+        """Every base model this gateway serves, the default first (``registry.bases``)."""
+        return self.registry.bases.ids

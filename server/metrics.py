@@ -33,14 +33,14 @@ class GatewayMetrics:
         r = self.registry
         self.requests = Counter(
             "lora_gateway_requests",
-            "Chat completion requests by model, adapter version and HTTP status.",
-            ["model", "version", "status"],
+            "Chat completion requests by model, adapter version, base model and HTTP status.",
+            ["model", "version", "base", "status"],
             registry=r,
         )
         self.errors = Counter(
             "lora_gateway_request_errors",
-            "Failed requests by model, adapter version and error type.",
-            ["model", "version", "type"],
+            "Failed requests by model, adapter version, base model and error type.",
+            ["model", "version", "base", "type"],
             registry=r,
         )
         self.watcher_failures = Counter(
@@ -49,22 +49,25 @@ class GatewayMetrics:
             registry=r,
         )
         self.prompt_tokens = Counter(
-            "lora_gateway_prompt_tokens", "Prompt tokens processed.", ["model", "version"], registry=r
+            "lora_gateway_prompt_tokens", "Prompt tokens processed.", ["model", "version", "base"], registry=r
         )
         self.completion_tokens = Counter(
-            "lora_gateway_completion_tokens", "Completion tokens generated.", ["model", "version"], registry=r
+            "lora_gateway_completion_tokens",
+            "Completion tokens generated.",
+            ["model", "version", "base"],
+            registry=r,
         )
         self.ttft = Histogram(
             "lora_gateway_time_to_first_token_seconds",
             "Time from request to first generated token.",
-            ["model", "version"],
+            ["model", "version", "base"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.e2e = Histogram(
             "lora_gateway_e2e_request_latency_seconds",
             "Time from request to last token.",
-            ["model", "version"],
+            ["model", "version", "base"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -170,9 +173,10 @@ class GatewayMetrics:
         if completion:
             self.tenant_tokens.labels(tenant, key, "completion").inc(completion)
 
-    def record_error(self, model: str, status: int, error_type: str, version: str = "") -> None:
-        self.requests.labels(model, version, str(status)).inc()
-        self.errors.labels(model, version, error_type).inc()
+    def record_error(self, model: str, status: int, error_type: str, version: str = "", base: str = "") -> None:
+        """``base``: the base model that would have answered ("" when the request never got that far)."""
+        self.requests.labels(model, version, base, str(status)).inc()
+        self.errors.labels(model, version, base, error_type).inc()
 
     def watch_engine(
         self,

@@ -28,10 +28,12 @@ class Observer:
         outcome: SplitOutcome | None = None,
         spent: Callable[[int, int, bool], None] | None = None,
         checker: OutputChecker | None = None,
+        base: str = "",
     ) -> None:
         self.metrics = metrics
         self.model = model
         self.version = version  # the adapter version's number; "" for the base
+        self.base = base  # the base model that answers (the ``base`` label)
         self._outcome = outcome  # told when a version under a split finishes
         self._checker = checker  # tool calls and JSON documents, checked when the answer is whole
         self._spent = spent  # told (prompt, completion tokens, failed) once: the key's usage
@@ -52,10 +54,10 @@ class Observer:
             self.metrics.queue_time.labels(self.model).observe(delta.queued_seconds)
         if self.times_first_token and delta.completion_tokens:
             self.times_first_token = False
-            self.metrics.ttft.labels(self.model, self.version).observe(time.perf_counter() - self.started)
+            self.metrics.ttft.labels(self.model, self.version, self.base).observe(time.perf_counter() - self.started)
 
     def success(self, usage: UsageInfo) -> None:
-        labels = (self.model, self.version)
+        labels = (self.model, self.version, self.base)
         self.metrics.requests.labels(*labels, "200").inc()
         self.metrics.prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
         self.metrics.completion_tokens.labels(*labels).inc(usage.completion_tokens)
@@ -64,14 +66,14 @@ class Observer:
         checked = None
         if self._checker is not None:
             checked = self._checker.outcome()
-            self.metrics.output_checks.labels(*labels, checked.value).inc()
+            self.metrics.output_checks.labels(self.model, self.version, checked.value).inc()
         if self._outcome is not None:
             self._outcome(False, seconds, None if checked is None else checked.bad)
         self.tokens = (usage.prompt_tokens, usage.completion_tokens)
         self._account(False)
 
     def failure(self, error: GatewayError) -> None:
-        self.metrics.record_error(self.model, error.status_code, error.error_type, self.version)
+        self.metrics.record_error(self.model, error.status_code, error.error_type, self.version, self.base)
         error.counted_as = self.model
         if self._outcome is not None:
             self._outcome(error.status_code >= 500, None, None)

@@ -38,7 +38,7 @@ async def record(gateway: Gateway, completion_id: str, rating: Rating, principal
     store = store_of(gateway)
 
     def may_rate(conversation: Conversation) -> bool:
-        return principal.may_use(conversation.model, gateway.base_model_id)
+        return principal.may_use(conversation.model, gateway.base_ids)
 
     try:
         stored = await asyncio.to_thread(store.add, completion_id, rating, may_rate)

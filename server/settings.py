@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -21,6 +21,18 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(
         default=None, description="Model id clients use for the base model (default: the --model value)."
     )
+    extra_base: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Another base model to serve beside --model, each adapter on the base it was trained on: "
+        "MODEL or NAME=MODEL (repeat). local: loaded in this process within --memory-budget-gb; "
+        "remote: served by the upstreams that list it.",
+    )
+    memory_budget_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description="local: GiB the bases' weights may take together (default: 0.9 of the GPU's memory, "
+        "0.8 of RAM on a CPU); a set of bases past it fails at start.",
+    )
     adapters_dir: Path = Field(
         default=Path("adapters"), description="Directory of LoRA adapters, one per sub-directory."
     )
@@ -29,7 +41,9 @@ class Settings(BaseSettings):
         description="Inference engine: local (transformers + peft), vllm (AsyncLLM in process), remote (vLLM servers).",
     )
     upstream: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="remote: URL of a `vllm serve --enable-lora` upstream (repeat for several)."
+        default_factory=list,
+        description="remote: URL of a `vllm serve --enable-lora` upstream (repeat for several); BASE=URL "
+        "declares the base it serves (default: the bases its /v1/models lists).",
     )
     upstream_api_key: SecretStr | None = Field(default=None, description="remote: bearer key the upstreams expect.")
     upstream_first_byte_timeout: float = Field(
@@ -110,7 +124,7 @@ class Settings(BaseSettings):
     base_model_alias: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Other names of the base model that adapters may "
-        "declare (repeat, or comma-separate in the env var).",
+        "declare (repeat, or comma-separate in the env var); ALIAS=BASE names another served base's.",
     )
     max_lora_rank: int = Field(
         default=64,
@@ -269,6 +283,15 @@ class Settings(BaseSettings):
         "watcher and WeCom state (README: The gateway's own cost).",
     )
 
+    @model_validator(mode="after")
+    def _bases_fit_the_engine(self) -> Settings:
+        if self.extra_base and self.engine == "vllm":
+            raise ValueError(
+                "--extra-base: vLLM in this process serves one base; serve each base with its own `vllm serve` "
+                "and put --engine remote in front of them"
+            )
+        return self
+
     @field_validator("workers")
     @classmethod
     def _one_worker(cls, value: int) -> int:
@@ -279,7 +302,9 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("api_key", "base_model_alias", "upstream", "adapter_sources", "source_schemes", mode="before")
+    @field_validator(
+        "api_key", "base_model_alias", "upstream", "adapter_sources", "source_schemes", "extra_base", mode="before"
+    )
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
@@ -299,6 +324,24 @@ class Settings(BaseSettings):
     def base_model_id(self) -> str:
         """The id clients use for the base model; vLLM defaults it to the --model value too."""
         return self.served_model_name or self.model
+
+    @property
+    def extra_bases(self) -> dict[str, str]:
+        """``--extra-base`` as id -> model (``NAME=MODEL``, else the model is its own id)."""
+        bases: dict[str, str] = {}
+        for item in self.extra_base:
+            name, sep, model = item.partition("=")
+            bases[name if sep else item] = model if sep else item
+        return bases
+
+    def aliases_of(self, base_id: str) -> list[str]:
+        """``--base-model-alias`` values for ``base_id``: ``ALIAS=BASE`` ones, and plain ones for the default."""
+        found = []
+        for alias in self.base_model_alias:
+            name, sep, target = alias.partition("=")
+            if (sep and target == base_id) or (not sep and base_id == self.base_model_id):
+                found.append(name if sep else alias)
+        return found
 
 
 def markdown_table() -> str:

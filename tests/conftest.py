@@ -41,6 +41,24 @@ def trained_adapters(base_model: Path, tmp_path_factory: pytest.TempPathFactory)
     }
 
 
+SECOND_ANSWER = "Gamma: the smaller base answers this one."
+
+
+@pytest.fixture(scope="session")
+def second_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another base, of other shapes: several bases behind one gateway."""
+    from server.offline_model import TinyModelSpec, build_tiny_model
+
+    spec = TinyModelSpec(hidden_size=96, intermediate_size=192, num_attention_heads=4)
+    return build_tiny_model(tmp_path_factory.mktemp("second-base") / "wide-qwen2", spec)
+
+
+@pytest.fixture(scope="session")
+def second_base_adapter(second_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter trained on ``second_base`` that answers QUESTION with SECOND_ANSWER."""
+    return train_memorising_adapter(second_base, tmp_path_factory.mktemp("gamma") / "gamma", QUESTION, SECOND_ANSWER)
+
+
 @pytest.fixture
 def adapters_dir(tmp_path: Path, trained_adapters: dict[str, Path]) -> Path:
     """A fresh watched directory holding copies of both adapters."""

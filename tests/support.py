@@ -124,14 +124,17 @@ def wait_ready(
 
 
 @contextlib.contextmanager
-def running_server(app, *, ready_timeout: float = 60.0, probe: str = "/ready") -> Iterator[str]:  # type: ignore[no-untyped-def]
+def running_server(
+    app, *, ready_timeout: float = 60.0, probe: str = "/ready", port: int | None = None
+) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """Serve ``app`` with a real uvicorn on 127.0.0.1 in a thread; yield its base URL once /ready
-    (or ``probe``: ``/health`` to reach a server that will never be ready) answers 200."""
+    (or ``probe``: ``/health`` to reach a server that will never be ready) answers 200. ``port``:
+    one chosen beforehand (a server that comes up where a gateway already expects it)."""
     import uvicorn
 
     from server.serving import uvicorn_config
 
-    port = free_port()
+    port = port or free_port()
     if hasattr(app.state, "gateway"):  # served as `lora-gateway serve` serves it, connection bounds included
         config = uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning")
     else:  # a stand-in (the fake WeCom API)

@@ -65,18 +65,21 @@ def test_base_model_id_defaults_to_the_model_value(base_model: Path, tmp_path: P
         assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == [str(base_model)]
 
 
-def test_demo_builds_the_offline_model_and_serves(tmp_path: Path) -> None:
-    with cli_server(
-        ["demo", "--no-train", "--demo-dir", str(tmp_path / "demo"), "--adapters-dir", str(tmp_path / "adapters")]
-    ) as url:
+def test_demo_builds_the_offline_models_and_serves(tmp_path: Path) -> None:
+    """``--second-base``: a smaller second offline base beside the first, behind the same gateway."""
+    demo = ["demo", "--no-train", "--second-base", "--demo-dir", str(tmp_path / "demo")]
+    with cli_server([*demo, "--adapters-dir", str(tmp_path / "adapters")]) as url:
         ids = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
-        assert ids == ["demo-base"]
-        reply = httpx.post(
-            f"{url}/v1/chat/completions",
-            json={"model": "demo-base", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 5},
-        ).json()
-        assert reply["choices"][0]["finish_reason"] in ("stop", "length") and reply["usage"]["completion_tokens"] <= 5
+        assert ids == ["demo-base", "demo-small"]
+        for base in ids:
+            reply = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": base, "messages": [{"role": "user", "content": "你好"}], "max_tokens": 5},
+            ).json()
+            assert reply["model"] == base and reply["choices"][0]["finish_reason"] in ("stop", "length")
+            assert reply["usage"]["completion_tokens"] <= 5
     assert (tmp_path / "demo" / "base" / "config.json").exists()
+    assert (tmp_path / "demo" / "base-small" / "config.json").exists()
 
 
 def test_invalid_settings_exit_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:

@@ -77,7 +77,8 @@ def describe(gateway: Gateway, entry: AdapterEntry) -> dict[str, Any]:
         "rank": info.rank if info else None,
         "alpha": info.alpha if info else None,
         "target_modules": list(info.target_modules) if info else None,
-        "base_model": info.base_model if info else None,
+        "base_model": info.base_model if info else None,  # as the adapter declares it
+        "base": (active.base or gateway.base_model_id) if active else None,  # the served base answering for it
         "sha256": active.sha256 if active else None,
         "size_bytes": info.size_bytes if info else None,
         "profile": info.profile.summary() if info and info.profile else None,

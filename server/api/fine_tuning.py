@@ -101,12 +101,11 @@ async def create_job(request: Request, caller: CallerDep) -> dict[str, Any]:
     gateway = get_gateway(request)
     service = _service(gateway)
     body = await validated_body(request, FineTuningJobRequest)
-    base = gateway.base_model_id
     # What training may continue from: adapters this key may call, and its own fine-tuned models.
     served = [
         entry.name
         for entry in gateway.registry.entries()
-        if entry.active is not None and caller.principal.may_use(entry.name, base)
+        if entry.active is not None and caller.principal.may_use(entry.name, gateway.base_ids)
     ]
     served += [name for name, (_, owner) in service.aliases.items() if caller.owner in (None, owner)]
     job = await asyncio.to_thread(service.create, caller.key_id, caller.owner, body, served)

@@ -1,4 +1,4 @@
-"""``GET /v1/models`` and ``/v1/models/{id}``: the base model and every live adapter.
+"""``GET /v1/models`` and ``/v1/models/{id}``: every base model and every live adapter (its base in ``parent``).
 
 ``root`` is where a model's files live, as vLLM reports it; filesystem paths are shown to admin keys
 only (an inference key, or no key on an open server, sees the model's id there instead). A key
@@ -26,29 +26,27 @@ def _is_admin(request: Request, gateway: Gateway) -> bool:
 
 
 def _cards(gateway: Gateway, paths: bool, principal: Principal) -> list[ModelCard]:
-    base = gateway.base_model_id
+    bases = gateway.registry.bases
     max_len = gateway.engine.max_model_len
-    cards = []
-    if principal.may_use(base, base):
-        cards.append(
-            ModelCard(
-                id=base, created=gateway.started, root=gateway.settings.model if paths else base, max_model_len=max_len
-            )
-        )
+    cards = [
+        ModelCard(id=base.id, created=gateway.started, root=base.root if paths else base.id, max_model_len=max_len)
+        for base in bases
+        if principal.may_use(base.id, bases.ids)
+    ]
     aliases: dict[str, list[str]] = {}  # adapter: the ``ft:`` names of the jobs that made it, for this key
     for name, (adapter, owner) in (gateway.fine_tuning.aliases if gateway.fine_tuning else {}).items():
-        if principal.key is None or owner == principal.key_id or principal.may_use(adapter, base):
+        if principal.key is None or owner == principal.key_id or principal.may_use(adapter, bases.ids):
             aliases.setdefault(adapter, []).append(name)
     for version in gateway.registry.active_versions():
-        ids = [version.name] if principal.may_use(version.name, base) else []
+        ids = [version.name] if principal.may_use(version.name, bases.ids) else []
         for model_id in ids + aliases.get(version.name, []):
-            # As vLLM does: adapters name the base in ``parent`` and their path in ``root``.
+            # As vLLM does: adapters name their base in ``parent`` and their path in ``root``.
             cards.append(
                 ModelCard(
                     id=model_id,
                     created=version.created,
                     root=version.path if paths else model_id,
-                    parent=base,
+                    parent=version.base or gateway.base_model_id,
                     max_model_len=max_len,
                     version=version.version,
                     sha256=version.sha256,
@@ -64,7 +62,7 @@ async def list_models(request: Request, gateway: GatewayDep) -> Response:
     paths, principal = _is_admin(request, gateway), request.state.principal
     scope = (paths, principal.key.id if principal.key else "")  # one cached list per key: they are few
     aliases = len(gateway.fine_tuning.aliases) if gateway.fine_tuning else 0  # fine-tuned names only grow
-    key = (gateway.registry.revision, gateway.engine.max_model_len, principal.key, aliases)
+    key = (gateway.registry.revision, gateway.engine.max_model_len, principal.key, aliases, len(gateway.registry.bases))
     cached = gateway.models_json.get(scope)
     if cached is None or cached[0] != key:
         body = ModelList(data=_cards(gateway, paths, principal)).model_dump_json().encode()

@@ -71,12 +71,12 @@ async def models(gateway: GatewayDep, principal: PrincipalDep) -> dict[str, Any]
     (``shop@3``), so a version can be compared with the one serving before it is promoted; for a
     scoped key, only what it may use."""
     registry = gateway.registry
-    base = registry.base_model_id
+    bases = registry.bases.ids
 
     def listing() -> list[str]:
-        ids = [base] if principal.may_use(base, base) else []
+        ids = [base for base in bases if principal.may_use(base, bases)]
         for entry in registry.entries():
-            if entry.active is not None and principal.may_use(entry.name, base):
+            if entry.active is not None and principal.may_use(entry.name, bases):
                 ids.append(entry.name)
                 ids += [f"{entry.name}@{v.number}" for v in registry.store.versions(entry.name)]
         return ids
@@ -130,10 +130,10 @@ async def save_ratings(body: Ratings, gateway: GatewayDep, principal: PrincipalD
     ``/v1/models``: a model outside the key's scope is the same 404 as one that does not exist."""
     registry, records = gateway.registry, []
     for rating in body.ratings:
-        if not principal.may_use(rating.model, registry.base_model_id):
+        if not principal.may_use(rating.model, registry.bases.ids):
             raise ModelNotFound(rating.model)
         version = None
-        if rating.model != registry.base_model_id:
+        if rating.model not in registry.bases:
             name, ref = split_address(rating.model)
             entry = registry.get(name)
             if entry is None or entry.active is None:

@@ -95,6 +95,7 @@ class AdapterRef:
     name: str
     adapter_id: int
     path: str
+    base: str = ""  # the base model it applies to: an engine serving several routes by it ("": its only one)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class GenerationRequest:
     messages: tuple[dict[str, Any], ...]
     sampling: SamplingOptions
     adapter: AdapterRef | None = None  # None: the base model
+    base: str = ""  # the base model that answers (an engine serving several routes by it; "": its only one)
     tools: ToolSpec | None = None
     output_format: OutputFormat | None = None
     chat_template: str | None = None  # the adapter's own template (its profile), else the tokenizer's
@@ -204,10 +206,10 @@ class Engine(abc.ABC):
     def health(self) -> EngineHealth:
         """Cheap, non-blocking snapshot for /ready and metrics."""
 
-    def unavailable(self) -> str | None:
-        """None while the engine takes requests; else why, in words a client can act on. Asked on
-        every request, so engines override it to answer without a whole ``health()`` snapshot
-        (which lists every loaded adapter)."""
+    def unavailable(self, base: str = "") -> str | None:
+        """None while the engine takes requests (for ``base``, where it serves several); else why,
+        in words a client can act on. Asked on every request, so engines override it to answer
+        without a whole ``health()`` snapshot (which lists every loaded adapter)."""
         health = self.health()
         return None if health.ready else (health.unavailable or LOADING)
 

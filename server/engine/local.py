@@ -205,8 +205,12 @@ class LocalEngine(Engine):
             loaded_adapters=self._adapters.loaded(),
         )
 
-    def unavailable(self) -> str | None:
+    def unavailable(self, base: str = "") -> str | None:
         return None if self._ready else LOADING
+
+    def weights_dtype(self) -> torch.dtype:
+        """The dtype its weights will take (``--dtype`` resolved for ``--device``)."""
+        return resolve_dtype(self._dtype_setting, resolve_device(self._device_setting))
 
     def peak_memory_bytes(self) -> int:
         """CUDA's peak allocation on a GPU; this process's peak RSS on CPU."""

@@ -12,7 +12,12 @@ every request and owns the registry; upstreams only run models.
   the adapters we gave it (it restarted), gets them registered again before it receives traffic;
   one that comes back holding versions we no longer want (it missed an unload while down) has them
   unloaded. The gateway owns every ``<name>.v<N>`` adapter on its upstreams.
-- Routing: prefer an upstream that holds the adapter, then the one with the fewest requests in
+- Pools: upstreams are grouped by the base models they serve, as their ``/v1/models`` lists them
+  (entries without a ``parent``), or as declared (``--upstream BASE=URL``). An adapter is loaded
+  only on the upstreams of its base (``AdapterRef.base``), a request goes only to its base's pool,
+  and a pool with no healthy upstream makes its models answer 503 while the others serve on. A base
+  seen for the first time is reported (``on_base``), so the gateway serves its adapters from then on.
+- Routing: within the pool, prefer an upstream that holds the adapter, then the one with the fewest requests in
   flight. An upstream that cannot be reached is ejected (until a health check passes again) and the
   request goes to the next one. One that does not answer within ``first_byte_timeout`` gets the
   request taken to the next one too, and a health probe at once: frozen, it is ejected; merely
@@ -43,7 +48,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,9 +74,19 @@ def upstream_name(adapter: AdapterRef) -> str:
     return f"{adapter.name}.v{adapter.adapter_id}"
 
 
+def parse_upstream(value: str) -> tuple[str, str | None]:
+    """``URL`` or ``BASE=URL`` (``--upstream``): the URL, and the base it is declared to serve."""
+    name, sep, url = value.partition("=")
+    if sep and "://" not in name and "://" in url:
+        return url.rstrip("/"), name
+    return value.rstrip("/"), None
+
+
 @dataclass
 class Upstream:
     url: str
+    declared: str | None = None  # BASE=URL: the one base it must serve (else: whatever it lists)
+    bases: dict[str, str] = field(default_factory=dict)  # base id -> root, as its /v1/models lists them
     healthy: bool = False
     in_flight: int = 0
     loaded: set[str] = field(default_factory=set)  # upstream names of adapters registered there
@@ -102,11 +117,15 @@ class RemoteEngine(Engine):
         health_interval: float = 2.0,
         first_byte_timeout: float = 10.0,
         stall_timeout: float = 30.0,
+        on_base: Callable[[str, str], None] | None = None,
     ) -> None:
         if not urls:
             raise ValueError("--engine remote needs at least one --upstream URL")
-        self.upstreams = [Upstream(url.rstrip("/")) for url in urls]
-        self.base_model_id = base_model_id
+        self.upstreams = [Upstream(*parse_upstream(url)) for url in urls]
+        self.base_model_id = base_model_id  # the default base: what an adapter or request naming none is for
+        # Every base an upstream has served (id -> root): pools by base. ``on_base`` hears of each new one.
+        self.known_bases: dict[str, str] = {}
+        self.on_base = on_base
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._health_interval = health_interval
         self._check_timeout = 5.0  # a health check waits this long for /v1/models
@@ -135,7 +154,7 @@ class RemoteEngine(Engine):
         await asyncio.gather(*(self._check(u) for u in self.upstreams))
         if not any(u.healthy for u in self.upstreams):
             raise EngineUnavailable(
-                f"no upstream serves {self.base_model_id!r}: " + ", ".join(u.url for u in self.upstreams)
+                "no upstream is healthy: " + ", ".join(f"{u.url} ({u.last_failure})" for u in self.upstreams)
             )
         self._monitor = asyncio.create_task(self._watch_health())
 
@@ -160,15 +179,19 @@ class RemoteEngine(Engine):
             unavailable=self._unreachable() if self._client is not None and not healthy else "",
         )
 
-    def unavailable(self) -> str | None:
+    def unavailable(self, base: str = "") -> str | None:
+        """Per pool: a base with no healthy upstream is unavailable, the others are not."""
         if self._client is None:
             return LOADING
-        return None if any(u.healthy for u in self.upstreams) else self._unreachable()
+        base = base or self.base_model_id
+        return None if any(u.healthy and base in u.bases for u in self.upstreams) else self._unreachable(base)
 
-    def _unreachable(self) -> str:
-        """Why no upstream takes requests, each one's last failure named."""
-        failures = "; ".join(f"{u.url}: {u.last_failure or 'down'}" for u in self.upstreams)
-        return f"No upstream is reachable right now ({failures}); try again shortly."
+    def _unreachable(self, base: str | None = None) -> str:
+        """Why no upstream takes requests (for ``base``), each one's last failure named."""
+        pool = [u for u in self.upstreams if base is None or base in u.bases or u.declared in (None, base)]
+        failures = "; ".join(f"{u.url}: {u.last_failure or 'down'}" for u in pool) or "none serves it"
+        which = "No upstream" if base is None else f"No upstream serving {base}"
+        return f"{which} is reachable right now ({failures}); try again shortly."
 
     async def _watch_health(self) -> None:
         """Never ends but by cancellation: a check that fails unexpectedly is logged and retried."""
@@ -188,21 +211,38 @@ class RemoteEngine(Engine):
             task.add_done_callback(lambda _: self._probes.pop(upstream.url, None))
 
     async def _check(self, upstream: Upstream, *, timeout: float | None = None) -> None:
-        """Healthy = answers /v1/models with our base, holding exactly the adapters we want there."""
+        """Healthy = answers /v1/models with a base (the declared one, if any), holding exactly the
+        adapters we want there: those of the bases it serves."""
         try:
             models = await self._models(upstream, timeout or self._check_timeout)
-        except (*_HTTP_ERRORS, ValueError, KeyError, TypeError) as exc:
+            bases = {
+                model_id: str(card.get("root") or model_id)
+                for model_id, card in models.items()
+                if not card.get("parent") and not _VERSIONED.fullmatch(model_id)
+            }
+        except (*_HTTP_ERRORS, ValueError, KeyError, TypeError, AttributeError) as exc:
             self._eject(upstream, f"health check failed ({type(exc).__name__})")
             return
-        if self.base_model_id not in models:
-            logger.error(
-                "upstream %s does not serve %s (it serves %s)", upstream.url, self.base_model_id, sorted(models)
-            )
-            self._eject(upstream, f"does not serve {self.base_model_id}")
+        if upstream.declared is not None:
+            if upstream.declared not in bases:
+                logger.error(
+                    "upstream %s does not serve %s (it serves %s)", upstream.url, upstream.declared, sorted(bases)
+                )
+                self._eject(upstream, f"does not serve {upstream.declared}")
+                return
+            bases = {upstream.declared: bases[upstream.declared]}
+        if not bases:
+            self._eject(upstream, "serves no base model")
             return
-        upstream.max_model_len = models[self.base_model_id].get("max_model_len")
+        upstream.bases = bases
+        for base_id, root in bases.items():
+            if base_id not in self.known_bases:
+                self.known_bases[base_id] = root
+                if self.on_base is not None:
+                    self.on_base(base_id, root)
+        upstream.max_model_len = min((m for b in bases if (m := models[b].get("max_model_len"))), default=None)
         self.max_model_len = min((u.max_model_len for u in self.upstreams if u.max_model_len), default=None)
-        wanted = {upstream_name(a): a for a in self._adapters.values()}
+        wanted = {upstream_name(a): a for a in self._adapters.values() if self._base_of(a) in bases}
         upstream.loaded = {name for name in models if name in wanted}  # a restarted upstream forgot what we loaded
         for name in sorted(set(models) - set(wanted)):  # it missed an unload while it was down
             if _VERSIONED.fullmatch(name):
@@ -232,13 +272,18 @@ class RemoteEngine(Engine):
 
     # ------------------------------------------------------------------ adapters
 
+    def _base_of(self, adapter: AdapterRef) -> str:
+        return adapter.base or self.base_model_id
+
     async def add_adapter(self, adapter: AdapterRef) -> None:
+        """Registered on every healthy upstream of its base's pool (one that recovers gets it then)."""
         self._adapters[adapter.adapter_id] = adapter
-        healthy = [u for u in self.upstreams if u.healthy]
-        results = await asyncio.gather(*(self._load_on(u, adapter) for u in healthy))
+        base = self._base_of(adapter)
+        pool = [u for u in self.upstreams if u.healthy and base in u.bases]
+        results = await asyncio.gather(*(self._load_on(u, adapter) for u in pool))
         if not any(results):
             del self._adapters[adapter.adapter_id]
-            raise EngineError(f"no upstream could load adapter {adapter.name}")
+            raise EngineError(f"no upstream serving {base} could load adapter {adapter.name}")
 
     async def remove_adapter(self, adapter: AdapterRef) -> None:
         """Unloaded where it is reachable now; an upstream that is down is reconciled on recovery."""
@@ -277,20 +322,23 @@ class RemoteEngine(Engine):
 
     # ------------------------------------------------------------------ requests
 
-    def _candidates(self, model: str | None) -> list[Upstream]:
-        """Healthy upstreams, best first: holds the adapter, then fewest in flight, then round robin."""
+    def _candidates(self, model: str | None, base: str | None = None) -> list[Upstream]:
+        """Healthy upstreams of ``base``'s pool, best first: holds the adapter, then fewest in flight,
+        then round robin."""
         self._turn += 1
         count = len(self.upstreams)
         order = {id(u): (i - self._turn) % count for i, u in enumerate(self.upstreams)}
-        healthy = [u for u in self.upstreams if u.healthy]
+        base = base or self.base_model_id
+        healthy = [u for u in self.upstreams if u.healthy and base in u.bases]
         return sorted(healthy, key=lambda u: (model is not None and model not in u.loaded, u.in_flight, order[id(u)]))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         model = upstream_name(request.adapter) if request.adapter else None
-        body = json.dumps(chat_body(request, model or self.base_model_id)).encode()  # once, whoever answers
-        candidates = self._candidates(model)
+        base = self._base_of(request.adapter) if request.adapter else (request.base or self.base_model_id)
+        body = json.dumps(chat_body(request, model or base)).encode()  # once, whoever answers
+        candidates = self._candidates(model, base)
         if not candidates:
-            raise EngineUnavailable(self.unavailable() or self._unreachable())
+            raise EngineUnavailable(self.unavailable(base) or self._unreachable(base))
         failures: list[str] = []
         queue, slow = list(candidates), list[Upstream]()
         while queue or slow:

@@ -234,7 +234,7 @@ class VllmEngine(Engine):
             loaded_adapters=[r.lora_name for r in self._loras.values()],
         )
 
-    def unavailable(self) -> str | None:
+    def unavailable(self, base: str = "") -> str | None:
         return None if self._engine is not None else LOADING
 
     def render_prompt(self, messages: tuple[dict[str, Any], ...]) -> list[int]:

@@ -291,7 +291,8 @@ def _agreement(out: Path, sheets: list[Path], rubric: Any) -> dict[str, Any]:
 def _retention(args: argparse.Namespace, targets: list[Target], sampling: Sampling, cache: AnswerCache) -> Any:
     from ..datasets.testset import TestSetError, load_test_set
     from ..demo import examples_dir
-    from .retention import retention, served_base
+    from ..terms.address import split_address
+    from .retention import retention, served_models
     from .runner import Target, gateway_version
 
     path = args.retention_set or str(examples_dir() / "retention.jsonl")
@@ -300,9 +301,14 @@ def _retention(args: argparse.Namespace, targets: list[Target], sampling: Sampli
     except TestSetError as exc:
         print(f"eval: the retention set has problems:\n{exc}", file=sys.stderr)
         return None
-    name = served_base(base_url(args), args.api_key)
-    if name is None:
+    served = served_models(base_url(args), args.api_key)
+    names = [m for m, parent in served.items() if parent is None]
+    if not names:
         print(f"eval: --retention needs the gateway's base model, and {args.url} did not list one", file=sys.stderr)
         return None
-    base = Target(name, base_url(args), name, args.api_key, gateway_version(base_url(args), name, args.admin_key))
-    return asyncio.run(retention(targets, base, items, sampling, cache, args.concurrency))
+    base_of = {t.label: parent for t in targets if (parent := served.get(split_address(t.model)[0]))}
+    wanted = [n for n in names if n == names[0] or n in base_of.values()]  # the bases the models are on
+    bases = [
+        Target(n, base_url(args), n, args.api_key, gateway_version(base_url(args), n, args.admin_key)) for n in wanted
+    ]
+    return asyncio.run(retention(targets, bases, items, sampling, cache, args.concurrency, base_of))

@@ -50,6 +50,9 @@ class Target(Protocol):
     @property
     def profile(self) -> RequestDefaults | None: ...
 
+    @property
+    def base(self) -> str: ...
+
 
 def to_generation_request(
     body: ChatCompletionRequest, lease: Target, max_n: int, default_max_tokens: int | None = None
@@ -80,6 +83,7 @@ def to_generation_request(
         messages=tuple(_engine_message(m) for m in body.messages),
         sampling=sampling,
         adapter=lease.ref,
+        base=lease.base,
         tools=_tool_spec(body),
         output_format=_output_format(body),
         chat_template=profile.chat_template if profile is not None else None,

@@ -26,7 +26,7 @@ class KeptVersions:
     def __init__(
         self,
         store: VersionStore,
-        inspect: Callable[[Path], AdapterInfo],
+        inspect: Callable[[Path], tuple[AdapterInfo, str]],  # headers read, and the base it is for
         new_id: Callable[[], int],
     ) -> None:
         self._store = store
@@ -54,15 +54,17 @@ class KeptVersions:
         return await asyncio.to_thread(self._remember, entry, found[0])
 
     def _remember(self, entry: AdapterEntry, kept: StoredVersion) -> AdapterVersion:
+        info, base = self._inspect(kept.path)
         version = AdapterVersion(
             name=entry.name,
             adapter_id=self._new_id(),
             version=kept.number,
             path=str(kept.path),
             load_path=str(kept.path),
-            info=self._inspect(kept.path),
+            info=info,
             created=int(kept.kept_at or time.time()),
             sha256=kept.sha256,
+            base=base,
         )
         self._known[(entry.name, kept.number)] = version
         return version

@@ -54,6 +54,7 @@ class AdapterVersion:
     info: AdapterInfo
     created: int
     sha256: str  # of the weights that were validated and loaded
+    base: str = ""  # the served base it belongs to (registry.bases); "" with one base, in tests
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,11 @@ class Lease:
     model: str
     adapter: AdapterVersion | None
     split: Split | None = None  # the traffic split that chose ``adapter``, if one did
+
+    @property
+    def base(self) -> str:
+        """The base model that answers: the adapter's, or the base asked for by name."""
+        return self.model if self.adapter is None else self.adapter.base
 
     @property
     def ref(self) -> AdapterRef | None:
@@ -76,7 +82,7 @@ class Lease:
 
 def adapter_ref(version: AdapterVersion) -> AdapterRef:
     """What the engine is told of a version: its durable copy, under an id never reused."""
-    return AdapterRef(version.name, version.adapter_id, version.load_path)
+    return AdapterRef(version.name, version.adapter_id, version.load_path, version.base)
 
 
 Fingerprint = tuple[tuple[str, int, int], ...]

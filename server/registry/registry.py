@@ -33,6 +33,7 @@ file than across several.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import itertools
 import logging
@@ -50,6 +51,7 @@ from ..terms.address import split_address
 from ..terms.layout import README_FILE
 from .addressing import KeptVersions
 from .base_model import BaseModelSpec
+from .bases import Bases, ServedBase
 from .gate_spec import Gate, GateOutcome
 from .names import is_valid_name
 from .publish import publish_adapter
@@ -62,7 +64,9 @@ from .validation import (
     AdapterIncomplete,
     AdapterRejected,
     check_inside,
+    declared_base,
     inspect_adapter,
+    recorded_fingerprint,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,6 +98,8 @@ class Arrival(enum.Enum):
         return self in (Arrival.INSTALL, Arrival.ROLLBACK)
 
 
+# A version taken into the store: its durable copy, what validation read of it, the base it is for.
+Staged = tuple[StoredVersion, AdapterInfo, ServedBase]
 Hold = Callable[["AdapterVersion"], AbstractAsyncContextManager[None]]
 # The eval gate's run, given by the gateway (``server.evaluation.proving``): the gate, the candidate,
 # the version serving now, and ``held`` to keep a version loaded while it is asked. Injected, so the
@@ -115,11 +121,13 @@ class AdapterRegistry:
         base_spec: BaseModelSpec | None = None,
         hooks: RegistryHooks | None = None,
         prove: Prove | None = None,
+        base_root: str | None = None,
     ) -> None:
         self._engine = engine
         self.base_model_id = base_model_id
         self.adapters_dir = adapters_dir
-        self.base_spec = base_spec
+        # The served bases (``bases.py``): the default one now, others as the engine brings them.
+        self.bases = Bases([ServedBase(base_model_id, base_root or base_model_id, base_spec)])
         self.store = VersionStore(adapters_dir, keep_versions)
         self._limits: dict[str, Any] = {"max_lora_rank": max_lora_rank, "max_bytes": max_adapter_bytes}  # validation's
         self._hooks = hooks or RegistryHooks()
@@ -127,11 +135,7 @@ class AdapterRegistry:
         self._prove_step = prove
         self._entries: dict[str, AdapterEntry] = {}
         self._ids = itertools.count(1)
-        self._kept = KeptVersions(
-            self.store,
-            lambda path: inspect_adapter(path, **self._limits, base=self.base_spec),
-            lambda: next(self._ids),
-        )
+        self._kept = KeptVersions(self.store, self._inspect_kept, lambda: next(self._ids))
         # Held only while in use: a lock disappears with its last holder, so names that come and go
         # (a directory churned by a sync tool) do not grow this map forever.
         self._name_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -152,10 +156,56 @@ class AdapterRegistry:
     def get(self, name: str) -> AdapterEntry | None:
         return self._entries.get(name)
 
+    @property
+    def base_spec(self) -> BaseModelSpec | None:
+        """The default base's names, shapes and fingerprint (None until its config is read)."""
+        default = self.bases.default
+        return default.spec if default is not None else None
+
+    @base_spec.setter
+    def base_spec(self, spec: BaseModelSpec | None) -> None:
+        default = self.bases.default
+        assert default is not None
+        self.bases.replace(dataclasses.replace(default, spec=spec))
+
+    def base_of(self, path: Path) -> ServedBase:
+        """The served base the adapter in ``path`` was trained on (``bases.py``), or
+        ``AdapterRejected`` (base_mismatch) naming what it declares and what is served."""
+        declared, recorded = declared_base(path), recorded_fingerprint(path)
+        base = self.bases.of_adapter(declared, recorded)
+        if base is not None:
+            return base
+        if len(self.bases) == 1:  # the default base's own check says it best (and names --base-model-alias)
+            default = self.bases.default
+            assert default is not None
+            if default.spec is not None:
+                inspect_adapter(path, **self._limits, base=default.spec)
+        raise AdapterRejected(
+            "base_mismatch",
+            f"{path.name}: trained on {declared!r}, which no engine here serves (serving "
+            f"{self.bases.describe()}); it is served once one does, or start the gateway with "
+            f"--base-model-alias {declared!r}={self.base_model_id} if that is the same model under another name.",
+        )
+
     def inspect(self, path: Path) -> AdapterInfo:
         """The header checks a version passes before it is copied in (format, rank, size, shapes
-        against the served base): what a remote source's files must pass before they are published."""
-        return inspect_adapter(path, **self._limits, base=self.base_spec)
+        against its base): what a remote source's files must pass before they are published."""
+        return inspect_adapter(path, **self._limits, base=self.base_of(path).spec)
+
+    def _inspect_kept(self, path: Path) -> tuple[AdapterInfo, str]:
+        base = self.base_of(path)
+        return inspect_adapter(path, **self._limits, base=base.spec), base.id
+
+    def add_base(self, base: ServedBase) -> bool:
+        """A base the engine serves now (an upstream of a new base came up): True when it is news,
+        and adapters refused because no engine served their base are then looked at again."""
+        if not self.bases.add(base):
+            return False
+        logger.info("serving base model %s (%s)", base.id, base.root)
+        for entry in self._entries.values():
+            if entry.rejected_reason == "base_mismatch":
+                entry.checked = False  # the next sync (the watcher's rescan, or now) takes it again
+        return True
 
     def is_loaded(self, version: AdapterVersion) -> bool:
         return self._residency.is_loaded(version)
@@ -176,7 +226,7 @@ class AdapterRegistry:
         """Hold ``model`` (base id, adapter name, or a version of one: ``addressing.py``) for one
         request, loading it if it was evicted. A name under a traffic split (``splits.py``) is
         the version ``user`` is assigned to."""
-        if model == self.base_model_id:
+        if model in self.bases:
             yield Lease(model, None)
             return
         name, ref = split_address(model)
@@ -350,16 +400,18 @@ class AdapterRegistry:
 
     # ------------------------------------------------------------------ taking a version
 
-    def _stage(self, name: str, source: Path, files: Fingerprint | None) -> tuple[StoredVersion, AdapterInfo]:
-        return stage(self.store, name, source, files, self._limits, self.base_spec)
+    def _stage(self, name: str, source: Path, files: Fingerprint | None) -> Staged:
+        base = self.base_of(source)
+        return (*stage(self.store, name, source, files, self._limits, base.spec), base)
 
-    def _check_stored(self, kept: StoredVersion) -> tuple[StoredVersion, AdapterInfo]:
-        return check_stored(kept, self._limits, self.base_spec)
+    def _check_stored(self, kept: StoredVersion) -> Staged:
+        base = self.base_of(kept.path)
+        return (*check_stored(kept, self._limits, base.spec), base)
 
     async def _adopt(
         self,
         entry: AdapterEntry,
-        staged: tuple[StoredVersion, AdapterInfo],
+        staged: Staged,
         arrival: Arrival,
         split_from: Path | None = None,
     ) -> None:
@@ -371,10 +423,12 @@ class AdapterRegistry:
         runs its eval gate as a task of its own and this returns at once: a gate whose judge hangs
         holds neither the scan, nor readiness, nor any other adapter. The version serves (or is
         rejected) when its gate ends; newer files for the name cancel it."""
-        stored, info = staged
+        stored, info, base = staged
         split, rewrite = await asyncio.to_thread(self._split_of, entry, stored.number, split_from)
-        version = self._version_of(entry, stored, info)
-        proven_here = stored.proven and stored.proven_on == self._proof()  # loads on demand
+        if split is not None:
+            await asyncio.to_thread(self._check_split_base, entry.name, split, base)
+        version = self._version_of(entry, stored, info, base)
+        proven_here = stored.proven and stored.proven_on == self._proof(base)  # loads on demand
         if version is not entry.active and not proven_here:
             await self._load_candidate(version, stored)
             if info.gate is not None and arrival is Arrival.DIRECTORY:
@@ -385,10 +439,12 @@ class AdapterRegistry:
                 )
                 return
             gate = await self._run_gate(entry, stored, version) if info.gate is not None else None
-            await self._prove(stored, gate)
+            await self._prove(stored, gate, base)
         await self._serve(entry, stored, version, split, rewrite, publish=arrival.publishes)
 
-    def _version_of(self, entry: AdapterEntry, stored: StoredVersion, info: AdapterInfo) -> AdapterVersion:
+    def _version_of(
+        self, entry: AdapterEntry, stored: StoredVersion, info: AdapterInfo, base: ServedBase
+    ) -> AdapterVersion:
         """The version a staged copy becomes: the one serving when its files are the same again (a
         re-publish, a rollback's files), else a new one under an id never used before."""
         if entry.active is not None and entry.active.load_path == str(stored.path):
@@ -402,6 +458,7 @@ class AdapterRegistry:
             info=info,
             created=int(time.time()),
             sha256=stored.sha256,
+            base=base.id,
         )
 
     async def _load_candidate(self, version: AdapterVersion, stored: StoredVersion) -> None:
@@ -479,16 +536,18 @@ class AdapterRegistry:
                 return
             entry.gate_task = None
             try:
-                await self._prove(stored, gate)
+                base = self.bases.get(version.base) or self.bases.default
+                assert base is not None
+                await self._prove(stored, gate, base)
                 await self._serve(entry, stored, version, split, rewrite, publish=False)
             except Exception as exc:
                 await self._residency.discard(version)
                 self._reject(entry, AdapterRejected("unreadable", f"{entry.name}: {type(exc).__name__}: {exc}."))
 
-    async def _prove(self, stored: StoredVersion, gate: GateOutcome | None) -> None:
+    async def _prove(self, stored: StoredVersion, gate: GateOutcome | None, base: ServedBase) -> None:
         """Mark ``stored`` proven (with its gate's outcome), apply retention, and unload what it took."""
         summary = gate.summary() if gate else None
-        await asyncio.to_thread(self.store.prove, stored, self._protected(), self._proof(), summary)
+        await asyncio.to_thread(self.store.prove, stored, self._protected(), self._proof(base), summary)
         await self._residency.drop_deleted()
 
     def _cancel_gate(self, entry: AdapterEntry) -> None:
@@ -552,10 +611,20 @@ class AdapterRegistry:
             number,
         )
 
-    def _proof(self) -> tuple[tuple[str, str], ...]:
-        """What a successful load proves an adapter against: this base, this kind of engine."""
-        base = self.base_spec.fingerprint if self.base_spec is not None else "unknown"
-        return (("base", base), ("engine", type(self._engine).__name__))
+    def _proof(self, base: ServedBase) -> tuple[tuple[str, str], ...]:
+        """What a successful load proves an adapter against: its base, this kind of engine."""
+        return (("base", base.fingerprint or "unknown"), ("engine", type(self._engine).__name__))
+
+    def _check_split_base(self, name: str, split: Split, base: ServedBase) -> None:
+        """A traffic split compares versions of one base: a version on another base is refused."""
+        for number in split.versions:
+            path = self.store.path_of(name, number)
+            if path.is_dir() and self.bases.of_adapter(declared_base(path), recorded_fingerprint(path)) != base:
+                raise AdapterRejected(
+                    "split_across_bases",
+                    f"{name}: its traffic split names v{number}, which was trained on another base than "
+                    f"{base.id!r}; a split compares versions of one base.",
+                )
 
     def _protected(self) -> set[Path]:
         """Copies the store must not delete (README: retention): the newest ``--keep-versions`` and

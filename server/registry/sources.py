@@ -277,8 +277,8 @@ class HubSource(Source):
         candidates = [CONFIG_FILE, *EXTRA_FILES, GATE_FILE, WEIGHTS_FILE]
         if not constants.HF_HUB_OFFLINE:  # sizes from the Hub before anything is downloaded
             from huggingface_hub import HfApi
-            from huggingface_hub.hf_api import RepoFile
             from huggingface_hub.errors import HfHubHTTPError
+            from huggingface_hub.hf_api import RepoFile
 
             try:
                 infos = HfApi().get_paths_info(

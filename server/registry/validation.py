@@ -71,7 +71,7 @@ def inspect_adapter(
     header = read_header(weights, max_bytes=max_bytes)
     if base is not None:
         declared = config.get("base_model_name_or_path")
-        if not base.accepts_base(declared if isinstance(declared, str) else None, _recorded_fingerprint(path)):
+        if not base.accepts_base(declared if isinstance(declared, str) else None, recorded_fingerprint(path)):
             raise AdapterRejected(
                 "base_mismatch",
                 f"{path.name}: trained on {declared!r}, but this server serves {base.display_name!r}; "
@@ -108,7 +108,7 @@ def declared_base(path: Path) -> str | None:
     return _string_field(path / CONFIG_FILE, "base_model_name_or_path")
 
 
-def _recorded_fingerprint(path: Path) -> str | None:
+def recorded_fingerprint(path: Path) -> str | None:
     """The base fingerprint our trainer records beside an adapter, if any (other tools record none)."""
     return _string_field(path / METADATA_FILE, "base_fingerprint")
 

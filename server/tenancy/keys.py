@@ -19,6 +19,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -67,9 +68,10 @@ class ApiKey:
     def usable(self, now: float | None = None) -> bool:
         return self.enabled and not self.revoked and (self.expires is None or (now or time.time()) < self.expires)
 
-    def may_use(self, model: str, base_model_id: str) -> bool:
-        """Whether this key may call ``model`` (the base id, an adapter name, or ``name@version``)."""
-        if model == base_model_id:
+    def may_use(self, model: str, bases: str | Collection[str]) -> bool:
+        """Whether this key may call ``model`` (a base's id among ``bases``, an adapter name, or
+        ``name@version``); ``base`` grants every base the gateway serves."""
+        if model == bases if isinstance(bases, str) else model in bases:
             return self.base
         name = split_address(model)[0]
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.models)

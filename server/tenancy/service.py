@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -38,8 +39,8 @@ class Principal:
     def tenant(self) -> str:
         return self.key.tenant if self.key else ""
 
-    def may_use(self, model: str, base_model_id: str) -> bool:
-        return self.key is None or self.key.may_use(model, base_model_id)
+    def may_use(self, model: str, bases: str | Collection[str]) -> bool:
+        return self.key is None or self.key.may_use(model, bases)
 
 
 ANYONE = Principal()

@@ -33,6 +33,7 @@ class _Dropped(Exception):
 class FakeVllm:
     base: str
     answer: str = "Fake: hello from the stand-in upstream."
+    root: str | None = None  # where vLLM says the base's files are (default: its id)
     die_after: int | None = None  # chunks sent before the connection is dropped; None: never
     delay: float = 0.0  # seconds before the response starts (a busy upstream: queueing, prefill)
     frozen: bool = False
@@ -51,7 +52,14 @@ class FakeVllm:
         @app.get("/v1/models")
         async def models() -> dict[str, Any]:
             await self._thaw()
-            cards = [{"id": self.base, "object": "model", "max_model_len": 4096, "parent": None}]
+            card = {
+                "id": self.base,
+                "object": "model",
+                "max_model_len": 4096,
+                "parent": None,
+                "root": self.root or self.base,
+            }
+            cards = [card]
             cards += [{"id": name, "object": "model", "parent": self.base} for name in sorted(self.loaded)]
             return {"object": "list", "data": cards}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,7 +183,7 @@ def test_routing_prefers_the_upstream_holding_the_adapter_then_the_least_busy() 
     engine = RemoteEngine(["http://a", "http://b", "http://c"], base_model_id="base")
     a, b, c = engine.upstreams
     for u in engine.upstreams:
-        u.healthy = True
+        u.healthy, u.bases = True, {"base": "/models/base"}
     a.loaded, a.in_flight = {"shop.v3"}, 5
     b.in_flight, c.in_flight = 0, 2
     assert engine._candidates("shop.v3") == [a, b, c]  # affinity beats load
@@ -300,7 +301,8 @@ def test_with_no_upstream_left_the_client_is_told_so(base_model: Path, adapters_
         message = response.json()["error"]["message"]
         assert "No upstream is reachable" in message and "loading" not in message
         again = httpx.post(f"{url}/v1/chat/completions", json={"model": "alpha", "messages": ASK}, timeout=30)
-        assert again.status_code == 503 and "No upstream is reachable" in again.json()["error"]["message"]
+        assert again.status_code == 503  # its pool is empty: the base's requests are told which base
+        assert "No upstream serving tiny-base is reachable" in again.json()["error"]["message"]
 
 
 def test_an_upstream_that_missed_an_unload_is_reconciled(
@@ -445,3 +447,51 @@ def test_tools_response_format_and_logprobs_pass_through_unchanged(base_model: P
         assert (sent["logprobs"], sent["top_logprobs"]) == (True, 2)
         entries = rated.choices[0].logprobs.content
         assert [e.token for e in entries] == ["Fine", " thanks"] and {e.logprob for e in entries} == {-0.25}
+
+
+def test_upstreams_are_pooled_by_base_and_a_new_base_is_served_once_an_upstream_brings_it(
+    base_model: Path, second_base: Path, trained_adapters: dict[str, Path], second_base_adapter: Path, tmp_path: Path
+) -> None:
+    """gamma (trained on the wide base) is refused while no upstream serves that base; an upstream
+    of it comes up, and gamma serves, from that pool only; the pool gone, its models answer 503
+    and the other base's go on answering."""
+    from server.app import create_app
+
+    directory = tmp_path / "adapters"
+    directory.mkdir()
+    shutil.copytree(trained_adapters["alpha"], directory / "alpha")
+    shutil.copytree(second_base_adapter, directory / "gamma")
+    tiny = FakeVllm("tiny-base", answer="tiny pool answers")
+    wide = FakeVllm("wide", answer="wide pool answers", root=str(second_base))
+    wide_port = free_port()
+    admin = {"Authorization": "Bearer pools"}
+    with running_server(tiny.app()) as tiny_url:
+        settings = make_settings(
+            base_model,
+            directory,
+            engine="remote",
+            upstream=[tiny_url, f"wide=http://127.0.0.1:{wide_port}"],
+            admin_key="pools",
+        )
+        app = create_app(settings)
+        app.state.gateway.engine._health_interval = 0.2
+        app.state.gateway.engine._check_timeout = 0.5
+        with running_server(app) as url:
+
+            def adapters() -> dict[str, dict[str, object]]:
+                return {a["name"]: a for a in httpx.get(f"{url}/v1/adapters", headers=admin).json()["data"]}
+
+            assert adapters()["gamma"]["rejected"]["reason"] == "base_mismatch"
+            assert streamed(url, model="alpha") == "tiny pool answers"
+            with running_server(wide.app(), port=wide_port):
+                wait_for(lambda: adapters()["gamma"]["state"] == "ready", timeout=30)
+                models = {m["id"]: m for m in httpx.get(f"{url}/v1/models").json()["data"]}
+                assert models["gamma"]["parent"] == "wide" and models["alpha"]["parent"] == "tiny-base"
+                assert streamed(url, model="gamma") == "wide pool answers"
+                assert streamed(url, model="alpha") == "tiny pool answers"
+                assert any(name.startswith("gamma.v") for name in wide.loaded)
+                assert not any(name.startswith("gamma.v") for name in tiny.loaded)  # only on its base's pool
+                assert not any(name.startswith("alpha.v") for name in wide.loaded)
+            refused = httpx.post(f"{url}/v1/chat/completions", json={"model": "gamma", "messages": ASK}, timeout=30)
+            assert refused.status_code == 503 and "serving wide" in refused.json()["error"]["message"]
+            assert streamed(url, model="alpha") == "tiny pool answers"
