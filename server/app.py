@@ -302,6 +302,18 @@ async def _serve_base(gateway: Gateway, base_id: str, root: str) -> None:
     settings, registry = gateway.settings, gateway.registry
     if base_id == settings.base_model_id or base_id in registry.bases:
         return  # the default base's spec, and a declared base's, are the boot's to read
+    default = registry.bases.default
+    if default is not None and default.declared_by(root, None):  # the default base under another served name
+        logger.error(
+            "an upstream serves %s (the default base's model) as %r, not as %r: start it with "
+            "--served-model-name %s, or the gateway with --served-model-name %s",
+            root,
+            base_id,
+            default.id,
+            default.id,
+            base_id,
+        )
+        return
     names = settings.aliases_of(base_id)
     model = settings.extra_bases.get(base_id, root)
     try:

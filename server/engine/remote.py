@@ -280,6 +280,9 @@ class RemoteEngine(Engine):
         self._adapters[adapter.adapter_id] = adapter
         base = self._base_of(adapter)
         pool = [u for u in self.upstreams if u.healthy and base in u.bases]
+        if not pool and base in self.known_bases:  # its pool is down: loaded by the check that sees one back
+            logger.warning("no upstream serving %s is healthy: %s is loaded once one is", base, upstream_name(adapter))
+            return
         results = await asyncio.gather(*(self._load_on(u, adapter) for u in pool))
         if not any(results):
             del self._adapters[adapter.adapter_id]
@@ -380,7 +383,9 @@ class RemoteEngine(Engine):
                 )
             finally:
                 upstream.in_flight -= 1
-        raise EngineUnavailable("No upstream is reachable right now (" + "; ".join(failures) + "); try again shortly.")
+        raise EngineUnavailable(
+            f"No upstream serving {base} is reachable right now (" + "; ".join(failures) + "); try again shortly."
+        )
 
     @contextlib.asynccontextmanager
     async def _answer(

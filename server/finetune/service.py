@@ -126,14 +126,20 @@ class FineTuning:
         """Queue a job (blocking: run in a thread); its files must be the key's own."""
         base = self.settings.base_model_id
         init = None
-        if request.model != base:
+        if request.model in self.registry.bases:  # a served base: trained from scratch on it
+            base = request.model
+        else:
             if request.model not in served:
                 raise InvalidRequest(
-                    f"model {request.model!r} is neither the served base ({base!r}) nor an adapter to continue from.",
+                    f"model {request.model!r} is neither a served base ({self.registry.bases.describe()}) "
+                    "nor an adapter to continue from.",
                     param="model",
                     code="model_not_available",
                 )
             init = self.aliases.get(request.model, (request.model, ""))[0]
+            entry = self.registry.get(init)
+            base = (entry.active.base if entry is not None and entry.active is not None else "") or base
+        served_base = self.registry.bases.get(base)
         training = self.store.file(owner, request.training_file)
         count = self.store.examples(request.training_file)
         if count < MIN_EXAMPLES:
@@ -171,6 +177,8 @@ class FineTuning:
             "hyperparameters_resolved": resolved,
             "seed_resolved": request.seed if request.seed is not None else defaults.seed,
             "init_adapter": init,
+            # The base it trains on: the one asked for, or the one the adapter it continues was trained on.
+            "base_path": served_base.root if served_base is not None else self.settings.model,
             "validation_file": validation["id"] if validation else None,
             "budget_tokens": training["bytes"] * resolved["n_epochs"],
             "batch_size_auto": settings.batch_size == "auto",  # the trainer's micro-batches and accumulation
@@ -299,7 +307,7 @@ class FineTuning:
         request, settings = job.request, job.request["hyperparameters_resolved"]
         defaults = TrainConfig(base="", data=[], name="")
         device, env, nice = self._device()
-        command = [sys.executable, "-m", PACKAGE, "train", "--base", self.settings.model]
+        command = [sys.executable, "-m", PACKAGE, "train", "--base", request.get("base_path") or self.settings.model]
         command += ["--data", str(self.store.file_path(request["training_file"]))]
         if request.get("validation_file"):
             command += ["--val-data", str(self.store.file_path(request["validation_file"]))]

@@ -619,7 +619,8 @@ class AdapterRegistry:
         """A traffic split compares versions of one base: a version on another base is refused."""
         for number in split.versions:
             path = self.store.path_of(name, number)
-            if path.is_dir() and self.bases.of_adapter(declared_base(path), recorded_fingerprint(path)) != base:
+            other = self.bases.of_adapter(declared_base(path), recorded_fingerprint(path)) if path.is_dir() else base
+            if other is None or other.id != base.id:
                 raise AdapterRejected(
                     "split_across_bases",
                     f"{name}: its traffic split names v{number}, which was trained on another base than "

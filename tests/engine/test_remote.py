@@ -299,7 +299,7 @@ def test_with_no_upstream_left_the_client_is_told_so(base_model: Path, adapters_
         # Lost before its first token: ejected, and nothing else to fail over to.
         assert response.status_code == 503, response.text
         message = response.json()["error"]["message"]
-        assert "No upstream is reachable" in message and "loading" not in message
+        assert "No upstream serving tiny-base is reachable" in message and "loading" not in message
         again = httpx.post(f"{url}/v1/chat/completions", json={"model": "alpha", "messages": ASK}, timeout=30)
         assert again.status_code == 503  # its pool is empty: the base's requests are told which base
         assert "No upstream serving tiny-base is reachable" in again.json()["error"]["message"]
@@ -495,3 +495,21 @@ def test_upstreams_are_pooled_by_base_and_a_new_base_is_served_once_an_upstream_
             refused = httpx.post(f"{url}/v1/chat/completions", json={"model": "gamma", "messages": ASK}, timeout=30)
             assert refused.status_code == 503 and "serving wide" in refused.json()["error"]["message"]
             assert streamed(url, model="alpha") == "tiny pool answers"
+
+
+def test_an_adapter_of_a_known_base_whose_pool_is_down_is_loaded_when_it_is_back() -> None:
+    import asyncio
+
+    from server.engine.base import AdapterRef
+    from server.engine.remote import RemoteEngine, parse_upstream
+    from server.errors import EngineError
+
+    assert parse_upstream("wide=http://gpu-3:8000/") == ("http://gpu-3:8000", "wide")
+    assert parse_upstream("http://gpu-3:8000/?a=b") == ("http://gpu-3:8000/?a=b", None)
+    engine = RemoteEngine(["wide=http://127.0.0.1:9"], base_model_id="tiny-base")
+    engine.known_bases["wide"] = "/models/wide"  # served before; its one upstream is down now
+    gamma = AdapterRef("gamma", 7, "/adapters/.kept/gamma/1", base="wide")
+    asyncio.run(engine.add_adapter(gamma))  # accepted: the health check that sees the pool back loads it
+    assert engine._adapters[7] is gamma and engine.unavailable("wide") is not None
+    with pytest.raises(EngineError, match="no upstream serving nowhere"):
+        asyncio.run(engine.add_adapter(AdapterRef("lost", 8, "/x", base="nowhere")))

@@ -89,6 +89,15 @@ def test_scopes_name_adapters_and_globs_and_the_base_separately() -> None:
     assert ApiKey(id="k", prefix="p", name="n", tenant="t").may_use("anything", "base")
 
 
+def test_the_base_permission_covers_every_served_base() -> None:
+    bases = ["qwen", "llama"]
+    scoped = ApiKey(id="k", prefix="p", name="n", tenant="t", models=("shop-*",), base=False)
+    assert not scoped.may_use("qwen", bases) and not scoped.may_use("llama", bases)
+    assert scoped.may_use("shop-a", bases) and not scoped.may_use("l", bases)  # a list, not a string's letters
+    both = ApiKey(id="k", prefix="p", name="n", tenant="t", models=(), base=True)
+    assert both.may_use("qwen", bases) and both.may_use("llama", bases) and not both.may_use("mistral", bases)
+
+
 def test_random_keys_and_prefixes_of_real_keys_are_all_refused(tenancy: Tenancy) -> None:
     secrets_ = [tenancy.store.create(f"k{i}")[1] for i in range(5)]
     tenancy.ring.refresh()
