@@ -67,6 +67,7 @@ def build_engine(settings: Settings) -> Engine:
                 max_queued=settings.max_queued_requests,
                 fair_admission=settings.fair_admission,
                 grammar_timeout=settings.grammar_timeout,
+                prefix_cache_bytes=settings.prefix_cache_mb * 1024**2,
             )
             for base, model in models.items()
         }

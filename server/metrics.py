@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .engine.base import EngineHealth
@@ -216,6 +216,17 @@ class _LiveGauges(Collector):
         yield GaugeMetricFamily(
             "lora_gateway_adapters_registered", "Adapters that serve requests.", value=self._registered()
         )
+        if health.prefix_cache is not None:
+            hits, reused, held = health.prefix_cache
+            yield CounterMetricFamily(
+                "lora_gateway_prefix_cache_hits", "Prompts that started with a cached prefix.", value=hits
+            )
+            yield CounterMetricFamily(
+                "lora_gateway_prefix_cache_reused_tokens",
+                "Prompt tokens taken from the prefix cache instead of computed.",
+                value=reused,
+            )
+            yield GaugeMetricFamily("lora_gateway_prefix_cache_bytes", "KV held by the prefix cache.", value=held)
         peak = self._peak_memory()
         if peak is not None:
             yield GaugeMetricFamily(

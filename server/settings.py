@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         description="Prompt tokens the local engine prefills in one step (default: 128 on CPU, 2048 on a GPU); "
         "smaller: a newcomer waits less behind a burst of prompts.",
     )
+    prefix_cache_mb: int = Field(
+        default=512,
+        ge=0,
+        description="local: MiB of KV kept for prompts' shared beginnings (a system prompt, a conversation so far), "
+        "per adapter version, least recently used evicted; 0: off.",
+    )
     max_queued_requests: int = Field(
         default=256,
         ge=1,

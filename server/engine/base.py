@@ -168,6 +168,8 @@ class EngineHealth:
     waiting_requests: int = 0
     loaded_adapters: list[str] = field(default_factory=list)
     unavailable: str = ""  # when not ready although started: why, in words a client can act on
+    # The embedded engine's prefix cache (None elsewhere): hits, prompt tokens not computed again, bytes held
+    prefix_cache: tuple[int, int, int] | None = None
 
 
 LOADING = "The model is still loading; try again shortly."

@@ -49,9 +49,10 @@ from .base import (
 )
 from .fair_queue import FairQueue
 from .grammar import Grammars, grammar_key
-from .kv_batch import Batch
+from .kv_batch import Batch, cache_layers, make_cache
 from .logprobs import TokenBytes
 from .peft_adapters import PeftAdapters
+from .prefix_cache import PrefixCache
 from .prompts import check_context, render_chat, render_off_loop
 from .rows import Job, Row, RowSteps
 
@@ -88,8 +89,10 @@ class LocalEngine(Engine):
         max_queued: int = 256,
         fair_admission: bool = True,
         grammar_timeout: float = 10.0,
+        prefix_cache_bytes: int = 0,
     ) -> None:
         self.model_path = model
+        self._prefixes = PrefixCache(prefix_cache_bytes)  # shared prompt beginnings' KV, per adapter version
         self._grammar_timeout = grammar_timeout
         self._device_setting = device
         self._dtype_setting = dtype
@@ -203,6 +206,9 @@ class LocalEngine(Engine):
             running_requests=len({id(r.job) for r in self._running_rows()}),
             waiting_requests=waiting,
             loaded_adapters=self._adapters.loaded(),
+            prefix_cache=(self._prefixes.hits, self._prefixes.tokens_reused, self._prefixes.bytes)
+            if self._prefixes.enabled
+            else None,
         )
 
     def unavailable(self, base: str = "") -> str | None:
@@ -245,7 +251,9 @@ class LocalEngine(Engine):
                 jobs = [row.job for row in self._running_rows()] + list(self._waiting)
             return any(job.peft_name == peft_name and not job.cancelled.is_set() for job in jobs)
 
+        peft_name = self._adapters.name_of(adapter)
         self._adapters.unload(adapter, in_use)
+        self._prefixes.drop(peft_name)  # its KV is no other version's; its name is never used again
 
     # ------------------------------------------------------------------ requests
 
@@ -343,8 +351,10 @@ class LocalEngine(Engine):
         (self._fresh if apart else self._batch).take_in(batch)
 
     def _prefill(self, jobs: list[Job]) -> Batch:
-        rows: list[Row] = []
-        prompts: list[list[int]] = []
+        """Prefill ``jobs`` into a batch of their rows: those whose prompt starts with a cached
+        prefix (``prefix_cache.py``) from it, each on its own, the rest together, left-padded."""
+        fresh: list[tuple[Job, list[Row]]] = []
+        batch = Batch()
         for job in jobs:
             options = job.request.sampling
             try:  # one request's bad options fail that request alone, never the others admitted with it
@@ -356,16 +366,46 @@ class LocalEngine(Engine):
                 logger.warning("request %s refused at admission: %s", job.request.request_id, exc)
                 self._fail_job(job, exc)
                 continue
-            rows += job_rows
-            prompts += [job.prompt_ids] * options.n
-        if not rows:
-            return Batch()
+            hit = self._prefixes.lookup(job.peft_name, job.prompt_ids)
+            if hit is None:
+                fresh.append((job, job_rows))
+            else:
+                batch.take_in(self._prefill_from(job, job_rows, *hit))
+        if fresh:
+            batch.take_in(self._prefill_together(fresh))
+        return batch
+
+    def _prefill_together(self, jobs: list[tuple[Job, list[Row]]]) -> Batch:
+        rows = [row for _, job_rows in jobs for row in job_rows]
+        prompts = [job.prompt_ids for job, job_rows in jobs for _ in job_rows]
         width = max(len(p) for p in prompts)
         pad = self._tokenizer.pad_token_id or 0
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self._device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self._device)
         logits, cache = self._forward(input_ids, mask, [r.job.peft_name for r in rows], cache=None)
         self._emit(rows, logits)
+        if self._prefixes.enabled:
+            layers, first = cache_layers(cache), 0
+            for job, job_rows in jobs:  # the first row of each job: its prompt's KV, padding left out
+                start = width - len(job.prompt_ids)
+                self._prefixes.store(
+                    job.peft_name,
+                    job.prompt_ids,
+                    [(k[first : first + 1, :, start:], v[first : first + 1, :, start:]) for k, v in layers],
+                )
+                first += len(job_rows)
+        return Batch(rows, cache, mask)
+
+    def _prefill_from(self, job: Job, rows: list[Row], reused: int, prefix: list[tuple[Any, Any]]) -> Batch:
+        """Prefill ``job``'s prompt after its first ``reused`` positions, whose KV is ``prefix``."""
+        n = len(rows)
+        cache = make_cache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix])
+        rest = job.prompt_ids[reused:]
+        input_ids = torch.tensor([rest] * n, device=self._device)
+        mask = torch.ones((n, len(job.prompt_ids)), dtype=torch.long, device=self._device)
+        logits, cache = self._forward(input_ids, mask, [job.peft_name] * n, cache=cache)
+        self._emit(rows, logits)
+        self._prefixes.store(job.peft_name, job.prompt_ids, [(k[:1], v[:1]) for k, v in cache_layers(cache)])
         return Batch(rows, cache, mask)
 
     def _decode(self) -> None:

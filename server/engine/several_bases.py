@@ -92,6 +92,7 @@ class SeveralBases(Engine):
             waiting_requests=sum(h.waiting_requests for h in parts.values()),
             loaded_adapters=[a for h in parts.values() for a in h.loaded_adapters],
             unavailable="; ".join(h.unavailable for h in parts.values() if h.unavailable),
+            prefix_cache=_sum_caches([h.prefix_cache for h in parts.values()]),
         )
 
     def unavailable(self, base: str = "") -> str | None:
@@ -101,6 +102,11 @@ class SeveralBases(Engine):
         """Process-wide already (CUDA's peak allocation, or peak RSS): the largest engine's answer."""
         peaks = [p for p in (e.peak_memory_bytes() for e in self.engines.values()) if p is not None]
         return max(peaks, default=None)
+
+
+def _sum_caches(caches: list[tuple[int, int, int] | None]) -> tuple[int, int, int] | None:
+    known = [c for c in caches if c is not None]
+    return tuple(map(sum, zip(*known, strict=True))) if known else None  # type: ignore[return-value]
 
 
 def weights_bytes(model: str, dtype: object) -> int:
