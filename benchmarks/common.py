@@ -31,11 +31,13 @@ SPEC = TinyModelSpec(
     vocab_size=2048,
 )
 ADAPTERS = ["shop-a", "shop-b", "shop-c", "shop-d"]
+MANY_ADAPTERS = [f"shop-{chr(ord('a') + i)}" for i in range(16)]  # the first four are ADAPTERS
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def prepare(cache: Path) -> tuple[Path, Path]:
-    """Build (once) the benchmark base model and four distinct rank-8 all-linear adapters."""
+def prepare(cache: Path, count: int = 4) -> tuple[Path, Path]:
+    """Build (once) the benchmark base model and ``count`` distinct rank-8 all-linear adapters
+    (``MANY_ADAPTERS[:count]``)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -43,8 +45,8 @@ def prepare(cache: Path) -> tuple[Path, Path]:
     base = cache / "base"
     if not is_built(base, SPEC):
         build_tiny_model(base, SPEC)
-    adapters = cache / "adapters"
-    for i, name in enumerate(ADAPTERS):
+    adapters = cache / ("adapters" if count == 4 else f"adapters-{count}")  # others' directories stay as they were
+    for i, name in enumerate(MANY_ADAPTERS[:count]):
         if (adapters / name / "adapter_model.safetensors").exists():
             continue
         torch.manual_seed(i)

@@ -8,9 +8,12 @@ subprocess with ``--max-batch-size 8``, then runs three loads with ``benchmarks/
 
 1. 8 concurrent requests spread round-robin over the 4 adapters,
 2. 8 concurrent requests all on one adapter,
-3. the same requests sent one at a time.
+3. the same requests sent one at a time,
+4. 16 concurrent requests spread over 16 distinct adapters,
+5. 16 concurrent requests to the base model alone (no adapter).
 
-Targets (issue 2): (1) >= 0.8x the output throughput of (2), and >= 3x that of (3). Results go to
+Targets (issue 2): (1) >= 0.8x the output throughput of (2), and >= 3x that of (3); (issue 38):
+(4) >= 0.8x (5). The gateway runs with ``--max-batch-size 16``. Results go to
 ``benchmarks/results/local_throughput.json`` and ``.md``; the ratios are measured in one run.
 """
 
@@ -25,7 +28,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import ADAPTERS, RESULTS, ROOT, SPEC, machine, prepare, start_gateway  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ADAPTERS,
+    MANY_ADAPTERS,
+    RESULTS,
+    ROOT,
+    SPEC,
+    machine,
+    prepare,
+    start_gateway,
+)
 from benchmarks.loadgen import format_summary, run  # noqa: E402
 
 
@@ -37,19 +49,23 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / ".demo" / "bench")
     args = parser.parse_args()
 
-    base, adapters = prepare(args.cache)
-    server = start_gateway(base, adapters, args.port, "--max-batch-size", "8")
+    base, adapters = prepare(args.cache, len(MANY_ADAPTERS))
+    server = start_gateway(base, adapters, args.port, "--max-batch-size", "16")
     url = f"http://127.0.0.1:{args.port}"
     try:
         asyncio.run(run(url, ADAPTERS, 8, 8, 8))  # warm-up
+        asyncio.run(run(url, MANY_ADAPTERS, 16, 16, 8))  # every adapter loaded before it is timed
         scenarios = {
             "mixed_4_adapters_c8": (ADAPTERS, 8),
             "single_adapter_c8": (ADAPTERS[:1], 8),
             "one_at_a_time_c1": (ADAPTERS, 1),
+            "mixed_16_adapters_c16": (MANY_ADAPTERS, 16),
+            "base_alone_c16": (["bench-base"], 16),
         }
         results = {}
         for name, (models, concurrency) in scenarios.items():
-            results[name] = asyncio.run(run(url, models, args.num_prompts, concurrency, args.max_tokens))
+            prompts = args.num_prompts * (2 if concurrency == 16 else 1)
+            results[name] = asyncio.run(run(url, models, prompts, concurrency, args.max_tokens))
             print(format_summary(name, results[name]))
     finally:
         server.terminate()
@@ -59,13 +75,15 @@ def main() -> None:
     ratios = {
         "mixed_vs_single_adapter": mixed / results["single_adapter_c8"]["output_throughput"],
         "mixed_vs_one_at_a_time": mixed / results["one_at_a_time_c1"]["output_throughput"],
+        "mixed_16_vs_base_alone": results["mixed_16_adapters_c16"]["output_throughput"]
+        / results["base_alone_c16"]["output_throughput"],
     }
-    targets = {"mixed_vs_single_adapter": 0.8, "mixed_vs_one_at_a_time": 3.0}
+    targets = {"mixed_vs_single_adapter": 0.8, "mixed_vs_one_at_a_time": 3.0, "mixed_16_vs_base_alone": 0.8}
     report = {
         "benchmark": "local_throughput",
         "model": SPEC.__dict__,
-        "adapters": len(ADAPTERS),
-        "max_batch_size": 8,
+        "adapters": len(MANY_ADAPTERS),
+        "max_batch_size": 16,
         "machine": machine(),
         "scenarios": results,
         "ratios": ratios,
@@ -82,13 +100,15 @@ def main() -> None:
     )
     (RESULTS / "local_throughput.md").write_text(
         "# Local engine: multi-LoRA batching throughput\n\n"
-        f"Random Qwen2 (hidden {SPEC.hidden_size}, {SPEC.num_hidden_layers} layers), 4 rank-8 all-linear adapters, "
-        f"CPU, {os.cpu_count()} cores, `--max-batch-size 8`, {args.num_prompts} prompts x {args.max_tokens} tokens.\n\n"
+        f"Random Qwen2 (hidden {SPEC.hidden_size}, {SPEC.num_hidden_layers} layers), rank-8 all-linear adapters "
+        f"(4, or 16), CPU, {os.cpu_count()} cores, `--max-batch-size 16`, {args.num_prompts} prompts x "
+        f"{args.max_tokens} tokens ({2 * args.num_prompts} at concurrency 16).\n\n"
         "| scenario | concurrency | completed | output tok/s | req/s | median TTFT ms | median TPOT ms | p99 E2E ms |\n"
         "|---|---|---|---|---|---|---|---|\n"
         f"{rows}\n\n"
         f"- mixed / single adapter: **{ratios['mixed_vs_single_adapter']:.2f}x** (target >= 0.8x)\n"
         f"- mixed / one at a time: **{ratios['mixed_vs_one_at_a_time']:.2f}x** (target >= 3x)\n"
+        f"- 16 adapters / base alone, concurrency 16: **{ratios['mixed_16_vs_base_alone']:.2f}x** (target >= 0.8x)\n"
     )
     print(json.dumps({"ratios": ratios, "targets_met": report["targets_met"]}, indent=2))
 

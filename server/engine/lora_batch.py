@@ -31,6 +31,10 @@ class BatchedLora:
         self._layers: list[Any] = []
         self._hooks: list[Any] = []
         self._slots: torch.Tensor | None = None
+        self._rows: list[int] = []  # the slots of ``_slots``, as a list
+        # Bumped whenever the rows' slots change or a slot's weights do: a layer's gathered
+        # weights of the rows (``gathered``) are reused while it stays the same.
+        self._generation = 0
         self._capacity = _INITIAL_SLOTS  # slots per layer, slot 0 included
         self.slot_of: dict[str, int] = {}
 
@@ -47,6 +51,7 @@ class BatchedLora:
                 layer.batched_lora_a[free, :, :r] = layer.lora_A[name].weight.t()
                 layer.batched_lora_b[free, :r, :] = layer.lora_B[name].weight.t() * layer.scaling[name]
         self.slot_of[name] = free
+        self._generation += 1  # a slot's weights changed: no layer may reuse what it gathered
         # peft's own LoRA computation would add the delta a second time.
         self._model.base_model.disable_adapter_layers()
 
@@ -57,16 +62,22 @@ class BatchedLora:
         for layer in self._layers:
             layer.batched_lora_a[slot].zero_()
             layer.batched_lora_b[slot].zero_()
+        self._generation += 1
 
     def set_rows(self, slots: list[int], device: torch.device) -> None:
-        """Slots of the rows in the next forward (0: base model). All-base batches skip the hooks."""
-        self._slots = torch.tensor(slots, device=device) if any(slots) else None
+        """Slots of the rows in the next forward (0: base model). All-base batches skip the hooks.
+        The same rows step after step (a decode) keep their gathered weights (``_add_delta``)."""
+        if not any(slots):
+            self._slots, self._rows = None, []
+        elif slots != self._rows:
+            self._slots, self._rows = torch.tensor(slots, device=device), list(slots)
+            self._generation += 1
 
     def close(self) -> None:
         for hook in self._hooks:
             hook.remove()
         for layer in self._layers:
-            layer.batched_lora_a = layer.batched_lora_b = None
+            layer.batched_lora_a = layer.batched_lora_b = layer.gathered = None
         self._layers, self._hooks, self.slot_of = [], [], {}
 
     def _adopt_new_layers(self, name: str) -> None:
@@ -103,6 +114,12 @@ class BatchedLora:
     def _add_delta(self, layer: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         if self._slots is None:
             return output
-        a = layer.batched_lora_a
-        hidden = torch.bmm(inputs[0].to(a.dtype), a[self._slots])
-        return output + torch.bmm(hidden, layer.batched_lora_b[self._slots]).to(output.dtype)
+        gathered = getattr(layer, "gathered", None)
+        if gathered is None or gathered[0] != self._generation:  # the rows changed: gather again
+            gathered = (self._generation, layer.batched_lora_a[self._slots], layer.batched_lora_b[self._slots])
+            # Kept on a CPU, where copying them each step costs about a tenth of a mixed step
+            # (benchmarks/local_throughput.py); on a GPU the copy is cheap and the memory is not.
+            layer.gathered = gathered if self._slots.device.type == "cpu" else None
+        _, a, b = gathered
+        hidden = torch.bmm(inputs[0].to(a.dtype), a)
+        return output + torch.bmm(hidden, b).to(output.dtype)

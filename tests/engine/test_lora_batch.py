@@ -98,3 +98,34 @@ def test_slots_are_reused_and_capacity_grows(base_model: Path, varied_adapters: 
         lora.set_rows([lora.slot_of["a5"], lora.slot_of["b"]], torch.device("cpu"))
         actual = model(input_ids=input_ids).logits
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_same_rows_keep_their_gathered_weights_until_a_slot_changes(
+    base_model: Path, varied_adapters: dict[str, Path]
+) -> None:
+    """A decode's rows are the same step after step, so their weights are gathered once; a slot
+    given to another adapter meanwhile (same rows, same slot numbers) is gathered again."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), varied_adapters["a"], "a")
+    lora = BatchedLora(model)
+    lora.add("a")
+    input_ids = torch.randint(0, 200, (2, 5))
+    with torch.inference_mode():
+        lora.set_rows([1, 1], torch.device("cpu"))
+        first = model(input_ids=input_ids).logits
+        lora.set_rows([1, 1], torch.device("cpu"))
+        assert torch.equal(model(input_ids=input_ids).logits, first)  # reused: the very same numbers
+        model.load_adapter(varied_adapters["b"], adapter_name="b")
+        lora.remove("a")
+        lora.add("b")  # takes slot 1 again
+        assert lora.slot_of["b"] == 1
+        lora.set_rows([1, 1], torch.device("cpu"))
+        actual = model(input_ids=input_ids).logits
+        lora.set_rows([0, 0], torch.device("cpu"))  # peft's own computation alone, for the reference
+        model.base_model.enable_adapter_layers()
+        expected = model(input_ids=input_ids, adapter_names=["b", "b"]).logits
+        model.base_model.disable_adapter_layers()
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(actual, first)
