@@ -169,3 +169,18 @@ def test_vllm_in_process_serves_one_base() -> None:
 
     with pytest.raises(ValidationError, match="--engine remote"):
         Settings(model="m", engine="vllm", extra_base=["other"])
+
+
+def test_aliases_name_their_base() -> None:
+    from server.settings import Settings
+
+    settings = Settings(
+        model="/models/qwen",
+        served_model_name="qwen",
+        extra_base=["llama=/models/llama", "/models/phi"],
+        base_model_alias=["Qwen/Qwen2.5-7B-Instruct", "meta-llama/Meta-Llama-3-8B-Instruct=llama"],
+    )
+    assert settings.extra_bases == {"llama": "/models/llama", "/models/phi": "/models/phi"}
+    assert settings.aliases_of("qwen") == ["Qwen/Qwen2.5-7B-Instruct"]  # a plain alias: the default base's
+    assert settings.aliases_of("llama") == ["meta-llama/Meta-Llama-3-8B-Instruct"]
+    assert settings.aliases_of("/models/phi") == []
