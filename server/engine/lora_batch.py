@@ -31,9 +31,9 @@ class BatchedLora:
         self._layers: list[Any] = []
         self._hooks: list[Any] = []
         self._slots: torch.Tensor | None = None
-        self._rows: list[int] = []  # the slots of ``_slots``, as a list
-        # Bumped whenever the rows' slots change or a slot's weights do: a layer's gathered
-        # weights of the rows (``gathered``) are reused while it stays the same.
+        self._rows: tuple[int, ...] = ()  # the slots of ``_slots``, as a tuple
+        # Bumped whenever a slot's weights change: a layer's gathered weights of some rows
+        # (``gathered``) are reused while the rows and this stay the same.
         self._generation = 0
         self._capacity = _INITIAL_SLOTS  # slots per layer, slot 0 included
         self.slot_of: dict[str, int] = {}
@@ -68,10 +68,9 @@ class BatchedLora:
         """Slots of the rows in the next forward (0: base model). All-base batches skip the hooks.
         The same rows step after step (a decode) keep their gathered weights (``_add_delta``)."""
         if not any(slots):
-            self._slots, self._rows = None, []
-        elif slots != self._rows:
-            self._slots, self._rows = torch.tensor(slots, device=device), list(slots)
-            self._generation += 1
+            self._slots, self._rows = None, ()
+        elif tuple(slots) != self._rows:
+            self._slots, self._rows = torch.tensor(slots, device=device), tuple(slots)
 
     def close(self) -> None:
         for hook in self._hooks:
@@ -114,12 +113,22 @@ class BatchedLora:
     def _add_delta(self, layer: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         if self._slots is None:
             return output
-        gathered = getattr(layer, "gathered", None)
-        if gathered is None or gathered[0] != self._generation:  # the rows changed: gather again
-            gathered = (self._generation, layer.batched_lora_a[self._slots], layer.batched_lora_b[self._slots])
-            # Kept on a CPU, where copying them each step costs about a tenth of a mixed step
-            # (benchmarks/local_throughput.py); on a GPU the copy is cheap and the memory is not.
-            layer.gathered = gathered if self._slots.device.type == "cpu" else None
-        _, a, b = gathered
-        hidden = torch.bmm(inputs[0].to(a.dtype), a)
-        return output + torch.bmm(hidden, b).to(output.dtype)
+        key = (self._generation, self._rows)
+        kept: dict[Any, tuple[torch.Tensor, torch.Tensor]] = getattr(layer, "gathered", None) or {}
+        pair = kept.get(key)
+        if pair is None:  # rows not seen since the weights last changed: gather them
+            pair = (layer.batched_lora_a[self._slots], layer.batched_lora_b[self._slots])
+            # Kept on a CPU, for the two row sets that alternate there (the running batch and its
+            # newcomers, ``LocalEngine._decode``): gathering every step cost a twentieth of a
+            # mixed step (py-spy, benchmarks/local_throughput.py). On a GPU the copy is cheap and
+            # the memory is not.
+            if self._slots.device.type == "cpu":
+                layer.gathered = {k: v for k, v in kept.items() if k[0] == self._generation and k != key}
+                while len(layer.gathered) >= 2:
+                    del layer.gathered[next(iter(layer.gathered))]
+                layer.gathered[key] = pair
+        a, b = pair
+        x = inputs[0]
+        if x.dtype == a.dtype == output.dtype:  # the usual case: one fused multiply-add for the delta
+            return torch.baddbmm(output, torch.bmm(x, a), b)
+        return output + torch.bmm(torch.bmm(x.to(a.dtype), a), b).to(output.dtype)
