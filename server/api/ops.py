@@ -49,6 +49,10 @@ async def ready(gateway: GatewayDep) -> JSONResponse:
         "running_requests": engine.running_requests,
         "waiting_requests": engine.waiting_requests,
     }
+    source = gateway.source_watcher
+    if source is not None:  # --adapters-source: reported, never holding readiness (the directory serves on)
+        body["adapters_source"] = {"url": str(source.url), "polls": source.polls, "last_error": source.last_error}
+    body["bases"] = registry.bases.ids
     return JSONResponse(body, status_code=200 if is_ready else 503)
 
 

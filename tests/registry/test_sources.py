@@ -262,5 +262,8 @@ def test_a_gateway_follows_its_adapters_source(
 
         wait_for(lambda: "beta" in served(), timeout=30)
         assert ask(url, "beta") == ANSWERS["beta"]
+        status = httpx.get(f"{url}/ready").json()
+        assert status["adapters_source"]["url"] == "s3://models/served" and status["adapters_source"]["polls"] >= 1
+        assert status["adapters_source"]["last_error"] is None and status["bases"] == ["tiny-base"]
         delete_prefix(client, "models", "served/beta")
         wait_for(lambda: "beta" not in served(), timeout=30)
