@@ -10,9 +10,10 @@ every gateway still proves it for itself.
 
 What was taken from the source is recorded in ``<adapters-dir>/.source.json`` (a name, the files'
 signature), so a restart downloads nothing it already has. A name removed from the source is
-removed from the directory only if this source had put it there; names published locally are
-never touched. One bad adapter (refused files, a failed download) is reported, left as it was,
-and retried when its files change again: it never holds up the others.
+removed from the directory only if this source had put it there (and, when the whole source
+lists empty, only once a second look agrees); names published locally are never touched. One
+bad adapter (refused files, a failed download) is reported, left as it was, and retried when its
+files change again: it never holds up the others.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class SourceWatcher:
         self._on_failure = on_failure
         self.last_error: str | None = None  # the last listing's failure, for /ready's detail
         self.polls = 0
+        self._seen_empty = False  # the last look listed nothing (see ``poll``)
         self._refused: dict[str, Signature] = {}  # files refused once are not fetched again until they change
 
     @property
@@ -126,7 +128,18 @@ class SourceWatcher:
                 logger.warning("adapters source %s: %s not taken: %s", self.url, name, exc)
             finally:
                 self._save(taken)
-        for name in sorted(set(taken) - set(names)):  # gone from the source: it put them here, it takes them out
+        gone = sorted(set(taken) - set(names))
+        if gone and not names and not self._seen_empty:
+            # The whole source empty at once is as likely a listing gone wrong (a prefix renamed, a
+            # replica behind) as a decision: taken out only if the next look agrees.
+            self._seen_empty = True
+            logger.warning(
+                "adapters source %s lists nothing; its %d adapters go if the next look agrees", self.url, len(gone)
+            )
+            gone = []
+        elif names:
+            self._seen_empty = False
+        for name in gone:  # gone from the source: it put them here, it takes them out
             remove_adapter(name, self.adapters_dir)
             del taken[name]
             self._save(taken)

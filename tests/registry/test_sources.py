@@ -235,6 +235,20 @@ def test_a_watched_source_publishes_each_new_version_once(
     assert not (tmp_path / "one" / "alpha").exists() and (tmp_path / "one" / "local").is_dir()
 
 
+def test_a_source_that_lists_empty_at_once_takes_its_adapters_out_only_when_a_second_look_agrees(
+    s3: tuple[str, Any], trained_adapters: dict[str, Path], tmp_path: Path
+) -> None:
+    endpoint, client = s3
+    upload(client, "models", "shrinking/alpha", trained_adapters["alpha"])
+    watcher = SourceWatcher("s3://models/shrinking", tmp_path, config(endpoint), check=_headers)
+    assert watcher.poll() == ["alpha"]
+    delete_prefix(client, "models", "shrinking/alpha")
+    watcher.poll()
+    assert (tmp_path / "alpha").is_dir()  # one empty listing: kept
+    watcher.poll()
+    assert not (tmp_path / "alpha").exists()  # the second agrees: gone
+
+
 def _headers(path: Path) -> None:
     from server.registry.validation import inspect_adapter
 
