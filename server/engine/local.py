@@ -52,7 +52,7 @@ from .grammar import Grammars, grammar_key
 from .kv_batch import Batch, cache_layers, make_cache
 from .logprobs import TokenBytes
 from .peft_adapters import PeftAdapters
-from .prefix_cache import PrefixCache
+from .prefix_cache import PrefixCache, block_digests
 from .prompts import check_context, render_chat, render_off_loop
 from .rows import Job, Row, RowSteps
 
@@ -366,7 +366,9 @@ class LocalEngine(Engine):
                 logger.warning("request %s refused at admission: %s", job.request.request_id, exc)
                 self._fail_job(job, exc)
                 continue
-            hit = self._prefixes.lookup(job.peft_name, job.prompt_ids)
+            if self._prefixes.enabled:
+                job.prefix_digests = block_digests(job.peft_name, job.prompt_ids)
+            hit = self._prefixes.lookup(job.peft_name, job.prompt_ids, job.prefix_digests)
             if hit is None:
                 fresh.append((job, job_rows))
             else:
@@ -392,6 +394,7 @@ class LocalEngine(Engine):
                     job.peft_name,
                     job.prompt_ids,
                     [(k[first : first + 1, :, start:], v[first : first + 1, :, start:]) for k, v in layers],
+                    job.prefix_digests,
                 )
                 first += len(job_rows)
         return Batch(rows, cache, mask)
@@ -405,7 +408,8 @@ class LocalEngine(Engine):
         mask = torch.ones((n, len(job.prompt_ids)), dtype=torch.long, device=self._device)
         logits, cache = self._forward(input_ids, mask, [job.peft_name] * n, cache=cache)
         self._emit(rows, logits)
-        self._prefixes.store(job.peft_name, job.prompt_ids, [(k[:1], v[:1]) for k, v in cache_layers(cache)])
+        layers = [(k[:1], v[:1]) for k, v in cache_layers(cache)]
+        self._prefixes.store(job.peft_name, job.prompt_ids, layers, job.prefix_digests)
         return Batch(rows, cache, mask)
 
     def _decode(self) -> None:

@@ -23,6 +23,7 @@ Touched by the engine's worker thread only: no lock.
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -42,13 +43,16 @@ class _Entry:
         return int(self.layers[0][0].shape[2]) if self.layers else 0
 
 
-def block_digests(peft_name: str, tokens: list[int], limit: int) -> list[bytes]:
-    """The running digest at each whole-block boundary of ``tokens[:limit]``: entry ``i`` names
-    the first ``(i + 1) * BLOCK`` tokens (under ``peft_name``)."""
+def block_digests(peft_name: str, tokens: list[int]) -> list[bytes]:
+    """The running digest at each whole-block boundary of ``tokens``: entry ``i`` names the first
+    ``(i + 1) * BLOCK`` tokens (under ``peft_name``). A request's are computed once, for both its
+    lookup and its store."""
     digest = hashlib.blake2b(peft_name.encode(), digest_size=16)
+    packed = array("I", tokens).tobytes()  # one C call for the whole prompt (digests never leave this process)
+    step = BLOCK * array("I").itemsize
     out = []
-    for start in range(0, limit - limit % BLOCK, BLOCK):
-        digest.update(b"".join(t.to_bytes(4, "little", signed=False) for t in tokens[start : start + BLOCK]))
+    for start in range(0, len(packed) - len(packed) % step, step):
+        digest.update(packed[start : start + step])
         out.append(digest.copy().digest())
     return out
 
@@ -68,12 +72,17 @@ class PrefixCache:
     def enabled(self) -> bool:
         return self.max_bytes > 0
 
-    def lookup(self, peft_name: str, tokens: list[int]) -> tuple[int, list[tuple[Any, Any]]] | None:
+    def lookup(
+        self, peft_name: str, tokens: list[int], digests: list[bytes] | None = None
+    ) -> tuple[int, list[tuple[Any, Any]]] | None:
         """(positions reused, per-layer KV of them) for the longest cached prefix of ``tokens``
-        (whole blocks, at least one token left to compute); None when nothing is cached."""
+        (whole blocks, at least one token left to compute); None when nothing is cached.
+        ``digests``: ``block_digests(peft_name, tokens)``, when the caller has them."""
         if not self.enabled or len(tokens) <= BLOCK:
             return None
-        for digest in reversed(block_digests(peft_name, tokens, len(tokens) - 1)):
+        if digests is None:
+            digests = block_digests(peft_name, tokens)
+        for digest in reversed(digests[: (len(tokens) - 1) // BLOCK]):
             found = self._index.get(digest)
             if found is None:
                 continue
@@ -88,12 +97,15 @@ class PrefixCache:
         self.misses += 1
         return None
 
-    def store(self, peft_name: str, tokens: list[int], layers: list[tuple[Any, Any]]) -> None:
+    def store(
+        self, peft_name: str, tokens: list[int], layers: list[tuple[Any, Any]], digests: list[bytes] | None = None
+    ) -> None:
         """Keep ``layers`` (the KV of ``tokens``, [1, heads, len(tokens), dim] each) up to the last
         whole block, unless every boundary of it is already cached."""
         if not self.enabled:
             return
-        digests = block_digests(peft_name, tokens, len(tokens))
+        if digests is None:
+            digests = block_digests(peft_name, tokens)
         if not digests:
             return
         known = self._index.get(digests[-1])

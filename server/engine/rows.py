@@ -45,6 +45,8 @@ class Job:
     # Its flow held no rows when the batch admitted it: until its first text, the busy flows'
     # prefills wait (``fair_queue.py``) and, on a CPU, its rows step apart (``LocalEngine._decode``).
     newcomer: bool = False
+    # Its prompt's block digests (``prefix_cache.block_digests``), computed once for lookup and store
+    prefix_digests: list[bytes] | None = None
 
     @property
     def flow(self) -> str:

@@ -190,9 +190,10 @@ class AdapterRegistry:
     def inspect(self, path: Path) -> AdapterInfo:
         """The header checks a version passes before it is copied in (format, rank, size, shapes
         against its base): what a remote source's files must pass before they are published."""
-        return inspect_adapter(path, **self._limits, base=self.base_of(path).spec)
+        return self._inspect_kept(path)[0]
 
     def _inspect_kept(self, path: Path) -> tuple[AdapterInfo, str]:
+        """``inspect``, and the id of the base the adapter is for."""
         base = self.base_of(path)
         return inspect_adapter(path, **self._limits, base=base.spec), base.id
 
@@ -435,7 +436,8 @@ class AdapterRegistry:
                 self._cancel_gate(entry)
                 entry.gating = version.version
                 entry.gate_task = asyncio.create_task(
-                    self._gate_then_serve(entry, stored, version, split, rewrite), name=f"eval-gate-{entry.name}"
+                    self._gate_then_serve(entry, (stored, info, base), version, split, rewrite),
+                    name=f"eval-gate-{entry.name}",
                 )
                 return
             gate = await self._run_gate(entry, stored, version) if info.gate is not None else None
@@ -513,9 +515,10 @@ class AdapterRegistry:
                 await self._residency.retire(previous)
 
     async def _gate_then_serve(
-        self, entry: AdapterEntry, stored: StoredVersion, version: AdapterVersion, split: Split | None, rewrite: bool
+        self, entry: AdapterEntry, staged: Staged, version: AdapterVersion, split: Split | None, rewrite: bool
     ) -> None:
         """A background gate (``_adopt``): its verdict, then, under the name's lock, serve or refuse."""
+        stored, _, base = staged
         try:
             gate = await self._run_gate(entry, stored, version)
         except AdapterRejected as exc:
@@ -536,8 +539,6 @@ class AdapterRegistry:
                 return
             entry.gate_task = None
             try:
-                base = self.bases.get(version.base) or self.bases.default
-                assert base is not None
                 await self._prove(stored, gate, base)
                 await self._serve(entry, stored, version, split, rewrite, publish=False)
             except Exception as exc:

@@ -22,13 +22,14 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from ..terms.layout import SOURCE_STATE_FILE
 from .names import is_valid_name
 from .publish import publish_adapter, remove_adapter
-from .sources import RemoteFile, SourceConfig, SourceURL, fetched, open_source
+from .sources import RemoteFile, SourceConfig, SourceURL, open_source, stage_from
 from .validation import AdapterIncomplete, AdapterRejected
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class SourceWatcher:
         self.last_error: str | None = None  # the last listing's failure, for /ready's detail
         self.polls = 0
         self._seen_empty = False  # the last look listed nothing (see ``poll``)
+        self._taken: dict[str, Signature] | None = None  # what this source put here (``.source.json``)
         self._refused: dict[str, Signature] = {}  # files refused once are not fetched again until they change
 
     @property
@@ -101,9 +103,11 @@ class SourceWatcher:
 
     def poll(self) -> list[str]:
         """One look at the source (blocking: run it in a thread); returns the names published."""
-        listing = open_source(self.url, self.config)
-        names = listing.subdirectories()
-        taken = self._state()
+        source = open_source(self.url, self.config)
+        names = source.subdirectories()
+        if self._taken is None:  # read once: this watcher is the only writer of its URL's record
+            self._taken = self._state()
+        taken = self._taken
         published: list[str] = []
         for name in names:
             if not is_valid_name(name):
@@ -111,13 +115,18 @@ class SourceWatcher:
                 continue
             current: Signature | None = None
             try:
-                files = open_source(self.url.child(name), self.config).files()
+                adapter = source.child(name)  # one client for the whole look
+                files = adapter.files()
                 current = signature(files)
                 if current in (taken.get(name), self._refused.get(name)):
                     continue
-                with fetched(str(self.url.child(name)), self.adapters_dir, self.config, requested=False) as staged:
+                staged = stage_from(adapter, self.adapters_dir, files)  # the files just listed, not again
+                try:
                     publish_adapter(staged, name, self.adapters_dir, validate=self._check)
+                finally:
+                    shutil.rmtree(staged, ignore_errors=True)
                 taken[name] = current
+                self._save(taken)
                 self._refused.pop(name, None)
                 published.append(name)
                 logger.info("adapters source %s: published %s into %s", self.url, name, self.adapters_dir)
@@ -126,8 +135,6 @@ class SourceWatcher:
                     self._refused[name] = current
                 self._on_failure(name)
                 logger.warning("adapters source %s: %s not taken: %s", self.url, name, exc)
-            finally:
-                self._save(taken)
         gone = sorted(set(taken) - set(names))
         if gone and not names and not self._seen_empty:
             # The whole source empty at once is as likely a listing gone wrong (a prefix renamed, a

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Any
 
 from ..terms.layout import CONFIG_FILE, EXTRA_FILES, GATE_FILE, STAGING_PREFIX, WEIGHTS_FILE
 from .gate_spec import gate_files
@@ -38,6 +38,8 @@ from .validation import AdapterRejected
 HUB_SCHEME = "hf"
 DEFAULT_SCHEMES = ("s3", HUB_SCHEME)
 SMALL_FILE_BYTES = 64 * 1024**2  # every file but the weights: configs, a profile, an eval set
+# What is fetched of an adapter, config first (the eval gate's test set is added once eval.json is here)
+ADAPTER_FILES = (CONFIG_FILE, *EXTRA_FILES, GATE_FILE, WEIGHTS_FILE)
 _SCHEME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789+-.")
 
 
@@ -130,21 +132,34 @@ class SourceConfig:
 
 
 def config_from_env(environ: Mapping[str, str] = os.environ) -> SourceConfig:
-    """The command line's ``SourceConfig``: the gateway's settings, read from the same environment
-    variables (``LORA_GATEWAY_SOURCE_OPTIONS``, ``_SOURCE_SCHEMES``, ``_SOURCE_TIMEOUT``); the
-    operator running it may name any URL of an enabled scheme."""
-    raw = environ.get("LORA_GATEWAY_SOURCE_OPTIONS")
-    try:
-        options = json.loads(raw) if raw else {}
-    except ValueError as exc:
-        raise SystemExit(f"lora-gateway: LORA_GATEWAY_SOURCE_OPTIONS is not JSON ({exc})") from None
-    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
-        raise SystemExit('lora-gateway: LORA_GATEWAY_SOURCE_OPTIONS must be {"SCHEME": {"OPTION": VALUE}}')
-    schemes = environ.get("LORA_GATEWAY_SOURCE_SCHEMES")
+    """The command line's ``SourceConfig``: the gateway's settings (``server.settings``, their
+    defaults and validation), read from the same environment variables
+    (``LORA_GATEWAY_SOURCE_OPTIONS``, ``_SOURCE_SCHEMES``, ``_SOURCE_TIMEOUT``); the operator
+    running it may name any URL of an enabled scheme."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from ..settings import Settings
+
+    fields = Settings.model_fields
+    values: dict[str, Any] = {}
+    for name in ("source_options", "source_schemes", "source_timeout"):
+        raw = environ.get(f"LORA_GATEWAY_{name.upper()}")
+        if not raw:
+            values[name] = fields[name].get_default(call_default_factory=True)
+            continue
+        if name == "source_schemes":  # comma-separated, as Settings reads it
+            raw = json.dumps([s.strip() for s in raw.split(",") if s.strip()])
+        try:
+            field = fields[name]
+            # the field's type with its constraints (gt=0), as Settings validates it
+            typed: Any = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+            values[name] = TypeAdapter(typed).validate_json(raw)
+        except ValidationError as exc:
+            raise SystemExit(f"lora-gateway: LORA_GATEWAY_{name.upper()}: {exc.errors()[0]['msg']}") from None
     return SourceConfig(
-        schemes=tuple(s.strip().lower() for s in schemes.split(",") if s.strip()) if schemes else DEFAULT_SCHEMES,
-        options=options,
-        timeout=float(environ.get("LORA_GATEWAY_SOURCE_TIMEOUT") or 60.0),
+        schemes=tuple(s.lower() for s in values["source_schemes"]),
+        options=values["source_options"],
+        timeout=float(values["source_timeout"]),
     )
 
 
@@ -174,34 +189,30 @@ class Source:
         """Names directly under the location (a watched source's adapters)."""
         raise NotImplementedError
 
+    def child(self, name: str) -> Source:
+        """The location ``name`` under this one."""
+        return open_source(self.url.child(name), self.config)
+
 
 def _wanted(available: Mapping[str, RemoteFile]) -> list[str]:
     """The adapter files to fetch first; the eval gate's test set is known once eval.json is here."""
     if CONFIG_FILE not in available or WEIGHTS_FILE not in available:
         raise AdapterRejected("missing_files", f"the source must contain {CONFIG_FILE} and {WEIGHTS_FILE}.")
-    return [f for f in (CONFIG_FILE, *EXTRA_FILES, GATE_FILE, WEIGHTS_FILE) if f in available]
+    return [f for f in ADAPTER_FILES if f in available]
 
 
 class FsspecSource(Source):
     """``s3://`` and any other fsspec protocol the operator enabled (its driver installed)."""
 
-    def __init__(self, url: SourceURL, config: SourceConfig) -> None:
+    def __init__(self, url: SourceURL, config: SourceConfig, fs: Any = None) -> None:
+        """``fs``: a file system already opened for this scheme (``child``), else one is opened."""
         super().__init__(url, config)
-        import fsspec
-
-        options = dict(config.options.get(url.scheme, {}))
-        if url.scheme == "s3":  # bounded calls; boto's retries are short
-            timeouts = {"connect_timeout": config.timeout, "read_timeout": config.timeout}
-            options.setdefault("config_kwargs", {**timeouts, "retries": {"max_attempts": 2}})
-            options.setdefault("skip_instance_cache", True)
-        try:
-            self.fs = fsspec.filesystem(url.scheme, **options)
-        except (ImportError, ValueError) as exc:
-            raise AdapterRejected(
-                "source_unavailable",
-                f"{url.scheme}:// needs its fsspec driver ({exc}); pip install 'lora-gateway[sources]'.",
-            ) from None
+        self.fs = fs if fs is not None else _open_filesystem(url.scheme, config)
         self.root = url.location.rstrip("/")
+
+    def child(self, name: str) -> Source:
+        """The same file system (its client, its connections), one folder down."""
+        return FsspecSource(self.url.child(name), self.config, self.fs)
 
     def _listing(self, path: str) -> list[dict[str, Any]]:
         try:
@@ -240,6 +251,23 @@ class FsspecSource(Source):
                 ) from None
 
 
+def _open_filesystem(scheme: str, config: SourceConfig) -> Any:
+    import fsspec
+
+    options = dict(config.options.get(scheme, {}))
+    if scheme == "s3":  # bounded calls; boto's retries are short
+        timeouts = {"connect_timeout": config.timeout, "read_timeout": config.timeout}
+        options.setdefault("config_kwargs", {**timeouts, "retries": {"max_attempts": 2}})
+        options.setdefault("skip_instance_cache", True)
+    try:
+        return fsspec.filesystem(scheme, **options)
+    except (ImportError, ValueError) as exc:
+        raise AdapterRejected(
+            "source_unavailable",
+            f"{scheme}:// needs its fsspec driver ({exc}); pip install 'lora-gateway[sources]'.",
+        ) from None
+
+
 class HubSource(Source):
     """``hf://org/repo[@revision][/folder]``: ``huggingface_hub`` does the download and its cache
     (``HF_HOME``), so an operator's offline mirror or pre-filled cache works as for models."""
@@ -248,7 +276,6 @@ class HubSource(Source):
         super().__init__(url, config)
         org, repo, *folder = url.location.split("/")
         self.repo_id, self.folder = f"{org}/{repo}", "/".join(folder)
-        self._snapshot: Path | None = None
 
     def _path(self, name: str) -> str:
         return f"{self.folder}/{name}" if self.folder else name
@@ -274,7 +301,7 @@ class HubSource(Source):
     def files(self) -> dict[str, RemoteFile]:
         from huggingface_hub import constants
 
-        candidates = [CONFIG_FILE, *EXTRA_FILES, GATE_FILE, WEIGHTS_FILE]
+        candidates = list(ADAPTER_FILES)
         if not constants.HF_HUB_OFFLINE:  # sizes from the Hub before anything is downloaded
             from huggingface_hub import HfApi
             from huggingface_hub.errors import HfHubHTTPError
@@ -294,7 +321,6 @@ class HubSource(Source):
                 if isinstance(i, RepoFile)
             }
         snapshot = self._download(candidates)  # offline: the cache is the listing
-        self._snapshot = snapshot
         return {
             name: RemoteFile(name, (snapshot / name).stat().st_size, os.path.realpath(snapshot / name))
             for name in candidates
@@ -316,11 +342,12 @@ def open_source(url: SourceURL, config: SourceConfig) -> Source:
     return HubSource(url, config) if url.scheme == HUB_SCHEME else FsspecSource(url, config)
 
 
-def download(source: Source, into: Path) -> dict[str, RemoteFile]:
+def download(source: Source, into: Path, listed: dict[str, RemoteFile] | None = None) -> dict[str, RemoteFile]:
     """Fetch the adapter at ``source`` into the empty directory ``into``: known files only, each
-    bounded before and after it is fetched, the whole within ten times the per-file timeout."""
+    bounded before and after it is fetched, the whole within ten times the per-file timeout.
+    ``listed``: its files as the caller just listed them (else listed here)."""
     started = time.monotonic()
-    listed = source.files()
+    listed = source.files() if listed is None else listed
     names = _wanted(listed)
 
     def take(batch: list[str]) -> None:
@@ -353,11 +380,16 @@ def fetch_to_staging(url: str, adapters_dir: Path, config: SourceConfig, *, requ
     (``shutil.rmtree``). ``requested``: a request names it, so it must be under --adapter-sources."""
     parsed = SourceURL.parse(url)
     config.check(parsed, requested=requested)
+    return stage_from(open_source(parsed, config), adapters_dir)
+
+
+def stage_from(source: Source, adapters_dir: Path, listed: dict[str, RemoteFile] | None = None) -> Path:
+    """``download`` into a fresh staging directory of ``adapters_dir``; nothing is left on failure."""
     adapters_dir.mkdir(parents=True, exist_ok=True)
     staging = adapters_dir / f"{STAGING_PREFIX}fetch-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
-        download(open_source(parsed, config), staging)
+        download(source, staging, listed)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
