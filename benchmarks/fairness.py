@@ -7,7 +7,7 @@
    sees) is measured alone and while tenant A floods ``shop-a`` at concurrency ``--flood``, in
    ``--rounds`` alternating blocks (so drift on a shared machine hits both alike, and the host's
    steal time of each phase is reported), then with ``--no-fair-admission`` (a second gateway),
-   first come first served. Target (issue 15): B's p99 TTFT with A <= 2x without.
+   first come first served. Target (issue 38, raised from issue 15's 2x): B's p99 TTFT with A <= 1.5x without.
 2. Key overhead (the stand-in engine, which answers instantly, so only the gateway's work is timed):
    ``--requests`` requests at concurrency 1 with an ``--api-key`` key and with a stored key that has
    request and token limits, in alternating blocks. Target: the p50 difference <= 0.3 ms.
@@ -298,12 +298,12 @@ def main() -> None:
             "flood_answers_per_s_first_come_first_served": fifo_served,
             "p99_ratio": ratio,
             "p50_ratio": p(crowded, 0.5) / p(alone, 0.5),
-            "target_p99_ratio": 2.0,
+            "target_p99_ratio": 1.5,
             "host_steal_percent": steal_pct,
         },
         "key_overhead": {**overhead, "added_p50_ms": added, "target_added_p50_ms": 0.3},
         "wrong_keys": timing,
-        "targets_met": {"fairness": ratio <= 2.0, "key_overhead": added <= 0.3},
+        "targets_met": {"fairness": ratio <= 1.5, "key_overhead": added <= 0.3},
         "machine": machine(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -324,7 +324,7 @@ def main() -> None:
         f"{f['b_ttft_ms_with_flood_first_come_first_served']['p50']:.1f} | "
         f"{f['b_ttft_ms_with_flood_first_come_first_served']['p99']:.1f} |",
         "",
-        f"p99 with A / without: **{ratio:.2f}x** (target <= 2x), p50 {f['p50_ratio']:.2f}x. A got "
+        f"p99 with A / without: **{ratio:.2f}x** (target <= 1.5x), p50 {f['p50_ratio']:.2f}x. A got "
         f"{flood_served:.1f} answers/s meanwhile ({fifo_served:.1f} first come first served).",
         "",
         f"The host's steal time (CPU time it gave to other guests; latency tails follow it): "

@@ -63,7 +63,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Inference API key (repeat the flag, or comma-separate in the env var). None: no auth.",
     )
-    max_batch_size: int = Field(default=16, ge=1, description="Sequences decoded together (local engine).")
+    max_batch_size: int = Field(
+        default=16,
+        ge=1,
+        description="Sequences decoded together (local engine); with fair admission, one more may join "
+        "a full batch of four or more for a tenant that has none running.",
+    )
     max_prefill_tokens: int | None = Field(
         default=None,
         ge=1,
@@ -84,8 +89,8 @@ class Settings(BaseSettings):
     )
     fair_admission: bool = Field(
         default=True,
-        description="Admit waiting requests fairly between tenants and models, one batch slot kept for a newcomer, "
-        "whose prefill goes alone and whose first text goes first (off: first come, first served).",
+        description="Admit waiting requests fairly between tenants and models; a newcomer joins even a full batch "
+        "(one row past it), its prefill goes alone and its first text goes first (off: first come, first served).",
     )
     grammar_timeout: float = Field(
         default=10.0,

@@ -325,8 +325,8 @@ class LocalEngine(Engine):
         ``max_prefill_tokens``: a burst is admitted over several steps, so whoever arrives during it
         waits for one bounded prefill rather than the whole burst's."""
         rows = self._running_rows()
-        free = self.max_batch_size - len(rows)
-        if free <= 0:
+        free = self.max_batch_size - len(rows)  # a newcomer may take one row past it (fair_queue.py)
+        if free <= 0 and (free < 0 or not self._waiting.spare or not len(self._waiting)):
             return
         running: Counter[str] = Counter(row.job.flow for row in rows)
         busy = set(running)

@@ -1,4 +1,4 @@
-"""Fair admission into the batch: between flows, with a slot kept for newcomers (server/engine/fair_queue.py)."""
+"""Fair admission into the batch: between flows, a newcomer joining even a full batch (server/engine/fair_queue.py)."""
 
 from __future__ import annotations
 
@@ -29,11 +29,29 @@ def test_a_newcomer_goes_before_a_flooders_backlog() -> None:
         queue.push(FakeJob("tenant-a/shop-a"))
     running: Counter[str] = Counter()
     first = queue.take(running, free=16, budget=10_000)
-    assert len(first) == 15 and running["tenant-a/shop-a"] == 15  # one slot kept for someone else
+    assert len(first) == 16 and running["tenant-a/shop-a"] == 16  # alone, a flow fills the batch
     queue.push(FakeJob("tenant-b/shop-b"))
-    (admitted,) = queue.take(running, free=1, budget=10_000)
-    assert admitted.flow == "tenant-b/shop-b"  # at the next step, ahead of 17 older requests
-    assert len(queue) == 17
+    (admitted,) = queue.take(running, free=0, budget=10_000)
+    assert admitted.flow == "tenant-b/shop-b"  # at the next step, one row past the batch, ahead of 16 older requests
+    assert len(queue) == 16
+
+
+def test_the_row_past_the_batch_is_one_newcomers_at_a_time() -> None:
+    queue: FairQueue[FakeJob] = FairQueue(batch_size=8)
+    for flow in ["a", "a", "b", "c", "d"]:
+        queue.push(FakeJob(flow))
+    running: Counter[str] = Counter({"a": 8})
+    assert [job.flow for job in queue.take(running, free=0, budget=10_000)] == ["b"]  # a newcomer, not a's backlog
+    assert queue.take(running, free=-1, budget=10_000) == []  # b's row is past the batch: nobody else
+    running["a"] -= 1  # one of a's answers ended: the batch is full again, its spare row free
+    assert [job.flow for job in queue.take(running, free=0, budget=10_000)] == ["c"]
+    wide: FairQueue[FakeJob] = FairQueue(batch_size=8)
+    wide.push(FakeJob("e", rows_wanted=2))
+    assert wide.take(Counter({"a": 8}), free=0, budget=10_000) == []  # two rows do not fit in one
+    assert [job.flow for job in wide.take(Counter({"a": 7}), free=1, budget=10_000)] == ["e"]
+    fifo: FairQueue[FakeJob] = FairQueue(batch_size=8, fair=False)
+    fifo.push(FakeJob("b"))
+    assert fifo.take(Counter({"a": 8}), free=0, budget=10_000) == []  # first come, first served keeps no spare row
 
 
 def test_free_slots_go_to_the_flow_holding_fewest_rows() -> None:
@@ -50,13 +68,15 @@ def test_cancelled_jobs_budget_and_wide_requests() -> None:
     queue.push(FakeJob("a", cancelled=True))
     queue.push(FakeJob("a", cost=500))
     queue.push(FakeJob("b", cost=500))
-    queue.push(FakeJob("c", rows_wanted=3))
+    queue.push(FakeJob("c", rows_wanted=4))
     running: Counter[str] = Counter()
     taken = queue.take(running, free=4, budget=600)
     assert [j.flow for j in taken] == ["a"]  # the first always fits; the next would pass the prefill budget
     assert len(queue) == 2  # the cancelled job was dropped, not admitted
     taken = queue.take(running, free=3, budget=10_000)
-    assert [j.flow for j in taken] == ["b"]  # c wants 3 rows: it waits for room rather than being split
+    # c wants 4 rows: 2 free and the newcomer's one past the batch are too few; it waits for room
+    # rather than being split.
+    assert [j.flow for j in taken] == ["b"]
     assert queue.take(running, free=3, budget=10_000)[0].flow == "c"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.engine.base import AdapterRef, GenerationRequest, SamplingOptions
-from server.engine.local import LocalEngine
+from server.engine.local import CPU_PREFILL_TOKENS, LocalEngine
 from server.errors import ContextLengthExceeded, EngineUnavailable
 from tests.support import ANSWERS, QUESTION
 
@@ -343,3 +343,59 @@ def test_a_newcomers_first_text_goes_before_the_busy_flows_next_prefills(
     first = next(i for i, (flows, _) in enumerate(steps) if "b" in flows)
     assert [flows for flows, out in steps[first:] if not out] == [["b"]] * hidden  # b's hidden tokens, apart
     assert ["a", "b"] in [flows for flows, out in steps[first:] if out]  # then b joined a's batch
+
+
+def test_a_lone_flows_burst_fills_the_batch_and_a_newcomer_joins_past_it(
+    engine: LocalEngine, loop: asyncio.AbstractEventLoop
+) -> None:
+    """One flow's burst of ``max_batch_size`` requests runs whole: no slot is held back for somebody
+    who might come (its last request would wait a whole answer). A newcomer arriving then joins
+    the full batch as one row past it at once, rather than waiting for one of those answers."""
+    import dataclasses
+    import threading
+
+    from server.engine.kv_batch import Batch
+
+    widest: list[int] = []  # rows of each step, newcomers stepping apart included
+    decode_step = engine._decode_step
+
+    def stepping(batch: Batch) -> None:
+        widest.append(len(engine._batch.rows) + len(engine._fresh.rows))
+        decode_step(batch)
+
+    def ask(model: str, flow: str) -> GenerationRequest:
+        return dataclasses.replace(request(model), flow=flow)
+
+    async def scenario() -> list[tuple[dict[int, str], dict[int, str]]]:
+        burst = [asyncio.ensure_future(collect(engine, ask("alpha", "a"))) for _ in range(engine.max_batch_size)]
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            if len(engine._running_rows()) < engine.max_batch_size:
+                return  # the burst is not all in (or one answer already ended): not yet
+            held.set()
+            release.wait(30)
+
+        while True:  # the worker held between two steps, with the whole burst in the batch
+            holding = asyncio.ensure_future(engine._run_in_worker(hold))
+            while not (held.is_set() or holding.done()):
+                await asyncio.sleep(0.001)
+            if held.is_set():
+                break
+            assert not all(answer.done() for answer in burst), "the burst never ran whole"
+        newcomer = asyncio.ensure_future(collect(engine, ask("beta", "b")))
+        while not any(job.flow == "b" for job in engine._waiting):
+            await asyncio.sleep(0.001)
+        release.set()
+        await holding
+        return list(await asyncio.gather(*burst, newcomer))
+
+    engine.max_prefill_tokens = 16 * len(engine.render_prompt(ASK))  # the burst is admitted in one step
+    engine._decode_step = stepping  # type: ignore[method-assign]
+    try:
+        answers = loop.run_until_complete(scenario())
+    finally:
+        del engine._decode_step
+        engine.max_prefill_tokens = engine._max_prefill_setting or CPU_PREFILL_TOKENS
+    assert [texts[0] for texts, _ in answers] == [ANSWERS["alpha"]] * engine.max_batch_size + [ANSWERS["beta"]]
+    assert max(widest) == engine.max_batch_size + 1  # the whole burst, and the newcomer past it
