@@ -89,6 +89,8 @@ class FairQueue(Generic[T]):
         spare = self.spare if free >= 0 else 0
         if free + spare <= 0 or not self._size:
             return chosen
+        if free <= 0 and all(running[flow] for flow in self._flows):
+            return chosen  # a full batch takes only a newcomer, and none waits (checked every step)
         self._drop_gone()
         newcomers = {flow for flow in self._flows if not running[flow]} if self.fair else set()
         allowed = newcomers if self.fair and newcomers_only else None
