@@ -29,9 +29,9 @@ from benchmarks.common import ADAPTERS, ROOT, free_port, machine, prepare, start
 from benchmarks.loadgen import run  # noqa: E402
 
 
-def start_peer(base: Path, port: int) -> subprocess.Popen[bytes]:
+def start_peer(base: Path, port: int, device: str = "cpu") -> subprocess.Popen[bytes]:
     command = [str(Path(sys.executable).parent / "transformers"), "serve", str(base), "--continuous-batching"]
-    command += ["--device", "cpu", "--port", str(port), "--host", "127.0.0.1"]
+    command += ["--device", device, "--port", str(port), "--host", "127.0.0.1"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_ready(f"http://127.0.0.1:{port}/health", process)
     return process
