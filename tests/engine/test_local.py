@@ -367,27 +367,36 @@ def test_a_lone_flows_burst_fills_the_batch_and_a_newcomer_joins_past_it(
         return dataclasses.replace(request(model), flow=flow)
 
     async def scenario() -> list[tuple[dict[int, str], dict[int, str]]]:
+        queued, admitted = threading.Event(), threading.Event()
+        release_queued, release_admitted = threading.Event(), threading.Event()
+        whole: list[int] = []  # rows running when the worker was held the second time
+
+        def hold_while_the_burst_queues() -> None:
+            queued.set()
+            release_queued.wait(30)
+
+        def hold_once_it_is_admitted() -> None:  # the next step's commands: after the burst's admission
+            whole.append(len(engine._running_rows()))
+            admitted.set()
+            release_admitted.wait(30)
+
+        first = asyncio.ensure_future(engine._run_in_worker(hold_while_the_burst_queues))
+        await asyncio.to_thread(queued.wait, 30)
         burst = [asyncio.ensure_future(collect(engine, ask("alpha", "a"))) for _ in range(engine.max_batch_size)]
-        held, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            if len(engine._running_rows()) < engine.max_batch_size:
-                return  # the burst is not all in (or one answer already ended): not yet
-            held.set()
-            release.wait(30)
-
-        while True:  # the worker held between two steps, with the whole burst in the batch
-            holding = asyncio.ensure_future(engine._run_in_worker(hold))
-            while not (held.is_set() or holding.done()):
-                await asyncio.sleep(0.001)
-            if held.is_set():
-                break
-            assert not all(answer.done() for answer in burst), "the burst never ran whole"
+        while len(engine._waiting) < engine.max_batch_size:
+            await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(engine._run_in_worker(hold_once_it_is_admitted))
+        while not engine._commands:  # queued behind the first hold
+            await asyncio.sleep(0.001)
+        release_queued.set()
+        await first
+        await asyncio.to_thread(admitted.wait, 30)
+        assert whole == [engine.max_batch_size]  # the whole burst runs: no slot was held back
         newcomer = asyncio.ensure_future(collect(engine, ask("beta", "b")))
         while not any(job.flow == "b" for job in engine._waiting):
             await asyncio.sleep(0.001)
-        release.set()
-        await holding
+        release_admitted.set()
+        await second
         return list(await asyncio.gather(*burst, newcomer))
 
     engine.max_prefill_tokens = 16 * len(engine.render_prompt(ASK))  # the burst is admitted in one step
