@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.common import RESULTS, ROOT, cpu_ticks, machine, prepare, start_gateway, steal_share  # noqa: E402
 
 ASK = [{"role": "user", "content": "Where is my order?"}]
+TARGET_P99_RATIO = 1.5  # B's p99 TTFT under the flood / alone (issue 38)
+TARGET_KEY_ADDED_MS = 0.3  # a stored key's added p50 over an --api-key key
 
 
 def create_key(directory: Path, name: str, *flags: str) -> str:
@@ -298,12 +300,12 @@ def main() -> None:
             "flood_answers_per_s_first_come_first_served": fifo_served,
             "p99_ratio": ratio,
             "p50_ratio": p(crowded, 0.5) / p(alone, 0.5),
-            "target_p99_ratio": 1.5,
+            "target_p99_ratio": TARGET_P99_RATIO,
             "host_steal_percent": steal_pct,
         },
-        "key_overhead": {**overhead, "added_p50_ms": added, "target_added_p50_ms": 0.3},
+        "key_overhead": {**overhead, "added_p50_ms": added, "target_added_p50_ms": TARGET_KEY_ADDED_MS},
         "wrong_keys": timing,
-        "targets_met": {"fairness": ratio <= 1.5, "key_overhead": added <= 0.3},
+        "targets_met": {"fairness": ratio <= TARGET_P99_RATIO, "key_overhead": added <= TARGET_KEY_ADDED_MS},
         "machine": machine(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -324,7 +326,7 @@ def main() -> None:
         f"{f['b_ttft_ms_with_flood_first_come_first_served']['p50']:.1f} | "
         f"{f['b_ttft_ms_with_flood_first_come_first_served']['p99']:.1f} |",
         "",
-        f"p99 with A / without: **{ratio:.2f}x** (target <= 1.5x), p50 {f['p50_ratio']:.2f}x. A got "
+        f"p99 with A / without: **{ratio:.2f}x** (target <= {TARGET_P99_RATIO}x), p50 {f['p50_ratio']:.2f}x. A got "
         f"{flood_served:.1f} answers/s meanwhile ({fifo_served:.1f} first come first served).",
         "",
         f"The host's steal time (CPU time it gave to other guests; latency tails follow it): "
@@ -332,8 +334,8 @@ def main() -> None:
         "",
         f"Key checks and limits: p50 {overhead['p50_ms_api_key']:.3f} ms with `--api-key`, "
         f"{overhead['p50_ms_stored_key_with_limits']:.3f} ms with a stored key with request and token limits: "
-        f"**{added:+.3f} ms** (target <= 0.3 ms; {overhead['requests_each']} requests each, alternating, "
-        f"concurrency 1, stand-in engine). Without HTTP, a stored key's work (find, admit, charge, usage, "
+        f"**{added:+.3f} ms** (target <= {TARGET_KEY_ADDED_MS} ms; {overhead['requests_each']} requests each, "
+        f"alternating, concurrency 1, stand-in engine). Without HTTP, a stored key's work (find, admit, charge, usage, "
         f"metrics) is {overhead['in_process_us_per_request']:.0f} us per request.",
         "",
         f"Refusing a wrong key: median {timing['median_ns_right_length'] / 1000:.2f} us for one of a real key's "

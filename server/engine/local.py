@@ -324,10 +324,10 @@ class LocalEngine(Engine):
         """Prefill waiting jobs into the free slots, fairly between flows (``fair_queue.py``), within
         ``max_prefill_tokens``: a burst is admitted over several steps, so whoever arrives during it
         waits for one bounded prefill rather than the whole burst's."""
-        rows = self._running_rows()
-        free = self.max_batch_size - len(rows)  # a newcomer may take one row past it (fair_queue.py)
-        if free <= 0 and (free < 0 or not self._waiting.spare or not len(self._waiting)):
+        if not self._waiting:
             return
+        rows = self._running_rows()
+        free = self.max_batch_size - len(rows)  # the queue knows who may still join a full batch
         running: Counter[str] = Counter(row.job.flow for row in rows)
         busy = set(running)
         hold = any(row.awaits_first_text(FIRST_TEXT_STEPS) for row in rows)
