@@ -384,7 +384,7 @@ class LocalEngine(Engine):
         pad = self._tokenizer.pad_token_id or 0
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self._device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self._device)
-        logits, cache = self._forward(input_ids, mask, [r.job.peft_name for r in rows], cache=None)
+        logits, cache = self._forward(input_ids, mask, [r.job.peft_name for r in rows], cache=make_cache([]))
         self._emit(rows, logits)
         if self._prefixes.enabled:
             layers, first = cache_layers(cache), 0
