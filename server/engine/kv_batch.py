@@ -165,15 +165,14 @@ def _roomy(old: torch.Tensor, used: int, new: torch.Tensor, end: int) -> torch.T
 
 
 def _cat_left_padded(a: Any, b: Any, width: int) -> Any:
-    """Concatenate along the batch axis after left-padding the position axis to ``width``.
+    """Concatenate along the batch axis after left-padding the position axis to ``width``."""
+    return torch.cat([left_padded(a, width), left_padded(b, width)], dim=0)
 
-    Works for 2-D masks [batch, positions] and 4-D caches [batch, heads, positions, dim].
-    """
 
-    def pad(t: Any) -> Any:
-        missing = width - t.shape[-2 if t.dim() == 4 else -1]
-        if missing == 0:
-            return t
-        return F.pad(t, (0, 0, missing, 0) if t.dim() == 4 else (missing, 0))
-
-    return torch.cat([pad(a), pad(b)], dim=0)
+def left_padded(t: Any, width: int) -> Any:
+    """``t`` with zero positions in front, ``width`` positions in all: a 2-D mask [batch,
+    positions] or a 4-D cache [batch, heads, positions, dim]."""
+    missing = width - t.shape[-2 if t.dim() == 4 else -1]
+    if missing == 0:
+        return t
+    return F.pad(t, (0, 0, missing, 0) if t.dim() == 4 else (missing, 0))

@@ -49,7 +49,7 @@ from .base import (
 )
 from .fair_queue import FairQueue
 from .grammar import Grammars, grammar_key
-from .kv_batch import Batch, cache_layers, make_cache
+from .kv_batch import Batch, cache_layers, left_padded, make_cache
 from .logprobs import TokenBytes
 from .peft_adapters import PeftAdapters
 from .prefix_cache import PrefixCache, block_digests
@@ -352,8 +352,9 @@ class LocalEngine(Engine):
 
     def _prefill(self, jobs: list[Job]) -> Batch:
         """Prefill ``jobs`` into a batch of their rows: those whose prompt starts with a cached
-        prefix (``prefix_cache.py``) from it, each on its own, the rest together, left-padded."""
+        prefix (``prefix_cache.py``) together from their prefixes, the rest together, left-padded."""
         fresh: list[tuple[Job, list[Row]]] = []
+        hits: list[tuple[Job, list[Row], int, list[tuple[Any, Any]]]] = []
         batch = Batch()
         for job in jobs:
             options = job.request.sampling
@@ -372,7 +373,9 @@ class LocalEngine(Engine):
             if hit is None:
                 fresh.append((job, job_rows))
             else:
-                batch.take_in(self._prefill_from(job, job_rows, *hit))
+                hits.append((job, job_rows, *hit))
+        if hits:
+            batch.take_in(self._prefill_from(hits))
         if fresh:
             batch.take_in(self._prefill_together(fresh))
         return batch
@@ -399,18 +402,46 @@ class LocalEngine(Engine):
                 first += len(job_rows)
         return Batch(rows, cache, mask)
 
-    def _prefill_from(self, job: Job, rows: list[Row], reused: int, prefix: list[tuple[Any, Any]]) -> Batch:
-        """Prefill ``job``'s prompt after its first ``reused`` positions, whose KV is ``prefix``."""
-        n = len(rows)
-        cache = make_cache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix])
-        rest = job.prompt_ids[reused:]
-        input_ids = torch.tensor([rest] * n, device=self._device)
-        mask = torch.ones((n, len(job.prompt_ids)), dtype=torch.long, device=self._device)
-        logits, cache = self._forward(input_ids, mask, [job.peft_name] * n, cache=cache)
+    def _prefill_from(self, hits: list[tuple[Job, list[Row], int, list[tuple[Any, Any]]]]) -> Batch:
+        """Prefill the jobs whose prompts start with a cached prefix, together: each job's
+        ``reused`` first positions come from its cached KV (``prefix``), only the rest is computed.
+
+        One forward for them all, not one each (a forward reads every weight once, which on a CPU
+        costs about as much for 8 rows as for one). Row by row: its prefix, left-padded to the
+        longest prefix, then its rest, left-padded to the longest rest. The padding in the middle
+        is masked like any other, and positions count only unmasked tokens (``_forward``), so each
+        row computes what it would alone.
+        """
+        rows = [row for _, job_rows, _, _ in hits for row in job_rows]
+        widest_prefix = max(reused for _, _, reused, _ in hits)
+        widest_rest = max(len(job.prompt_ids) - reused for job, _, reused, _ in hits)
+        pad = self._tokenizer.pad_token_id or 0
+        layers: list[tuple[list[Any], list[Any]]] = [([], []) for _ in hits[0][3]]
+        input_ids, mask = [], []
+        for job, job_rows, reused, prefix in hits:
+            n, rest = len(job_rows), job.prompt_ids[reused:]
+            for (keys, values), (k, v) in zip(layers, prefix, strict=True):
+                keys.append(left_padded(k.expand(n, -1, -1, -1), widest_prefix))
+                values.append(left_padded(v.expand(n, -1, -1, -1), widest_prefix))
+            gap_before, gap_after = widest_prefix - reused, widest_rest - len(rest)
+            input_ids += [[pad] * gap_after + rest] * n
+            mask += [[0] * gap_before + [1] * reused + [0] * gap_after + [1] * len(rest)] * n
+        cache = make_cache([(torch.cat(keys), torch.cat(values)) for keys, values in layers])
+        mask_tensor = torch.tensor(mask, device=self._device)
+        input_tensor = torch.tensor(input_ids, device=self._device)
+        logits, cache = self._forward(input_tensor, mask_tensor, [r.job.peft_name for r in rows], cache=cache)
         self._emit(rows, logits)
-        layers = [(k[:1], v[:1]) for k, v in cache_layers(cache)]
-        self._prefixes.store(job.peft_name, job.prompt_ids, layers, job.prefix_digests)
-        return Batch(rows, cache, mask)
+        computed, first = cache_layers(cache), 0
+        for job, job_rows, _, _ in hits:  # each job's whole prompt, its padding left out, for the next
+            kept = mask_tensor[first].nonzero().squeeze(1)
+            self._prefixes.store(
+                job.peft_name,
+                job.prompt_ids,
+                [(k[first : first + 1, :, kept], v[first : first + 1, :, kept]) for k, v in computed],
+                job.prefix_digests,
+            )
+            first += len(job_rows)
+        return Batch(rows, cache, mask_tensor)
 
     def _decode(self) -> None:
         """One decode step. Newcomers' rows before their first text (``_fresh``, on a CPU) step

@@ -97,6 +97,68 @@ def test_answers_are_token_identical_with_and_without_the_cache(
     assert hits == cached._prefixes.hits and reused == cached._prefixes.tokens_reused and held > 0
 
 
+def test_hits_admitted_together_are_prefilled_in_one_forward(
+    engines: tuple[LocalEngine, LocalEngine, asyncio.AbstractEventLoop],
+) -> None:
+    """Three jobs whose prompts start with cached KV of different lengths, on two adapters, are
+    prefilled in one forward (their prefixes and rests each left-padded, so padding lies in the
+    middle of a row) and answer token for token what an engine without the cache answers."""
+    import threading
+
+    plain, cached, loop = engines
+    alpha = AdapterRef("alpha", 1, "")
+    long_question = "Can I return these shoes? They are too small, the box is unopened and I kept the receipt. " * 3
+    seen = [(None, "Where is my parcel?"), (alpha, long_question)]
+    asks = [*seen, (None, "Do you also ship to Norway, Iceland and the Faroe Islands?")]  # shares only the policy
+    requests = [GenerationRequest(f"h{i}", conversation(q), GREEDY, a) for i, (a, q) in enumerate(asks)]
+    for request in requests[:2]:  # their whole prompts are cached
+        loop.run_until_complete(tokens(cached, request))
+
+    prefills: list[tuple[list[int], int]] = []  # each hit prefill: its jobs' reused lengths, its forwards
+    prefill_from, forward = cached._prefill_from, cached._forward
+    forwards = [0]
+
+    def counting_forward(*args, **kwargs):  # type: ignore[no-untyped-def]
+        forwards[0] += 1
+        return forward(*args, **kwargs)
+
+    def recording(hits):  # type: ignore[no-untyped-def]
+        before = forwards[0]
+        batch = prefill_from(hits)
+        prefills.append(([reused for _, _, reused, _ in hits], forwards[0] - before))
+        return batch
+
+    async def together() -> list[list[str]]:
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            held.set()
+            release.wait(30)
+
+        holding = asyncio.ensure_future(cached._run_in_worker(hold))
+        await asyncio.to_thread(held.wait, 30)
+        answers = [asyncio.ensure_future(tokens(cached, request)) for request in requests]
+        while len(cached._waiting) < len(requests):
+            await asyncio.sleep(0.01)
+        release.set()
+        await holding
+        return list(await asyncio.gather(*answers))
+
+    budget = cached.max_prefill_tokens
+    cached.max_prefill_tokens = 100_000  # admit all three in one step
+    cached._prefill_from, cached._forward = recording, counting_forward  # type: ignore[method-assign]
+    try:
+        got = loop.run_until_complete(together())
+    finally:
+        cached.max_prefill_tokens = budget
+        del cached._prefill_from, cached._forward
+    expected = [loop.run_until_complete(tokens(plain, request)) for request in requests]
+    assert got == expected and all(expected)
+    assert len(prefills) == 1 and prefills[0][1] == 1  # one prefill of the hits, one forward
+    reused = prefills[0][0]
+    assert len(reused) == 3 and len(set(reused)) >= 2 and min(reused) >= BLOCK
+
+
 def test_an_unloaded_version_takes_its_kv_along(
     engines: tuple[LocalEngine, LocalEngine, asyncio.AbstractEventLoop], trained_adapters: dict[str, Path]
 ) -> None:
