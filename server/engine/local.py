@@ -433,13 +433,12 @@ class LocalEngine(Engine):
         self._emit(rows, logits)
         computed, first = cache_layers(cache), 0
         for job, job_rows, _, _ in hits:  # each job's whole prompt, its padding left out, for the next
-            kept = mask_tensor[first].nonzero().squeeze(1)
-            self._prefixes.store(
-                job.peft_name,
-                job.prompt_ids,
-                [(k[first : first + 1, :, kept], v[first : first + 1, :, kept]) for k, v in computed],
-                job.prefix_digests,
-            )
+
+            def prompt_kv(row: int = first) -> list[tuple[Any, Any]]:  # a copy: only if it is kept
+                kept = mask_tensor[row].nonzero().squeeze(1)
+                return [(k[row : row + 1, :, kept], v[row : row + 1, :, kept]) for k, v in computed]
+
+            self._prefixes.store(job.peft_name, job.prompt_ids, prompt_kv, job.prefix_digests)
             first += len(job_rows)
         return Batch(rows, cache, mask_tensor)
 

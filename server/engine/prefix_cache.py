@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,10 +99,16 @@ class PrefixCache:
         return None
 
     def store(
-        self, peft_name: str, tokens: list[int], layers: list[tuple[Any, Any]], digests: list[bytes] | None = None
+        self,
+        peft_name: str,
+        tokens: list[int],
+        layers: list[tuple[Any, Any]] | Callable[[], list[tuple[Any, Any]]],
+        digests: list[bytes] | None = None,
     ) -> None:
         """Keep ``layers`` (the KV of ``tokens``, [1, heads, len(tokens), dim] each) up to the last
-        whole block, unless every boundary of it is already cached."""
+        whole block, unless every boundary of it is already cached. ``layers`` may be a function
+        that makes them: it is called only when something is kept, so a caller whose KV must be
+        copied out of a padded batch copies nothing for a prompt held already."""
         if not self.enabled:
             return
         if digests is None:
@@ -113,6 +120,8 @@ class PrefixCache:
             self._entries.move_to_end(known[0])
             return
         positions = len(digests) * BLOCK
+        if callable(layers):
+            layers = layers()
         kept = [(k[:, :, :positions].clone(), v[:, :, :positions].clone()) for k, v in layers]  # never a view
         nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kept)
         if nbytes > self.max_bytes:

@@ -4,7 +4,7 @@ computed once per adapter version, and answers are token for token those compute
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,21 @@ def test_whole_blocks_are_reused_per_version_and_bounded() -> None:
     assert len(small) == 2 and small.bytes <= small.max_bytes
     assert small.lookup("", [0] * 2 * BLOCK + [1]) is None  # the least recently used went first
     assert small.lookup("", [2] * 2 * BLOCK + [1]) is not None
+
+
+def test_kv_to_copy_out_of_a_batch_is_made_only_when_it_is_kept() -> None:
+    cache = PrefixCache(max_bytes=10**6)
+    prompt = list(range(2 * BLOCK + 3))
+    made: list[int] = []
+
+    def making(positions: int) -> Callable[[], list[tuple[torch.Tensor, torch.Tensor]]]:
+        return lambda: made.append(positions) or kv(positions, 2.0)
+
+    cache.store("", prompt, making(len(prompt)))
+    cache.store("", prompt, making(len(prompt)))  # held already: nothing is made
+    assert made == [len(prompt)]
+    hit = cache.lookup("", prompt + [7])
+    assert hit is not None and hit[0] == 2 * BLOCK and float(hit[1][0][0].max()) == 2.0
 
 
 @pytest.fixture(scope="module")
