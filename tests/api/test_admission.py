@@ -51,25 +51,26 @@ def test_a_second_tenant_starts_before_a_flooders_backlog_and_the_queue_is_bound
                     if stop.is_set():
                         return
 
-    threads = [threading.Thread(target=flood, daemon=True) for _ in range(7)]
-    for thread in threads[:3]:
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(8)]
+    for thread in threads[:4]:
         thread.start()
-    wait_for(lambda: engine_counts(url) == (3, 0), timeout=30)  # alpha holds 3 of 4 slots: one is kept
-    for thread in threads[3:]:
+    wait_for(lambda: engine_counts(url) == (4, 0), timeout=30)  # alpha alone fills the batch of 4
+    for thread in threads[4:]:
         thread.start()
-    wait_for(lambda: engine_counts(url) == (3, 4), timeout=30)  # the rest of alpha waits: the queue is full
+    wait_for(lambda: engine_counts(url) == (4, 4), timeout=30)  # the rest of alpha waits: the queue is full
     try:
         full = httpx.post(f"{url}/v1/chat/completions", json={"model": "alpha", "messages": ASK, "max_tokens": 2})
         assert full.status_code == 503 and full.json()["error"]["code"] == "queue_full", full.text
         assert full.headers["retry-after"] == "1"
-        # Beta is another flow: it takes the kept slot at the next step, ahead of alpha's backlog
-        # (with one FIFO it would wait until the four alpha requests queued before it were running).
+        # Beta is another flow: it joins the full batch as one row past it at the next step, ahead
+        # of alpha's backlog (with one FIFO it would wait until the four alpha requests queued
+        # before it were running, each after a whole slow answer).
         body = {"model": "beta", "messages": ASK, "max_tokens": 20, "temperature": 0, "stream": True}
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as beta:
             lines = (line for line in beta.iter_lines() if line.startswith("data: {"))
             next(lines)  # the role chunk
             next(lines)  # beta's first words: it is decoding
-            assert engine_counts(url) == (4, 4)  # beside 3 alpha rows, with the 4 older alpha requests still waiting
+            assert engine_counts(url) == (5, 4)  # beside 4 alpha rows, with the 4 older alpha requests still waiting
             answer = "".join(
                 json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
                 for line in lines
