@@ -27,7 +27,7 @@ fills only its own queue and is refused while the others are still admitted.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, Protocol, TypeVar
 
 
@@ -78,13 +78,21 @@ class FairQueue(Generic[T]):
         self._flows.clear()
         self._size = 0
 
-    def take(self, running: Counter[str], free: int, budget: int, newcomers_only: bool = False) -> list[T]:
+    def take(
+        self,
+        running: Counter[str],
+        free: int,
+        budget: int,
+        newcomers_only: bool = False,
+        cost: Callable[[T], int] | None = None,
+    ) -> list[T]:
         """Jobs to admit into ``free`` batch slots within ``budget`` prefill tokens (the first job
-        always fits), given the rows each flow runs now (updated in place). ``free`` is negative
-        while a newcomer's row runs past the batch; a flow that holds no rows may take ``spare``
-        rows more than ``free``. Jobs whose client left are dropped on the way. If the first job's
-        flow runs no rows yet, only such flows are taken; with ``newcomers_only`` (and fair
-        admission), no other flow is taken at all."""
+        always fits), given the rows each flow runs now (updated in place). A job's tokens are
+        ``cost(job)`` if given (the engine counts only what its prefill computes), else its
+        ``cost``. ``free`` is negative while a newcomer's row runs past the batch; a flow that
+        holds no rows may take ``spare`` rows more than ``free``. Jobs whose client left are
+        dropped on the way. If the first job's flow runs no rows yet, only such flows are taken;
+        with ``newcomers_only`` (and fair admission), no other flow is taken at all."""
         chosen: list[T] = []
         spare = self.spare if free >= 0 else 0
         if free + spare <= 0 or not self._size:
@@ -99,7 +107,8 @@ class FairQueue(Generic[T]):
             if flow is None:
                 break
             job = self._flows[flow][0]
-            if chosen and (job.cost > budget or (chosen[0].flow in newcomers and flow not in newcomers)):
+            tokens = job.cost if cost is None else cost(job)
+            if chosen and (tokens > budget or (chosen[0].flow in newcomers and flow not in newcomers)):
                 break
             self._flows[flow].popleft()
             self._size -= 1
@@ -109,7 +118,7 @@ class FairQueue(Generic[T]):
             running[flow] += job.rows_wanted
             spare -= max(0, job.rows_wanted - free)
             free = max(0, free - job.rows_wanted)
-            budget -= job.cost
+            budget -= tokens
         return chosen
 
     def _drop_gone(self) -> None:

@@ -332,7 +332,9 @@ class LocalEngine(Engine):
         busy = set(running)
         hold = any(row.awaits_first_text(FIRST_TEXT_STEPS) for row in rows)
         with self._lock:
-            admitted = self._waiting.take(running, free, self.max_prefill_tokens, newcomers_only=hold)
+            admitted = self._waiting.take(
+                running, free, self.max_prefill_tokens, newcomers_only=hold, cost=self._prefill_cost
+            )
         if not admitted:
             return
         now = time.perf_counter()
@@ -349,6 +351,18 @@ class LocalEngine(Engine):
         batch.keep(lambda row: not (row.finished or row.job.failed), trim=False)
         apart = self._fresh_apart and bool(self._batch) and all(job.newcomer for job in admitted)
         (self._fresh if apart else self._batch).take_in(batch)
+
+    def _prefill_cost(self, job: Job) -> int:
+        """The prompt tokens admitting ``job`` has its prefill compute: a prefix the cache holds is
+        taken, not computed, so it does not count against ``max_prefill_tokens``. Without this, a
+        burst sharing a long system prompt was admitted one request per step on a CPU, each one's
+        whole prompt filling the budget, though all but the first compute only their question."""
+        if not self._prefixes.enabled:
+            return job.cost
+        if job.prefix_digests is None:
+            job.prefix_digests = block_digests(job.peft_name, job.prompt_ids)
+        reused = self._prefixes.reusable(job.peft_name, job.prompt_ids, job.prefix_digests)
+        return job.rows_wanted * (len(job.prompt_ids) - reused)
 
     def _prefill(self, jobs: list[Job]) -> Batch:
         """Prefill ``jobs`` into a batch of their rows: those whose prompt starts with a cached
@@ -367,7 +381,7 @@ class LocalEngine(Engine):
                 logger.warning("request %s refused at admission: %s", job.request.request_id, exc)
                 self._fail_job(job, exc)
                 continue
-            if self._prefixes.enabled:
+            if self._prefixes.enabled and job.prefix_digests is None:
                 job.prefix_digests = block_digests(job.peft_name, job.prompt_ids)
             hit = self._prefixes.lookup(job.peft_name, job.prompt_ids, job.prefix_digests)
             if hit is None:

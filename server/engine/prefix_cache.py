@@ -79,6 +79,25 @@ class PrefixCache:
         """(positions reused, per-layer KV of them) for the longest cached prefix of ``tokens``
         (whole blocks, at least one token left to compute); None when nothing is cached.
         ``digests``: ``block_digests(peft_name, tokens)``, when the caller has them."""
+        found = self._find(peft_name, tokens, digests)
+        if found is None:
+            if self.enabled and len(tokens) > BLOCK:
+                self.misses += 1
+            return None
+        entry_id, positions = found
+        self._entries.move_to_end(entry_id)
+        self.hits += 1
+        self.tokens_reused += positions
+        return positions, [(k[:, :, :positions], v[:, :, :positions]) for k, v in self._entries[entry_id].layers]
+
+    def reusable(self, peft_name: str, tokens: list[int], digests: list[bytes] | None = None) -> int:
+        """How many positions of ``tokens`` a lookup would reuse now (0: none), counting nothing
+        and touching no entry's recency: what admission asks before it prefills (``LocalEngine``)."""
+        found = self._find(peft_name, tokens, digests)
+        return 0 if found is None else found[1]
+
+    def _find(self, peft_name: str, tokens: list[int], digests: list[bytes] | None) -> tuple[int, int] | None:
+        """(entry id, positions) of the longest cached prefix of ``tokens`` that leaves a token to compute."""
         if not self.enabled or len(tokens) <= BLOCK:
             return None
         if digests is None:
@@ -87,15 +106,10 @@ class PrefixCache:
             found = self._index.get(digest)
             if found is None:
                 continue
-            entry_id, positions = found
-            entry = self._entries.get(entry_id)
-            if entry is None or entry.positions < positions:
+            entry = self._entries.get(found[0])
+            if entry is None or entry.positions < found[1]:
                 continue
-            self._entries.move_to_end(entry_id)
-            self.hits += 1
-            self.tokens_reused += positions
-            return positions, [(k[:, :, :positions], v[:, :, :positions]) for k, v in entry.layers]
-        self.misses += 1
+            return found
         return None
 
     def store(

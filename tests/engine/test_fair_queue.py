@@ -80,6 +80,20 @@ def test_cancelled_jobs_budget_and_wide_requests() -> None:
     assert queue.take(running, free=3, budget=10_000)[0].flow == "c"
 
 
+def test_the_budget_counts_what_the_cost_function_says() -> None:
+    """The engine passes the tokens a prefill computes (a cached prefix is not computed): jobs whose
+    whole prompts pass the budget are admitted together when that part fits."""
+    queue: FairQueue[FakeJob] = FairQueue(batch_size=8)
+    for _ in range(3):
+        queue.push(FakeJob("a", cost=500))
+    uncached = {id(job): 40 for job in queue}
+    running: Counter[str] = Counter()
+    assert len(queue.take(running, free=8, budget=128, cost=lambda job: uncached[id(job)])) == 3
+    queue.push(FakeJob("a", cost=500))
+    queue.push(FakeJob("a", cost=500))
+    assert len(queue.take(running, free=5, budget=128)) == 1  # by default, each job's own cost
+
+
 def test_a_newcomer_is_prefilled_apart_from_flows_already_running() -> None:
     """A prefill holds up everybody: a newcomer's step takes only newcomers, and the flooder's next
     requests go in the step after. First come first served keeps no such rule."""

@@ -4,6 +4,7 @@ computed once per adapter version, and answers are token for token those compute
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,6 +34,10 @@ def test_whole_blocks_are_reused_per_version_and_bounded() -> None:
     assert same is not None and same[0] == 3 * BLOCK
     assert cache.lookup("adapter_2", prompt) is None  # another version never sees this one's KV
     assert cache.lookup("adapter_1", [7] * BLOCK) is None  # one block or less: nothing to skip
+    counted, order = (cache.hits, cache.misses, cache.tokens_reused), list(cache._entries)
+    assert cache.reusable("adapter_1", prompt[: 2 * BLOCK] + [9999] * 40) == 2 * BLOCK  # what a lookup takes
+    assert cache.reusable("adapter_2", prompt) == 0
+    assert (cache.hits, cache.misses, cache.tokens_reused) == counted and list(cache._entries) == order
     cache.drop("adapter_1")
     assert cache.lookup("adapter_1", prompt) is None and cache.bytes == 0 and len(cache) == 0
 
@@ -83,6 +88,24 @@ async def tokens(engine: LocalEngine, request: GenerationRequest) -> list[str]:
     return out
 
 
+async def queued_at_once(engine: LocalEngine, requests: list[GenerationRequest]) -> list[list[str]]:
+    """Each request's answer tokens, all of them waiting in the queue before the worker admits any."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(30)
+
+    holding = asyncio.ensure_future(engine._run_in_worker(hold))
+    await asyncio.to_thread(held.wait, 30)
+    answers = [asyncio.ensure_future(tokens(engine, request)) for request in requests]
+    while len(engine._waiting) < len(requests):
+        await asyncio.sleep(0.01)
+    release.set()
+    await holding
+    return list(await asyncio.gather(*answers))
+
+
 def conversation(question: str) -> tuple[dict[str, str], ...]:
     return ({"role": "system", "content": POLICY}, {"role": "user", "content": question})
 
@@ -118,7 +141,6 @@ def test_hits_admitted_together_are_prefilled_in_one_forward(
     """Three jobs whose prompts start with cached KV of different lengths, on two adapters, are
     prefilled in one forward (their prefixes and rests each left-padded, so padding lies in the
     middle of a row) and answer token for token what an engine without the cache answers."""
-    import threading
 
     plain, cached, loop = engines
     alpha = AdapterRef("alpha", 1, "")
@@ -143,27 +165,11 @@ def test_hits_admitted_together_are_prefilled_in_one_forward(
         prefills.append(([reused for _, _, reused, _ in hits], forwards[0] - before))
         return batch
 
-    async def together() -> list[list[str]]:
-        held, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            held.set()
-            release.wait(30)
-
-        holding = asyncio.ensure_future(cached._run_in_worker(hold))
-        await asyncio.to_thread(held.wait, 30)
-        answers = [asyncio.ensure_future(tokens(cached, request)) for request in requests]
-        while len(cached._waiting) < len(requests):
-            await asyncio.sleep(0.01)
-        release.set()
-        await holding
-        return list(await asyncio.gather(*answers))
-
     budget = cached.max_prefill_tokens
     cached.max_prefill_tokens = 100_000  # admit all three in one step
     cached._prefill_from, cached._forward = recording, counting_forward  # type: ignore[method-assign]
     try:
-        got = loop.run_until_complete(together())
+        got = loop.run_until_complete(queued_at_once(cached, requests))
     finally:
         cached.max_prefill_tokens = budget
         del cached._prefill_from, cached._forward
@@ -172,6 +178,41 @@ def test_hits_admitted_together_are_prefilled_in_one_forward(
     assert len(prefills) == 1 and prefills[0][1] == 1  # one prefill of the hits, one forward
     reused = prefills[0][0]
     assert len(reused) == 3 and len(set(reused)) >= 2 and min(reused) >= BLOCK
+
+
+def test_a_burst_on_a_cached_prefix_is_admitted_by_what_its_prefills_compute(
+    engines: tuple[LocalEngine, LocalEngine, asyncio.AbstractEventLoop],
+) -> None:
+    """The prefill budget counts the tokens a prefill computes: three prompts sharing a cached
+    policy, each longer than the budget, are admitted in one step (what they compute fits); a
+    prompt that misses counts whole and waits for the next step. Answers stay the uncached ones."""
+    plain, cached, loop = engines
+    questions = ["Is there a discount today?", "When do you open?", "Can I pay by card?"]
+    requests = [GenerationRequest(f"burst{i}", conversation(q), GREEDY) for i, q in enumerate(questions)]
+    other = ({"role": "system", "content": POLICY.replace("warehouse", "store")}, {"role": "user", "content": "Hi?"})
+    requests.append(GenerationRequest("burst-miss", other, GREEDY))
+    loop.run_until_complete(tokens(cached, GenerationRequest("warm", conversation("Hello?"), GREEDY)))
+
+    admissions: list[list[tuple[int, int]]] = []  # per admission step: (prompt tokens, computed) per job
+    prefill = cached._prefill
+
+    def recording(jobs):  # type: ignore[no-untyped-def]
+        admissions.append([(len(job.prompt_ids), cached._prefill_cost(job)) for job in jobs])
+        return prefill(jobs)
+
+    budget = cached.max_prefill_tokens
+    cached.max_prefill_tokens = 128  # the CPU default, stated: the test needs it below every whole prompt
+    cached._prefill = recording  # type: ignore[method-assign]
+    try:
+        got = loop.run_until_complete(queued_at_once(cached, requests))
+    finally:
+        cached.max_prefill_tokens = budget
+        del cached._prefill
+    assert got == [loop.run_until_complete(tokens(plain, request)) for request in requests] and all(got)
+    assert [len(step) for step in admissions] == [3, 1]
+    hits, (miss,) = admissions
+    assert all(whole > 128 for whole, _ in hits) and sum(computed for _, computed in hits) <= 128
+    assert miss[0] == miss[1] > 128  # nothing of it cached: its whole prompt counts
 
 
 def test_an_unloaded_version_takes_its_kv_along(
