@@ -34,5 +34,14 @@ def test_the_overhead_benchmark_runs_and_writes_its_ratios(tmp_path: Path) -> No
     assert {"remote_vs_direct_rps_plain_c16", "added_p50_ms_plain_c1", "floor_added_p50_ms_plain_c1"} <= set(
         summary["ratios"]
     )
+    assert summary["targets"]["added_p50_ms"] == 0.5 and summary["targets"]["c16_vs_direct"] == 0.9  # issue 38's
+    assert set(summary["targets_met"]) == {
+        "added_p50_ms_plain_c1",
+        "added_ttft_p50_ms_stream_c1",
+        "added_p99_ms_plain_c1",
+        "remote_vs_direct_rps_plain_c16",
+        "remote_vs_direct_rps_stream_c16",
+    }
+    assert {"floor_vs_direct_rps_plain_c16", "floor_vs_direct_rps_stream_c16"} <= set(summary["ratios"])
     assert set(summary["memory"]) == {"gateway-remote", "gateway-standin"}
     assert "Remote gateway vs direct upstream" in (tmp_path / "gateway_overhead.md").read_text()
