@@ -64,6 +64,48 @@ class Batch:
         self.rows, self.cache, self.mask = [], None, None
 
 
+def fresh_prefill(prompts: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and mask of prompts prefilled together from nothing, each left-padded to the longest."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return input_ids, mask
+
+
+@dataclass
+class CachedStart:
+    """A prompt whose first ``reused`` positions have cached KV (``prefix``, per layer), for ``rows`` rows."""
+
+    prompt: list[int]
+    reused: int
+    prefix: list[tuple[torch.Tensor, torch.Tensor]]
+    rows: int
+
+
+def cached_prefill(starts: list[CachedStart], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Input ids, mask and cache of prompts prefilled together from their cached prefixes: only
+    each one's rest is computed, in one forward for them all (a forward reads every weight once,
+    which on a CPU costs about as much for 8 rows as for one).
+
+    Row by row: its prefix, left-padded to the longest prefix, then its rest, left-padded to the
+    longest rest. The padding in the middle is masked like any other, and positions count only
+    unmasked tokens (``LocalEngine._forward``), so each row computes what it would alone."""
+    widest_prefix = max(start.reused for start in starts)
+    widest_rest = max(len(start.prompt) - start.reused for start in starts)
+    layers: list[tuple[list[Any], list[Any]]] = [([], []) for _ in starts[0].prefix]
+    input_ids, mask = [], []
+    for start in starts:
+        n, rest = start.rows, start.prompt[start.reused :]
+        for (keys, values), (k, v) in zip(layers, start.prefix, strict=True):
+            keys.append(left_padded(k.expand(n, -1, -1, -1), widest_prefix))
+            values.append(left_padded(v.expand(n, -1, -1, -1), widest_prefix))
+        gap_before, gap_after = widest_prefix - start.reused, widest_rest - len(rest)
+        input_ids += [[pad] * gap_after + rest] * n
+        mask += [[0] * gap_before + [1] * start.reused + [0] * gap_after + [1] * len(rest)] * n
+    cache = make_cache([(torch.cat(keys), torch.cat(values)) for keys, values in layers])
+    return torch.tensor(input_ids, device=device), torch.tensor(mask, device=device), cache
+
+
 def keep_rows(cache: Any, mask: torch.Tensor, keep: list[int], *, trim: bool = True) -> tuple[Any, torch.Tensor]:
     """The cache and mask of rows ``keep`` only; ``trim``: drop columns padded in every kept row."""
     index = torch.tensor(keep, device=mask.device)

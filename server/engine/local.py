@@ -15,12 +15,17 @@ A single worker thread owns the model and runs the scheduler loop:
 
 The event loop never runs model code: requests talk to the worker through thread-safe queues, so
 /health, /metrics and new requests are answered while a long generation runs.
+
+The loop's steps share state only the worker touches (the running batch, the newcomers' rows, the
+prefix cache), so they stay one class, past this project's 400 lines; what is not that loop lives
+beside it: loading the model (``loaded_model.py``), batch layouts and their KV (``kv_batch.py``),
+admission order (``fair_queue.py``), each row's sampling (``rows.py``), adapters
+(``peft_adapters.py``, ``lora_batch.py``) and shared prompt beginnings (``prefix_cache.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import resource
 import threading
@@ -49,7 +54,8 @@ from .base import (
 )
 from .fair_queue import FairQueue
 from .grammar import Grammars, grammar_key
-from .kv_batch import Batch, cache_layers, left_padded, make_cache
+from .kv_batch import Batch, CachedStart, cache_layers, cached_prefill, fresh_prefill, make_cache
+from .loaded_model import load_model
 from .logprobs import TokenBytes
 from .peft_adapters import PeftAdapters
 from .prefix_cache import PrefixCache, block_digests
@@ -153,49 +159,24 @@ class LocalEngine(Engine):
         self._detail = "stopped"
 
     def _load(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self._device = resolve_device(self._device_setting)
-        dtype = resolve_dtype(self._dtype_setting, self._device)
-        self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        if not self._tokenizer.chat_template:
-            raise EngineError(f"The tokenizer of {self.model_path} has no chat template.")
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
-        self._adapters = PeftAdapters(model.to(self._device).eval())  # type: ignore[arg-type]  # transformers' .to stub
-        # transformers renamed the forward's ``past_key_values`` to ``cache`` (5.2x; the old name goes
-        # in 5.40) and vLLM's pin holds an older one: pass whichever this transformers takes.
-        forward = inspect.signature(type(model).forward).parameters
-        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
+        loaded = load_model(
+            self.model_path,
+            device=self._device_setting,
+            dtype=self._dtype_setting,
+            max_model_len=self._max_model_len_setting,
+            allow_long_context=self._allow_long_context,
+        )
+        self._device, self._tokenizer, self._cache_arg = loaded.device, loaded.tokenizer, loaded.cache_arg
+        self._adapters = PeftAdapters(loaded.model)
+        self.max_model_len, self._eos_ids = loaded.max_model_len, set(loaded.eos_ids)
         gpu = self._device.type == "cuda"
         self.max_prefill_tokens = self._max_prefill_setting or (GPU_PREFILL_TOKENS if gpu else CPU_PREFILL_TOKENS)
         self._fresh_apart = self._device.type == "cpu"
-
-        config = model.config
-        native_len = getattr(config, "max_position_embeddings", None)
-        wanted = self._max_model_len_setting
-        if wanted and native_len and wanted > native_len:
-            if not self._allow_long_context:
-                raise EngineError(
-                    f"--max-model-len {wanted} exceeds the model's max_position_embeddings ({native_len}); "
-                    "pass --allow-long-context to use it anyway"
-                )
-            logger.warning(
-                "--max-model-len %d exceeds max_position_embeddings %d: answers past that may degrade",
-                wanted,
-                native_len,
-            )
-        self.max_model_len = wanted or native_len or 2048
-        eos = [self._tokenizer.eos_token_id]
-        generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        eos += generation_eos if isinstance(generation_eos, list) else [generation_eos]
-        self._eos_ids = {int(t) for t in eos if t is not None}
-        vocab_size = int(getattr(config, "vocab_size", 0) or len(self._tokenizer))
         token_bytes = TokenBytes(self._tokenizer)
-        grammars = Grammars(
-            self._tokenizer, vocab_size, sorted(self._eos_ids), token_bytes, timeout=self._grammar_timeout
-        )
+        eos = sorted(self._eos_ids)
+        grammars = Grammars(self._tokenizer, loaded.vocab_size, eos, token_bytes, timeout=self._grammar_timeout)
         self._steps = RowSteps(self._tokenizer, self._eos_ids, grammars, token_bytes, self._device)
-        logger.info("loaded %s on %s (%s), context %d", self.model_path, self._device, dtype, self.max_model_len)
+        logger.info("loaded %s on %s (%s), context %d", self.model_path, self._device, loaded.dtype, self.max_model_len)
 
     def health(self) -> EngineHealth:
         with self._lock:
@@ -397,14 +378,11 @@ class LocalEngine(Engine):
     def _prefill_together(self, jobs: list[tuple[Job, list[Row]]]) -> Batch:
         rows = [row for _, job_rows in jobs for row in job_rows]
         prompts = [job.prompt_ids for job, job_rows in jobs for _ in job_rows]
-        width = max(len(p) for p in prompts)
-        pad = self._tokenizer.pad_token_id or 0
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self._device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self._device)
+        input_ids, mask = fresh_prefill(prompts, self._tokenizer.pad_token_id or 0, self._device)
         logits, cache = self._forward(input_ids, mask, [r.job.peft_name for r in rows], cache=make_cache([]))
         self._emit(rows, logits)
         if self._prefixes.enabled:
-            layers, first = cache_layers(cache), 0
+            layers, first, width = cache_layers(cache), 0, mask.shape[1]
             for job, job_rows in jobs:  # the first row of each job: its prompt's KV, padding left out
                 start = width - len(job.prompt_ids)
                 self._prefixes.store(
@@ -417,44 +395,24 @@ class LocalEngine(Engine):
         return Batch(rows, cache, mask)
 
     def _prefill_from(self, hits: list[tuple[Job, list[Row], int, list[tuple[Any, Any]]]]) -> Batch:
-        """Prefill the jobs whose prompts start with a cached prefix, together: each job's
-        ``reused`` first positions come from its cached KV (``prefix``), only the rest is computed.
-
-        One forward for them all, not one each (a forward reads every weight once, which on a CPU
-        costs about as much for 8 rows as for one). Row by row: its prefix, left-padded to the
-        longest prefix, then its rest, left-padded to the longest rest. The padding in the middle
-        is masked like any other, and positions count only unmasked tokens (``_forward``), so each
-        row computes what it would alone.
-        """
+        """Prefill the jobs whose prompts start with a cached prefix, together, in one forward
+        (``cached_prefill``): each job's ``reused`` first positions come from its cached KV, only
+        the rest is computed. Each job's whole prompt is then offered to the cache."""
         rows = [row for _, job_rows, _, _ in hits for row in job_rows]
-        widest_prefix = max(reused for _, _, reused, _ in hits)
-        widest_rest = max(len(job.prompt_ids) - reused for job, _, reused, _ in hits)
-        pad = self._tokenizer.pad_token_id or 0
-        layers: list[tuple[list[Any], list[Any]]] = [([], []) for _ in hits[0][3]]
-        input_ids, mask = [], []
-        for job, job_rows, reused, prefix in hits:
-            n, rest = len(job_rows), job.prompt_ids[reused:]
-            for (keys, values), (k, v) in zip(layers, prefix, strict=True):
-                keys.append(left_padded(k.expand(n, -1, -1, -1), widest_prefix))
-                values.append(left_padded(v.expand(n, -1, -1, -1), widest_prefix))
-            gap_before, gap_after = widest_prefix - reused, widest_rest - len(rest)
-            input_ids += [[pad] * gap_after + rest] * n
-            mask += [[0] * gap_before + [1] * reused + [0] * gap_after + [1] * len(rest)] * n
-        cache = make_cache([(torch.cat(keys), torch.cat(values)) for keys, values in layers])
-        mask_tensor = torch.tensor(mask, device=self._device)
-        input_tensor = torch.tensor(input_ids, device=self._device)
-        logits, cache = self._forward(input_tensor, mask_tensor, [r.job.peft_name for r in rows], cache=cache)
+        starts = [CachedStart(job.prompt_ids, reused, prefix, len(job_rows)) for job, job_rows, reused, prefix in hits]
+        input_ids, mask, cache = cached_prefill(starts, self._tokenizer.pad_token_id or 0, self._device)
+        logits, cache = self._forward(input_ids, mask, [r.job.peft_name for r in rows], cache=cache)
         self._emit(rows, logits)
         computed, first = cache_layers(cache), 0
         for job, job_rows, _, _ in hits:  # each job's whole prompt, its padding left out, for the next
 
             def prompt_kv(row: int = first) -> list[tuple[Any, Any]]:  # a copy: only if it is kept
-                kept = mask_tensor[row].nonzero().squeeze(1)
+                kept = mask[row].nonzero().squeeze(1)
                 return [(k[row : row + 1, :, kept], v[row : row + 1, :, kept]) for k, v in computed]
 
             self._prefixes.store(job.peft_name, job.prompt_ids, prompt_kv, job.prefix_digests)
             first += len(job_rows)
-        return Batch(rows, cache, mask_tensor)
+        return Batch(rows, cache, mask)
 
     def _decode(self) -> None:
         """One decode step. Newcomers' rows before their first text (``_fresh``, on a CPU) step

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from server.engine.kv_batch import ROOM, cache_layers, concat, keep_rows, make_cache
+from server.engine.kv_batch import (
+    ROOM,
+    CachedStart,
+    cache_layers,
+    cached_prefill,
+    concat,
+    fresh_prefill,
+    keep_rows,
+    make_cache,
+)
 
 
 def kv(rows: int, positions: int, seed: int) -> torch.Tensor:
@@ -97,3 +106,18 @@ def test_a_prefix_copied_into_a_cache_is_never_written_through(rows: int) -> Non
     cache = make_cache([(entry.expand(rows, -1, -1, -1), entry.expand(rows, -1, -1, -1))])
     cache.update(kv(rows, 1, 1), kv(rows, 1, 2), 0)
     assert torch.equal(entry, held)
+
+
+def test_prompts_prefilled_from_cached_prefixes_are_laid_out_prefix_then_rest() -> None:
+    """Each row: its prefix's KV left-padded to the longest prefix, then its rest's tokens left-padded
+    to the longest rest; the mask marks the padding in the middle of a row."""
+    short = CachedStart([1, 2, 3, 4, 5], 2, [(kv(1, 2, 0), kv(1, 2, 1))], rows=1)
+    long = CachedStart([6, 7, 8, 9], 3, [(kv(1, 3, 2), kv(1, 3, 3))], rows=2)  # n=2: two rows share it
+    input_ids, mask, cache = cached_prefill([short, long], pad=0, device=torch.device("cpu"))
+    assert input_ids.tolist() == [[3, 4, 5], [0, 0, 9], [0, 0, 9]]
+    assert mask.tolist() == [[0, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 1], [1, 1, 1, 0, 0, 1]]
+    ((keys, _),) = cache_layers(cache)
+    assert keys.shape == (3, 2, 3, 4)
+    assert torch.equal(keys[0, :, 1:], short.prefix[0][0][0]) and torch.equal(keys[2], long.prefix[0][0][0])
+    fresh_ids, fresh_mask = fresh_prefill([[1, 2, 3], [4]], pad=0, device=torch.device("cpu"))
+    assert fresh_ids.tolist() == [[1, 2, 3], [0, 0, 4]] and fresh_mask.tolist() == [[1, 1, 1], [0, 0, 1]]

@@ -148,18 +148,6 @@ def test_the_server_default_caps_a_request_without_max_tokens(
     assert (texts[0], finish[0]) == (ANSWERS["alpha"], "stop")
 
 
-def test_a_context_beyond_the_model_needs_allow_long_context(base_model: Path) -> None:
-    import json
-
-    native = json.loads((base_model / "config.json").read_text())["max_position_embeddings"]
-    with pytest.raises(Exception, match="allow-long-context"):
-        asyncio.run(LocalEngine(str(base_model), device="cpu", max_model_len=native * 2).start())
-    forced = LocalEngine(str(base_model), device="cpu", max_model_len=native * 2, allow_long_context=True)
-    asyncio.run(forced.start())
-    assert forced.max_model_len == native * 2
-    asyncio.run(forced.stop())
-
-
 def test_a_request_that_fails_at_admission_fails_alone(
     engine: LocalEngine, loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
