@@ -72,8 +72,8 @@ class Settings(BaseSettings):
     max_prefill_tokens: int | None = Field(
         default=None,
         ge=1,
-        description="Prompt tokens the local engine prefills in one step (default: 128 on CPU, 2048 on a GPU); "
-        "smaller: a newcomer waits less behind a burst of prompts.",
+        description="Prompt tokens the local engine computes in one prefill step, a prefix the prefix cache "
+        "holds not counted (default: 128 on CPU, 2048 on a GPU); smaller: a newcomer waits less behind a burst.",
     )
     prefix_cache_mb: int = Field(
         default=512,
