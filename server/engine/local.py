@@ -58,7 +58,7 @@ from .kv_batch import Batch, CachedStart, cache_layers, cached_prefill, fresh_pr
 from .loaded_model import load_model
 from .logprobs import TokenBytes
 from .peft_adapters import PeftAdapters
-from .prefix_cache import PrefixCache, block_digests
+from .prefix_cache import PrefixCache
 from .prompts import check_context, render_chat, render_off_loop
 from .rows import Job, Row, RowSteps
 
@@ -340,8 +340,6 @@ class LocalEngine(Engine):
         whole prompt filling the budget, though all but the first compute only their question."""
         if not self._prefixes.enabled:
             return job.cost
-        if job.prefix_digests is None:
-            job.prefix_digests = block_digests(job.peft_name, job.prompt_ids)
         reused = self._prefixes.reusable(job.peft_name, job.prompt_ids, job.prefix_digests)
         return job.rows_wanted * (len(job.prompt_ids) - reused)
 
@@ -362,9 +360,9 @@ class LocalEngine(Engine):
                 logger.warning("request %s refused at admission: %s", job.request.request_id, exc)
                 self._fail_job(job, exc)
                 continue
-            if self._prefixes.enabled and job.prefix_digests is None:
-                job.prefix_digests = block_digests(job.peft_name, job.prompt_ids)
-            hit = self._prefixes.lookup(job.peft_name, job.prompt_ids, job.prefix_digests)
+            hit = None
+            if self._prefixes.enabled:
+                hit = self._prefixes.lookup(job.peft_name, job.prompt_ids, job.prefix_digests)
             if hit is None:
                 fresh.append((job, job_rows))
             else:

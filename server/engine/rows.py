@@ -10,6 +10,7 @@ grammars, adapters and options.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from ..errors import EngineError
 from .base import GenerationDelta, GenerationRequest, TokenLogprob, finish_reason
 from .grammar import Grammars
 from .logprobs import TokenBytes, token_logprob
+from .prefix_cache import block_digests
 from .sampling import Sampler
 from .text import IncrementalDecoder, StopMatcher
 from .tool_calls import ToolCallParser
@@ -45,8 +47,12 @@ class Job:
     # Its flow held no rows when the batch admitted it: until its first text, the busy flows'
     # prefills wait (``fair_queue.py``) and, on a CPU, its rows step apart (``LocalEngine._decode``).
     newcomer: bool = False
-    # Its prompt's block digests (``prefix_cache.block_digests``), computed once for lookup and store
-    prefix_digests: list[bytes] | None = None
+
+    @functools.cached_property
+    def prefix_digests(self) -> list[bytes]:
+        """Its prompt's block digests (``prefix_cache.block_digests``): computed once, on first use,
+        for the admission's check, the lookup and the store (read only where the cache is on)."""
+        return block_digests(self.peft_name, self.prompt_ids)
 
     @property
     def flow(self) -> str:
