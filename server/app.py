@@ -68,6 +68,7 @@ def build_engine(settings: Settings) -> Engine:
                 fair_admission=settings.fair_admission,
                 grammar_timeout=settings.grammar_timeout,
                 prefix_cache_bytes=settings.prefix_cache_mb * 1024**2,
+                onednn_linears=settings.onednn_linears,
             )
             for base, model in models.items()
         }

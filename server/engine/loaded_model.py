@@ -17,6 +17,7 @@ import torch
 
 from ..devices import resolve_device, resolve_dtype
 from ..errors import EngineError
+from .cpu_linear import use_onednn_linears
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +37,17 @@ class LoadedModel:
 
 
 def load_model(
-    path: str, *, device: str, dtype: str, max_model_len: int | None, allow_long_context: bool
+    path: str,
+    *,
+    device: str,
+    dtype: str,
+    max_model_len: int | None,
+    allow_long_context: bool,
+    onednn_linears: bool = True,
 ) -> LoadedModel:
     """Load ``path`` (a Hub id or a local directory) for serving. ``max_model_len`` past the
-    model's own ``max_position_embeddings`` is refused unless ``allow_long_context``."""
+    model's own ``max_position_embeddings`` is refused unless ``allow_long_context``. On a CPU
+    the linear layers compute with oneDNN (``cpu_linear.py``) unless ``onednn_linears`` is off."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = resolve_device(device)
@@ -47,7 +55,9 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not tokenizer.chat_template:
         raise EngineError(f"The tokenizer of {path} has no chat template.")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=weights)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=weights).to(where).eval()  # type: ignore[arg-type]
+    if where.type == "cpu" and onednn_linears:
+        logger.info("%d linear layers computed by oneDNN", use_onednn_linears(model))
     # transformers renamed the forward's ``past_key_values`` to ``cache`` (5.2x; the old name goes
     # in 5.40) and vLLM's pin holds an older one: pass whichever this transformers takes.
     forward = inspect.signature(type(model).forward).parameters
@@ -56,7 +66,7 @@ def load_model(
     generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos += generation_eos if isinstance(generation_eos, list) else [generation_eos]
     return LoadedModel(
-        model=model.to(where).eval(),  # type: ignore[arg-type]  # transformers' .to stub
+        model=model,
         tokenizer=tokenizer,
         device=where,
         dtype=weights,

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from server.engine.loaded_model import load_model
 from server.errors import EngineError
@@ -20,6 +21,19 @@ def test_the_model_is_loaded_with_its_context_and_end_tokens(base_model: Path) -
     assert loaded.cache_arg in {"cache", "past_key_values"} and loaded.vocab_size == config["vocab_size"]
     shorter = load_model(str(base_model), device="cpu", dtype="auto", max_model_len=64, allow_long_context=False)
     assert shorter.max_model_len == 64
+
+
+def test_on_a_cpu_the_linears_are_onednns_unless_turned_off(base_model: Path) -> None:
+    def switched(model: torch.nn.Module) -> list[bool]:
+        return ["forward" in m.__dict__ for m in model.modules() if type(m) is torch.nn.Linear]
+
+    default = load_model(str(base_model), device="cpu", dtype="auto", max_model_len=None, allow_long_context=False)
+    off = load_model(
+        str(base_model), device="cpu", dtype="auto", max_model_len=None, allow_long_context=False, onednn_linears=False
+    )
+    assert switched(off.model) and not any(switched(off.model))
+    if torch.backends.mkldnn.is_available():
+        assert all(switched(default.model))
 
 
 def test_a_context_beyond_the_model_needs_allow_long_context(base_model: Path) -> None:
