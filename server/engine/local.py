@@ -96,8 +96,10 @@ class LocalEngine(Engine):
         fair_admission: bool = True,
         grammar_timeout: float = 10.0,
         prefix_cache_bytes: int = 0,
+        onednn_linears: bool = True,
     ) -> None:
         self.model_path = model
+        self._onednn_linears = onednn_linears  # on a CPU: linears by oneDNN's inner product (cpu_linear.py)
         self._prefixes = PrefixCache(prefix_cache_bytes)  # shared prompt beginnings' KV, per adapter version
         self._grammar_timeout = grammar_timeout
         self._device_setting = device
@@ -135,16 +137,36 @@ class LocalEngine(Engine):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        """Load the model on the worker thread, which then serves: one thread runs all of torch.
+
+        With libgomp (PyTorch's OpenMP on Linux) every thread that runs a parallel operator keeps
+        a team of its own, and once a process holds more OpenMP threads than cores each team's
+        threads sleep at once between operators instead of spinning: every operator then pays to
+        wake them. Loading on a helper thread (``asyncio.to_thread``) left its idle team behind
+        and made a decode step's small operators several times slower on two cores
+        (``docs/engines.md``)."""
         self._detail = "loading model"
+        loaded: Future[None] = Future()
+        self._thread = threading.Thread(
+            target=self._load_and_serve, args=(loaded,), name="lora-gateway-engine", daemon=True
+        )
+        self._thread.start()
         try:
-            await asyncio.to_thread(self._load)
+            await asyncio.wrap_future(loaded)
         except Exception as exc:
             self._detail = f"failed to load model: {exc}"
             raise EngineUnavailable(self._detail) from exc
-        self._thread = threading.Thread(target=self._worker, name="lora-gateway-engine", daemon=True)
-        self._thread.start()
         self._ready = True
         self._detail = "ready"
+
+    def _load_and_serve(self, loaded: Future[None]) -> None:
+        try:
+            self._load()
+        except BaseException as exc:
+            loaded.set_exception(exc)
+            return
+        loaded.set_result(None)
+        self._worker()
 
     async def stop(self) -> None:
         with self._lock:
@@ -165,6 +187,7 @@ class LocalEngine(Engine):
             dtype=self._dtype_setting,
             max_model_len=self._max_model_len_setting,
             allow_long_context=self._allow_long_context,
+            onednn_linears=self._onednn_linears,
         )
         self._device, self._tokenizer, self._cache_arg = loaded.device, loaded.tokenizer, loaded.cache_arg
         self._adapters = PeftAdapters(loaded.model)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,6 +115,42 @@ def test_adapters_load_and_unload_between_steps(
     with pytest.raises(EngineUnavailable):
         loop.run_until_complete(collect(engine, copy))
     assert loop.run_until_complete(collect(engine, request("beta")))[0][0] == ANSWERS["beta"]
+
+
+def test_the_model_loads_on_the_thread_that_then_serves_it(base_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One thread runs all of torch: a helper thread that ran the load would keep an OpenMP team
+    of its own, and on a machine with no more cores than the two teams' threads every operator
+    of every step would pay to wake its threads (``LocalEngine.start``)."""
+    import server.engine.local as local
+
+    loaded_on: list[threading.Thread] = []
+    real_load = local.load_model
+
+    def load_model(*args: Any, **kwargs: Any) -> Any:
+        loaded_on.append(threading.current_thread())
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(local, "load_model", load_model)
+
+    async def scenario() -> threading.Thread | None:
+        engine = LocalEngine(str(base_model), device="cpu", max_model_len=256)
+        await engine.start()
+        try:
+            assert (await collect(engine, request("base")))[0][0]  # and it serves
+            return engine._thread
+        finally:
+            await engine.stop()
+
+    assert loaded_on == [asyncio.run(scenario())]
+
+
+def test_a_model_that_cannot_load_fails_the_start_and_leaves_no_thread(tmp_path: Path) -> None:
+    engine = LocalEngine(str(tmp_path / "no-such-model"), device="cpu")
+    with pytest.raises(EngineUnavailable, match="failed to load model"):
+        asyncio.run(engine.start())
+    assert engine._thread is not None
+    engine._thread.join(5)
+    assert not engine._thread.is_alive() and not engine.health().ready
 
 
 def test_removing_every_adapter_keeps_the_base_serving(base_model: Path, trained_adapters: dict[str, Path]) -> None:
