@@ -4,18 +4,20 @@ peft's ``adapter_names`` mixed batch loops over the distinct adapters in every L
 the rows, two matmuls, scatter back). With four adapters in a batch of eight that costs more than
 the base model's own matmuls on a CPU. This module applies the idea of punica's BGMV kernel
 (S-LoRA, vLLM) in plain torch instead: each LoRA layer keeps every loaded adapter's ``A`` and
-``B`` in one stacked tensor of *slots* (slot 0 stays all zeros, for rows on the base model), and a
-forward hook adds ``bmm(bmm(x, A[slot]), B[slot])`` for the whole batch at once, whatever the mix.
+``B`` in one stacked tensor of *slots* (slot 0 stays all zeros, for rows on the base model), and
+the layer's forward (ours in place of peft's) adds ``bmm(bmm(x, A[slot]), B[slot])`` to its base
+layer's output for the whole batch at once, whatever the mix.
 
 Loading or unloading an adapter writes or clears its slot only (capacity doubles when full), so the
 cost of a swap does not grow with the number of adapters held.
 
 peft stays the loader and keeper of adapter weights (key mapping, ranks, rsLoRA scaling); its own
-adapter computation is disabled so it never runs twice. Measured in ``benchmarks/``.
+adapter computation is disabled and its forward replaced, so it never runs twice. Measured in ``benchmarks/``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -29,7 +31,6 @@ class BatchedLora:
     def __init__(self, peft_model: Any) -> None:
         self._model = peft_model
         self._layers: list[Any] = []
-        self._hooks: list[Any] = []
         self._slots: torch.Tensor | None = None
         self._rows: tuple[int, ...] = ()  # the slots of ``_slots``, as a tuple
         # Bumped whenever a slot's weights change: a layer's gathered weights of some rows
@@ -65,7 +66,7 @@ class BatchedLora:
         self._generation += 1
 
     def set_rows(self, slots: list[int], device: torch.device) -> None:
-        """Slots of the rows in the next forward (0: base model). All-base batches skip the hooks.
+        """Slots of the rows in the next forward (0: base model). All-base batches add no delta.
         The same rows step after step (a decode) keep their gathered weights (``_add_delta``)."""
         if not any(slots):
             self._slots, self._rows = None, ()
@@ -73,11 +74,10 @@ class BatchedLora:
             self._slots, self._rows = torch.tensor(slots, device=device), tuple(slots)
 
     def close(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
         for layer in self._layers:
+            del layer.forward  # peft's own forward again
             layer.batched_lora_a = layer.batched_lora_b = layer.gathered = None
-        self._layers, self._hooks, self.slot_of = [], [], {}
+        self._layers, self.slot_of = [], {}
 
     def _adopt_new_layers(self, name: str) -> None:
         from peft.tuners.lora import LoraLayer
@@ -96,7 +96,7 @@ class BatchedLora:
             module.batched_lora_a = weight.new_zeros((0, weight.shape[1], 0))
             module.batched_lora_b = weight.new_zeros((0, 0, weight.shape[0]))
             self._layers.append(module)
-            self._hooks.append(module.register_forward_hook(self._add_delta))
+            module.forward = functools.partial(self._forward, module)  # type: ignore[method-assign]
 
     def _fit(self, layer: Any, rank: int) -> None:
         """Grow a layer's stacks to the current slot capacity and at least ``rank``, keeping contents."""
@@ -110,25 +110,36 @@ class BatchedLora:
         grown_b[: b.shape[0], : b.shape[1], :] = b
         layer.batched_lora_a, layer.batched_lora_b = grown_a, grown_b
 
-    def _add_delta(self, layer: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        if self._slots is None:
+    def _forward(self, layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """A LoRA layer's forward: its base layer, plus the delta of each row's adapter.
+
+        Replaces peft's forward (whose own adapter computation is off) rather than hooking after
+        it: a forward hook sends every call through ``nn.Module``'s slow path, and peft's forward
+        checks its arguments and adapters on each call; Python paid in every LoRA layer of every
+        step, whether the batch's rows are on adapters or not."""
+        kwargs.pop("adapter_names", None)  # peft's own mixed batch: the rows here come from ``set_rows``
+        output: torch.Tensor = layer.base_layer(x, *args, **kwargs)
+        slots = self._slots
+        if slots is None:
             return output
+        return self._add_delta(layer, x, output, slots)
+
+    def _add_delta(self, layer: Any, x: torch.Tensor, output: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         key = (self._generation, self._rows)
         kept: dict[Any, tuple[torch.Tensor, torch.Tensor]] = getattr(layer, "gathered", None) or {}
         pair = kept.get(key)
         if pair is None:  # rows not seen since the weights last changed: gather them
-            pair = (layer.batched_lora_a[self._slots], layer.batched_lora_b[self._slots])
+            pair = (layer.batched_lora_a[slots], layer.batched_lora_b[slots])
             # Kept on a CPU, for the two row sets that alternate there (the running batch and its
             # newcomers, ``LocalEngine._decode``): gathering every step cost a twentieth of a
             # mixed step (py-spy, benchmarks/local_throughput.py). On a GPU the copy is cheap and
             # the memory is not.
-            if self._slots.device.type == "cpu":
+            if slots.device.type == "cpu":
                 layer.gathered = {k: v for k, v in kept.items() if k[0] == self._generation and k != key}
                 while len(layer.gathered) >= 2:
                     del layer.gathered[next(iter(layer.gathered))]
                 layer.gathered[key] = pair
         a, b = pair
-        x = inputs[0]
         if x.dtype == a.dtype == output.dtype:  # the usual case: one fused multiply-add for the delta
             return torch.baddbmm(output, torch.bmm(x, a), b)
         return output + torch.bmm(torch.bmm(x.to(a.dtype), a), b).to(output.dtype)

@@ -91,10 +91,10 @@ def test_slots_are_reused_and_capacity_grows(base_model: Path, varied_adapters: 
     lora.add("b")
     assert lora.slot_of["b"] == 3  # the freed slot is reused
     input_ids = torch.randint(0, 200, (2, 5))
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), varied_adapters["a"], "a5")
+    reference.load_adapter(varied_adapters["b"], adapter_name="b")
     with torch.inference_mode():
-        model.base_model.enable_adapter_layers()
-        expected = model(input_ids=input_ids, adapter_names=["a5", "b"]).logits
-        model.base_model.disable_adapter_layers()
+        expected = reference.eval()(input_ids=input_ids, adapter_names=["a5", "b"]).logits  # peft's own
         lora.set_rows([lora.slot_of["a5"], lora.slot_of["b"]], torch.device("cpu"))
         actual = model(input_ids=input_ids).logits
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
@@ -123,9 +123,38 @@ def test_the_same_rows_keep_their_gathered_weights_until_a_slot_changes(
         assert lora.slot_of["b"] == 1
         lora.set_rows([1, 1], torch.device("cpu"))
         actual = model(input_ids=input_ids).logits
-        lora.set_rows([0, 0], torch.device("cpu"))  # peft's own computation alone, for the reference
-        model.base_model.enable_adapter_layers()
-        expected = model(input_ids=input_ids, adapter_names=["b", "b"]).logits
-        model.base_model.disable_adapter_layers()
+        # peft's own computation, for the reference
+        reference = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_model), varied_adapters["b"], "b"
+        )
+        expected = reference(input_ids=input_ids).logits
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(actual, first)
+
+
+def test_the_delta_is_added_in_the_layers_forward_and_close_gives_peft_its_own_back(
+    base_model: Path, varied_adapters: dict[str, Path]
+) -> None:
+    """No forward hooks (each sends every call of the layer down nn.Module's slow path); after
+    ``close`` the layers compute as peft alone does."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), varied_adapters["a"], "a")
+    model.eval()
+    input_ids = torch.randint(0, 200, (2, 5))
+    with torch.inference_mode():
+        expected = model(input_ids=input_ids).logits  # peft's own, adapter "a" active
+        lora = BatchedLora(model)
+        lora.add("a")
+        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        assert layers and all("forward" in m.__dict__ and not m._forward_hooks for m in layers)
+        lora.set_rows([1, 1], torch.device("cpu"))
+        ours = model(input_ids=input_ids).logits
+        lora.close()
+        assert all("forward" not in m.__dict__ for m in layers)
+        model.base_model.enable_adapter_layers()
+        after = model(input_ids=input_ids).logits
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(after, expected, rtol=1e-4, atol=1e-4)
