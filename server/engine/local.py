@@ -52,7 +52,7 @@ from .base import (
     GenerationDelta,
     GenerationRequest,
 )
-from .fair_queue import FairQueue
+from .fair_queue import FairQueue, crowded
 from .grammar import Grammars, grammar_key
 from .kv_batch import Batch, CachedStart, cache_layers, cached_prefill, fresh_prefill, make_cache
 from .loaded_model import load_model
@@ -342,9 +342,11 @@ class LocalEngine(Engine):
         if not admitted:
             return
         now = time.perf_counter()
+        joining = {job.flow for job in admitted if job.flow not in busy}
+        favoured = self._waiting.fair and crowded(running, len(joining))
         for job in admitted:
             job.queued_seconds = now - job.queued_at
-            job.newcomer = self._waiting.fair and job.flow not in busy
+            job.newcomer = favoured and job.flow in joining
         try:
             batch = self._prefill(admitted)
         except Exception as exc:  # a failed prefill fails only the jobs it admitted

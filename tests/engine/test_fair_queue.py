@@ -6,7 +6,7 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
-from server.engine.fair_queue import FairQueue
+from server.engine.fair_queue import FairQueue, crowded
 
 _clock = itertools.count()
 
@@ -122,3 +122,12 @@ def test_newcomers_only_holds_the_flows_already_running() -> None:
         queue.push(FakeJob(flow))
     assert queue.take(Counter({"a": 10}), free=5, budget=10_000, newcomers_only=True) == []
     assert [job.flow for job in queue.take(Counter({"a": 10}), free=5, budget=10_000)] == ["a", "a"]
+
+
+def test_newcomers_are_favoured_only_while_a_flow_holds_more_than_an_even_share() -> None:
+    assert crowded(Counter(a=8), joining=1)  # a flooder and a newcomer: 8 rows against a share of 4
+    assert crowded(Counter(a=6, b=1), joining=1)  # share 3
+    assert not crowded(Counter({f"f{i}": 1 for i in range(16)}), joining=1)  # sixteen equals and one more
+    assert not crowded(Counter(a=2, b=2, c=2, d=2), joining=1)  # share 2: nobody holds more
+    assert not crowded(Counter(a=1), joining=1)
+    assert not crowded(Counter(), joining=3)  # nothing running: nobody to favour anyone over

@@ -371,6 +371,66 @@ def test_a_newcomers_first_text_goes_before_the_busy_flows_next_prefills(
     assert ["a", "b"] in [flows for flows, out in steps[first:] if out]  # then b joined a's batch
 
 
+def test_among_equal_flows_a_new_one_steps_with_the_batch(engine: LocalEngine, loop: asyncio.AbstractEventLoop) -> None:
+    """Four flows hold one row each, as sixteen adapters serving one request each do: a fifth flow's
+    request is favoured over nobody, so its rows join the running batch at once instead of taking
+    steps of their own (each a full read of the weights) while the others wait."""
+    import dataclasses
+    import threading
+
+    from server.engine.kv_batch import Batch
+
+    steps: list[list[str]] = []  # flows of each decode step's rows
+    decode_step, advance = engine._decode_step, engine._steps.advance
+
+    def stepping(batch: Batch) -> None:
+        steps.append(sorted({row.job.flow for row in batch.rows}))
+        decode_step(batch)
+
+    def late(row, logits):  # type: ignore[no-untyped-def]  # f4's first 3 tokens show nothing, as a split character
+        delta = advance(row, logits)
+        if row.job.flow == "f4" and delta is not None and row.generated <= 3 and delta.finish_reason is None:
+            row.answered = False
+            return None
+        return delta
+
+    def ask(flow: str, max_tokens: int) -> GenerationRequest:
+        return dataclasses.replace(request("alpha", SamplingOptions(temperature=0, max_tokens=max_tokens)), flow=flow)
+
+    async def scenario() -> None:
+        equals = [asyncio.ensure_future(collect(engine, ask(f"f{i}", 40))) for i in range(4)]
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            if len({row.job.flow for row in engine._batch.rows}) < 4:
+                return  # not all four running yet
+            held.set()
+            release.wait(30)
+
+        while True:  # the worker held between two steps of the four
+            holding = asyncio.ensure_future(engine._run_in_worker(hold))
+            while not (held.is_set() or holding.done()):
+                await asyncio.sleep(0.001)
+            if held.is_set():
+                break
+        newcomer = asyncio.ensure_future(collect(engine, ask("f4", 10)))
+        while not any(job.flow == "f4" for job in engine._waiting):
+            await asyncio.sleep(0.001)
+        release.set()
+        await holding
+        await asyncio.gather(newcomer, *equals)
+
+    engine._decode_step = stepping  # type: ignore[method-assign]
+    engine._steps.advance = late  # type: ignore[method-assign]
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        del engine._decode_step, engine._steps.advance
+    first = next(i for i, flows in enumerate(steps) if "f4" in flows)
+    assert steps[first] == ["f0", "f1", "f2", "f3", "f4"]  # straight into the batch, never apart
+    assert ["f4"] not in steps
+
+
 def test_a_lone_flows_burst_fills_the_batch_and_a_newcomer_joins_past_it(
     engine: LocalEngine, loop: asyncio.AbstractEventLoop
 ) -> None:
