@@ -6,8 +6,8 @@ MKL's GEMM, which for a handful of rows leaves much of the machine unused; oneDN
 the kernel PyTorch's own compiler (inductor) emits for CPU linears, took half the time for the
 same product on this project's two-core machine (1, 8 and 16 rows, the benchmark model's shapes)
 and a decode step of 8 rows 0.7x the time (``docs/engines.md``). That machine is an AMD EPYC, where
-MKL is known not to take its best code paths; on an Intel CPU the gain may be smaller, never a
-different answer.
+MKL is known not to take its best code paths; on an Intel CPU the gain may be smaller (the
+results agree to rounding either way).
 
 The weights are not copied or reordered: each ``nn.Linear`` of the served model keeps its tensors
 and only its forward changes, so peft, which wraps these layers as the base of its LoRA layers,
