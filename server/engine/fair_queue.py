@@ -20,8 +20,8 @@ several tokens (a character split over tokens), and a prefill of the flooder's n
 slipped in between them held each of those up a whole step (traced with ``benchmarks/fairness.py``;
 the engine also decodes those tokens apart on a CPU, ``LocalEngine._decode``). The flooder's free
 slots stay empty for those few steps; its queue keeps its order.
-A newcomer is favoured so only while some running flow holds more than an even share of the
-batch (``crowded``): with sixteen adapters each serving one request, a request on the adapter
+A newcomer is favoured so only while some running flow holds or waits for more than an even
+share of the batch (``crowded``): with sixteen adapters each serving one request, a request on the adapter
 whose answer just ended is a newcomer too, and stepping it apart gave it a whole step (a full read
 of the weights) of its own while fifteen equals waited, about a tenth of the engine's time in
 ``benchmarks/local_throughput.py``'s 16-adapter load.
@@ -55,13 +55,14 @@ class Queued(Protocol):
 T = TypeVar("T", bound=Queued)
 
 
-def crowded(running: Counter[str], joining: int) -> bool:
-    """Whether a running flow holds more than an even share (rounded up) of the running rows,
-    shared among the running flows and ``joining`` new ones: whether newcomers need favouring."""
-    if not running:
+def crowded(demand: Counter[str], joining: int) -> bool:
+    """Whether a running flow asks for more than an even share (rounded up) of what the running
+    flows ask for (``demand``: rows each holds or has waiting), shared among them and ``joining``
+    new flows: whether newcomers need favouring."""
+    if not demand:
         return False
-    share = -(-sum(running.values()) // (len(running) + joining))
-    return max(running.values()) > share
+    share = -(-sum(demand.values()) // (len(demand) + joining))
+    return max(demand.values()) > share
 
 
 class FairQueue(Generic[T]):

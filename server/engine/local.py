@@ -339,11 +339,14 @@ class LocalEngine(Engine):
             admitted = self._waiting.take(
                 running, free, self.max_prefill_tokens, newcomers_only=hold, cost=self._prefill_cost
             )
+            # What each running flow holds or still waits for: a flooder whose backlog is queued
+            # crowds the batch as much as one whose rows already run.
+            demand = Counter({flow: rows + self._waiting.waiting(flow) for flow, rows in running.items()})
         if not admitted:
             return
         now = time.perf_counter()
         joining = {job.flow for job in admitted if job.flow not in busy}
-        favoured = self._waiting.fair and crowded(running, len(joining))
+        favoured = self._waiting.fair and crowded(demand, len(joining))
         for job in admitted:
             job.queued_seconds = now - job.queued_at
             job.newcomer = favoured and job.flow in joining

@@ -126,6 +126,7 @@ def test_newcomers_only_holds_the_flows_already_running() -> None:
 
 def test_newcomers_are_favoured_only_while_a_flow_holds_more_than_an_even_share() -> None:
     assert crowded(Counter(a=8), joining=1)  # a flooder and a newcomer: 8 rows against a share of 4
+    assert crowded(Counter(a=1 + 19), joining=1)  # one row running and 19 waiting: a flooder all the same
     assert crowded(Counter(a=6, b=1), joining=1)  # share 3
     assert not crowded(Counter({f"f{i}": 1 for i in range(16)}), joining=1)  # sixteen equals and one more
     assert not crowded(Counter(a=2, b=2, c=2, d=2), joining=1)  # share 2: nobody holds more
