@@ -79,6 +79,17 @@ def main() -> None:
         asyncio.run(run(url, models, 8, 8, 8))  # warm-up, excluded
         return asyncio.run(run(url, models, args.num_prompts, 8, args.max_tokens))
 
+    def ours(extra: tuple[str, ...], runs: dict[str, list[str]]) -> None:
+        """One turn of each of ``runs`` (turn name: models asked) on one gateway started with ``extra``."""
+        port = free_port()
+        gateway = start_gateway(base, adapters, port, "--max-batch-size", "8", *extra)
+        try:
+            for name, models in runs.items():
+                turns[name].append(load(f"http://127.0.0.1:{port}", models))
+        finally:
+            gateway.terminate()
+            gateway.wait()
+
     for _ in range(args.rounds):
         port = free_port()
         peer = start_peer(base, port)
@@ -87,23 +98,9 @@ def main() -> None:
         finally:
             peer.terminate()
             peer.wait()
-        port = free_port()
-        ours = start_gateway(base, adapters, port, "--max-batch-size", "8")
-        try:
-            turns["ours_base"].append(load(f"http://127.0.0.1:{port}", ["bench-base"]))
-            turns["ours_mixed"].append(load(f"http://127.0.0.1:{port}", ADAPTERS))
-        finally:
-            ours.terminate()
-            ours.wait()
-        if args.no_ablation:
-            continue
-        port = free_port()
-        ours = start_gateway(base, adapters, port, "--max-batch-size", "8", "--no-onednn-linears")
-        try:
-            turns["ours_base_torch_linears"].append(load(f"http://127.0.0.1:{port}", ["bench-base"]))
-        finally:
-            ours.terminate()
-            ours.wait()
+        ours((), {"ours_base": ["bench-base"], "ours_mixed": ADAPTERS})
+        if not args.no_ablation:
+            ours(("--no-onednn-linears",), {"ours_base_torch_linears": ["bench-base"]})
     merged = {name: merge(runs) for name, runs in turns.items()}
     peer = merged["peer"]
     ratios = {

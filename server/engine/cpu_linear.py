@@ -38,11 +38,7 @@ def use_onednn_linears(model: torch.nn.Module) -> int:
 
     Only inference uses this: the op has no backward, and the engine runs under
     ``torch.inference_mode``. The trainer loads its own copy of the model and is not touched."""
-    linears = [
-        module
-        for module in model.modules()
-        if type(module) is torch.nn.Linear and module.weight.device.type == "cpu" and not module.weight.is_mkldnn
-    ]
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.device.type == "cpu"]
     if not linears or not agrees_with_torch(linears[0]):
         return 0
     for module in linears:

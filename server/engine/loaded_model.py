@@ -2,8 +2,8 @@
 tokenizer, how long a context it takes, which tokens end an answer, and what its forward calls
 the KV cache.
 
-Kept apart from the engine's scheduling (``local.py``): this runs once, on a thread of its own,
-before the worker starts, and every check here fails the start-up with one clear reason.
+Kept apart from the engine's scheduling (``local.py``): this runs once, on the engine's worker
+thread before it starts serving, and every check here fails the start-up with one clear reason.
 """
 
 from __future__ import annotations

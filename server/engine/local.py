@@ -339,14 +339,17 @@ class LocalEngine(Engine):
             admitted = self._waiting.take(
                 running, free, self.max_prefill_tokens, newcomers_only=hold, cost=self._prefill_cost
             )
-            # What each running flow holds or still waits for: a flooder whose backlog is queued
-            # crowds the batch as much as one whose rows already run.
-            demand = Counter({flow: rows + self._waiting.waiting(flow) for flow, rows in running.items()})
+            joining = {job.flow for job in admitted if job.flow not in busy}
+            # Asked only when a flow joins. What each flow already running holds or still waits
+            # for: a flooder whose backlog is queued crowds the batch as much as one whose rows run.
+            favoured = (
+                self._waiting.fair
+                and bool(joining)
+                and crowded(Counter({f: running[f] + self._waiting.waiting(f) for f in busy}), len(joining))
+            )
         if not admitted:
             return
         now = time.perf_counter()
-        joining = {job.flow for job in admitted if job.flow not in busy}
-        favoured = self._waiting.fair and crowded(demand, len(joining))
         for job in admitted:
             job.queued_seconds = now - job.queued_at
             job.newcomer = favoured and job.flow in joining

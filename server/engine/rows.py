@@ -44,8 +44,8 @@ class Job:
     failed: bool = False
     queued_at: float = field(default_factory=time.perf_counter)
     queued_seconds: float | None = None  # set when the batch admits it; reported with its first token
-    # Its flow held no rows when the batch admitted it while another held or waited for more than an even share
-    # (``fair_queue.crowded``): until its first text, the busy flows' prefills wait
+    # Its flow held no rows when the batch admitted it, while another held or waited for more than
+    # an even share (``fair_queue.crowded``): until its first text, the busy flows' prefills wait
     # (``fair_queue.py``) and, on a CPU, its rows step apart (``LocalEngine._decode``).
     newcomer: bool = False
 
