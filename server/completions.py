@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import json
 from collections.abc import AsyncIterator, Callable
@@ -36,6 +35,7 @@ from .openai.protocol import (
     completion_id,
     now,
 )
+from .openai.text_chunks import TextPiece, TextTemplate
 from .output_checks import OutputChecker
 from .tenancy.limiter import Ticket
 from .tenancy.service import ANYONE, Principal
@@ -97,9 +97,11 @@ async def admit(
     user: str | None = None,
     source: str = "api",
     principal: Principal = ANYONE,
+    whole: bool = False,
 ) -> _Admitted:
     """Check the key's scope and limits, lease the model, convert the request and check the
-    engine; refusals are counted here.
+    engine; refusals are counted here. ``whole``: the caller takes the answer in one piece
+    (``GenerationRequest.whole``).
 
     ``default_max_tokens`` replaces the server's default completion cap (clamped to the room the
     prompt leaves) for a request that sets none: an integration's own upper bound. The end user
@@ -117,10 +119,11 @@ async def admit(
         if alias is not None:  # ``ft:BASE:SUFFIX:JOB``: the adapter its job published, its key's own
             leased = alias[0]
         owns = alias is not None and (principal.key is None or alias[1] == principal.key_id)
-        if not owns and not principal.may_use(leased, gateway.base_ids):
+        if not owns and principal.key is not None and not principal.may_use(leased, gateway.base_ids):
             raise ModelNotFound(body.model)
-        cap = default_max_tokens or gateway.settings.default_max_tokens or gateway.engine.max_model_len or 0
-        ticket = await gateway.tenancy.admit(principal, most_tokens(body, cap))
+        if principal.limited:  # its tokens are reserved: bounded before the prompt is tokenized
+            cap = default_max_tokens or gateway.settings.default_max_tokens or gateway.engine.max_model_len or 0
+            ticket = await gateway.tenancy.admit(principal, most_tokens(body, cap))
         if ticket is not None:
             scope.callback(ticket.release)
             scope.push_async_callback(_final_charge, ticket, tokens)
@@ -129,11 +132,15 @@ async def admit(
         if gateway.adapter_gate is not None and lease.adapter is not None:
             slot = f"{lease.adapter.name}@{lease.adapter.version}"
             await scope.enter_async_context(gateway.adapter_gate.admit(slot, flow))
+        # Fair admission (the embedded engine): each tenant on each model is one ``flow``.
         generation = to_generation_request(
-            body, lease, gateway.settings.max_n, default_max_tokens or gateway.settings.default_max_tokens
+            body,
+            lease,
+            gateway.settings.max_n,
+            default_max_tokens or gateway.settings.default_max_tokens,
+            flow=flow,
+            whole=whole,
         )
-        # Fair admission (the embedded engine): each tenant on each model is one flow.
-        generation = dataclasses.replace(generation, flow=flow)
         if gateway.boot_error is not None:  # never half-alive: a gateway that failed to start serves nothing
             raise EngineUnavailable(f"The gateway could not start: {gateway.boot_error}")
         unavailable = gateway.engine.unavailable(lease.base)
@@ -256,11 +263,11 @@ async def complete(
     an engine that ``answers_whole`` produces the answer in one piece (the remote engine asks its
     upstream for a plain answer, and fails over itself until one arrives whole).
     """
-    admitted = await admit(gateway, body, default_max_tokens, user, source, principal)
+    whole = on_text is None and gateway.engine.answers_whole  # nobody follows the text: take it in one piece
+    admitted = await admit(gateway, body, default_max_tokens, user, source, principal, whole)
     if headers is not None:
         headers.update(admitted.headers)
-    if on_text is None and gateway.engine.answers_whole:  # nobody follows the text: take it in one piece
-        admitted.generation = dataclasses.replace(admitted.generation, whole=True)
+    if whole:
         admitted.observer.times_first_token = False
     async with admitted.scope:
         try:
@@ -316,17 +323,24 @@ class CompletionStream:
         completion: str | None = None,
     ) -> None:
         self._gateway, self._admitted, self._deltas, self._first = gateway, admitted, deltas, first
-        self._completion = completion  # the answer's id, when the caller chose it (a response's)
+        self.id = completion or completion_id()  # every chunk's; the caller's choice (a response's) if given
+        self.created = now()
         self.include_usage = include_usage
         self.choices = admitted.generation.sampling.n  # ``chunks`` starts with one role chunk for each
         self.version = admitted.version
         self.headers = admitted.headers
 
-    async def chunks(self) -> AsyncIterator[ChatCompletionChunk | GatewayError]:
-        """Role first, content pieces, then an empty delta with the finish_reason; with
-        ``include_usage`` one last chunk with no choices carries the usage."""
+    def text_template(self, omit: set[str] | None) -> TextTemplate:
+        """Renders this stream's ``TextPiece`` chunks as ``model_dump_json(exclude=omit)`` would."""
         admitted = self._admitted
-        chunk_id, created, n = self._completion or completion_id(), now(), admitted.generation.sampling.n
+        return TextTemplate(self.id, self.created, admitted.model, admitted.fingerprint, omit)
+
+    async def chunks(self, text_pieces: bool = False) -> AsyncIterator[ChatCompletionChunk | TextPiece | GatewayError]:
+        """Role first, content pieces, then an empty delta with the finish_reason; with
+        ``include_usage`` one last chunk with no choices carries the usage. ``text_pieces``: a chunk
+        that is only a piece of text comes as a ``TextPiece``, for ``text_template`` to render."""
+        admitted = self._admitted
+        chunk_id, created, n = self.id, self.created, admitted.generation.sampling.n
         want_logprobs = admitted.generation.sampling.logprobs is not None
         usage = Usage(n)
 
@@ -348,6 +362,11 @@ class CompletionStream:
                     yield chunk([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
                 async with contextlib.aclosing(self._deltas):  # type: ignore[type-var]
                     async for delta in _observed(self._gateway, admitted, usage, _prepend(self._first, self._deltas)):
+                        if text_pieces and delta.text and _text_only(delta, want_logprobs):
+                            if delta.index == 0:
+                                answer.append(delta.text)
+                            yield TextPiece(delta.index, delta.text)
+                            continue
                         for choice in chunk_choices(delta, want_logprobs):
                             if choice.index == 0 and choice.delta.content:
                                 answer.append(choice.delta.content)
@@ -365,6 +384,11 @@ class CompletionStream:
             finally:
                 if not finished:  # the consumer went away (the generator was closed or cancelled)
                     admitted.observer.aborted()
+
+
+def _text_only(delta: GenerationDelta, want_logprobs: bool) -> bool:
+    """Whether ``delta`` makes one chunk with nothing but its text (see ``chunk_choices``)."""
+    return not delta.tool_calls and not delta.finish_reason and not (want_logprobs and delta.logprobs)
 
 
 async def open_stream(

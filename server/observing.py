@@ -41,6 +41,7 @@ class Observer:
         # Until the first token is timed; False from the start for an answer that arrives whole.
         self.times_first_token = True
         self.tokens = (0, 0)  # prompt, completion so far
+        self._series = metrics.route(model, version, base)
 
     def _account(self, failed: bool) -> None:
         if self._spent is not None:
@@ -54,15 +55,15 @@ class Observer:
             self.metrics.queue_time.labels(self.model).observe(delta.queued_seconds)
         if self.times_first_token and delta.completion_tokens:
             self.times_first_token = False
-            self.metrics.ttft.labels(self.model, self.version, self.base).observe(time.perf_counter() - self.started)
+            self._series.ttft.observe(time.perf_counter() - self.started)
 
     def success(self, usage: UsageInfo) -> None:
-        labels = (self.model, self.version, self.base)
-        self.metrics.requests.labels(*labels, "200").inc()
-        self.metrics.prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
-        self.metrics.completion_tokens.labels(*labels).inc(usage.completion_tokens)
+        series = self._series
+        series.ok.inc()
+        series.prompt_tokens.inc(usage.prompt_tokens)
+        series.completion_tokens.inc(usage.completion_tokens)
         seconds = time.perf_counter() - self.started
-        self.metrics.e2e.labels(*labels).observe(seconds)
+        series.e2e.observe(seconds)
         checked = None
         if self._checker is not None:
             checked = self._checker.outcome()

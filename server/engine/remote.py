@@ -92,8 +92,9 @@ class Upstream:
     loaded: set[str] = field(default_factory=set)  # upstream names of adapters registered there
     max_model_len: int | None = None
     last_failure: str | None = None
-    # Plain answers being waited for here: ejecting the upstream cancels them, and they fail over.
-    waiting: set[asyncio.Task[bytes]] = field(default_factory=set)
+    # The tasks waiting here for a plain answer, each with whether an ejection cancelled it: ejecting
+    # the upstream cancels them, and they fail over.
+    waiting: dict[asyncio.Task[Any], bool] = field(default_factory=dict)
 
 
 class _NoAnswer(Exception):
@@ -267,8 +268,10 @@ class RemoteEngine(Engine):
         if upstream.healthy:
             logger.warning("upstream %s ejected: %s", upstream.url, why)
         upstream.healthy, upstream.last_failure = False, why
-        for call in upstream.waiting:
-            call.cancel()
+        for task, cancelled in upstream.waiting.items():
+            if not cancelled:
+                upstream.waiting[task] = True
+                task.cancel()
 
     # ------------------------------------------------------------------ adapters
 
@@ -328,11 +331,13 @@ class RemoteEngine(Engine):
     def _candidates(self, model: str | None, base: str | None = None) -> list[Upstream]:
         """Healthy upstreams of ``base``'s pool, best first: holds the adapter, then fewest in flight,
         then round robin."""
+        base = base or self.base_model_id
+        healthy = [u for u in self.upstreams if u.healthy and base in u.bases]
+        if len(healthy) < 2:
+            return healthy
         self._turn += 1
         count = len(self.upstreams)
         order = {id(u): (i - self._turn) % count for i, u in enumerate(self.upstreams)}
-        base = base or self.base_model_id
-        healthy = [u for u in self.upstreams if u.healthy and base in u.bases]
         return sorted(healthy, key=lambda u: (model is not None and model not in u.loaded, u.in_flight, order[id(u)]))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
@@ -418,20 +423,25 @@ class RemoteEngine(Engine):
         """The upstream's plain answer, however long it takes to generate, unless the upstream is
         ejected meanwhile (its health check failed: frozen or gone), which cancels the wait. Not
         there within the first-byte deadline, the upstream is probed at once (busy or frozen?)
-        rather than at its next periodic check."""
-        call = asyncio.ensure_future(self._post_whole(upstream, body))
-        upstream.waiting.add(call)
+        rather than at its next periodic check.
+
+        The wait runs in the caller's task, which an ejection cancels and this takes back (a task
+        of its own to cancel instead cost every plain request two turns of the event loop)."""
+        task = asyncio.current_task()
+        assert task is not None  # called from a coroutine
+        upstream.waiting[task] = False
         probe = asyncio.get_running_loop().call_later(self._first_byte_timeout, self._probe, upstream)
         try:
-            return await call
+            return await self._post_whole(upstream, body)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if not call.cancelled() or (current is not None and current.cancelling()):
-                raise  # our own caller was cancelled (the client left): not a failover
-            raise _NoAnswer(upstream.last_failure or "ejected", unreachable=True) from None
+            # Ours (the ejection's) only if nobody else cancelled the task too: the client that
+            # left, a shutdown; theirs goes on.
+            if upstream.waiting.get(task) and task.uncancel() == 0:
+                raise _NoAnswer(upstream.last_failure or "ejected", unreachable=True) from None
+            raise
         finally:
             probe.cancel()
-            upstream.waiting.discard(call)
+            upstream.waiting.pop(task, None)
 
     async def _post_whole(self, upstream: Upstream, body: bytes) -> bytes:
         async with await self._post_chat(upstream, body, timeout=_WHOLE) as response:

@@ -7,7 +7,6 @@ first, then OpenAI's defaults), ``Choice`` (a whole answer's choice, assembled f
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Protocol
 
 from ..engine import base as engine
@@ -29,6 +28,7 @@ from .protocol import (
     TokenLogprob,
     ToolCall,
     TopLogprob,
+    random_id,
 )
 
 
@@ -55,10 +55,17 @@ class Target(Protocol):
 
 
 def to_generation_request(
-    body: ChatCompletionRequest, lease: Target, max_n: int, default_max_tokens: int | None = None
+    body: ChatCompletionRequest,
+    lease: Target,
+    max_n: int,
+    default_max_tokens: int | None = None,
+    *,
+    flow: str = "",
+    whole: bool = False,
 ) -> GenerationRequest:
     """OpenAI request -> engine request: the adapter's profile fills what the request left unset
-    (``server.registry.profile``), then OpenAI's defaults (temperature 1, top_p 1, n 1)."""
+    (``server.registry.profile``), then OpenAI's defaults (temperature 1, top_p 1, n 1).
+    ``flow`` and ``whole`` are passed on as ``GenerationRequest`` holds them."""
     profile = lease.profile
     if profile is not None:
         body = profile.apply_to(body)
@@ -79,7 +86,7 @@ def to_generation_request(
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
     return GenerationRequest(
-        request_id=f"req-{uuid.uuid4().hex}",
+        request_id=f"req-{random_id()}",
         messages=tuple(_engine_message(m) for m in body.messages),
         sampling=sampling,
         adapter=lease.ref,
@@ -87,6 +94,8 @@ def to_generation_request(
         tools=_tool_spec(body),
         output_format=_output_format(body),
         chat_template=profile.chat_template if profile is not None else None,
+        flow=flow,
+        whole=whole,
     )
 
 

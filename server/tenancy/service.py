@@ -39,6 +39,11 @@ class Principal:
     def tenant(self) -> str:
         return self.key.tenant if self.key else ""
 
+    @property
+    def limited(self) -> bool:
+        """Whether its key has limits to count a request against (``Tenancy.admit``)."""
+        return self.key is not None and self.key.limited
+
     def may_use(self, model: str, bases: str | Collection[str]) -> bool:
         return self.key is None or self.key.may_use(model, bases)
 

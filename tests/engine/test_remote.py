@@ -196,6 +196,62 @@ def test_routing_prefers_the_upstream_holding_the_adapter_then_the_least_busy() 
     assert isinstance(a, Upstream)
 
 
+def test_a_plain_wait_cancelled_by_its_client_is_not_a_failover_and_an_ejection_alone_is() -> None:
+    """A plain answer is awaited in the caller's own task: the client leaving (a cancellation) ends
+    it as a cancellation even when the upstream is ejected at the same moment; an ejection alone
+    fails over (here: to nothing, a 503). Either way the upstream holds no waiter after."""
+    import asyncio
+
+    from server.engine.base import GenerationRequest, SamplingOptions
+    from server.engine.remote import RemoteEngine
+    from server.errors import EngineUnavailable
+
+    slow = FakeVllm("tiny-base")
+    request = GenerationRequest("req-1", ({"role": "user", "content": QUESTION},), SamplingOptions(), whole=True)
+
+    async def scenario(url: str) -> None:
+        engine = RemoteEngine([url], base_model_id="tiny-base", health_interval=3600)
+        await engine.start()
+        (only,) = engine.upstreams
+        slow.frozen = True  # every answer waits (health checks are not run meanwhile)
+
+        async def ask() -> list[object]:
+            return [delta async for delta in engine.generate(request)]
+
+        async def waiting(chats: int) -> asyncio.Task[list[object]]:
+            task = asyncio.create_task(ask())
+            while slow.chats < chats or not only.waiting:
+                await asyncio.sleep(0.01)
+            return task
+
+        try:
+            left = await waiting(1)
+            left.cancel()  # the client went away
+            with pytest.raises(asyncio.CancelledError):
+                await left
+            assert not only.waiting
+
+            both = await waiting(2)
+            engine._eject(only, "frozen")
+            both.cancel()
+            with pytest.raises(asyncio.CancelledError):  # the client's cancellation is not swallowed
+                await both
+            assert not only.waiting
+
+            only.healthy = True
+            ejected = await waiting(3)
+            engine._eject(only, "frozen")
+            with pytest.raises(EngineUnavailable, match="frozen"):
+                await ejected
+            assert not only.waiting
+        finally:
+            slow.frozen = False
+            await engine.stop()
+
+    with running_server(slow.app()) as url:
+        asyncio.run(scenario(url))
+
+
 @contextmanager
 def gateway_over(fakes: list[FakeVllm], base_model: Path, adapters_dir: Path, **settings: object) -> Iterator[str]:
     """A gateway (remote engine) in front of stand-in upstreams served on 127.0.0.1."""
