@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from .feedback import Conversation
 from .gateway import Gateway
 from .metrics import UNKNOWN_MODEL
 from .observing import Observer, SplitOutcome, Usage
-from .openai.conversion import Choice, chunk_choices, to_generation_request
+from .openai.conversion import Choice, chunk_choices, most_tokens, text_piece, to_generation_request
 from .openai.protocol import (
     SYSTEM_FINGERPRINT,
     ChatCompletionChunk,
@@ -184,21 +183,6 @@ async def admit(
         source,
         ticket,
     )
-
-
-_TEMPLATE_TOKENS = 64  # a chat template's own text (Qwen2.5's default system prompt is about 20 tokens)
-_MESSAGE_TOKENS = 8  # each message's role markers
-
-
-def most_tokens(body: ChatCompletionRequest, default_cap: int) -> int:
-    """The most tokens ``body`` may use, reserved against its key's token windows at admission:
-    a byte-level tokenizer (Qwen's, GPT's) never makes more tokens than the text has bytes, so the
-    prompt's bytes plus the template's markers bound its tokens; plus the completion cap for each
-    choice. The real count is settled at the end; the unused rest is given back."""
-    prompt = _TEMPLATE_TOKENS + sum(len(m.text().encode("utf-8")) + _MESSAGE_TOKENS for m in body.messages)
-    for tool in body.tools or ():
-        prompt += len(json.dumps(tool.function.model_dump(exclude_none=True), ensure_ascii=False).encode("utf-8"))
-    return prompt + (body.completion_limit or default_cap) * (body.n or 1)
 
 
 def _spender(gateway: Gateway, principal: Principal, model: str) -> Callable[[int, int, bool], None]:
@@ -362,10 +346,11 @@ class CompletionStream:
                     yield chunk([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
                 async with contextlib.aclosing(self._deltas):  # type: ignore[type-var]
                     async for delta in _observed(self._gateway, admitted, usage, _prepend(self._first, self._deltas)):
-                        if text_pieces and delta.text and _text_only(delta, want_logprobs):
-                            if delta.index == 0:
-                                answer.append(delta.text)
-                            yield TextPiece(delta.index, delta.text)
+                        piece = text_piece(delta, want_logprobs) if text_pieces else None
+                        if piece is not None:
+                            if piece.index == 0:
+                                answer.append(piece.text)
+                            yield piece
                             continue
                         for choice in chunk_choices(delta, want_logprobs):
                             if choice.index == 0 and choice.delta.content:
@@ -384,11 +369,6 @@ class CompletionStream:
             finally:
                 if not finished:  # the consumer went away (the generator was closed or cancelled)
                     admitted.observer.aborted()
-
-
-def _text_only(delta: GenerationDelta, want_logprobs: bool) -> bool:
-    """Whether ``delta`` makes one chunk with nothing but its text (see ``chunk_choices``)."""
-    return not delta.tool_calls and not delta.finish_reason and not (want_logprobs and delta.logprobs)
 
 
 async def open_stream(

@@ -1,12 +1,15 @@
 """An OpenAI chat request as an engine request, and engine deltas as OpenAI's answer shapes.
 
 Pure functions and small accumulators, no I/O: ``to_generation_request`` (the adapter's profile
-first, then OpenAI's defaults), ``Choice`` (a whole answer's choice, assembled from its deltas) and
-``chunk_choices`` (a delta as streamed chunk choices). ``server.completions`` runs them.
+first, then OpenAI's defaults), ``most_tokens`` (what a request may use, reserved against its
+key's limits), ``Choice`` (a whole answer's choice, assembled from its deltas), ``chunk_choices``
+(a delta as streamed chunk choices) and ``text_piece`` (one that is only text, rendered without
+them). ``server.completions`` runs them.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from ..engine import base as engine
@@ -30,6 +33,7 @@ from .protocol import (
     TopLogprob,
     random_id,
 )
+from .text_chunks import TextPiece
 
 
 class RequestDefaults(Protocol):
@@ -97,6 +101,21 @@ def to_generation_request(
         flow=flow,
         whole=whole,
     )
+
+
+_TEMPLATE_TOKENS = 64  # a chat template's own text (Qwen2.5's default system prompt is about 20 tokens)
+_MESSAGE_TOKENS = 8  # each message's role markers
+
+
+def most_tokens(body: ChatCompletionRequest, default_cap: int) -> int:
+    """The most tokens ``body`` may use, reserved against its key's token windows at admission:
+    a byte-level tokenizer (Qwen's, GPT's) never makes more tokens than the text has bytes, so the
+    prompt's bytes plus the template's markers bound its tokens; plus the completion cap for each
+    choice. The real count is settled at the end; the unused rest is given back."""
+    prompt = _TEMPLATE_TOKENS + sum(len(m.text().encode("utf-8")) + _MESSAGE_TOKENS for m in body.messages)
+    for tool in body.tools or ():
+        prompt += len(json.dumps(tool.function.model_dump(exclude_none=True), ensure_ascii=False).encode("utf-8"))
+    return prompt + (body.completion_limit or default_cap) * (body.n or 1)
 
 
 def _engine_message(message: ChatMessage) -> dict[str, Any]:
@@ -177,6 +196,14 @@ class Choice:
         message = ChatCompletionMessage(content=self.text if self.text or not calls else None, tool_calls=calls or None)
         logprobs = ChoiceLogprobs(content=_logprobs(self.logprobs)) if self.logprobs is not None else None
         return ChatCompletionChoice(index=index, message=message, logprobs=logprobs, finish_reason=self.finish)
+
+
+def text_piece(delta: GenerationDelta, want_logprobs: bool) -> TextPiece | None:
+    """``delta`` as a ``TextPiece`` where ``chunk_choices`` would make it one chunk holding nothing
+    but its text (no tool calls, finish reason or logprobs); else None."""
+    if delta.text and not delta.tool_calls and not delta.finish_reason and not (want_logprobs and delta.logprobs):
+        return TextPiece(delta.index, delta.text)
+    return None
 
 
 def chunk_choices(delta: GenerationDelta, want_logprobs: bool) -> list[ChatCompletionChunkChoice]:

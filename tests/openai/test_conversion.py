@@ -124,3 +124,27 @@ def test_a_choice_assembles_calls_and_chunks_carry_them_as_openai_streams_them()
     last = chunk_choices(deltas[2], want_logprobs=True)
     assert [c.finish_reason for c in last] == [None, "tool_calls"]
     assert last[0].delta.model_dump() == {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}
+
+
+def test_a_text_piece_is_exactly_a_delta_that_chunk_choices_makes_one_text_only_chunk_of() -> None:
+    from server.engine.base import GenerationDelta, TokenLogprob, ToolCallDelta
+    from server.openai.conversion import text_piece
+    from server.openai.text_chunks import TextPiece
+
+    scored = (TokenLogprob("Hi", -0.1, (72, 105)),)
+    cases = [
+        (GenerationDelta(1, "Hi"), False),
+        (GenerationDelta(0, "Hi", logprobs=scored), False),  # logprobs not asked for: not shown
+        (GenerationDelta(0, "Hi", logprobs=scored), True),
+        (GenerationDelta(0, "Hi", "stop"), False),
+        (GenerationDelta(0, "Hi", tool_calls=(ToolCallDelta(0, "call_1", "f"),)), False),
+        (GenerationDelta(0, ""), False),
+    ]
+    for delta, want_logprobs in cases:
+        choices = chunk_choices(delta, want_logprobs)
+        text_only = len(choices) == 1 and choices[0].model_dump(exclude_defaults=True) == {
+            "index": delta.index,
+            "delta": {"content": delta.text},
+        }
+        expected = TextPiece(delta.index, delta.text) if text_only else None
+        assert text_piece(delta, want_logprobs) == expected, (delta, want_logprobs)
