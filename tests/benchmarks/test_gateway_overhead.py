@@ -43,5 +43,7 @@ def test_the_overhead_benchmark_runs_and_writes_its_ratios(tmp_path: Path) -> No
         "remote_vs_direct_rps_stream_c16",
     }
     assert {"floor_vs_direct_rps_plain_c16", "floor_vs_direct_rps_stream_c16"} <= set(summary["ratios"])
+    r = summary["ratios"]  # the gateway's own share: what it adds beyond the floor
+    assert r["own_p50_ms_plain_c1"] == r["added_p50_ms_plain_c1"] - r["floor_added_p50_ms_plain_c1"]
     assert set(summary["memory"]) == {"gateway-remote", "gateway-standin"}
     assert "Remote gateway vs direct upstream" in (tmp_path / "gateway_overhead.md").read_text()

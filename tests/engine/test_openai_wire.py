@@ -1,13 +1,15 @@
-"""The OpenAI wire format of upstreams: a plain answer taken whole (``whole_deltas``)."""
+"""The OpenAI wire format of upstreams: a plain answer taken whole (``whole_deltas``), a stream as it
+arrives (``deltas``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
 from server.engine.base import ToolCallDelta
-from server.engine.openai_wire import whole_deltas
+from server.engine.openai_wire import deltas, whole_deltas
 from server.errors import EngineError
 
 
@@ -63,3 +65,78 @@ def test_tool_calls_come_whole_with_their_ids_and_an_unknown_finish_is_a_stop() 
 def test_a_malformed_answer_is_an_engine_error(payload: bytes) -> None:
     with pytest.raises(EngineError, match="malformed answer"):
         whole_deltas(payload)
+
+
+def sse(*chunks: dict[str, object]) -> bytes:
+    return b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks)
+
+
+def text(index: int, content: str, logprob: str | None = None) -> dict[str, object]:
+    choice: dict[str, object] = {"index": index, "delta": {"content": content}}
+    if logprob is not None:
+        choice["logprobs"] = {"content": [entry(logprob)]}
+    return {"choices": [choice]}
+
+
+async def _collect(pieces: list[bytes]) -> list[tuple[int, str, str | None, int]]:
+    async def body():  # type: ignore[no-untyped-def]
+        for piece in pieces:
+            yield piece
+
+    return [(d.index, d.text, d.finish_reason, d.completion_tokens) async for d in deltas(body())]
+
+
+def test_the_events_of_one_read_become_one_delta_per_choice_and_counts_stay_exact() -> None:
+    """Text read together is passed on together (one event, one write to the client); a read that
+    holds one event is passed on alone, and the usage chunk still settles the counts."""
+    finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    usage = {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4}}
+    together = sse(text(0, "Your"), text(0, " order"), text(0, " ships"))
+    apart = [sse(text(0, " today")), sse(finish, usage) + b"data: [DONE]\n\n"]
+    assert asyncio.run(_collect([together, *apart])) == [
+        (0, "Your order ships", None, 3),
+        (0, " today", None, 4),
+        (0, "", "stop", 4),
+    ]
+    # A piece that cuts an event in two: the event is passed on once it is whole.
+    cut = together + sse(text(0, " today"))[:9]
+    assert asyncio.run(_collect([cut, sse(text(0, " today"))[9:]]))[1] == (0, " today", None, 4)
+
+
+def test_choices_and_tool_calls_are_never_merged_and_logprobs_are_kept_in_order() -> None:
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}
+    piece = sse(
+        text(0, "a", "a"),
+        text(0, "b", "b"),
+        text(1, "x", "x"),
+        text(0, "c", "c"),
+        {"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]},
+    )
+
+    async def run() -> list[object]:
+        async def body():  # type: ignore[no-untyped-def]
+            yield piece
+
+        return [d async for d in deltas(body())]
+
+    first, other, again, calls = asyncio.run(run())
+    assert (first.index, first.text, [t.token for t in first.logprobs]) == (0, "ab", ["a", "b"])  # type: ignore[attr-defined]
+    assert (other.index, other.text, again.text) == (1, "x", "c")  # type: ignore[attr-defined]
+    assert calls.tool_calls[0].id == "call_1" and calls.text == ""  # type: ignore[attr-defined]
+
+
+def test_text_read_before_an_error_event_reaches_the_caller_first() -> None:
+    error = {"error": {"message": "out of memory"}}
+
+    async def run() -> list[str]:
+        seen: list[str] = []
+
+        async def body():  # type: ignore[no-untyped-def]
+            yield sse(text(0, "Your"), text(0, " order"), error)
+
+        with pytest.raises(EngineError, match="out of memory"):
+            async for delta in deltas(body()):
+                seen.append(delta.text)
+        return seen
+
+    assert asyncio.run(run()) == ["Your order"]
