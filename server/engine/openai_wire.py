@@ -32,7 +32,10 @@ async def deltas(body: AsyncIterator[bytes]) -> AsyncIterator[GenerationDelta]:
     logprobs) becomes one delta (``_merged``), so a client is sent one event, in one write, for what
     the upstream had sent by then, as vLLM's own ``--stream-interval`` does. Under load an upstream's
     events arrive several to a read (at 16 streams, about five); one write each was the gateway's
-    largest cost per stream. Nothing waits for more: a piece with one event is one delta at once."""
+    largest cost per stream. Nothing waits for more: a piece with one event is one delta at once,
+    and the first delta goes on as soon as it is read, before the rest of its piece is parsed (a
+    client waits on its first token)."""
+    first = True
     counts: dict[int, int] = {}
     finish: dict[int, FinishReason | None] = {}
     prompt_tokens = 0
@@ -84,6 +87,9 @@ async def deltas(body: AsyncIterator[bytes]) -> AsyncIterator[GenerationDelta]:
                                 index, content, None, prompt_tokens, counts[index], tool_calls=calls, logprobs=logprobs
                             ),
                         )
+                        if first:
+                            first = False
+                            yield ready.pop()
                     if choice.get("finish_reason"):
                         finish[index] = finish_reason(choice["finish_reason"])
         except Exception as exc:  # what came before it in this piece is still the client's

@@ -87,20 +87,22 @@ async def _collect(pieces: list[bytes]) -> list[tuple[int, str, str | None, int]
 
 
 def test_the_events_of_one_read_become_one_delta_per_choice_and_counts_stay_exact() -> None:
-    """Text read together is passed on together (one event, one write to the client); a read that
-    holds one event is passed on alone, and the usage chunk still settles the counts."""
+    """Text read together is passed on together (one event, one write to the client), but for the
+    first piece of text, which goes on at once; a read that holds one event is passed on alone, and
+    the usage chunk still settles the counts."""
     finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
     usage = {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4}}
     together = sse(text(0, "Your"), text(0, " order"), text(0, " ships"))
     apart = [sse(text(0, " today")), sse(finish, usage) + b"data: [DONE]\n\n"]
     assert asyncio.run(_collect([together, *apart])) == [
-        (0, "Your order ships", None, 3),
+        (0, "Your", None, 1),
+        (0, " order ships", None, 3),
         (0, " today", None, 4),
         (0, "", "stop", 4),
     ]
     # A piece that cuts an event in two: the event is passed on once it is whole.
     cut = together + sse(text(0, " today"))[:9]
-    assert asyncio.run(_collect([cut, sse(text(0, " today"))[9:]]))[1] == (0, " today", None, 4)
+    assert asyncio.run(_collect([cut, sse(text(0, " today"))[9:]]))[2] == (0, " today", None, 4)
 
 
 def test_choices_and_tool_calls_are_never_merged_and_logprobs_are_kept_in_order() -> None:
@@ -115,11 +117,12 @@ def test_choices_and_tool_calls_are_never_merged_and_logprobs_are_kept_in_order(
 
     async def run() -> list[object]:
         async def body():  # type: ignore[no-untyped-def]
+            yield sse(text(0, "z", "z"))  # the first token, passed on alone
             yield piece
 
         return [d async for d in deltas(body())]
 
-    first, other, again, calls = asyncio.run(run())
+    _, first, other, again, calls = asyncio.run(run())
     assert (first.index, first.text, [t.token for t in first.logprobs]) == (0, "ab", ["a", "b"])  # type: ignore[attr-defined]
     assert (other.index, other.text, again.text) == (1, "x", "c")  # type: ignore[attr-defined]
     assert calls.tool_calls[0].id == "call_1" and calls.text == ""  # type: ignore[attr-defined]
@@ -139,4 +142,4 @@ def test_text_read_before_an_error_event_reaches_the_caller_first() -> None:
                 seen.append(delta.text)
         return seen
 
-    assert asyncio.run(run()) == ["Your order"]
+    assert asyncio.run(run()) == ["Your", " order"]
