@@ -29,13 +29,21 @@ class CancelOnDisconnect:
         self._receive = receive
         self._task: asyncio.Task[object] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._starting: asyncio.Handle | None = None
         self.gone = False  # the client left and the block was cancelled for it
         self.finished = False  # the block is done (or its response complete): a disconnect is news no more
 
     async def __aenter__(self) -> CancelOnDisconnect:
+        # The listener starts once the block first waits (the loop's next turn), not before: a block
+        # that never waits (an answer already here, a stream's first event) needs none, and its
+        # first bytes do not wait for a task to be made.
         self._task = asyncio.current_task()
-        self._listener = asyncio.get_running_loop().create_task(self._listen())
+        self._starting = asyncio.get_running_loop().call_soon(self._start_listening)
         return self
+
+    def _start_listening(self) -> None:
+        if not self.finished:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def _listen(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
@@ -48,6 +56,8 @@ class CancelOnDisconnect:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> bool:
         self.finished = True
+        if self._starting is not None:
+            self._starting.cancel()
         if self._listener is not None:
             self._listener.cancel()
         if not self.gone or self._task is None:
