@@ -44,6 +44,25 @@ def test_a_block_that_ends_is_not_cancelled_and_leaves_no_cancellation_behind() 
     asyncio.run(scenario())
 
 
+def test_a_block_that_never_waits_starts_no_listener_and_one_that_waits_does() -> None:
+    """The listener task starts on the loop's next turn: a block that ends first (an answer already
+    there) makes none, so the first bytes of a response never wait for one to be made."""
+
+    async def scenario() -> tuple[int, int]:
+        client = Client()
+        before = len(asyncio.all_tasks())
+        async with CancelOnDisconnect(client.receive):
+            quick = len(asyncio.all_tasks()) - before  # no task made for a block that has not waited
+        await asyncio.sleep(0)  # the turn where the listener would have started: none does
+        assert len(asyncio.all_tasks()) == before
+        async with CancelOnDisconnect(client.receive):
+            await asyncio.sleep(0.01)
+            waiting = len(asyncio.all_tasks()) - before
+        return quick, waiting
+
+    assert asyncio.run(scenario()) == (0, 1)
+
+
 def test_a_client_that_leaves_cancels_the_block_and_the_cancellation_stops_there() -> None:
     async def scenario() -> None:
         client = Client()
