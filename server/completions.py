@@ -118,7 +118,7 @@ async def admit(
         if alias is not None:  # ``ft:BASE:SUFFIX:JOB``: the adapter its job published, its key's own
             leased = alias[0]
         owns = alias is not None and (principal.key is None or alias[1] == principal.key_id)
-        if not owns and principal.key is not None and not principal.may_use(leased, gateway.base_ids):
+        if not owns and not principal.may_use(leased, gateway.base_ids):
             raise ModelNotFound(body.model)
         if principal.limited:  # its tokens are reserved: bounded before the prompt is tokenized
             cap = default_max_tokens or gateway.settings.default_max_tokens or gateway.engine.max_model_len or 0

@@ -87,9 +87,11 @@ async def deltas(body: AsyncIterator[bytes]) -> AsyncIterator[GenerationDelta]:
                                 index, content, None, prompt_tokens, counts[index], tool_calls=calls, logprobs=logprobs
                             ),
                         )
-                        if first:
+                        if first:  # the first token goes on now, not with the rest of its piece
                             first = False
-                            yield ready.pop()
+                            for delta in ready:
+                                yield delta
+                            ready.clear()
                     if choice.get("finish_reason"):
                         finish[index] = finish_reason(choice["finish_reason"])
         except Exception as exc:  # what came before it in this piece is still the client's

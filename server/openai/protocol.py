@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -307,46 +308,29 @@ def _check_tools(request: ChatCompletionRequest) -> None:
         )
 
 
-# The OpenAI parameters ``_refuse_unsupported`` looks at: a request that names none (nearly all)
-# skips it.
-_MAYBE_UNSUPPORTED = frozenset(
-    {
-        "functions",
-        "function_call",
-        "store",
-        "metadata",
-        "service_tier",
-        "logit_bias",
-        "audio",
-        "modalities",
-        "prediction",
-        "web_search_options",
-        "reasoning_effort",
-        "verbosity",
-        "moderation",
-    }
-)
+# The OpenAI parameters we would otherwise ignore, each with when it counts as set. A request that
+# names none of them (nearly all) is not looked at further.
+_UNSUPPORTED: dict[str, Callable[[ChatCompletionRequest], bool]] = {
+    "functions": lambda r: bool(r.functions),
+    "function_call": lambda r: r.function_call not in (None, "none"),
+    "store": lambda r: r.store is True,
+    "metadata": lambda r: bool(r.metadata),
+    "service_tier": lambda r: r.service_tier not in (None, "auto", "default"),
+    "logit_bias": lambda r: bool(r.logit_bias),
+    "audio": lambda r: r.audio is not None,
+    "modalities": lambda r: r.modalities not in (None, ["text"]),
+    "prediction": lambda r: r.prediction is not None,
+    "web_search_options": lambda r: r.web_search_options is not None,
+    "reasoning_effort": lambda r: r.reasoning_effort is not None,
+    "verbosity": lambda r: r.verbosity is not None,
+    "moderation": lambda r: r.moderation is not None,
+}
 
 
 def _refuse_unsupported(request: ChatCompletionRequest) -> None:
     """Name the first OpenAI parameter that is set to something we would otherwise ignore."""
-    if _MAYBE_UNSUPPORTED.isdisjoint(request.model_fields_set):
+    if _UNSUPPORTED.keys().isdisjoint(request.model_fields_set):
         return
-    unsupported = {
-        "functions": bool(request.functions),
-        "function_call": request.function_call not in (None, "none"),
-        "store": request.store is True,
-        "metadata": bool(request.metadata),
-        "service_tier": request.service_tier not in (None, "auto", "default"),
-        "logit_bias": bool(request.logit_bias),
-        "audio": request.audio is not None,
-        "modalities": request.modalities not in (None, ["text"]),
-        "prediction": request.prediction is not None,
-        "web_search_options": request.web_search_options is not None,
-        "reasoning_effort": request.reasoning_effort is not None,
-        "verbosity": request.verbosity is not None,
-        "moderation": request.moderation is not None,
-    }
     reasons = {
         "functions": "`functions` is deprecated by OpenAI and not supported; use `tools`.",
         "function_call": "`function_call` is deprecated by OpenAI and not supported; use `tool_choice`.",
@@ -355,8 +339,8 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
         "service_tier": f"`service_tier` {request.service_tier!r} is not offered: "
         "this server has one tier ('auto' or 'default').",
     }
-    for name, is_set in unsupported.items():
-        if is_set:
+    for name, is_set in _UNSUPPORTED.items():
+        if is_set(request):
             raise UnsupportedParameter(reasons.get(name, f"`{name}` is not supported by lora-gateway."), param=name)
 
 
