@@ -12,6 +12,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pydantic_core
+
 from ..errors import EngineError, GatewayError, InvalidRequest
 from .base import (
     FinishReason,
@@ -40,8 +42,8 @@ async def deltas(body: AsyncIterator[bytes]) -> AsyncIterator[GenerationDelta]:
     finish: dict[int, FinishReason | None] = {}
     prompt_tokens = 0
     buffer = b""
-    # Bytes, not text: an event ends at a blank line whatever its encoding, and ``json.loads``
-    # decodes UTF-8 itself, so no incremental text decoder runs over the stream (half the cost).
+    # Bytes, not text: an event ends at a blank line whatever its encoding, and ``parse`` decodes
+    # UTF-8 itself, so no incremental text decoder runs over the stream (half the cost).
     async for piece in body:
         buffer += piece
         ready: list[GenerationDelta] = []
@@ -55,7 +57,7 @@ async def deltas(body: AsyncIterator[bytes]) -> AsyncIterator[GenerationDelta]:
                 data = event.removeprefix(b"data: ").strip()
                 if not data or data == b"[DONE]":
                     continue
-                chunk = json.loads(data)
+                chunk = parse(data)
                 if "error" in chunk:
                     error = chunk["error"]
                     raise EngineError(f"The upstream failed: {error.get('message', 'unknown error')}")
@@ -77,8 +79,9 @@ async def deltas(body: AsyncIterator[bytes]) -> AsyncIterator[GenerationDelta]:
                     index = choice["index"]
                     delta = choice.get("delta") or {}
                     content = delta.get("content") or ""
-                    calls = tuple(_tool_call(piece) for piece in delta.get("tool_calls") or ())
-                    logprobs = _logprobs(choice.get("logprobs"))
+                    pieces, entries = delta.get("tool_calls"), choice.get("logprobs")
+                    calls = tuple(_tool_call(piece) for piece in pieces) if pieces else ()
+                    logprobs = _logprobs(entries) if entries else None
                     if content or calls or logprobs:
                         counts[index] = counts.get(index, 0) + 1
                         _merged(
@@ -104,6 +107,27 @@ async def deltas(body: AsyncIterator[bytes]) -> AsyncIterator[GenerationDelta]:
         yield GenerationDelta(index, "", reason, prompt_tokens, counts.get(index, 0))
 
 
+def parse(data: bytes) -> Any:
+    """An upstream's JSON: pydantic's parser (Rust), about a third of ``json.loads``' time on a
+    chunk; what it refuses and Python's takes (a lone surrogate escape, a byte-order mark) is
+    parsed by Python's, so every body reads exactly as before."""
+    try:
+        return pydantic_core.from_json(data)
+    except ValueError:
+        return json.loads(data)
+
+
+def body_bytes(body: dict[str, Any]) -> bytes:
+    """A request body as JSON, by pydantic's serializer (a fifth of ``json.dumps``' time): UTF-8
+    text as it is, where ``json.dumps`` writes ``\\u`` escapes; the same document either way.
+    Text UTF-8 cannot hold (a lone surrogate, refused in requests but possible in an adapter
+    profile's file) is written by ``json.dumps``, escaped, as before."""
+    try:
+        return pydantic_core.to_json(body)
+    except ValueError:
+        return json.dumps(body).encode()
+
+
 def _merged(ready: list[GenerationDelta], delta: GenerationDelta) -> None:
     """Append ``delta``, or fold it into the last delta if both are text of the same choice."""
     last = ready[-1] if ready else None
@@ -123,7 +147,7 @@ def whole_deltas(payload: bytes) -> list[GenerationDelta]:
     completion tokens for all choices together: the last choice takes what the others leave, each
     of the others its logprobs' count (all it is known by), so the sum is exact."""
     try:
-        answer = json.loads(payload)
+        answer = parse(payload)
         choices = sorted(answer["choices"], key=lambda choice: choice["index"])
         usage = answer.get("usage") or {}
         prompt_tokens, left = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))

@@ -56,7 +56,7 @@ import aiohttp
 
 from ..errors import EngineError, EngineUnavailable, UpstreamLost
 from .base import LOADING, AdapterRef, Engine, EngineHealth, GenerationDelta, GenerationRequest
-from .openai_wire import chat_body, deltas, upstream_error, whole_deltas
+from .openai_wire import body_bytes, chat_body, deltas, upstream_error, whole_deltas
 
 logger = logging.getLogger(__name__)
 # What an upstream call can fail with: a connection refused, reset or closed, a malformed answer,
@@ -343,7 +343,7 @@ class RemoteEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         model = upstream_name(request.adapter) if request.adapter else None
         base = self._base_of(request.adapter) if request.adapter else (request.base or self.base_model_id)
-        body = json.dumps(chat_body(request, model or base)).encode()  # once, whoever answers
+        body = body_bytes(chat_body(request, model or base))  # once, whoever answers
         candidates = self._candidates(model, base)
         if not candidates:
             raise EngineUnavailable(self.unavailable(base) or self._unreachable(base))

@@ -2,9 +2,9 @@
 
 Nearly every chunk of a chat stream is one choice whose delta is a piece of text: the same JSON
 each time but for that text (and the choice's index). Built as three pydantic models and dumped,
-one cost about 4 µs; rendered from a template cut out of the real model's own JSON, about 0.6 µs,
-byte for byte the same (``json.dumps`` escapes a string exactly as pydantic's serializer does:
-quotes, backslashes and control characters, other text as UTF-8). A 16-token stream renders 18.
+one cost about 4 µs; rendered from a template cut out of the real model's own JSON, with the text
+written by pydantic's own serializer, about 0.4 µs, byte for byte the same. A 16-token stream
+renders 18.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import pydantic_core
+
 from .protocol import ChatCompletionChunk, ChatCompletionChunkChoice, DeltaMessage
 
 _MARK = "\u0000lora-gateway-text\u0000"  # never in a template's own fields: they are ids and names
-_MARKED = json.dumps(_MARK, ensure_ascii=False)
+_MARKED = pydantic_core.to_json(_MARK).decode()
 
 
 @dataclass(slots=True)
@@ -54,4 +56,13 @@ class TextTemplate:
             if not found or _MARKED in after:  # not with pydantic's serializer; never guess: build it
                 return piece.chunk(*self._fields).model_dump_json(exclude=self._omit)
             cut = self._cut[piece.index] = (before, after)
-        return cut[0] + json.dumps(piece.text, ensure_ascii=False) + cut[1]
+        return cut[0] + _json_text(piece.text) + cut[1]
+
+
+def _json_text(text: str) -> str:
+    """``text`` as a JSON string, as pydantic writes it; text UTF-8 cannot hold (a lone surrogate
+    an upstream sent escaped) is written as ``\\u`` escapes instead of failing the stream."""
+    try:
+        return pydantic_core.to_json(text).decode()
+    except ValueError:
+        return json.dumps(text)

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from server.engine.base import ToolCallDelta
-from server.engine.openai_wire import deltas, whole_deltas
+from server.engine.openai_wire import body_bytes, deltas, parse, whole_deltas
 from server.errors import EngineError
 
 
@@ -143,3 +143,24 @@ def test_text_read_before_an_error_event_reaches_the_caller_first() -> None:
         return seen
 
     assert asyncio.run(run()) == ["Your", " order"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"choices": [{"index": 0, "message": {"content": "a\\ud800"}, "finish_reason": "stop"}]}',  # lone surrogate
+        b'\xef\xbb\xbf{"choices": [{"index": 0, "message": {"content": "a\\ud800"}, "finish_reason": "stop"}]}',  # BOM
+    ],
+)
+def test_json_the_fast_parser_refuses_reads_as_pythons_json_reads_it(payload: bytes) -> None:
+    (delta,) = whole_deltas(payload)
+    assert delta.text == "a\ud800"
+    assert parse(payload) == json.loads(payload)
+
+
+def test_a_request_body_is_the_same_document_and_text_utf8_cannot_hold_is_escaped() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "您好 é \u2028"}], "n": 1, "top_p": 1.0}
+    assert json.loads(body_bytes(body)) == body
+    assert "您好".encode() in body_bytes(body)  # UTF-8 as it is
+    odd = {"messages": [{"role": "system", "content": "a\ud800"}]}
+    assert body_bytes(odd) == json.dumps(odd).encode()

@@ -32,3 +32,9 @@ def test_fields_that_need_escaping_are_rendered_as_pydantic_does() -> None:
     template = TextTemplate(*fields, None)
     piece = TextPiece(0, "hi")
     assert template.render(piece) == piece.chunk(*fields).model_dump_json()
+
+
+def test_a_lone_surrogate_from_an_upstream_is_written_escaped_instead_of_failing_the_stream() -> None:
+    template = TextTemplate("chatcmpl-0", 0, "shop-a", "fp", None)
+    rendered = template.render(TextPiece(0, "a\ud800b"))
+    assert '"content":"a\\ud800b"' in rendered
