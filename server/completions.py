@@ -22,19 +22,18 @@ from .feedback import Conversation
 from .gateway import Gateway
 from .metrics import UNKNOWN_MODEL
 from .observing import Observer, SplitOutcome, Usage
-from .openai.conversion import Choice, chunk_choices, most_tokens, text_piece, to_generation_request
+from .openai.chunk_templates import ChunkTemplate, RolePiece, StreamPiece, TextPiece
+from .openai.conversion import Choice, chunk_choices, most_tokens, stream_pieces, to_generation_request
 from .openai.protocol import (
     SYSTEM_FINGERPRINT,
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    DeltaMessage,
     UsageInfo,
     completion_id,
     now,
 )
-from .openai.text_chunks import TextPiece, TextTemplate
 from .output_checks import OutputChecker
 from .tenancy.limiter import Ticket
 from .tenancy.service import ANYONE, Principal
@@ -314,15 +313,16 @@ class CompletionStream:
         self.version = admitted.version
         self.headers = admitted.headers
 
-    def text_template(self, omit: set[str] | None) -> TextTemplate:
-        """Renders this stream's ``TextPiece`` chunks as ``model_dump_json(exclude=omit)`` would."""
+    def template(self, omit: set[str] | None) -> ChunkTemplate:
+        """Renders this stream's pieces (``chunks(pieces=True)``) as ``model_dump_json(exclude=omit)``."""
         admitted = self._admitted
-        return TextTemplate(self.id, self.created, admitted.model, admitted.fingerprint, omit)
+        return ChunkTemplate(self.id, self.created, admitted.model, admitted.fingerprint, omit)
 
-    async def chunks(self, text_pieces: bool = False) -> AsyncIterator[ChatCompletionChunk | TextPiece | GatewayError]:
+    async def chunks(self, pieces: bool = False) -> AsyncIterator[ChatCompletionChunk | StreamPiece | GatewayError]:
         """Role first, content pieces, then an empty delta with the finish_reason; with
-        ``include_usage`` one last chunk with no choices carries the usage. ``text_pieces``: a chunk
-        that is only a piece of text comes as a ``TextPiece``, for ``text_template`` to render."""
+        ``include_usage`` one last chunk with no choices carries the usage. ``pieces``: the chunks
+        of those shapes come as ``StreamPiece``s, for ``template`` to render (all but tool calls,
+        logprobs and the usage)."""
         admitted = self._admitted
         chunk_id, created, n = self.id, self.created, admitted.generation.sampling.n
         want_logprobs = admitted.generation.sampling.logprobs is not None
@@ -343,14 +343,15 @@ class CompletionStream:
         async with admitted.scope:
             try:
                 for i in range(n):
-                    yield chunk([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
+                    yield RolePiece(i) if pieces else chunk([RolePiece(i).choice()])
                 async with contextlib.aclosing(self._deltas):  # type: ignore[type-var]
                     async for delta in _observed(self._gateway, admitted, usage, _prepend(self._first, self._deltas)):
-                        piece = text_piece(delta, want_logprobs) if text_pieces else None
-                        if piece is not None:
-                            if piece.index == 0:
-                                answer.append(piece.text)
-                            yield piece
+                        shaped = stream_pieces(delta, want_logprobs) if pieces else None
+                        if shaped is not None:
+                            for piece in shaped:
+                                if piece.index == 0 and isinstance(piece, TextPiece):
+                                    answer.append(piece.text)
+                                yield piece
                             continue
                         for choice in chunk_choices(delta, want_logprobs):
                             if choice.index == 0 and choice.delta.content:

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..completions import CompletionStream, complete, open_stream
+from ..openai.chunk_templates import StreamPiece
 from ..openai.protocol import ChatCompletionRequest, ChatCompletionResponse
-from ..openai.text_chunks import TextPiece
 from ..tenancy.service import Principal
 from ..terms.address import answered_by
 from .deps import get_gateway, require_api_key
@@ -178,15 +178,15 @@ async def _sse(stream: CompletionStream) -> AsyncIterator[str]:
     follows either). Without ``include_usage`` the ``usage`` field is absent; with it, null on
     every chunk but the last."""
     omit = None if stream.include_usage else {"usage"}
-    text = stream.text_template(omit)  # most chunks: a piece of text, rendered without a model
+    template = stream.template(omit)  # all chunks but tool calls, logprobs and usage: rendered without models
     # The role chunks go out with the event after them, the first piece of the answer, which is
     # already here (the stream opened on it): one write for the client to wait on, not two.
     roles, held = stream.choices, ""
     # Closed with us, so a client leaving mid-send ends the completion (and its lease) at once.
-    async with contextlib.aclosing(stream.chunks(text_pieces=True)) as chunks:  # type: ignore[type-var]
+    async with contextlib.aclosing(stream.chunks(pieces=True)) as chunks:  # type: ignore[type-var]
         async for item in chunks:
-            if isinstance(item, TextPiece):
-                event = f"data: {text.render(item)}\n\n"
+            if isinstance(item, StreamPiece):
+                event = f"data: {template.render(item)}\n\n"
             elif isinstance(item, Exception):
                 event = f"data: {json.dumps(item.to_dict())}\n\n"
             else:

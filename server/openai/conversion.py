@@ -3,8 +3,8 @@
 Pure functions and small accumulators, no I/O: ``to_generation_request`` (the adapter's profile
 first, then OpenAI's defaults), ``most_tokens`` (what a request may use, reserved against its
 key's limits), ``Choice`` (a whole answer's choice, assembled from its deltas), ``chunk_choices``
-(a delta as streamed chunk choices) and ``text_piece`` (one that is only text, rendered without
-them). ``server.completions`` runs them.
+(a delta as streamed chunk choices) and ``stream_pieces`` (the same where they are text and
+finish chunks, rendered without models). ``server.completions`` runs them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from ..engine import base as engine
 from ..engine.base import AdapterRef, GenerationDelta, GenerationRequest, OutputFormat, SamplingOptions, ToolSpec
 from ..errors import InvalidRequest
+from .chunk_templates import FinishPiece, StreamPiece, TextPiece
 from .protocol import (
     ChatCompletionChoice,
     ChatCompletionChunkChoice,
@@ -33,7 +34,6 @@ from .protocol import (
     TopLogprob,
     random_id,
 )
-from .text_chunks import TextPiece
 
 
 class RequestDefaults(Protocol):
@@ -198,12 +198,17 @@ class Choice:
         return ChatCompletionChoice(index=index, message=message, logprobs=logprobs, finish_reason=self.finish)
 
 
-def text_piece(delta: GenerationDelta, want_logprobs: bool) -> TextPiece | None:
-    """``delta`` as a ``TextPiece`` where ``chunk_choices`` would make it one chunk holding nothing
-    but its text (no tool calls, finish reason or logprobs); else None."""
-    if delta.text and not delta.tool_calls and not delta.finish_reason and not (want_logprobs and delta.logprobs):
-        return TextPiece(delta.index, delta.text)
-    return None
+def stream_pieces(delta: GenerationDelta, want_logprobs: bool) -> list[StreamPiece] | None:
+    """``delta`` as the pieces ``chunk_choices`` would make chunks of (its text, then its finish),
+    for a ``ChunkTemplate`` to render; None where it makes another shape (tool calls, logprobs)."""
+    if delta.tool_calls or (want_logprobs and delta.logprobs):
+        return None
+    pieces: list[StreamPiece] = []
+    if delta.text:
+        pieces.append(TextPiece(delta.index, delta.text))
+    if delta.finish_reason:
+        pieces.append(FinishPiece(delta.index, delta.finish_reason))
+    return pieces
 
 
 def chunk_choices(delta: GenerationDelta, want_logprobs: bool) -> list[ChatCompletionChunkChoice]:

@@ -274,23 +274,19 @@ def test_the_role_chunks_go_out_in_one_write_with_the_first_piece_of_the_answer(
     """Each event the route yields is one write: the role chunk of each choice waits for the event
     after it (already there when a stream opens), so a client wakes once for its first token."""
     from server.api.chat import _sse
-    from server.openai.protocol import SYSTEM_FINGERPRINT, ChatCompletionChunk, ChatCompletionChunkChoice, DeltaMessage
-    from server.openai.text_chunks import TextPiece, TextTemplate
-
-    def chunk(index: int, **delta: str) -> ChatCompletionChunk:
-        choice = ChatCompletionChunkChoice(index=index, delta=DeltaMessage(**delta))  # type: ignore[arg-type]
-        return ChatCompletionChunk(id="chatcmpl-1", created=0, model="alpha", choices=[choice])
+    from server.openai.chunk_templates import ChunkTemplate, RolePiece, TextPiece
+    from server.openai.protocol import SYSTEM_FINGERPRINT
 
     class TwoChoices:  # what _sse reads of a CompletionStream
         include_usage, choices = False, 2
 
-        def text_template(self, omit: set[str] | None) -> TextTemplate:
-            return TextTemplate("chatcmpl-1", 0, "alpha", SYSTEM_FINGERPRINT, omit)
+        def template(self, omit: set[str] | None) -> ChunkTemplate:
+            return ChunkTemplate("chatcmpl-1", 0, "alpha", SYSTEM_FINGERPRINT, omit)
 
-        async def chunks(self, text_pieces: bool = False):  # type: ignore[no-untyped-def]
-            assert text_pieces
+        async def chunks(self, pieces: bool = False):  # type: ignore[no-untyped-def]
+            assert pieces
             for index in range(2):
-                yield chunk(index, role="assistant", content="")
+                yield RolePiece(index)
             for piece in ("Your", " order"):
                 yield TextPiece(0, piece)
 

@@ -126,25 +126,24 @@ def test_a_choice_assembles_calls_and_chunks_carry_them_as_openai_streams_them()
     assert last[0].delta.model_dump() == {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}
 
 
-def test_a_text_piece_is_exactly_a_delta_that_chunk_choices_makes_one_text_only_chunk_of() -> None:
+def test_stream_pieces_are_exactly_the_chunks_chunk_choices_makes_where_they_are_text_and_finish() -> None:
     from server.engine.base import GenerationDelta, TokenLogprob, ToolCallDelta
-    from server.openai.conversion import text_piece
-    from server.openai.text_chunks import TextPiece
+    from server.openai.chunk_templates import piece_chunk
+    from server.openai.conversion import stream_pieces
 
     scored = (TokenLogprob("Hi", -0.1, (72, 105)),)
     cases = [
-        (GenerationDelta(1, "Hi"), False),
-        (GenerationDelta(0, "Hi", logprobs=scored), False),  # logprobs not asked for: not shown
-        (GenerationDelta(0, "Hi", logprobs=scored), True),
-        (GenerationDelta(0, "Hi", "stop"), False),
-        (GenerationDelta(0, "Hi", tool_calls=(ToolCallDelta(0, "call_1", "f"),)), False),
-        (GenerationDelta(0, ""), False),
+        (GenerationDelta(1, "Hi"), False, True),
+        (GenerationDelta(0, "Hi", logprobs=scored), False, True),  # logprobs not asked for: not shown
+        (GenerationDelta(0, "Hi", logprobs=scored), True, False),
+        (GenerationDelta(0, "Hi", "stop"), False, True),  # text, then its finish
+        (GenerationDelta(2, "", "length"), False, True),
+        (GenerationDelta(0, "Hi", tool_calls=(ToolCallDelta(0, "call_1", "f"),)), False, False),
+        (GenerationDelta(0, ""), False, True),  # nothing to send either way
     ]
-    for delta, want_logprobs in cases:
-        choices = chunk_choices(delta, want_logprobs)
-        text_only = len(choices) == 1 and choices[0].model_dump(exclude_defaults=True) == {
-            "index": delta.index,
-            "delta": {"content": delta.text},
-        }
-        expected = TextPiece(delta.index, delta.text) if text_only else None
-        assert text_piece(delta, want_logprobs) == expected, (delta, want_logprobs)
+    for delta, want_logprobs, shaped in cases:
+        pieces = stream_pieces(delta, want_logprobs)
+        assert (pieces is not None) == shaped, (delta, want_logprobs)
+        if pieces is not None:
+            expected = [c.model_dump() for c in chunk_choices(delta, want_logprobs)]
+            assert [piece_chunk(p, "c", 0, "m", "fp").choices[0].model_dump() for p in pieces] == expected
