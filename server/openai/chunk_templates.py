@@ -26,6 +26,7 @@ from .protocol import ChatCompletionChunk, ChatCompletionChunkChoice, DeltaMessa
 _ID = "\u0000lora-gateway-id\u0000"
 _CREATED = 2**53 - 1
 _TEXT = "\u0000lora-gateway-text\u0000"
+_UNCUT: tuple[str, ...] = ("",)  # a cut not looked up yet (None: looked up, and there is none)
 
 
 @dataclass(slots=True, frozen=True)
@@ -86,7 +87,7 @@ class ChunkTemplate:
         self._cuts: dict[int | StreamPiece, tuple[str, ...] | None] = {}
 
     def render(self, piece: StreamPiece) -> str:
-        text = type(piece) is TextPiece
+        text = isinstance(piece, TextPiece)
         key = piece.index if text else piece
         cut = self._cuts.get(key, _UNCUT)
         if cut is _UNCUT:
@@ -96,9 +97,6 @@ class ChunkTemplate:
         if isinstance(piece, TextPiece):
             return cut[0] + self._id + cut[1] + self._created + cut[2] + _json_text(piece.text) + cut[3]
         return cut[0] + self._id + cut[1] + self._created + cut[2]
-
-
-_UNCUT: tuple[str, ...] = ("",)  # not looked up yet (None: looked up, no template)
 
 
 @functools.lru_cache(maxsize=1024)  # shapes x served names x fingerprints: a few per adapter version
