@@ -213,10 +213,11 @@ def stream_pieces(delta: GenerationDelta, want_logprobs: bool) -> list[StreamPie
 
 def chunk_choices(delta: GenerationDelta, want_logprobs: bool) -> list[ChatCompletionChunkChoice]:
     """A delta as chunk choices: its text, then its tool-call pieces, then its finish_reason; the
-    logprobs of its tokens ride on the first of them."""
+    logprobs of its tokens ride on the first of them. The text and finish choices are the
+    ``StreamPiece``s' own, so a template renders exactly these."""
     out: list[ChatCompletionChunkChoice] = []
     if delta.text:
-        out.append(ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(content=delta.text)))
+        out.append(TextPiece(delta.index, delta.text).choice())
     if delta.tool_calls:
         pieces = [
             DeltaToolCall(
@@ -229,9 +230,7 @@ def chunk_choices(delta: GenerationDelta, want_logprobs: bool) -> list[ChatCompl
         ]
         out.append(ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(tool_calls=pieces)))
     if delta.finish_reason:
-        out.append(
-            ChatCompletionChunkChoice(index=delta.index, delta=DeltaMessage(), finish_reason=delta.finish_reason)
-        )
+        out.append(FinishPiece(delta.index, delta.finish_reason).choice())
     if want_logprobs and delta.logprobs and out:
         out[0].logprobs = ChoiceLogprobs(content=_logprobs(delta.logprobs))
     return out
