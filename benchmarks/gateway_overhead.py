@@ -1,6 +1,6 @@
 """What the gateway adds to a request: its HTTP path beside a bare upstream, and beside LiteLLM.
 
-    .venv/bin/python benchmarks/gateway_overhead.py [--requests 2000] [--rounds 4] [--litellm /path/to/litellm]
+    .venv/bin/python benchmarks/gateway_overhead.py [--requests 2000] [--rounds 16] [--litellm /path/to/litellm]
 
 Starts ``upstream_standin.py`` (a FastAPI app answering a fixed text at once), a gateway with
 ``--engine remote`` in front of it, ``bare_proxy.py`` in front of it (the floor: a pass-through
@@ -10,10 +10,14 @@ engine's HTTP path with an engine that answers instantly (``standin.py``), and, 
 installed into ours), LiteLLM's proxy in front of the same upstream. Each is driven by
 ``loadgen.py`` at concurrency 1 and 16, streaming and not, with a warm-up excluded; each cell's
 requests are sent in ``--rounds`` turns, every target one share per turn, so a slow spell of the
-shared machine hits every target alike rather than whichever was being measured. Then the
-gateways' resident memory is read before and after ``--leak-requests`` more requests. All
-processes share this machine's cores, so only ratios taken in one run mean anything. Results:
-``benchmarks/results/gateway_overhead.json`` and ``.md``.
+shared machine hits every target alike rather than whichever was being measured. Each figure a
+target bounds gets an interval from resampling whole turns (``turns.py``), and the target a
+verdict from it: met, missed, or unsettled by this run. The CPU time each target's own process
+spends per request is read from ``/proc`` around its turns: steadier than latency on a shared host,
+and it tells a proxy's own work from its upstream's. Then the gateways' resident memory is read
+before and after ``--leak-requests`` more requests. All processes share this machine's cores, so
+only ratios taken in one run mean anything. Results: ``benchmarks/results/gateway_overhead.json``
+and ``.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, ROOT, free_port, machine, wait_ready  # noqa: E402
 from benchmarks.loadgen import RequestResult, run, send, summarize  # noqa: E402
+from benchmarks.turns import quantile_difference, throughput_ratio, verdict  # noqa: E402
 from server.offline_model import TinyModelSpec, build_tiny_model, is_built  # noqa: E402
+from server.stats import CONFIDENCE, Interval  # noqa: E402
 
 MODEL = "bench-base"
 KEY = "sk-bench-overhead-0123456789abcdef"  # every target checks it (the stand-in upstream ignores it)
@@ -129,26 +136,55 @@ class Targets:
                 process.kill()
 
 
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Turns:
+    """One target's requests in one cell, turn by turn: what ``turns.py`` resamples."""
+
+    latencies_ms: list[list[float]] = field(default_factory=list)  # each turn's: to a first token, streamed
+    sent: list[tuple[int, float]] = field(default_factory=list)  # each turn's requests and seconds
+    cpu_s: float = 0.0  # the target's own process, over all its turns
+
+
 def measure(
-    urls: dict[str, str], requests: int, warmup: int, concurrency: int, stream: bool, rounds: int
-) -> dict[str, dict[str, Any]]:
+    urls: dict[str, str],
+    pids: dict[str, int],
+    requests: int,
+    warmup: int,
+    concurrency: int,
+    stream: bool,
+    rounds: int,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Turns]]:
     """One cell for every target: a warm-up each, then ``rounds`` turns in which each target gets
-    its share of ``requests`` in turn, summarized per target over all its turns."""
+    its share of ``requests`` in turn; summarized per target over all its turns, and kept turn by
+    turn (with the CPU time the target's own process spent on them)."""
     for url in urls.values():
         asyncio.run(run(url, [MODEL], warmup, concurrency, 16, KEY, stream=stream))
     results: dict[str, list[RequestResult]] = {name: [] for name in urls}
-    durations = dict.fromkeys(urls, 0.0)
+    turns = {name: Turns() for name in urls}
     for turn in range(rounds):
         share = requests // rounds + (1 if turn < requests % rounds else 0)
         for name, url in urls.items():
+            cpu = cpu_seconds(pids[name])
             sent, duration = asyncio.run(send(url, [MODEL], share, concurrency, 16, KEY, stream=stream))
+            turns[name].cpu_s += cpu_seconds(pids[name]) - cpu
             failed = [r for r in sent if not r.ok]
             if failed:
                 errors = sorted({r.error for r in failed if r.error})[:5]
                 raise SystemExit(f"{name}: {len(failed)} requests failed: {errors}")
             results[name] += sent
-            durations[name] += duration
-    return {name: summarize(results[name], durations[name], [MODEL], concurrency, 16, stream) for name in urls}
+            turns[name].latencies_ms.append([1000 * (r.ttft if stream else r.e2e) for r in sent])
+            turns[name].sent.append((len(sent), duration))
+    summaries = {
+        name: summarize(results[name], sum(d for _, d in turns[name].sent), [MODEL], concurrency, 16, stream)
+        for name in urls
+    }
+    return summaries, turns
 
 
 def leak_check(targets: Targets, names: list[str], requests: int) -> dict[str, dict[str, float]]:
@@ -173,16 +209,62 @@ def leak_check(targets: Targets, names: list[str], requests: int) -> dict[str, d
 # Issue 38's targets for the remote gateway: added latency at concurrency 1 (plain, and to a
 # stream's first token), and throughput beside the bare upstream at concurrency 16.
 TARGETS = {"added_p50_ms": 0.5, "added_p99_ms": 3.0, "c16_vs_direct": 0.9}
+# Each figure a target bounds: the target, and whether the figure must be at most it (else at least).
+BOUNDED = {
+    "added_p50_ms_plain_c1": (TARGETS["added_p50_ms"], True),
+    "added_ttft_p50_ms_stream_c1": (TARGETS["added_p50_ms"], True),
+    "added_p99_ms_plain_c1": (TARGETS["added_p99_ms"], True),
+    "remote_vs_direct_rps_plain_c16": (TARGETS["c16_vs_direct"], False),
+    "remote_vs_direct_rps_stream_c16": (TARGETS["c16_vs_direct"], False),
+}
 
 
 def targets_met(r: dict[str, float]) -> dict[str, bool]:
-    return {
-        "added_p50_ms_plain_c1": r["added_p50_ms_plain_c1"] <= TARGETS["added_p50_ms"],
-        "added_ttft_p50_ms_stream_c1": r["added_ttft_p50_ms_stream_c1"] <= TARGETS["added_p50_ms"],
-        "added_p99_ms_plain_c1": r["added_p99_ms_plain_c1"] <= TARGETS["added_p99_ms"],
-        "remote_vs_direct_rps_plain_c16": r["remote_vs_direct_rps_plain_c16"] >= TARGETS["c16_vs_direct"],
-        "remote_vs_direct_rps_stream_c16": r["remote_vs_direct_rps_stream_c16"] >= TARGETS["c16_vs_direct"],
+    """By this run's point estimates alone (``verdicts`` asks the intervals)."""
+    return {key: r[key] <= target if at_most else r[key] >= target for key, (target, at_most) in BOUNDED.items()}
+
+
+def intervals(turns: dict[str, dict[str, Turns]]) -> dict[str, Interval]:
+    """The bounded figures, and the gateway's own share beside the floor, each with its interval
+    from resampling the run's turns (``turns.py``); the estimates are the pooled figures
+    ``ratios`` computes."""
+    remote = "gateway-remote"
+
+    def latencies(cell: str, name: str) -> list[list[float]]:
+        return turns[cell][name].latencies_ms
+
+    out = {
+        "added_p50_ms_plain_c1": quantile_difference(latencies("plain-c1", remote), latencies("plain-c1", "direct")),
+        "added_p99_ms_plain_c1": quantile_difference(
+            latencies("plain-c1", remote), latencies("plain-c1", "direct"), 0.99
+        ),
+        "added_ttft_p50_ms_stream_c1": quantile_difference(
+            latencies("stream-c1", remote), latencies("stream-c1", "direct")
+        ),
     }
+    for mode in ("plain", "stream"):
+        cell = turns[f"{mode}-c16"]
+        out[f"remote_vs_direct_rps_{mode}_c16"] = throughput_ratio(cell[remote].sent, cell["direct"].sent)
+    if "bare-proxy" in turns["plain-c1"]:
+        out["own_p50_ms_plain_c1"] = quantile_difference(
+            latencies("plain-c1", remote), latencies("plain-c1", "bare-proxy")
+        )
+        out["own_ttft_p50_ms_stream_c1"] = quantile_difference(
+            latencies("stream-c1", remote), latencies("stream-c1", "bare-proxy")
+        )
+    return out
+
+
+def verdicts(found: dict[str, Interval]) -> dict[str, str]:
+    """Each target met, missed, or unsettled (its interval straddles it) in this run."""
+    return {key: verdict(found[key], target, at_most=at_most).value for key, (target, at_most) in BOUNDED.items()}
+
+
+def cpu_per_request(turns: dict[str, dict[str, Turns]], requests: int) -> dict[str, dict[str, float]]:
+    """CPU milliseconds each target's own process spent per request, by cell: for a proxy, its own
+    work without its upstream's (which is the same for all of them)."""
+    names = next(iter(turns.values()))
+    return {name: {cell: 1000 * found[name].cpu_s / requests for cell, found in turns.items()} for name in names}
 
 
 def ratios(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
@@ -276,12 +358,66 @@ def report(summary: dict[str, Any]) -> str:
             f"**{r['own_p50_ms_plain_c1']:.2f} ms** plain and **{r['own_ttft_p50_ms_stream_c1']:.2f} ms** to the "
             "first token in this run."
         )
+    lines += _interval_lines(summary)
     for name, memory in summary.get("memory", {}).items():
         lines.append(
             f"- {name}: resident memory {memory['rss_before_mb']:.1f} → {memory['rss_after_mb']:.1f} MiB after "
             f"{summary['leak_requests']:,} more requests ({100 * memory['growth']:+.1f} %, target ≤ 5 %)."
         )
     return "\n".join(lines) + "\n"
+
+
+# How the report names each figure that has an interval, and its unit.
+_FIGURES = {
+    "added_p50_ms_plain_c1": ("added at c1, plain, p50", "ms"),
+    "added_p99_ms_plain_c1": ("added at c1, plain, p99", "ms"),
+    "added_ttft_p50_ms_stream_c1": ("added at c1 to a first token, p50", "ms"),
+    "remote_vs_direct_rps_plain_c16": ("throughput at c16 beside the upstream, plain", "×"),
+    "remote_vs_direct_rps_stream_c16": ("throughput at c16 beside the upstream, streaming", "×"),
+    "own_p50_ms_plain_c1": ("beyond the floor at c1, plain, p50", "ms"),
+    "own_ttft_p50_ms_stream_c1": ("beyond the floor at c1 to a first token, p50", "ms"),
+}
+
+
+def _interval_lines(summary: dict[str, Any]) -> list[str]:
+    """The figures with their intervals and verdicts, and each process's CPU time per request."""
+    if "intervals" not in summary:
+        return []
+    found, verdict_of = summary["intervals"], summary.get("verdicts", {})
+    lines = [
+        "",
+        f"Each figure pooled over the run's {summary['rounds']} turns, with its "
+        f"{100 * CONFIDENCE:.0f} % interval from resampling whole turns (`benchmarks/turns.py`): a target "
+        "is met when the whole interval is on its side, missed when the whole interval is on the wrong side, "
+        "unsettled when this run cannot tell.",
+        "",
+        "| figure | this run [interval] | target | verdict |",
+        "|---|---|---|---|",
+    ]
+    for key, (label, unit) in _FIGURES.items():
+        if key not in found:
+            continue
+        interval = found[key]
+        bound = BOUNDED.get(key)
+        target = f"{'≤' if bound[1] else '≥'} {bound[0]} {unit}" if bound else "—"
+        lines.append(
+            f"| {label} | {interval['estimate']:.2f} [{interval['low']:.2f}, {interval['high']:.2f}] {unit} "
+            f"| {target} | {verdict_of.get(key, '—')} |"
+        )
+    cpu = summary.get("cpu_ms_per_request", {})
+    if cpu:
+        cells = list(next(iter(cpu.values())))
+        lines += [
+            "",
+            "CPU time each process spent per request (ms; a proxy's own, not its upstream's):",
+            "",
+            "| target | " + " | ".join(cells) + " |",
+            "|---|" + "---|" * len(cells),
+        ]
+        lines += [
+            f"| {name} | " + " | ".join(f"{by_cell[c]:.3f}" for c in cells) + " |" for name, by_cell in cpu.items()
+        ]
+    return lines
 
 
 def litellm_version(command: str) -> str:
@@ -302,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000, help="Measured requests per cell.")
     parser.add_argument("--warmup", type=int, default=200, help="Requests sent first, not measured.")
-    parser.add_argument("--rounds", type=int, default=4, help="Turns each cell's requests are sent in.")
+    parser.add_argument("--rounds", type=int, default=16, help="Turns each cell's requests are sent in.")
     parser.add_argument("--leak-requests", type=int, default=100_000, help="0 skips the memory check.")
     parser.add_argument("--litellm", default=None, help="The `litellm` command of a separately installed proxy.")
     parser.add_argument("--out", type=Path, default=RESULTS, help="Where the JSON and markdown go.")
@@ -312,10 +448,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             targets.start()
             results: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in targets.urls}
+            turns: dict[str, dict[str, Turns]] = {}
+            pids = {name: process.pid for name, process in targets.processes.items()}
             for stream in (False, True):
                 for concurrency in (1, 16):
                     cell = f"{'stream' if stream else 'plain'}-c{concurrency}"
-                    found = measure(targets.urls, args.requests, args.warmup, concurrency, stream, args.rounds)
+                    found, turns[cell] = measure(
+                        targets.urls, pids, args.requests, args.warmup, concurrency, stream, args.rounds
+                    )
                     for name, pooled_cell in found.items():
                         results[name][cell] = pooled_cell
                         print(f"  {name:16} {cell:10} {pooled_cell['request_throughput']:8.0f} req/s")
@@ -334,8 +474,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": results,
         "ratios": ratios(results),
         "memory": memory,
+        "cpu_ms_per_request": cpu_per_request(turns, args.requests),
     }
+    found_intervals = intervals(turns)
+    summary["intervals"] = {key: interval.summary() for key, interval in found_intervals.items()}
     summary["targets"], summary["targets_met"] = TARGETS, targets_met(summary["ratios"])
+    summary["verdicts"] = verdicts(found_intervals)
     if args.litellm:
         summary["litellm_version"] = litellm_version(args.litellm)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -45,5 +47,18 @@ def test_the_overhead_benchmark_runs_and_writes_its_ratios(tmp_path: Path) -> No
     assert {"floor_vs_direct_rps_plain_c16", "floor_vs_direct_rps_stream_c16"} <= set(summary["ratios"])
     r = summary["ratios"]  # the gateway's own share: what it adds beyond the floor
     assert r["own_p50_ms_plain_c1"] == r["added_p50_ms_plain_c1"] - r["floor_added_p50_ms_plain_c1"]
+    # Each bounded figure has its interval from resampling the five turns, and a verdict from it.
+    assert set(summary["verdicts"]) == set(summary["targets_met"])
+    assert set(summary["verdicts"].values()) <= {"met", "missed", "unsettled"}
+    for key, interval in summary["intervals"].items():
+        assert interval["low"] <= interval["estimate"] <= interval["high"]
+        assert interval["estimate"] == pytest.approx(r[key], abs=1e-3)  # the same pooled figure as the ratios'
+    for key, met in summary["targets_met"].items():  # a verdict never contradicts its own estimate
+        assert summary["verdicts"][key] == "unsettled" or (summary["verdicts"][key] == "met") == met
+    cpu = summary["cpu_ms_per_request"]  # every target's own process, every cell
+    assert set(cpu) == set(summary["results"]) and all(set(cells) == set(remote) for cells in cpu.values())
+    assert all(value >= 0 for cells in cpu.values() for value in cells.values())
     assert set(summary["memory"]) == {"gateway-remote", "gateway-standin"}
-    assert "Remote gateway vs direct upstream" in (tmp_path / "gateway_overhead.md").read_text()
+    text = (tmp_path / "gateway_overhead.md").read_text()
+    assert "Remote gateway vs direct upstream" in text
+    assert "| added at c1 to a first token, p50 |" in text and "CPU time each process spent" in text
