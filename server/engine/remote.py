@@ -36,9 +36,11 @@ every request and owns the registry; upstreams only run models.
   the wait, and the request goes to the next upstream. That check is the periodic one, or a probe
   sent once the answer is ``first_byte_timeout`` late (busy upstreams pass it and are waited on).
   One lost before its answer arrived whole is ejected and the request goes on to the next, too.
-- HTTP: aiohttp, for every call to upstreams. Measured with py-spy on the gateway path
-  (``benchmarks/gateway_overhead.py``), httpx spent about 1.5 ms of CPU on each streamed answer and
-  aiohttp (its parser is C) about 0.5 ms: on a proxy that is most of what a request costs.
+- HTTP: the chat call, the hot path, goes through ``http1.Http1Pool`` (kept-alive connections per
+  upstream, parsed by httptools), which costs a quarter of aiohttp's CPU per call (see that
+  module); every other call (health checks, adapter loading) through aiohttp. Measured with py-spy
+  on the gateway path (``benchmarks/gateway_overhead.py``), httpx had spent about 1.5 ms of CPU on
+  each streamed answer and aiohttp about 0.5 ms: on a proxy that is most of what a request costs.
 """
 
 from __future__ import annotations
@@ -56,16 +58,16 @@ import aiohttp
 
 from ..errors import EngineError, EngineUnavailable, UpstreamLost
 from .base import LOADING, AdapterRef, Engine, EngineHealth, GenerationDelta, GenerationRequest
+from .http1 import Http1Error, Http1Pool, Response
 from .openai_wire import body_bytes, chat_body, deltas, upstream_error, whole_deltas
 
 logger = logging.getLogger(__name__)
 # What an upstream call can fail with: a connection refused, reset or closed, a malformed answer,
 # a timeout (aiohttp's own read timeout is an asyncio.TimeoutError too).
-_HTTP_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
-_JSON = {"Content-Type": "application/json"}  # chat bodies are encoded once, by us
-# A plain answer arrives when it is all generated, which may take minutes: no read bound (a frozen
-# upstream is caught by its health check instead, which cancels the wait).
-_WHOLE = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=None)
+_HTTP_ERRORS = (aiohttp.ClientError, Http1Error, asyncio.TimeoutError)
+_CHAT = "/v1/chat/completions"
+# Idle connections are dropped well before uvicorn's 5 s keep-alive would close them under us.
+_KEEPALIVE_S = 2.0
 _VERSIONED = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.v\d+")  # the names upstream_name() gives
 
 
@@ -134,6 +136,7 @@ class RemoteEngine(Engine):
         self._stall_timeout = stall_timeout
         self._adapters: dict[int, AdapterRef] = {}  # every version the registry wants loaded
         self._client: aiohttp.ClientSession | None = None
+        self._chat: dict[str, Http1Pool] = {}  # the chat call's connections, per upstream URL
         self._monitor: asyncio.Task[None] | None = None
         self._probes: dict[str, asyncio.Task[None]] = {}  # at most one health probe in flight per upstream
         self._turn = 0  # rotates ties between equally loaded upstreams
@@ -149,9 +152,14 @@ class RemoteEngine(Engine):
             timeout=aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=self._stall_timeout),
             # No cap on connections (aiohttp's default is 100): answers stream for seconds, and a cap
             # would queue requests here that vLLM's scheduler should see; --limit-concurrency bounds them.
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S),
             raise_for_status=False,
         )
+        # No cap on the chat call's connections either: --limit-concurrency bounds them.
+        self._chat = {
+            u.url: Http1Pool(u.url, headers=self._headers, keepalive=_KEEPALIVE_S, connect_timeout=5.0)
+            for u in self.upstreams
+        }
         await asyncio.gather(*(self._check(u) for u in self.upstreams))
         if not any(u.healthy for u in self.upstreams):
             raise EngineUnavailable(
@@ -166,6 +174,8 @@ class RemoteEngine(Engine):
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
+        for pool in self._chat.values():
+            pool.close()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -362,7 +372,7 @@ class RemoteEngine(Engine):
                         yield delta
                     return
                 async with self._answer(upstream, body, None if last else self._first_byte_timeout) as response:
-                    async for delta in deltas(response.content.iter_any()):
+                    async for delta in deltas(response.iter_any()):
                         started = True
                         yield delta
                 return
@@ -393,19 +403,17 @@ class RemoteEngine(Engine):
         )
 
     @contextlib.asynccontextmanager
-    async def _answer(
-        self, upstream: Upstream, body: bytes, deadline: float | None
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def _answer(self, upstream: Upstream, body: bytes, deadline: float | None) -> AsyncIterator[Response]:
         """The upstream's streaming response, once its headers arrived (within ``deadline`` if set;
-        the client's read timeout, ``stall_timeout``, bounds the wait either way)."""
-        sending = self._post_chat(upstream, body)
+        the read timeout, ``stall_timeout``, bounds the wait either way)."""
+        sending = self._post_chat(upstream, body, self._stall_timeout)
         try:
             async with asyncio.timeout(deadline):  # None: no deadline
                 response = await sending
-        except TimeoutError as exc:  # our deadline, or aiohttp's read timeout (the stall bound)
+        except TimeoutError as exc:  # our deadline, or the read timeout (the stall bound)
             waited = f"within {deadline:g} s" if deadline is not None else f"({type(exc).__name__})"
             raise _NoAnswer(f"no answer {waited}", unreachable=False) from None
-        except aiohttp.ClientError as exc:
+        except Http1Error as exc:
             raise _NoAnswer(f"unreachable ({type(exc).__name__})", unreachable=True) from None
         try:
             if response.status != 200:
@@ -414,7 +422,7 @@ class RemoteEngine(Engine):
         finally:
             # Read to the end, the connection goes back to the pool; closed early (the client left,
             # a failure), it is closed, which is how vLLM learns to abort the request.
-            if response.content.at_eof():
+            if response.at_eof():
                 response.release()
             else:
                 response.close()
@@ -444,20 +452,18 @@ class RemoteEngine(Engine):
             upstream.waiting.pop(task, None)
 
     async def _post_whole(self, upstream: Upstream, body: bytes) -> bytes:
-        async with await self._post_chat(upstream, body, timeout=_WHOLE) as response:
+        # No read bound: the answer arrives when it is all generated, which may take minutes.
+        async with await self._post_chat(upstream, body, None) as response:
             payload = await response.read()
         if response.status != 200:
             raise upstream_error(response.status, payload)
         return payload
 
-    async def _post_chat(
-        self, upstream: Upstream, body: bytes, timeout: aiohttp.ClientTimeout | None = None
-    ) -> aiohttp.ClientResponse:
-        """The one chat call both answer shapes make (``body`` is JSON already), under the
-        session's timeouts unless given others; returns once the response headers arrived."""
-        client = self._require_client()
-        url = f"{upstream.url}/v1/chat/completions"
-        return await client.post(url, data=body, headers=_JSON, timeout=timeout or client.timeout)
+    async def _post_chat(self, upstream: Upstream, body: bytes, read_timeout: float | None) -> Response:
+        """The one chat call both answer shapes make (``body`` is JSON already); returns once the
+        response headers arrived, none of its pieces further than ``read_timeout`` apart."""
+        self._require_client()  # started
+        return await self._chat[upstream.url].post(_CHAT, body, read_timeout=read_timeout)
 
     def _require_client(self) -> aiohttp.ClientSession:
         if self._client is None:
