@@ -34,12 +34,13 @@ Not supported, and not needed for this call: redirects, proxies, cookies, compre
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -293,6 +294,11 @@ class Http1Pool:
         self._prefix = parts.path.rstrip("/")
         authority = parts.netloc.rpartition("@")[2]  # never credentials in the Host header
         fixed = {"Host": authority, "User-Agent": "lora-gateway", **(headers or {})}
+        if (
+            parts.username is not None and "Authorization" not in fixed
+        ):  # http://user:password@host, as aiohttp takes it
+            userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            fixed["Authorization"] = "Basic " + base64.b64encode(userinfo).decode("ascii")
         for name, value in fixed.items():
             if any(c in name + value for c in "\r\n"):
                 raise ValueError(f"a line break in header {name!r}")

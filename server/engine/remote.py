@@ -53,6 +53,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -97,6 +98,15 @@ class Upstream:
     # The tasks waiting here for a plain answer, each with whether an ejection cancelled it: ejecting
     # the upstream cancels them, and they fail over.
     waiting: dict[asyncio.Task[Any], bool] = field(default_factory=dict)
+
+    @property
+    def shown(self) -> str:
+        """The URL as logs and error messages name it: a password in it (``user:pass@host``) hidden."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 class _NoAnswer(Exception):
@@ -163,7 +173,7 @@ class RemoteEngine(Engine):
         await asyncio.gather(*(self._check(u) for u in self.upstreams))
         if not any(u.healthy for u in self.upstreams):
             raise EngineUnavailable(
-                "no upstream is healthy: " + ", ".join(f"{u.url} ({u.last_failure})" for u in self.upstreams)
+                "no upstream is healthy: " + ", ".join(f"{u.shown} ({u.last_failure})" for u in self.upstreams)
             )
         self._monitor = asyncio.create_task(self._watch_health())
 
@@ -200,7 +210,7 @@ class RemoteEngine(Engine):
     def _unreachable(self, base: str | None = None) -> str:
         """Why no upstream takes requests (for ``base``), each one's last failure named."""
         pool = [u for u in self.upstreams if base is None or base in u.bases or u.declared in (None, base)]
-        failures = "; ".join(f"{u.url}: {u.last_failure or 'down'}" for u in pool) or "none serves it"
+        failures = "; ".join(f"{u.shown}: {u.last_failure or 'down'}" for u in pool) or "none serves it"
         which = "No upstream" if base is None else f"No upstream serving {base}"
         return f"{which} is reachable right now ({failures}); try again shortly."
 
@@ -212,7 +222,7 @@ class RemoteEngine(Engine):
                 self.upstreams, await asyncio.gather(*(self._check(u) for u in self.upstreams), return_exceptions=True)
             ):
                 if isinstance(result, Exception):
-                    logger.error("health check of %s failed unexpectedly", upstream.url, exc_info=result)
+                    logger.error("health check of %s failed unexpectedly", upstream.shown, exc_info=result)
 
     def _probe(self, upstream: Upstream) -> None:
         """Check ``upstream`` now, in the background (it just missed a first-byte deadline)."""
@@ -237,7 +247,7 @@ class RemoteEngine(Engine):
         if upstream.declared is not None:
             if upstream.declared not in bases:
                 logger.error(
-                    "upstream %s does not serve %s (it serves %s)", upstream.url, upstream.declared, sorted(bases)
+                    "upstream %s does not serve %s (it serves %s)", upstream.shown, upstream.declared, sorted(bases)
                 )
                 self._eject(upstream, f"does not serve {upstream.declared}")
                 return
@@ -257,14 +267,14 @@ class RemoteEngine(Engine):
         upstream.loaded = {name for name in models if name in wanted}  # a restarted upstream forgot what we loaded
         for name in sorted(set(models) - set(wanted)):  # it missed an unload while it was down
             if _VERSIONED.fullmatch(name):
-                logger.info("upstream %s still holds %s, which is no longer served: unloading it", upstream.url, name)
+                logger.info("upstream %s still holds %s, which is no longer served: unloading it", upstream.shown, name)
                 await self._unload_on(upstream, name)
         for name, adapter in wanted.items():
             if name not in upstream.loaded and not await self._load_on(upstream, adapter):
                 self._eject(upstream, f"could not load {name}")
                 return
         if not upstream.healthy:
-            logger.info("upstream %s is healthy (%d adapters registered)", upstream.url, len(upstream.loaded))
+            logger.info("upstream %s is healthy (%d adapters registered)", upstream.shown, len(upstream.loaded))
         upstream.healthy, upstream.last_failure = True, None
 
     async def _models(self, upstream: Upstream, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
@@ -276,7 +286,7 @@ class RemoteEngine(Engine):
     def _eject(self, upstream: Upstream, why: str) -> None:
         """Take ``upstream`` out of the rotation until a health check passes again."""
         if upstream.healthy:
-            logger.warning("upstream %s ejected: %s", upstream.url, why)
+            logger.warning("upstream %s ejected: %s", upstream.shown, why)
         upstream.healthy, upstream.last_failure = False, why
         for task, cancelled in upstream.waiting.items():
             if not cancelled:
@@ -321,10 +331,10 @@ class RemoteEngine(Engine):
             # vLLM refuses a name it already holds: whether it holds it now is what counts, not the wording.
             loaded = status == 200 or name in await self._models(upstream)
         except (*_HTTP_ERRORS, ValueError, KeyError, TypeError) as exc:
-            logger.warning("loading %s on %s failed: %s", name, upstream.url, type(exc).__name__)
+            logger.warning("loading %s on %s failed: %s", name, upstream.shown, type(exc).__name__)
             return False
         if not loaded:
-            logger.warning("loading %s on %s failed: %s %s", name, upstream.url, status, text[:300])
+            logger.warning("loading %s on %s failed: %s %s", name, upstream.shown, status, text[:300])
             return False
         upstream.loaded.add(name)
         return True
@@ -383,18 +393,18 @@ class RemoteEngine(Engine):
                     self._probe(upstream)  # frozen (ejected) or only busy (stays): its health check tells
                     if not last:
                         slow.append(upstream)
-                failures.append(f"{upstream.url}: {exc}")
+                failures.append(f"{upstream.shown}: {exc}")
                 logger.warning(
-                    "upstream %s: %s; %s", upstream.url, exc, "failing over" if queue or slow else "giving up"
+                    "upstream %s: %s; %s", upstream.shown, exc, "failing over" if queue or slow else "giving up"
                 )
             except _HTTP_ERRORS as exc:  # lost after it answered: a stall, a reset, a kill
                 self._eject(upstream, f"lost mid-answer ({type(exc).__name__})")
                 if started:  # the caller has text from it: only the caller can decide to start over
                     raise UpstreamLost(f"The upstream failed mid-answer ({type(exc).__name__}).") from exc
                 before = "its answer arrived" if request.whole else "its first token"
-                failures.append(f"{upstream.url}: lost before {before} ({type(exc).__name__})")
+                failures.append(f"{upstream.shown}: lost before {before} ({type(exc).__name__})")
                 logger.warning(
-                    "upstream %s lost before %s (%s); failing over", upstream.url, before, type(exc).__name__
+                    "upstream %s lost before %s (%s); failing over", upstream.shown, before, type(exc).__name__
                 )
             finally:
                 upstream.in_flight -= 1

@@ -135,6 +135,7 @@ def test_connections_are_kept_alive_and_a_stale_one_is_not_reused() -> None:
                     assert await response.read() == body
             assert seen.connections == 1  # the second request went on the first one's connection
             assert seen.requests[0][0].startswith(b"POST /prefix/v1/chat/completions HTTP/1.1\r\n")
+            assert b"Authorization" not in seen.requests[0][0]
             await asyncio.sleep(1.2)  # idle past keepalive: closed, not reused
             async with await pool.post("/v1/chat/completions", b"{}", read_timeout=5) as response:
                 await response.read()
@@ -390,3 +391,16 @@ def test_an_https_upstream_is_verified(tmp_path: Path, monkeypatch: pytest.Monke
     asyncio.run(scenario(trusted=False))
     monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
     asyncio.run(scenario(trusted=True))
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_never_in_the_host_header() -> None:
+    async def scenario() -> None:
+        async with raw_server(answer_each) as (url, seen):
+            with_credentials = url.replace("http://", "http://user:p%40ss@")
+            async with await Http1Pool(with_credentials).post("/v1/chat/completions", b"{}", read_timeout=5) as answer:
+                await answer.read()
+            head = seen.requests[0][0].decode()
+            assert "Authorization: Basic dXNlcjpwQHNz\r\n" in head  # user:p@ss
+            assert f"Host: {url.removeprefix('http://')}\r\n" in head
+
+    asyncio.run(scenario())

@@ -569,3 +569,21 @@ def test_an_adapter_of_a_known_base_whose_pool_is_down_is_loaded_when_it_is_back
     assert engine._adapters[7] is gamma and engine.unavailable("wide") is not None
     with pytest.raises(EngineError, match="no upstream serving nowhere"):
         asyncio.run(engine.add_adapter(AdapterRef("lost", 8, "/x", base="nowhere")))
+
+
+def test_a_password_in_an_upstream_url_is_never_shown(caplog: pytest.LogCaptureFixture) -> None:
+    """Logs and the errors clients and operators read name an upstream by its URL, its password
+    hidden; requests still carry it (``tests/engine/test_http1.py``)."""
+    import asyncio
+
+    from server.engine.remote import RemoteEngine, Upstream
+    from server.errors import EngineUnavailable
+
+    assert Upstream("http://ops:s3cret@vllm:8000").shown == "http://ops:***@vllm:8000"
+    assert Upstream("http://vllm:8000").shown == "http://vllm:8000"
+    engine = RemoteEngine([f"http://ops:s3cret@127.0.0.1:{free_port()}"], base_model_id="tiny-base")
+    with pytest.raises(EngineUnavailable) as refused:
+        asyncio.run(engine.start())
+    assert "ops:***@127.0.0.1" in str(refused.value) and "s3cret" not in str(refused.value)
+    assert "s3cret" not in caplog.text
+    asyncio.run(engine.stop())
