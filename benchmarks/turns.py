@@ -36,14 +36,10 @@ class Verdict(StrEnum):
 
 def verdict(interval: Interval, target: float, *, at_most: bool) -> Verdict:
     """``at_most``: the figure must be ≤ ``target`` (a latency); else ≥ ``target`` (a ratio)."""
-    good, bad = (
-        (interval.high <= target, interval.low > target)
-        if at_most
-        else (
-            interval.low >= target,
-            interval.high < target,
-        )
-    )
+    if at_most:
+        good, bad = interval.high <= target, interval.low > target
+    else:
+        good, bad = interval.low >= target, interval.high < target
     return Verdict.MET if good else Verdict.MISSED if bad else Verdict.UNSETTLED
 
 

@@ -163,13 +163,11 @@ class Response:
             self._waiter.set_result(None)
 
     def _header(self, name: bytes, value: bytes) -> None:
-        self._received = True
         lowered = name.lower()
         if lowered == b"content-length" or (lowered == b"transfer-encoding" and b"chunked" in value.lower()):
             self._until_close = False
 
     def _headers_complete(self, status: int) -> None:
-        self._received = True
         self.status = status
         self._headers_done = True
         if status in (204, 304) or 100 <= status < 200:
@@ -225,6 +223,7 @@ class _Connection(asyncio.Protocol):
         if self.response is None:  # bytes while idle: nothing we asked for; not a connection to reuse
             self.close()
             return
+        self.response._received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -306,17 +305,20 @@ class Http1Pool:
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
         self._idle: deque[_Connection] = deque()  # oldest first
+        self._heads: dict[str, bytes] = {}  # each path's request line and fixed headers, built once
         self._closed = False
 
     async def post(self, path: str, body: bytes, *, read_timeout: float | None) -> Response:
         """POST ``body`` (JSON) to ``path``; returns once the answer's headers are in, within
         ``read_timeout`` of sending (None: however long it takes). The caller reads the body and
         then releases or closes the response (``async with`` releases it)."""
-        head = b"POST %s HTTP/1.1\r\n%sContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (
-            (self._prefix + path).encode("ascii"),
-            self._fixed,
-            len(body),
-        )
+        fixed = self._heads.get(path)
+        if fixed is None:
+            fixed = self._heads[path] = b"POST %s HTTP/1.1\r\n%sContent-Type: application/json\r\n" % (
+                (self._prefix + path).encode("ascii"),
+                self._fixed,
+            )
+        head = fixed + b"Content-Length: %d\r\n\r\n" % len(body)
         request = head + body if len(body) < 65536 else None  # one write for a small body
         connection = self._take()
         while True:

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from server.engine import http1
 from server.engine.http1 import BadResponse, Disconnected, Http1Pool, Unreachable
 from tests.support import free_port, running_server
 
@@ -77,6 +78,30 @@ async def answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     while await read_request(reader, seen):
         writer.write(OK % (len(seen.requests[-1][1]), seen.requests[-1][1]))
         await writer.drain()
+
+
+async def first_event(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Seen) -> None:
+    """Read a request and start a streamed answer with one event, and nothing after it (yet)."""
+    await read_request(reader, seen)
+    writer.write(CHUNKED + chunk(b"data: 1\n\n"))
+    await writer.drain()
+
+
+async def pieces_until(error: type[BaseException], response: http1.Response) -> list[bytes]:
+    """The pieces of ``response``'s body that came before it failed with ``error``."""
+    pieces = []
+    with pytest.raises(error):
+        async for piece in response.iter_any():
+            pieces.append(piece)
+    return pieces
+
+
+async def eventually(check: Callable[[], bool]) -> None:
+    """Wait up to a second for ``check`` to hold (what a server sees trails what the client did)."""
+    for _ in range(100):
+        if check():
+            return
+        await asyncio.sleep(0.01)
 
 
 def test_a_plain_answer_and_a_stream_from_uvicorn() -> None:
@@ -193,26 +218,17 @@ def test_nobody_listening_is_unreachable() -> None:
 
 def test_silence_past_the_read_timeout_is_a_timeout_and_the_stream_is_closed() -> None:
     async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Seen, _: int) -> None:
-        await read_request(reader, seen)
-        writer.write(CHUNKED + chunk(b"data: 1\n\n"))
-        await writer.drain()
+        await first_event(reader, writer, seen)
         await read_request(reader, seen)  # until the client closes the connection
 
     async def scenario() -> None:
         async with raw_server(stall) as (url, seen):
             pool = Http1Pool(url)
             response = await pool.post("/v1/chat/completions", b"{}", read_timeout=0.3)
-            pieces = []
-            with pytest.raises(TimeoutError):
-                async for piece in response.iter_any():
-                    pieces.append(piece)
-            assert pieces == [b"data: 1\n\n"]
+            assert await pieces_until(TimeoutError, response) == [b"data: 1\n\n"]
             assert not response.at_eof()
             response.close()  # as the remote engine does with an answer left early: the server sees it go
-            for _ in range(100):
-                if seen.client_left:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: seen.client_left == 1)
             assert seen.client_left == 1
             with pytest.raises(TimeoutError):  # no headers in time either
                 async with raw_server(lambda r, w, s, n: asyncio.sleep(5)) as (silent, _):
@@ -238,19 +254,13 @@ def test_an_answer_that_is_not_http_is_refused() -> None:
 
 def test_a_stream_cut_mid_way_is_disconnected_after_what_came() -> None:
     async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Seen, _: int) -> None:
-        await read_request(reader, seen)
-        writer.write(CHUNKED + chunk(b"data: 1\n\n"))
-        await writer.drain()
+        await first_event(reader, writer, seen)
         await asyncio.sleep(0.1)
 
     async def scenario() -> None:
         async with raw_server(cut) as (url, _):
             response = await Http1Pool(url).post("/v1/chat/completions", b"{}", read_timeout=5)
-            pieces = []
-            with pytest.raises(Disconnected):
-                async for piece in response.iter_any():
-                    pieces.append(piece)
-            assert pieces == [b"data: 1\n\n"]
+            assert await pieces_until(Disconnected, response) == [b"data: 1\n\n"]
 
     asyncio.run(scenario())
 
@@ -321,10 +331,7 @@ def test_idle_connections_past_keepalive_are_closed_after_a_burst() -> None:
             await asyncio.sleep(1.2)
             await ask()  # one request after the burst: the seven it does not need are closed
             assert len(pool._idle) == 1 and seen.connections == 9  # (the newest was stale too)
-            for _ in range(100):
-                if seen.client_left == 8:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: seen.client_left == 8)
             assert seen.client_left == 8
 
     asyncio.run(scenario())
